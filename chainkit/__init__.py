@@ -1,0 +1,91 @@
+"""chainkit: LLM pipelines that cost as little as they can, with a ledger of every token.
+
+>>> from chainkit import Canned, Generate, IntentScan, KeywordClassifier, Ledger, OfflineModel
+>>> from chainkit import Pipeline, Request
+>>> bot = Pipeline([
+...     IntentScan(classifier=KeywordClassifier({"greeting": ["hello", "hi"]})),
+...     Canned(replies={"greeting": "Hello! How can I help?"}),
+...     Generate(model=OfflineModel(model_id="amazon.nova-micro-v1:0"), max_tokens=200),
+... ])
+>>> ledger = Ledger()
+>>> bot.run(Request("hi there"), ledger).stage
+'canned'
+>>> [e.stage for e in ledger]
+['intent_scan', 'canned']
+"""
+
+from chainkit.errors import (
+    BadResponse,
+    BudgetExceeded,
+    ChainkitError,
+    ConfigError,
+    NoAnswer,
+    ProviderError,
+    Throttled,
+)
+from chainkit.ledger import Budget, Ledger, SQLiteLedger, Totals
+from chainkit.pipeline import Pipeline, Stage
+from chainkit.pricing import Catalogue, ModelCard, Price, Tier
+from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
+from chainkit.records import Entry, Request, Result, Usage
+from chainkit.report import Report
+from chainkit.stages import (
+    Canned,
+    Classifier,
+    Generate,
+    IntentScan,
+    KeywordClassifier,
+    LLMClassifier,
+    Precomputed,
+    Prediction,
+    PromptClassifier,
+    ReplyStore,
+    Summarise,
+    precompute,
+)
+from chainkit.tokens import count_tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadResponse",
+    "Budget",
+    "BudgetExceeded",
+    "Canned",
+    "Catalogue",
+    "ChainkitError",
+    "Classifier",
+    "Completion",
+    "ConfigError",
+    "Entry",
+    "Generate",
+    "IntentScan",
+    "KeywordClassifier",
+    "LLMClassifier",
+    "Ledger",
+    "Model",
+    "ModelCard",
+    "NoAnswer",
+    "OfflineModel",
+    "Pipeline",
+    "Precomputed",
+    "Prediction",
+    "Price",
+    "Prompt",
+    "PromptClassifier",
+    "ProviderError",
+    "ReplyStore",
+    "Report",
+    "Request",
+    "Result",
+    "SQLiteLedger",
+    "ScriptedModel",
+    "Stage",
+    "Summarise",
+    "Throttled",
+    "Tier",
+    "Totals",
+    "Usage",
+    "count_tokens",
+    "precompute",
+]

@@ -1,0 +1,54 @@
+"""The chainkit error tree.
+
+::
+
+    ChainkitError
+    ├── ConfigError          bad input: an unknown model, a malformed price file, a bad option
+    ├── BudgetExceeded       a call would take a budget over its limit; nothing was spent
+    ├── NoAnswer             every stage passed the request on and none answered
+    └── ProviderError        a model provider failed
+        ├── Throttled        the provider refused for rate or capacity; retried before raising
+        └── BadResponse      the provider answered with something chainkit cannot use
+
+Every message says what happened, with the values, and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadResponse",
+    "BudgetExceeded",
+    "ChainkitError",
+    "ConfigError",
+    "NoAnswer",
+    "ProviderError",
+    "Throttled",
+]
+
+
+class ChainkitError(Exception):
+    """Base of every error chainkit raises on purpose."""
+
+
+class ConfigError(ChainkitError):
+    """The caller asked for something that does not exist or cannot work."""
+
+
+class BudgetExceeded(ChainkitError):
+    """A model call was refused before it was made because a budget would be exceeded."""
+
+
+class NoAnswer(ChainkitError):
+    """No stage of a pipeline answered the request."""
+
+
+class ProviderError(ChainkitError):
+    """A model provider failed; the message carries the provider's code and the model id."""
+
+
+class Throttled(ProviderError):
+    """The provider throttled the call and retries did not get through."""
+
+
+class BadResponse(ProviderError):
+    """The provider's reply lacked something chainkit needs, such as token usage."""

@@ -1,0 +1,220 @@
+"""The pipeline: stages run in order until one answers; a batch runner over many requests."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Literal, Protocol, overload, runtime_checkable
+
+from tqdm import tqdm
+
+from chainkit.errors import ConfigError, NoAnswer
+from chainkit.ledger import Ledger
+from chainkit.records import Request, Result
+from chainkit.stages.answering import CostEstimator, EarlyAnswer
+
+__all__ = ["Pipeline", "Stage"]
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One step of a pipeline: answer the request, or pass it on enriched. Records either way."""
+
+    name: str
+
+    def run(self, request: Request, ledger: Ledger) -> Request | Result:
+        """Answer with a ``Result`` or return the (possibly enriched) request."""
+        ...
+
+
+class Pipeline:
+    """Stages in order; the first to return a ``Result`` answers.
+
+    Stages that can answer early are bound to the last stage, if it can estimate its cost, so
+    that every early answer records the cost it avoided.
+
+    >>> from chainkit import Canned, IntentScan, KeywordClassifier, Ledger, Request
+    >>> bot = Pipeline([
+    ...     IntentScan(classifier=KeywordClassifier({"greeting": ["hello"]})),
+    ...     Canned(replies={"greeting": "Hi!"}),
+    ... ])
+    >>> bot.run(Request("hello"), Ledger()).text
+    'Hi!'
+    """
+
+    def __init__(self, stages: Sequence[Stage], *, name: str = "pipeline") -> None:
+        if not stages:
+            raise ConfigError("A Pipeline needs at least one stage.")
+        for stage in stages:
+            if not isinstance(stage, Stage):
+                raise ConfigError(
+                    f"{stage!r} is not a stage: a stage has a `name` and a "
+                    "`run(request, ledger)` method."
+                )
+        names = [s.name for s in stages]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError(
+                f"Stage names must be unique within a pipeline; repeated: {duplicated}. "
+                "Pass `name=` to tell them apart in the ledger."
+            )
+        final = stages[-1]
+        bound: list[Stage] = list(stages)
+        if isinstance(final, CostEstimator):
+            for i, stage in enumerate(bound[:-1]):
+                if isinstance(stage, EarlyAnswer):
+                    bound[i] = stage.with_fallback(final)
+        self.stages: tuple[Stage, ...] = tuple(bound)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Pipeline({[s.name for s in self.stages]!r}, name={self.name!r})"
+
+    def run(self, request: Request, ledger: Ledger) -> Result:
+        """Run ``request`` through the stages; raise ``NoAnswer`` if none answers."""
+        current = request
+        for stage in self.stages:
+            out = stage.run(current, ledger)
+            if isinstance(out, Result):
+                return out
+            current = out
+        raise NoAnswer(
+            f"No stage answered request {request.id!r} ({request.text[:60]!r}): "
+            f"{[s.name for s in self.stages]} all passed it on. End the pipeline with a stage "
+            "that always answers, such as Generate."
+        )
+
+    @overload
+    def stream(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[Result]: ...
+
+    @overload
+    def stream(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | None = ...,
+        return_exceptions: Literal[True],
+    ) -> Iterator[Result | Exception]: ...
+
+    def stream(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = 8,
+        progress: bool | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Result | Exception]:
+        """Yield a result per request, in input order, running up to ``concurrency`` at once.
+
+        Requests are read lazily and at most ``2 * concurrency`` are in flight, so memory stays
+        flat however many there are. With ``return_exceptions`` a failed request yields its
+        exception in its place; otherwise the first failure is raised once the requests already
+        in flight have finished (their entries are in the ledger either way).
+
+        ``progress`` shows a bar on stderr; by default only when stderr is a terminal.
+        """
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}.")
+        total = len(requests) if isinstance(requests, Sequence) else None
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=total, disable=not show, unit="req", desc=self.name, leave=False)
+        try:
+            if concurrency == 1:
+                for request in requests:
+                    yield self._one(request, ledger, return_exceptions)
+                    bar.update()
+                return
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="chainkit") as pool:
+                window: deque[Future[Result]] = deque()
+                for request in requests:
+                    window.append(pool.submit(self.run, request, ledger))
+                    if len(window) >= 2 * concurrency:
+                        yield self._settle(window.popleft(), window, return_exceptions)
+                        bar.update()
+                while window:
+                    yield self._settle(window.popleft(), window, return_exceptions)
+                    bar.update()
+        finally:
+            bar.close()
+
+    def _one(self, request: Request, ledger: Ledger, return_exceptions: bool) -> Result | Exception:
+        try:
+            return self.run(request, ledger)
+        except Exception as exc:
+            if return_exceptions:
+                return exc
+            raise
+
+    @staticmethod
+    def _settle(
+        future: Future[Result], window: deque[Future[Result]], return_exceptions: bool
+    ) -> Result | Exception:
+        exc = future.exception()
+        if exc is None:
+            return future.result()
+        if return_exceptions and isinstance(exc, Exception):
+            return exc
+        # Let in-flight requests finish so every entry they write lands before we raise.
+        for pending in window:
+            pending.cancel()
+        for pending in window:
+            if not pending.cancelled():
+                pending.exception()
+        raise exc
+
+    @overload
+    def run_batch(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[Result]: ...
+
+    @overload
+    def run_batch(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | None = ...,
+        return_exceptions: Literal[True],
+    ) -> list[Result | Exception]: ...
+
+    def run_batch(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = 8,
+        progress: bool | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Result] | list[Result | Exception]:
+        """Run every request (see :meth:`stream`) and return the results in input order."""
+        if return_exceptions:
+            return list(
+                self.stream(
+                    requests,
+                    ledger,
+                    concurrency=concurrency,
+                    progress=progress,
+                    return_exceptions=True,
+                )
+            )
+        return list(self.stream(requests, ledger, concurrency=concurrency, progress=progress))

@@ -1,0 +1,51 @@
+"""The model protocol every provider implements, and what a call returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from chainkit.pricing import Tier
+from chainkit.records import Usage
+
+__all__ = ["Completion", "Model", "Prompt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What a model is asked: a system instruction and one user message."""
+
+    system: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's reply with the usage it reported (or that was counted, if ``estimated``)."""
+
+    text: str
+    usage: Usage
+    model_id: str
+    estimated: bool = False
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A transport that completes a prompt and reports usage.
+
+    ``model_id`` is the catalogue id used for pricing; ``region`` and ``tier`` select the price.
+    """
+
+    model_id: str
+    region: str | None
+    tier: Tier
+
+    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
+        """Send ``prompt`` and return the reply; raise a ``ProviderError`` on failure."""
+        ...
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        """Return an upper bound on the usage of ``complete(prompt, max_tokens=...)``."""
+        ...

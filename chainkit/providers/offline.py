@@ -1,0 +1,163 @@
+"""Offline models: deterministic stand-ins that need no network, no weights and no credentials.
+
+``OfflineModel`` answers from its prompt, extractively: it keeps the prompt's most informative
+sentences up to its output budget. Its token counts come from the model family's real tokenizer
+where one ships offline (Mistral) and from the documented estimator otherwise, so the spend it
+reports is the spend the same prompt would incur; only the wording of its answers is a stand-in.
+
+``ScriptedModel`` replies and reports usage exactly as scripted, and remembers every prompt, for
+reproducing published figures and for tests.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chainkit.pricing import Tier
+from chainkit.providers.model import Completion, Prompt
+from chainkit.records import Usage
+from chainkit.tokens import count_tokens, is_exact
+
+__all__ = ["OfflineModel", "ScriptedModel", "extract"]
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[a-z0-9']+")
+# Words too common to say what a sentence is about.
+_STOPWORDS = frozenset(
+    (
+        "a an and are as at be but by for from has have i if in is it its of on or so that the "
+        "their them then there these they this to was we were what when which who will with you "
+        "your um uh yeah okay ok mm hmm just like"
+    ).split()
+)
+
+
+def extract(text: str, budget: int, model_id: str = "") -> str:
+    """Return the most informative sentences of ``text`` within ``budget`` tokens, in order.
+
+    Sentences are scored by the mean document frequency of their content words (Luhn's method).
+
+    >>> extract("Cats purr. Dogs bark loudly at cats. Cats sleep.", budget=6)
+    'Cats purr. Cats sleep.'
+    """
+    if budget <= 0:
+        return ""
+    sentences = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+    if not sentences:
+        return ""
+    words = [[w for w in _WORD.findall(s.lower()) if w not in _STOPWORDS] for s in sentences]
+    freq = Counter(w for ws in words for w in ws)
+    scores = [sum(freq[w] for w in ws) / (len(ws) + 1) for ws in words]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    chosen: list[int] = []
+    used = 0
+    for i in ranked:
+        cost = count_tokens(sentences[i] + " ", model_id)
+        if used + cost <= budget:
+            chosen.append(i)
+            used += cost
+        if budget - used < 3:
+            break
+    if not chosen:
+        # Even the best sentence is over budget: cut it word by word rather than answer nothing.
+        out: list[str] = []
+        for word in sentences[ranked[0]].split():
+            if count_tokens(" ".join([*out, word]), model_id) > budget:
+                break
+            out.append(word)
+        return " ".join(out)
+    return " ".join(sentences[i] for i in sorted(chosen))
+
+
+def _count_prompt(prompt: Prompt, model_id: str) -> int:
+    return count_tokens(prompt.system, model_id) + count_tokens(prompt.user, model_id)
+
+
+@dataclass(kw_only=True)
+class OfflineModel:
+    """An offline stand-in for ``model_id``: extractive answers, real or estimated token counts.
+
+    Args:
+        model_id: the catalogue id the calls are priced as.
+        output_tokens: cap on reply length; the smaller of this and ``max_tokens`` applies.
+        latency_s: simulated latency per call, slept on the calling thread.
+    """
+
+    model_id: str
+    output_tokens: int | None = None
+    latency_s: float = 0.0
+    region: str | None = None
+    tier: Tier = "on_demand"
+
+    def _budget(self, max_tokens: int) -> int:
+        return max_tokens if self.output_tokens is None else min(max_tokens, self.output_tokens)
+
+    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
+        """Answer with the prompt's most informative sentences, within the output budget."""
+        started = time.perf_counter()
+        text = extract(prompt.user, self._budget(max_tokens), self.model_id)
+        usage = Usage(_count_prompt(prompt, self.model_id), count_tokens(text, self.model_id))
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return Completion(
+            text=text,
+            usage=usage,
+            model_id=self.model_id,
+            estimated=not is_exact(self.model_id),
+            latency_s=time.perf_counter() - started,
+        )
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        """Count the prompt and assume the full output budget is used."""
+        return Usage(_count_prompt(prompt, self.model_id), self._budget(max_tokens))
+
+
+@dataclass(kw_only=True)
+class ScriptedModel:
+    """A model whose replies and usage are scripted; it remembers every prompt it was sent.
+
+    ``reply`` is a fixed string or a function of the prompt. ``usage`` fixes the reported usage
+    of every call; without it, usage is counted as :class:`OfflineModel` counts it.
+
+    >>> model = ScriptedModel(model_id="generic.intent", reply="track_order", usage=Usage(15, 5))
+    >>> model.complete(Prompt("Label it.", "where is my parcel"), max_tokens=8).usage
+    Usage(input_tokens=15, output_tokens=5, cache_read_tokens=0, cache_write_tokens=0)
+    >>> model.prompts[0].user
+    'where is my parcel'
+    """
+
+    model_id: str
+    reply: str | Callable[[Prompt], str] = ""
+    usage: Usage | None = None
+    latency_s: float = 0.0
+    region: str | None = None
+    tier: Tier = "on_demand"
+    prompts: list[Prompt] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
+        """Return the scripted reply and usage, and remember the prompt."""
+        with self._lock:
+            self.prompts.append(prompt)
+        text = self.reply(prompt) if callable(self.reply) else self.reply
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        usage = self.usage or Usage(
+            _count_prompt(prompt, self.model_id), count_tokens(text, self.model_id)
+        )
+        return Completion(
+            text=text,
+            usage=usage,
+            model_id=self.model_id,
+            estimated=self.usage is None and not is_exact(self.model_id),
+            latency_s=self.latency_s,
+        )
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        """Return the scripted usage, or the counted prompt plus the full output budget."""
+        return self.usage or Usage(_count_prompt(prompt, self.model_id), max_tokens)

@@ -1,0 +1,290 @@
+"""Reports: what each variant of a pipeline cost and saved, by stage, projected to a traffic level.
+
+>>> from decimal import Decimal
+>>> from chainkit import Entry, Ledger, Usage
+>>> ledger = Ledger()
+>>> ledger.record(Entry(request_id="r1", stage="generate", outcome="answered",
+...                     model="generic.powerful", usage=Usage(50, 50), cost=Decimal("0.006")))
+>>> report = Report.build([("single-llm", ledger)], traffic_per_day=10_000)
+>>> report.variants[0].monthly_cost
+Decimal('1800.000')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from chainkit.ledger import Ledger, totals
+from chainkit.records import Entry
+
+__all__ = ["Report", "StageLine", "VariantReport"]
+
+DAYS_PER_MONTH = 30
+
+
+@dataclass(frozen=True, slots=True)
+class StageLine:
+    """One stage of one variant: calls, answers, tokens, cost and avoided cost."""
+
+    stage: str
+    calls: int
+    answered: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None
+    avoided_cost: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantReport:
+    """What one variant cost: per request, per day and month at the report's traffic, saved."""
+
+    name: str
+    requests: int
+    total_cost: Decimal | None
+    setup_cost: Decimal | None
+    cost_per_request: Decimal | None
+    daily_cost: Decimal | None
+    monthly_cost: Decimal | None
+    savings_pct: Decimal | None
+    by_stage: tuple[StageLine, ...]
+
+
+def _divide(amount: Decimal | None, by: int) -> Decimal | None:
+    return None if amount is None or by == 0 else amount / by
+
+
+def _stage_lines(entries: Sequence[Entry]) -> tuple[StageLine, ...]:
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.stage, []).append(e)
+    lines = []
+    for stage, group in groups.items():
+        t = totals(group)
+        answered = sum(1 for e in group if e.outcome == "answered")
+        lines.append(
+            StageLine(
+                stage, t.calls, answered, t.input_tokens, t.output_tokens, t.cost, t.avoided_cost
+            )
+        )
+    return tuple(lines)
+
+
+def _savings(baseline: Decimal | None, cost: Decimal | None) -> Decimal | None:
+    if baseline is None or cost is None or baseline == 0:
+        return None
+    return ((baseline - cost) / baseline * 100).quantize(Decimal("0.1"), ROUND_HALF_EVEN)
+
+
+def _variant(name: str, entries: Sequence[Entry], traffic: int | None) -> VariantReport:
+    serve = [e for e in entries if e.phase == "serve"]
+    setup = [e for e in entries if e.phase == "setup"]
+    t = totals(serve)
+    cost = t.cost
+    daily = monthly = None
+    if traffic is not None and cost is not None and t.requests:
+        # Multiply before dividing so that exact figures stay exact ($63, not $62.99999...).
+        daily = cost * traffic / t.requests
+        monthly = cost * traffic * DAYS_PER_MONTH / t.requests
+    return VariantReport(
+        name=name,
+        requests=t.requests,
+        total_cost=cost,
+        setup_cost=totals(setup).cost,
+        cost_per_request=_divide(cost, t.requests),
+        daily_cost=daily,
+        monthly_cost=monthly,
+        savings_pct=None,
+        by_stage=_stage_lines(serve + setup),
+    )
+
+
+def money(amount: Decimal | None) -> str | None:
+    """A decimal string with at least two places and no float rounding (``None`` stays ``None``).
+
+    >>> money(Decimal("9.000000")), money(Decimal("0.02135")), money(Decimal("1800"))
+    ('9.00', '0.02135', '1800.00')
+    """
+    if amount is None:
+        return None
+    normal = amount.normalize()
+    exponent = normal.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -2:
+        normal = normal.quantize(Decimal("0.01"))
+    return f"{normal:f}"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Variants side by side; savings are against the first variant."""
+
+    variants: tuple[VariantReport, ...]
+    traffic_per_day: int | None = None
+    assumptions: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        variants: Iterable[tuple[str, Ledger | Iterable[Entry]]],
+        *,
+        traffic_per_day: int | None = None,
+        assumptions: Mapping[str, Any] | None = None,
+        notes: Iterable[str] = (),
+    ) -> Report:
+        """Build a report from ``(name, ledger or entries)`` pairs, the baseline first."""
+        built = [
+            _variant(
+                name,
+                source.entries() if isinstance(source, Ledger) else list(source),
+                traffic_per_day,
+            )
+            for name, source in variants
+        ]
+        if built:
+            baseline = built[0].cost_per_request
+            built = [
+                dataclasses.replace(v, savings_pct=_savings(baseline, v.cost_per_request))
+                for v in built
+            ]
+        return cls(tuple(built), traffic_per_day, dict(assumptions or {}), tuple(notes))
+
+    @classmethod
+    def from_ledger(
+        cls,
+        ledger: Ledger,
+        *,
+        tag: str = "variant",
+        variants: Sequence[str] | None = None,
+        traffic_per_day: int | None = None,
+    ) -> Report:
+        """One variant per value of ``tag`` ("all" for entries without it).
+
+        Variants come in the order given by ``variants`` (the first is the savings baseline), or
+        else in order of first appearance.
+        """
+        groups: dict[str, list[Entry]] = {name: [] for name in variants or ()}
+        for e in ledger.entries():
+            name = e.tags.get(tag, "all")
+            if variants is None or name in groups:
+                groups.setdefault(name, []).append(e)
+        return cls.build(groups.items(), traffic_per_day=traffic_per_day)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: money as decimal strings, ``None`` for unknown cost."""
+        variants = []
+        for v in self.variants:
+            row: dict[str, Any] = {
+                "name": v.name,
+                "requests": v.requests,
+                "total_cost_usd": money(v.total_cost),
+                "cost_per_request_usd": money(v.cost_per_request),
+            }
+            if self.traffic_per_day is not None:
+                row["daily_cost_usd"] = money(v.daily_cost)
+                row["monthly_cost_usd"] = money(v.monthly_cost)
+            row["savings_pct"] = None if v.savings_pct is None else str(v.savings_pct)
+            row["setup_cost_usd"] = money(v.setup_cost)
+            row["by_stage"] = [
+                {
+                    "stage": s.stage,
+                    "calls": s.calls,
+                    "answered": s.answered,
+                    "input_tokens": s.input_tokens,
+                    "output_tokens": s.output_tokens,
+                    "cost_usd": money(s.cost),
+                    "avoided_usd": money(s.avoided_cost),
+                }
+                for s in v.by_stage
+            ]
+            variants.append(row)
+        assumptions = dict(self.assumptions)
+        if self.traffic_per_day is not None:
+            assumptions.setdefault("traffic_per_day", self.traffic_per_day)
+            assumptions.setdefault("days_per_month", DAYS_PER_MONTH)
+        return {"variants": variants, "assumptions": assumptions, "notes": list(self.notes)}
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def to_table(self) -> str:
+        """The report as a plain-text table for a terminal."""
+        out: list[str] = []
+        head = ["variant", "requests", "total", "per request"]
+        if self.traffic_per_day is not None:
+            head += [f"per month @ {self.traffic_per_day:,}/day"]
+        head += ["savings"]
+        rows = []
+        for v in self.variants:
+            row = [v.name, f"{v.requests:,}", _usd(v.total_cost, 4), _usd(v.cost_per_request, 6)]
+            if self.traffic_per_day is not None:
+                row.append(_usd(v.monthly_cost, 2))
+            row.append("-" if v.savings_pct is None else f"{v.savings_pct}%")
+            rows.append(row)
+        out.append(_grid(head, rows))
+        for v in self.variants:
+            out.append("")
+            setup = f", one-off setup {_usd(v.setup_cost, 6)}" if v.setup_cost else ""
+            out.append(f"{v.name}{setup}")
+            stage_rows = [
+                [
+                    s.stage,
+                    f"{s.calls:,}",
+                    f"{s.answered:,}",
+                    f"{s.input_tokens:,}",
+                    f"{s.output_tokens:,}",
+                    _usd(s.cost, 4),
+                    _usd(s.avoided_cost, 4),
+                ]
+                for s in v.by_stage
+            ]
+            out.append(
+                _grid(
+                    ["  stage", "calls", "answered", "input tok", "output tok", "cost", "avoided"],
+                    [["  " + r[0], *r[1:]] for r in stage_rows],
+                )
+            )
+        if self.notes:
+            out.append("")
+            out.extend(f"* {note}" for note in self.notes)
+        return "\n".join(out)
+
+    def to_markdown(self) -> str:
+        """The variant summary as a Markdown table, followed by the notes."""
+        head = ["variant", "requests", "total", "per request", "per month", "savings"]
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for v in self.variants:
+            cells = [
+                v.name,
+                f"{v.requests:,}",
+                _usd(v.total_cost, 4),
+                _usd(v.cost_per_request, 6),
+                _usd(v.monthly_cost, 2),
+                "-" if v.savings_pct is None else f"{v.savings_pct}%",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.extend(f"\n- {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _usd(amount: Decimal | None, places: int) -> str:
+    if amount is None:
+        return "unknown"
+    return f"${amount.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN):,}"
+
+
+def _grid(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    return "\n".join([line(head), *(line(r) for r in rows)])

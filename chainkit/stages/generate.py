@@ -1,0 +1,76 @@
+"""Generate: the final (usually strong) model writes the answer from what the request carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from chainkit.errors import ConfigError
+from chainkit.ledger import Ledger
+from chainkit.pricing import Catalogue
+from chainkit.providers.model import Model, Prompt
+from chainkit.records import Request, Result
+from chainkit.stages.calling import ModelCall, check_model
+
+__all__ = ["Generate"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generate:
+    """Answer the request with a model, from its facts, its summary or else its document.
+
+    ``typical_output_tokens`` (default ``max_tokens``) sizes the avoided cost that earlier stages
+    record when they answer instead.
+    """
+
+    model: Model
+    max_tokens: int = 1000
+    system: str = (
+        "You are a helpful assistant. Answer the request using only the material provided."
+    )
+    typical_output_tokens: int | None = None
+    catalogue: Catalogue = field(default_factory=Catalogue.load)
+    name: str = "generate"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"Generate max_tokens must be at least 1, got {self.max_tokens}.")
+        check_model(self.model, self.catalogue, self.name)
+
+    def prompt(self, request: Request) -> Prompt:
+        """The prompt for ``request``: facts, then the summary (or the document), then the ask."""
+        parts: list[str] = []
+        if request.facts:
+            parts.append("Facts:\n" + "\n".join(f"- {fact}" for fact in request.facts))
+        if request.summary is not None:
+            parts.append("Summary:\n" + request.summary)
+        elif request.document is not None:
+            parts.append("Document:\n" + request.document)
+        parts.append(request.text)
+        return Prompt(self.system, "\n\n".join(parts))
+
+    def estimate_cost(self, request: Request) -> Decimal | None:
+        """What answering ``request`` would cost at a typical output length."""
+        usage = self.model.estimate(
+            self.prompt(request), max_tokens=self.typical_output_tokens or self.max_tokens
+        )
+        return self.catalogue.cost(
+            self.model.model_id, usage, region=self.model.region, tier=self.model.tier
+        )
+
+    def run(self, request: Request, ledger: Ledger) -> Result:
+        """Call the model and answer."""
+        call = ModelCall(
+            stage=self.name,
+            model=self.model,
+            catalogue=self.catalogue,
+            prompt=self.prompt(request),
+            max_tokens=self.max_tokens,
+            request=request,
+            ledger=ledger,
+        )
+        with call as completion:
+            call.record("answered")
+        return Result(
+            request=request, text=completion.text, stage=self.name, model=self.model.model_id
+        )

@@ -1,0 +1,172 @@
+"""IntentScan: label each request with an intent, free (rules) or with a small model."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from chainkit.ledger import Ledger
+from chainkit.pricing import Catalogue
+from chainkit.providers.model import Model, Prompt
+from chainkit.records import Entry, Request
+from chainkit.stages.calling import ModelCall, check_model
+
+__all__ = [
+    "Classifier",
+    "IntentScan",
+    "KeywordClassifier",
+    "LLMClassifier",
+    "Prediction",
+    "PromptClassifier",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A classifier's label for one text and its confidence in [0, 1]."""
+
+    label: str
+    confidence: float
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A classifier that costs no tokens: rules, or a model trained locally."""
+
+    def predict(self, text: str) -> Prediction:
+        """Label ``text``."""
+        ...
+
+
+@runtime_checkable
+class PromptClassifier(Protocol):
+    """A classifier that asks a model: it builds the prompt and parses the reply."""
+
+    model: Model
+    max_tokens: int
+
+    def prompt(self, text: str) -> Prompt:
+        """The prompt that asks the model to label ``text``."""
+        ...
+
+    def parse(self, reply: str) -> Prediction:
+        """Turn the model's reply into a validated prediction."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeywordClassifier:
+    """Keyword rules: the first intent with a matching keyword or phrase wins (whole words).
+
+    >>> rules = KeywordClassifier({"greeting": ["hello", "hi there"], "track_order": ["where is"]})
+    >>> rules.predict("Hello! Where is my parcel?")
+    Prediction(label='greeting', confidence=1.0)
+    >>> rules.predict("I want a refund").label
+    'unknown'
+    """
+
+    rules: Mapping[str, Sequence[str]]
+    default: str = "unknown"
+    _patterns: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        patterns = tuple(
+            (intent, re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.I))
+            for intent, words in self.rules.items()
+            if words
+        )
+        object.__setattr__(self, "_patterns", patterns)
+
+    def predict(self, text: str) -> Prediction:
+        """Return the first matching intent with confidence 1, else the default with 0."""
+        for intent, pattern in self._patterns:
+            if pattern.search(text):
+                return Prediction(intent, 1.0)
+        return Prediction(self.default, 0.0)
+
+
+@dataclass(frozen=True)
+class LLMClassifier:
+    r"""Ask a (small) model to pick one label; a reply outside the label set becomes the default.
+
+    >>> from chainkit.providers import ScriptedModel
+    >>> clf = LLMClassifier(ScriptedModel(model_id="generic.intent"), ["refund", "track_order"])
+    >>> clf.parse(" Track_Order.\n")
+    Prediction(label='track_order', confidence=1.0)
+    >>> clf.parse("I think it is about shipping")
+    Prediction(label='unknown', confidence=0.0)
+    """
+
+    model: Model
+    labels: Sequence[str]
+    default: str = "unknown"
+    max_tokens: int = 10
+    instruction: str = (
+        "Classify the customer's message into exactly one intent from this list, or "
+        "'{default}' if none fits. Answer with the intent name only.\nIntents: {labels}"
+    )
+
+    def prompt(self, text: str) -> Prompt:
+        """List the labels in the system prompt; the message is the user turn."""
+        system = self.instruction.format(default=self.default, labels=", ".join(self.labels))
+        return Prompt(system, text)
+
+    def parse(self, reply: str) -> Prediction:
+        """Accept the reply only if it names a known label (case and punctuation ignored)."""
+        words = reply.strip().lower().split()
+        answer = words[0].strip(" .,:;'\"`") if words else ""
+        if answer in self.labels:
+            return Prediction(answer, 1.0)
+        return Prediction(self.default, 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntentScan:
+    """Label the request's intent; writes a free entry for rules, a priced one for a model."""
+
+    classifier: Classifier | PromptClassifier
+    catalogue: Catalogue = field(default_factory=Catalogue.load)
+    name: str = "intent_scan"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classifier, PromptClassifier):
+            check_model(self.classifier.model, self.catalogue, self.name)
+
+    def run(self, request: Request, ledger: Ledger) -> Request:
+        """Return the request with ``intent`` and ``confidence`` set."""
+        classifier = self.classifier
+        if isinstance(classifier, PromptClassifier):
+            call = ModelCall(
+                stage=self.name,
+                model=classifier.model,
+                catalogue=self.catalogue,
+                prompt=classifier.prompt(request.text),
+                max_tokens=classifier.max_tokens,
+                request=request,
+                ledger=ledger,
+            )
+            with call as completion:
+                prediction = classifier.parse(completion.text)
+                call.record("passed", intent=prediction.label)
+        else:
+            started = time.perf_counter()
+            prediction = classifier.predict(request.text)
+            ledger.record(
+                Entry(
+                    request_id=request.id,
+                    stage=self.name,
+                    outcome="passed",
+                    cost=Decimal(0),
+                    intent=prediction.label,
+                    latency_s=time.perf_counter() - started,
+                    tags=request.tags,
+                )
+            )
+        return dataclasses.replace(
+            request, intent=prediction.label, confidence=prediction.confidence
+        )
