@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -241,7 +241,7 @@ class Ledger:
 
     def by_day(self) -> dict[date, Totals]:
         """Totals per UTC day."""
-        grouped = self.group(lambda e: e.time.date())
+        grouped = self.group(lambda e: e.time.astimezone(UTC).date())
         return {k: v for k, v in grouped.items() if isinstance(k, date)}
 
     # -- export ----------------------------------------------------------------------------
@@ -401,10 +401,13 @@ class SQLiteLedger(Ledger):
         self._pending: list[tuple[Any, ...]] = []
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"Cannot open ledger database {self.path}: {exc}.") from exc
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"{self.path} is not a chainkit ledger database ({exc}); pass the .db file a "
+                "recipe wrote with --ledger, or a new path."
+            ) from exc
         self._migrate()
         super().__init__(budgets)
 

@@ -90,7 +90,11 @@ class ModelCard:
         return tuple(dict.fromkeys(p.region for p in self.prices))
 
     def price(self, region: str | None = None, tier: Tier = "on_demand") -> Price:
-        """Return the price for ``region`` (default: us-east-1, else the first) and ``tier``."""
+        """Return the price for ``region`` and ``tier``.
+
+        Without a region: us-east-1's price, else the first region's. A region asked for by name
+        is never silently priced as another.
+        """
         candidates = [p for p in self.prices if p.tier == tier]
         if not candidates:
             tiers = sorted({p.tier for p in self.prices})
@@ -98,13 +102,12 @@ class ModelCard:
                 f"Model {self.id!r} has no {tier!r} price; it is priced for tiers {tiers}. "
                 "Choose one of those tiers or add the price to the catalogue."
             )
-        if region is None:
-            region = "us-east-1"
-        for wanted in (region, ANY_REGION):
+        for wanted in (region or "us-east-1", ANY_REGION):
             for p in candidates:
                 if p.region == wanted:
                     return p
-        if region == "us-east-1":
+        if region is None:
+            # No region asked for and no us-east-1 price: the model's first priced region.
             return candidates[0]
         regions = sorted({p.region for p in candidates})
         raise ConfigError(

@@ -166,14 +166,21 @@ class Report:
         """One variant per value of ``tag`` ("all" for entries without it).
 
         Variants come in the order given by ``variants`` (the first is the savings baseline), or
-        else in order of first appearance.
+        else in the order their first request was served (one-off setup such as precomputing
+        comes before serving, and does not decide the order).
         """
         groups: dict[str, list[Entry]] = {name: [] for name in variants or ()}
-        for e in ledger.entries():
+        first_served: dict[str, int] = {}
+        for i, e in enumerate(ledger.entries()):
             name = e.tags.get(tag, "all")
             if variants is None or name in groups:
                 groups.setdefault(name, []).append(e)
-        return cls.build(groups.items(), traffic_per_day=traffic_per_day)
+                if e.phase == "serve":
+                    first_served.setdefault(name, i)
+        order = list(groups)
+        if variants is None:
+            order.sort(key=lambda name: first_served.get(name, float("inf")))
+        return cls.build([(name, groups[name]) for name in order], traffic_per_day=traffic_per_day)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: money as decimal strings, ``None`` for unknown cost."""
@@ -230,7 +237,7 @@ class Report:
         out.append(_grid(head, rows))
         for v in self.variants:
             out.append("")
-            setup = f", one-off setup {_usd(v.setup_cost, 6)}" if v.setup_cost else ""
+            setup = "" if v.setup_cost == 0 else f", one-off setup {_usd(v.setup_cost, 6)}"
             out.append(f"{v.name}{setup}")
             stage_rows = [
                 [

@@ -1,0 +1,239 @@
+"""The `chainkit` command: price listings and reports on saved ledgers."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from chainkit import Entry, SQLiteLedger, Usage
+from chainkit.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- prices --------------------------------------------------------------------------------------
+
+
+def test_prices_table_defaults_to_bedrock(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "prices")
+    assert (code, err) == (0, "")
+    assert out.startswith("catalogue bedrock-2026-11:")
+    row = next(line for line in out.splitlines() if line.startswith("anthropic.claude-sonnet-4-2"))
+    assert row.split() == [
+        "anthropic.claude-sonnet-4-20250514-v1:0",
+        "us-east-1",
+        "on_demand",
+        "3.00",
+        "15.00",
+        "0.30/3.75",
+        "200,000",
+    ]
+
+
+def test_prices_table_seed_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "prices", "--catalogue", "seed-2024")
+    assert code == 0
+    assert out.startswith("catalogue seed-2024: 11 models.")
+    row = next(line for line in out.splitlines() if line.startswith("anthropic.claude-v2 "))
+    assert row.split() == [
+        "anthropic.claude-v2",
+        "*",
+        "on_demand",
+        "8.00",
+        "24.00",
+        "-/-",
+        "100,000",
+    ]
+
+
+def test_prices_json_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "prices", "--catalogue", "seed-2024", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["catalogue"] == "seed-2024"
+    models = {m["id"]: m for m in data["models"]}
+    assert len(models) == 11
+    (price,) = models["anthropic.claude-v2"]["prices"]
+    assert price["input_per_mtok"] == "8.00"
+    assert price["output_per_mtok"] == "24.00"
+    assert price["cache_read_per_mtok"] is None
+    assert price["effective_date"] == "2024-03-13"
+    assert price["source_url"].startswith("https://")
+    assert models["anthropic.claude-3-haiku-20240307-v1:0"]["prices"][0]["input_per_mtok"] == "0.25"
+
+
+def test_prices_json_bedrock(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "prices", "--catalogue", "bedrock-2026-11", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["catalogue"] == "bedrock-2026-11"
+    models = {m["id"]: m for m in data["models"]}
+    sonnet = models["anthropic.claude-sonnet-4-20250514-v1:0"]
+    assert "us.anthropic.claude-sonnet-4-20250514-v1:0" in sonnet["aliases"]
+    assert sonnet["prices"][0]["cache_read_per_mtok"] == "0.30"
+    assert sonnet["prices"][0]["cache_write_per_mtok"] == "3.75"
+    tiers = {p["tier"] for p in models["amazon.nova-micro-v1:0"]["prices"]}
+    assert tiers == {"on_demand", "batch"}
+
+
+def test_prices_unknown_catalogue_exits_2_with_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "prices", "--catalogue", "nope")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("chainkit: ")
+    assert "'nope'" in err
+    assert "bedrock-2026-11" in err
+    assert "seed-2024" in err
+
+
+def test_prices_from_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(
+        json.dumps(
+            {
+                "catalogue": "mine",
+                "unit_tokens": 1000,
+                "models": [
+                    {
+                        "id": "acme.small",
+                        "name": "Small",
+                        "provider": "Acme",
+                        "context_window": 4096,
+                        "prices": [
+                            {
+                                "region": "*",
+                                "tier": "on_demand",
+                                "input": "0.0001",
+                                "output": "0.0002",
+                                "source_url": "https://acme.example/prices",
+                                "effective_date": "2025-01-01",
+                            }
+                        ],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    code, out, _ = _run(capsys, "prices", "--catalogue", str(path), "--format", "json")
+    assert code == 0
+    (model,) = json.loads(out)["models"]
+    assert model["prices"][0]["input_per_mtok"] == "0.10"
+
+
+def test_prices_malformed_file_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{not json", encoding="utf-8")
+    code, _, err = _run(capsys, "prices", "--catalogue", str(path))
+    assert code == 2
+    assert str(path) in err
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ledger_file(tmp_path: Path) -> Path:
+    """Four requests per variant: the article's single model against an intent-routed chain."""
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as ledger:
+        for i in range(4):
+            ledger.record(
+                Entry(f"s{i}", "generate", "answered", Decimal("0.006"),
+                      model="generic.powerful", usage=Usage(50, 50), tags={"variant": "single"})
+            )  # fmt: skip
+            tags = {"variant": "chained"}
+            ledger.record(
+                Entry(f"c{i}", "intent", "passed", Decimal("0.0003"), model="generic.intent",
+                      usage=Usage(80, 20), tags=tags)
+            )  # fmt: skip
+            if i < 2:
+                ledger.record(
+                    Entry(f"c{i}", "canned", "answered", Decimal(0),
+                          avoided_cost=Decimal("0.006"), tags=tags)
+                )  # fmt: skip
+            else:
+                ledger.record(
+                    Entry(f"c{i}", "generate", "answered", Decimal("0.0012"),
+                          model="generic.responder", usage=Usage(150, 50), tags=tags)
+                )  # fmt: skip
+    return path
+
+
+def test_report_table(ledger_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "report", str(ledger_file), "--traffic", "10000")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    single = next(line for line in lines if line.startswith("single"))
+    chained = next(line for line in lines if line.startswith("chained"))
+    assert "$1,800.00" in single
+    assert "$270.00" in chained
+    assert chained.endswith("85.0%")
+    assert "per month @ 10,000/day" in out
+
+
+def test_report_json(ledger_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "report", str(ledger_file), "--traffic", "10000", "--format", "json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    variants = {v["name"]: v for v in data["variants"]}
+    assert list(variants) == ["single", "chained"]
+    assert variants["single"]["monthly_cost_usd"] == "1800.00"
+    assert variants["chained"]["cost_per_request_usd"] == "0.0009"
+    assert variants["chained"]["monthly_cost_usd"] == "270.00"
+    assert variants["chained"]["savings_pct"] == "85.0"
+    assert data["assumptions"]["traffic_per_day"] == 10_000
+
+
+def test_report_without_traffic_has_no_projection(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "report", str(ledger_file), "--format", "json")
+    assert code == 0
+    variant = json.loads(out)["variants"][0]
+    assert variant["total_cost_usd"] == "0.024"
+    assert "monthly_cost_usd" not in variant
+
+
+def test_report_other_variant_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tenants.db"
+    with SQLiteLedger(path) as ledger:
+        ledger.record(Entry("r1", "generate", "answered", Decimal("0.25"), tags={"tenant": "a"}))
+        ledger.record(Entry("r2", "generate", "answered", Decimal("0.75"), tags={"tenant": "b"}))
+    code, out, _ = _run(capsys, "report", str(path), "--variant-tag", "tenant", "--format", "json")
+    assert code == 0
+    names = [(v["name"], v["total_cost_usd"]) for v in json.loads(out)["variants"]]
+    assert names == [("a", "0.25"), ("b", "0.75")]
+
+
+def test_report_missing_file_exits_2_naming_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "absent.db"
+    code, out, err = _run(capsys, "report", str(path))
+    assert code == 2
+    assert out == ""
+    assert str(path) in err
+    assert f"--ledger {path}" in err
+    assert not path.exists()
+
+
+def test_report_on_non_database_file_exits_2_naming_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a ledger\n" * 100, encoding="utf-8")
+    code, _, err = _run(capsys, "report", str(path))
+    assert code == 2
+    assert str(path) in err

@@ -1,0 +1,514 @@
+"""The ledger: recording, totals, aggregations, budgets, SQLite persistence, exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+import threading
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chainkit import Budget, BudgetExceeded, ConfigError, Entry, Ledger, SQLiteLedger, Usage
+
+DAY1 = datetime(2024, 3, 13, 9, 0, tzinfo=UTC)
+DAY2 = datetime(2024, 3, 14, 23, 30, tzinfo=UTC)
+
+
+def entry(
+    request_id: str = "r1",
+    stage: str = "generate",
+    cost: Decimal | None = Decimal("0.006"),
+    **fields: Any,
+) -> Entry:
+    return Entry(
+        request_id=request_id,
+        stage=stage,
+        outcome=fields.pop("outcome", "answered"),
+        cost=cost,
+        **fields,
+    )
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    """Three requests through an intent scan, canned replies and a generator."""
+    book = Ledger()
+    rows = [
+        entry("r1", "intent", Decimal("0.0003"), model="generic.intent", usage=Usage(80, 20),
+              intent="greeting", tags={"tenant": "acme"}, time=DAY1, outcome="passed"),
+        entry("r1", "canned", Decimal(0), avoided_cost=Decimal("0.006"), intent="greeting",
+              tags={"tenant": "acme"}, time=DAY1),
+        entry("r2", "intent", Decimal("0.0003"), model="generic.intent", usage=Usage(90, 10),
+              intent="order", tags={"tenant": "globex"}, time=DAY1, outcome="passed"),
+        entry("r2", "generate", Decimal("0.0012"), model="generic.responder",
+              usage=Usage(150, 50), intent="order", tags={"tenant": "globex"}, time=DAY2),
+        entry("r3", "generate", Decimal("0.006"), model="generic.powerful", usage=Usage(50, 50),
+              time=DAY2, latency_s=0.25),
+    ]  # fmt: skip
+    for row in rows:
+        book.record(row)
+    return book
+
+
+# -- recording and totals ------------------------------------------------------------------------
+
+
+def test_record_appends_in_order(ledger: Ledger) -> None:
+    assert len(ledger) == 5
+    assert [(e.request_id, e.stage) for e in ledger.entries()] == [
+        ("r1", "intent"),
+        ("r1", "canned"),
+        ("r2", "intent"),
+        ("r2", "generate"),
+        ("r3", "generate"),
+    ]
+    assert list(ledger) == ledger.entries()
+
+
+def test_entries_is_a_snapshot(ledger: Ledger) -> None:
+    snapshot = ledger.entries()
+    snapshot.clear()
+    assert len(ledger) == 5
+
+
+def test_empty_ledger_costs_zero() -> None:
+    assert len(Ledger()) == 0
+    assert Ledger().cost == Decimal(0)
+
+
+def test_totals_sum_priced_entries(ledger: Ledger) -> None:
+    t = ledger.totals()
+    assert (t.calls, t.requests) == (5, 3)
+    assert (t.input_tokens, t.output_tokens) == (370, 130)
+    assert t.cost == Decimal("0.0078")
+    assert t.avoided_cost == Decimal("0.006")
+    assert t.latency_s == 0.25
+    assert ledger.cost == Decimal("0.0078")
+
+
+def test_totals_where_filters(ledger: Ledger) -> None:
+    t = ledger.totals(lambda e: e.model == "generic.intent")
+    assert (t.calls, t.cost) == (2, Decimal("0.0006"))
+
+
+def test_totals_count_cache_tokens() -> None:
+    book = Ledger()
+    book.record(entry(usage=Usage(10, 5, cache_read_tokens=300, cache_write_tokens=40)))
+    book.record(entry(usage=Usage(1, 1, cache_read_tokens=3)))
+    t = book.totals()
+    assert (t.cache_read_tokens, t.cache_write_tokens) == (303, 40)
+
+
+def test_cost_is_none_when_any_entry_cost_unknown(ledger: Ledger) -> None:
+    ledger.record(entry("r4", cost=None, model="unpriced.model"))
+    assert ledger.cost is None
+    assert ledger.totals().cost is None
+    assert ledger.by_stage()["generate"].cost is None
+    assert ledger.by_stage()["intent"].cost == Decimal("0.0006")
+
+
+def test_avoided_cost_none_when_any_unknown(ledger: Ledger) -> None:
+    ledger.record(entry("r4", "canned", Decimal(0), avoided_cost=None))
+    assert ledger.totals().avoided_cost is None
+    assert ledger.cost == Decimal("0.0078")
+
+
+# -- aggregations --------------------------------------------------------------------------------
+
+
+def test_by_stage(ledger: Ledger) -> None:
+    stages = ledger.by_stage()
+    assert list(stages) == ["intent", "canned", "generate"]
+    assert stages["intent"].calls == 2
+    assert stages["intent"].cost == Decimal("0.0006")
+    assert stages["canned"].cost == Decimal(0)
+    assert stages["canned"].avoided_cost == Decimal("0.006")
+    assert stages["generate"].cost == Decimal("0.0072")
+    assert stages["generate"].requests == 2
+
+
+def test_by_model_keeps_none_for_modelless_stages(ledger: Ledger) -> None:
+    models = ledger.by_model()
+    assert list(models) == ["generic.intent", None, "generic.responder", "generic.powerful"]
+    assert models[None].calls == 1
+    assert models["generic.responder"].cost == Decimal("0.0012")
+    assert models["generic.powerful"].input_tokens == 50
+
+
+def test_by_intent(ledger: Ledger) -> None:
+    intents = ledger.by_intent()
+    assert intents["greeting"].cost == Decimal("0.0003")
+    assert intents["order"].cost == Decimal("0.0015")
+    assert intents[None].cost == Decimal("0.006")
+
+
+def test_by_tag(ledger: Ledger) -> None:
+    tenants = ledger.by_tag("tenant")
+    assert set(tenants) == {"acme", "globex", None}
+    assert tenants["acme"].cost == Decimal("0.0003")
+    assert tenants["acme"].requests == 1
+    assert tenants["globex"].cost == Decimal("0.0015")
+    assert tenants[None].cost == Decimal("0.006")
+
+
+def test_by_day(ledger: Ledger) -> None:
+    days = ledger.by_day()
+    assert list(days) == [date(2024, 3, 13), date(2024, 3, 14)]
+    assert days[date(2024, 3, 13)].cost == Decimal("0.0006")
+    assert days[date(2024, 3, 14)].cost == Decimal("0.0072")
+
+
+def test_by_day_groups_by_utc_day_whatever_the_entry_timezone() -> None:
+    book = Ledger()
+    sydney = timezone(timedelta(hours=10))
+    # 01:00 on 2 Jan in UTC+10 is 15:00 on 1 Jan UTC.
+    book.record(entry("r1", time=datetime(2024, 1, 2, 1, 0, tzinfo=sydney)))
+    book.record(entry("r2", time=datetime(2024, 1, 1, 15, 0, tzinfo=UTC)))
+    days = book.by_day()
+    assert list(days) == [date(2024, 1, 1)]
+    assert days[date(2024, 1, 1)].calls == 2
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+
+def test_many_threads_recording_lose_nothing() -> None:
+    book = Ledger()
+    threads, per_thread = 16, 500
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            book.record(entry(f"t{n}-{i}", cost=Decimal("0.00021")))
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(book) == threads * per_thread
+    assert book.totals().requests == threads * per_thread
+    assert book.cost == Decimal("0.00021") * threads * per_thread == Decimal("1.68")
+
+
+def test_concurrent_reserves_never_exceed_the_limit() -> None:
+    budget = Budget(Decimal("1.00"))
+    book = Ledger([budget])
+    granted: list[int] = []
+
+    def work() -> None:
+        for _ in range(50):
+            try:
+                book.reserve(Decimal("0.01"), {}, stage="generate")
+            except BudgetExceeded:
+                continue
+            granted.append(1)
+
+    workers = [threading.Thread(target=work) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(granted) == 100
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+
+def test_reserve_within_limit_holds_the_amount() -> None:
+    budget = Budget(Decimal(5), name="support-bot")
+    book = Ledger([budget])
+    hold = book.reserve(Decimal("3"), {}, stage="generate")
+    assert hold.open
+    assert hold.amounts == {budget: Decimal(3)}
+    with pytest.raises(BudgetExceeded, match=r"\$3\.0000 more in flight"):
+        book.reserve(Decimal("2.01"), {}, stage="generate")
+    book.reserve(Decimal(2), {}, stage="generate")
+
+
+def test_over_limit_message_has_spent_limit_needed_and_stage() -> None:
+    book = Ledger([Budget(Decimal("5.00"), name="support-bot")])
+    book.record(entry(cost=Decimal("4.98")))
+    with pytest.raises(BudgetExceeded) as info:
+        book.reserve(Decimal("0.045"), {}, stage="generate")
+    message = str(info.value)
+    assert "'support-bot'" in message
+    assert "spent $4.9800" in message
+    assert "of $5.0000" in message
+    assert "needs up to $0.0450" in message
+    assert "stage='generate'" in message
+    assert "cheaper model" in message
+
+
+def test_reserve_exactly_up_to_the_limit_is_allowed() -> None:
+    book = Ledger([Budget(Decimal("5.00"))])
+    book.record(entry(cost=Decimal("4.955")))
+    book.reserve(Decimal("0.045"), {}, stage="generate")
+
+
+def test_record_with_hold_settles_it() -> None:
+    budget = Budget(Decimal(5))
+    book = Ledger([budget])
+    hold = book.reserve(Decimal(3), {}, stage="generate")
+    book.record(entry(cost=Decimal(1)), hold=hold)
+    assert not hold.open
+    assert book.spent(budget) == Decimal(1)
+    book.reserve(Decimal(4), {}, stage="generate")  # 1 spent + 4 = 5: allowed
+    with pytest.raises(BudgetExceeded):
+        book.reserve(Decimal("0.01"), {}, stage="generate")
+
+
+def test_release_gives_the_hold_back_and_is_idempotent() -> None:
+    book = Ledger([Budget(Decimal(5))])
+    hold = book.reserve(Decimal(4), {}, stage="generate")
+    book.release(hold)
+    book.release(hold)
+    assert not hold.open
+    second = book.reserve(Decimal(5), {}, stage="generate")
+    assert second.open
+    with pytest.raises(BudgetExceeded):
+        book.reserve(Decimal("0.0001"), {}, stage="generate")
+
+
+def test_tag_scoped_budget_ignores_other_tags() -> None:
+    acme = Budget(Decimal(1), name="acme", tag=("tenant", "acme"))
+    book = Ledger([acme])
+    book.record(entry(cost=Decimal(100), tags={"tenant": "globex"}))
+    assert book.spent(acme) == Decimal(0)
+    other = book.reserve(Decimal(50), {"tenant": "globex"}, stage="generate")
+    assert other.amounts == {}
+    book.reserve(Decimal("0.6"), {"tenant": "acme"}, stage="generate")
+    with pytest.raises(BudgetExceeded, match="'acme'"):
+        book.reserve(Decimal("0.5"), {"tenant": "acme", "user": "u1"}, stage="generate")
+
+
+def test_unknown_amount_refused_when_budget_applies() -> None:
+    book = Ledger([Budget(Decimal(5), name="acme", tag=("tenant", "acme"))])
+    with pytest.raises(BudgetExceeded) as info:
+        book.reserve(None, {"tenant": "acme"}, stage="generate")
+    assert "cannot be checked" in str(info.value)
+    assert "stage='generate'" in str(info.value)
+    assert book.reserve(None, {"tenant": "globex"}, stage="generate").amounts == {}
+
+
+def test_unknown_earlier_cost_blocks_the_budget() -> None:
+    budget = Budget(Decimal(5))
+    book = Ledger([budget])
+    book.record(entry(cost=None))
+    assert book.spent(budget) is None
+    with pytest.raises(BudgetExceeded, match="earlier calls"):
+        book.reserve(Decimal("0.01"), {}, stage="summarise")
+
+
+def test_add_budget_counts_entries_already_recorded() -> None:
+    book = Ledger()
+    book.record(entry(cost=Decimal("4.5"), tags={"tenant": "acme"}))
+    book.record(entry(cost=Decimal("9"), tags={"tenant": "globex"}))
+    budget = Budget(Decimal(5), tag=("tenant", "acme"))
+    book.add_budget(budget)
+    assert book.budgets == (budget,)
+    assert book.spent(budget) == Decimal("4.5")
+    with pytest.raises(BudgetExceeded, match=r"spent \$4\.5000"):
+        book.reserve(Decimal("0.6"), {"tenant": "acme"}, stage="generate")
+
+
+@pytest.mark.parametrize("limit", [Decimal(-1), 5.0, 5])
+def test_budget_limit_must_be_non_negative_decimal(limit: Any) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"got {limit!r}")):
+        Budget(limit, name="bad")
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+
+def _sqlite_entries() -> list[Entry]:
+    return [
+        entry("r1", "intent", Decimal("0.00021"), model="generic.intent", usage=Usage(60, 10),
+              intent="order", tags={"tenant": "acme", "variant": "chained"}, estimated=True,
+              latency_s=0.125, attempts=2, time=DAY1, outcome="passed"),
+        entry("r1", "generate", None, model="unpriced.model", usage=Usage(5, 6, 7, 8),
+              avoided_cost=None, time=DAY2, outcome="failed"),
+        entry("r2", "canned", Decimal(0), avoided_cost=Decimal("0.0060"), time=DAY2),
+        entry("setup", "precompute", Decimal("1.50"), phase="setup", time=DAY1),
+    ]  # fmt: skip
+
+
+def test_sqlite_round_trip_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    written = _sqlite_entries()
+    with SQLiteLedger(path) as book:
+        for e in written:
+            book.record(e)
+        assert book.entries() == written
+    reopened = SQLiteLedger(path)
+    try:
+        read = reopened.entries()
+        assert read == written
+        assert [str(e.cost) for e in read] == ["0.00021", "None", "0", "1.50"]
+        assert str(read[2].avoided_cost) == "0.0060"
+        assert read[0].tags == {"tenant": "acme", "variant": "chained"}
+        assert read[1].usage == Usage(5, 6, 7, 8)
+        assert read[2].usage is None
+        assert read[0].time == DAY1
+        assert reopened.cost is None
+        assert reopened.request_ids() == {"r1", "r2", "setup"}
+    finally:
+        reopened.close()
+
+
+def test_sqlite_appends_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as book:
+        book.record(entry("r1", cost=Decimal("0.1")))
+    with SQLiteLedger(path) as book:
+        book.record(entry("r2", cost=Decimal("0.2")))
+        assert [e.request_id for e in book.entries()] == ["r1", "r2"]
+        assert book.cost == Decimal("0.3")
+
+
+def test_sqlite_budget_counts_entries_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as book:
+        book.record(entry(cost=Decimal("4.99")))
+    with (
+        SQLiteLedger(path, budgets=[Budget(Decimal(5), name="file")]) as book,
+        pytest.raises(BudgetExceeded, match=r"spent \$4\.9900"),
+    ):
+        book.reserve(Decimal("0.02"), {}, stage="generate")
+
+
+def _rows_in_file(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+
+def test_sqlite_batches_until_flush_and_close(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    book = SQLiteLedger(path, batch_size=3)
+    book.record(entry("r1"))
+    book.record(entry("r2"))
+    assert _rows_in_file(path) == 0
+    assert len(book) == 2
+    book.flush()
+    assert _rows_in_file(path) == 2
+    book.record(entry("r3"))
+    book.record(entry("r4"))
+    assert _rows_in_file(path) == 2
+    book.close()
+    assert _rows_in_file(path) == 4
+    with SQLiteLedger(path) as reopened:
+        assert [e.request_id for e in reopened.entries()] == ["r1", "r2", "r3", "r4"]
+
+
+def test_sqlite_writes_a_full_batch_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path, batch_size=2) as book:
+        book.record(entry("r1"))
+        book.record(entry("r2"))
+        assert _rows_in_file(path) == 2
+
+
+def test_sqlite_entries_include_pending_batch(tmp_path: Path) -> None:
+    with SQLiteLedger(tmp_path / "run.db", batch_size=10) as book:
+        book.record(entry("r1", cost=Decimal("0.5")))
+        assert book.cost == Decimal("0.5")
+
+
+def test_sqlite_batch_size_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size must be at least 1, got 0"):
+        SQLiteLedger(tmp_path / "run.db", batch_size=0)
+
+
+def test_sqlite_many_threads_recording(tmp_path: Path) -> None:
+    with SQLiteLedger(tmp_path / "run.db", batch_size=7) as book:
+
+        def work(n: int) -> None:
+            for i in range(100):
+                book.record(entry(f"t{n}-{i}", cost=Decimal("0.01")))
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert len(book) == 800
+        assert book.cost == Decimal(8)
+
+
+def test_opening_non_database_file_is_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a ledger\n" * 50, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        SQLiteLedger(path)
+    assert str(path) in str(info.value)
+
+
+def test_opening_newer_schema_is_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match=r"schema version 99.*upgrade chainkit"):
+        SQLiteLedger(path)
+
+
+# -- exports -------------------------------------------------------------------------------------
+
+
+def _export_ledger() -> Ledger:
+    book = Ledger()
+    book.record(
+        entry(
+            "r1",
+            "generate",
+            Decimal("0.00021"),
+            model="generic.intent",
+            usage=Usage(60, 10),
+            tags={"tenant": "acme"},
+            time=DAY1,
+        )
+    )
+    book.record(entry("r2", "canned", None, avoided_cost=None, time=DAY2))
+    return book  # fmt: skip
+
+
+def test_to_json_money_as_strings(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    _export_ledger().to_json(path)
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    assert len(rows) == 2
+    assert rows[0]["cost"] == "0.00021"
+    assert rows[0]["avoided_cost"] == "0"
+    assert rows[0]["tags"] == {"tenant": "acme"}
+    assert (rows[0]["input_tokens"], rows[0]["output_tokens"]) == (60, 10)
+    assert rows[0]["time"] == "2024-03-13T09:00:00+00:00"
+    assert rows[1]["cost"] is None
+    assert rows[1]["input_tokens"] is None
+
+
+def test_to_json_accepts_a_stream() -> None:
+    out = io.StringIO()
+    _export_ledger().to_json(out)
+    assert [row["request_id"] for row in json.loads(out.getvalue())] == ["r1", "r2"]
+
+
+def test_to_csv_header_and_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.csv"
+    _export_ledger().to_csv(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["request_id", "stage", "outcome", "model"]
+    assert {"cost", "avoided_cost", "tags", "phase", "time"} <= set(header)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["cost"] == "0.00021"
+    assert json.loads(rows[0]["tags"]) == {"tenant": "acme"}
+    assert rows[0]["input_tokens"] == "60"
+    assert rows[1]["cost"] == ""
+    assert rows[1]["model"] == ""

@@ -1,0 +1,384 @@
+"""Price catalogues: the article's prices, Bedrock lookups, cache and batch prices, bad files."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chainkit import Catalogue, ConfigError, Usage
+
+SEED = "seed-2024"
+BEDROCK = "bedrock-2026-11"
+SONNET_4 = "anthropic.claude-sonnet-4-20250514-v1:0"
+HAIKU_3 = "anthropic.claude-3-haiku-20240307-v1:0"
+
+
+@pytest.fixture(scope="module")
+def seed() -> Catalogue:
+    return Catalogue.load(SEED)
+
+
+@pytest.fixture(scope="module")
+def bedrock() -> Catalogue:
+    return Catalogue.load(BEDROCK)
+
+
+# -- the article's prices ------------------------------------------------------------------------
+
+
+def test_article_worked_example_costs_0_184_exactly(seed: Catalogue) -> None:
+    cost = seed.cost("anthropic.claude-v2", Usage(11_000, 4_000))
+    assert cost == Decimal("0.184")
+    assert isinstance(cost, Decimal)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "input_per_1k", "output_per_1k"),
+    [
+        ("anthropic.claude-v2", "0.008", "0.024"),
+        ("anthropic.claude-instant-v1", "0.0008", "0.0024"),
+        ("anthropic.claude-3-sonnet-20240229-v1:0", "0.003", "0.015"),
+        ("anthropic.claude-3-opus-20240229-v1:0", "0.015", "0.075"),
+        ("anthropic.claude-3-haiku-20240307-v1:0", "0.00025", "0.00125"),
+        ("mistral.mixtral-8x7b-instruct-v0:1", "0.00045", "0.0007"),
+        ("davinci", "0.06", "0.06"),
+        ("generic.powerful", "0.06", "0.06"),
+        ("generic.intent", "0.003", "0.003"),
+        ("generic.responder", "0.006", "0.006"),
+    ],
+)
+def test_seed_prices_per_1k_tokens(
+    seed: Catalogue, model_id: str, input_per_1k: str, output_per_1k: str
+) -> None:
+    assert seed.cost(model_id, Usage(input_tokens=1_000)) == Decimal(input_per_1k)
+    assert seed.cost(model_id, Usage(output_tokens=1_000)) == Decimal(output_per_1k)
+
+
+def test_seed_titan_text_express_input_price(seed: Catalogue) -> None:
+    assert seed.cost("amazon.titan-text-express-v1", Usage(1_000, 0)) == Decimal("0.0008")
+
+
+def test_seed_chatbot_powerful_call_of_100_tokens_costs_0_006(seed: Catalogue) -> None:
+    # The article's chatbot: 100 tokens processed per interaction at $0.06 per 1K.
+    assert seed.cost("powerful", Usage(50, 50)) == Decimal("0.006")
+
+
+def test_seed_prices_apply_in_any_region(seed: Catalogue) -> None:
+    usage = Usage(11_000, 4_000)
+    assert seed.cost("claude-2", usage, region="eu-west-3") == Decimal("0.184")
+
+
+# -- lookups -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected"),
+    [
+        ("claude-sonnet-4", SONNET_4),
+        ("nova-micro", "amazon.nova-micro-v1:0"),
+        ("us.anthropic.claude-sonnet-4-20250514-v1:0", SONNET_4),
+        ("global.anthropic.claude-sonnet-4-20250514-v1:0", SONNET_4),
+        ("eu.anthropic.claude-3-haiku-20240307-v1:0", HAIKU_3),
+        # A profile id the file does not list as an alias resolves by its prefix.
+        ("us.amazon.titan-text-express-v1", "amazon.titan-text-express-v1"),
+        ("us.mistral.mixtral-8x7b-instruct-v0:1", "mistral.mixtral-8x7b-instruct-v0:1"),
+    ],
+)
+def test_lookup_by_alias_and_cross_region_profile(
+    bedrock: Catalogue, model_id: str, expected: str
+) -> None:
+    assert bedrock.card(model_id).id == expected
+    assert model_id in bedrock
+
+
+def test_profile_id_is_priced_like_the_base_model(bedrock: Catalogue) -> None:
+    usage = Usage(1_000_000, 1_000_000)
+    assert bedrock.cost("us." + SONNET_4, usage) == bedrock.cost(SONNET_4, usage) == Decimal(18)
+
+
+def test_unknown_model_names_closest_ids(seed: Catalogue) -> None:
+    with pytest.raises(ConfigError) as info:
+        seed.cost("anthropic.claude-v3", Usage(10, 10))
+    message = str(info.value)
+    assert "'anthropic.claude-v3'" in message
+    assert "anthropic.claude-v2" in message
+    assert "chainkit prices --catalogue seed-2024" in message
+
+
+def test_unknown_model_is_not_in_catalogue(bedrock: Catalogue) -> None:
+    assert "openai.gpt-9" not in bedrock
+    assert "us.openai.gpt-9" not in bedrock
+    with pytest.raises(ConfigError, match=r"Unknown model 'us\.openai\.gpt-9'"):
+        bedrock.card("us.openai.gpt-9")
+
+
+# -- cache, tiers, regions -----------------------------------------------------------------------
+
+
+def test_cache_tokens_priced_from_catalogue(bedrock: Catalogue) -> None:
+    price = bedrock.card(SONNET_4).price()
+    # The catalogue's per-million figures the hand calculation below rests on.
+    assert (price.input, price.output) == (Decimal(3), Decimal(15))
+    assert (price.cache_read, price.cache_write) == (Decimal("0.3"), Decimal("3.75"))
+    usage = Usage(1_000, 500, cache_read_tokens=20_000, cache_write_tokens=4_000)
+    # 1000*3 + 500*15 + 20000*0.3 + 4000*3.75 = 31500 per million -> $0.0315
+    assert bedrock.cost(SONNET_4, usage) == Decimal("0.0315")
+
+
+def test_cache_read_is_cheaper_than_input_not_free(bedrock: Catalogue) -> None:
+    cached = bedrock.cost(SONNET_4, Usage(cache_read_tokens=1_000_000))
+    assert cached == Decimal("0.3")
+    assert Decimal(0) < cached < bedrock.cost(SONNET_4, Usage(input_tokens=1_000_000))
+
+
+def test_cache_read_on_model_without_cache_price_is_an_error(bedrock: Catalogue) -> None:
+    with pytest.raises(ConfigError) as info:
+        bedrock.cost("claude-3-sonnet", Usage(100, 10, cache_read_tokens=5))
+    message = str(info.value)
+    assert "anthropic.claude-3-sonnet-20240229-v1:0" in message
+    assert "cache-read" in message
+    assert "5 cache-read tokens" in message
+
+
+def test_cache_write_on_model_with_only_cache_read_price_is_an_error(bedrock: Catalogue) -> None:
+    assert bedrock.cost("nova-micro", Usage(cache_read_tokens=1_000_000)) == Decimal("0.00875")
+    with pytest.raises(ConfigError, match="no cache-write price"):
+        bedrock.cost("nova-micro", Usage(cache_write_tokens=1))
+
+
+def test_zero_cache_tokens_on_uncached_model_is_fine(bedrock: Catalogue) -> None:
+    assert bedrock.cost("claude-3-sonnet", Usage(1_000, 1_000)) == Decimal("0.018")
+
+
+def test_batch_tier_cheaper_than_on_demand_wherever_both_exist(bedrock: Catalogue) -> None:
+    pairs = 0
+    for card in bedrock:
+        for batch in (p for p in card.prices if p.tier == "batch"):
+            on_demand = card.price(batch.region, "on_demand")
+            assert batch.input < on_demand.input, card.id
+            assert batch.output < on_demand.output, card.id
+            pairs += 1
+    assert pairs >= 5
+
+
+def test_batch_tier_halves_haiku_cost(bedrock: Catalogue) -> None:
+    usage = Usage(1_000_000, 1_000_000)
+    assert bedrock.cost(HAIKU_3, usage) == Decimal("1.5")
+    assert bedrock.cost(HAIKU_3, usage, tier="batch") == Decimal("0.75")
+
+
+def test_tier_without_price_is_an_error_listing_tiers(bedrock: Catalogue) -> None:
+    with pytest.raises(ConfigError) as info:
+        bedrock.cost(SONNET_4, Usage(1, 1), tier="flex")
+    assert "'flex'" in str(info.value)
+    assert "['on_demand']" in str(info.value)
+
+
+def test_regional_price_differs(bedrock: Catalogue) -> None:
+    usage = Usage(1_000_000, 1_000_000)
+    assert bedrock.cost("mixtral-8x7b", usage) == Decimal("1.15")
+    assert bedrock.cost("mixtral-8x7b", usage, region="eu-west-3") == Decimal("1.50")
+
+
+def test_unknown_region_is_an_error_listing_regions(bedrock: Catalogue) -> None:
+    with pytest.raises(ConfigError) as info:
+        bedrock.cost(HAIKU_3, Usage(1, 1), region="mars-1")
+    message = str(info.value)
+    assert "'mars-1'" in message
+    assert "['eu-central-1', 'us-east-1']" in message
+
+
+def test_region_without_price_for_model_is_an_error(bedrock: Catalogue) -> None:
+    with pytest.raises(ConfigError, match=r"'eu-central-1'.*\['us-east-1'\]"):
+        bedrock.cost(SONNET_4, Usage(1, 1), region="eu-central-1")
+
+
+# -- bundled catalogues --------------------------------------------------------------------------
+
+
+def test_names_lists_both_bundled_catalogues() -> None:
+    names = Catalogue.names()
+    assert SEED in names
+    assert BEDROCK in names
+
+
+def test_default_catalogue_is_bedrock() -> None:
+    assert Catalogue.load().name == BEDROCK
+
+
+@pytest.mark.parametrize("name", Catalogue.names())
+def test_every_bundled_catalogue_loads_with_sourced_prices(name: str) -> None:
+    catalogue = Catalogue.load(name)
+    assert catalogue.name == name
+    assert len(catalogue) > 0
+    for card in catalogue:
+        assert card.prices, card.id
+        for price in card.prices:
+            assert price.source_url.startswith("https://"), (card.id, price.source_url)
+            assert price.effective_date.year >= 2023, card.id
+            assert price.input >= 0
+            assert price.output >= 0
+
+
+@pytest.mark.parametrize("name", Catalogue.names())
+def test_ids_and_aliases_unique_in_bundled_catalogue(name: str) -> None:
+    keys = [key for card in Catalogue.load(name) for key in (card.id, *card.aliases)]
+    assert len(keys) == len(set(keys))
+
+
+def test_unknown_bundled_catalogue_lists_bundled_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        Catalogue.load("seed2024")
+    message = str(info.value)
+    assert "'seed2024'" in message
+    assert BEDROCK in message
+    assert "Did you mean 'seed-2024'?" in message
+
+
+# -- price files ---------------------------------------------------------------------------------
+
+
+def _price(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "region": "us-east-1",
+        "tier": "on_demand",
+        "input": "0.5",
+        "output": "1.5",
+        "source_url": "https://example.com/prices",
+        "effective_date": "2025-01-01",
+    }
+    row.update(changes)
+    return row
+
+
+def _file(tmp_path: Path, prices: list[dict[str, Any]], **card: Any) -> Path:
+    data = {
+        "catalogue": "test",
+        "unit_tokens": 1_000_000,
+        "models": [
+            {
+                "id": "other.model",
+                "name": "Other",
+                "provider": "t",
+                "context_window": 10,
+                "prices": [_price()],
+            },
+            {
+                "id": "test.model-v1",
+                "name": "Test",
+                "provider": "t",
+                "context_window": 1000,
+                "prices": prices,
+                **card,
+            },
+        ],
+    }
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_price_file_loads_and_prices(tmp_path: Path) -> None:
+    path = _file(tmp_path, [_price(cache_read="0.05")], aliases=["test"])
+    catalogue = Catalogue.load(str(path))
+    usage = Usage(2_000, 1_000, cache_read_tokens=10_000)
+    # 2000*0.5 + 1000*1.5 + 10000*0.05 = 3000 per million
+    assert catalogue.cost("test", usage) == Decimal("0.003")
+
+
+def test_price_file_per_1k_is_scaled_to_per_million(tmp_path: Path) -> None:
+    path = _file(tmp_path, [_price(input=0.003)])
+    raw = json.loads(path.read_text())
+    raw["unit_tokens"] = 1000
+    path.write_text(json.dumps(raw))
+    price = Catalogue.from_file(path).card("test.model-v1").price()
+    assert price.input == Decimal(3)
+    assert price.output == Decimal(1500)
+
+
+def _malformed(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        Catalogue.from_file(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        (_price(input="abc"), "prices.0.input"),
+        (_price(input="-0.25"), "prices.0.input"),
+        (_price(output="NaN"), "prices.0.output"),
+        (_price(tier="spot"), "prices.0.tier"),
+        (_price(discount="0.1"), "prices.0.discount"),
+        ({k: v for k, v in _price().items() if k != "output"}, "prices.0.output"),
+        ({k: v for k, v in _price().items() if k != "source_url"}, "prices.0.source_url"),
+        (_price(effective_date="soon"), "prices.0.effective_date"),
+    ],
+)
+def test_malformed_price_row_names_file_model_and_field(
+    tmp_path: Path, row: dict[str, Any], field: str
+) -> None:
+    path = _file(tmp_path, [row])
+    message = _malformed(path)
+    assert str(path) in message
+    assert "'test.model-v1'" in message
+    assert f"'{field}'" in message
+
+
+def test_negative_price_message_shows_the_value(tmp_path: Path) -> None:
+    message = _malformed(_file(tmp_path, [_price(input="-0.25")]))
+    assert "-0.25" in message
+
+
+def test_unknown_tier_message_shows_the_value(tmp_path: Path) -> None:
+    message = _malformed(_file(tmp_path, [_price(tier="spot")]))
+    assert "'spot'" in message
+
+
+def test_missing_card_field_names_model_and_field(tmp_path: Path) -> None:
+    path = _file(tmp_path, [_price()], context_window=None)
+    message = _malformed(path)
+    assert str(path) in message
+    assert "'test.model-v1'" in message
+    assert "'context_window'" in message
+
+
+def test_extra_card_field_names_model_and_field(tmp_path: Path) -> None:
+    message = _malformed(_file(tmp_path, [_price()], colour="blue"))
+    assert "'test.model-v1'" in message
+    assert "'colour'" in message
+
+
+def test_non_json_price_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"catalogue": "x", "models": [', encoding="utf-8")
+    message = _malformed(path)
+    assert str(path) in message
+    assert "not valid JSON" in message
+
+
+def test_missing_price_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.json"
+    assert str(path) in _malformed(path)
+
+
+def test_duplicate_alias_names_both_models(tmp_path: Path) -> None:
+    message = _malformed(_file(tmp_path, [_price()], aliases=["other.model"]))
+    assert "'other.model'" in message
+    assert "'test.model-v1'" in message
+
+
+def test_default_region_falls_back_to_first_priced_region(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(region="eu-west-3", input="0.7")]))
+    assert catalogue.cost("test.model-v1", Usage(1_000_000, 0)) == Decimal("0.7")
+
+
+def test_explicit_region_without_price_is_not_silently_priced_elsewhere(tmp_path: Path) -> None:
+    path = _file(tmp_path, [_price(region="eu-west-3", input="0.7")])
+    catalogue = Catalogue.from_file(path)
+    with pytest.raises(ConfigError, match=r"'us-east-1'.*\['eu-west-3'\]"):
+        catalogue.cost("test.model-v1", Usage(1_000_000, 0), region="us-east-1")
