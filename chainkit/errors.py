@@ -43,7 +43,24 @@ class NoAnswer(ChainkitError):
 
 
 class ProviderError(ChainkitError):
-    """A model provider failed; the message carries the provider's code and the model id."""
+    """A model provider failed; the message carries the provider's code and the model id.
+
+    ``code`` is the provider's error code, ``model_id`` the model called and ``attempts`` how
+    many calls were made before giving up (retries included).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        model_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.model_id = model_id
+        self.attempts = attempts
 
 
 class Throttled(ProviderError):

@@ -6,7 +6,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Literal, Protocol, overload, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from tqdm import tqdm
 
@@ -85,6 +85,15 @@ class Pipeline:
             f"{[s.name for s in self.stages]} all passed it on. End the pipeline with a stage "
             "that always answers, such as Generate."
         )
+
+    def as_runnable(self, ledger: Ledger) -> Any:
+        """This pipeline as a LangChain ``Runnable`` (str in, answer text out) filling ``ledger``.
+
+        Needs ``langchain-core`` (``pip install 'chainkit[langchain]'``).
+        """
+        from chainkit.interop import as_runnable
+
+        return as_runnable(self, ledger)
 
     @overload
     def stream(

@@ -39,7 +39,6 @@ from chainkit import (
     KeywordClassifier,
     Ledger,
     LLMClassifier,
-    OfflineModel,
     Pipeline,
     Precomputed,
     Prompt,
@@ -51,7 +50,13 @@ from chainkit import (
     Usage,
     precompute,
 )
-from recipes.common import add_output_options, open_ledger, render
+from recipes.common import (
+    add_output_options,
+    add_provider_options,
+    make_model,
+    open_ledger,
+    render,
+)
 
 DEMO_TRAFFIC = Path(__file__).parent / "data" / "demo_traffic.jsonl"
 STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
@@ -91,11 +96,14 @@ def _read_demo() -> list[dict[str, str]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_demo(ledger: Ledger, traffic: int) -> Report:
+def run_demo(
+    ledger: Ledger, traffic: int, *, provider: str = "offline", region: str | None = None
+) -> Report:
     """Both variants over the shipped demo traffic, priced from the current Bedrock catalogue."""
     catalogue = Catalogue.load()
     rows = _read_demo()
-    small = OfflineModel(model_id=SMALL)
+    small = make_model(provider, SMALL, region)
+    strong = make_model(provider, STRONG, region)
     with tempfile.TemporaryDirectory(prefix="chainkit-replies-") as tmp:
         store = ReplyStore(tmp)
         # Policy replies are written once, ahead of time; that spend is one-off setup.
@@ -109,11 +117,7 @@ def run_demo(ledger: Ledger, traffic: int) -> Report:
         )
         variants = {
             "single-llm": Pipeline(
-                [
-                    Generate(
-                        model=OfflineModel(model_id=STRONG), max_tokens=300, catalogue=catalogue
-                    )
-                ],
+                [Generate(model=strong, max_tokens=300, catalogue=catalogue)],
                 name="single-llm",
             ),
             "well-architected": Pipeline(
@@ -143,7 +147,12 @@ def run_demo(ledger: Ledger, traffic: int) -> Report:
             "requests": len(rows),
             "strong_model": STRONG,
             "small_model": SMALL,
-            "models": "offline stand-ins: real token counts of the real prompts, stand-in wording",
+            "provider": provider,
+            "models": (
+                "offline stand-ins: real token counts of the real prompts, stand-in wording"
+                if provider == "offline"
+                else "Amazon Bedrock, usage as reported by Converse"
+            ),
         },
         notes=(f"Policy replies were precomputed once for ${setup:.6f} (one-off, not projected).",),
     )
@@ -289,14 +298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1_000,
         help="seed: interactions to run through the pipelines",
     )
+    add_provider_options(parser)
     add_output_options(parser)
     args = parser.parse_args(argv)
+    if args.scenario == "seed" and args.provider != "offline":
+        parser.error(
+            "the seed scenario reproduces the article's hypothetical models with scripted token "
+            "counts; run --provider bedrock with the demo scenario (the default)"
+        )
     ledger = open_ledger(args.ledger)
     try:
         if args.scenario == "seed":
             report = run_seed(ledger, args.traffic, args.requests)
         else:
-            report = run_demo(ledger, args.traffic)
+            report = run_demo(ledger, args.traffic, provider=args.provider, region=args.region)
     finally:
         if isinstance(ledger, SQLiteLedger):
             ledger.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chainkit import ConfigError, Ledger, Report, SQLiteLedger
+from chainkit import ConfigError, Ledger, Model, OfflineModel, Report, SQLiteLedger
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -43,3 +43,26 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "markdown":
         return report.to_markdown()
     return report.to_table()
+
+
+def add_provider_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--provider`` and ``--region`` to a recipe's parser."""
+    parser.add_argument(
+        "--provider",
+        choices=["offline", "bedrock"],
+        default="offline",
+        help="offline: the embedded stand-in model (default, no network); bedrock: the real "
+        "models through Amazon Bedrock with your AWS credentials (costs money)",
+    )
+    parser.add_argument(
+        "--region", default=None, help="AWS region for --provider bedrock (default: your profile's)"
+    )
+
+
+def make_model(provider: str, model_id: str, region: str | None = None) -> Model:
+    """The model a recipe variant uses: the offline stand-in, or the real one on Bedrock."""
+    if provider == "bedrock":
+        from chainkit.providers.bedrock import BedrockModel
+
+        return BedrockModel(model_id, region=region)
+    return OfflineModel(model_id=model_id, region=region)

@@ -21,6 +21,7 @@ from chainkit import (
     Catalogue,
     Generate,
     Ledger,
+    Model,
     Pipeline,
     Prompt,
     Report,
@@ -31,7 +32,13 @@ from chainkit import (
     Usage,
 )
 from chainkit.providers.offline import extract
-from recipes.common import add_output_options, open_ledger, render
+from recipes.common import (
+    add_output_options,
+    add_provider_options,
+    make_model,
+    open_ledger,
+    render,
+)
 
 SONNET = "anthropic.claude-3-sonnet-20240229-v1:0"
 MIXTRAL = "mistral.mixtral-8x7b-instruct-v0:1"
@@ -59,12 +66,25 @@ def _summary(prompt: Prompt) -> str:
     return extract(prompt.user, 500)
 
 
-def seed_variants(catalogue: Catalogue) -> list[tuple[str, Pipeline]]:
-    """The article's two variants, with models scripted to its token counts."""
+def seed_variants(
+    catalogue: Catalogue, *, provider: str = "offline", region: str | None = None
+) -> list[tuple[str, Pipeline]]:
+    """The article's two variants: scripted to its token counts, or the real Bedrock models."""
+    if provider == "offline":
+        lazy_sonnet: Model = ScriptedModel(
+            model_id=SONNET, reply="report", usage=Usage(10_000, 1_000)
+        )
+        mixtral: Model = ScriptedModel(model_id=MIXTRAL, reply=_summary, usage=Usage(10_000, 500))
+        chained_sonnet: Model = ScriptedModel(
+            model_id=SONNET, reply="report", usage=Usage(500, 1_000)
+        )
+    else:
+        lazy_sonnet = chained_sonnet = make_model(provider, SONNET, region)
+        mixtral = make_model(provider, MIXTRAL, region)
     lazy = Pipeline(
         [
             Generate(
-                model=ScriptedModel(model_id=SONNET, reply="report", usage=Usage(10_000, 1_000)),
+                model=lazy_sonnet,
                 max_tokens=1_000,
                 catalogue=catalogue,
             )
@@ -74,12 +94,12 @@ def seed_variants(catalogue: Catalogue) -> list[tuple[str, Pipeline]]:
     chained = Pipeline(
         [
             Summarise(
-                model=ScriptedModel(model_id=MIXTRAL, reply=_summary, usage=Usage(10_000, 500)),
+                model=mixtral,
                 max_tokens=500,
                 catalogue=catalogue,
             ),
             Generate(
-                model=ScriptedModel(model_id=SONNET, reply="report", usage=Usage(500, 1_000)),
+                model=chained_sonnet,
                 max_tokens=1_000,
                 catalogue=catalogue,
             ),
@@ -89,11 +109,13 @@ def seed_variants(catalogue: Catalogue) -> list[tuple[str, Pipeline]]:
     return [("lazy", lazy), ("chained", chained)]
 
 
-def run_seed(documents: int, ledger: Ledger) -> Report:
+def run_seed(
+    documents: int, ledger: Ledger, *, provider: str = "offline", region: str | None = None
+) -> Report:
     """Run both seed variants over the same documents and report them."""
     catalogue = Catalogue.load("seed-2024")
     docs = seed_documents(documents)
-    for name, pipeline in seed_variants(catalogue):
+    for name, pipeline in seed_variants(catalogue, provider=provider, region=region):
         requests = [
             Request(ASK, id=f"{name}-{i:04d}", document=doc, tags={"variant": name})
             for i, doc in enumerate(docs)
@@ -105,7 +127,7 @@ def run_seed(documents: int, ledger: Ledger) -> Report:
         f"Measured: lazy ${lazy.total_cost:.2f}, chained ${chained.total_cost:.2f} for "
         f"{documents} documents; chained saves {chained.savings_pct}%.",
     ]
-    if documents == 200 and chained.savings_pct is not None:
+    if provider == "offline" and documents == 200 and chained.savings_pct is not None:
         gap = chained.savings_pct - Decimal(ARTICLE["savings_pct"])
         notes.append(
             f"The article printed ${ARTICLE['chained_usd']} and {ARTICLE['savings_pct']}% for the "
@@ -121,7 +143,12 @@ def run_seed(documents: int, ledger: Ledger) -> Report:
             "document_tokens": 10_000,
             "summary_tokens": 500,
             "report_tokens": 1_000,
-            "token_counts": "scripted to the article's figures",
+            "provider": provider,
+            "token_counts": (
+                "scripted to the article's figures"
+                if provider == "offline"
+                else "as reported by Bedrock"
+            ),
             "article": ARTICLE,
         },
         notes=tuple(notes),
@@ -137,11 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--scenario", choices=["seed"], default="seed")
     parser.add_argument("--documents", type=int, default=200, help="documents to run (seed: 200)")
+    add_provider_options(parser)
     add_output_options(parser)
     args = parser.parse_args(argv)
     ledger = open_ledger(args.ledger)
     try:
-        report = run_seed(args.documents, ledger)
+        report = run_seed(args.documents, ledger, provider=args.provider, region=args.region)
     finally:
         if isinstance(ledger, SQLiteLedger):
             ledger.close()

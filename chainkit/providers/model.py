@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,8 +43,14 @@ class Model(Protocol):
     region: str | None
     tier: Tier
 
-    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
-        """Send ``prompt`` and return the reply; raise a ``ProviderError`` on failure."""
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """Send ``prompt`` and return the reply; raise a ``ProviderError`` on failure.
+
+        ``metadata`` (stage, request id, tags) goes wherever the provider logs calls, so that its
+        logs and the ledger can be joined.
+        """
         ...
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from chainkit.pricing import Tier
@@ -97,7 +97,9 @@ class OfflineModel:
     def _budget(self, max_tokens: int) -> int:
         return max_tokens if self.output_tokens is None else min(max_tokens, self.output_tokens)
 
-    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
         """Answer with the prompt's most informative sentences, within the output budget."""
         started = time.perf_counter()
         text = extract(prompt.user, self._budget(max_tokens), self.model_id)
@@ -138,12 +140,16 @@ class ScriptedModel:
     region: str | None = None
     tier: Tier = "on_demand"
     prompts: list[Prompt] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def complete(self, prompt: Prompt, *, max_tokens: int) -> Completion:
-        """Return the scripted reply and usage, and remember the prompt."""
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """Return the scripted reply and usage, and remember the prompt and metadata."""
         with self._lock:
             self.prompts.append(prompt)
+            self.metadata.append(dict(metadata or {}))
         text = self.reply(prompt) if callable(self.reply) else self.reply
         if self.latency_s:
             time.sleep(self.latency_s)

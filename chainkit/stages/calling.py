@@ -111,25 +111,34 @@ class ModelCall:
             raise
         started = time.perf_counter()
         try:
-            completion = model.complete(self.prompt, max_tokens=self.max_tokens)
-        except ProviderError as exc:
+            completion = model.complete(
+                self.prompt,
+                max_tokens=self.max_tokens,
+                metadata={**request.tags, "stage": self.stage, "request_id": request.id},
+            )
+        except Exception as exc:
             # A throttled call was not billed; any other failure may have been, so it is unknown.
             cost = Decimal(0) if isinstance(exc, Throttled) else None
-            attempts = int(getattr(exc, "attempts", 1))
             entry = self._entry(
                 "failed",
                 cost,
                 None,
                 intent=request.intent,
                 latency_s=time.perf_counter() - started,
-                attempts=attempts,
+                attempts=exc.attempts if isinstance(exc, ProviderError) else 1,
             )
             self.ledger.record(entry, hold=self._hold)
             raise
         self.completion = completion
-        self.cost = self.catalogue.cost(
-            completion.model_id, completion.usage, region=model.region, tier=model.tier
-        )
+        # The reply may name a model version the catalogue lacks; the configured id is priced.
+        priced = completion.model_id if completion.model_id in self.catalogue else card.id
+        try:
+            self.cost = self.catalogue.cost(
+                priced, completion.usage, region=model.region, tier=model.tier
+            )
+        except ConfigError:
+            # Already paid for: record it as unknown (None), never as $0, and carry on.
+            self.cost = None
         return completion
 
     def record(self, outcome: Outcome, *, intent: str | None = None) -> None:

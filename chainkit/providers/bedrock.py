@@ -1,0 +1,376 @@
+"""Amazon Bedrock through boto3's ``bedrock-runtime`` Converse API.
+
+A model takes a client, so that tests can hand it a stubbed one::
+
+    model = BedrockModel("anthropic.claude-3-haiku-20240307-v1:0",
+                         client=boto3.client("bedrock-runtime", region_name="us-east-1"))
+
+Usage comes from the reply: Bedrock's ``inputTokens`` excludes prompt-cache reads and writes,
+which arrive as ``cacheReadInputTokens`` and ``cacheWriteInputTokens`` and are priced at their
+own rates. Throttling, timeouts and 5xx are retried here (tenacity, exponential backoff with
+full jitter); validation and access errors are not. Errors leave as chainkit errors naming the
+Bedrock error code and the model.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
+from chainkit.pricing import Tier
+from chainkit.providers.model import Completion, Prompt
+from chainkit.records import Usage
+from chainkit.tokens import count_tokens
+
+__all__ = ["BedrockModel", "BedrockStream", "usage_from_bedrock"]
+
+# Bedrock error codes worth another attempt: capacity, throttling, timeouts and server faults.
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ServiceUnavailableException",
+        "ModelTimeoutException",
+        "InternalServerException",
+        "ModelNotReadyException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+_THROTTLING = frozenset({"ThrottlingException", "ServiceUnavailableException"})
+_HINTS = {
+    "AccessDeniedException": (
+        "Enable access to this model in the Bedrock console (Model access) for this region, and "
+        "check that the IAM policy allows bedrock:InvokeModel on it."
+    ),
+    "ResourceNotFoundException": (
+        "The model id or inference profile does not exist in this region; check the id, or use "
+        "a cross-region inference profile (us./eu. prefix)."
+    ),
+    "ValidationException": "Bedrock rejected the request; check the model id and parameters.",
+    "ThrottlingException": "Lower the concurrency, or request a higher quota for this model.",
+    "ServiceUnavailableException": "Retry later, or use a cross-region inference profile.",
+}
+_TIER_TO_BEDROCK = {"flex": "flex", "priority": "priority"}
+_TIER_FROM_BEDROCK: dict[str, Tier] = {
+    "default": "on_demand",
+    "flex": "flex",
+    "priority": "priority",
+}
+# requestMetadata keys and values: at most 16 pairs of 256 characters from this alphabet.
+_METADATA_BAD = re.compile(r"[^a-zA-Z0-9\s:_@$#=/+,\-.]")
+_ARN = re.compile(r"^arn:aws[\w-]*:bedrock:[\w-]+:\d{12}:application-inference-profile/")
+
+
+def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
+    """Usage from a Converse ``usage`` object; ``inputTokens`` already excludes cached tokens."""
+    if not isinstance(usage, Mapping):
+        raise BadResponse(
+            f"Bedrock reply for model {model_id!r} has no `usage`; chainkit cannot price a call "
+            "without token counts. Check that the model supports the Converse API.",
+            code="MissingUsage",
+            model_id=model_id,
+        )
+    try:
+        return Usage(
+            input_tokens=int(usage["inputTokens"]),
+            output_tokens=int(usage["outputTokens"]),
+            cache_read_tokens=int(usage.get("cacheReadInputTokens", 0)),
+            cache_write_tokens=int(usage.get("cacheWriteInputTokens", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadResponse(
+            f"Bedrock reply for model {model_id!r} has malformed usage {dict(usage)!r}: {exc}.",
+            code="MalformedUsage",
+            model_id=model_id,
+        ) from exc
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Fit ledger tags into Converse ``requestMetadata``'s alphabet, lengths and 16-pair cap."""
+    out: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        clean_key = _METADATA_BAD.sub("_", str(key))[:256]
+        if clean_key and len(out) < 16:
+            out[clean_key] = _METADATA_BAD.sub("_", str(value))[:256]
+    return out
+
+
+def _client_error_code(exc: BaseException) -> tuple[str | None, int | None]:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, Mapping):
+        return None, None
+    error = response.get("Error", {})
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error.get("Code"), status if isinstance(status, int) else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    code, status = _client_error_code(exc)
+    if code is not None:
+        return code in RETRYABLE_CODES or (status is not None and status >= 500)
+    # botocore's connection and read timeouts carry no error code.
+    name = type(exc).__name__
+    return name in {"ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError"}
+
+
+@dataclass
+class BedrockStream:
+    """Text chunks of a ConverseStream reply; ``completion`` is set once the stream is read."""
+
+    chunks: Iterator[str]
+    completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self.chunks
+
+
+@dataclass(kw_only=True)
+class _Settings:
+    max_attempts: int
+    wait_initial: float
+    wait_max: float
+
+
+class BedrockModel:
+    """A Bedrock model called through Converse, priced from the catalogue.
+
+    Args:
+        model_id: a model id, a cross-region inference profile id (``us.anthropic...``) or an
+            application inference profile ARN (then ``priced_as`` must name the model).
+        client: a ``bedrock-runtime`` client; by default one is made for ``region`` with
+            botocore's own retries off, since retrying is done here.
+        region: the AWS region, for the client and for prices (default: the client's).
+        tier: ``on_demand`` (Bedrock's default tier), ``flex`` or ``priority``.
+        priced_as: the catalogue model id to price calls as.
+        count_tokens: estimate prompts with the CountTokens API where the model supports it;
+            otherwise (or when ``False``) with chainkit's offline counter.
+        max_attempts: calls made at most, retries included.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        client: Any | None = None,
+        region: str | None = None,
+        tier: Tier = "on_demand",
+        priced_as: str | None = None,
+        count_tokens: bool = True,
+        max_attempts: int = 5,
+        wait_initial: float = 0.5,
+        wait_max: float = 20.0,
+    ) -> None:
+        if tier == "batch":
+            raise ConfigError(
+                "BedrockModel calls Converse, which has no batch tier; batch inference runs as "
+                "a model invocation job. Use tier 'on_demand', 'flex' or 'priority'."
+            )
+        if _ARN.match(model_id) and priced_as is None:
+            raise ConfigError(
+                f"{model_id!r} is an application inference profile ARN, which does not say "
+                "which model it routes to; pass priced_as='<catalogue model id>' to price it."
+            )
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}.")
+        if client is None:
+            client = _default_client(region)
+        self.client = client
+        self.invoke_id = model_id
+        self.model_id = priced_as or model_id
+        self.region = region or getattr(getattr(client, "meta", None), "region_name", None)
+        self.tier: Tier = tier
+        self.count_tokens = count_tokens
+        self._settings = _Settings(
+            max_attempts=max_attempts, wait_initial=wait_initial, wait_max=wait_max
+        )
+        self._count_tokens_unsupported = False
+
+    def __repr__(self) -> str:
+        return f"BedrockModel({self.invoke_id!r}, region={self.region!r}, tier={self.tier!r})"
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request(
+        self, prompt: Prompt, max_tokens: int, metadata: Mapping[str, str] | None
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "modelId": self.invoke_id,
+            "messages": [{"role": "user", "content": [{"text": prompt.user}]}],
+            "inferenceConfig": {"maxTokens": max_tokens},
+        }
+        if prompt.system:
+            request["system"] = [{"text": prompt.system}]
+        tags = _metadata(metadata)
+        if tags:
+            request["requestMetadata"] = tags
+        if self.tier in _TIER_TO_BEDROCK:
+            request["serviceTier"] = {"type": _TIER_TO_BEDROCK[self.tier]}
+        return request
+
+    def _call(self, operation: str, **kwargs: Any) -> tuple[Any, int]:
+        """Call ``operation`` with retries; return the reply and the attempts it took."""
+        settings = self._settings
+        attempts = 0
+
+        def count(state: RetryCallState) -> None:
+            nonlocal attempts
+            attempts = state.attempt_number
+
+        retrying = Retrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=wait_random_exponential(multiplier=settings.wait_initial, max=settings.wait_max),
+            retry=retry_if_exception(_retryable),
+            before=count,
+            reraise=True,
+        )
+        try:
+            reply = retrying(getattr(self.client, operation), **kwargs)
+        except Exception as exc:
+            raise self._map(exc, attempts) from exc
+        return reply, attempts
+
+    def _map(self, exc: Exception, attempts: int) -> ProviderError:
+        code = _client_error_code(exc)[0] or type(exc).__name__
+        detail = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or str(exc)
+        hint = _HINTS.get(code, "")
+        message = (
+            f"Bedrock {code} for model {self.invoke_id!r} after {attempts} attempt(s): "
+            f"{detail}. {hint}"
+        ).strip()
+        cls = Throttled if code in _THROTTLING else ProviderError
+        return cls(message, code=code, model_id=self.invoke_id, attempts=attempts)
+
+    # -- the Model protocol ----------------------------------------------------------------
+
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """Call Converse and return the reply with the usage Bedrock reported."""
+        started = time.perf_counter()
+        reply, attempts = self._call("converse", **self._request(prompt, max_tokens, metadata))
+        try:
+            content = reply["output"]["message"]["content"]
+        except (KeyError, TypeError) as exc:
+            raise BadResponse(
+                f"Bedrock reply for model {self.invoke_id!r} has no output message.",
+                code="MissingOutput",
+                model_id=self.invoke_id,
+                attempts=attempts,
+            ) from exc
+        text = "".join(block["text"] for block in content if "text" in block)
+        try:
+            usage = usage_from_bedrock(reply.get("usage"), self.invoke_id)
+        except BadResponse as exc:
+            exc.attempts = attempts
+            raise
+        return Completion(
+            text=text,
+            usage=usage,
+            model_id=self.model_id,
+            estimated=False,
+            latency_s=time.perf_counter() - started,
+            attempts=attempts,
+        )
+
+    def stream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> BedrockStream:
+        """Call ConverseStream; iterate for text, then read ``completion`` for usage."""
+        started = time.perf_counter()
+        reply, attempts = self._call(
+            "converse_stream", **self._request(prompt, max_tokens, metadata)
+        )
+        result = BedrockStream(chunks=iter(()))
+
+        def chunks() -> Iterator[str]:
+            parts: list[str] = []
+            usage: Usage | None = None
+            for event in reply["stream"]:
+                if "contentBlockDelta" in event:
+                    text = event["contentBlockDelta"].get("delta", {}).get("text")
+                    if text:
+                        parts.append(text)
+                        yield text
+                elif "metadata" in event:
+                    usage = usage_from_bedrock(event["metadata"].get("usage"), self.invoke_id)
+                else:
+                    for name, body in event.items():
+                        if name.endswith("Exception"):
+                            cls = Throttled if name == "throttlingException" else ProviderError
+                            raise cls(
+                                f"Bedrock stream for model {self.invoke_id!r} failed with "
+                                f"{name}: {body.get('message', '')}",
+                                code=name,
+                                model_id=self.invoke_id,
+                                attempts=attempts,
+                            )
+            if usage is None:
+                raise BadResponse(
+                    f"Bedrock stream for model {self.invoke_id!r} ended without a metadata "
+                    "event, so its usage is unknown.",
+                    code="MissingUsage",
+                    model_id=self.invoke_id,
+                    attempts=attempts,
+                )
+            result.completion = Completion(
+                text="".join(parts),
+                usage=usage,
+                model_id=self.model_id,
+                latency_s=time.perf_counter() - started,
+                attempts=attempts,
+            )
+
+        result.chunks = chunks()
+        return result
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        """Prompt tokens (by CountTokens where supported, else offline) plus the output budget."""
+        if self.count_tokens and not self._count_tokens_unsupported:
+            body: dict[str, Any] = {
+                "messages": [{"role": "user", "content": [{"text": prompt.user}]}]
+            }
+            if prompt.system:
+                body["system"] = [{"text": prompt.system}]
+            try:
+                reply, _ = self._call(
+                    "count_tokens", modelId=_base_id(self.model_id), input={"converse": body}
+                )
+                return Usage(int(reply["inputTokens"]), max_tokens)
+            except ProviderError as exc:
+                if exc.code not in ("ValidationException", "AccessDeniedException"):
+                    raise
+                # The model has no CountTokens support (or no permission): stop asking.
+                self._count_tokens_unsupported = True
+        inputs = count_tokens(prompt.system, self.model_id) + count_tokens(
+            prompt.user, self.model_id
+        )
+        return Usage(inputs, max_tokens)
+
+
+_PROFILE = re.compile(r"^(us|eu|apac|jp|au|ca|us-gov|global)\.")
+
+
+def _base_id(model_id: str) -> str:
+    return _PROFILE.sub("", model_id)
+
+
+def _default_client(region: str | None) -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("BedrockModel needs boto3: pip install 'chainkit[bedrock]'.") from exc
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.client("bedrock-runtime", region_name=region, config=config)

@@ -1,0 +1,129 @@
+"""Any langchain-core chat model as a chainkit model.
+
+LangChain's ``usage_metadata["input_tokens"]`` *includes* prompt-cache reads and writes (they
+are broken out in ``input_token_details``); chainkit's ``Usage.input_tokens`` excludes them, so
+they are subtracted here, once, and priced at their own rates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
+from chainkit.pricing import Tier
+from chainkit.providers.model import Completion, Prompt
+from chainkit.records import Usage
+from chainkit.tokens import count_tokens
+
+__all__ = ["LangChainModel", "model_id_of", "usage_from_langchain"]
+
+_MODEL_KEYS = ("model_id", "model_name", "model")
+
+
+def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usage:
+    """Usage from an ``AIMessage.usage_metadata``, cached tokens taken out of ``input_tokens``."""
+    if not usage:
+        raise BadResponse(
+            f"LangChain reply from model {model_id!r} has no usage_metadata; chainkit cannot "
+            "price it. Use a chat model integration that reports usage (most do; streaming ones "
+            "may need stream_usage=True).",
+            code="MissingUsage",
+            model_id=model_id,
+        )
+    details = usage.get("input_token_details") or {}
+    cache_read = int(details.get("cache_read") or 0)
+    cache_write = int(details.get("cache_creation") or 0)
+    uncached = int(usage.get("input_tokens") or 0) - cache_read - cache_write
+    if uncached < 0:
+        raise BadResponse(
+            f"LangChain usage from model {model_id!r} is inconsistent: input_tokens "
+            f"{usage.get('input_tokens')} is less than its cached tokens "
+            f"({cache_read} read + {cache_write} written).",
+            code="MalformedUsage",
+            model_id=model_id,
+        )
+    return Usage(uncached, int(usage.get("output_tokens") or 0), cache_read, cache_write)
+
+
+def model_id_of(source: Any) -> str | None:
+    """The model id a chat model or a reply's ``response_metadata`` names, if any."""
+    for key in _MODEL_KEYS:
+        value = source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class LangChainModel:
+    """Wrap a langchain-core ``BaseChatModel``; usage from the reply's ``usage_metadata``.
+
+    Args:
+        chat_model: any chat model (ChatBedrockConverse, ChatOpenAI, ChatAnthropic, a fake).
+        model_id: the catalogue id to price calls as; by default the chat model's own
+            ``model_id``/``model_name``/``model`` attribute.
+    """
+
+    def __init__(
+        self,
+        chat_model: Any,
+        *,
+        model_id: str | None = None,
+        region: str | None = None,
+        tier: Tier = "on_demand",
+    ) -> None:
+        resolved = model_id or model_id_of(chat_model)
+        if resolved is None:
+            raise ConfigError(
+                f"Cannot tell which model {type(chat_model).__name__} runs; pass "
+                "LangChainModel(chat_model, model_id='<catalogue model id>') to price it."
+            )
+        self.chat_model = chat_model
+        self.model_id = resolved
+        self.region = region
+        self.tier: Tier = tier
+
+    def __repr__(self) -> str:
+        return f"LangChainModel({type(self.chat_model).__name__}, model_id={self.model_id!r})"
+
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """Invoke the chat model; ``metadata`` goes into LangChain's run metadata (tracing)."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        messages: list[Any] = []
+        if prompt.system:
+            messages.append(SystemMessage(prompt.system))
+        messages.append(HumanMessage(prompt.user))
+        started = time.perf_counter()
+        try:
+            reply = self.chat_model.invoke(
+                messages, config={"metadata": dict(metadata or {})}, max_tokens=max_tokens
+            )
+        except Exception as exc:
+            name = type(exc).__name__
+            throttled = "RateLimit" in name or "Throttl" in name or "Throttl" in str(exc)
+            cls = Throttled if throttled else ProviderError
+            raise cls(
+                f"LangChain model {self.model_id!r} failed with {name}: {exc}",
+                code=name,
+                model_id=self.model_id,
+            ) from exc
+        usage = usage_from_langchain(getattr(reply, "usage_metadata", None), self.model_id)
+        content = reply.content
+        text = content if isinstance(content, str) else str(getattr(reply, "text", content))
+        return Completion(
+            text=text,
+            usage=usage,
+            model_id=model_id_of(getattr(reply, "response_metadata", {})) or self.model_id,
+            latency_s=time.perf_counter() - started,
+        )
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        """Counted offline (LangChain has no generic pre-call token count) plus the budget."""
+        inputs = count_tokens(prompt.system, self.model_id) + count_tokens(
+            prompt.user, self.model_id
+        )
+        return Usage(inputs, max_tokens)

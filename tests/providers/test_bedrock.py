@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from chainkit import (
+    BadResponse,
+    Budget,
+    BudgetExceeded,
+    Catalogue,
+    ConfigError,
+    Generate,
+    Ledger,
+    Prompt,
+    ProviderError,
+    Request,
+    Throttled,
+    Usage,
+)
+from chainkit.providers.bedrock import BedrockModel
+from tests.providers.bedrock_http import json_reply, stream_reply
+
+HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
+SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
+ARN = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6"
+CATALOGUE = Catalogue.load("bedrock-2026-11")
+
+
+@pytest.fixture
+def client() -> Any:
+    return boto3.client("bedrock-runtime", region_name="us-east-1")
+
+
+@pytest.fixture
+def stub(client: Any) -> Iterator[Stubber]:
+    with Stubber(client) as stubber:
+        yield stubber
+        stubber.assert_no_pending_responses()
+
+
+def model(client: Any, model_id: str = HAIKU, **kwargs: Any) -> BedrockModel:
+    kwargs.setdefault("count_tokens", False)
+    return BedrockModel(model_id, client=client, wait_initial=0, wait_max=0, **kwargs)
+
+
+def converse_params(model_id: str, text: str, **extra: Any) -> dict[str, Any]:
+    params = {
+        "modelId": model_id,
+        "messages": [{"role": "user", "content": [{"text": text}]}],
+        "system": ANY,
+        "inferenceConfig": {"maxTokens": 200},
+        "requestMetadata": ANY,
+    }
+    params.update(extra)
+    return params
+
+
+def per_million(tokens: int, price: Decimal) -> Decimal:
+    return tokens * price / 1_000_000
+
+
+def test_plain_reply_is_recorded_with_reported_usage_and_priced(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    request = Request("Where is order 10234?", id="req-1", tags={"tenant": "acme"})
+    metadata = {"tenant": "acme", "stage": "generate", "request_id": "req-1"}
+    stub.add_response(
+        "converse",
+        bedrock_reply("converse_plain"),
+        converse_params(HAIKU, "Where is order 10234?", requestMetadata=metadata),
+    )
+    ledger = Ledger()
+    stage = Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE)
+    result = stage.run(request, ledger)
+
+    assert result.text.startswith("Your order 10234 left our warehouse")
+    (entry,) = ledger.entries()
+    assert entry.usage == Usage(412, 23)
+    assert entry.estimated is False
+    assert entry.attempts == 1
+    price = CATALOGUE.card(HAIKU).price("us-east-1")
+    assert entry.cost == per_million(412, price.input) + per_million(23, price.output)
+    assert entry.cost == Decimal("0.00013175")
+
+
+def test_cached_prompt_reply_priced_to_the_cent(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    stub.add_response("converse", bedrock_reply("converse_cached"), converse_params(SONNET4, "q"))
+    ledger = Ledger()
+    Generate(model=model(client, SONNET4), max_tokens=200, catalogue=CATALOGUE).run(
+        Request("q"), ledger
+    )
+    (entry,) = ledger.entries()
+    # Bedrock's inputTokens excludes cached tokens: nothing is counted twice.
+    assert entry.usage == Usage(120, 300, cache_read_tokens=2000, cache_write_tokens=1000)
+    p = CATALOGUE.card(SONNET4).price("us-east-1")
+    by_hand = (
+        per_million(120, p.input)
+        + per_million(300, p.output)
+        + per_million(2000, p.cache_read or Decimal("NaN"))
+        + per_million(1000, p.cache_write or Decimal("NaN"))
+    )
+    assert entry.cost == by_hand
+    # $3/M in, $15/M out, $0.30/M cache read, $3.75/M cache write.
+    assert entry.cost == Decimal("0.00921")
+
+
+def test_throttled_twice_then_success_records_three_attempts(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    for _ in range(2):
+        stub.add_client_error("converse", "ThrottlingException", "Too many requests", 429)
+    stub.add_response("converse", bedrock_reply("converse_plain"))
+    ledger = Ledger()
+    Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE).run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.attempts == 3
+    assert entry.outcome == "answered"
+    assert entry.usage == Usage(412, 23)
+
+
+def test_throttling_that_never_clears_raises_throttled_and_costs_nothing(
+    client: Any, stub: Stubber
+) -> None:
+    for _ in range(3):
+        stub.add_client_error("converse", "ThrottlingException", "Rate exceeded", 429)
+    ledger = Ledger()
+    stage = Generate(model=model(client, max_attempts=3), max_tokens=200, catalogue=CATALOGUE)
+    with pytest.raises(Throttled) as info:
+        stage.run(Request("q"), ledger)
+    assert info.value.attempts == 3
+    assert "ThrottlingException" in str(info.value) and HAIKU in str(info.value)
+    (entry,) = ledger.entries()
+    assert (entry.outcome, entry.cost, entry.attempts) == ("failed", Decimal(0), 3)
+
+
+def test_access_denied_is_not_retried_and_says_what_to_do(client: Any, stub: Stubber) -> None:
+    stub.add_client_error(
+        "converse", "AccessDeniedException", "You don't have access to the model", 403
+    )
+    ledger = Ledger()
+    stage = Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE)
+    with pytest.raises(ProviderError) as info:
+        stage.run(Request("q"), ledger)
+    error = info.value
+    assert not isinstance(error, Throttled)
+    assert error.code == "AccessDeniedException"
+    assert error.attempts == 1
+    assert HAIKU in str(error) and "Model access" in str(error)
+    (entry,) = ledger.entries()
+    assert (entry.outcome, entry.attempts) == ("failed", 1)
+
+
+def test_validation_error_is_not_retried(client: Any, stub: Stubber) -> None:
+    stub.add_client_error("converse", "ValidationException", "maxTokens too large", 400)
+    with pytest.raises(ProviderError) as info:
+        model(client).complete(Prompt("", "q"), max_tokens=200)
+    assert (info.value.code, info.value.attempts) == ("ValidationException", 1)
+
+
+def test_server_error_is_retried(client: Any, stub: Stubber, bedrock_reply: Any) -> None:
+    stub.add_client_error("converse", "InternalServerException", "oops", 500)
+    stub.add_response("converse", bedrock_reply("converse_plain"))
+    completion = model(client).complete(Prompt("", "q"), max_tokens=200)
+    assert completion.attempts == 2
+
+
+def test_reply_without_usage_is_a_bad_response_of_unknown_cost(
+    client: Any, bedrock_reply: Any, serve: Any
+) -> None:
+    # Stubber refuses a reply without the required `usage`, so it is served as raw HTTP.
+    serve(client, "Converse", json_reply(bedrock_reply("converse_no_usage")))
+    ledger = Ledger()
+    stage = Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE)
+    with pytest.raises(BadResponse, match="no `usage`"):
+        stage.run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.outcome == "failed"
+    assert entry.cost is None  # billed by Bedrock, but by how much is unknown
+    assert ledger.cost is None
+
+
+def test_application_inference_profile_arn_is_sent_and_priced_as_its_model(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    stub.add_response("converse", bedrock_reply("converse_plain"), converse_params(ARN, "q"))
+    ledger = Ledger()
+    arn_model = model(client, ARN, priced_as=HAIKU)
+    Generate(model=arn_model, max_tokens=200, catalogue=CATALOGUE).run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.model == HAIKU
+    assert entry.cost == Decimal("0.00013175")
+
+
+def test_arn_without_priced_as_is_refused() -> None:
+    with pytest.raises(ConfigError, match="priced_as"):
+        BedrockModel(ARN, client=object())
+
+
+def test_cross_region_profile_id_is_priced_as_the_base_model(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    profile = "us." + HAIKU
+    stub.add_response("converse", bedrock_reply("converse_plain"), converse_params(profile, "q"))
+    ledger = Ledger()
+    Generate(model=model(client, profile), max_tokens=200, catalogue=CATALOGUE).run(
+        Request("q"), ledger
+    )
+    assert ledger.entries()[0].cost == Decimal("0.00013175")
+
+
+def test_service_tier_is_sent_and_batch_is_refused(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    stub.add_response(
+        "converse",
+        bedrock_reply("converse_plain"),
+        {
+            "modelId": HAIKU,
+            "messages": ANY,
+            "inferenceConfig": ANY,
+            "serviceTier": {"type": "priority"},
+        },
+    )
+    model(client, tier="priority").complete(Prompt("", "q"), max_tokens=200)
+    with pytest.raises(ConfigError, match="batch"):
+        BedrockModel(HAIKU, client=client, tier="batch")
+
+
+def test_request_metadata_is_made_valid_for_converse(client: Any, stub: Stubber) -> None:
+    stub.add_response(
+        "converse",
+        {
+            "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+            "metrics": {"latencyMs": 1},
+        },
+        {
+            "modelId": HAIKU,
+            "messages": ANY,
+            "inferenceConfig": ANY,
+            "requestMetadata": {"tenant": "acme_corp_", "feature": "chat_"},
+        },
+    )
+    model(client).complete(
+        Prompt("", "q"), max_tokens=200, metadata={"tenant": "acme|corp!", "feature": "chat?"}
+    )
+
+
+def test_estimate_uses_count_tokens_then_falls_back_when_unsupported(
+    client: Any, stub: Stubber, bedrock_reply: Any
+) -> None:
+    expected = {
+        "modelId": SONNET4,
+        "input": {
+            "converse": {
+                "messages": [{"role": "user", "content": [{"text": "How long is delivery?"}]}],
+                "system": [{"text": "Be brief."}],
+            }
+        },
+    }
+    stub.add_response("count_tokens", bedrock_reply("count_tokens"), expected)
+    m = model(client, "us." + SONNET4, count_tokens=True)
+    prompt = Prompt("Be brief.", "How long is delivery?")
+    assert m.estimate(prompt, max_tokens=100) == Usage(431, 100)
+
+    haiku = model(client, count_tokens=True)
+    stub.add_client_error("count_tokens", "ValidationException", "not supported", 400)
+    offline = haiku.estimate(prompt, max_tokens=100)
+    assert offline == Usage(3 + 6, 100)  # ceil(9/4) + ceil(21/4): the offline estimator
+    # Unsupported once, never asked again (no stubbed response left for a second call).
+    assert haiku.estimate(prompt, max_tokens=100) == offline
+
+
+def test_budget_refuses_before_calling_bedrock(client: Any, stub: Stubber) -> None:
+    ledger = Ledger(budgets=[Budget(Decimal("0.0001"), name="tiny")])
+    stage = Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE)
+    with pytest.raises(BudgetExceeded, match="tiny"):
+        stage.run(Request("q" * 400), ledger)
+    # The Stubber holds no response: a call would have failed with "Unexpected call".
+    (entry,) = ledger.entries()
+    assert entry.outcome == "refused"
+
+
+def test_stream_takes_usage_from_the_metadata_event(
+    client: Any, bedrock_reply: Any, serve: Any
+) -> None:
+    serve(client, "ConverseStream", stream_reply(bedrock_reply("converse_stream")))
+    stream = model(client, SONNET4).stream(Prompt("", "q"), max_tokens=200)
+    assert list(stream) == ["Your order ", "ships today."]
+    assert stream.completion is not None
+    assert stream.completion.text == "Your order ships today."
+    assert stream.completion.usage == Usage(37, 6, cache_read_tokens=1200)
+    cost = CATALOGUE.cost(SONNET4, stream.completion.usage)
+    assert cost == Decimal("0.000561")  # 37 x $3 + 6 x $15 + 1200 x $0.30, per million
+
+
+def test_stream_without_metadata_is_a_bad_response(
+    client: Any, bedrock_reply: Any, serve: Any
+) -> None:
+    serve(client, "ConverseStream", stream_reply(bedrock_reply("converse_stream")[:-1]))
+    stream = model(client).stream(Prompt("", "q"), max_tokens=200)
+    with pytest.raises(BadResponse, match="metadata"):
+        list(stream)

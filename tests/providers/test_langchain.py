@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from chainkit import BadResponse, Catalogue, ConfigError, Generate, Ledger, Prompt, Request, Usage
+from chainkit.providers.langchain import LangChainModel, usage_from_langchain
+
+SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
+CATALOGUE = Catalogue.load("bedrock-2026-11")
+
+
+def reply(text: str, usage: dict[str, object] | None, **metadata: str) -> AIMessage:
+    return AIMessage(content=text, usage_metadata=usage, response_metadata=metadata)  # type: ignore[arg-type]
+
+
+def fake(*messages: AIMessage) -> GenericFakeChatModel:
+    return GenericFakeChatModel(messages=iter(messages))
+
+
+def test_cached_tokens_are_not_counted_twice() -> None:
+    # LangChain's input_tokens includes cache reads and writes; chainkit's excludes them.
+    usage = usage_from_langchain(
+        {
+            "input_tokens": 3120,
+            "output_tokens": 300,
+            "total_tokens": 3420,
+            "input_token_details": {"cache_read": 2000, "cache_creation": 1000},
+        },
+        SONNET4,
+    )
+    assert usage == Usage(120, 300, cache_read_tokens=2000, cache_write_tokens=1000)
+
+
+def test_inconsistent_usage_is_a_bad_response() -> None:
+    with pytest.raises(BadResponse, match="inconsistent"):
+        usage_from_langchain(
+            {"input_tokens": 10, "output_tokens": 1, "input_token_details": {"cache_read": 50}},
+            SONNET4,
+        )
+
+
+def test_generate_through_a_langchain_model_is_priced_like_bedrock() -> None:
+    usage = {
+        "input_tokens": 3120,
+        "output_tokens": 300,
+        "total_tokens": 3420,
+        "input_token_details": {"cache_read": 2000, "cache_creation": 1000},
+    }
+    model = LangChainModel(fake(reply("Thirty days.", usage)), model_id=SONNET4)
+    ledger = Ledger()
+    result = Generate(model=model, max_tokens=300, catalogue=CATALOGUE).run(Request("q"), ledger)
+    assert result.text == "Thirty days."
+    (entry,) = ledger.entries()
+    assert entry.usage == Usage(120, 300, 2000, 1000)
+    assert entry.cost == Decimal("0.00921")  # the same call as Bedrock's cached reply
+
+
+def test_model_id_comes_from_the_reply_when_the_catalogue_knows_it() -> None:
+    usage = {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100}
+    haiku = "anthropic.claude-3-haiku-20240307-v1:0"
+    model = LangChainModel(fake(reply("ok", usage, model_name=haiku)), model_id=SONNET4)
+    completion = model.complete(Prompt("", "q"), max_tokens=100)
+    assert completion.model_id == haiku
+
+
+def test_reply_without_usage_metadata_is_a_bad_response() -> None:
+    model = LangChainModel(fake(reply("ok", None)), model_id=SONNET4)
+    with pytest.raises(BadResponse, match="usage_metadata"):
+        model.complete(Prompt("", "q"), max_tokens=10)
+
+
+def test_a_chat_model_without_a_model_name_needs_model_id() -> None:
+    with pytest.raises(ConfigError, match="model_id="):
+        LangChainModel(fake())
+
+
+def test_errors_are_mapped_into_the_chainkit_tree() -> None:
+    class RateLimitError(Exception):
+        pass
+
+    class Exploding(GenericFakeChatModel):
+        def _generate(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise RateLimitError("slow down")
+
+    from chainkit import Throttled
+
+    model = LangChainModel(Exploding(messages=iter([])), model_id=SONNET4)
+    with pytest.raises(Throttled, match="RateLimitError"):
+        model.complete(Prompt("", "q"), max_tokens=10)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+
+from chainkit import (
+    Canned,
+    Catalogue,
+    Generate,
+    IntentScan,
+    KeywordClassifier,
+    Ledger,
+    Pipeline,
+    ScriptedModel,
+    Usage,
+)
+from chainkit.interop import LedgerCallbackHandler
+
+SEED = Catalogue.load("seed-2024")
+SONNET3 = "anthropic.claude-3-sonnet-20240229-v1:0"
+MIXTRAL = "mistral.mixtral-8x7b-instruct-v0:1"
+
+
+def bot() -> Pipeline:
+    return Pipeline(
+        [
+            IntentScan(classifier=KeywordClassifier({"greeting": ["hello"]})),
+            Canned(replies={"greeting": "Hi!"}),
+            Generate(
+                model=ScriptedModel(
+                    model_id="generic.responder", reply="An answer.", usage=Usage(25, 25)
+                ),
+                max_tokens=25,
+                catalogue=SEED,
+            ),
+        ]
+    )
+
+
+def test_pipeline_inside_an_lcel_chain_fills_its_ledger() -> None:
+    ledger = Ledger()
+    chain = RunnableLambda(lambda d: d["message"]) | bot().as_runnable(ledger) | str.upper
+    assert chain.invoke({"message": "hello"}) == "HI!"
+    assert chain.batch([{"message": "where is my order"}, {"message": "hello there"}]) == [
+        "AN ANSWER.",
+        "HI!",
+    ]
+    by_stage = ledger.by_stage()
+    assert by_stage["intent_scan"].calls == 3
+    assert by_stage["canned"].calls == 3
+    assert by_stage["generate"].calls == 1
+    assert by_stage["generate"].cost == Decimal("0.0003")  # 50 tokens at $0.006 per 1K
+    # The canned answers record what the responder would have cost.
+    assert by_stage["canned"].avoided_cost == Decimal("0.0006")
+
+
+def ai(text: str, model: str, inp: int, out: int) -> AIMessage:
+    return AIMessage(
+        content=text,
+        usage_metadata={"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out},
+        response_metadata={"model_name": model},
+    )
+
+
+def test_callback_handler_records_a_two_call_chain_as_one_request() -> None:
+    small = GenericFakeChatModel(messages=iter([ai("A short summary.", MIXTRAL, 10_000, 500)]))
+    strong = GenericFakeChatModel(messages=iter([ai("The report.", SONNET3, 500, 1_000)]))
+    chain = (
+        ChatPromptTemplate.from_messages([("human", "Summarise: {doc}")])
+        | small
+        | StrOutputParser()
+        | (lambda summary: [("human", f"Write a report from: {summary}")])
+        | strong
+        | StrOutputParser()
+    )
+    ledger = Ledger()
+    handler = LedgerCallbackHandler(ledger, SEED, tags={"tenant": "acme"})
+    assert chain.invoke({"doc": "..."}, config={"callbacks": [handler]}) == "The report."
+
+    first, second = ledger.entries()
+    assert (first.model, first.usage) == (MIXTRAL, Usage(10_000, 500))
+    assert (second.model, second.usage) == (SONNET3, Usage(500, 1_000))
+    assert first.cost == Decimal("0.00485")  # 10,000 x 0.00045/1K + 500 x 0.0007/1K
+    assert second.cost == Decimal("0.0165")  # 500 x 0.003/1K + 1,000 x 0.015/1K
+    assert first.request_id == second.request_id
+    assert first.tags == {"tenant": "acme"}
+    assert ledger.cost == Decimal("0.02135")  # the article's chained figure per document
+
+
+def test_callback_handler_records_unknown_models_as_unknown_cost() -> None:
+    model = GenericFakeChatModel(messages=iter([ai("ok", "gpt-9-preview", 10, 2)]))
+    ledger = Ledger()
+    model.invoke("hi", config={"callbacks": [LedgerCallbackHandler(ledger, SEED)]})
+    (entry,) = ledger.entries()
+    assert entry.model == "gpt-9-preview"
+    assert entry.usage == Usage(10, 2)
+    assert entry.cost is None
+    assert ledger.cost is None
+
+
+def test_callback_handler_maps_reported_names_to_catalogue_ids() -> None:
+    model = GenericFakeChatModel(messages=iter([ai("ok", "claude-3-sonnet-latest", 1000, 0)]))
+    ledger = Ledger()
+    handler = LedgerCallbackHandler(ledger, SEED, model_ids={"claude-3-sonnet-latest": SONNET3})
+    model.invoke("hi", config={"callbacks": [handler]})
+    assert ledger.entries()[0].cost == Decimal("0.003")
