@@ -29,7 +29,10 @@ DAYS_PER_MONTH = 30
 
 @dataclass(frozen=True, slots=True)
 class StageLine:
-    """One stage of one variant: calls, answers, tokens, cost and avoided cost."""
+    """One stage of one variant: calls, answers, tokens, cost, avoided cost and latency.
+
+    ``share`` is the fraction of the variant's requests this stage answered.
+    """
 
     stage: str
     calls: int
@@ -38,6 +41,9 @@ class StageLine:
     output_tokens: int
     cost: Decimal | None
     avoided_cost: Decimal | None
+    share: float = 0.0
+    latency_ms_p50: float = 0.0
+    latency_ms_mean: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +59,34 @@ class VariantReport:
     monthly_cost: Decimal | None
     savings_pct: Decimal | None
     by_stage: tuple[StageLine, ...]
+    quality: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _divide(amount: Decimal | None, by: int) -> Decimal | None:
     return None if amount is None or by == 0 else amount / by
 
 
-def _stage_lines(entries: Sequence[Entry]) -> tuple[StageLine, ...]:
+def _stage_lines(entries: Sequence[Entry], requests: int) -> tuple[StageLine, ...]:
     groups: dict[str, list[Entry]] = {}
     for e in entries:
         groups.setdefault(e.stage, []).append(e)
     lines = []
     for stage, group in groups.items():
         t = totals(group)
-        answered = sum(1 for e in group if e.outcome == "answered")
+        answered = sum(1 for e in group if e.outcome == "answered" and e.phase == "serve")
+        latencies = sorted(e.latency_s for e in group)
         lines.append(
             StageLine(
-                stage, t.calls, answered, t.input_tokens, t.output_tokens, t.cost, t.avoided_cost
+                stage,
+                t.calls,
+                answered,
+                t.input_tokens,
+                t.output_tokens,
+                t.cost,
+                t.avoided_cost,
+                share=answered / requests if requests else 0.0,
+                latency_ms_p50=1000 * latencies[len(latencies) // 2],
+                latency_ms_mean=1000 * t.latency_s / t.calls,
             )
         )
     return tuple(lines)
@@ -100,7 +117,7 @@ def _variant(name: str, entries: Sequence[Entry], traffic: int | None) -> Varian
         daily_cost=daily,
         monthly_cost=monthly,
         savings_pct=None,
-        by_stage=_stage_lines(serve + setup),
+        by_stage=_stage_lines(serve + setup, t.requests),
     )
 
 
@@ -202,13 +219,18 @@ class Report:
                     "stage": s.stage,
                     "calls": s.calls,
                     "answered": s.answered,
+                    "share": round(s.share, 4),
                     "input_tokens": s.input_tokens,
                     "output_tokens": s.output_tokens,
                     "cost_usd": money(s.cost),
                     "avoided_usd": money(s.avoided_cost),
+                    "latency_ms_p50": round(s.latency_ms_p50, 4),
+                    "latency_ms_mean": round(s.latency_ms_mean, 4),
                 }
                 for s in v.by_stage
             ]
+            if v.quality:
+                row["quality"] = dict(v.quality)
             variants.append(row)
         assumptions = dict(self.assumptions)
         if self.traffic_per_day is not None:
@@ -244,19 +266,24 @@ class Report:
                     s.stage,
                     f"{s.calls:,}",
                     f"{s.answered:,}",
+                    f"{100 * s.share:.1f}%",
                     f"{s.input_tokens:,}",
                     f"{s.output_tokens:,}",
                     _usd(s.cost, 4),
                     _usd(s.avoided_cost, 4),
+                    f"{s.latency_ms_p50:.3f}",
                 ]
                 for s in v.by_stage
             ]
+            head = ["  stage", "calls", "answered", "share", "input tok", "output tok", "cost"]
             out.append(
                 _grid(
-                    ["  stage", "calls", "answered", "input tok", "output tok", "cost", "avoided"],
+                    [*head, "avoided", "p50 ms"],
                     [["  " + r[0], *r[1:]] for r in stage_rows],
                 )
             )
+            if v.quality:
+                out.append("  quality: " + ", ".join(_quality(k, q) for k, q in v.quality.items()))
         if self.notes:
             out.append("")
             out.extend(f"* {note}" for note in self.notes)
@@ -278,6 +305,12 @@ class Report:
             lines.append("| " + " | ".join(cells) + " |")
         lines.extend(f"\n- {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+def _quality(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key.replace('_', ' ')} {value:.3f}"
+    return f"{key.replace('_', ' ')} {value}"
 
 
 def _usd(amount: Decimal | None, places: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 
@@ -192,10 +193,13 @@ def test_to_dict_shape(report: Report) -> None:
         "stage",
         "calls",
         "answered",
+        "share",
         "input_tokens",
         "output_tokens",
         "cost_usd",
         "avoided_usd",
+        "latency_ms_p50",
+        "latency_ms_mean",
     }
     assert data["assumptions"] == {"traffic_per_day": 10_000, "days_per_month": 30}
 
@@ -291,7 +295,7 @@ def test_to_table_contains_the_figures(report: Report) -> None:
     assert "$270.00" in chained_row
     assert chained_row.endswith("85.0%")
     canned_row = next(line for line in table.splitlines() if line.strip().startswith("canned"))
-    assert canned_row.split()[-2:] == ["$0.0000", "$0.0120"]
+    assert canned_row.split()[-3:-1] == ["$0.0000", "$0.0120"]  # cost, avoided; then p50 ms
 
 
 def test_to_markdown_has_a_row_per_variant(report: Report) -> None:
@@ -309,3 +313,20 @@ def test_unknown_setup_cost_is_shown_as_unknown_not_hidden() -> None:
     assert variant.setup_cost is None
     assert variant.cost_per_request == Decimal("0.0009")
     assert "one-off setup unknown" in report.to_table()
+
+
+def test_stage_share_is_answered_over_requests_and_quality_is_reported() -> None:
+    ledger = Ledger()
+    for i in range(4):
+        ledger.record(Entry(f"r{i}", "intent_scan", "passed", cost=Decimal(0), latency_s=0.001))
+        if i == 0:
+            ledger.record(Entry(f"r{i}", "canned", "answered", cost=Decimal(0)))
+    report = Report.build([("bot", ledger)])
+    variant = dataclasses.replace(report.variants[0], quality={"intent_accuracy": 0.75})
+    data = Report((variant,)).to_dict()["variants"][0]
+    canned = next(s for s in data["by_stage"] if s["stage"] == "canned")
+    scan = next(s for s in data["by_stage"] if s["stage"] == "intent_scan")
+    assert canned["share"] == 0.25
+    assert scan["latency_ms_p50"] == 1.0
+    assert data["quality"] == {"intent_accuracy": 0.75}
+    assert "intent accuracy 0.750" in Report((variant,)).to_table()

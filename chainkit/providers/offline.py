@@ -86,11 +86,14 @@ class OfflineModel:
         model_id: the catalogue id the calls are priced as.
         output_tokens: cap on reply length; the smaller of this and ``max_tokens`` applies.
         latency_s: simulated latency per call, slept on the calling thread.
+        answer: how to answer ``(prompt, output budget)``; by default :func:`extract` from the
+            user turn. The reply is still cut to the output budget and counted for real.
     """
 
     model_id: str
     output_tokens: int | None = None
     latency_s: float = 0.0
+    answer: Callable[[Prompt, int], str] | None = None
     region: str | None = None
     tier: Tier = "on_demand"
 
@@ -102,7 +105,11 @@ class OfflineModel:
     ) -> Completion:
         """Answer with the prompt's most informative sentences, within the output budget."""
         started = time.perf_counter()
-        text = extract(prompt.user, self._budget(max_tokens), self.model_id)
+        budget = self._budget(max_tokens)
+        if self.answer is None:
+            text = extract(prompt.user, budget, self.model_id)
+        else:
+            text = extract(self.answer(prompt, budget), budget, self.model_id)
         usage = Usage(_count_prompt(prompt, self.model_id), count_tokens(text, self.model_id))
         if self.latency_s:
             time.sleep(self.latency_s)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
@@ -17,6 +18,7 @@ from chainkit.records import Entry, Request
 from chainkit.stages.calling import ModelCall, check_model
 
 __all__ = [
+    "Cascade",
     "Classifier",
     "IntentScan",
     "KeywordClassifier",
@@ -125,48 +127,108 @@ class LLMClassifier:
         return Prediction(self.default, 0.0)
 
 
+@dataclass(frozen=True)
+class Cascade:
+    """A free classifier first; a model only when the free one is not confident enough.
+
+    >>> from chainkit.providers import ScriptedModel
+    >>> rules = KeywordClassifier({"greeting": ["hello"]})
+    >>> llm = LLMClassifier(ScriptedModel(model_id="generic.intent", reply="refund"), ["refund"])
+    >>> cascade = Cascade(rules, llm, min_confidence=0.5)
+    """
+
+    first: Classifier
+    then: PromptClassifier
+    min_confidence: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(
+                f"Cascade min_confidence must be within [0, 1], got {self.min_confidence!r}."
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class IntentScan:
-    """Label the request's intent; writes a free entry for rules, a priced one for a model."""
+    """Label the request's intent; a free entry for local classifiers, a priced one for a model.
 
-    classifier: Classifier | PromptClassifier
+    With ``min_confidence``, a prediction less confident than that leaves the intent unset
+    (``None``), so no canned or precomputed reply answers it and it goes on to the model; the
+    label is kept on the entry for analysis. Labels in ``trusted`` (such as an out-of-scope label
+    that a classifier assigns *because* it is unsure) are never unset.
+    """
+
+    classifier: Classifier | PromptClassifier | Cascade
+    min_confidence: float = 0.0
+    trusted: tuple[str, ...] = ()
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "intent_scan"
 
     def __post_init__(self) -> None:
-        if isinstance(self.classifier, PromptClassifier):
-            check_model(self.classifier.model, self.catalogue, self.name)
+        classifier = self.classifier
+        if isinstance(classifier, Cascade):
+            classifier = classifier.then
+        if isinstance(classifier, PromptClassifier):
+            check_model(classifier.model, self.catalogue, self.name)
+
+    def _ask(self, classifier: PromptClassifier, request: Request, ledger: Ledger) -> Prediction:
+        call = ModelCall(
+            stage=self.name,
+            model=classifier.model,
+            catalogue=self.catalogue,
+            prompt=classifier.prompt(request.text),
+            max_tokens=classifier.max_tokens,
+            request=request,
+            ledger=ledger,
+        )
+        with call as completion:
+            prediction = classifier.parse(completion.text)
+            call.record("passed", intent=prediction.label)
+        return prediction
+
+    def _predict(self, classifier: Classifier, request: Request, ledger: Ledger) -> Prediction:
+        started = time.perf_counter()
+        prediction = classifier.predict(request.text)
+        ledger.record(
+            Entry(
+                request_id=request.id,
+                stage=self.name,
+                outcome="passed",
+                cost=Decimal(0),
+                intent=prediction.label,
+                latency_s=time.perf_counter() - started,
+                tags=request.tags,
+            )
+        )
+        return prediction
 
     def run(self, request: Request, ledger: Ledger) -> Request:
         """Return the request with ``intent`` and ``confidence`` set."""
         classifier = self.classifier
-        if isinstance(classifier, PromptClassifier):
-            call = ModelCall(
-                stage=self.name,
-                model=classifier.model,
-                catalogue=self.catalogue,
-                prompt=classifier.prompt(request.text),
-                max_tokens=classifier.max_tokens,
-                request=request,
-                ledger=ledger,
-            )
-            with call as completion:
-                prediction = classifier.parse(completion.text)
-                call.record("passed", intent=prediction.label)
-        else:
+        if isinstance(classifier, Cascade):
+            # Only the free classifier's entry is written when it is confident; otherwise the
+            # model's entry is the stage's one entry, so the stage never writes two.
             started = time.perf_counter()
-            prediction = classifier.predict(request.text)
-            ledger.record(
-                Entry(
-                    request_id=request.id,
-                    stage=self.name,
-                    outcome="passed",
-                    cost=Decimal(0),
-                    intent=prediction.label,
-                    latency_s=time.perf_counter() - started,
-                    tags=request.tags,
+            prediction = classifier.first.predict(request.text)
+            if prediction.confidence < classifier.min_confidence:
+                prediction = self._ask(classifier.then, request, ledger)
+            else:
+                ledger.record(
+                    Entry(
+                        request_id=request.id,
+                        stage=self.name,
+                        outcome="passed",
+                        cost=Decimal(0),
+                        intent=prediction.label,
+                        latency_s=time.perf_counter() - started,
+                        tags=request.tags,
+                    )
                 )
-            )
-        return dataclasses.replace(
-            request, intent=prediction.label, confidence=prediction.confidence
-        )
+        elif isinstance(classifier, PromptClassifier):
+            prediction = self._ask(classifier, request, ledger)
+        else:
+            prediction = self._predict(classifier, request, ledger)
+        intent: str | None = prediction.label
+        if prediction.confidence < self.min_confidence and intent not in self.trusted:
+            intent = None
+        return dataclasses.replace(request, intent=intent, confidence=prediction.confidence)
