@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Self, TextIO
 
 from chainkit.errors import BudgetExceeded, ConfigError
-from chainkit.records import Entry, Usage
+from chainkit.records import Entry, Request, Result, Usage, state_from_json, state_to_json
 
 __all__ = ["Budget", "Hold", "Ledger", "SQLiteLedger", "Totals", "totals"]
 
@@ -351,7 +351,17 @@ def _m001_entries(db: sqlite3.Connection) -> None:
 
 
 # Migrations run in order; the database's user_version counts those already applied.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_entries]
+def _m002_checkpoints(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE checkpoints (
+            request_id TEXT PRIMARY KEY,
+            stage INTEGER NOT NULL,
+            state TEXT NOT NULL
+        )"""
+    )
+
+
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_entries, _m002_checkpoints]
 
 _INSERT = f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -398,6 +408,7 @@ class SQLiteLedger(Ledger):
             raise ConfigError(f"SQLiteLedger batch_size must be at least 1, got {batch_size}.")
         self.path = Path(path)
         self._batch_size = batch_size
+        self._local = threading.local()
         self._pending: list[tuple[Any, ...]] = []
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
@@ -427,9 +438,46 @@ class SQLiteLedger(Ledger):
                 self._db.execute(f"PRAGMA user_version = {number}")
 
     def _append(self, entry: Entry) -> None:
+        deferred: list[tuple[Any, ...]] | None = getattr(self._local, "deferred", None)
+        if deferred is not None:
+            deferred.append(_to_sql(entry))
+            return
         self._pending.append(_to_sql(entry))
         if len(self._pending) >= self._batch_size:
             self._flush()
+
+    # -- checkpoints: resuming a run without paying twice -----------------------------------
+
+    @contextmanager
+    def step(self, request_id: str, stage: int) -> Iterator[Callable[[Request | Result], None]]:
+        """Hold this thread's entries until the step's state is saved, then write both at once.
+
+        Yields ``save(state)`` for the stage's output; the entries recorded inside the block and
+        the checkpoint land in one transaction, so a process killed at any moment leaves both or
+        neither. If the block raises, its entries are written without a checkpoint (nothing is
+        lost).
+        """
+        self._local.deferred = []
+        saved: list[Request | Result] = []
+        try:
+            yield saved.append
+        finally:
+            rows, self._local.deferred = self._local.deferred, None
+            with self._lock, self._db:
+                self._db.executemany(_INSERT, rows)
+                if saved:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                        (request_id, stage, state_to_json(saved[-1])),
+                    )
+
+    def checkpoint(self, request_id: str) -> tuple[int, Request | Result] | None:
+        """The last saved ``(stage index, request or result)`` of a request, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT stage, state FROM checkpoints WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), state_from_json(str(row[1])))
 
     def _flush(self) -> None:
         if self._pending:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, overload, runtime_checkable
 from tqdm import tqdm
 
 from chainkit.errors import ConfigError, NoAnswer
-from chainkit.ledger import Ledger
+from chainkit.ledger import Ledger, SQLiteLedger
 from chainkit.records import Request, Result
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
@@ -72,15 +72,48 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({[s.name for s in self.stages]!r}, name={self.name!r})"
 
-    def run(self, request: Request, ledger: Ledger) -> Result:
-        """Run ``request`` through the stages; raise ``NoAnswer`` if none answers."""
+    def run(self, request: Request, ledger: Ledger, *, resume: bool = False) -> Result:
+        """Run ``request`` through the stages; raise ``NoAnswer`` if none answers.
+
+        With ``resume`` (an :class:`SQLiteLedger` only), every stage's outcome is saved with its
+        entries in one transaction, and a request seen before continues after its last saved
+        stage (or returns its saved result): a run killed and started again pays for nothing
+        twice.
+        """
+        if resume:
+            return self._resume(request, ledger)
         current = request
         for stage in self.stages:
             out = stage.run(current, ledger)
             if isinstance(out, Result):
                 return out
             current = out
-        raise NoAnswer(
+        raise self._no_answer(request)
+
+    def _resume(self, request: Request, ledger: Ledger) -> Result:
+        if not isinstance(ledger, SQLiteLedger):
+            raise ConfigError(
+                "resume=True needs an SQLiteLedger: the saved stages must outlive the process."
+            )
+        current = request
+        start = 0
+        saved = ledger.checkpoint(request.id)
+        if saved is not None:
+            index, state = saved
+            if isinstance(state, Result):
+                return state
+            current, start = state, index + 1
+        for index in range(start, len(self.stages)):
+            with ledger.step(request.id, index) as save:
+                out = self.stages[index].run(current, ledger)
+                save(out)
+            if isinstance(out, Result):
+                return out
+            current = out
+        raise self._no_answer(request)
+
+    def _no_answer(self, request: Request) -> NoAnswer:
+        return NoAnswer(
             f"No stage answered request {request.id!r} ({request.text[:60]!r}): "
             f"{[s.name for s in self.stages]} all passed it on. End the pipeline with a stage "
             "that always answers, such as Generate."
@@ -103,6 +136,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
+        resume: bool = ...,
         return_exceptions: Literal[False] = ...,
     ) -> Iterator[Result]: ...
 
@@ -114,6 +148,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
+        resume: bool = ...,
         return_exceptions: Literal[True],
     ) -> Iterator[Result | Exception]: ...
 
@@ -124,6 +159,7 @@ class Pipeline:
         *,
         concurrency: int = 8,
         progress: bool | None = None,
+        resume: bool = False,
         return_exceptions: bool = False,
     ) -> Iterator[Result | Exception]:
         """Yield a result per request, in input order, running up to ``concurrency`` at once.
@@ -134,6 +170,7 @@ class Pipeline:
         in flight have finished (their entries are in the ledger either way).
 
         ``progress`` shows a bar on stderr; by default only when stderr is a terminal.
+        ``resume`` is as for :meth:`run`.
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}.")
@@ -143,13 +180,13 @@ class Pipeline:
         try:
             if concurrency == 1:
                 for request in requests:
-                    yield self._one(request, ledger, return_exceptions)
+                    yield self._one(request, ledger, resume, return_exceptions)
                     bar.update()
                 return
             with ThreadPoolExecutor(concurrency, thread_name_prefix="chainkit") as pool:
                 window: deque[Future[Result]] = deque()
                 for request in requests:
-                    window.append(pool.submit(self.run, request, ledger))
+                    window.append(pool.submit(self.run, request, ledger, resume=resume))
                     if len(window) >= 2 * concurrency:
                         yield self._settle(window.popleft(), window, return_exceptions)
                         bar.update()
@@ -159,9 +196,11 @@ class Pipeline:
         finally:
             bar.close()
 
-    def _one(self, request: Request, ledger: Ledger, return_exceptions: bool) -> Result | Exception:
+    def _one(
+        self, request: Request, ledger: Ledger, resume: bool, return_exceptions: bool
+    ) -> Result | Exception:
         try:
-            return self.run(request, ledger)
+            return self.run(request, ledger, resume=resume)
         except Exception as exc:
             if return_exceptions:
                 return exc
@@ -192,6 +231,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
+        resume: bool = ...,
         return_exceptions: Literal[False] = ...,
     ) -> list[Result]: ...
 
@@ -203,6 +243,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
+        resume: bool = ...,
         return_exceptions: Literal[True],
     ) -> list[Result | Exception]: ...
 
@@ -213,6 +254,7 @@ class Pipeline:
         *,
         concurrency: int = 8,
         progress: bool | None = None,
+        resume: bool = False,
         return_exceptions: bool = False,
     ) -> list[Result] | list[Result | Exception]:
         """Run every request (see :meth:`stream`) and return the results in input order."""
@@ -223,7 +265,10 @@ class Pipeline:
                     ledger,
                     concurrency=concurrency,
                     progress=progress,
+                    resume=resume,
                     return_exceptions=True,
                 )
             )
-        return list(self.stream(requests, ledger, concurrency=concurrency, progress=progress))
+        return list(
+            self.stream(requests, ledger, concurrency=concurrency, progress=progress, resume=resume)
+        )

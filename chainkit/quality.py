@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from chainkit.records import Entry
 
-__all__ = ["IntentQuality", "intent_quality"]
+__all__ = ["IntentQuality", "intent_quality", "rouge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class IntentQuality:
     request refused as out of scope, or left unlabelled, counts as wrong). ``oos_recall``: share
     of out-of-scope requests labelled out of scope. ``wrong_early_rate``: share of all requests
     answered by a free early stage (canned, precomputed) for an intent that was not theirs.
-    ``None`` where the variant predicts no intents.
+    ``None`` where the variant predicts no intents, or there is nothing of that kind to score.
     """
 
     requests: int
@@ -68,9 +69,10 @@ def intent_quality(
     in_scope = [rid for rid, label in truth.items() if label != out_of_scope]
     oos = [rid for rid, label in truth.items() if label == out_of_scope]
     accuracy = recall = None
-    if predicted:
-        accuracy = sum(predicted.get(r) == truth[r] for r in in_scope) / max(len(in_scope), 1)
-        recall = sum(predicted.get(r) == out_of_scope for r in oos) / max(len(oos), 1)
+    if predicted and in_scope:
+        accuracy = sum(predicted.get(r) == truth[r] for r in in_scope) / len(in_scope)
+    if predicted and oos:
+        recall = sum(predicted.get(r) == out_of_scope for r in oos) / len(oos)
     wrong = sum(1 for rid, intent in early.items() if intent != truth[rid])
     return IntentQuality(
         requests=requests,
@@ -81,3 +83,24 @@ def intent_quality(
         wrong_early=wrong,
         wrong_early_rate=wrong / requests if requests else 0.0,
     )
+
+
+@functools.cache
+def _scorer() -> Any:
+    # rouge-score is Google's reference implementation; imported lazily as an optional extra.
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def rouge(candidate: str, reference: str) -> dict[str, float]:
+    """ROUGE-1/2/L recall and F1 of ``candidate`` against ``reference`` (``rouge-score``).
+
+    Needs ``pip install 'chainkit[rouge]'``.
+    """
+    scores = _scorer().score(reference, candidate)
+    out: dict[str, float] = {}
+    for name, score in scores.items():
+        out[f"{name}_recall"] = float(score.recall)
+        out[f"{name}_f"] = float(score.fmeasure)
+    return out

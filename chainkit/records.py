@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["Entry", "Outcome", "Phase", "Request", "Result", "Usage", "new_request_id"]
+__all__ = [
+    "Entry",
+    "Outcome",
+    "Phase",
+    "Request",
+    "Result",
+    "Usage",
+    "new_request_id",
+    "state_from_json",
+    "state_to_json",
+]
 
 Outcome = Literal["answered", "passed", "failed", "refused"]
 """What a stage did with a request: answered it, passed it on, failed, or refused it (budget)."""
@@ -128,3 +139,40 @@ class Entry:
     tags: Mapping[str, str] = field(default_factory=dict)
     phase: Phase = "serve"
     time: datetime = field(default_factory=_now)
+
+
+def state_to_json(state: Request | Result) -> str:
+    """A request or result as JSON, to save a pipeline's progress."""
+
+    def request(r: Request) -> dict[str, Any]:
+        return {
+            "text": r.text,
+            "id": r.id,
+            "tags": dict(r.tags),
+            "document": r.document,
+            "intent": r.intent,
+            "confidence": r.confidence,
+            "slots": dict(r.slots),
+            "facts": list(r.facts),
+            "summary": r.summary,
+        }
+
+    if isinstance(state, Result):
+        return json.dumps(
+            {
+                "result": {"text": state.text, "stage": state.stage, "model": state.model},
+                "request": request(state.request),
+            }
+        )
+    return json.dumps({"request": request(state)})
+
+
+def state_from_json(text: str) -> Request | Result:
+    """The request or result :func:`state_to_json` saved."""
+    data = json.loads(text)
+    fields = data["request"]
+    fields["facts"] = tuple(fields["facts"])
+    request = Request(**fields)
+    if "result" in data:
+        return Result(request=request, **data["result"])
+    return request

@@ -60,6 +60,8 @@ class VariantReport:
     savings_pct: Decimal | None
     by_stage: tuple[StageLine, ...]
     quality: Mapping[str, Any] = field(default_factory=dict)
+    cost_p50: Decimal | None = None
+    cost_p90: Decimal | None = None
 
 
 def _divide(amount: Decimal | None, by: int) -> Decimal | None:
@@ -92,6 +94,16 @@ def _stage_lines(entries: Sequence[Entry], requests: int) -> tuple[StageLine, ..
     return tuple(lines)
 
 
+def _percentile(costs: list[Decimal | None], pct: int) -> Decimal | None:
+    """The nearest-rank percentile; ``None`` if any cost is unknown or there are none."""
+    known = [c for c in costs if c is not None]
+    if not costs or len(known) < len(costs):
+        return None
+    ordered = sorted(known)
+    rank = max(1, -(-pct * len(ordered) // 100))
+    return ordered[rank - 1]
+
+
 def _savings(baseline: Decimal | None, cost: Decimal | None) -> Decimal | None:
     if baseline is None or cost is None or baseline == 0:
         return None
@@ -103,6 +115,11 @@ def _variant(name: str, entries: Sequence[Entry], traffic: int | None) -> Varian
     setup = [e for e in entries if e.phase == "setup"]
     t = totals(serve)
     cost = t.cost
+    by_request: dict[str, Decimal | None] = {}
+    for e in serve:
+        spent = by_request.get(e.request_id, Decimal(0))
+        by_request[e.request_id] = None if spent is None or e.cost is None else spent + e.cost
+    per_request = list(by_request.values())
     daily = monthly = None
     if traffic is not None and cost is not None and t.requests:
         # Multiply before dividing so that exact figures stay exact ($63, not $62.99999...).
@@ -118,6 +135,8 @@ def _variant(name: str, entries: Sequence[Entry], traffic: int | None) -> Varian
         monthly_cost=monthly,
         savings_pct=None,
         by_stage=_stage_lines(serve + setup, t.requests),
+        cost_p50=_percentile(per_request, 50),
+        cost_p90=_percentile(per_request, 90),
     )
 
 
@@ -208,6 +227,8 @@ class Report:
                 "requests": v.requests,
                 "total_cost_usd": money(v.total_cost),
                 "cost_per_request_usd": money(v.cost_per_request),
+                "cost_per_request_p50_usd": money(v.cost_p50),
+                "cost_per_request_p90_usd": money(v.cost_p90),
             }
             if self.traffic_per_day is not None:
                 row["daily_cost_usd"] = money(v.daily_cost)

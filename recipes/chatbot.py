@@ -51,6 +51,9 @@ from chainkit import (
     precompute,
 )
 from recipes.common import (
+    REPLY_TOKENS,
+    SMALL,
+    STRONG,
     add_output_options,
     add_provider_options,
     make_model,
@@ -59,8 +62,6 @@ from recipes.common import (
 )
 
 DEMO_TRAFFIC = Path(__file__).parent / "data" / "demo_traffic.jsonl"
-STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
-SMALL = "amazon.nova-micro-v1:0"
 DAYS = 30
 
 CANNED = {
@@ -102,8 +103,8 @@ def run_demo(
     """Both variants over the shipped demo traffic, priced from the current Bedrock catalogue."""
     catalogue = Catalogue.load()
     rows = _read_demo()
-    small = make_model(provider, SMALL, region)
-    strong = make_model(provider, STRONG, region)
+    small = make_model(provider, SMALL, region, output_tokens=REPLY_TOKENS)
+    strong = make_model(provider, STRONG, region, output_tokens=REPLY_TOKENS)
     with tempfile.TemporaryDirectory(prefix="chainkit-replies-") as tmp:
         store = ReplyStore(tmp)
         # Policy replies are written once, ahead of time; that spend is one-off setup.
@@ -290,7 +291,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenario", choices=["demo", "seed"], default="demo")
+    parser.add_argument(
+        "--scenario",
+        choices=["demo", "seed", "data"],
+        default=None,
+        help="demo: shipped sample traffic (default); seed: the article's figures; data: real "
+        "traffic from --data-dir (the default when --data-dir is given)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with bitext_customer_support/ and clinc150/",
+    )
+    parser.add_argument(
+        "--small-talk",
+        type=float,
+        default=0.12,
+        help="data: share of traffic that is greetings, thanks and goodbyes (CLINC150 test)",
+    )
+    parser.add_argument(
+        "--out-of-scope",
+        type=float,
+        default=0.15,
+        help="data: share of traffic that is out of scope (CLINC150 oos test)",
+    )
+    parser.add_argument(
+        "--precompute",
+        choices=["reference", "model"],
+        default="reference",
+        help="data: fill precomputed replies from Bitext's reference replies, or have the small "
+        "model write them (one-off spend, shown as setup)",
+    )
+    parser.add_argument(
+        "--cascade-below",
+        type=float,
+        default=0.5,
+        help="data: the cascade asks the LLM when the local classifier's confidence is below this",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="data: run only the first N messages"
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="save a cost and deflection plot here"
+    )
     parser.add_argument("--traffic", type=int, default=10_000, help="interactions per day")
     parser.add_argument(
         "--requests",
@@ -301,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_provider_options(parser)
     add_output_options(parser)
     args = parser.parse_args(argv)
+    if args.scenario is None:
+        args.scenario = "data" if args.data_dir is not None else "demo"
+    if args.scenario == "data" and args.data_dir is None:
+        parser.error("the data scenario needs --data-dir (e.g. --data-dir ../shared/data)")
     if args.scenario == "seed" and args.provider != "offline":
         parser.error(
             "the seed scenario reproduces the article's hypothetical models with scripted token "
@@ -310,12 +358,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.scenario == "seed":
             report = run_seed(ledger, args.traffic, args.requests)
+        elif args.scenario == "data":
+            # Imported here: the data scenario needs scikit-learn, the others do not.
+            from recipes import support_bot
+
+            report = support_bot.run(
+                args.data_dir,
+                ledger,
+                args.traffic,
+                provider=args.provider,
+                region=args.region,
+                small_talk=args.small_talk,
+                out_of_scope=args.out_of_scope,
+                precompute_with=args.precompute,
+                cascade_below=args.cascade_below,
+                limit=args.limit,
+            )
         else:
             report = run_demo(ledger, args.traffic, provider=args.provider, region=args.region)
     finally:
         if isinstance(ledger, SQLiteLedger):
             ledger.close()
     print(render(report, args.format))
+    if args.plot is not None:
+        from chainkit.plots import plot_report
+
+        plot_report(report, args.plot)
+        print(f"plot saved to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from chainkit import ConfigError, Ledger, Model, OfflineModel, Report, SQLiteLedger
 
+STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
+SMALL = "amazon.nova-micro-v1:0"
+REPLY_TOKENS = 150  # Bitext's reference replies run to a median of about 145 tokens
+
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--format`` and ``--ledger`` to a recipe's parser."""
@@ -59,10 +63,15 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_model(provider: str, model_id: str, region: str | None = None) -> Model:
-    """The model a recipe variant uses: the offline stand-in, or the real one on Bedrock."""
+def make_model(
+    provider: str, model_id: str, region: str | None = None, *, output_tokens: int | None = None
+) -> Model:
+    """The model a recipe variant uses: the offline stand-in, or the real one on Bedrock.
+
+    ``output_tokens`` sets the stand-in's reply length (a real model's is its own).
+    """
     if provider == "bedrock":
         from chainkit.providers.bedrock import BedrockModel
 
         return BedrockModel(model_id, region=region)
-    return OfflineModel(model_id=model_id, region=region)
+    return OfflineModel(model_id=model_id, region=region, output_tokens=output_tokens)

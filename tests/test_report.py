@@ -182,6 +182,8 @@ def test_to_dict_shape(report: Report) -> None:
         "requests",
         "total_cost_usd",
         "cost_per_request_usd",
+        "cost_per_request_p50_usd",
+        "cost_per_request_p90_usd",
         "daily_cost_usd",
         "monthly_cost_usd",
         "savings_pct",
@@ -330,3 +332,12 @@ def test_stage_share_is_answered_over_requests_and_quality_is_reported() -> None
     assert scan["latency_ms_p50"] == 1.0
     assert data["quality"] == {"intent_accuracy": 0.75}
     assert "intent accuracy 0.750" in Report((variant,)).to_table()
+
+
+def test_cost_per_request_percentiles_are_nearest_rank() -> None:
+    ledger = Ledger()
+    for i, cents in enumerate([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]):
+        ledger.record(Entry(f"r{i}", "generate", "answered", cost=Decimal(cents) / 100))
+    (variant,) = Report.build([("v", ledger)]).variants
+    assert variant.cost_p50 == Decimal("0.05")
+    assert variant.cost_p90 == Decimal("0.09")

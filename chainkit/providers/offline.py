@@ -74,6 +74,20 @@ def extract(text: str, budget: int, model_id: str = "") -> str:
     return " ".join(sentences[i] for i in sorted(chosen))
 
 
+def _fill(text: str, budget: int, model_id: str) -> str:
+    """Repeat ``text`` word by word up to ``budget`` tokens (real replies run to length)."""
+    words = text.split()
+    out = list(words)
+    # Grow by whole repeats while they fit, then word by word; counting is cheap for short text.
+    while count_tokens(" ".join(out + words), model_id) <= budget:
+        out.extend(words)
+    for word in words:
+        if count_tokens(" ".join([*out, word]), model_id) > budget:
+            break
+        out.append(word)
+    return " ".join(out)
+
+
 def _count_prompt(prompt: Prompt, model_id: str) -> int:
     return count_tokens(prompt.system, model_id) + count_tokens(prompt.user, model_id)
 
@@ -84,7 +98,10 @@ class OfflineModel:
 
     Args:
         model_id: the catalogue id the calls are priced as.
-        output_tokens: cap on reply length; the smaller of this and ``max_tokens`` applies.
+        output_tokens: how long the stand-in's replies are, as a real model's would be: the
+            extract is repeated to reach this length when the prompt is too short to supply it.
+            The smaller of this and ``max_tokens`` applies. ``None``: the extract as it comes,
+            within ``max_tokens``.
         latency_s: simulated latency per call, slept on the calling thread.
         answer: how to answer ``(prompt, output budget)``; by default :func:`extract` from the
             user turn. The reply is still cut to the output budget and counted for real.
@@ -106,10 +123,10 @@ class OfflineModel:
         """Answer with the prompt's most informative sentences, within the output budget."""
         started = time.perf_counter()
         budget = self._budget(max_tokens)
-        if self.answer is None:
-            text = extract(prompt.user, budget, self.model_id)
-        else:
-            text = extract(self.answer(prompt, budget), budget, self.model_id)
+        source = prompt.user if self.answer is None else self.answer(prompt, budget)
+        text = extract(source, budget, self.model_id)
+        if self.output_tokens is not None and text:
+            text = _fill(text, budget, self.model_id)
         usage = Usage(_count_prompt(prompt, self.model_id), count_tokens(text, self.model_id))
         if self.latency_s:
             time.sleep(self.latency_s)

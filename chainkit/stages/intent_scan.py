@@ -165,6 +165,10 @@ class IntentScan:
     name: str = "intent_scan"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(
+                f"IntentScan min_confidence must be within [0, 1], got {self.min_confidence!r}."
+            )
         classifier = self.classifier
         if isinstance(classifier, Cascade):
             classifier = classifier.then

@@ -95,7 +95,8 @@ class Lookup:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+            # as_uri() quotes '#', '?' and '%', which SQLite would otherwise read as URI syntax.
+            db = sqlite3.connect(self.database.resolve().as_uri() + "?mode=ro", uri=True)
             db.row_factory = sqlite3.Row
             self._local.db = db
         return db

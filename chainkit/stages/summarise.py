@@ -1,4 +1,9 @@
-"""Summarise: a cheap model condenses the request's document before the strong model reads it."""
+"""Summarise: a cheap model condenses the request's document before the strong model reads it.
+
+A document too long for the model's context window is split on paragraph or turn boundaries and
+summarised map-reduce style: each chunk, then the chunk summaries together. Every call is its own
+ledger entry under the request's id (tagged ``chunk``), and no prompt exceeds the window.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from chainkit.documents import split_document
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Entry, Request
 from chainkit.stages.calling import ModelCall, check_model
+from chainkit.tokens import count_tokens, is_exact
 
 __all__ = ["Summarise"]
+
+# Counts from the offline estimator can be off for another vendor's tokenizer: keep 10% spare.
+_ESTIMATE_MARGIN = 0.9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +36,10 @@ class Summarise:
         "Summarise the document in at most {max_tokens} tokens. Keep every decision, figure, "
         "name and open question; drop small talk."
     )
+    combine: str = (
+        "These are summaries of consecutive parts of one document. Combine them into a single "
+        "summary of at most {max_tokens} tokens, keeping every decision, figure and name."
+    )
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "summarise"
 
@@ -33,10 +47,64 @@ class Summarise:
         if self.max_tokens < 1:
             raise ConfigError(f"Summarise max_tokens must be at least 1, got {self.max_tokens}.")
         check_model(self.model, self.catalogue, self.name)
+        if self.room < self.max_tokens:
+            window = self.catalogue.card(self.model.model_id).context_window
+            raise ConfigError(
+                f"Summarise: {self.model.model_id!r} has a context window of {window} tokens, too "
+                f"small to read chunks and write {self.max_tokens}-token summaries; choose a "
+                "model with a longer context or a smaller max_tokens."
+            )
+
+    @property
+    def room(self) -> int:
+        """The most document tokens one call may carry: the window less prompt and output."""
+        model_id = self.model.model_id
+        window = self.catalogue.card(model_id).context_window
+        overhead = max(
+            count_tokens(self.instruction.format(max_tokens=self.max_tokens), model_id),
+            count_tokens(self.combine.format(max_tokens=self.max_tokens), model_id),
+        )
+        room = window - overhead - self.max_tokens
+        return room if is_exact(model_id) else int(room * _ESTIMATE_MARGIN)
 
     def prompt(self, document: str) -> Prompt:
         """The summarisation prompt: the instruction as system prompt, the document as user turn."""
         return Prompt(self.instruction.format(max_tokens=self.max_tokens), document)
+
+    def _call(self, request: Request, ledger: Ledger, prompt: Prompt, chunk: str | None) -> str:
+        if chunk is not None:
+            request = dataclasses.replace(request, tags={**request.tags, "chunk": chunk})
+        call = ModelCall(
+            stage=self.name,
+            model=self.model,
+            catalogue=self.catalogue,
+            prompt=prompt,
+            max_tokens=self.max_tokens,
+            request=request,
+            ledger=ledger,
+        )
+        with call as completion:
+            call.record("passed")
+        return completion.text
+
+    def summarise(self, request: Request, ledger: Ledger, document: str) -> str:
+        """Summarise ``document`` for ``request``, map-reduce style if it does not fit."""
+        room = self.room
+        model_id = self.model.model_id
+        if count_tokens(document, model_id) <= room:
+            return self._call(request, ledger, self.prompt(document), None)
+        text, level = document, 1
+        while True:
+            chunks = split_document(text, room, model_id)
+            partials = [
+                self._call(request, ledger, self.prompt(chunk), f"{level}.{i}/{len(chunks)}")
+                for i, chunk in enumerate(chunks, start=1)
+            ]
+            text = "\n\n".join(partials)
+            if count_tokens(text, model_id) <= room:
+                combine = Prompt(self.combine.format(max_tokens=self.max_tokens), text)
+                return self._call(request, ledger, combine, "reduce")
+            level += 1
 
     def run(self, request: Request, ledger: Ledger) -> Request:
         """Return the request with ``summary`` set."""
@@ -52,15 +120,6 @@ class Summarise:
                 )
             )
             return request
-        call = ModelCall(
-            stage=self.name,
-            model=self.model,
-            catalogue=self.catalogue,
-            prompt=self.prompt(request.document),
-            max_tokens=self.max_tokens,
-            request=request,
-            ledger=ledger,
+        return dataclasses.replace(
+            request, summary=self.summarise(request, ledger, request.document)
         )
-        with call as completion:
-            call.record("passed")
-        return dataclasses.replace(request, summary=completion.text)
