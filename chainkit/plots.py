@@ -5,12 +5,13 @@ Needs matplotlib (``pip install 'chainkit[plots]'``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from chainkit.report import Report
 
-__all__ = ["plot_report"]
+__all__ = ["plot_cost_vs_length", "plot_report"]
 
 
 def plot_report(report: Report, path: str | Path | None = None) -> Any:
@@ -65,6 +66,30 @@ def plot_report(report: Report, path: str | Path | None = None) -> Any:
     right.set_title("Deflection: which stage answered")
     right.legend(loc="lower right", fontsize="small")
     right.tick_params(axis="x", rotation=15)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_cost_vs_length(
+    points: Mapping[str, Sequence[tuple[int, float]]], path: str | Path | None = None
+) -> Any:
+    """Scatter each variant's cost per document against the document's length in tokens."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    for name, pts in points.items():
+        if pts:
+            xs, ys = zip(*sorted(pts), strict=True)
+            ax.scatter(xs, ys, s=12, label=name, alpha=0.75)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("cost per document (USD)")
+    ax.set_title("Cost per document against length")
+    ax.legend()
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

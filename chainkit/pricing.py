@@ -38,6 +38,18 @@ _MILLION = Decimal(1_000_000)
 _PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov.", "global.")
 
 
+def base_model_id(model_id: str) -> str:
+    """The model id without a cross-region inference profile prefix (``us.``, ``eu.``, ...).
+
+    >>> base_model_id("us.anthropic.claude-3-haiku-20240307-v1:0")
+    'anthropic.claude-3-haiku-20240307-v1:0'
+    """
+    for prefix in _PROFILE_PREFIXES:
+        if model_id.startswith(prefix):
+            return model_id.removeprefix(prefix)
+    return model_id
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens for each token class, in one region and tier, with its source."""
@@ -256,9 +268,7 @@ class Catalogue:
     def _find(self, model_id: str) -> ModelCard | None:
         card = self._index.get(model_id)
         if card is None:
-            for prefix in _PROFILE_PREFIXES:
-                if model_id.startswith(prefix):
-                    return self._index.get(model_id.removeprefix(prefix))
+            return self._index.get(base_model_id(model_id))
         return card
 
     def card(self, model_id: str) -> ModelCard:

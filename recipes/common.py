@@ -28,16 +28,19 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_ledger(path: Path | None) -> Ledger:
-    """An in-memory ledger, or a new SQLite ledger at ``path``."""
+def open_ledger(path: Path | None, *, resume: bool = False) -> Ledger:
+    """An in-memory ledger, or an SQLite ledger at ``path`` (new, or continued with ``resume``)."""
     if path is None:
+        if resume:
+            raise ConfigError("--resume needs --ledger PATH: the saved progress lives there.")
         return Ledger()
-    if path.exists():
+    if path.exists() and not resume:
         raise ConfigError(
-            f"{path} already exists; a recipe writes a fresh ledger. Remove it or choose another "
-            "path (`chainkit report` reads an existing one)."
+            f"{path} already exists; a recipe writes a fresh ledger. Pass --resume to continue "
+            "the run it holds, remove it, or choose another path (`chainkit report` reads it)."
         )
-    return SQLiteLedger(path, batch_size=500)
+    # Resumable runs commit every entry with its checkpoint; others may batch their writes.
+    return SQLiteLedger(path, batch_size=1 if resume else 500)
 
 
 def render(report: Report, fmt: str) -> str:
@@ -64,14 +67,21 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_model(
-    provider: str, model_id: str, region: str | None = None, *, output_tokens: int | None = None
+    provider: str,
+    model_id: str,
+    region: str | None = None,
+    *,
+    output_tokens: int | None = None,
+    latency_s: float = 0.0,
 ) -> Model:
     """The model a recipe variant uses: the offline stand-in, or the real one on Bedrock.
 
-    ``output_tokens`` sets the stand-in's reply length (a real model's is its own).
+    ``output_tokens`` and ``latency_s`` shape the stand-in's replies (a real model has its own).
     """
     if provider == "bedrock":
         from chainkit.providers.bedrock import BedrockModel
 
         return BedrockModel(model_id, region=region)
-    return OfflineModel(model_id=model_id, region=region, output_tokens=output_tokens)
+    return OfflineModel(
+        model_id=model_id, region=region, output_tokens=output_tokens, latency_s=latency_s
+    )

@@ -1,5 +1,16 @@
 """Chained summarisation: a small model summarises, the strong model writes from the summary.
 
+Real documents (QMSum meetings, ScisummNet papers, or any JSONL of {id, document, summary})::
+
+    python -m recipes.summarisation --data-dir ../shared/data --dataset qmsum [--plot cost.png]
+
+Variants on the same documents, priced from the current Bedrock catalogue: ``lazy`` (the strong
+model reads each document), ``chained`` (a small model summarises first, map-reduce when a
+document exceeds its context window), ``compressed-chained`` (a free Compress stage first) and
+``chained-batch`` (chained as two Bedrock batch inference jobs, at batch prices; simulated
+locally offline). ROUGE against the human references; with ``--ledger run.db --resume`` an
+interrupted run continues where it stopped without paying twice.
+
 Seed scenario (the article's figures, through the real pipeline, ledger and catalogue)::
 
     python -m recipes.summarisation --scenario seed [--format json]
@@ -16,6 +27,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 from chainkit import (
     Catalogue,
@@ -162,18 +174,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenario", choices=["seed"], default="seed")
-    parser.add_argument("--documents", type=int, default=200, help="documents to run (seed: 200)")
+    parser.add_argument(
+        "--scenario",
+        choices=["seed", "data"],
+        default=None,
+        help="seed: the article's figures (default); data: real documents (default with "
+        "--data-dir)",
+    )
+    parser.add_argument("--documents", type=int, default=200, help="seed: documents to run")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with qmsum/ etc.")
+    parser.add_argument(
+        "--dataset", default="qmsum", help="qmsum, scisummnet, or a path to any JSONL"
+    )
+    parser.add_argument("--split", default=None, help="only this split (train/dev/test)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    parser.add_argument("--summariser", default=None, help="catalogue id of the small model")
+    parser.add_argument("--generator", default=None, help="catalogue id of the strong model")
+    parser.add_argument(
+        "--compress-to", type=float, default=None, help="Compress budget, share of the document"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --ledger")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="offline: simulated seconds per model call"
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="save cost vs length plot here")
+    parser.add_argument("--batch-bucket", default=None, help="bedrock: S3 bucket for batch jobs")
+    parser.add_argument("--batch-role", default=None, help="bedrock: IAM role ARN for batch")
     add_provider_options(parser)
     add_output_options(parser)
     args = parser.parse_args(argv)
-    ledger = open_ledger(args.ledger)
+    if args.scenario is None:
+        args.scenario = "data" if args.data_dir is not None else "seed"
+    if args.scenario == "data" and args.data_dir is None:
+        parser.error("the data scenario needs --data-dir (e.g. --data-dir ../shared/data)")
+    ledger = open_ledger(args.ledger, resume=args.resume)
+    points = None
     try:
-        report = run_seed(args.documents, ledger, provider=args.provider, region=args.region)
+        if args.scenario == "seed":
+            report = run_seed(args.documents, ledger, provider=args.provider, region=args.region)
+        else:
+            from recipes import long_docs
+
+            options = {
+                key: value
+                for key, value in {
+                    "summariser": args.summariser,
+                    "generator": args.generator,
+                    "compress_to": args.compress_to,
+                }.items()
+                if value is not None
+            }
+            report, points = long_docs.run(
+                args.data_dir,
+                args.dataset,
+                ledger,
+                provider=args.provider,
+                region=args.region,
+                split=args.split,
+                limit=args.limit,
+                resume=args.resume,
+                concurrency=args.concurrency,
+                batch_bucket=args.batch_bucket,
+                batch_role=args.batch_role,
+                latency_s=args.latency,
+                **options,
+            )
     finally:
         if isinstance(ledger, SQLiteLedger):
             ledger.close()
     print(render(report, args.format))
+    if args.plot is not None:
+        from chainkit.plots import plot_cost_vs_length, plot_report
+
+        if points is None:
+            plot_report(report, args.plot)
+        else:
+            plot_cost_vs_length(points, args.plot)
+        print(f"plot saved to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,20 @@ from tenacity import (
 )
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
-from chainkit.pricing import Tier
+from chainkit.pricing import Tier, base_model_id
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
-__all__ = ["BedrockModel", "BedrockStream", "usage_from_bedrock"]
+__all__ = [
+    "BedrockModel",
+    "BedrockStream",
+    "RetryPolicy",
+    "call_aws",
+    "error_code",
+    "error_detail",
+    "usage_from_bedrock",
+]
 
 # Bedrock error codes worth another attempt: capacity, throttling, timeouts and server faults.
 RETRYABLE_CODES = frozenset(
@@ -107,7 +115,8 @@ def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _client_error_code(exc: BaseException) -> tuple[str | None, int | None]:
+def error_code(exc: BaseException) -> tuple[str | None, int | None]:
+    """The AWS error code and HTTP status of a botocore ``ClientError`` (``None`` otherwise)."""
     response = getattr(exc, "response", None)
     if not isinstance(response, Mapping):
         return None, None
@@ -116,13 +125,66 @@ def _client_error_code(exc: BaseException) -> tuple[str | None, int | None]:
     return error.get("Code"), status if isinstance(status, int) else None
 
 
+def error_detail(exc: BaseException) -> str:
+    """The AWS error message of a ``ClientError``, else the exception's text."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        message = response.get("Error", {}).get("Message")
+        if message:
+            return str(message)
+    return str(exc)
+
+
 def _retryable(exc: BaseException) -> bool:
-    code, status = _client_error_code(exc)
+    code, status = error_code(exc)
     if code is not None:
         return code in RETRYABLE_CODES or (status is not None and status >= 500)
     # botocore's connection and read timeouts carry no error code.
     name = type(exc).__name__
     return name in {"ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError"}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry: exponential backoff with full jitter."""
+
+    max_attempts: int = 5
+    wait_initial: float = 0.5
+    wait_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}.")
+
+
+def call_aws(
+    fn: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    *,
+    retry: RetryPolicy,
+    fail: Callable[[Exception, int], ProviderError],
+) -> tuple[Any, int]:
+    """Call ``fn(**kwargs)``, retrying only throttling, timeouts and 5xx.
+
+    Returns the reply and the attempts it took; on failure raises ``fail(exc, attempts)``.
+    """
+    attempts = 0
+
+    def count(state: RetryCallState) -> None:
+        nonlocal attempts
+        attempts = state.attempt_number
+
+    retrying = Retrying(
+        stop=stop_after_attempt(retry.max_attempts),
+        wait=wait_random_exponential(multiplier=retry.wait_initial, max=retry.wait_max),
+        retry=retry_if_exception(_retryable),
+        before=count,
+        reraise=True,
+    )
+    try:
+        return retrying(fn, **kwargs), attempts
+    except Exception as exc:
+        raise fail(exc, attempts) from exc
 
 
 @dataclass
@@ -134,13 +196,6 @@ class BedrockStream:
 
     def __iter__(self) -> Iterator[str]:
         return self.chunks
-
-
-@dataclass(kw_only=True)
-class _Settings:
-    max_attempts: int
-    wait_initial: float
-    wait_max: float
 
 
 class BedrockModel:
@@ -182,8 +237,7 @@ class BedrockModel:
                 f"{model_id!r} is an application inference profile ARN, which does not say "
                 "which model it routes to; pass priced_as='<catalogue model id>' to price it."
             )
-        if max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}.")
+        retry = RetryPolicy(max_attempts, wait_initial, wait_max)
         if client is None:
             client = _default_client(region)
         self.client = client
@@ -192,9 +246,7 @@ class BedrockModel:
         self.region = region or getattr(getattr(client, "meta", None), "region_name", None)
         self.tier: Tier = tier
         self.count_tokens = count_tokens
-        self._settings = _Settings(
-            max_attempts=max_attempts, wait_initial=wait_initial, wait_max=wait_max
-        )
+        self._retry = retry
         self._count_tokens_unsupported = False
 
     def __repr__(self) -> str:
@@ -221,29 +273,11 @@ class BedrockModel:
 
     def _call(self, operation: str, **kwargs: Any) -> tuple[Any, int]:
         """Call ``operation`` with retries; return the reply and the attempts it took."""
-        settings = self._settings
-        attempts = 0
-
-        def count(state: RetryCallState) -> None:
-            nonlocal attempts
-            attempts = state.attempt_number
-
-        retrying = Retrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=wait_random_exponential(multiplier=settings.wait_initial, max=settings.wait_max),
-            retry=retry_if_exception(_retryable),
-            before=count,
-            reraise=True,
-        )
-        try:
-            reply = retrying(getattr(self.client, operation), **kwargs)
-        except Exception as exc:
-            raise self._map(exc, attempts) from exc
-        return reply, attempts
+        return call_aws(getattr(self.client, operation), kwargs, retry=self._retry, fail=self._map)
 
     def _map(self, exc: Exception, attempts: int) -> ProviderError:
-        code = _client_error_code(exc)[0] or type(exc).__name__
-        detail = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or str(exc)
+        code = error_code(exc)[0] or type(exc).__name__
+        detail = error_detail(exc)
         hint = _HINTS.get(code, "")
         message = (
             f"Bedrock {code} for model {self.invoke_id!r} after {attempts} attempt(s): "
@@ -345,7 +379,7 @@ class BedrockModel:
                 body["system"] = [{"text": prompt.system}]
             try:
                 reply, _ = self._call(
-                    "count_tokens", modelId=_base_id(self.model_id), input={"converse": body}
+                    "count_tokens", modelId=base_model_id(self.model_id), input={"converse": body}
                 )
                 return Usage(int(reply["inputTokens"]), max_tokens)
             except ProviderError as exc:
@@ -357,13 +391,6 @@ class BedrockModel:
             prompt.user, self.model_id
         )
         return Usage(inputs, max_tokens)
-
-
-_PROFILE = re.compile(r"^(us|eu|apac|jp|au|ca|us-gov|global)\.")
-
-
-def _base_id(model_id: str) -> str:
-    return _PROFILE.sub("", model_id)
 
 
 def _default_client(region: str | None) -> Any:
