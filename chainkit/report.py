@@ -148,6 +148,10 @@ def money(amount: Decimal | None) -> str | None:
     """
     if amount is None:
         return None
+    places = amount.as_tuple().exponent
+    if isinstance(places, int) and places < -10:
+        # Divisions (cost per request, projections) run to 28 digits; ten places is enough.
+        amount = amount.quantize(Decimal("1e-10"), ROUND_HALF_EVEN)
     normal = amount.normalize()
     exponent = normal.as_tuple().exponent
     if isinstance(exponent, int) and exponent > -2:
@@ -231,8 +235,8 @@ class Report:
                 "cost_per_request_p90_usd": money(v.cost_p90),
             }
             if self.traffic_per_day is not None:
-                row["daily_cost_usd"] = money(v.daily_cost)
-                row["monthly_cost_usd"] = money(v.monthly_cost)
+                row["daily_cost_usd"] = money(_cents(v.daily_cost))
+                row["monthly_cost_usd"] = money(_cents(v.monthly_cost))
             row["savings_pct"] = None if v.savings_pct is None else str(v.savings_pct)
             row["setup_cost_usd"] = money(v.setup_cost)
             row["by_stage"] = [
@@ -326,6 +330,11 @@ class Report:
             lines.append("| " + " | ".join(cells) + " |")
         lines.extend(f"\n- {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+def _cents(amount: Decimal | None) -> Decimal | None:
+    """A projection to the cent: a forecast carries no more precision than that."""
+    return None if amount is None else amount.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
 
 
 def _quality(key: str, value: Any) -> str:
