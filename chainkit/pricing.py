@@ -189,6 +189,7 @@ class Catalogue:
         self.description = description
         self._cards = {card.id: card for card in cards}
         self._index: dict[str, ModelCard] = {}
+        self._prices: dict[tuple[str, str | None, Tier], tuple[str, Price]] = {}
         for card in cards:
             for key in (card.id, *card.aliases):
                 other = self._index.get(key)
@@ -283,12 +284,25 @@ class Catalogue:
             )
         return card
 
+    def price(self, model_id: str, region: str | None = None, tier: Tier = "on_demand") -> Price:
+        """The price of ``model_id`` in ``region`` and ``tier`` (see :meth:`ModelCard.price`)."""
+        return self._resolve(model_id, region, tier)[1]
+
+    def _resolve(self, model_id: str, region: str | None, tier: Tier) -> tuple[str, Price]:
+        key = (model_id, region, tier)
+        found = self._prices.get(key)
+        if found is None:
+            # Resolved once per model, region and tier: every priced call comes through here.
+            card = self.card(model_id)
+            found = self._prices[key] = (card.id, card.price(region, tier))
+        return found
+
     def cost(
         self, model_id: str, usage: Usage, *, region: str | None = None, tier: Tier = "on_demand"
     ) -> Decimal:
         """Return the exact USD cost of ``usage`` on ``model_id`` in ``region`` and ``tier``."""
-        card = self.card(model_id)
-        return card.price(region, tier).cost(usage, model_id=card.id)
+        card_id, price = self._resolve(model_id, region, tier)
+        return price.cost(usage, model_id=card_id)
 
 
 @functools.cache

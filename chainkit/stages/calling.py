@@ -99,11 +99,12 @@ class ModelCall:
                 f"{card.context_window} tokens (request {request.id!r}). Shorten the input "
                 "(Summarise or Compress first) or choose a model with a longer context."
             )
-        price = card.price(model.region, model.tier)
         try:
-            self._hold = self.ledger.reserve(
-                price.cost(estimate, model_id=card.id), request.tags, stage=self.stage
-            )
+            if self.ledger.budgets:
+                price = self.catalogue.price(card.id, model.region, model.tier)
+                self._hold = self.ledger.reserve(
+                    price.cost(estimate, model_id=card.id), request.tags, stage=self.stage
+                )
         except BudgetExceeded:
             self.ledger.record(
                 self._entry("refused", Decimal(0), None, intent=request.intent, estimated=True)
