@@ -7,9 +7,9 @@ from decimal import Decimal
 from typing import Protocol, Self, runtime_checkable
 
 from chainkit.ledger import Ledger
-from chainkit.records import Entry, Request, Result
+from chainkit.records import Entry, Outcome, Request, Result, Usage
 
-__all__ = ["CostEstimator", "EarlyAnswer", "record_early"]
+__all__ = ["CostEstimator", "EarlyAnswer", "record_early", "record_free"]
 
 
 @runtime_checkable
@@ -32,6 +32,39 @@ class EarlyAnswer(Protocol):
         ...
 
 
+def record_free(
+    stage: str,
+    request: Request,
+    ledger: Ledger,
+    *,
+    started: float | None = None,
+    outcome: Outcome = "passed",
+    intent: str | None = None,
+    usage: Usage | None = None,
+    avoided_cost: Decimal | None = Decimal(0),
+    estimated: bool = False,
+) -> None:
+    """Record the entry of a stage that called no model: it cost $0, and says so.
+
+    ``started`` is the stage's ``time.perf_counter()`` at entry; ``intent`` defaults to the
+    request's.
+    """
+    ledger.record(
+        Entry(
+            request_id=request.id,
+            stage=stage,
+            outcome=outcome,
+            cost=Decimal(0),
+            usage=usage,
+            avoided_cost=avoided_cost,
+            estimated=estimated,
+            intent=request.intent if intent is None else intent,
+            latency_s=0.0 if started is None else time.perf_counter() - started,
+            tags=request.tags,
+        )
+    )
+
+
 def record_early(
     stage: str,
     fallback: CostEstimator | None,
@@ -41,22 +74,9 @@ def record_early(
     started: float,
 ) -> Request | Result:
     """Record a free stage's entry: answered (with the avoided cost) if ``reply``, else passed."""
-    answered = reply is not None
-    avoided: Decimal | None = Decimal(0)
-    if answered and fallback is not None:
-        avoided = fallback.estimate_cost(request)
-    ledger.record(
-        Entry(
-            request_id=request.id,
-            stage=stage,
-            outcome="answered" if answered else "passed",
-            cost=Decimal(0),
-            avoided_cost=avoided,
-            intent=request.intent,
-            latency_s=time.perf_counter() - started,
-            tags=request.tags,
-        )
-    )
     if reply is None:
+        record_free(stage, request, ledger, started=started)
         return request
+    avoided = Decimal(0) if fallback is None else fallback.estimate_cost(request)
+    record_free(stage, request, ledger, started=started, outcome="answered", avoided_cost=avoided)
     return Result(request=request, text=reply, stage=stage)

@@ -7,14 +7,14 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Protocol, cast, runtime_checkable
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import Entry, Request
+from chainkit.records import Request
+from chainkit.stages.answering import record_free
 from chainkit.stages.calling import ModelCall, check_model
 
 __all__ = [
@@ -197,17 +197,7 @@ class IntentScan:
     def _predict(self, classifier: Classifier, request: Request, ledger: Ledger) -> Prediction:
         started = time.perf_counter()
         prediction = classifier.predict(request.text)
-        ledger.record(
-            Entry(
-                request_id=request.id,
-                stage=self.name,
-                outcome="passed",
-                cost=Decimal(0),
-                intent=prediction.label,
-                latency_s=time.perf_counter() - started,
-                tags=request.tags,
-            )
-        )
+        record_free(self.name, request, ledger, started=started, intent=prediction.label)
         return prediction
 
     def run(self, request: Request, ledger: Ledger) -> Request:
@@ -221,17 +211,7 @@ class IntentScan:
             if prediction.confidence < classifier.min_confidence:
                 prediction = self._ask(classifier.then, request, ledger)
             else:
-                ledger.record(
-                    Entry(
-                        request_id=request.id,
-                        stage=self.name,
-                        outcome="passed",
-                        cost=Decimal(0),
-                        intent=prediction.label,
-                        latency_s=time.perf_counter() - started,
-                        tags=request.tags,
-                    )
-                )
+                record_free(self.name, request, ledger, started=started, intent=prediction.label)
         elif self._asks_model:
             prediction = self._ask(cast(PromptClassifier, classifier), request, ledger)
         else:

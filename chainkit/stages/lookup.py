@@ -9,12 +9,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
-from chainkit.records import Entry, Request
+from chainkit.records import Request
+from chainkit.stages.answering import record_free
 
 __all__ = ["FactRule", "Lookup"]
 
@@ -118,17 +118,7 @@ class Lookup:
                 facts.extend(rule.fact.format(**dict(row)) for row in rows)
             else:
                 facts.append(rule.missing.format(value=value))
-        ledger.record(
-            Entry(
-                request_id=request.id,
-                stage=self.name,
-                outcome="passed",
-                cost=Decimal(0),
-                intent=request.intent,
-                latency_s=time.perf_counter() - started,
-                tags=request.tags,
-            )
-        )
+        record_free(self.name, request, ledger, started=started)
         if len(facts) == len(request.facts) and slots == request.slots:
             return request
         return dataclasses.replace(request, facts=tuple(facts), slots=slots)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from chainkit.documents import split_document
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import Entry, Request
+from chainkit.records import Request
+from chainkit.stages.answering import record_free
 from chainkit.stages.calling import ModelCall, check_model
 from chainkit.tokens import count_tokens, is_exact
 
@@ -109,16 +109,7 @@ class Summarise:
     def run(self, request: Request, ledger: Ledger) -> Request:
         """Return the request with ``summary`` set."""
         if request.document is None:
-            ledger.record(
-                Entry(
-                    request_id=request.id,
-                    stage=self.name,
-                    outcome="passed",
-                    cost=Decimal(0),
-                    intent=request.intent,
-                    tags=request.tags,
-                )
-            )
+            record_free(self.name, request, ledger)
             return request
         return dataclasses.replace(
             request, summary=self.summarise(request, ledger, request.document)
