@@ -57,14 +57,23 @@ class Usage:
     cache_write_tokens: int = 0
 
     def __post_init__(self) -> None:
-        counts = (
+        i, o, r, w = (
             self.input_tokens,
             self.output_tokens,
             self.cache_read_tokens,
             self.cache_write_tokens,
         )
         # One cheap test on the hot path; the loop below only runs to name the bad field.
-        if all(type(v) is int for v in counts) and min(counts) >= 0:
+        if (
+            type(i) is int
+            and type(o) is int
+            and type(r) is int
+            and type(w) is int
+            and i >= 0
+            and o >= 0
+            and r >= 0
+            and w >= 0
+        ):
             return
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             value = getattr(self, name)

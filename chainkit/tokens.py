@@ -35,6 +35,7 @@ def _mistral_encoder() -> Callable[[str], int]:
     return count
 
 
+@functools.lru_cache(maxsize=1024)
 def is_exact(model_id: str) -> bool:
     """Whether :func:`count_tokens` uses the model's real tokenizer rather than the estimator."""
     lowered = model_id.lower()

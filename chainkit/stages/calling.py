@@ -88,9 +88,12 @@ class ModelCall:
         )
 
     def __enter__(self) -> Completion:
-        model, request = self.model, self.request
+        model, request, prompt = self.model, self.request, self.prompt
         card = self.catalogue.card(model.model_id)
-        estimate = model.estimate(self.prompt, max_tokens=self.max_tokens)
+        budgets = self.ledger.budgets
+        # The model's own estimate decides (it knows its template and tokenizer), even though a
+        # byte count would often do: near the limit only the model can tell.
+        estimate = model.estimate(prompt, max_tokens=self.max_tokens)
         needed = estimate.input_tokens + estimate.cache_read_tokens + estimate.cache_write_tokens
         if needed + self.max_tokens > card.context_window:
             raise ConfigError(
@@ -100,7 +103,7 @@ class ModelCall:
                 "(Summarise or Compress first) or choose a model with a longer context."
             )
         try:
-            if self.ledger.budgets:
+            if budgets:
                 price = self.catalogue.price(card.id, model.region, model.tier)
                 self._hold = self.ledger.reserve(
                     price.cost(estimate, model_id=card.id), request.tags, stage=self.stage

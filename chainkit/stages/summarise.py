@@ -42,11 +42,13 @@ class Summarise:
     )
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "summarise"
+    _room: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ConfigError(f"Summarise max_tokens must be at least 1, got {self.max_tokens}.")
         check_model(self.model, self.catalogue, self.name)
+        object.__setattr__(self, "_room", self._measure_room())
         if self.room < self.max_tokens:
             window = self.catalogue.card(self.model.model_id).context_window
             raise ConfigError(
@@ -58,6 +60,9 @@ class Summarise:
     @property
     def room(self) -> int:
         """The most document tokens one call may carry: the window less prompt and output."""
+        return self._room
+
+    def _measure_room(self) -> int:
         model_id = self.model.model_id
         window = self.catalogue.card(model_id).context_window
         overhead = max(
