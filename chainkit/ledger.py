@@ -539,7 +539,9 @@ class SQLiteLedger(Ledger):
     # -- checkpoints: resuming a run without paying twice -----------------------------------
 
     @contextmanager
-    def step(self, request_id: str, stage: int) -> Iterator[Callable[[Request | Result], None]]:
+    def step(
+        self, request_id: str, stage: int, *, given: str | None = None
+    ) -> Iterator[Callable[[Request | Result], None]]:
         """Hold this thread's entries until the step's state is saved, then write both at once.
 
         Yields ``save(state)`` for the stage's output; the entries recorded inside the block and
@@ -558,16 +560,21 @@ class SQLiteLedger(Ledger):
                 if saved:
                     self._db.execute(
                         "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                        (request_id, stage, state_to_json(saved[-1])),
+                        (request_id, stage, state_to_json(saved[-1], given=given)),
                     )
 
-    def checkpoint(self, request_id: str) -> tuple[int, Request | Result] | None:
-        """The last saved ``(stage index, request or result)`` of a request, or ``None``."""
+    def checkpoint(
+        self, request_id: str, *, given: str | None = None
+    ) -> tuple[int, Request | Result] | None:
+        """The last saved ``(stage index, request or result)`` of a request, or ``None``.
+
+        ``given`` is the request's document as passed in, for states saved without it.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT stage, state FROM checkpoints WHERE request_id = ?", (request_id,)
             ).fetchone()
-        return None if row is None else (int(row[0]), state_from_json(str(row[1])))
+        return None if row is None else (int(row[0]), state_from_json(str(row[1]), given=given))
 
     def _flush(self) -> None:
         if self._pending:

@@ -97,14 +97,14 @@ class Pipeline:
             )
         current = request
         start = 0
-        saved = ledger.checkpoint(request.id)
+        saved = ledger.checkpoint(request.id, given=request.document)
         if saved is not None:
             index, state = saved
             if isinstance(state, Result):
                 return state
             current, start = state, index + 1
         for index in range(start, len(self.stages)):
-            with ledger.step(request.id, index) as save:
+            with ledger.step(request.id, index, given=request.document) as save:
                 out = self.stages[index].run(current, ledger)
                 save(out)
             if isinstance(out, Result):

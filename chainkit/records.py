@@ -159,15 +159,21 @@ class Entry:
     time: datetime = field(default_factory=_now)
 
 
-def state_to_json(state: Request | Result) -> str:
-    """A request or result as JSON, to save a pipeline's progress."""
+def state_to_json(state: Request | Result, *, given: str | None = None) -> str:
+    """A request or result as JSON, to save a pipeline's progress.
+
+    A document equal to ``given`` (the one the caller will pass again on resuming) is not stored,
+    only marked: long documents would otherwise be written once per stage.
+    """
 
     def request(r: Request) -> dict[str, Any]:
+        same = given is not None and r.document == given
         return {
             "text": r.text,
             "id": r.id,
             "tags": dict(r.tags),
-            "document": r.document,
+            "document": None if same else r.document,
+            "document_given": same,
             "intent": r.intent,
             "confidence": r.confidence,
             "slots": dict(r.slots),
@@ -185,11 +191,13 @@ def state_to_json(state: Request | Result) -> str:
     return json.dumps({"request": request(state)})
 
 
-def state_from_json(text: str) -> Request | Result:
-    """The request or result :func:`state_to_json` saved."""
+def state_from_json(text: str, *, given: str | None = None) -> Request | Result:
+    """The request or result :func:`state_to_json` saved (``given``: the document passed in)."""
     data = json.loads(text)
     fields = data["request"]
     fields["facts"] = tuple(fields["facts"])
+    if fields.pop("document_given", False):
+        fields["document"] = given
     request = Request(**fields)
     if "result" in data:
         return Result(request=request, **data["result"])
