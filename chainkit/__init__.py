@@ -14,6 +14,7 @@
 ['intent_scan', 'canned']
 """
 
+from chainkit.classify import LocalClassifier
 from chainkit.errors import (
     BadResponse,
     BudgetExceeded,
@@ -31,11 +32,15 @@ from chainkit.records import Entry, Request, Result, Usage
 from chainkit.report import Report
 from chainkit.stages import (
     Canned,
+    Cascade,
     Classifier,
+    Compress,
+    FactRule,
     Generate,
     IntentScan,
     KeywordClassifier,
     LLMClassifier,
+    Lookup,
     Precomputed,
     Prediction,
     PromptClassifier,
@@ -52,17 +57,22 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Canned",
+    "Cascade",
     "Catalogue",
     "ChainkitError",
     "Classifier",
     "Completion",
+    "Compress",
     "ConfigError",
     "Entry",
+    "FactRule",
     "Generate",
     "IntentScan",
     "KeywordClassifier",
     "LLMClassifier",
     "Ledger",
+    "LocalClassifier",
+    "Lookup",
     "Model",
     "ModelCard",
     "NoAnswer",

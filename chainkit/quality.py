@@ -86,19 +86,22 @@ def intent_quality(
 
 
 @functools.cache
-def _scorer() -> Any:
+def _scorer(metrics: tuple[str, ...]) -> Any:
     # rouge-score is Google's reference implementation; imported lazily as an optional extra.
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(metrics), use_stemmer=True)
 
 
-def rouge(candidate: str, reference: str) -> dict[str, float]:
-    """ROUGE-1/2/L recall and F1 of ``candidate`` against ``reference`` (``rouge-score``).
+def rouge(
+    candidate: str, reference: str, metrics: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
+) -> dict[str, float]:
+    """ROUGE recall and F1 of ``candidate`` against ``reference`` (``rouge-score``).
 
+    ROUGE-L is quadratic in length: score a whole 30K-token document with ``("rouge1",)``.
     Needs ``pip install 'chainkit[rouge]'``.
     """
-    scores = _scorer().score(reference, candidate)
+    scores = _scorer(metrics).score(reference, candidate)
     out: dict[str, float] = {}
     for name, score in scores.items():
         out[f"{name}_recall"] = float(score.recall)

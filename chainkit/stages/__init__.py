@@ -2,8 +2,10 @@
 
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 from chainkit.stages.canned import Canned
+from chainkit.stages.compress import Compress
 from chainkit.stages.generate import Generate
 from chainkit.stages.intent_scan import (
+    Cascade,
     Classifier,
     IntentScan,
     KeywordClassifier,
@@ -11,18 +13,23 @@ from chainkit.stages.intent_scan import (
     Prediction,
     PromptClassifier,
 )
+from chainkit.stages.lookup import FactRule, Lookup
 from chainkit.stages.precomputed import Precomputed, ReplyStore, precompute
 from chainkit.stages.summarise import Summarise
 
 __all__ = [
     "Canned",
+    "Cascade",
     "Classifier",
+    "Compress",
     "CostEstimator",
     "EarlyAnswer",
+    "FactRule",
     "Generate",
     "IntentScan",
     "KeywordClassifier",
     "LLMClassifier",
+    "Lookup",
     "Precomputed",
     "Prediction",
     "PromptClassifier",

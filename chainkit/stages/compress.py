@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
-from chainkit.records import Entry, Request, Usage
+from chainkit.records import Request, Usage
+from chainkit.stages.answering import record_free
 from chainkit.tokens import CHARS_PER_TOKEN, count_tokens, is_exact
 
 __all__ = ["Compress", "compress"]
@@ -445,35 +445,19 @@ class Compress:
         """Return the request with ``document`` compressed, recording what was saved."""
         started = time.perf_counter()
         if request.document is None:
-            ledger.record(
-                Entry(
-                    request_id=request.id,
-                    stage=self.name,
-                    outcome="passed",
-                    cost=Decimal(0),
-                    intent=request.intent,
-                    latency_s=time.perf_counter() - started,
-                    tags=request.tags,
-                )
-            )
+            record_free(self.name, request, ledger, started=started)
             return request
         tokens_in = count_tokens(request.document, self.priced_as)
         compressed = compress(request.document, self.budget_for(tokens_in), self.priced_as)
         tokens_out = count_tokens(compressed, self.priced_as)
         saved = Usage(input_tokens=max(0, tokens_in - tokens_out))
-        ledger.record(
-            Entry(
-                request_id=request.id,
-                stage=self.name,
-                outcome="passed",
-                cost=Decimal(0),
-                model=None,
-                usage=Usage(input_tokens=tokens_in, output_tokens=tokens_out),
-                avoided_cost=self.catalogue.cost(self.priced_as, saved),
-                estimated=not is_exact(self.priced_as),
-                intent=request.intent,
-                latency_s=time.perf_counter() - started,
-                tags=request.tags,
-            )
+        record_free(
+            self.name,
+            request,
+            ledger,
+            started=started,
+            usage=Usage(input_tokens=tokens_in, output_tokens=tokens_out),
+            avoided_cost=self.catalogue.cost(self.priced_as, saved),
+            estimated=not is_exact(self.priced_as),
         )
         return dataclasses.replace(request, document=compressed)

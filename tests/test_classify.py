@@ -1,0 +1,389 @@
+import itertools
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chainkit import IntentScan, Ledger, Request
+from chainkit.classify import LocalClassifier
+from chainkit.errors import ConfigError
+from chainkit.stages.intent_scan import Classifier, Prediction
+
+TRAIN = {
+    "track_order": [
+        "where is my order",
+        "where is my parcel",
+        "track my package",
+        "has my order shipped yet",
+        "when will my delivery arrive",
+        "i want to know the status of my order",
+        "can you tell me where my package is",
+        "my parcel has not arrived",
+        "order tracking please",
+        "what is the delivery status of my purchase",
+        "is my shipment on its way",
+        "when does my order get here",
+    ],
+    "refund": [
+        "i want my money back",
+        "refund my purchase",
+        "can i get a refund",
+        "how do i return this item for a refund",
+        "please give me a refund",
+        "i was charged but want a refund",
+        "request a refund for my order",
+        "money back for the broken item",
+        "how long does a refund take",
+        "i would like to be reimbursed",
+        "return the product and refund me",
+        "refund the payment please",
+    ],
+    "greeting": [
+        "hello",
+        "hi there",
+        "good morning",
+        "hey",
+        "hello how are you",
+        "hi",
+        "good evening",
+        "hey there friend",
+        "greetings",
+        "morning",
+        "howdy",
+        "hello there",
+    ],
+    "change_password": [
+        "i forgot my password",
+        "reset my password",
+        "how do i change my password",
+        "i cannot log in with my password",
+        "update the password on my account",
+        "password reset please",
+        "i need a new password",
+        "my password does not work",
+        "change account password",
+        "help me recover my password",
+        "set a different password",
+        "lost my login password",
+    ],
+}
+HELD_OUT = [
+    ("where's my package right now", "track_order"),
+    ("my order still has not arrived", "track_order"),
+    ("i would like a refund please", "refund"),
+    ("give me my money back", "refund"),
+    ("hello there how are you", "greeting"),
+    ("hey good morning", "greeting"),
+    ("i forgot the password for my account", "change_password"),
+    ("how can i reset my password", "change_password"),
+]
+OOS_DEV = [
+    "what is the capital of peru",
+    "play some jazz music",
+    "tell me a joke about cats",
+    "how tall is mount everest",
+    "what will the weather be tomorrow",
+    "recommend a good sci fi novel",
+]
+IN_SCOPE_DEV = [
+    "track my parcel",
+    "where is my delivery",
+    "i want a refund",
+    "refund please",
+    "hi there",
+    "good morning",
+    "reset my password",
+    "i forgot my password",
+]
+
+
+def training() -> tuple[list[str], list[str]]:
+    texts = [text for examples in TRAIN.values() for text in examples]
+    labels = [label for label, examples in TRAIN.items() for _ in examples]
+    return texts, labels
+
+
+def probes() -> list[str]:
+    """A few hundred texts: training, held-out, off-topic, pairs of them, unseen words, edges."""
+    singles = [*training()[0], *(t for t, _ in HELD_OUT), *OOS_DEV, *IN_SCOPE_DEV]
+    pairs = [f"{a} and {b}" for a, b in itertools.islice(itertools.combinations(singles, 2), 250)]
+    edges = ["", "   ", "?", "a", "zzzz qqqq", "WHERE IS MY ORDER!!!", "héllo ça va", "order order"]
+    return singles + pairs + edges
+
+
+@pytest.fixture(scope="module")
+def clf() -> LocalClassifier:
+    return LocalClassifier().fit(*training())
+
+
+def test_satisfies_the_intent_scan_classifier_protocol(clf: LocalClassifier) -> None:
+    assert isinstance(clf, Classifier)
+
+
+def test_predicts_held_out_paraphrases(clf: LocalClassifier) -> None:
+    predicted = [clf.predict(text).label for text, _ in HELD_OUT]
+
+    assert predicted == [label for _, label in HELD_OUT]
+
+
+def test_predict_many_equals_predict_one_by_one(clf: LocalClassifier) -> None:
+    texts = probes()
+
+    assert clf.predict_many(texts) == [clf.predict(text) for text in texts]
+
+
+def test_confidence_is_a_probability(clf: LocalClassifier) -> None:
+    predictions = clf.predict_many(probes())
+
+    assert all(isinstance(p, Prediction) for p in predictions)
+    assert all(0.0 <= p.confidence <= 1.0 for p in predictions)
+    # No n-gram at all carries no evidence: every class equally likely.
+    assert clf.predict("").confidence == pytest.approx(1 / len(TRAIN))
+
+
+def test_below_threshold_answers_out_of_scope() -> None:
+    clf = LocalClassifier(out_of_scope="unknown").fit(*training())
+    confident = clf.predict("where is my order")
+    assert confident.label == "track_order"
+
+    clf.threshold = confident.confidence + 1e-9
+    assert clf.predict("where is my order") == Prediction("unknown", confident.confidence)
+    clf.threshold = confident.confidence
+    assert clf.predict("where is my order") == confident
+    clf.threshold = None
+    assert clf.predict("where is my order") == confident
+
+
+def test_choose_threshold_rejects_off_topic_texts_and_keeps_in_scope_ones() -> None:
+    clf = LocalClassifier().fit(*training())
+    texts = IN_SCOPE_DEV + OOS_DEV
+    labels = [clf.predict(text).label for text in IN_SCOPE_DEV] + ["oos"] * len(OOS_DEV)
+
+    threshold = clf.choose_threshold(texts, labels)
+
+    assert clf.threshold == threshold
+    assert 0.0 < threshold < 1.0
+    assert [clf.predict(text).label for text in OOS_DEV] == ["oos"] * len(OOS_DEV)
+    assert [clf.predict(text).label for text in IN_SCOPE_DEV] == labels[: len(IN_SCOPE_DEV)]
+
+
+def test_choose_threshold_respects_constraints() -> None:
+    clf = LocalClassifier().fit(*training())
+    texts = IN_SCOPE_DEV + OOS_DEV
+    in_scope_labels = [clf.predict(text).label for text in IN_SCOPE_DEV]
+    labels = in_scope_labels + ["oos"] * len(OOS_DEV)
+
+    clf.choose_threshold(texts, labels, min_in_scope_accuracy=1.0)
+    assert [clf.predict(text).label for text in IN_SCOPE_DEV] == in_scope_labels
+
+    clf.choose_threshold(texts, labels, target_oos_recall=1.0)
+    assert [clf.predict(text).label for text in OOS_DEV] == ["oos"] * len(OOS_DEV)
+
+
+def test_choose_threshold_counts_a_rejected_in_scope_text_as_wrong() -> None:
+    clf = LocalClassifier().fit(*training())
+    # A training sentence labelled out of scope: rejecting it rejects less confident in-scope
+    # texts too, so full recall and full in-scope accuracy cannot both hold.
+    texts = [*IN_SCOPE_DEV, "where is my parcel"]
+    labels = [clf.predict(text).label for text in IN_SCOPE_DEV] + ["oos"]
+    assert min(clf.predict(t).confidence for t in IN_SCOPE_DEV) < clf.predict(texts[-1]).confidence
+
+    with pytest.raises(
+        ConfigError,
+        match=r"No threshold gives in-scope accuracy >= 1\.000 and oos recall >= 1\.000 on these "
+        r"dev texts: at oos recall >= 1\.000 the best in-scope accuracy is 0\.\d+",
+    ):
+        clf.choose_threshold(texts, labels, min_in_scope_accuracy=1.0, target_oos_recall=1.0)
+    assert clf.threshold is None
+
+
+def test_intent_scan_stage_uses_it(clf: LocalClassifier) -> None:
+    ledger = Ledger()
+
+    out = IntentScan(classifier=clf).run(Request("where is my parcel"), ledger)
+
+    assert out.intent == "track_order"
+    assert out.confidence == clf.predict("where is my parcel").confidence
+    [entry] = ledger.entries()
+    assert (entry.stage, entry.intent, entry.cost) == ("intent_scan", "track_order", Decimal(0))
+
+
+def test_out_of_scope_training_label_is_an_ordinary_class() -> None:
+    texts, labels = training()
+    texts += OOS_DEV
+    labels += ["oos"] * len(OOS_DEV)
+
+    clf = LocalClassifier().fit(texts, labels)
+
+    assert "oos" in clf.classes
+    assert clf.predict("what is the capital of peru").label == "oos"
+    assert clf.predict("where is my parcel").label == "track_order"
+
+
+def test_save_and_load_give_identical_predictions(clf: LocalClassifier, tmp_path: Path) -> None:
+    clf.threshold = 0.4
+    path = tmp_path / "intents.model"  # no .npz suffix: save must not add one
+    try:
+        clf.save(path)
+    finally:
+        clf.threshold = None
+    loaded = LocalClassifier.load(path)
+
+    assert loaded.threshold == 0.4
+    assert loaded.classes == clf.classes
+    assert (loaded.out_of_scope, loaded.c, loaded.unseen_penalty) == ("oos", clf.c, 1.0)
+    clf.threshold = 0.4
+    try:
+        assert loaded.predict_many(probes()) == clf.predict_many(probes())
+    finally:
+        clf.threshold = None
+    np.testing.assert_array_equal(loaded.predict_proba(probes()), clf.predict_proba(probes()))
+
+
+def test_saved_file_has_no_pickle(clf: LocalClassifier, tmp_path: Path) -> None:
+    path = tmp_path / "intents.npz"
+    clf.save(path)
+
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["header", "idf", "intercept", "weights"]
+        header = json.loads(bytes(data["header"]).decode("utf-8"))
+    assert header["format"] == "chainkit.LocalClassifier"
+    assert header["classes"] == sorted(TRAIN)
+
+
+def test_scores_equal_the_sklearn_pipeline() -> None:
+    exact = LocalClassifier(unseen_penalty=0).fit(*training())
+    texts = probes()
+    assert len(texts) > 300
+
+    ours = exact.predict_proba(texts)
+    theirs = exact.sklearn_pipeline.predict_proba(texts)
+
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert [p.label for p in exact.predict_many(texts)] == list(
+        exact.sklearn_pipeline.predict(texts)
+    )
+    assert [p.confidence for p in exact.predict_many(texts)] == pytest.approx(
+        list(theirs.max(axis=1)), abs=1e-6
+    )
+
+
+def test_unseen_penalty_keeps_sklearn_labels_and_lowers_confidence(
+    clf: LocalClassifier,
+) -> None:
+    texts = probes()
+    exact = LocalClassifier(unseen_penalty=0).fit(*training())
+
+    assert [p.label for p in clf.predict_many(texts)] == list(clf.sklearn_pipeline.predict(texts))
+    # A text whose n-grams were all seen is unchanged; unseen words only lower the confidence.
+    assert clf.predict("where is my order") == exact.predict("where is my order")
+    padded = "where is my order xylophone quasar"
+    assert clf.predict(padded).confidence < exact.predict(padded).confidence
+
+
+def test_two_classes_match_sklearn() -> None:
+    texts = TRAIN["refund"] + TRAIN["greeting"]
+    labels = ["refund"] * 12 + ["greeting"] * 12
+    clf = LocalClassifier(unseen_penalty=0).fit(texts, labels)
+
+    np.testing.assert_allclose(
+        clf.predict_proba(probes()), clf.sklearn_pipeline.predict_proba(probes()), atol=1e-6
+    )
+    assert clf.predict("can i get my money back").label == "refund"
+
+
+def test_fit_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ConfigError, match="3 texts but 2 labels; pass one label per text"):
+        LocalClassifier().fit(["a b", "c d", "e f"], ["x", "y"])
+
+
+def test_fit_needs_two_classes() -> None:
+    with pytest.raises(ConfigError, match=r"at least 2 distinct labels, got 1 \(\['refund'\]\)"):
+        LocalClassifier().fit(TRAIN["refund"], ["refund"] * 12)
+
+
+def test_fit_rejects_texts_with_nothing_to_learn() -> None:
+    with pytest.raises(ConfigError, match="could not learn from these 2 texts"):
+        LocalClassifier().fit(["", " "], ["x", "y"])
+
+
+def test_predict_before_fit_says_what_to_call() -> None:
+    with pytest.raises(ConfigError, match=r"predict needs a fitted classifier: call \.fit"):
+        LocalClassifier().predict("hello")
+    with pytest.raises(ConfigError, match="save needs a fitted classifier"):
+        LocalClassifier().save("never.npz")
+
+
+def test_bad_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"threshold=1.5 is not a confidence"):
+        LocalClassifier(threshold=1.5)
+    with pytest.raises(ConfigError, match=r"word_ngrams=\(2, 1\) is not an n-gram range"):
+        LocalClassifier(word_ngrams=(2, 1))
+    with pytest.raises(ConfigError, match="c=0 must be positive"):
+        LocalClassifier(c=0)
+    clf = LocalClassifier()
+    with pytest.raises(ConfigError, match=r"threshold=-0\.1 is not a confidence"):
+        clf.threshold = -0.1
+
+
+def test_choose_threshold_needs_both_kinds_of_dev_text(clf: LocalClassifier) -> None:
+    with pytest.raises(ConfigError, match="none of the 2 texts is out-of-scope"):
+        clf.choose_threshold(["hi", "refund please"], ["greeting", "refund"])
+    with pytest.raises(ConfigError, match="labels the model was not trained on"):
+        clf.choose_threshold(["hi", "play jazz"], ["greeting", "play_music"])
+    assert clf.threshold is None
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"No saved classifier at .*missing\.npz"):
+        LocalClassifier.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a model at all", b"PK\x03\x04 truncated zip"],
+    ids=["empty", "text", "broken-zip"],
+)
+def test_load_corrupt_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError, match=r"is not a classifier saved by LocalClassifier\.save"):
+        LocalClassifier.load(path)
+
+
+def test_load_rejects_a_foreign_npz(tmp_path: Path) -> None:
+    path = tmp_path / "other.npz"
+    np.savez(path, weights=np.zeros((2, 2)))
+
+    with pytest.raises(ConfigError, match=r"is not a classifier saved by LocalClassifier\.save"):
+        LocalClassifier.load(path)
+
+
+def test_load_rejects_inconsistent_arrays(clf: LocalClassifier, tmp_path: Path) -> None:
+    path = tmp_path / "intents.npz"
+    clf.save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["weights"] = arrays["weights"][:-1]
+    np.savez(path, **arrays)
+
+    with pytest.raises(ConfigError, match="is inconsistent: array shapes"):
+        LocalClassifier.load(path)
+
+
+def test_bitext_accuracy_on_the_real_test_split(shared_data: Path) -> None:
+    path = shared_data / "bitext_customer_support" / "bitext_customer_support.jsonl"
+    if not path.is_file():
+        pytest.skip(f"Bitext data not found at {path}")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
+
+    clf = LocalClassifier().fit([r["text"] for r in train], [r["intent"] for r in train])
+    predicted = [p.label for p in clf.predict_many([r["text"] for r in test])]
+
+    accuracy = np.mean([p == r["intent"] for p, r in zip(predicted, test, strict=True)])
+    assert accuracy >= 0.98
