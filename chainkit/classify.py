@@ -37,9 +37,6 @@ from typing import Any, Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline
 
 from chainkit.errors import ConfigError
 from chainkit.stages.intent_scan import Prediction
@@ -96,6 +93,10 @@ class _Header(BaseModel):
 
 def _vectoriser(analyzer: Literal["word", "char_wb"], ngrams: tuple[int, int]) -> Any:
     # Built the same way for fitting and after load, so the analysers are identical.
+    # scikit-learn is imported where it is used: it takes ~1.5 s, which `import chainkit`
+    # should not pay for users who never train or load a classifier.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)
 
 
@@ -219,6 +220,9 @@ class LocalClassifier:
                 f"fit needs at least 2 distinct labels, got {len(classes)} ({classes!r}); "
                 "add examples of another intent."
             )
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion, Pipeline
+
         pipeline = Pipeline(
             [
                 (
