@@ -613,13 +613,14 @@ class SQLiteLedger(Ledger):
         decimal places than that, or a sum that overflows, is left to the exact Python path.
         """
         group = "" if key is None else "GROUP BY k ORDER BY MIN(id)"
+        # COUNT(column) counts non-NULLs without evaluating an expression per row: unknown
+        # costs are COUNT(*) - COUNT(cost), amounts too fine for picodollars COUNT(cost) -
+        # COUNT(cost_pico).
         sql = f"""SELECT {key or "NULL"} AS k, COUNT(*), COUNT(DISTINCT request_id),
             COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
             COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
-            COALESCE(SUM(cost_pico), 0), COALESCE(SUM(cost IS NULL), 0),
-            COALESCE(SUM(cost IS NOT NULL AND cost_pico IS NULL), 0),
-            COALESCE(SUM(avoided_pico), 0), COALESCE(SUM(avoided_cost IS NULL), 0),
-            COALESCE(SUM(avoided_cost IS NOT NULL AND avoided_pico IS NULL), 0),
+            COALESCE(SUM(cost_pico), 0), COUNT(cost), COUNT(cost_pico),
+            COALESCE(SUM(avoided_pico), 0), COUNT(avoided_cost), COUNT(avoided_pico),
             COALESCE(SUM(latency_s), 0.0)
             FROM entries {group}"""
         with self._lock:
@@ -630,13 +631,13 @@ class SQLiteLedger(Ledger):
                 return None
         out = []
         for k, calls, requests, inp, outp, cread, cwrite, *money, latency in rows:
-            cost_pico, cost_unknown, cost_inexact, avoided_pico, avoided_unknown, inexact = money
-            if cost_inexact or inexact:
+            cost_pico, costs, cost_picos, avoided_pico, avoideds, avoided_picos = money
+            if costs != cost_picos or avoideds != avoided_picos:
                 return None
             if not calls:
                 return []
-            cost = None if cost_unknown else Decimal(cost_pico).scaleb(-_PICO)
-            avoided = None if avoided_unknown else Decimal(avoided_pico).scaleb(-_PICO)
+            cost = None if costs < calls else Decimal(cost_pico).scaleb(-_PICO)
+            avoided = None if avoideds < calls else Decimal(avoided_pico).scaleb(-_PICO)
             totals_ = Totals(
                 calls, requests, inp, outp, cread, cwrite, cost, avoided, float(latency)
             )
