@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
+from report_header import header
 
 from chainkit.classify import LocalClassifier
 
@@ -41,26 +39,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = DATA / "bitext_customer_support" / "bitext_customer_support.jsonl"
 CLINC = DATA / "clinc150" / "clinc150_full.jsonl"
 WARM_UP = 200
-
-
-def header(title: str) -> list[str]:
-    """The report's title, the command that produced it, the machine and the date."""
-    command = " ".join([".venv/bin/python", "benchmarks/bench_classifier.py", *sys.argv[1:]])
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as file:
-        cpu = next((line.split(":", 1)[1].strip() for line in file if "model name" in line), cpu)
-    return [
-        f"# {title}",
-        "",
-        f"Command (from the repository root): `{command}`",
-        "",
-        f"Machine: nproc {len(os.sched_getaffinity(0))}, {cpu}; "
-        f"Python {platform.python_version()}, "
-        f"numpy {np.__version__}, scikit-learn {sklearn.__version__}; "
-        f"date {time.strftime('%Y-%m-%d %H:%M %Z')}; load average at start "
-        f"{os.getloadavg()[0]:.2f} (other processes share the machine).",
-        "",
-    ]
 
 
 def read(path: Path, split: str) -> tuple[list[str], list[str]]:
@@ -162,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             print(f"data not found: {path} (expected ../shared/data, see its READMEs)")
             return 2
-    out = header("LocalClassifier speed against scikit-learn")
+    out = header("LocalClassifier speed against scikit-learn", "bench_classifier.py")
     table = [
         "| model | measure | LocalClassifier | sklearn `Pipeline.predict` | speed-up |",
         "| --- | --- | ---: | ---: | ---: |",

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn
 from numpy.typing import NDArray
+from report_header import header
 
 from chainkit.classify import LocalClassifier
 
@@ -50,26 +48,6 @@ class Split:
 
     texts: list[str]
     labels: list[str]
-
-
-def header(title: str) -> list[str]:
-    """The report's title, the command that produced it, the machine and the date."""
-    command = " ".join([".venv/bin/python", "benchmarks/eval_classifier.py", *sys.argv[1:]])
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as file:
-        cpu = next((line.split(":", 1)[1].strip() for line in file if "model name" in line), cpu)
-    return [
-        f"# {title}",
-        "",
-        f"Command (from the repository root): `{command}`",
-        "",
-        f"Machine: nproc {len(os.sched_getaffinity(0))}, {cpu}; "
-        f"Python {platform.python_version()}, "
-        f"numpy {np.__version__}, scikit-learn {sklearn.__version__}; "
-        f"date {time.strftime('%Y-%m-%d %H:%M %Z')}; load average at start "
-        f"{os.getloadavg()[0]:.2f} (other processes share the machine).",
-        "",
-    ]
 
 
 def read(path: Path) -> dict[str, Split]:
@@ -265,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             print(f"data not found: {path} (expected ../shared/data, see its READMEs)")
             return 2
-    out = header("LocalClassifier accuracy on real data")
+    out = header("LocalClassifier accuracy on real data", "eval_classifier.py")
     print("Bitext ...", file=sys.stderr, flush=True)
     bitext(out)
     print("CLINC150 ...", file=sys.stderr, flush=True)
