@@ -406,11 +406,16 @@ def _m003_sql_sums(db: sqlite3.Connection) -> None:
     )
 
 
+def _m004_jobs(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, job TEXT NOT NULL)")
+
+
 # Migrations run in order; the database's user_version counts those already applied.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_entries,
     _m002_checkpoints,
     _m003_sql_sums,
+    _m004_jobs,
 ]
 
 _SQL_COLUMNS = [*_COLUMNS, "cost_pico", "avoided_pico", "day"]
@@ -601,6 +606,21 @@ class SQLiteLedger(Ledger):
             return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]) + len(
                 self._pending
             )
+
+    def save_job(self, key: str, job: str) -> None:
+        """Remember a submitted asynchronous job (a batch job's ARN) under ``key``, durably.
+
+        A run restarted after a crash finds it with :meth:`job` and waits for it, rather than
+        submitting (and paying for) the same work again.
+        """
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (key, job))
+
+    def job(self, key: str) -> str | None:
+        """The job saved under ``key``, or ``None``."""
+        with self._lock:
+            row = self._db.execute("SELECT job FROM jobs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     # -- aggregations in SQL: a million entries need not become a million Python objects ----
 

@@ -146,8 +146,9 @@ def run_batch_variant(
         if not todo:
             continue
         records = []
-        # Bedrock wants plain alphanumeric record ids; the ledger's ids map onto them.
-        record_ids = {r.id: f"rec{i:07d}" for i, r in enumerate(todo)}
+        # Bedrock wants plain alphanumeric record ids; the ledger's ids map onto them, by each
+        # request's place in the whole run so that a resumed run maps them the same way.
+        record_ids = {r.id: f"rec{i:07d}" for i, r in enumerate(requests)}
         for r in todo:
             state = states[r.id]
             assert isinstance(state, Request)
@@ -156,7 +157,18 @@ def run_batch_variant(
             )
             records.append(BatchRecord(record_ids[r.id], prompt, max_tokens))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        results = job.run(records, job_name=f"{name}-{stage.name}-{stamp}")
+        job_name = f"{name}-{stage.name}-{stamp}"
+        if isinstance(job, BedrockBatch) and isinstance(ledger, SQLiteLedger):
+            # A job already submitted by an interrupted run is waited for, not paid twice.
+            key = f"{name}:{stage.name}"
+            arn = ledger.job(key) if resume else None
+            if arn is None:
+                arn = job.submit(records, job_name=job_name)
+                ledger.save_job(key, arn)
+            job.wait(arn)
+            results = job.results(arn, records)
+        else:
+            results = job.run(records, job_name=job_name)
         for r in todo:
             outcome = results[record_ids[r.id]]
             state = states[r.id]
