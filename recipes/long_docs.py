@@ -62,20 +62,22 @@ class Setup:
     batch: tuple[Any, Any] | None
     batch_note: str | None = None
 
+    def summarise(self) -> Summarise:
+        """The small model's stage, as every chained variant uses it (on demand or in batch)."""
+        return Summarise(model=self.summariser, max_tokens=SUMMARY_TOKENS, catalogue=self.catalogue)
+
+    def generate(self) -> Generate:
+        """The strong model's stage, as every variant uses it (on demand or in batch)."""
+        return Generate(model=self.generator, max_tokens=REPORT_TOKENS, catalogue=self.catalogue)
+
 
 def pipelines(setup: Setup) -> dict[str, Pipeline]:
     """The three on-demand variants (the batch one runs as jobs, see :func:`run_batch_variant`)."""
     catalogue = setup.catalogue
 
-    def summarise() -> Summarise:
-        return Summarise(model=setup.summariser, max_tokens=SUMMARY_TOKENS, catalogue=catalogue)
-
-    def generate() -> Generate:
-        return Generate(model=setup.generator, max_tokens=REPORT_TOKENS, catalogue=catalogue)
-
     return {
-        "lazy": Pipeline([generate()], name="lazy"),
-        "chained": Pipeline([summarise(), generate()], name="chained"),
+        "lazy": Pipeline([setup.generate()], name="lazy"),
+        "chained": Pipeline([setup.summarise(), setup.generate()], name="chained"),
         "compressed-chained": Pipeline(
             [
                 Compress(
@@ -83,8 +85,8 @@ def pipelines(setup: Setup) -> dict[str, Pipeline]:
                     priced_as=setup.summariser.model_id,
                     catalogue=catalogue,
                 ),
-                summarise(),
-                generate(),
+                setup.summarise(),
+                setup.generate(),
             ],
             name="compressed-chained",
         ),
@@ -114,8 +116,7 @@ def run_batch_variant(
     assert setup.batch is not None
     summarise_job, generate_job = setup.batch
     catalogue = setup.catalogue
-    summarise = Summarise(model=setup.summariser, max_tokens=SUMMARY_TOKENS, catalogue=catalogue)
-    generate = Generate(model=setup.generator, max_tokens=REPORT_TOKENS, catalogue=catalogue)
+    summarise, generate = setup.summarise(), setup.generate()
     states: dict[str, Request | Result] = {r.id: r for r in requests}
     stage_of: dict[str, int] = {r.id: -1 for r in requests}
     if resume and isinstance(ledger, SQLiteLedger):
