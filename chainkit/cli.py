@@ -66,11 +66,8 @@ def _prices(args: argparse.Namespace) -> str:
 
 def _report(args: argparse.Namespace) -> str:
     path = Path(args.ledger)
-    if not path.is_file():
-        raise ChainkitError(
-            f"No ledger file at {path}. Run a recipe with `--ledger {path}` to write one."
-        )
-    with SQLiteLedger(path) as ledger:
+    # Read-only: a report never changes the file (nor creates one at a mistyped path).
+    with SQLiteLedger(path, read_only=True) as ledger:
         report = Report.from_ledger(ledger, tag=args.variant_tag, traffic_per_day=args.traffic)
     return report.to_json() if args.format == "json" else report.to_table()
 

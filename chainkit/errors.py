@@ -6,8 +6,10 @@
     ├── ConfigError          bad input: an unknown model, a malformed price file, a bad option
     ├── BudgetExceeded       a call would take a budget over its limit; nothing was spent
     ├── NoAnswer             every stage passed the request on and none answered
+    ├── LedgerError          the ledger could not store entries; they are kept and retried
     └── ProviderError        a model provider failed
         ├── Throttled        the provider refused for rate or capacity; retried before raising
+        ├── Timeout          the call passed its deadline; it may still have been billed
         └── BadResponse      the provider answered with something chainkit cannot use
 
 Every message says what happened, with the values, and what to do next.
@@ -20,9 +22,11 @@ __all__ = [
     "BudgetExceeded",
     "ChainkitError",
     "ConfigError",
+    "LedgerError",
     "NoAnswer",
     "ProviderError",
     "Throttled",
+    "Timeout",
 ]
 
 
@@ -30,8 +34,12 @@ class ChainkitError(Exception):
     """Base of every error chainkit raises on purpose."""
 
 
-class ConfigError(ChainkitError):
-    """The caller asked for something that does not exist or cannot work."""
+class ConfigError(ChainkitError, ValueError):
+    """The caller asked for something that does not exist or cannot work.
+
+    Also a ``ValueError``: it is a bad value, and code that parses untrusted input (a provider's
+    reply) can catch both with one clause.
+    """
 
 
 class BudgetExceeded(ChainkitError):
@@ -40,6 +48,14 @@ class BudgetExceeded(ChainkitError):
 
 class NoAnswer(ChainkitError):
     """No stage of a pipeline answered the request."""
+
+
+class LedgerError(ChainkitError):
+    """The ledger's store failed to write (disk full, I/O error, lost connection).
+
+    The entries are not lost: they stay pending in the process and are written by the next
+    successful write, :meth:`~chainkit.Ledger.flush` or ``close()``, once each.
+    """
 
 
 class ProviderError(ChainkitError):
@@ -65,6 +81,14 @@ class ProviderError(ChainkitError):
 
 class Throttled(ProviderError):
     """The provider throttled the call and retries did not get through."""
+
+
+class Timeout(ProviderError):
+    """The call did not finish within its deadline (``timeout_s``).
+
+    The provider may have processed, and billed, the call anyway: its entry records the cost as
+    unknown, bounded by what was reserved for it.
+    """
 
 
 class BadResponse(ProviderError):

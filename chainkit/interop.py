@@ -26,9 +26,17 @@ from chainkit.ledger import Ledger
 from chainkit.pipeline import Pipeline
 from chainkit.pricing import Catalogue, Tier
 from chainkit.providers.langchain import model_id_of, usage_from_langchain
-from chainkit.records import Entry, Request
+from chainkit.records import Entry, Request, check_text
 
 __all__ = ["LedgerCallbackHandler", "as_runnable"]
+
+
+def _model_name(name: str | None) -> str | None:
+    """A model name fit for an entry; a name no store can take is dropped, not the entry."""
+    try:
+        return None if name is None else check_text(name, "model")
+    except ChainkitError:
+        return None
 
 
 def _request(value: Any) -> Request:
@@ -174,7 +182,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 message = generation.message
                 reported = model_id_of(getattr(message, "response_metadata", {}))
                 name = reported or model_id_of(llm_output) or hint
-                model = self.model_ids.get(name or "", name)
+                model = _model_name(self.model_ids.get(name or "", name))
                 try:
                     usage = usage_from_langchain(
                         getattr(message, "usage_metadata", None), str(model)
@@ -210,7 +218,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 request_id=request_id,
                 stage=self.stage,
                 outcome="failed",
-                model=self.model_ids.get(hint or "", hint),
+                model=_model_name(self.model_ids.get(hint or "", hint)),
                 cost=None,
                 latency_s=latency,
                 attempts=1,

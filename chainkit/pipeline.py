@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from tqdm import tqdm
 
 from chainkit.errors import ConfigError, NoAnswer
 from chainkit.ledger import Ledger, SQLiteLedger
-from chainkit.records import Request, Result
+from chainkit.records import Request, Result, check_text
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
 __all__ = ["Pipeline", "Stage"]
@@ -53,6 +52,9 @@ class Pipeline:
                     f"{stage!r} is not a stage: a stage has a `name` and a "
                     "`run(request, ledger)` method."
                 )
+        for stage in stages:
+            check_text(getattr(stage, "name", None), f"Stage name of {stage!r:.60}")
+        check_text(name, "Pipeline name")
         names = [s.name for s in stages]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -80,6 +82,11 @@ class Pipeline:
         stage (or returns its saved result): a run killed and started again pays for nothing
         twice.
         """
+        if type(request) is not Request:
+            raise ConfigError(
+                f"Pipeline.run takes a Request, got {type(request).__name__} {request!r:.60}; "
+                "wrap text as Request(text)."
+            )
         if resume:
             return self._resume(request, ledger)
         current = request
@@ -91,10 +98,12 @@ class Pipeline:
         raise self._no_answer(request)
 
     def _resume(self, request: Request, ledger: Ledger) -> Result:
-        if not isinstance(ledger, SQLiteLedger):
+        if not ledger.durable:
             raise ConfigError(
-                "resume=True needs an SQLiteLedger: the saved stages must outlive the process."
+                "resume=True needs a durable ledger (SQLiteLedger): the saved stages must "
+                "outlive the process."
             )
+        assert isinstance(ledger, SQLiteLedger)
         current = request
         start = 0
         saved = ledger.checkpoint(request.id, given=request.document)
@@ -138,6 +147,7 @@ class Pipeline:
         progress: bool | None = ...,
         resume: bool = ...,
         return_exceptions: Literal[False] = ...,
+        ordered: bool = ...,
     ) -> Iterator[Result]: ...
 
     @overload
@@ -150,6 +160,7 @@ class Pipeline:
         progress: bool | None = ...,
         resume: bool = ...,
         return_exceptions: Literal[True],
+        ordered: bool = ...,
     ) -> Iterator[Result | Exception]: ...
 
     def stream(
@@ -161,19 +172,24 @@ class Pipeline:
         progress: bool | None = None,
         resume: bool = False,
         return_exceptions: bool = False,
+        ordered: bool = True,
     ) -> Iterator[Result | Exception]:
-        """Yield a result per request, in input order, running up to ``concurrency`` at once.
+        """Yield a result per request, running up to ``concurrency`` at once.
 
-        Requests are read lazily and at most ``2 * concurrency`` are in flight, so memory stays
-        flat however many there are. With ``return_exceptions`` a failed request yields its
-        exception in its place; otherwise the first failure is raised once the requests already
-        in flight have finished (their entries are in the ledger either way).
+        Every slot stays busy: a slow request holds back only its own place in the output, never
+        the work of the other slots. With ``ordered`` (the default) results come in input order,
+        those finished after a slow one waiting for it; with ``ordered=False`` each comes as it
+        finishes. Requests are read lazily.
+
+        With ``return_exceptions`` a failed request yields its exception in its place; otherwise
+        the first failure stops new work and is raised once the requests already running have
+        finished (their entries are in the ledger either way).
 
         ``progress`` shows a bar on stderr; by default only when stderr is a terminal.
         ``resume`` is as for :meth:`run`.
         """
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {concurrency}.")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
         total = len(requests) if isinstance(requests, Sequence) else None
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=total, disable=not show, unit="req", desc=self.name, leave=False)
@@ -184,15 +200,17 @@ class Pipeline:
                     bar.update()
                 return
             with ThreadPoolExecutor(concurrency, thread_name_prefix="chainkit") as pool:
-                window: deque[Future[Result]] = deque()
-                for request in requests:
-                    window.append(pool.submit(self.run, request, ledger, resume=resume))
-                    if len(window) >= 2 * concurrency:
-                        yield self._settle(window.popleft(), window, return_exceptions)
-                        bar.update()
-                while window:
-                    yield self._settle(window.popleft(), window, return_exceptions)
+                flow = self._flow(
+                    pool, requests, ledger, concurrency, resume, ordered, not return_exceptions
+                )
+                for outcome in flow:
                     bar.update()
+                    if isinstance(outcome, BaseException):
+                        if return_exceptions and isinstance(outcome, Exception):
+                            yield outcome
+                            continue
+                        raise outcome
+                    yield outcome
         finally:
             bar.close()
 
@@ -206,22 +224,53 @@ class Pipeline:
                 return exc
             raise
 
-    @staticmethod
-    def _settle(
-        future: Future[Result], window: deque[Future[Result]], return_exceptions: bool
-    ) -> Result | Exception:
-        exc = future.exception()
-        if exc is None:
-            return future.result()
-        if return_exceptions and isinstance(exc, Exception):
-            return exc
-        # Let in-flight requests finish so every entry they write lands before we raise.
-        for pending in window:
-            pending.cancel()
-        for pending in window:
-            if not pending.cancelled():
-                pending.exception()
-        raise exc
+    def _flow(
+        self,
+        pool: ThreadPoolExecutor,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        concurrency: int,
+        resume: bool,
+        ordered: bool,
+        stop_on_error: bool,
+    ) -> Iterator[Result | BaseException]:
+        """Outcomes of ``requests`` run on ``pool`` (after a failure, no new work if asked)."""
+        source = iter(requests)
+        running: dict[Future[Result], int] = {}
+        finished: dict[int, Result | BaseException] = {}
+        submitted = emitted = 0
+        stopping = False
+        while True:
+            while not stopping and len(running) < concurrency:
+                try:
+                    request = next(source)
+                except StopIteration:
+                    stopping = True
+                    break
+                running[pool.submit(self.run, request, ledger, resume=resume)] = submitted
+                submitted += 1
+            if not running and not finished:
+                return
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = running.pop(future)
+                    exc = future.exception()
+                    outcome: Result | BaseException = future.result() if exc is None else exc
+                    if exc is not None and stop_on_error:
+                        stopping = True  # run what is in flight to the end, start nothing new
+                    if ordered:
+                        finished[index] = outcome
+                    else:
+                        yield outcome
+            while emitted in finished:
+                yield finished.pop(emitted)
+                emitted += 1
+            if not running and finished:
+                # Only outcomes after a gap remain (a failure stopped new work): emit in order.
+                for index in sorted(finished):
+                    yield finished.pop(index)
+                return
 
     @overload
     def run_batch(

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
+
+from chainkit.errors import ConfigError
+from chainkit.money import check_money
 
 __all__ = [
+    "FLAGS",
+    "MAX_TAGS",
     "Entry",
     "Outcome",
     "Phase",
     "Request",
     "Result",
+    "Tags",
     "Usage",
+    "check_text",
+    "new_entry_id",
     "new_request_id",
     "state_from_json",
     "state_to_json",
@@ -29,14 +39,179 @@ Outcome = Literal["answered", "passed", "failed", "refused"]
 Phase = Literal["serve", "setup"]
 """`serve` entries belong to a request; `setup` entries are one-off spend such as precomputing."""
 
-# A per-process prefix plus a counter: unique, ordered, and ~20x cheaper than uuid4 on the hot path.
-_ID_PREFIX = os.urandom(4).hex()
-_ID_COUNTER = itertools.count(1)
+OUTCOMES: frozenset[str] = frozenset(("answered", "passed", "failed", "refused"))
+PHASES: frozenset[str] = frozenset(("serve", "setup"))
+FLAGS: frozenset[str] = frozenset(
+    (
+        "over_estimate",  # the provider reported more than the call's reserved upper bound
+        "lease_expired",  # the holder vanished: recorded at its bound until reconciled
+        "reconciled",  # an entry of unknown cost whose real usage arrived later
+        "timeout",  # the call passed its deadline; it may still have been billed
+        "retried_after_timeout",  # an earlier attempt timed out and may have been billed too
+    )
+)
+"""The flags an entry may carry; reports count them."""
+
+MAX_TEXT = 256
+"""The longest id, stage name, model id, intent or tag value, in characters."""
+MAX_TAG_KEY = 128
+MAX_TAGS = 64
+MAX_TOKENS = 10**12  # per class and call: far beyond any model, far below SQL's 64-bit limit
+
+# A random per-process prefix plus a counter: unique within and across processes and hosts (96
+# random bits), ordered within a process, and ~20x cheaper than uuid4 on the hot path.
+_ID_PREFIX = secrets.token_hex(12)
+_REQUEST_COUNTER = itertools.count(1)
+_ENTRY_COUNTER = itertools.count(1)
+
+
+def _reseed_ids() -> None:
+    # A forked child would otherwise hand out its parent's ids, and an idempotent store keeps
+    # one entry per id: the child's entries would vanish.
+    global _ID_PREFIX, _REQUEST_COUNTER, _ENTRY_COUNTER
+    _ID_PREFIX = secrets.token_hex(12)
+    _REQUEST_COUNTER = itertools.count(1)
+    _ENTRY_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def new_request_id() -> str:
     """Return a fresh request id, unique within and across processes."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):08d}"
+    return f"{_ID_PREFIX}-{next(_REQUEST_COUNTER):08d}"
+
+
+def new_entry_id() -> str:
+    """Return a fresh entry id; a store keeps one entry per id, however often it is written."""
+    return f"{_ID_PREFIX}.{next(_ENTRY_COUNTER):09d}"
+
+
+_CHECKED: set[str] = set()  # names already checked (stage names, models, tag keys recur)
+
+
+def _fail_text(value: object, what: str, max_len: int) -> NoReturn:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a str, got {type(value).__name__} {value!r:.80}.")
+    if len(value) > max_len:
+        raise ConfigError(
+            f"{what} is {len(value)} characters long ({value[:40]!r}...); at most {max_len} are "
+            "allowed. Use a shorter id or name."
+        )
+    if "\x00" in value:
+        raise ConfigError(f"{what} {value!r:.80} contains a NUL character, which stores reject.")
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff":
+            raise ConfigError(
+                f"{what} {value!r:.80} has a lone surrogate U+{ord(ch):04X} at position {i}, "
+                "which cannot be encoded as UTF-8. Decode input with errors='replace' first."
+            )
+    raise ConfigError(f"{what} {value!r:.80} must not be empty.")
+
+
+def check_text(value: object, what: str, *, max_len: int = MAX_TEXT, empty: bool = False) -> str:
+    """Return ``value`` if it is a str that every store and provider can take; else raise.
+
+    That is: at most ``max_len`` characters, no NUL, no lone surrogate, and not empty unless
+    ``empty``.
+
+    >>> check_text("日本 🚚", "tag value")
+    '日本 🚚'
+    """
+    if type(value) is str and value in _CHECKED:
+        return value
+    if (
+        type(value) is str
+        and (value or empty)
+        and len(value) <= max_len
+        and "\x00" not in value
+        and (value.isascii() or _encodes(value))
+    ):
+        # Only what passes every caller's limits is remembered (non-empty, short enough for a
+        # tag key), so a hit is valid whatever is asked next.
+        if value and len(value) <= MAX_TAG_KEY:
+            if len(_CHECKED) > 50_000:  # request ids pass through too: keep the set bounded
+                _CHECKED.clear()
+            _CHECKED.add(value)
+        return value
+    _fail_text(value, what, max_len)
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_body(value: object, what: str) -> None:
+    """Long text (a message, a document): any length, but it must encode as UTF-8."""
+    if type(value) is not str:
+        raise ConfigError(f"{what} must be a str, got {type(value).__name__} {value!r:.80}.")
+    if not value.isascii() and not _encodes(value):
+        for i, ch in enumerate(value):
+            if "\ud800" <= ch <= "\udfff":
+                raise ConfigError(
+                    f"{what} has a lone surrogate U+{ord(ch):04X} at position {i} "
+                    f"({value[max(0, i - 20) : i + 20]!r}), which cannot be encoded as UTF-8 "
+                    "or sent to a model. Decode input with errors='replace' first."
+                )
+
+
+class Tags(dict[str, str]):
+    """Validated, read-only tags: keys and values that every store and provider can take.
+
+    Build new tags with ``{**tags, "key": "value"}``; a ``Tags`` refuses changes in place, so a
+    request's tags cannot change under the entries that share them.
+
+    >>> Tags({"tenant": "acme", "région": "日本"}).json
+    '{"région": "日本", "tenant": "acme"}'
+    """
+
+    __slots__ = ("_json",)
+
+    def __init__(self, tags: Mapping[str, str] | Iterable[tuple[str, str]] = (), /) -> None:
+        items = dict(tags)
+        if len(items) > MAX_TAGS:
+            raise ConfigError(
+                f"{len(items)} tags given ({sorted(items)[:5]}...); at most {MAX_TAGS} are "
+                "allowed. Keep tags for what reports group by (tenant, feature, team)."
+            )
+        for key, value in items.items():
+            check_text(key, "tag key", max_len=MAX_TAG_KEY)
+            check_text(value, f"tag {key!r} value", empty=True)
+        super().__init__(items)
+        self._json: str | None = None
+
+    @classmethod
+    def of(cls, tags: Mapping[str, str]) -> Tags:
+        """``tags`` as ``Tags``, validated once (a ``Tags`` is returned as it is)."""
+        return tags if type(tags) is Tags else cls(tags)
+
+    @property
+    def json(self) -> str:
+        """The tags as compact JSON with sorted keys, UTF-8 kept as is (computed once)."""
+        encoded = self._json
+        if encoded is None:
+            encoded = json.dumps(self, sort_keys=True, ensure_ascii=False)
+            self._json = encoded
+        return encoded
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("Tags are read-only; build new ones: {**tags, 'key': 'value'}.")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Tags, (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"Tags({dict.__repr__(self)})"
+
+
+EMPTY_TAGS = Tags()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +244,22 @@ class Usage:
             and type(o) is int
             and type(r) is int
             and type(w) is int
-            and i >= 0
-            and o >= 0
-            and r >= 0
-            and w >= 0
+            and 0 <= i <= MAX_TOKENS
+            and 0 <= o <= MAX_TOKENS
+            and 0 <= r <= MAX_TOKENS
+            and 0 <= w <= MAX_TOKENS
         ):
             return
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(
-                    f"Usage.{name} must be a non-negative int, got {value!r}; token counts come "
-                    "from the provider's reply or an estimator and are never negative."
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or not 0 <= value <= MAX_TOKENS
+            ):
+                raise ConfigError(
+                    f"Usage.{name} must be a non-negative int of at most {MAX_TOKENS:,}, got "
+                    f"{value!r}; token counts come from the provider's reply or an estimator."
                 )
 
     @property
@@ -106,18 +285,30 @@ class Usage:
 class Request:
     """One request and what the stages have learned about it so far.
 
-    Stages never mutate a request; they pass on ``dataclasses.replace(request, ...)``.
+    Stages never mutate a request; they pass on ``dataclasses.replace(request, ...)``. Its id and
+    tags are checked when it is made (:func:`check_text`, :class:`Tags`), so a bad one is a
+    ``ConfigError`` before any model is called, never a failed write afterwards.
     """
 
     text: str
     id: str = field(default_factory=new_request_id)
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=Tags)
     document: str | None = None
     intent: str | None = None
     confidence: float | None = None
     slots: Mapping[str, str] = field(default_factory=dict)
     facts: tuple[str, ...] = ()
     summary: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_body(self.text, "Request text")
+        check_text(self.id, "Request id")
+        if type(self.tags) is not Tags:
+            object.__setattr__(self, "tags", Tags(self.tags))
+        if self.document is not None:
+            _check_body(self.document, f"Request {self.id!r} document")
+        if self.intent is not None:
+            check_text(self.intent, f"Request {self.id!r} intent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +329,12 @@ def _now() -> datetime:
 class Entry:
     """One ledger row: what one stage did for one request, what it spent and what it avoided.
 
-    ``cost`` is ``None`` when the spend is unknown (an unpriced model) and ``Decimal(0)`` when the
-    stage was free. ``avoided_cost`` is what the pipeline's final model would have cost had this
-    stage not answered; ``None`` when that is unknown.
+    ``cost`` is ``None`` when the spend is unknown (an unpriced model, a call that failed after it
+    was sent) and ``Decimal(0)`` when the stage was free. ``avoided_cost`` is what the pipeline's
+    final model would have cost had this stage not answered; ``None`` when that is unknown.
+    ``bound`` is the most the call could have cost (what was reserved for it): budgets count an
+    unknown cost at its bound. ``id`` is unique: a store keeps one entry per id, however often it
+    is written. Every field is checked here, so a bad entry fails where it is made.
     """
 
     request_id: str
@@ -154,9 +348,58 @@ class Entry:
     latency_s: float = 0.0
     attempts: int = 0
     intent: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=Tags)
     phase: Phase = "serve"
     time: datetime = field(default_factory=_now)
+    id: str = field(default_factory=new_entry_id)
+    bound: Decimal | None = None
+    flags: tuple[str, ...] = ()
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        check_text(self.request_id, "Entry request_id")
+        check_text(self.stage, "Entry stage")
+        check_text(self.id, "Entry id")
+        if self.outcome not in OUTCOMES:
+            raise ConfigError(f"Entry outcome {self.outcome!r} is not one of {sorted(OUTCOMES)}.")
+        if self.phase not in PHASES:
+            raise ConfigError(f"Entry phase {self.phase!r} is not one of {sorted(PHASES)}.")
+        check_money(self.cost, "Entry cost")
+        check_money(self.avoided_cost, "Entry avoided_cost")
+        check_money(self.bound, "Entry bound")
+        if self.model is not None:
+            check_text(self.model, "Entry model")
+        if self.intent is not None:
+            check_text(self.intent, "Entry intent")
+        if self.usage is not None and type(self.usage) is not Usage:
+            raise ConfigError(f"Entry usage must be a Usage or None, got {self.usage!r:.80}.")
+        latency = self.latency_s
+        if type(latency) is not float or not 0.0 <= latency < math.inf:
+            if type(latency) is int and latency >= 0:
+                object.__setattr__(self, "latency_s", float(latency))
+            else:
+                raise ConfigError(
+                    f"Entry latency_s must be a finite, non-negative number, got {latency!r}."
+                )
+        if type(self.attempts) is not int or self.attempts < 0:
+            raise ConfigError(f"Entry attempts must be a non-negative int, got {self.attempts!r}.")
+        if type(self.estimated) is not bool:
+            raise ConfigError(f"Entry estimated must be a bool, got {self.estimated!r}.")
+        if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
+            raise ConfigError(
+                f"Entry time must be a timezone-aware datetime, got {self.time!r}; use "
+                "datetime.now(UTC)."
+            )
+        if type(self.tags) is not Tags:
+            object.__setattr__(self, "tags", Tags(self.tags))
+        if self.flags:
+            unknown = set(self.flags) - FLAGS
+            if unknown or type(self.flags) is not tuple:
+                raise ConfigError(
+                    f"Entry flags {self.flags!r}: must be a tuple of {sorted(FLAGS)}."
+                )
+        if self.note:
+            check_text(self.note, "Entry note", max_len=1000)
 
 
 def state_to_json(state: Request | Result, *, given: str | None = None) -> str:

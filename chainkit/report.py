@@ -16,10 +16,19 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
-from chainkit.ledger import Ledger, totals
+from chainkit.ledger import Ledger
+from chainkit.ledger.core import (
+    VariantSums,
+    cells_of,
+    fold,
+    latency_quantile,
+    request_costs_of,
+    variant_sums,
+)
+from chainkit.money import ROUNDING
 from chainkit.records import Entry
 
 __all__ = ["Report", "StageLine", "VariantReport"]
@@ -65,30 +74,32 @@ class VariantReport:
 
 
 def _divide(amount: Decimal | None, by: int) -> Decimal | None:
-    return None if amount is None or by == 0 else amount / by
+    if amount is None or by == 0:
+        return None
+    with localcontext(ROUNDING):
+        return amount / by
 
 
-def _stage_lines(entries: Sequence[Entry], requests: int) -> tuple[StageLine, ...]:
-    groups: dict[str, list[Entry]] = {}
-    for e in entries:
-        groups.setdefault(e.stage, []).append(e)
+def _stage_lines(v: VariantSums, requests: int) -> tuple[StageLine, ...]:
     lines = []
-    for stage, group in groups.items():
-        t = totals(group)
-        answered = sum(1 for e in group if e.outcome == "answered" and e.phase == "serve")
-        latencies = sorted(e.latency_s for e in group)
+    for stage, sums in v.stages.items():
+        t = fold(sums.cells)
+        histogram: dict[int, int] = {}
+        for cell in sums.cells:
+            for bucket, n in cell.histogram.items():
+                histogram[bucket] = histogram.get(bucket, 0) + n
         lines.append(
             StageLine(
                 stage,
                 t.calls,
-                answered,
+                sums.answered,
                 t.input_tokens,
                 t.output_tokens,
                 t.cost,
                 t.avoided_cost,
-                share=answered / requests if requests else 0.0,
-                latency_ms_p50=1000 * latencies[len(latencies) // 2],
-                latency_ms_mean=1000 * t.latency_s / t.calls,
+                share=sums.answered / requests if requests else 0.0,
+                latency_ms_p50=1000 * latency_quantile(histogram, 0.5),
+                latency_ms_mean=1000 * t.latency_s / t.calls if t.calls else 0.0,
             )
         )
     return tuple(lines)
@@ -107,37 +118,43 @@ def _percentile(costs: list[Decimal | None], pct: int) -> Decimal | None:
 def _savings(baseline: Decimal | None, cost: Decimal | None) -> Decimal | None:
     if baseline is None or cost is None or baseline == 0:
         return None
-    return ((baseline - cost) / baseline * 100).quantize(Decimal("0.1"), ROUND_HALF_EVEN)
+    with localcontext(ROUNDING):
+        return ((baseline - cost) / baseline * 100).quantize(Decimal("0.1"), ROUND_HALF_EVEN)
 
 
-def _variant(name: str, entries: Sequence[Entry], traffic: int | None) -> VariantReport:
-    serve = [e for e in entries if e.phase == "serve"]
-    setup = [e for e in entries if e.phase == "setup"]
-    t = totals(serve)
+def _variant(name: str, v: VariantSums, traffic: int | None) -> VariantReport:
+    per_request = list(v.request_costs.values())
+    t = fold(v.serve_cells, len(per_request))
     cost = t.cost
-    by_request: dict[str, Decimal | None] = {}
-    for e in serve:
-        spent = by_request.get(e.request_id, Decimal(0))
-        by_request[e.request_id] = None if spent is None or e.cost is None else spent + e.cost
-    per_request = list(by_request.values())
     daily = monthly = None
     if traffic is not None and cost is not None and t.requests:
         # Multiply before dividing so that exact figures stay exact ($63, not $62.99999...).
-        daily = cost * traffic / t.requests
-        monthly = cost * traffic * DAYS_PER_MONTH / t.requests
+        with localcontext(ROUNDING):
+            daily = cost * traffic / t.requests
+            monthly = cost * traffic * DAYS_PER_MONTH / t.requests
     return VariantReport(
         name=name,
         requests=t.requests,
         total_cost=cost,
-        setup_cost=totals(setup).cost,
+        setup_cost=fold(v.setup_cells).cost,
         cost_per_request=_divide(cost, t.requests),
         daily_cost=daily,
         monthly_cost=monthly,
         savings_pct=None,
-        by_stage=_stage_lines(serve + setup, t.requests),
+        by_stage=_stage_lines(v, t.requests),
         cost_p50=_percentile(per_request, 50),
         cost_p90=_percentile(per_request, 90),
     )
+
+
+def _sums_of(source: Ledger | Iterable[Entry]) -> VariantSums:
+    """One variant's sums, from a ledger's aggregations or from entries."""
+    if isinstance(source, Ledger):
+        sums = source.variants(None)
+    else:
+        entries = list(source)
+        sums = variant_sums(cells_of(entries), request_costs_of(entries, None), None)
+    return sums.get("all", VariantSums())
 
 
 def money(amount: Decimal | None) -> str | None:
@@ -148,15 +165,16 @@ def money(amount: Decimal | None) -> str | None:
     """
     if amount is None:
         return None
-    places = amount.as_tuple().exponent
-    if isinstance(places, int) and places < -10:
-        # Divisions (cost per request, projections) run to 28 digits; ten places is enough.
-        amount = amount.quantize(Decimal("1e-10"), ROUND_HALF_EVEN)
-    normal = amount.normalize()
-    exponent = normal.as_tuple().exponent
-    if isinstance(exponent, int) and exponent > -2:
-        normal = normal.quantize(Decimal("0.01"))
-    return f"{normal:f}"
+    with localcontext(ROUNDING):
+        places = amount.as_tuple().exponent
+        if isinstance(places, int) and places < -10:
+            # Divisions (cost per request, projections) run long; ten places is enough.
+            amount = amount.quantize(Decimal("1e-10"), ROUND_HALF_EVEN)
+        normal = amount.normalize()
+        exponent = normal.as_tuple().exponent
+        if isinstance(exponent, int) and exponent > -2:
+            normal = normal.quantize(Decimal("0.01"))
+        return f"{normal:f}"
 
 
 @dataclass(frozen=True)
@@ -178,21 +196,24 @@ class Report:
         notes: Iterable[str] = (),
     ) -> Report:
         """Build a report from ``(name, ledger or entries)`` pairs, the baseline first."""
-        built = [
-            _variant(
-                name,
-                source.entries() if isinstance(source, Ledger) else list(source),
-                traffic_per_day,
-            )
-            for name, source in variants
-        ]
+        built = [_variant(name, _sums_of(source), traffic_per_day) for name, source in variants]
+        return cls._with_savings(built, traffic_per_day, assumptions or {}, notes)
+
+    @classmethod
+    def _with_savings(
+        cls,
+        built: list[VariantReport],
+        traffic_per_day: int | None,
+        assumptions: Mapping[str, Any],
+        notes: Iterable[str],
+    ) -> Report:
         if built:
             baseline = built[0].cost_per_request
             built = [
                 dataclasses.replace(v, savings_pct=_savings(baseline, v.cost_per_request))
                 for v in built
             ]
-        return cls(tuple(built), traffic_per_day, dict(assumptions or {}), tuple(notes))
+        return cls(tuple(built), traffic_per_day, dict(assumptions), tuple(notes))
 
     @classmethod
     def from_ledger(
@@ -209,18 +230,15 @@ class Report:
         else in the order their first request was served (one-off setup such as precomputing
         comes before serving, and does not decide the order).
         """
-        groups: dict[str, list[Entry]] = {name: [] for name in variants or ()}
-        first_served: dict[str, int] = {}
-        for i, e in enumerate(ledger.entries()):
-            name = e.tags.get(tag, "all")
-            if variants is None or name in groups:
-                groups.setdefault(name, []).append(e)
-                if e.phase == "serve":
-                    first_served.setdefault(name, i)
-        order = list(groups)
-        if variants is None:
-            order.sort(key=lambda name: first_served.get(name, float("inf")))
-        return cls.build([(name, groups[name]) for name in order], traffic_per_day=traffic_per_day)
+        sums = ledger.variants(tag)
+        if variants is not None:
+            order = list(variants)
+        else:
+            order = sorted(
+                sums, key=lambda name: _first(sums[name].first_served)
+            )  # sorted() is stable: never-served variants keep their order, last
+        built = [_variant(name, sums.get(name, VariantSums()), traffic_per_day) for name in order]
+        return cls._with_savings(built, traffic_per_day, {}, ())
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: money as decimal strings, ``None`` for unknown cost."""
@@ -332,6 +350,10 @@ class Report:
         return "\n".join(lines)
 
 
+def _first(index: int | None) -> float:
+    return float("inf") if index is None else index
+
+
 def _cents(amount: Decimal | None) -> Decimal | None:
     """A projection to the cent: a forecast carries no more precision than that."""
     return None if amount is None else amount.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
@@ -346,7 +368,8 @@ def _quality(key: str, value: Any) -> str:
 def _usd(amount: Decimal | None, places: int) -> str:
     if amount is None:
         return "unknown"
-    return f"${amount.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN):,}"
+    with localcontext(ROUNDING):
+        return f"${amount.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN):,}"
 
 
 def _grid(head: list[str], rows: list[list[str]]) -> str:

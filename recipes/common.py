@@ -39,8 +39,8 @@ def open_ledger(path: Path | None, *, resume: bool = False) -> Ledger:
             f"{path} already exists; a recipe writes a fresh ledger. Pass --resume to continue "
             "the run it holds, remove it, or choose another path (`chainkit report` reads it)."
         )
-    # Resumable runs commit every entry with its checkpoint; others may batch their writes.
-    return SQLiteLedger(path, batch_size=1 if resume else 500)
+    # Every entry is committed before its result comes back (group commit across threads).
+    return SQLiteLedger(path)
 
 
 def render(report: Report, fmt: str) -> str:

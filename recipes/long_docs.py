@@ -176,7 +176,15 @@ def run_batch_variant(
             assert isinstance(state, Request)
             if isinstance(outcome, Exception):
                 ledger.record(
-                    Entry(r.id, stage.name, "failed", cost=None, model=job.model_id, tags=r.tags)
+                    Entry(
+                        r.id,
+                        stage.name,
+                        "failed",
+                        cost=None,
+                        model=job.model_id,
+                        tags=r.tags,
+                        id=f"batch:{name}:{stage.name}:{r.id}",
+                    )
                 )
                 raise outcome
             cost = catalogue.cost(job.model_id, outcome.usage, region=job.region, tier="batch")
@@ -195,6 +203,9 @@ def run_batch_variant(
                 estimated=outcome.estimated,
                 attempts=1,
                 tags={**r.tags, "tier": "batch"},
+                # One id per record of a job: a resumed run that reads the job's output again
+                # writes the same entries, which the ledger keeps once.
+                id=f"batch:{name}:{stage.name}:{r.id}",
             )
             _record(ledger, r.id, index, entry, new_state, r.document)
             states[r.id], stage_of[r.id] = new_state, index

@@ -389,45 +389,29 @@ def _rows_in_file(path: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
 
-def test_sqlite_batches_until_flush_and_close(tmp_path: Path) -> None:
+def test_sqlite_record_is_durable_when_it_returns(tmp_path: Path) -> None:
+    # No batching to lose: another connection sees every entry as soon as record() returns.
     path = tmp_path / "run.db"
-    book = SQLiteLedger(path, batch_size=3)
+    book = SQLiteLedger(path)
     book.record(entry("r1"))
+    assert _rows_in_file(path) == 1
     book.record(entry("r2"))
-    assert _rows_in_file(path) == 0
-    assert len(book) == 2
-    book.flush()
-    assert _rows_in_file(path) == 2
-    book.record(entry("r3"))
-    book.record(entry("r4"))
     assert _rows_in_file(path) == 2
     book.close()
-    assert _rows_in_file(path) == 4
     with SQLiteLedger(path) as reopened:
-        assert [e.request_id for e in reopened.entries()] == ["r1", "r2", "r3", "r4"]
+        assert [e.request_id for e in reopened.entries()] == ["r1", "r2"]
 
 
-def test_sqlite_writes_a_full_batch_at_once(tmp_path: Path) -> None:
+def test_sqlite_record_many_writes_in_one_go(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
-    with SQLiteLedger(path, batch_size=2) as book:
-        book.record(entry("r1"))
-        book.record(entry("r2"))
+    with SQLiteLedger(path) as book:
+        book.record_many([entry("r1"), entry("r2", cost=Decimal("0.5"))])
         assert _rows_in_file(path) == 2
-
-
-def test_sqlite_entries_include_pending_batch(tmp_path: Path) -> None:
-    with SQLiteLedger(tmp_path / "run.db", batch_size=10) as book:
-        book.record(entry("r1", cost=Decimal("0.5")))
-        assert book.cost == Decimal("0.5")
-
-
-def test_sqlite_batch_size_must_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="batch_size must be at least 1, got 0"):
-        SQLiteLedger(tmp_path / "run.db", batch_size=0)
+        assert book.cost == Decimal("0.506")
 
 
 def test_sqlite_many_threads_recording(tmp_path: Path) -> None:
-    with SQLiteLedger(tmp_path / "run.db", batch_size=7) as book:
+    with SQLiteLedger(tmp_path / "run.db") as book:
 
         def work(n: int) -> None:
             for i in range(100):
@@ -503,8 +487,10 @@ def test_to_csv_header_and_rows(tmp_path: Path) -> None:
     _export_ledger().to_csv(path)
     with path.open(encoding="utf-8", newline="") as f:
         header = next(csv.reader(f))
-    assert header[:4] == ["request_id", "stage", "outcome", "model"]
-    assert {"cost", "avoided_cost", "tags", "phase", "time"} <= set(header)
+    assert header[:5] == ["id", "request_id", "stage", "outcome", "model"]
+    assert {"cost", "avoided_cost", "bound", "tags", "phase", "time", "flags", "note"} <= set(
+        header
+    )
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["cost"] == "0.00021"

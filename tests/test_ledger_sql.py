@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -38,7 +39,7 @@ def entries() -> list[Entry]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Ledger, SQLiteLedger]:
-    memory, sql = Ledger(), SQLiteLedger(tmp_path / "l.db", batch_size=50)
+    memory, sql = Ledger(), SQLiteLedger(tmp_path / "l.db")
     for e in entries():
         memory.record(e)
         sql.record(e)
@@ -75,22 +76,52 @@ def test_amounts_finer_than_picodollars_are_still_summed_exactly(tmp_path: Path)
     assert sql.cost == Decimal("3e-15")
 
 
-def test_a_ledger_from_before_the_sql_columns_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with SQLiteLedger(path) as ledger:
-        for e in entries()[:30]:
-            ledger.record(e)
+def _legacy_ledger(path: Path, rows: list[Entry], version: int) -> None:
+    """A ledger file as chainkit wrote it before entry ids and roll-ups (schema 2 or 4)."""
+    from chainkit.ledger import sqlite as schema
+
     db = sqlite3.connect(path)
-    db.execute("UPDATE entries SET cost_pico = NULL, avoided_pico = NULL, day = NULL")
-    db.execute("ALTER TABLE entries DROP COLUMN cost_pico")
-    db.execute("ALTER TABLE entries DROP COLUMN avoided_pico")
-    db.execute("ALTER TABLE entries DROP COLUMN day")
-    db.execute("PRAGMA user_version = 2")
+    for migration in schema._MIGRATIONS[:version]:
+        migration(db)
+    columns = ["request_id", "stage", "outcome", "model", "input_tokens", "output_tokens",
+               "cache_read_tokens", "cache_write_tokens", "cost", "avoided_cost", "estimated",
+               "latency_s", "attempts", "intent", "tags", "phase", "time"]  # fmt: skip
+    for e in rows:
+        u = e.usage
+        db.execute(
+            f"INSERT INTO entries ({', '.join(columns)}) VALUES ({', '.join('?' * 17)})",
+            (e.request_id, e.stage, e.outcome, e.model,
+             *((None,) * 4 if u is None else (u.input_tokens, u.output_tokens,
+                                               u.cache_read_tokens, u.cache_write_tokens)),
+             None if e.cost is None else str(e.cost),
+             None if e.avoided_cost is None else str(e.avoided_cost),
+             int(e.estimated), e.latency_s, e.attempts, e.intent,
+             json.dumps(dict(e.tags), sort_keys=True),  # ASCII-escaped, as it was
+             e.phase, e.time.isoformat()),
+        )  # fmt: skip
+    if version >= 3:
+        db.execute(
+            "UPDATE entries SET cost_pico = CAST(ROUND(cost * 1e12) AS INTEGER), "
+            "avoided_pico = CAST(ROUND(avoided_cost * 1e12) AS INTEGER), day = substr(time, 1, 10)"
+        )
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_a_ledger_from_an_older_chainkit_is_migrated(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.db"
+    rows = [*entries()[:30], Entry("rj", "generate", "answered", cost=Decimal("0.5"),
+                                   tags={"région": "日本", "🚚": "a\tb"})]  # fmt: skip
+    _legacy_ledger(path, rows, version)
     memory = Ledger()
-    for e in entries()[:30]:
-        memory.record(e)
+    memory.record_many(rows)
     with SQLiteLedger(path) as ledger:
         assert ledger.by_day() == memory.by_day()
         assert ledger.by_stage() == memory.by_stage()
+        assert ledger.by_tag("région") == memory.by_tag("région")
+        assert ledger.by_tag("🚚") == memory.by_tag("🚚")
+        assert ledger.totals() == memory.totals()
+        assert [e.request_id for e in ledger.entries()] == [e.request_id for e in rows]
+        assert len({e.id for e in ledger.entries()}) == len(rows)

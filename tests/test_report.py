@@ -329,7 +329,8 @@ def test_stage_share_is_answered_over_requests_and_quality_is_reported() -> None
     canned = next(s for s in data["by_stage"] if s["stage"] == "canned")
     scan = next(s for s in data["by_stage"] if s["stage"] == "intent_scan")
     assert canned["share"] == 0.25
-    assert scan["latency_ms_p50"] == 1.0
+    # Percentiles come from 2%-wide histogram buckets (what a store can keep): within 1%.
+    assert scan["latency_ms_p50"] == pytest.approx(1.0, rel=0.01)
     assert data["quality"] == {"intent_accuracy": 0.75}
     assert "intent accuracy 0.750" in Report((variant,)).to_table()
 

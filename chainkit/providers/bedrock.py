@@ -7,9 +7,11 @@ A model takes a client, so that tests can hand it a stubbed one::
 
 Usage comes from the reply: Bedrock's ``inputTokens`` excludes prompt-cache reads and writes,
 which arrive as ``cacheReadInputTokens`` and ``cacheWriteInputTokens`` and are priced at their
-own rates. Throttling, timeouts and 5xx are retried here (tenacity, exponential backoff with
-full jitter); validation and access errors are not. Errors leave as chainkit errors naming the
-Bedrock error code and the model.
+own rates. Throttling, connection failures and 5xx are retried here (tenacity, exponential
+backoff with full jitter, never past the call's deadline); validation and access errors are not,
+and neither is a read timeout: Bedrock may have run (and billed) a call whose reply did not
+arrive, so it ends as :class:`~chainkit.Timeout` with its cost unknown rather than being paid for
+twice. Errors leave as chainkit errors naming the Bedrock error code and the model.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
-from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
+from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled, Timeout
 from chainkit.pricing import Tier, base_model_id
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
@@ -135,13 +139,18 @@ def error_detail(exc: BaseException) -> str:
     return str(exc)
 
 
+# Raised before the request reached Bedrock: nothing ran, nothing was billed, safe to retry.
+_NOT_SENT = frozenset({"ConnectTimeoutError", "EndpointConnectionError"})
+# The request was sent and its reply never came: it may have run and been billed.
+_READ_TIMEOUTS = frozenset({"ReadTimeoutError", "ReadTimeout"})
+
+
 def _retryable(exc: BaseException) -> bool:
     code, status = error_code(exc)
     if code is not None:
         return code in RETRYABLE_CODES or (status is not None and status >= 500)
-    # botocore's connection and read timeouts carry no error code.
-    name = type(exc).__name__
-    return name in {"ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError"}
+    # botocore's connection errors carry no error code.
+    return type(exc).__name__ in _NOT_SENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +172,12 @@ def call_aws(
     *,
     retry: RetryPolicy,
     fail: Callable[[Exception, int], ProviderError],
+    timeout_s: float | None = None,
 ) -> tuple[Any, int]:
-    """Call ``fn(**kwargs)``, retrying only throttling, timeouts and 5xx.
+    """Call ``fn(**kwargs)``, retrying only throttling, connection failures and 5xx.
 
-    Returns the reply and the attempts it took; on failure raises ``fail(exc, attempts)``.
+    Retries stop before ``timeout_s`` (seconds from now) would pass. Returns the reply and the
+    attempts it took; on failure raises ``fail(exc, attempts)``.
     """
     attempts = 0
 
@@ -174,8 +185,12 @@ def call_aws(
         nonlocal attempts
         attempts = state.attempt_number
 
+    stop: stop_base = stop_after_attempt(retry.max_attempts)
+    if timeout_s is not None:
+        # Stop when the next wait would end past the deadline, not after it has passed.
+        stop = stop | stop_before_delay(timeout_s)
     retrying = Retrying(
-        stop=stop_after_attempt(retry.max_attempts),
+        stop=stop,
         wait=wait_random_exponential(multiplier=retry.wait_initial, max=retry.wait_max),
         retry=retry_if_exception(_retryable),
         before=count,
@@ -212,6 +227,7 @@ class BedrockModel:
         count_tokens: estimate prompts with the CountTokens API where the model supports it;
             otherwise (or when ``False``) with chainkit's offline counter.
         max_attempts: calls made at most, retries included.
+        timeout_s: the read timeout of the default client (each attempt's deadline).
     """
 
     def __init__(
@@ -226,6 +242,7 @@ class BedrockModel:
         max_attempts: int = 5,
         wait_initial: float = 0.5,
         wait_max: float = 20.0,
+        timeout_s: float = 120.0,
     ) -> None:
         if tier == "batch":
             raise ConfigError(
@@ -239,7 +256,7 @@ class BedrockModel:
             )
         retry = RetryPolicy(max_attempts, wait_initial, wait_max)
         if client is None:
-            client = _default_client(region)
+            client = _default_client(region, timeout_s)
         self.client = client
         self.invoke_id = model_id
         self.model_id = priced_as or model_id
@@ -271,11 +288,28 @@ class BedrockModel:
             request["serviceTier"] = {"type": _TIER_TO_BEDROCK[self.tier]}
         return request
 
-    def _call(self, operation: str, **kwargs: Any) -> tuple[Any, int]:
+    def _call(
+        self, operation: str, timeout_s: float | None = None, **kwargs: Any
+    ) -> tuple[Any, int]:
         """Call ``operation`` with retries; return the reply and the attempts it took."""
-        return call_aws(getattr(self.client, operation), kwargs, retry=self._retry, fail=self._map)
+        return call_aws(
+            getattr(self.client, operation),
+            kwargs,
+            retry=self._retry,
+            fail=self._map,
+            timeout_s=timeout_s,
+        )
 
     def _map(self, exc: Exception, attempts: int) -> ProviderError:
+        if type(exc).__name__ in _READ_TIMEOUTS:
+            return Timeout(
+                f"Bedrock did not answer for model {self.invoke_id!r} within the read timeout "
+                f"(attempt {attempts}): {exc}. It may have run and billed the call: the entry "
+                "records its cost as unknown. Raise timeout_s, or lower max_tokens.",
+                code="ReadTimeout",
+                model_id=self.invoke_id,
+                attempts=attempts,
+            )
         code = error_code(exc)[0] or type(exc).__name__
         detail = error_detail(exc)
         hint = _HINTS.get(code, "")
@@ -289,11 +323,22 @@ class BedrockModel:
     # -- the Model protocol ----------------------------------------------------------------
 
     def complete(
-        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Completion:
-        """Call Converse and return the reply with the usage Bedrock reported."""
+        """Call Converse and return the reply with the usage Bedrock reported.
+
+        ``timeout_s`` caps the time spent retrying; each attempt's read timeout is the client's
+        (the default client's is ``timeout_s`` of the model, 120 s unless set).
+        """
         started = time.perf_counter()
-        reply, attempts = self._call("converse", **self._request(prompt, max_tokens, metadata))
+        reply, attempts = self._call(
+            "converse", timeout_s, **self._request(prompt, max_tokens, metadata)
+        )
         try:
             content = reply["output"]["message"]["content"]
         except (KeyError, TypeError) as exc:
@@ -324,7 +369,7 @@ class BedrockModel:
         """Call ConverseStream; iterate for text, then read ``completion`` for usage."""
         started = time.perf_counter()
         reply, attempts = self._call(
-            "converse_stream", **self._request(prompt, max_tokens, metadata)
+            "converse_stream", None, **self._request(prompt, max_tokens, metadata)
         )
         result = BedrockStream(chunks=iter(()))
 
@@ -379,7 +424,10 @@ class BedrockModel:
                 body["system"] = [{"text": prompt.system}]
             try:
                 reply, _ = self._call(
-                    "count_tokens", modelId=base_model_id(self.model_id), input={"converse": body}
+                    "count_tokens",
+                    None,
+                    modelId=base_model_id(self.model_id),
+                    input={"converse": body},
                 )
                 return Usage(int(reply["inputTokens"]), max_tokens)
             except ProviderError as exc:
@@ -393,11 +441,17 @@ class BedrockModel:
         return Usage(inputs, max_tokens)
 
 
-def _default_client(region: str | None) -> Any:
+def _default_client(region: str | None, timeout_s: float) -> Any:
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("BedrockModel needs boto3: pip install 'chainkit[bedrock]'.") from exc
-    config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+    # botocore's own retries are off: it would retry a read timeout, and Bedrock may have billed
+    # the first attempt. chainkit retries only what was certainly not billed.
+    config = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=min(10.0, timeout_s),
+        read_timeout=timeout_s,
+    )
     return boto3.client("bedrock-runtime", region_name=region, config=config)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from chainkit.errors import Timeout
 from chainkit.pricing import Tier
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
@@ -118,10 +119,27 @@ class OfflineModel:
         return max_tokens if self.output_tokens is None else min(max_tokens, self.output_tokens)
 
     def complete(
-        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Completion:
-        """Answer with the prompt's most informative sentences, within the output budget."""
+        """Answer with the prompt's most informative sentences, within the output budget.
+
+        A simulated latency beyond ``timeout_s`` ends in :class:`~chainkit.Timeout` at the
+        deadline, as a real provider's would.
+        """
         started = time.perf_counter()
+        if timeout_s is not None and self.latency_s > timeout_s:
+            time.sleep(timeout_s)
+            raise Timeout(
+                f"Offline model {self.model_id!r} (latency {self.latency_s} s) did not answer "
+                f"within {timeout_s} s.",
+                code="Timeout",
+                model_id=self.model_id,
+            )
         budget = self._budget(max_tokens)
         source = prompt.user if self.answer is None else self.answer(prompt, budget)
         text = extract(source, budget, self.model_id)

@@ -1,19 +1,42 @@
-"""One priced, budgeted model call on behalf of a stage, recorded as exactly one entry."""
+"""One priced, budgeted model call on behalf of a stage, recorded as exactly one entry.
+
+Whatever the model does (answers, raises any exception, hangs past its deadline, replies with
+something malformed), the call ends in exactly one entry: ``answered``/``passed`` with its cost,
+``failed`` with cost unknown (``None``, bounded by what was reserved) when the provider may have
+billed it, ``failed`` at $0 when it certainly did not (throttled), or ``refused`` at $0 when it
+was never sent (budget, context window). Only chainkit errors leave a call.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import threading
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
-from chainkit.errors import BudgetExceeded, ConfigError, ProviderError, Throttled
+from chainkit.errors import (
+    BadResponse,
+    BudgetExceeded,
+    ChainkitError,
+    ConfigError,
+    ProviderError,
+    Throttled,
+    Timeout,
+)
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Completion, Model, Prompt
 from chainkit.records import Entry, Outcome, Phase, Request, Usage
 
-__all__ = ["ModelCall", "check_model"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ModelCall", "check_model", "check_timeout"]
+
+DEFAULT_TIMEOUT_S = 120.0
+"""A model stage's deadline unless told otherwise: long enough for a long answer, not forever."""
 
 
 def check_model(model: Model, catalogue: Catalogue, stage: str) -> None:
@@ -27,13 +50,72 @@ def check_model(model: Model, catalogue: Catalogue, stage: str) -> None:
         ) from exc
 
 
+def check_timeout(timeout_s: float | None, stage: str) -> None:
+    """A deadline is a positive, finite number of seconds, or ``None`` for none."""
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s < float("inf")
+    ):
+        raise ConfigError(
+            f"Stage {stage!r}: timeout_s must be a positive number of seconds or None, got "
+            f"{timeout_s!r}."
+        )
+
+
+_NATIVE_DEADLINE: dict[type, bool] = {}
+
+
+def _native_deadline(model: Model) -> bool:
+    """Whether ``model.complete`` takes ``timeout_s`` and keeps to it itself."""
+    kind = type(model)
+    native = _NATIVE_DEADLINE.get(kind)
+    if native is None:
+        try:
+            params = inspect.signature(model.complete).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        native = _NATIVE_DEADLINE[kind] = "timeout_s" in params
+    return native
+
+
+def _digest(model_id: str, prompt: Prompt, max_tokens: int) -> str:
+    body = json.dumps([model_id, prompt.system, prompt.user, max_tokens], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
+    """The reply if it is a usable ``Completion``; a ``BadResponse`` naming what is wrong."""
+    problem = None
+    if not isinstance(reply, Completion):
+        problem = f"returned {type(reply).__name__}, not a Completion"
+    elif not isinstance(reply.text, str):
+        problem = f"returned text {reply.text!r:.60} that is not a str"
+    elif type(reply.usage) is not Usage:
+        problem = f"returned usage {reply.usage!r:.80} that is not a Usage"
+    elif not isinstance(reply.model_id, str) or not reply.model_id:
+        problem = f"returned model id {reply.model_id!r:.60}"
+    if problem is not None:
+        raise BadResponse(
+            f"Model {model.model_id!r} {problem}; chainkit cannot use or price that reply. The "
+            "call is recorded with its cost unknown.",
+            code="MalformedReply",
+            model_id=model.model_id,
+            attempts=attempts,
+        )
+    assert isinstance(reply, Completion)
+    return reply
+
+
 class ModelCall:
     """A context manager around one model call: estimate, reserve, call, price, record.
 
     Entering checks the context window and the budgets from the estimate (recording a ``refused``
-    entry if a budget says no), then calls the model (recording a ``failed`` entry if it fails).
-    The stage then calls :meth:`record` with its outcome; if the block raises before that, the
-    call is recorded as ``failed`` with what it cost, so no spend goes unrecorded.
+    entry if either says no), then calls the model within ``timeout_s`` (recording a ``failed``
+    entry if it fails). The stage then calls :meth:`record` with its outcome; if the block raises
+    before that, the call is recorded as ``failed`` with what it cost, so no spend goes
+    unrecorded. Inside a resumable step, a call made before (same prompt) is replayed from the
+    ledger instead of being paid again.
     """
 
     def __init__(
@@ -47,6 +129,7 @@ class ModelCall:
         request: Request,
         ledger: Ledger,
         phase: Phase = "serve",
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.stage = stage
         self.model = model
@@ -56,10 +139,15 @@ class ModelCall:
         self.request = request
         self.ledger = ledger
         self.phase = phase
+        self.timeout_s = timeout_s
         self.completion: Completion | None = None
         self.cost: Decimal | None = None
+        self.bound: Decimal | None = None
         self._hold: Hold | None = None
         self._recorded = False
+        self._flags: tuple[str, ...] = ()
+        self._digest: str | None = None
+        self._replayed = False
 
     def _entry(
         self,
@@ -71,6 +159,8 @@ class ModelCall:
         latency_s: float = 0.0,
         attempts: int = 0,
         estimated: bool = False,
+        flags: tuple[str, ...] = (),
+        note: str = "",
     ) -> Entry:
         return Entry(
             request_id=self.request.id,
@@ -85,69 +175,175 @@ class ModelCall:
             intent=intent,
             tags=self.request.tags,
             phase=self.phase,
+            bound=self.bound,
+            flags=flags,
+            note=note[:1000],
+        )
+
+    def _refuse(self, note: str) -> None:
+        self.ledger.record(
+            self._entry(
+                "refused", Decimal(0), None, intent=self.request.intent, estimated=True, note=note
+            )
         )
 
     def __enter__(self) -> Completion:
         model, request, prompt = self.model, self.request, self.prompt
         card = self.catalogue.card(model.model_id)
-        budgets = self.ledger.budgets
-        # The model's own estimate decides (it knows its template and tokenizer), even though a
-        # byte count would often do: near the limit only the model can tell.
-        estimate = model.estimate(prompt, max_tokens=self.max_tokens)
+        try:
+            estimate = model.estimate(prompt, max_tokens=self.max_tokens)
+            if type(estimate) is not Usage:
+                raise TypeError(f"estimate() returned {estimate!r:.80}, not a Usage")
+        except Exception as exc:
+            self._refuse(f"estimate failed: {type(exc).__name__}: {exc}")
+            if isinstance(exc, ChainkitError):
+                raise
+            raise ProviderError(
+                f"Model {model.model_id!r} could not estimate the prompt ({type(exc).__name__}: "
+                f"{exc}); nothing was sent (request {request.id!r}, stage {self.stage!r}).",
+                code=type(exc).__name__,
+                model_id=model.model_id,
+                attempts=0,
+            ) from exc
         needed = estimate.input_tokens + estimate.cache_read_tokens + estimate.cache_write_tokens
         if needed + self.max_tokens > card.context_window:
+            self._refuse("the prompt does not fit the model's context window")
             raise ConfigError(
                 f"Stage {self.stage!r}: a prompt of ~{needed} tokens plus {self.max_tokens} "
                 f"output tokens does not fit {card.id!r}'s context window of "
                 f"{card.context_window} tokens (request {request.id!r}). Shorten the input "
                 "(Summarise or Compress first) or choose a model with a longer context."
             )
+        price = self.catalogue.price(card.id, model.region, model.tier)
         try:
-            if budgets:
-                price = self.catalogue.price(card.id, model.region, model.tier)
-                self._hold = self.ledger.reserve(
-                    price.cost(estimate, model_id=card.id), request.tags, stage=self.stage
-                )
-        except BudgetExceeded:
-            self.ledger.record(
-                self._entry("refused", Decimal(0), None, intent=request.intent, estimated=True)
-            )
-            raise
+            self.bound = price.cost(estimate, model_id=card.id)
+        except ConfigError:
+            self.bound = None
+        if self.ledger.budgets:
+            try:
+                self._hold = self.ledger.reserve(self.bound, request.tags, stage=self.stage)
+            except BudgetExceeded as exc:
+                self._refuse(str(exc))
+                raise
+        replayed = self._replay()
+        if replayed is not None:
+            if self._hold is not None:
+                self.ledger.release(self._hold)
+            return replayed
+        return self._call(estimate)
+
+    def _replay(self) -> Completion | None:
+        if not self.ledger.in_step():
+            return None
+        self._digest = _digest(self.model.model_id, self.prompt, self.max_tokens)
+        saved = self.ledger.replay(self._digest)
+        if saved is None:
+            return None
+        data = json.loads(saved)
+        self.completion = Completion(
+            text=data["text"],
+            usage=Usage(*data["usage"]),
+            model_id=data["model_id"],
+            estimated=data["estimated"],
+            latency_s=data["latency_s"],
+            attempts=data["attempts"],
+        )
+        self.cost = None if data["cost"] is None else Decimal(data["cost"])
+        self._replayed = True  # its entry was committed by the run that paid for it
+        return self.completion
+
+    def _call(self, estimate: Usage) -> Completion:
+        model, request = self.model, self.request
+        metadata = {**request.tags, "stage": self.stage, "request_id": request.id}
         started = time.perf_counter()
         try:
-            completion = model.complete(
-                self.prompt,
-                max_tokens=self.max_tokens,
-                metadata={**request.tags, "stage": self.stage, "request_id": request.id},
-            )
-        except Exception as exc:
-            # A throttled call was not billed; any other failure may have been, so it is unknown.
-            cost = Decimal(0) if isinstance(exc, Throttled) else None
-            entry = self._entry(
-                "failed",
-                cost,
-                None,
-                intent=request.intent,
-                latency_s=time.perf_counter() - started,
-                attempts=exc.attempts if isinstance(exc, ProviderError) else 1,
-            )
-            self.ledger.record(entry, hold=self._hold)
-            raise
+            reply = self._complete(metadata)
+            completion = _check_completion(reply, model, getattr(reply, "attempts", 1))
+        except BaseException as exc:
+            self._record_failure(exc, time.perf_counter() - started)
+            if isinstance(exc, ProviderError) or not isinstance(exc, Exception):
+                raise
+            raise BadResponse(
+                f"Model {model.model_id!r} raised {type(exc).__name__} while answering request "
+                f"{request.id!r}: {exc}. Treated as a malformed reply; the call is recorded with "
+                "its cost unknown.",
+                code=type(exc).__name__,
+                model_id=model.model_id,
+            ) from exc
         self.completion = completion
         # The reply may name a model version the catalogue lacks; the configured id is priced.
-        priced = completion.model_id if completion.model_id in self.catalogue else card.id
+        priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
         try:
             self.cost = self.catalogue.cost(
                 priced, completion.usage, region=model.region, tier=model.tier
             )
-        except ConfigError:
+        except ChainkitError:
             # Already paid for: record it as unknown (None), never as $0, and carry on.
             self.cost = None
+        if (
+            self.cost is not None and self.bound is not None and self.cost > self.bound
+        ) or completion.usage.output_tokens > self.max_tokens:
+            self._flags = ("over_estimate",)
         return completion
+
+    def _complete(self, metadata: Mapping[str, str]) -> Completion:
+        model, timeout_s = self.model, self.timeout_s
+        kwargs: dict[str, Any] = {"max_tokens": self.max_tokens, "metadata": metadata}
+        if timeout_s is None:
+            return model.complete(self.prompt, **kwargs)
+        if _native_deadline(model):
+            complete: Any = model.complete  # takes timeout_s: checked by _native_deadline
+            return complete(self.prompt, timeout_s=timeout_s, **kwargs)  # type: ignore[no-any-return]
+        # The model cannot keep a deadline itself: a daemon thread makes the call, so that a
+        # hung call costs one idle thread, never the caller's wait.
+        box: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box.append(model.complete(self.prompt, **kwargs))
+            except BaseException as exc:
+                box.append(exc)
+            done.set()
+
+        threading.Thread(target=run, name="chainkit-call", daemon=True).start()
+        if not done.wait(timeout_s):
+            raise Timeout(
+                f"Model {model.model_id!r} did not answer request {self.request.id!r} within "
+                f"{timeout_s} s (stage {self.stage!r}). It may still have been billed: the entry "
+                "records its cost as unknown, at most the amount reserved for it. Raise timeout_s "
+                "or check the provider.",
+                code="Timeout",
+                model_id=model.model_id,
+            )
+        outcome = box[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    def _record_failure(self, exc: BaseException, latency_s: float) -> None:
+        # A throttled call was refused before it ran: not billed. Anything else may have been.
+        throttled = isinstance(exc, Throttled)
+        timed_out = isinstance(exc, Timeout)
+        attempts = exc.attempts if isinstance(exc, ProviderError) else 1
+        entry = self._entry(
+            "failed",
+            Decimal(0) if throttled else None,
+            None,
+            intent=self.request.intent,
+            latency_s=latency_s,
+            attempts=attempts,
+            flags=("timeout",) if timed_out else (),
+            note=f"{type(exc).__name__}: {exc}",
+        )
+        self._recorded = True
+        self.ledger.record(entry, hold=self._hold)
 
     def record(self, outcome: Outcome, *, intent: str | None = None) -> None:
         """Record the call's entry with the stage's ``outcome``; settle its budget hold."""
         completion = self.completion
+        if self._replayed:  # recorded by the run that paid for it
+            return
         if completion is None or self._recorded:
             raise RuntimeError("ModelCall.record() belongs inside the `with` block, once.")
         entry = self._entry(
@@ -158,9 +354,34 @@ class ModelCall:
             latency_s=completion.latency_s,
             attempts=completion.attempts,
             estimated=completion.estimated,
+            flags=self._flags,
         )
-        self.ledger.record(entry, hold=self._hold)
+        reply = None
+        if self._digest is not None:
+            reply = (
+                self._digest,
+                json.dumps(
+                    {
+                        "text": completion.text,
+                        "usage": [
+                            completion.usage.input_tokens,
+                            completion.usage.output_tokens,
+                            completion.usage.cache_read_tokens,
+                            completion.usage.cache_write_tokens,
+                        ],
+                        "model_id": completion.model_id,
+                        "estimated": completion.estimated,
+                        "latency_s": completion.latency_s,
+                        "attempts": completion.attempts,
+                        "cost": None if self.cost is None else str(self.cost),
+                    },
+                    ensure_ascii=False,
+                ),
+            )
+        # Marked first: if the write fails the entry stays pending in the ledger, and __exit__
+        # must not record the same call again as failed.
         self._recorded = True
+        self.ledger.record(entry, hold=self._hold, reply=reply)
 
     def __exit__(
         self,
@@ -168,6 +389,6 @@ class ModelCall:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        if self.completion is not None and not self._recorded:
+        if self.completion is not None and not self._recorded and not self._replayed:
             self.record("failed")
         return False

@@ -9,8 +9,8 @@ from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import Request, Result
-from chainkit.stages.calling import ModelCall, check_model
+from chainkit.records import Request, Result, check_text
+from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
 
 __all__ = ["Generate"]
 
@@ -20,7 +20,7 @@ class Generate:
     """Answer the request with a model, from its facts, its summary or else its document.
 
     ``typical_output_tokens`` (default ``max_tokens``) sizes the avoided cost that earlier stages
-    record when they answer instead.
+    record when they answer instead. ``timeout_s`` is the call's deadline (``None``: none).
     """
 
     model: Model
@@ -31,10 +31,13 @@ class Generate:
     typical_output_tokens: int | None = None
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "generate"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        check_text(self.name, "stage name")
         if self.max_tokens < 1:
             raise ConfigError(f"Generate max_tokens must be at least 1, got {self.max_tokens}.")
+        check_timeout(self.timeout_s, self.name)
         check_model(self.model, self.catalogue, self.name)
 
     def prompt(self, request: Request) -> Prompt:
@@ -68,6 +71,7 @@ class Generate:
             max_tokens=self.max_tokens,
             request=request,
             ledger=ledger,
+            timeout_s=self.timeout_s,
         )
         with call as completion:
             call.record("answered")

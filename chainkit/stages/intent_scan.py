@@ -13,9 +13,9 @@ from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import Request
+from chainkit.records import Request, check_text
 from chainkit.stages.answering import record_free
-from chainkit.stages.calling import ModelCall, check_model
+from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
 
 __all__ = [
     "Cascade",
@@ -163,9 +163,12 @@ class IntentScan:
     trusted: tuple[str, ...] = ()
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "intent_scan"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
     _asks_model: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_text(self.name, "stage name")
+        check_timeout(self.timeout_s, self.name)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(
                 f"IntentScan min_confidence must be within [0, 1], got {self.min_confidence!r}."
@@ -188,6 +191,7 @@ class IntentScan:
             max_tokens=classifier.max_tokens,
             request=request,
             ledger=ledger,
+            timeout_s=self.timeout_s,
         )
         with call as completion:
             prediction = classifier.parse(completion.text)

@@ -13,11 +13,12 @@ from typing import Any, Self
 import diskcache
 
 from chainkit.ledger import Ledger
+from chainkit.money import exact_sum
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result
 from chainkit.stages.answering import CostEstimator, record_early
-from chainkit.stages.calling import ModelCall, check_model
+from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
 
 __all__ = ["Precomputed", "ReplyStore", "precompute"]
 
@@ -99,6 +100,7 @@ def precompute(
     max_tokens: int = 300,
     system: str = "Write the reply a customer-support assistant should give to this question.",
     tags: Mapping[str, str] | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> Decimal | None:
     """Have ``model`` write a reply per intent ahead of time; record that spend once, as setup.
 
@@ -108,6 +110,7 @@ def precompute(
     """
     catalogue = catalogue or Catalogue.load()
     check_model(model, catalogue, "precompute")
+    check_timeout(timeout_s, "precompute")
     total: Decimal | None = Decimal(0)
     for intent, question in questions.items():
         request = Request(question, id=f"precompute:{intent}", intent=intent, tags=tags or {})
@@ -120,9 +123,10 @@ def precompute(
             request=request,
             ledger=ledger,
             phase="setup",
+            timeout_s=timeout_s,
         )
         with call as completion:
             store.put(intent, completion.text)
             call.record("passed", intent=intent)
-        total = None if total is None or call.cost is None else total + call.cost
+        total = exact_sum((total, call.cost))
     return total

@@ -15,9 +15,9 @@ from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import Request
+from chainkit.records import Request, check_text
 from chainkit.stages.answering import record_free
-from chainkit.stages.calling import ModelCall, check_model
+from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
 from chainkit.tokens import count_tokens, is_exact
 
 __all__ = ["Summarise"]
@@ -42,11 +42,14 @@ class Summarise:
     )
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "summarise"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
     _room: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_text(self.name, "stage name")
         if self.max_tokens < 1:
             raise ConfigError(f"Summarise max_tokens must be at least 1, got {self.max_tokens}.")
+        check_timeout(self.timeout_s, self.name)
         check_model(self.model, self.catalogue, self.name)
         object.__setattr__(self, "_room", self._measure_room())
         if self.room < self.max_tokens:
@@ -87,6 +90,7 @@ class Summarise:
             max_tokens=self.max_tokens,
             request=request,
             ledger=ledger,
+            timeout_s=self.timeout_s,
         )
         with call as completion:
             call.record("passed")

@@ -211,7 +211,9 @@ def test_an_unexpected_model_exception_is_recorded_and_releases_its_hold() -> No
     # Its spend must not go unrecorded, and recording the failure settles the budget hold.
     ledger = Ledger(budgets=[Budget(Decimal("0.012"))])
 
-    with pytest.raises(RuntimeError), call(raising(RuntimeError("socket closed")), ledger):
+    failing = call(raising(RuntimeError("socket closed")), ledger)
+    with pytest.raises(BadResponse, match="raised RuntimeError") as info, failing:
         pass
+    assert isinstance(info.value.__cause__, RuntimeError)
 
     assert [(e.outcome, e.model) for e in ledger] == [("failed", "generic.powerful")]

@@ -1,0 +1,17 @@
+"""The ledger: one record of what every stage spent and avoided, and budgets over it.
+
+``Ledger`` keeps entries in memory; ``SQLiteLedger`` keeps them in a file that outlives the
+process. Both aggregate by stage, model, intent, tag and day, and export JSON and CSV.
+
+>>> from decimal import Decimal
+>>> from chainkit import Entry, Ledger
+>>> ledger = Ledger()
+>>> ledger.record(Entry(request_id="r1", stage="canned", outcome="answered", cost=Decimal(0)))
+>>> ledger.cost
+Decimal('0')
+"""
+
+from chainkit.ledger.core import Budget, Hold, Ledger, Totals, totals
+from chainkit.ledger.sqlite import SQLiteLedger
+
+__all__ = ["Budget", "Hold", "Ledger", "SQLiteLedger", "Totals", "totals"]

@@ -1,0 +1,697 @@
+"""The in-memory ledger, and what every ledger shares: totals, roll-up cells, budgets.
+
+Aggregations fold *cells*: the sums of the entries that share a stage, model, intent, outcome,
+phase, UTC day, flags and tag set. The in-memory ledger computes its cells from its entries; a
+store with SQL keeps them up to date as it writes, so a report over a million entries reads a few
+thousand rows. Both fold them with the same code, so they agree exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, timedelta
+from decimal import Decimal, localcontext
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TextIO
+
+from chainkit.errors import BudgetExceeded, ConfigError
+from chainkit.money import CONTEXT, exact_sum
+from chainkit.records import Entry, Tags
+
+__all__ = [
+    "Budget",
+    "Cell",
+    "Hold",
+    "Ledger",
+    "Totals",
+    "VariantSums",
+    "latency_quantile",
+    "totals",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums over a set of entries. ``cost`` is ``None`` if any entry's cost is unknown.
+
+    ``unknown`` counts the entries of unknown cost; ``cost_bound`` is the most the set can have
+    cost (known costs plus the bounds of the unknown ones), ``None`` if some unknown cost has no
+    bound.
+    """
+
+    calls: int = 0
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost: Decimal | None = Decimal(0)
+    avoided_cost: Decimal | None = Decimal(0)
+    latency_s: float = 0.0
+    unknown: int = 0
+    cost_bound: Decimal | None = Decimal(0)
+
+
+# -- latency histograms: percentiles that a store can keep without keeping every value ---------
+
+_LATENCY_FLOOR = 1e-6  # a microsecond: below it, everything is bucket 0
+_LATENCY_RATIO = math.log(1.02)  # buckets 2% wide: a percentile is within 1% of the true value
+
+
+def latency_bucket(seconds: float) -> int:
+    """The histogram bucket of a latency: 0 below a microsecond, then 2%-wide buckets."""
+    if seconds <= _LATENCY_FLOOR:
+        return 0
+    return 1 + int(math.log(seconds / _LATENCY_FLOOR) / _LATENCY_RATIO)
+
+
+def _bucket_value(bucket: int) -> float:
+    if bucket == 0:
+        return 0.0
+    # The bucket's geometric middle: at most 1% from any value in it.
+    return _LATENCY_FLOOR * math.exp((bucket - 0.5) * _LATENCY_RATIO)
+
+
+def latency_quantile(histogram: Mapping[int, int], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of a latency histogram, in seconds; 0 when empty."""
+    n = sum(histogram.values())
+    if n == 0:
+        return 0.0
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return _bucket_value(bucket)
+    return _bucket_value(max(histogram))  # pragma: no cover - unreachable
+
+
+def _ns(seconds: float) -> int:
+    # Latencies add as integer nanoseconds: the same total in whatever order (and in whichever
+    # store) they are summed, which float addition would not give.
+    return round(seconds * 1e9)
+
+
+# -- cells -------------------------------------------------------------------------------------
+
+CellKey = tuple[str, str, str, str | None, str | None, str, str, str]
+"""(tags JSON, phase, stage, model, intent, outcome, UTC day, flags joined by ',')."""
+
+
+@dataclass(slots=True)
+class Cell:
+    """The sums of the entries that share one :data:`CellKey`; ``first`` orders cells."""
+
+    key: CellKey
+    first: int
+    calls: int = 0
+    estimated: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    cost_unknown: int = 0
+    bound_unknown: Decimal = Decimal(0)
+    bound_missing: int = 0
+    avoided: Decimal = Decimal(0)
+    avoided_unknown: int = 0
+    latency_ns: int = 0
+    histogram: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The cell's tags."""
+        parsed: dict[str, str] = json.loads(self.key[0])
+        return parsed
+
+    def add(self, e: Entry) -> None:
+        """Count one entry in this cell (call it inside ``localcontext(money.CONTEXT)``)."""
+        self.calls += 1
+        self.estimated += e.estimated
+        u = e.usage
+        if u is not None:
+            self.input_tokens += u.input_tokens
+            self.output_tokens += u.output_tokens
+            self.cache_read_tokens += u.cache_read_tokens
+            self.cache_write_tokens += u.cache_write_tokens
+        if e.cost is None:
+            self.cost_unknown += 1
+            if e.bound is None:
+                self.bound_missing += 1
+            else:
+                self.bound_unknown += e.bound
+        else:
+            self.cost += e.cost
+        if e.avoided_cost is None:
+            self.avoided_unknown += 1
+        else:
+            self.avoided += e.avoided_cost
+        self.latency_ns += _ns(e.latency_s)
+        bucket = latency_bucket(e.latency_s)
+        self.histogram[bucket] = self.histogram.get(bucket, 0) + 1
+
+
+def cell_key(e: Entry) -> CellKey:
+    """The cell an entry belongs to."""
+    when = e.time
+    day = (when if when.utcoffset() == _ZERO else when.astimezone(UTC)).date().isoformat()
+    return (
+        Tags.of(e.tags).json,
+        e.phase,
+        e.stage,
+        e.model,
+        e.intent,
+        e.outcome,
+        day,
+        ",".join(e.flags),
+    )
+
+
+_ZERO = timedelta(0)
+
+
+def cells_of(entries: Iterable[Entry]) -> list[Cell]:
+    """The cells of ``entries``, in order of first appearance."""
+    cells: dict[CellKey, Cell] = {}
+    with localcontext(CONTEXT):
+        for i, e in enumerate(entries):
+            key = cell_key(e)
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = Cell(key, i)
+            cell.add(e)
+    return list(cells.values())
+
+
+def fold(cells: Iterable[Cell], requests: int = 0) -> Totals:
+    """Totals over ``cells`` (``requests`` is counted apart: it does not add across cells)."""
+    calls = inp = out = cread = cwrite = unknown = missing = avoided_unknown = 0
+    cost = bound = avoided = Decimal(0)
+    latency = 0
+    with localcontext(CONTEXT):
+        for c in cells:
+            calls += c.calls
+            inp += c.input_tokens
+            out += c.output_tokens
+            cread += c.cache_read_tokens
+            cwrite += c.cache_write_tokens
+            cost += c.cost
+            unknown += c.cost_unknown
+            bound += c.bound_unknown
+            missing += c.bound_missing
+            avoided += c.avoided
+            avoided_unknown += c.avoided_unknown
+            latency += c.latency_ns
+    return Totals(
+        calls=calls,
+        requests=requests,
+        input_tokens=inp,
+        output_tokens=out,
+        cache_read_tokens=cread,
+        cache_write_tokens=cwrite,
+        cost=None if unknown else cost,
+        avoided_cost=None if avoided_unknown else avoided,
+        latency_s=latency / 1e9,
+        unknown=unknown,
+        cost_bound=None if missing else exact_sum((cost, bound)),
+    )
+
+
+@dataclass(slots=True)
+class StageSums:
+    """One stage of one variant, for a report: its cells and how many requests it answered."""
+
+    cells: list[Cell] = field(default_factory=list)
+    answered: int = 0
+    served: bool = False
+    first: int = 0
+
+
+@dataclass(slots=True)
+class VariantSums:
+    """What a report needs of one variant: stage sums, serve requests and their costs."""
+
+    stages: dict[str, StageSums] = field(default_factory=dict)
+    serve_cells: list[Cell] = field(default_factory=list)
+    setup_cells: list[Cell] = field(default_factory=list)
+    request_costs: dict[str, Decimal | None] = field(default_factory=dict)
+    first_served: int | None = None
+
+
+def variant_sums(
+    cells: Iterable[Cell],
+    request_costs: Mapping[str, Mapping[str, Decimal | None]],
+    tag: str | None,
+    default: str = "all",
+) -> dict[str, VariantSums]:
+    """Group cells by the value of ``tag`` (one variant, ``default``, if ``tag`` is ``None``)."""
+    out: dict[str, VariantSums] = {}
+    names: dict[str, str] = {}  # tags JSON -> variant name, parsed once per tag set
+    for cell in sorted(cells, key=attrgetter("first")):
+        tags_json = cell.key[0]
+        name = names.get(tags_json)
+        if name is None:
+            name = default if tag is None else cell.tags.get(tag, default)
+            names[tags_json] = name
+        v = out.get(name)
+        if v is None:
+            v = out[name] = VariantSums()
+        _, phase, stage, *_rest = cell.key
+        outcome = cell.key[5]
+        s = v.stages.get(stage)
+        if s is None:
+            s = v.stages[stage] = StageSums(first=cell.first)
+        s.cells.append(cell)
+        if phase == "serve":
+            v.serve_cells.append(cell)
+            s.served = True
+            if outcome == "answered":
+                s.answered += cell.calls
+            if v.first_served is None or cell.first < v.first_served:
+                v.first_served = cell.first
+        else:
+            v.setup_cells.append(cell)
+    for name, v in out.items():
+        v.request_costs = dict(request_costs.get(name, {}))
+        # Serving stages first (in order of first appearance), then setup-only ones.
+        served_first = {
+            stage: min((c.first for c in s.cells if c.key[1] == "serve"), default=s.first)
+            for stage, s in v.stages.items()
+        }
+        v.stages = dict(
+            sorted(v.stages.items(), key=lambda kv: (not kv[1].served, served_first[kv[0]]))
+        )
+    return out
+
+
+def request_costs_of(
+    entries: Iterable[Entry], tag: str | None, default: str = "all"
+) -> dict[str, dict[str, Decimal | None]]:
+    """Per variant, each serving request's total cost (``None`` if any part is unknown)."""
+    out: dict[str, dict[str, Decimal | None]] = {}
+    for e in entries:
+        if e.phase != "serve":
+            continue
+        name = default if tag is None else e.tags.get(tag, default)
+        costs = out.setdefault(name, {})
+        spent = costs.get(e.request_id, Decimal(0))
+        costs[e.request_id] = (
+            None if spent is None or e.cost is None else exact_sum((spent, e.cost))
+        )
+    return out
+
+
+# -- totals over entries -----------------------------------------------------------------------
+
+
+def totals(entries: Iterable[Entry]) -> Totals:
+    """Fold entries into :class:`Totals`: price each entry first, then sum (never the reverse)."""
+    # Whole-column builtins (sum, set, map) rather than one Python loop: 2-3x faster at 1M.
+    rows = entries if isinstance(entries, list) else list(entries)
+    usages = [u for u in map(_USAGE, rows) if u is not None]
+    costs = list(map(_COST, rows))
+    unknown = [e for e, c in zip(rows, costs, strict=True) if c is None]
+    known = exact_sum(c for c in costs if c is not None) or Decimal(0)
+    bounds = [e.bound for e in unknown]
+    return Totals(
+        calls=len(rows),
+        requests=len(set(map(_REQUEST_ID, rows))),
+        input_tokens=sum(map(_INPUT, usages)),
+        output_tokens=sum(map(_OUTPUT, usages)),
+        cache_read_tokens=sum(map(_CACHE_READ, usages)),
+        cache_write_tokens=sum(map(_CACHE_WRITE, usages)),
+        cost=None if unknown else known,
+        avoided_cost=exact_sum(map(_AVOIDED, rows)),
+        latency_s=sum(map(_ns, map(_LATENCY, rows))) / 1e9,
+        unknown=len(unknown),
+        cost_bound=exact_sum([known, *bounds]),
+    )
+
+
+_USAGE = attrgetter("usage")
+_REQUEST_ID = attrgetter("request_id")
+_INPUT = attrgetter("input_tokens")
+_OUTPUT = attrgetter("output_tokens")
+_CACHE_READ = attrgetter("cache_read_tokens")
+_CACHE_WRITE = attrgetter("cache_write_tokens")
+_COST = attrgetter("cost")
+_AVOIDED = attrgetter("avoided_cost")
+_LATENCY = attrgetter("latency_s")
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A hard spending limit over a whole ledger, or over the entries carrying one tag.
+
+    Checked before every model call from the call's worst-case estimate, so it is never overspent.
+
+    >>> Budget(Decimal("5"), name="support-bot", tag=("tenant", "acme")).applies({"tenant": "acme"})
+    True
+    """
+
+    limit: Decimal
+    name: str = "ledger"
+    tag: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, Decimal) or self.limit < 0:
+            raise ConfigError(
+                f"Budget {self.name!r}: limit must be a non-negative Decimal, got {self.limit!r}."
+            )
+
+    def applies(self, tags: Mapping[str, str]) -> bool:
+        """Whether entries with ``tags`` count against this budget."""
+        return self.tag is None or tags.get(self.tag[0]) == self.tag[1]
+
+
+@dataclass(slots=True)
+class Hold:
+    """Money set aside for one model call until its entry is recorded or the hold released."""
+
+    amounts: dict[Budget, Decimal] = field(default_factory=dict)
+    open: bool = True
+
+
+_Key = Callable[[Entry], Hashable]
+
+
+class Ledger:
+    """An append-only, thread-safe, in-memory store of entries, with budgets and aggregations.
+
+    An entry is stored once per id: recording the same entry again changes nothing.
+    """
+
+    durable = False
+    """Whether recorded entries outlive the process (and ``Pipeline.run(resume=True)`` works)."""
+
+    def __init__(self, budgets: Iterable[Budget] = ()) -> None:
+        self._lock = threading.RLock()
+        self._entries: list[Entry] = []
+        self._ids: set[str] = set()
+        self._spent: dict[Budget, Decimal | None] = {}
+        self._held: dict[Budget, Decimal] = {}
+        for budget in budgets:
+            self.add_budget(budget)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        entry: Entry,
+        *,
+        hold: Hold | None = None,
+        reply: tuple[str, str] | None = None,
+    ) -> None:
+        """Store ``entry`` (once per id); if it settles a ``hold``, release the hold with it.
+
+        A durable ledger has written the entry when this returns. ``reply`` (a digest and the
+        call's saved reply) lets a durable ledger replay the call when a resumed run repeats it.
+        """
+        if type(entry) is not Entry:
+            raise ConfigError(f"Ledger.record takes an Entry, got {type(entry).__name__}.")
+        with self._lock:
+            if self._append(entry):
+                self._count(entry)
+            if hold is not None:
+                self._release(hold)
+
+    def record_many(self, entries: Iterable[Entry]) -> None:
+        """Store many entries at once (one transaction in a durable ledger)."""
+        for entry in entries:
+            self.record(entry)
+
+    def _count(self, entry: Entry) -> None:
+        for budget in self._spent:
+            if budget.applies(entry.tags):
+                spent = self._spent[budget]
+                self._spent[budget] = exact_sum((spent, entry.cost))
+
+    def _append(self, entry: Entry) -> bool:
+        """Keep ``entry`` unless one with its id is kept already; return whether it was new."""
+        if entry.id in self._ids:
+            return False
+        self._ids.add(entry.id)
+        self._entries.append(entry)
+        return True
+
+    def in_step(self) -> bool:
+        """Whether this thread is inside a resumable step (never, in memory)."""
+        return False
+
+    def replay(self, digest: str) -> str | None:
+        """The saved reply of the next model call of this thread's step (none in memory)."""
+        return None
+
+    def flush(self) -> None:
+        """Write pending entries (an in-memory ledger has none)."""
+
+    def close(self) -> None:
+        """Release the ledger's resources (an in-memory ledger has none)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- budgets ---------------------------------------------------------------------------
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The budgets this ledger enforces."""
+        return tuple(self._spent)
+
+    def add_budget(self, budget: Budget) -> None:
+        """Enforce ``budget`` from now on, counting what is already recorded against it."""
+        with self._lock:
+            self._spent[budget] = totals(e for e in self.entries() if budget.applies(e.tags)).cost
+            self._held[budget] = Decimal(0)
+
+    def spent(self, budget: Budget) -> Decimal | None:
+        """What has been recorded against ``budget`` so far (``None`` if some cost is unknown)."""
+        with self._lock:
+            return self._spent[budget]
+
+    def reserve(self, amount: Decimal | None, tags: Mapping[str, str], *, stage: str) -> Hold:
+        """Set aside ``amount`` under every budget that applies, or raise ``BudgetExceeded``.
+
+        An unknown ``amount`` (``None``) is refused by any budget that applies, since a limit
+        cannot be kept on a call whose price is unknown.
+        """
+        with self._lock:
+            hold = Hold()
+            for budget, spent in self._spent.items():
+                if not budget.applies(tags):
+                    continue
+                held = self._held[budget]
+                if amount is None or spent is None:
+                    raise BudgetExceeded(
+                        f"Budget {budget.name!r} cannot be checked: the cost of "
+                        f"{'this call' if amount is None else 'earlier calls'} is unknown "
+                        f"(stage={stage!r}). Price the model in the catalogue."
+                    )
+                if spent + held + amount > budget.limit:
+                    raise BudgetExceeded(
+                        f"Budget {budget.name!r} would be exceeded: spent ${spent:.4f} "
+                        f"(${held:.4f} more in flight) of ${budget.limit:.4f}, this call needs "
+                        f"up to ${amount:.4f} (stage={stage!r}). Raise the limit or route to a "
+                        "cheaper model."
+                    )
+                hold.amounts[budget] = amount
+            for budget, held_amount in hold.amounts.items():
+                self._held[budget] += held_amount
+            return hold
+
+    def release(self, hold: Hold) -> None:
+        """Give back a hold whose call will record nothing (it is safe to call twice)."""
+        with self._lock:
+            self._release(hold)
+
+    def _release(self, hold: Hold) -> None:
+        if hold.open:
+            for budget, amount in hold.amounts.items():
+                self._held[budget] -= amount
+            hold.open = False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """A snapshot of every entry, in the order recorded."""
+        with self._lock:
+            return list(self._entries)
+
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every entry in the order recorded, without holding them all at once where possible."""
+        return iter(self.entries())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self.iter_entries()
+
+    @property
+    def cost(self) -> Decimal | None:
+        """Total spend; ``None`` if any entry's cost is unknown."""
+        return self.totals().cost
+
+    def totals(self, where: Callable[[Entry], bool] | None = None) -> Totals:
+        """Totals over all entries, or over those ``where`` accepts."""
+        entries = self.entries()
+        return totals(entries if where is None else filter(where, entries))
+
+    def group(self, key: _Key) -> dict[Hashable, Totals]:
+        """Totals per value of ``key(entry)``, in order of first appearance."""
+        groups: dict[Hashable, list[Entry]] = {}
+        entries = self.entries()
+        for k, e in zip(map(key, entries), entries, strict=True):
+            group = groups.get(k)
+            if group is None:
+                groups[k] = [e]
+            else:
+                group.append(e)
+        return {k: totals(v) for k, v in groups.items()}
+
+    def by_stage(self) -> dict[str, Totals]:
+        """Totals per stage name."""
+        return {str(k): v for k, v in self.group(lambda e: e.stage).items()}
+
+    def by_model(self) -> dict[str | None, Totals]:
+        """Totals per model id (``None`` for stages that called no model)."""
+        return {_opt(k): v for k, v in self.group(lambda e: e.model).items()}
+
+    def by_intent(self) -> dict[str | None, Totals]:
+        """Totals per intent (``None`` where no intent was known)."""
+        return {_opt(k): v for k, v in self.group(lambda e: e.intent).items()}
+
+    def by_tag(self, key: str) -> dict[str | None, Totals]:
+        """Totals per value of tag ``key`` (``None`` for entries without it)."""
+        return {_opt(k): v for k, v in self.group(lambda e: e.tags.get(key)).items()}
+
+    def by_day(self) -> dict[date, Totals]:
+        """Totals per UTC day."""
+        grouped = self.group(lambda e: e.time.astimezone(UTC).date())
+        return {k: v for k, v in grouped.items() if isinstance(k, date)}
+
+    def variants(self, tag: str | None, default: str = "all") -> dict[str, VariantSums]:
+        """What a report needs, per value of ``tag`` (everything as one variant if ``None``)."""
+        entries = self.entries()
+        return variant_sums(
+            cells_of(entries), request_costs_of(entries, tag, default), tag, default
+        )
+
+    # -- export ----------------------------------------------------------------------------
+
+    def to_json(self, out: str | Path | TextIO) -> None:
+        """Write every entry as a JSON array; money as decimal strings."""
+        with _open_out(out) as f:
+            f.write("[")
+            for i, e in enumerate(self.iter_entries()):
+                f.write(",\n " if i else "\n ")
+                json.dump(entry_row(e), f, ensure_ascii=False)
+            f.write("\n]\n")
+
+    def to_csv(self, out: str | Path | TextIO) -> None:
+        """Write every entry as CSV with a header row; tags as a JSON object column."""
+        with _open_out(out) as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for e in self.iter_entries():
+                row = entry_row(e)
+                row["tags"] = Tags.of(e.tags).json
+                row["flags"] = ",".join(e.flags)
+                writer.writerow(row)
+
+
+def _opt(value: Hashable) -> str | None:
+    return None if value is None else str(value)
+
+
+COLUMNS = [
+    "id",
+    "request_id",
+    "stage",
+    "outcome",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost",
+    "avoided_cost",
+    "bound",
+    "estimated",
+    "latency_s",
+    "attempts",
+    "intent",
+    "tags",
+    "phase",
+    "time",
+    "flags",
+    "note",
+]
+
+
+def entry_row(e: Entry) -> dict[str, Any]:
+    """An entry as a flat row: money as exact decimal strings, ``None`` for unknown."""
+    usage = e.usage
+    return {
+        "id": e.id,
+        "request_id": e.request_id,
+        "stage": e.stage,
+        "outcome": e.outcome,
+        "model": e.model,
+        "input_tokens": None if usage is None else usage.input_tokens,
+        "output_tokens": None if usage is None else usage.output_tokens,
+        "cache_read_tokens": None if usage is None else usage.cache_read_tokens,
+        "cache_write_tokens": None if usage is None else usage.cache_write_tokens,
+        "cost": None if e.cost is None else str(e.cost),
+        "avoided_cost": None if e.avoided_cost is None else str(e.avoided_cost),
+        "bound": None if e.bound is None else str(e.bound),
+        "estimated": e.estimated,
+        "latency_s": e.latency_s,
+        "attempts": e.attempts,
+        "intent": e.intent,
+        "tags": dict(e.tags),
+        "phase": e.phase,
+        "time": e.time.isoformat(),
+        "flags": list(e.flags),
+        "note": e.note,
+    }
+
+
+@contextmanager
+def _open_out(out: str | Path | TextIO) -> Iterator[TextIO]:
+    if isinstance(out, str | Path):
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            yield f
+    else:
+        yield out
+
+
+def fold_groups(
+    cells: Sequence[Cell], key: Callable[[Cell], Hashable], requests: Mapping[Hashable, int]
+) -> dict[Hashable, Totals]:
+    """Totals per ``key(cell)``, in order of first appearance, with ``requests`` per group."""
+    groups: dict[Hashable, list[Cell]] = {}
+    for cell in sorted(cells, key=attrgetter("first")):
+        groups.setdefault(key(cell), []).append(cell)
+    return {k: fold(v, requests.get(k, 0)) for k, v in groups.items()}

@@ -1,0 +1,81 @@
+"""Money: exact ``Decimal`` arithmetic in chainkit's own context, whatever the caller's is.
+
+An application may set ``decimal.getcontext().prec = 5`` for its own reasons; chainkit's prices
+and sums must not change with it, nor differ between threads (each thread has its own context).
+Every sum, product and quotient of money in chainkit runs inside :data:`CONTEXT`.
+
+>>> import decimal
+>>> decimal.getcontext().prec = 3
+>>> with decimal.localcontext(CONTEXT):
+...     Decimal("0.000003") * 123_456_789
+Decimal('370.370367')
+>>> decimal.getcontext().prec = 28
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable
+from decimal import Decimal
+
+from chainkit.errors import ConfigError
+
+__all__ = ["CONTEXT", "check_money", "exact_sum"]
+
+# 60 digits hold a token count times a price per million with room to spare; the traps turn a
+# lost digit or a NaN into an error instead of a wrong number.
+CONTEXT = decimal.Context(
+    prec=60,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emin=-999_999,
+    Emax=999_999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow, decimal.Inexact],
+)
+"""Exact by construction: an operation that would round raises ``decimal.Inexact``."""
+
+MAX_AMOUNT = Decimal(10) ** 12
+"""The largest amount one entry may carry, in USD: sums of many stay exact within 60 digits."""
+MIN_EXPONENT = -24
+"""The finest amount one entry may carry is 1e-24 USD."""
+
+ROUNDING = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+"""For the few places that divide on purpose (per-request averages, projections)."""
+
+
+def check_money(value: object, what: str) -> Decimal | None:
+    """Return ``value`` if it is a finite, non-negative ``Decimal`` or ``None``; else raise.
+
+    Floats are refused: 0.1 dollars as a float is not 0.1 dollars.
+    """
+    if value is None:
+        return None
+    if (
+        type(value) is Decimal
+        and value.is_finite()
+        and 0 <= value <= MAX_AMOUNT
+        and value.as_tuple().exponent >= MIN_EXPONENT  # type: ignore[operator]
+    ):
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            reason = "is not finite"
+        elif value < 0:
+            reason = "is negative"
+        elif value > MAX_AMOUNT:
+            reason = f"is over {MAX_AMOUNT:,} USD"
+        else:
+            reason = f"has more than {-MIN_EXPONENT} decimal places"
+    else:
+        reason = f"is a {type(value).__name__}, not a Decimal (or None for unknown)"
+    raise ConfigError(f"{what} {value!r} {reason}; money is a finite, non-negative Decimal.")
+
+
+def exact_sum(amounts: Iterable[Decimal | None]) -> Decimal | None:
+    """The exact sum of ``amounts``; ``None`` if any is unknown (then the sum is unknown too)."""
+    with decimal.localcontext(CONTEXT):
+        total = Decimal(0)
+        for amount in amounts:
+            if amount is None:
+                return None
+            total += amount
+        return total
