@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chainkit.errors import ConfigError
+from chainkit.money import CONTEXT
 from chainkit.records import Usage
 
 __all__ = ["Catalogue", "ModelCard", "Price", "Tier"]
@@ -65,20 +66,22 @@ class Price:
 
     def cost(self, usage: Usage, *, model_id: str = "?") -> Decimal:
         """Return the exact cost of ``usage`` at this price."""
-        total = usage.input_tokens * self.input + usage.output_tokens * self.output
-        for tokens, price, what in (
-            (usage.cache_read_tokens, self.cache_read, "cache-read"),
-            (usage.cache_write_tokens, self.cache_write, "cache-write"),
-        ):
-            if tokens:
-                if price is None:
-                    raise ConfigError(
-                        f"Model {model_id!r} has no {what} price in {self.region}/{self.tier} "
-                        f"but the call used {tokens} {what} tokens; add the price to the "
-                        "catalogue file rather than pricing those tokens at $0."
-                    )
-                total += tokens * price
-        return total / _MILLION
+        # chainkit's own context: the caller's decimal precision must not change a price.
+        with localcontext(CONTEXT):
+            total = usage.input_tokens * self.input + usage.output_tokens * self.output
+            for tokens, price, what in (
+                (usage.cache_read_tokens, self.cache_read, "cache-read"),
+                (usage.cache_write_tokens, self.cache_write, "cache-write"),
+            ):
+                if tokens:
+                    if price is None:
+                        raise ConfigError(
+                            f"Model {model_id!r} has no {what} price in {self.region}/"
+                            f"{self.tier} but the call used {tokens} {what} tokens; add the "
+                            "price to the catalogue file rather than pricing those tokens at $0."
+                        )
+                    total += tokens * price
+            return total / _MILLION
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,15 @@ class Catalogue:
             parsed = _CatalogueFile.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, raw, path)) from exc
-        scale = _MILLION / parsed.unit_tokens
+        with localcontext(CONTEXT):
+            scale = _MILLION / parsed.unit_tokens
+
+        def per_million(amount: Decimal) -> Decimal:
+            # Under chainkit's context: a catalogue loaded while the caller's precision is low
+            # must not keep rounded prices.
+            with localcontext(CONTEXT):
+                return amount * scale
+
         cards = [
             ModelCard(
                 id=row.id,
@@ -241,10 +252,10 @@ class Catalogue:
                 notes=row.notes,
                 prices=tuple(
                     Price(
-                        input=p.input * scale,
-                        output=p.output * scale,
-                        cache_read=None if p.cache_read is None else p.cache_read * scale,
-                        cache_write=None if p.cache_write is None else p.cache_write * scale,
+                        input=per_million(p.input),
+                        output=per_million(p.output),
+                        cache_read=None if p.cache_read is None else per_million(p.cache_read),
+                        cache_write=None if p.cache_write is None else per_million(p.cache_write),
                         region=p.region,
                         tier=p.tier,
                         source_url=p.source_url,

@@ -237,3 +237,34 @@ def test_report_on_non_database_file_exits_2_naming_path(
     code, _, err = _run(capsys, "report", str(path))
     assert code == 2
     assert str(path) in err
+
+
+def test_report_on_a_foreign_database_exits_2_and_leaves_it_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+    import sqlite3
+
+    path = tmp_path / "shop.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (sku TEXT, price REAL)")  # a table named like ours
+    db.commit()
+    db.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    code, out, err = _run(capsys, "report", str(path))
+    assert (code, out) == (2, "")
+    assert "not a chainkit ledger" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_report_reads_a_ledger_without_changing_it(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    before = hashlib.sha256(ledger_file.read_bytes()).hexdigest()
+    code, _, _ = _run(capsys, "report", str(ledger_file), "--format", "json")
+    assert code == 0
+    assert hashlib.sha256(ledger_file.read_bytes()).hexdigest() == before

@@ -1,4 +1,6 @@
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from chainkit import (
     BudgetExceeded,
     Canned,
     Catalogue,
+    Completion,
     ConfigError,
     Entry,
     Generate,
@@ -27,6 +30,7 @@ from chainkit import (
     ScriptedModel,
     Usage,
 )
+from chainkit.errors import Timeout
 
 SEED = Catalogue.load("seed-2024")
 RULES = KeywordClassifier(
@@ -383,3 +387,82 @@ def test_a_budget_is_never_overspent_under_concurrency() -> None:
     assert len(model.prompts) == 10
     assert sum(1 for e in ledger if e.outcome == "refused") == 40
     assert all(e.cost == 0 for e in ledger if e.outcome == "refused")
+
+
+# -- a batch that flows: a slow request holds back only its own place ----------------------------
+
+
+class _Gate:
+    """A model that blocks the calls of chosen requests until released; counts finished calls."""
+
+    model_id = "generic.powerful"
+    region = None
+    tier = "on_demand"
+
+    def __init__(self, blocked: set[str]) -> None:
+        self.blocked = blocked
+        self.release = threading.Event()
+        self.finished = 0
+        self.lock = threading.Lock()
+
+    def complete(self, prompt, *, max_tokens, metadata=None):  # type: ignore[no-untyped-def]
+        if metadata and metadata["request_id"] in self.blocked:
+            self.release.wait(30)
+        with self.lock:
+            self.finished += 1
+        return Completion(text="ok", usage=Usage(10, 10), model_id=self.model_id)
+
+    def estimate(self, prompt, *, max_tokens):  # type: ignore[no-untyped-def]
+        return Usage(10, max_tokens)
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the other slots stopped working"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_slow_request_does_not_stall_the_other_slots(ordered: bool) -> None:
+    gate = _Gate(blocked={"q0"})
+    bot = Pipeline([Generate(model=gate, catalogue=SEED, max_tokens=10, timeout_s=None)])
+    requests = [Request("where?", id=f"q{i}") for i in range(60)]
+    out: list[Result] = []
+    runner = threading.Thread(
+        target=lambda: out.extend(bot.stream(requests, Ledger(), concurrency=4, ordered=ordered))
+    )
+    runner.start()
+    # Every other request finishes while q0 is still held.
+    _wait_for(lambda: gate.finished == 59)
+    if not ordered:
+        _wait_for(lambda: len(out) == 59)
+        assert "q0" not in {r.request.id for r in out}
+    else:
+        assert out == []  # in order: nothing passes q0's place
+    gate.release.set()
+    runner.join(30)
+    ids = [r.request.id for r in out]
+    assert sorted(ids) == sorted(r.id for r in requests)
+    if ordered:
+        assert ids == [r.id for r in requests]
+    else:
+        assert ids[-1] == "q0"
+
+
+def test_a_hung_call_times_out_and_the_batch_finishes() -> None:
+    gate = _Gate(blocked={"q3", "q7"})  # never released: an endless hang
+    bot = Pipeline([Generate(model=gate, catalogue=SEED, max_tokens=10, timeout_s=0.05)])
+    ledger = Ledger()
+    requests = [Request("where?", id=f"q{i}") for i in range(20)]
+    results = bot.run_batch(requests, ledger, concurrency=4, return_exceptions=True)
+    failed = {r.id for r, o in zip(requests, results, strict=True) if isinstance(o, Timeout)}
+    assert failed == {"q3", "q7"}
+    entries = {e.request_id: e for e in ledger}
+    assert (entries["q3"].outcome, entries["q3"].cost, entries["q3"].flags) == (
+        "failed",
+        None,
+        ("timeout",),
+    )
+    assert entries["q3"].bound == Decimal("0.0012")  # 10 in + 10 out at $60/1M: what was held
+    gate.release.set()

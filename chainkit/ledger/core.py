@@ -454,6 +454,11 @@ class Ledger:
         """The saved reply of the next model call of this thread's step (none in memory)."""
         return None
 
+    @property
+    def pending(self) -> int:
+        """Entries recorded but not yet written (an in-memory ledger has none)."""
+        return 0
+
     def flush(self) -> None:
         """Write pending entries (an in-memory ledger has none)."""
 

@@ -532,9 +532,18 @@ class SQLiteLedger(Ledger):
             raise ConfigError(f"{self.path} is not a chainkit ledger database: {exc}.") from exc
 
     def _kind(self, db: sqlite3.Connection) -> tuple[str, int]:
-        app = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # One read transaction: three separate reads could straddle another process's migration
+        # and see its tables without its version.
+        own = not db.in_transaction
+        if own:
+            db.execute("BEGIN")
+        try:
+            app = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            if own and db.in_transaction:
+                db.execute("COMMIT")
         if version > len(_MIGRATIONS):
             raise ConfigError(
                 f"Ledger {self.path} has schema version {version}, newer than this chainkit "

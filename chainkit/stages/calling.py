@@ -189,6 +189,9 @@ class ModelCall:
 
     def __enter__(self) -> Completion:
         model, request, prompt = self.model, self.request, self.prompt
+        if self.ledger.pending:
+            # An earlier write failed: spend nothing more until the ledger can record again.
+            self.ledger.flush()
         card = self.catalogue.card(model.model_id)
         try:
             estimate = model.estimate(prompt, max_tokens=self.max_tokens)

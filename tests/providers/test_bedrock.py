@@ -309,3 +309,78 @@ def test_stream_without_metadata_is_a_bad_response(
     stream = model(client).stream(Prompt("", "q"), max_tokens=200)
     with pytest.raises(BadResponse, match="metadata"):
         list(stream)
+
+
+class _Timing:
+    """A bedrock-runtime stand-in whose converse fails with botocore's own connection errors."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.calls = 0
+        self.meta = type("Meta", (), {"region_name": "us-east-1"})()
+
+    def converse(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return {
+            "output": {"message": {"content": [{"text": "ok"}]}},
+            "usage": {"inputTokens": 10, "outputTokens": 5},
+        }
+
+
+def test_a_read_timeout_is_not_retried_and_ends_as_timeout_with_cost_unknown() -> None:
+    # The request reached Bedrock: it may have run and been billed. Retrying would pay twice.
+    from botocore.exceptions import ReadTimeoutError
+
+    from chainkit.errors import Timeout
+
+    fake = _Timing([ReadTimeoutError(endpoint_url="https://bedrock-runtime")])
+    stage = Generate(model=model(fake), catalogue=CATALOGUE, max_tokens=200)
+    ledger = Ledger()
+    with pytest.raises(Timeout, match="may have run and billed"):
+        stage.run(Request("hello", id="r1"), ledger)
+    assert fake.calls == 1
+    [entry] = ledger.entries()
+    assert (entry.outcome, entry.cost, entry.flags) == ("failed", None, ("timeout",))
+    assert entry.bound is not None and entry.bound > 0
+
+
+def test_a_connect_timeout_never_reached_bedrock_and_is_retried() -> None:
+    from botocore.exceptions import ConnectTimeoutError
+
+    fake = _Timing([ConnectTimeoutError(endpoint_url="https://bedrock-runtime")])
+    stage = Generate(model=model(fake), catalogue=CATALOGUE, max_tokens=200)
+    ledger = Ledger()
+    assert stage.run(Request("hello", id="r1"), ledger).text == "ok"
+    assert fake.calls == 2
+    [entry] = ledger.entries()
+    assert (entry.outcome, entry.attempts) == ("answered", 2)
+
+
+def test_retries_stop_before_the_deadline() -> None:
+    from chainkit.providers.bedrock import RetryPolicy, call_aws
+
+    def attempts_made(timeout_s: float | None) -> int:
+        fake = _Timing([_client_error("ThrottlingException", 429) for _ in range(10)])
+        with pytest.raises(Throttled):
+            call_aws(
+                fake.converse,
+                {},
+                retry=RetryPolicy(max_attempts=5, wait_initial=0, wait_max=0),
+                fail=lambda exc, n: Throttled(str(exc), attempts=n),
+                timeout_s=timeout_s,
+            )
+        return fake.calls
+
+    assert attempts_made(None) == 5
+    assert attempts_made(0.0) == 1  # any further attempt would start at or past the deadline
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "Converse",
+    )
