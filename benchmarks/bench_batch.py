@@ -15,7 +15,7 @@ This script alone::
    ``OfflineModel("amazon.nova-micro-v1:0", latency_s=0.02)``. The requests carry no document, so
    Summarise passes them on free and each request makes exactly one 20 ms model call: the ideal
    wall time is ``1000 x 0.02 s / 32 = 0.625 s``. Median of 5 runs.
-5. ``pipeline.stream(generator, SQLiteLedger(path, batch_size=1000), concurrency=8)`` over
+5. ``pipeline.stream(generator, SQLiteLedger(path), concurrency=8)`` over
    100,000 requests made lazily by a generator (a mix: a quarter canned, a quarter precomputed,
    half through summarise and generate with a short document; zero-latency models), consuming
    each result without keeping it. RSS (``/proc/self/status``) is sampled every 5,000 results.
@@ -129,7 +129,7 @@ def bench_memory(requests: int, concurrency: int, every: int) -> tuple[list[Row]
     directory = Path(tempfile.mkdtemp(prefix="memory-", dir=SCRATCH))
     try:
         pipeline = flow.pipeline
-        warm = SQLiteLedger(directory / "warm.db", batch_size=1000)
+        warm = SQLiteLedger(directory / "warm.db")
         for _ in pipeline.stream(_requests(4000), warm, concurrency=concurrency, progress=False):
             pass
         warm.close()
@@ -141,7 +141,7 @@ def bench_memory(requests: int, concurrency: int, every: int) -> tuple[list[Row]
         except OSError:
             reset = False
         base = _status()
-        ledger = SQLiteLedger(directory / "ledger.db", batch_size=1000)
+        ledger = SQLiteLedger(directory / "ledger.db")
         samples = [{"results": 0, "rss_kb": base["VmRSS"], "hwm_kb": base["VmHWM"], "s": 0.0}]
         t0 = time.perf_counter()
         stages: dict[str, int] = {}

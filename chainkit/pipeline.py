@@ -87,15 +87,17 @@ class Pipeline:
                 f"Pipeline.run takes a Request, got {type(request).__name__} {request!r:.60}; "
                 "wrap text as Request(text)."
             )
-        if resume:
-            return self._resume(request, ledger)
-        current = request
-        for stage in self.stages:
-            out = stage.run(current, ledger)
-            if isinstance(out, Result):
-                return out
-            current = out
-        raise self._no_answer(request)
+        # A request's free entries are committed with its next paid one, or when it ends.
+        with ledger.deferring():
+            if resume:
+                return self._resume(request, ledger)
+            current = request
+            for stage in self.stages:
+                out = stage.run(current, ledger)
+                if isinstance(out, Result):
+                    return out
+                current = out
+            raise self._no_answer(request)
 
     def _resume(self, request: Request, ledger: Ledger) -> Result:
         if not ledger.durable:

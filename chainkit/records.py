@@ -186,8 +186,25 @@ class Tags(dict[str, str]):
 
     @classmethod
     def of(cls, tags: Mapping[str, str]) -> Tags:
-        """``tags`` as ``Tags``, validated once (a ``Tags`` is returned as it is)."""
-        return tags if type(tags) is Tags else cls(tags)
+        """``tags`` as ``Tags``, validated once (a ``Tags`` is returned as it is).
+
+        Equal plain mappings share one ``Tags`` (and its JSON), so code that passes the same
+        dict with every entry does not pay for checking and encoding it each time.
+        """
+        if type(tags) is Tags:
+            return tags
+        try:
+            key = tuple(tags.items())
+            interned = _INTERNED.get(key)
+        except TypeError:  # unhashable values: refused by the check below
+            key, interned = None, None
+        if interned is None:
+            interned = cls(tags)
+            if key is not None:
+                if len(_INTERNED) > 10_000:
+                    _INTERNED.clear()
+                _INTERNED[key] = interned
+        return interned
 
     @property
     def json(self) -> str:
@@ -212,6 +229,7 @@ class Tags(dict[str, str]):
 
 
 EMPTY_TAGS = Tags()
+_INTERNED: dict[tuple[tuple[str, str], ...], Tags] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +322,7 @@ class Request:
         _check_body(self.text, "Request text")
         check_text(self.id, "Request id")
         if type(self.tags) is not Tags:
-            object.__setattr__(self, "tags", Tags(self.tags))
+            object.__setattr__(self, "tags", Tags.of(self.tags))
         if self.document is not None:
             _check_body(self.document, f"Request {self.id!r} document")
         if self.intent is not None:
@@ -391,7 +409,7 @@ class Entry:
                 "datetime.now(UTC)."
             )
         if type(self.tags) is not Tags:
-            object.__setattr__(self, "tags", Tags(self.tags))
+            object.__setattr__(self, "tags", Tags.of(self.tags))
         if self.flags:
             unknown = set(self.flags) - FLAGS
             if unknown or type(self.flags) is not tuple:

@@ -446,6 +446,11 @@ class Ledger:
         self._entries.append(entry)
         return True
 
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Let a durable ledger write a request's free entries together (no-op in memory)."""
+        yield
+
     def in_step(self) -> bool:
         """Whether this thread is inside a resumable step (never, in memory)."""
         return False

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, Inexact, localcontext
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,9 @@ from chainkit.ledger.core import (
     Ledger,
     Totals,
     VariantSums,
-    cells_of,
     fold,
     fold_groups,
+    latency_bucket,
     variant_sums,
 )
 from chainkit.money import CONTEXT
@@ -98,10 +98,10 @@ def _pico(amount: Decimal | None) -> int | None:
     """``amount`` in picodollars if that is exact, else ``None`` (then Python sums the text)."""
     if amount is None:
         return None
-    with localcontext(CONTEXT) as ctx:
-        ctx.traps[Inexact] = False
-        scaled = amount.scaleb(_PICO)
-        return int(scaled) if scaled == scaled.to_integral_value() else None
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -_PICO:
+        return int(amount.scaleb(_PICO, CONTEXT))  # exact: only the exponent moves
+    return None
 
 
 def _utc_day(text: str) -> str:
@@ -166,10 +166,10 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
             PRIMARY KEY (request_id, step, ordinal)
         )"""
     )
-    # Roll up what older versions wrote, a slice at a time.
-    cursor = db.execute(f"SELECT id, {', '.join(_READ_COLUMNS)} FROM entries ORDER BY id")
-    while rows := cursor.fetchmany(10_000):
-        _add_cells(db, [(_from_sql(r[1:]), r[0]) for r in rows])
+    # How far the cells are folded: entries with a larger id are folded later, by the writer
+    # when it is idle or by the next read (older versions' entries included).
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('cells_through', 0)")
 
 
 # Migrations run in order; the database's user_version counts those already applied.
@@ -208,6 +208,9 @@ _WRITE_COLUMNS = [
     "day",
 ]
 _READ_COLUMNS = _WRITE_COLUMNS[:21]
+_FOLD_SLICE = 5_000  # entries folded into the cells per idle transaction
+_SLICE = 500  # rows per INSERT: 500 x 24 parameters stays under SQLite's 32,766
+_INSERT_MANY: dict[int, str] = {}
 _INSERT = (
     f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_WRITE_COLUMNS))})"
@@ -305,6 +308,11 @@ def _sql_key(key: CellKey) -> tuple[str, ...]:
     return (tags, phase, stage, model or "", intent or "", outcome, day, flags)
 
 
+def _cell_key(row: Sequence[Any]) -> CellKey:
+    tags, phase, stage, model, intent, outcome, day, flags = row
+    return (tags, phase, stage, model or None, intent or None, outcome, day, flags)
+
+
 def _cell_sums(c: Cell) -> tuple[Any, ...]:
     return (
         c.calls,
@@ -323,41 +331,128 @@ def _cell_sums(c: Cell) -> tuple[Any, ...]:
     )
 
 
-def _add_cells(db: sqlite3.Connection, written: Sequence[tuple[Entry, int]]) -> None:
-    """Add entries (with their row ids) to the roll-up cells, exactly, in the open transaction."""
-    deltas = cells_of(e for e, _ in written)
-    firsts = [rowid for _, rowid in written]
+_FOLD_COLUMNS = (
+    "id, tags, phase, stage, model, intent, outcome, day, flags, estimated, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost, bound, avoided_cost, latency_s"
+)
+
+
+def _fold_rows(cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]]) -> dict[CellKey, Cell]:
+    """Add entry rows (``_FOLD_COLUMNS``) to ``cells``, exactly; return the cells they touched."""
+    touched: dict[CellKey, Cell] = {}
     with localcontext(CONTEXT):
-        for delta in deltas:
-            sql_key = _sql_key(delta.key)
-            row = db.execute(_CELL_FIND, sql_key).fetchone()
-            if row is None:
-                cursor = db.execute(
-                    _CELL_INSERT, (*sql_key, firsts[delta.first], *_cell_sums(delta))
-                )
-                cell_id = cursor.lastrowid
+        for row in rows:
+            (rowid, tags, phase, stage, model, intent, outcome, day, flags, estimated) = row[:10]
+            (inp, out, cread, cwrite, cost, bound, avoided, latency) = row[10:]
+            key: CellKey = (tags, phase, stage, model, intent, outcome, day, flags)
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = Cell(key, rowid)
+            touched[key] = cell
+            cell.calls += 1
+            cell.estimated += estimated
+            if inp is not None:
+                cell.input_tokens += inp
+                cell.output_tokens += out
+                cell.cache_read_tokens += cread
+                cell.cache_write_tokens += cwrite
+            if cost is None:
+                cell.cost_unknown += 1
+                if bound is None:
+                    cell.bound_missing += 1
+                else:
+                    cell.bound_unknown += Decimal(bound)
             else:
-                cell_id = row[0]
-                old = _cell_from_row(delta.key, 0, row[1:])
-                merged = Cell(
-                    delta.key,
-                    0,
-                    old.calls + delta.calls,
-                    old.estimated + delta.estimated,
-                    old.input_tokens + delta.input_tokens,
-                    old.output_tokens + delta.output_tokens,
-                    old.cache_read_tokens + delta.cache_read_tokens,
-                    old.cache_write_tokens + delta.cache_write_tokens,
-                    old.cost + delta.cost,
-                    old.cost_unknown + delta.cost_unknown,
-                    old.bound_unknown + delta.bound_unknown,
-                    old.bound_missing + delta.bound_missing,
-                    old.avoided + delta.avoided,
-                    old.avoided_unknown + delta.avoided_unknown,
-                    old.latency_ns + delta.latency_ns,
-                )
-                db.execute(_CELL_UPDATE, (*_cell_sums(merged), cell_id))
-            db.executemany(_LATENCY_ADD, [(cell_id, b, n) for b, n in delta.histogram.items()])
+                cell.cost += Decimal(cost)
+            if avoided is None:
+                cell.avoided_unknown += 1
+            else:
+                cell.avoided += Decimal(avoided)
+            cell.latency_ns += round(latency * 1e9)
+            bucket = latency_bucket(latency)
+            cell.histogram[bucket] = cell.histogram.get(bucket, 0) + 1
+    return touched
+
+
+def _fold(db: sqlite3.Connection, cache: dict[CellKey, tuple[int, Cell]], limit: int | None) -> int:
+    """Fold up to ``limit`` entries past ``cells_through`` into the stored cells; return how many.
+
+    Runs in the caller's write transaction: the cells and how far they reach change together,
+    so every entry is folded exactly once, whichever process folds it.
+    """
+    through = db.execute("SELECT value FROM meta WHERE key = 'cells_through'").fetchone()[0]
+    rows = db.execute(
+        f"SELECT {_FOLD_COLUMNS} FROM entries WHERE id > ? ORDER BY id"
+        + ("" if limit is None else f" LIMIT {int(limit)}"),
+        (through,),
+    ).fetchall()
+    if not rows:
+        return 0
+    deltas = _fold_rows({}, rows)
+    updates: list[tuple[Any, ...]] = []
+    latencies: list[tuple[int, int, int]] = []
+    with localcontext(CONTEXT):
+        for delta in deltas.values():
+            found = cache.get(delta.key)
+            if found is None:
+                sql_key = _sql_key(delta.key)
+                row = db.execute(_CELL_FIND, sql_key).fetchone()
+                if row is None:
+                    cursor = db.execute(_CELL_INSERT, (*sql_key, delta.first, *_cell_sums(delta)))
+                    assert cursor.lastrowid is not None
+                    cache[delta.key] = (cursor.lastrowid, _copy(delta))
+                    latencies.extend((cursor.lastrowid, b, n) for b, n in delta.histogram.items())
+                    continue
+                found = (row[0], _cell_from_row(delta.key, 0, row[1:]))
+            cell_id, old = found
+            merged = _copy(old)
+            _merge(merged, delta)
+            cache[delta.key] = (cell_id, merged)
+            updates.append((*_cell_sums(merged), cell_id))
+            latencies.extend((cell_id, b, n) for b, n in delta.histogram.items())
+    db.executemany(_CELL_UPDATE, updates)
+    db.executemany(_LATENCY_ADD, latencies)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'cells_through'", (rows[-1][0],))
+    return len(rows)
+
+
+def _merge(into: Cell, other: Cell) -> None:
+    """Add ``other``'s sums to ``into`` (inside ``localcontext(CONTEXT)``)."""
+    into.calls += other.calls
+    into.estimated += other.estimated
+    into.input_tokens += other.input_tokens
+    into.output_tokens += other.output_tokens
+    into.cache_read_tokens += other.cache_read_tokens
+    into.cache_write_tokens += other.cache_write_tokens
+    into.cost += other.cost
+    into.cost_unknown += other.cost_unknown
+    into.bound_unknown += other.bound_unknown
+    into.bound_missing += other.bound_missing
+    into.avoided += other.avoided
+    into.avoided_unknown += other.avoided_unknown
+    into.latency_ns += other.latency_ns
+    for bucket, n in other.histogram.items():
+        into.histogram[bucket] = into.histogram.get(bucket, 0) + n
+
+
+def _copy(cell: Cell) -> Cell:
+    return Cell(
+        cell.key,
+        0,
+        cell.calls,
+        cell.estimated,
+        cell.input_tokens,
+        cell.output_tokens,
+        cell.cache_read_tokens,
+        cell.cache_write_tokens,
+        cell.cost,
+        cell.cost_unknown,
+        cell.bound_unknown,
+        cell.bound_missing,
+        cell.avoided,
+        cell.avoided_unknown,
+        cell.latency_ns,
+    )
 
 
 def _cell_from_row(key: CellKey, first: int, sums: Sequence[Any]) -> Cell:
@@ -390,10 +485,27 @@ class _Write:
     """Entries and the state that must land with them, in one transaction."""
 
     entries: list[Entry] = field(default_factory=list)
+    fold: bool = False  # also fold every entry not yet in the cells (a read is waiting)
     checkpoint: tuple[str, int, str] | None = None
     reply: tuple[str, int, int, str, str] | None = None
     clear_replies: tuple[str, int] | None = None
     job: tuple[str, str] | None = None
+
+
+class _Ticket:
+    """One caller's place in the group commit: its write, and how it ended.
+
+    ``done`` is a lock taken at creation and released by the writer: cheaper than an Event on
+    a path every write takes.
+    """
+
+    __slots__ = ("done", "error", "write")
+
+    def __init__(self, write: _Write | None) -> None:
+        self.write = write
+        self.error: BaseException | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 @dataclass(slots=True)
@@ -432,15 +544,20 @@ class SQLiteLedger(Ledger):
         self.path = Path(path)
         self.read_only = read_only
         self._timeout_s = timeout_s
-        self._cv = threading.Condition(threading.Lock())
-        self._queue: list[_Write] = []
-        self._queued = 0
-        self._committed = 0
+        self._wake = threading.Condition(threading.Lock())
+        self._waiting: list[_Ticket] = []  # writes queued for the writer thread
+        self._pending: list[_Write] = []  # writes that failed, kept to be retried
         self._flushing = False
+        self._stopping = False
+        self._idle = False
+        self._unfolded = True  # entries may wait to be folded into the cells
+        self._writer: threading.Thread | None = None
         self._local = threading.local()
         self._read_lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
+        self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
+        self._data_version = -1
         self._db, self._reader = self._open()
         super().__init__(budgets)
 
@@ -576,9 +693,11 @@ class SQLiteLedger(Ledger):
         # alone, not closed, so that its locks are not disturbed).
         if os.getpid() != self._pid:
             self._pid = os.getpid()
-            self._cv = threading.Condition(threading.Lock())
+            self._wake = threading.Condition(threading.Lock())
             self._read_lock = threading.Lock()
-            self._queue, self._queued, self._committed, self._flushing = [], 0, 0, False
+            self._waiting, self._pending, self._flushing = [], [], False
+            self._stopping, self._writer, self._idle = False, None, False
+            self._cells_cache, self._data_version = {}, -1
             self._db, self._reader = self._open()
 
     # -- writing -----------------------------------------------------------------------------
@@ -592,17 +711,30 @@ class SQLiteLedger(Ledger):
     ) -> None:
         """Store ``entry``; it is committed when this returns (except as below).
 
-        Inside a resumable step (:meth:`step`), entries of stages that called no model wait for
-        the step's checkpoint and land with it; an entry of a model call is committed at once,
-        with ``reply`` (its digest and saved reply) so that a rerun of the step replays it.
+        An entry of a stage that called no model may wait for the next model call's entry, or
+        for the end of the request, and land with it: inside :meth:`deferring` (every
+        ``Pipeline.run``) or a resumable step (with the step's checkpoint). An entry of a model
+        call is committed at once, with ``reply`` (its digest and saved reply) in a step, so that
+        a rerun of the step replays the call rather than paying for it again.
         """
         if type(entry) is not Entry:
             raise ConfigError(f"Ledger.record takes an Entry, got {type(entry).__name__}.")
-        step: _Step | None = getattr(self._local, "step", None)
-        if step is not None and entry.model is None and hold is None:
+        local = self._local
+        step: _Step | None = getattr(local, "step", None)
+        deferred: list[Entry] | None = getattr(local, "deferred", None)
+        free = entry.model is None and hold is None
+        if free and step is not None:
             step.free.append(entry)
+        elif free and deferred is not None:
+            deferred.append(entry)
+        if free and (step is not None or deferred is not None):
+            with self._lock:
+                self._count(entry)
             return
         write = _Write(entries=[entry])
+        if step is None and deferred:
+            write.entries = [*deferred, entry]
+            deferred.clear()
         if step is not None and reply is not None:
             write.reply = (step.request_id, step.index, step.calls - 1, reply[0], reply[1])
         try:
@@ -625,61 +757,93 @@ class SQLiteLedger(Ledger):
                 self._count(e)
 
     def _write(self, write: _Write | None) -> None:
-        """Queue ``write`` and return once it is committed (group commit across threads)."""
+        """Queue ``write`` and return once it is committed (group commit across threads).
+
+        One writer thread per ledger commits everything queued in one transaction, then wakes
+        the callers it served; while it writes, the next callers queue up. (Callers that wrote
+        for themselves would convoy on the GIL and commit one entry at a time.)
+        """
         if self.read_only:
             raise ConfigError(f"Ledger {self.path} is open read-only; it cannot record.")
         if self._closed:
             raise ConfigError(f"Ledger {self.path} is closed.")
         self._reopen_after_fork()
-        cv = self._cv
-        with cv:
-            if write is not None:
-                self._queue.append(write)
-                self._queued += 1
-            ticket = self._queued
-            while self._committed < ticket and self._flushing:
-                cv.wait()
-            if self._committed >= ticket:
-                return
-            # This thread writes everything queued so far, its own write included.
-            self._flushing = True
-            batch, self._queue = self._queue, []
-            upto = self._queued
-        error: BaseException | None = None
-        try:
-            self._store(batch)
-        except BaseException as exc:
-            error = exc
-        with cv:
-            self._flushing = False
-            if error is None:
-                self._committed = upto
-            else:
-                self._queue[:0] = batch  # kept, in order, for the next write to retry
-            cv.notify_all()
-        if error is not None:
-            pending = sum(len(w.entries) for w in self._queue)
-            if isinstance(error, sqlite3.Error | OSError):
-                raise LedgerError(
-                    f"Could not write to ledger {self.path}: {error}. {pending} entries are kept "
-                    "in this process and will be written by the next write, flush() or close(); "
-                    "free disk space or fix the file, then call flush()."
-                ) from error
-            raise error
+        ticket = _Ticket(write)
+        with self._wake:
+            if write is None and not self._pending and not self._waiting and not self._flushing:
+                return  # nothing to write
+            self._waiting.append(ticket)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name=f"chainkit-ledger:{self.path.name}", daemon=True
+                )
+                self._writer.start()
+            if self._idle:
+                self._wake.notify()
+        ticket.done.acquire()
+        if ticket.error is not None:
+            raise self._failure(ticket.error) from ticket.error
 
-    def _store(self, batch: list[_Write]) -> None:
+    def _write_loop(self) -> None:
+        """The writer thread: commit what is queued and wake its callers; fold when idle."""
+        while True:
+            with self._wake:
+                while not self._waiting and not self._stopping and not self._unfolded:
+                    self._idle = True
+                    self._wake.wait()
+                    self._idle = False
+                if not self._waiting and self._stopping:
+                    self._writer = None
+                    return
+                tickets, self._waiting = self._waiting, []
+                batch = self._pending + [t.write for t in tickets if t.write is not None]
+                self._flushing = True
+            error: BaseException | None = None
+            try:
+                if tickets:
+                    folds = [t.write for t in tickets if t.write is not None and t.write.fold]
+                    self._store(batch, fold=None if folds else 0)
+                else:
+                    # Nothing queued: fold a slice of new entries into the cells, so that reads
+                    # find them ready. Callers that arrive meanwhile wait one slice at most.
+                    if not self._store([], fold=_FOLD_SLICE):
+                        self._unfolded = False
+            except BaseException as exc:
+                error = exc
+                if not tickets:
+                    self._unfolded = False  # a failing fold is retried by the next write
+            with self._wake:
+                # What failed stays pending, in order, for the next write to retry: never
+                # dropped, never doubled (the store keeps one entry per id).
+                if tickets:
+                    self._pending = batch if error is not None else []
+                self._flushing = False
+            for t in tickets:
+                t.error = error
+                t.done.release()
+
+    def _failure(self, error: BaseException) -> BaseException:
+        if isinstance(error, sqlite3.Error | OSError):
+            return LedgerError(
+                f"Could not write to ledger {self.path}: {error}. {self.pending} entries are kept "
+                "in this process and will be written by the next write, flush() or close(); "
+                "free disk space or fix the file, then call flush()."
+            )
+        return error
+
+    def _store(self, batch: list[_Write], *, fold: int | None = 0) -> int:
+        """Write ``batch`` in one transaction; fold up to ``fold`` entries into the cells too.
+
+        ``fold=None`` folds everything not yet folded. Returns how many entries were folded.
+        """
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
             entries = [e for w in batch for e in w.entries]
-            new = self._new(db, entries)
-            if new:
-                cursor = db.executemany(_INSERT, [_to_sql(e) for e in new])
-                del cursor
-                last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                first = last - len(new) + 1
-                _add_cells(db, [(e, first + i) for i, e in enumerate(new)])
+            if entries:
+                self._insert(db, entries)
+                self._unfolded = True
             for w in batch:
                 if w.reply is not None:
                     db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)", w.reply)
@@ -691,29 +855,52 @@ class SQLiteLedger(Ledger):
                     )
                 if w.job is not None:
                     db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", w.job)
+            folded = 0
+            if fold is None or fold > 0:
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version or len(self._cells_cache) > 100_000:
+                    # Another connection wrote since we last did: our cell sums may be stale.
+                    self._cells_cache.clear()
+                folded = _fold(db, self._cells_cache, fold)
+                self._data_version = version  # our own commit does not change it
             db.execute("COMMIT")
+            return folded
         except BaseException:
+            self._cells_cache.clear()  # it may hold sums that were rolled back
             if db.in_transaction:
                 with suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _new(db: sqlite3.Connection, entries: list[Entry]) -> list[Entry]:
-        """The entries whose ids are not stored yet (and the first of any id given twice)."""
-        seen: set[str] = set()
-        for i in range(0, len(entries), 500):
-            ids = [e.id for e in entries[i : i + 500]]
-            marks = ", ".join("?" * len(ids))
-            seen.update(
-                r[0] for r in db.execute(f"SELECT uid FROM entries WHERE uid IN ({marks})", ids)
-            )
-        new = []
+    def _insert(
+        db: sqlite3.Connection, entries: list[Entry]
+    ) -> list[tuple[Entry, tuple[Any, ...], int]]:
+        """Insert the entries whose ids are not stored yet; return them, their rows and row ids.
+
+        One statement per slice: ``ON CONFLICT DO NOTHING`` skips ids already stored (and the
+        second of an id given twice), and ``RETURNING`` says which rows went in.
+        """
+        by_id: dict[str, Entry] = {}
         for e in entries:
-            if e.id not in seen:
-                seen.add(e.id)
-                new.append(e)
-        return new
+            by_id.setdefault(e.id, e)
+        unique = list(by_id.values())
+        written: list[tuple[Entry, tuple[Any, ...], int]] = []
+        for i in range(0, len(unique), _SLICE):
+            part = unique[i : i + _SLICE]
+            sql = _INSERT_MANY.get(len(part))
+            if sql is None:
+                row = f"({', '.join('?' * len(_WRITE_COLUMNS))})"
+                sql = _INSERT_MANY[len(part)] = (
+                    f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) VALUES "
+                    f"{', '.join([row] * len(part))} ON CONFLICT (uid) DO NOTHING "
+                    "RETURNING id, uid"
+                )
+            rows = {e.id: _to_sql(e) for e in part}
+            params = [value for r in rows.values() for value in r]
+            for rowid, uid in sorted(db.execute(sql, params).fetchall()):
+                written.append((by_id[uid], rows[uid], rowid))
+        return written
 
     def flush(self) -> None:
         """Write pending entries (those a failed write kept); raise ``LedgerError`` if it fails."""
@@ -724,8 +911,8 @@ class SQLiteLedger(Ledger):
     @property
     def pending(self) -> int:
         """Entries recorded but not yet written (only after a failed write)."""
-        with self._cv:
-            return sum(len(w.entries) for w in self._queue)
+        with self._wake:
+            return sum(len(w.entries) for w in self._pending)
 
     def close(self) -> None:
         """Write pending entries and close the file.
@@ -737,10 +924,35 @@ class SQLiteLedger(Ledger):
             return
         self.flush()
         self._closed = True
+        with self._wake:
+            self._stopping = True
+            writer = self._writer
+            self._wake.notify()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
         for db in (self._db, self._reader):
             if db is not None:
                 with suppress(sqlite3.Error):
                     db.close()
+
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Let entries of free stages wait for the next paid entry or the end of the block.
+
+        ``Pipeline.run`` wraps each request in it: a request commits once per model call (and
+        once at the end) rather than once per stage. Entries of model calls never wait.
+        """
+        if getattr(self._local, "deferred", None) is not None:
+            yield  # already inside one: the outer block writes
+            return
+        deferred: list[Entry] = []
+        self._local.deferred = deferred
+        try:
+            yield
+        finally:
+            self._local.deferred = None
+            if deferred:
+                self._write(_Write(entries=deferred))
 
     # -- checkpoints: resuming a run without paying twice ------------------------------------
 
@@ -823,18 +1035,44 @@ class SQLiteLedger(Ledger):
                 raise LedgerError(f"Could not read ledger {self.path}: {exc}.") from exc
 
     def _cells(self) -> list[Cell]:
-        rows = self._read(f"SELECT id, {_CELL_KEY}, first, {_CELL_SUMS} FROM cells")
-        histograms: dict[int, dict[int, int]] = {}
-        for cell, bucket, n in self._read("SELECT cell, bucket, n FROM cell_latency"):
-            histograms.setdefault(cell, {})[bucket] = n
-        cells = []
-        for row in rows:
-            tags, phase, stage, model, intent, outcome, day, flags = row[1:9]
-            key: CellKey = (tags, phase, stage, model or None, intent or None, outcome, day, flags)
-            cell = _cell_from_row(key, row[9], row[10:])
-            cell.histogram = histograms.get(row[0], {})
-            cells.append(cell)
-        return cells
+        """Every cell, exact as of now: the stored cells plus entries not folded into them yet.
+
+        A writable ledger first has its writer fold what is left (so the next read finds it
+        done); a read-only one folds the rest in memory, changing nothing.
+        """
+        if not self.read_only and not self._closed:
+            self._write(_Write(fold=True))
+        self._reopen_after_fork()
+        with self._read_lock:
+            db = self._reader
+            try:
+                own = not db.in_transaction
+                if own:
+                    db.execute("BEGIN")  # one snapshot: cells, their reach and the rest agree
+                try:
+                    rows = db.execute(f"SELECT id, {_CELL_KEY}, first, {_CELL_SUMS} FROM cells")
+                    cells: dict[CellKey, Cell] = {}
+                    by_id: dict[int, Cell] = {}
+                    for row in rows:
+                        key = _cell_key(row[1:9])
+                        cells[key] = by_id[row[0]] = _cell_from_row(key, row[9], row[10:])
+                    for cell_id, bucket, n in db.execute(
+                        "SELECT cell, bucket, n FROM cell_latency"
+                    ):
+                        by_id[cell_id].histogram[bucket] = n
+                    through = db.execute(
+                        "SELECT value FROM meta WHERE key = 'cells_through'"
+                    ).fetchone()[0]
+                    rest = db.execute(
+                        f"SELECT {_FOLD_COLUMNS} FROM entries WHERE id > ? ORDER BY id", (through,)
+                    )
+                    _fold_rows(cells, rest)
+                finally:
+                    if own and db.in_transaction:
+                        db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"Could not read ledger {self.path}: {exc}.") from exc
+        return list(cells.values())
 
     def _requests(self, column: str) -> dict[Any, int]:
         return dict(
