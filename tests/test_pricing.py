@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chainkit import Catalogue, ConfigError, Usage
+from chainkit.pricing import BilledUsage
 
 SEED = "seed-2024"
 BEDROCK = "bedrock-2026-11"
@@ -382,3 +383,148 @@ def test_explicit_region_without_price_is_not_silently_priced_elsewhere(tmp_path
     catalogue = Catalogue.from_file(path)
     with pytest.raises(ConfigError, match=r"'us-east-1'.*\['eu-west-3'\]"):
         catalogue.cost("test.model-v1", Usage(1_000_000, 0), region="us-east-1")
+
+
+# -- cross-region profiles -----------------------------------------------------------------------
+
+
+def _geo_catalogue(tmp_path: Path) -> Catalogue:
+    return Catalogue.from_file(
+        _file(
+            tmp_path,
+            [
+                _price(region="global", input="3", output="15"),
+                _price(region="us-east-1", input="3.3", output="16.5"),
+                _price(region="us-west-2", input="3.3", output="16.5"),
+                _price(region="eu-central-1", input="3.3", output="16.5"),
+                _price(region="eu-west-3", input="3.4", output="17"),
+                _price(region="ap-northeast-1", input="3.5", output="17.5"),
+            ],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("model_id", "region", "expected"),
+    [
+        ("global.test.model-v1", None, "18"),
+        ("global.test.model-v1", "eu-west-3", "18"),
+        ("us.test.model-v1", None, "19.8"),
+        ("us.test.model-v1", "us-west-2", "19.8"),
+        ("eu.test.model-v1", "eu-west-3", "20.4"),
+        ("eu.test.model-v1", "eu-central-1", "19.8"),
+        ("jp.test.model-v1", None, "21"),
+        ("apac.test.model-v1", "ap-northeast-1", "21"),
+        ("test.model-v1", None, "19.8"),
+        ("test.model-v1", "eu-west-3", "20.4"),
+    ],
+)
+def test_profiles_priced_as_aws_bills_them(
+    tmp_path: Path, model_id: str, region: str | None, expected: str
+) -> None:
+    catalogue = _geo_catalogue(tmp_path)
+    assert catalogue.cost(model_id, Usage(1_000_000, 1_000_000), region=region) == Decimal(expected)
+
+
+def test_geographic_profile_without_region_refuses_when_its_regions_differ(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"eu\. profile.*\['eu-central-1', 'eu-west-3'\].*region="
+    ):
+        _geo_catalogue(tmp_path).cost("eu.test.model-v1", Usage(1, 1))
+
+
+def test_geographic_profile_is_never_priced_at_another_geography(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(region="us-east-1")]))
+    with pytest.raises(ConfigError, match=r"no 'on_demand' price in the 'eu' geography"):
+        catalogue.cost("eu.test.model-v1", Usage(1, 1))
+    with pytest.raises(ConfigError, match=r"global cross-region profile"):
+        catalogue.cost("global.test.model-v1", Usage(1, 1))
+
+
+def test_profile_called_from_a_region_outside_its_geography_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"eu\. cross-region profile.*'us-east-1'"):
+        _geo_catalogue(tmp_path).cost("eu.test.model-v1", Usage(1, 1), region="us-east-1")
+
+
+def test_geography_row_prices_a_profile_from_any_of_its_regions(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(
+        _file(tmp_path, [_price(region="us-east-1"), _price(region="eu", input="0.6")])
+    )
+    usage = Usage(1_000_000, 0)
+    assert catalogue.cost("eu.test.model-v1", usage) == Decimal("0.6")
+    assert catalogue.cost("eu.test.model-v1", usage, region="eu-north-1") == Decimal("0.6")
+
+
+def test_eu_llama_profile_priced_at_its_eu_row_not_us_east_1(bedrock: Catalogue) -> None:
+    usage = Usage(1_000_000, 0)
+    assert bedrock.cost("meta.llama3-2-1b-instruct-v1:0", usage) == Decimal("0.1")
+    assert bedrock.cost("eu.meta.llama3-2-1b-instruct-v1:0", usage) == Decimal("0.13")
+
+
+# -- one-hour cache writes, queries, requests, long-context tiers --------------------------------
+
+
+def test_one_hour_cache_writes_priced_at_their_own_rate(tmp_path: Path) -> None:
+    row = _price(input="3", output="15", cache_read="0.3", cache_write="3.75", cache_write_1h="6")
+    catalogue = Catalogue.from_file(_file(tmp_path, [row]))
+    usage = BilledUsage(100, 10, cache_write_tokens=1_000, cache_write_1h_tokens=400)
+    # 100*3 + 10*15 + 600*3.75 + 400*6 = 300 + 150 + 2250 + 2400 = 5100 per million
+    assert catalogue.cost("test.model-v1", usage) == Decimal("0.0051")
+    # A plain Usage prices every write at the five-minute rate.
+    plain = Usage(100, 10, cache_write_tokens=1_000)
+    assert catalogue.cost("test.model-v1", plain) == Decimal("0.0042")
+
+
+def test_one_hour_cache_write_without_price_is_an_error(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(cache_write="0.6")]))
+    usage = BilledUsage(0, 0, cache_write_tokens=10, cache_write_1h_tokens=10)
+    with pytest.raises(ConfigError, match="no one-hour cache-write price"):
+        catalogue.cost("test.model-v1", usage)
+
+
+def test_billed_usage_validates_and_adds() -> None:
+    with pytest.raises(ValueError, match="exceeds cache_write_tokens"):
+        BilledUsage(cache_write_tokens=1, cache_write_1h_tokens=2)
+    with pytest.raises(ValueError, match="queries must be a non-negative int"):
+        BilledUsage(queries=-1)
+    total = BilledUsage(1, 1, 0, 5, 5, 2) + Usage(1, 1, 0, 3)
+    assert total == BilledUsage(2, 2, 0, 8, 5, 2)
+
+
+def test_rerank_queries_priced_per_thousand(tmp_path: Path) -> None:
+    row = _price(input="0", output="0", per_1k_queries="2")
+    catalogue = Catalogue.from_file(_file(tmp_path, [row]))
+    assert catalogue.cost("test.model-v1", BilledUsage(queries=3)) == Decimal("0.006")
+    with pytest.raises(ConfigError, match="no per-query price"):
+        Catalogue.from_file(_file(tmp_path, [_price()])).cost(
+            "test.model-v1", BilledUsage(queries=1)
+        )
+
+
+def test_per_request_fee_added_to_every_call(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(per_1k_requests="5")]))
+    # 1000*0.5 + 0 per million = 0.0005, plus $5 per 1,000 requests
+    assert catalogue.cost("test.model-v1", Usage(1_000, 0)) == Decimal("0.0055")
+
+
+def test_long_context_tier_prices_the_whole_call(tmp_path: Path) -> None:
+    tier = {"above_prompt_tokens": 200_000, "input": "6", "output": "22.5"}
+    catalogue = Catalogue.from_file(
+        _file(tmp_path, [_price(input="3", output="15", cache_read="0.3", tiers=[tier])])
+    )
+    at = Usage(200_000, 1_000)
+    over = Usage(150_000, 1_000, cache_read_tokens=50_001)
+    assert catalogue.cost("test.model-v1", at) == Decimal("0.615")
+    # Over the threshold every token pays the tier's rate; the tier has no cache-read price.
+    with pytest.raises(ConfigError, match="cache-read"):
+        catalogue.cost("test.model-v1", over)
+    assert catalogue.cost("test.model-v1", Usage(200_001, 1_000)) == Decimal("1.222506")
+
+
+def test_price_row_confidence_and_note_load(tmp_path: Path) -> None:
+    row = _price(confidence="low", note="transcribed by hand")
+    price = Catalogue.from_file(_file(tmp_path, [row])).price("test.model-v1")
+    assert (price.confidence, price.note) == ("low", "transcribed by hand")
+    assert _malformed(_file(tmp_path, [_price(confidence="maybe")]))
