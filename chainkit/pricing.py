@@ -38,7 +38,7 @@ Tier = Literal["on_demand", "batch", "flex", "priority"]
 Confidence = Literal["high", "low"]
 """How far a price can be trusted: ``low`` marks a transcription that could not be checked."""
 
-DEFAULT_CATALOGUE = "bedrock-2026-11"
+DEFAULT_CATALOGUE = "bedrock-2026-11-29"
 ANY_REGION = "*"
 GLOBAL_REGION = "global"
 _MILLION = Decimal(1_000_000)
@@ -89,6 +89,16 @@ def in_geography(region: str, geography: str) -> bool:
     (True, False)
     """
     return region.startswith(_GEOGRAPHIES.get(geography, ()))
+
+
+def geographies_of(region: str) -> list[str]:
+    """The cross-region geographies ``region`` belongs to, the narrowest first.
+
+    >>> geographies_of("ap-northeast-1"), geographies_of("us-west-2")
+    (['jp', 'apac'], ['us'])
+    """
+    found = [name for name in _GEOGRAPHIES if in_geography(region, name)]
+    return sorted(found, key=lambda name: -max(map(len, _GEOGRAPHIES[name])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +282,9 @@ class ModelCard:
                 f"{region!r}: it routes requests within the {profile!r} geography only. Use a "
                 f"region in that geography, or the profile of {region!r}'s own geography."
             )
+        # A region's own price first, then its geography's (a row for all of ``us`` or ``eu``).
         wanted = [region or "us-east-1"]
-        if profile is not None:
-            wanted.append(profile)
+        wanted += [profile] if profile is not None else geographies_of(wanted[0])
         for want in (*wanted, ANY_REGION):
             for p in candidates:
                 if p.region == want:
