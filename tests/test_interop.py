@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from pathlib import Path
 
+import boto3
+import pytest
+from botocore.stub import Stubber
+from langchain_aws import ChatBedrockConverse
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -20,6 +26,9 @@ from chainkit import (
     Usage,
 )
 from chainkit.interop import LedgerCallbackHandler
+from tests.providers.bedrock_http import CACHE_TTL_COSTS
+
+BEDROCK_DATA = Path(__file__).resolve().parent / "data" / "bedrock"
 
 SEED = Catalogue.load("seed-2024")
 SONNET3 = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -109,3 +118,24 @@ def test_callback_handler_maps_reported_names_to_catalogue_ids() -> None:
     handler = LedgerCallbackHandler(ledger, SEED, model_ids={"claude-3-sonnet-latest": SONNET3})
     model.invoke("hi", config={"callbacks": [handler]})
     assert ledger.entries()[0].cost == Decimal("0.003")
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_TTL_COSTS))
+def test_callback_handler_prices_langchain_aws_cache_writes_by_ttl(name: str) -> None:
+    reply = json.loads((BEDROCK_DATA / f"{name}.json").read_text())
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        stubber.add_response("converse", reply, None)
+        chat_model = ChatBedrockConverse(
+            model="us.anthropic.claude-sonnet-4-20250514-v1:0",
+            client=client,
+            region_name="us-east-1",
+        )
+        ledger = Ledger()
+        handler = LedgerCallbackHandler(ledger, Catalogue.load("bedrock-2026-11-29"))
+        chat_model.invoke("What is the returns policy?", config={"callbacks": [handler]})
+    (entry,) = ledger.entries()
+    assert entry.usage is not None
+    assert (entry.usage.input_tokens, entry.usage.cache_write_tokens) == (120, 1000)
+    assert getattr(entry.usage, "cache_write_1h_tokens", 0) == (400 if "1h" in name else 0)
+    assert entry.cost == Decimal(CACHE_TTL_COSTS[name])

@@ -7,8 +7,9 @@ A model takes a client, so that tests can hand it a stubbed one::
 
 Usage comes from the reply: Bedrock's ``inputTokens`` excludes prompt-cache reads and writes,
 which arrive as ``cacheReadInputTokens`` and ``cacheWriteInputTokens`` and are priced at their
-own rates. Throttling, timeouts and 5xx are retried here (tenacity, exponential backoff with
-full jitter); validation and access errors are not. Errors leave as chainkit errors naming the
+own rates; ``cacheDetails`` splits the writes by TTL, and one-hour writes have their own price.
+Throttling, timeouts and 5xx are retried here (tenacity, exponential backoff with full jitter);
+validation and access errors are not. Errors leave as chainkit errors naming the
 Bedrock error code and the model.
 """
 
@@ -29,7 +30,7 @@ from tenacity import (
 )
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
-from chainkit.pricing import Tier, base_model_id
+from chainkit.pricing import BilledUsage, Tier, base_model_id
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
@@ -91,11 +92,23 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
             model_id=model_id,
         )
     try:
-        return Usage(
+        details = usage.get("cacheDetails") or ()
+        one_hour = sum(int(d["inputTokens"]) for d in details if d.get("ttl") == "1h")
+        split = sum(int(d["inputTokens"]) for d in details)
+        plain = Usage(
             input_tokens=int(usage["inputTokens"]),
             output_tokens=int(usage["outputTokens"]),
             cache_read_tokens=int(usage.get("cacheReadInputTokens", 0)),
-            cache_write_tokens=int(usage.get("cacheWriteInputTokens", 0)),
+            cache_write_tokens=int(usage.get("cacheWriteInputTokens", split)),
+        )
+        if not one_hour:
+            return plain
+        return BilledUsage(
+            plain.input_tokens,
+            plain.output_tokens,
+            plain.cache_read_tokens,
+            plain.cache_write_tokens,
+            cache_write_1h_tokens=one_hour,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadResponse(

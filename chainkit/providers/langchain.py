@@ -2,7 +2,11 @@
 
 LangChain's ``usage_metadata["input_tokens"]`` *includes* prompt-cache reads and writes (they
 are broken out in ``input_token_details``); chainkit's ``Usage.input_tokens`` excludes them, so
-they are subtracted here, once, and priced at their own rates.
+they are subtracted here, once, and priced at their own rates. When a reply splits cache writes
+by TTL (Bedrock's ``cacheDetails``, Anthropic's ``cache_creation``), langchain-aws and
+langchain-anthropic move them to ``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``
+and set ``cache_creation`` to 0; those are cache writes too, and one-hour writes have their own
+price.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
-from chainkit.pricing import Tier
+from chainkit.pricing import BilledUsage, Tier
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
@@ -34,7 +38,11 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
         )
     details = usage.get("input_token_details") or {}
     cache_read = int(details.get("cache_read") or 0)
-    cache_write = int(details.get("cache_creation") or 0)
+    five_minutes = int(details.get("ephemeral_5m_input_tokens") or 0)
+    one_hour = int(details.get("ephemeral_1h_input_tokens") or 0)
+    # With a TTL split, cache_creation is 0 (langchain-aws, langchain-anthropic) so that nothing is
+    # counted twice; an integration that leaves the total there as well is read the same way.
+    cache_write = max(int(details.get("cache_creation") or 0), five_minutes + one_hour)
     uncached = int(usage.get("input_tokens") or 0) - cache_read - cache_write
     if uncached < 0:
         raise BadResponse(
@@ -44,7 +52,10 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
             code="MalformedUsage",
             model_id=model_id,
         )
-    return Usage(uncached, int(usage.get("output_tokens") or 0), cache_read, cache_write)
+    output = int(usage.get("output_tokens") or 0)
+    if one_hour:
+        return BilledUsage(uncached, output, cache_read, cache_write, one_hour)
+    return Usage(uncached, output, cache_read, cache_write)
 
 
 def model_id_of(source: Any) -> str | None:
