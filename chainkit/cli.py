@@ -12,7 +12,13 @@ from pathlib import Path
 
 from chainkit.errors import ChainkitError
 from chainkit.ledger import SQLiteLedger
-from chainkit.pricing import DEFAULT_CATALOGUE, Catalogue, ModelCard, Price
+from chainkit.pricing import (
+    DEFAULT_CATALOGUE,
+    UNKNOWN_CONTEXT_WINDOW,
+    Catalogue,
+    ModelCard,
+    Price,
+)
 from chainkit.report import Report, money
 
 __all__ = ["main"]
@@ -89,7 +95,7 @@ def _price_cells(card: ModelCard, p: Price) -> tuple[str, ...]:
         money(p.input) or "",
         (money(p.output) or "") + extra + (tiers if p.tiers else ""),
         cache,
-        f"{card.context_window:,}",
+        "?" if card.context_window == UNKNOWN_CONTEXT_WINDOW else f"{card.context_window:,}",
         p.effective_date.isoformat(),
         "low" if p.confidence == "low" else "",
         p.source_url,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ Confidence = Literal["high", "low"]
 
 DEFAULT_CATALOGUE = "bedrock-2026-11-29"
 ANY_REGION = "*"
+# A context window no source gives (some genai-prices models): large enough to check nothing.
+UNKNOWN_CONTEXT_WINDOW = 2**31 - 1
 GLOBAL_REGION = "global"
 _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)
@@ -479,15 +482,26 @@ class Catalogue:
 
     @classmethod
     def names(cls) -> list[str]:
-        """Names of the catalogues bundled with chainkit."""
+        """Names of the catalogues chainkit can load: its bundled files, and genai-prices."""
         files = resources.files("chainkit").joinpath("data").iterdir()
-        return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
+        bundled = [f.name.removesuffix(".json") for f in files if f.name.endswith(".json")]
+        if importlib.util.find_spec("genai_prices") is not None:
+            bundled.append("genai-prices")
+        return sorted(bundled)
 
     @classmethod
     def load(cls, name: str = DEFAULT_CATALOGUE) -> Catalogue:
-        """Load a bundled catalogue by name (see :meth:`names`), or a JSON file by path."""
+        """Load a catalogue by name (see :meth:`names`), or a JSON file by path.
+
+        ``genai-prices`` is every model the installed genai-prices package prices, as of today;
+        ``genai-prices@2026-06-01`` as of that day.
+        """
         if name.endswith(".json") or "/" in name:
             return cls.from_file(name)
+        if name.startswith("genai-prices"):
+            from chainkit.pricing_genai import genai_prices_catalogue, parse_name
+
+            return genai_prices_catalogue(parse_name(name))
         return _load_bundled(name)
 
     @classmethod
@@ -578,6 +592,20 @@ class Catalogue:
         """Return the exact USD cost of ``usage`` on ``model_id`` in ``region`` and ``tier``."""
         card_id, price = self._resolve(model_id, region, tier)
         return price.cost(usage, model_id=card_id)
+
+
+def catalogue_for(model: object, catalogue: Catalogue | None = None) -> Catalogue:
+    """``catalogue``; else, or if it is the default one, the catalogue ``model`` brings, if any.
+
+    A ``LangChainModel`` on OpenAI or Anthropic's own API brings the genai-prices catalogue, which
+    the default Bedrock one cannot replace; a catalogue passed explicitly is always kept unless it
+    is the default.
+    """
+    default = Catalogue.load()
+    if catalogue is not None and catalogue is not default:
+        return catalogue
+    own = getattr(model, "catalogue", None)
+    return own if isinstance(own, Catalogue) else default
 
 
 @functools.cache

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -139,3 +140,18 @@ def test_callback_handler_prices_langchain_aws_cache_writes_by_ttl(name: str) ->
     assert (entry.usage.input_tokens, entry.usage.cache_write_tokens) == (120, 1000)
     assert getattr(entry.usage, "cache_write_1h_tokens", 0) == (400 if "1h" in name else 0)
     assert entry.cost == Decimal(CACHE_TTL_COSTS[name])
+
+
+def test_callback_handler_prices_an_openai_chat_model_from_genai_prices() -> None:
+    class FakeOpenAI(GenericFakeChatModel):
+        def _get_ls_params(self, stop: list[str] | None = None, **kwargs: object) -> Any:
+            params = super()._get_ls_params(stop=stop, **kwargs)
+            params["ls_provider"] = "openai"
+            return params
+
+    chat_model = FakeOpenAI(messages=iter([ai("ok", "gpt-4o-mini-2024-07-18", 2_000, 100)]))
+    ledger = Ledger()
+    chat_model.invoke("hi", config={"callbacks": [LedgerCallbackHandler(ledger)]})
+    (entry,) = ledger.entries()
+    assert entry.model == "openai:gpt-4o-mini-2024-07-18"
+    assert entry.cost == Decimal("0.00036")  # 2000 x 0.15 + 100 x 0.6 per million

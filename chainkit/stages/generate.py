@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result
 from chainkit.stages.calling import ModelCall, check_model
@@ -35,6 +35,8 @@ class Generate:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ConfigError(f"Generate max_tokens must be at least 1, got {self.max_tokens}.")
+        # A model that brings its own prices (LangChain on OpenAI) replaces the default catalogue.
+        object.__setattr__(self, "catalogue", catalogue_for(self.model, self.catalogue))
         check_model(self.model, self.catalogue, self.name)
 
     def prompt(self, request: Request) -> Prompt:

@@ -13,7 +13,7 @@ from typing import Any, Self
 import diskcache
 
 from chainkit.ledger import Ledger
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result
 from chainkit.stages.answering import CostEstimator, record_early
@@ -106,7 +106,7 @@ def precompute(
     ``precompute:<intent>``, carrying ``tags``), which reports show as one-off spend. Returns the
     total spent (``None`` if some cost is unknown).
     """
-    catalogue = catalogue or Catalogue.load()
+    catalogue = catalogue_for(model, catalogue)
     check_model(model, catalogue, "precompute")
     total: Decimal | None = Decimal(0)
     for intent, question in questions.items():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ from chainkit import BadResponse, Catalogue, ConfigError, Generate, Ledger, Prom
 from chainkit.pricing import BilledUsage
 from chainkit.providers.langchain import LangChainModel, usage_from_langchain
 from tests.providers.bedrock_http import CACHE_TTL_COSTS
+from tests.providers.conftest import BEDROCK_DATA
 
 SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
 CATALOGUE = Catalogue.load("bedrock-2026-11")
@@ -157,3 +159,57 @@ def test_ttl_split_alongside_the_total_is_not_counted_twice() -> None:
         SONNET4,
     )
     assert usage == Usage(100, 1, 0, 1000)
+
+
+# -- the catalogue follows the chat model's provider ---------------------------------------------
+
+
+class FakeOpenAI(GenericFakeChatModel):
+    """A fake chat model that LangChain traces as OpenAI's gpt-4o-mini, as ChatOpenAI is."""
+
+    model_name: str = "gpt-4o-mini"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "openai"
+        params["ls_model_name"] = self.model_name
+        return params
+
+
+def test_openai_chat_model_is_priced_from_genai_prices() -> None:
+    import genai_prices
+
+    usage = {
+        "input_tokens": 1_200,
+        "output_tokens": 350,
+        "total_tokens": 1_550,
+        "input_token_details": {"cache_read": 800},
+    }
+    chat_model = FakeOpenAI(
+        messages=iter([reply("ok", usage, model_name="gpt-4o-mini-2024-07-18")])
+    )
+    model = LangChainModel(chat_model)
+    assert model.model_id == "openai:gpt-4o-mini"
+    assert model.catalogue.name.startswith("genai-prices-")
+    ledger = Ledger()
+    Generate(model=model, max_tokens=100).run(Request("hi"), ledger)
+    (entry,) = ledger.entries()
+    theirs = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=1_200, output_tokens=350, cache_read_tokens=800),
+        "gpt-4o-mini",
+        provider_id="openai",
+    ).total_price
+    # LangChain counts the 800 cached tokens in its 1,200: 400*0.15 + 350*0.6 + 800*0.075 = 330
+    assert entry.cost == theirs == Decimal("0.00033")
+
+
+def test_bedrock_chat_model_keeps_the_bedrock_catalogue() -> None:
+    chat_model = converse_chat_model(json.loads((BEDROCK_DATA / "converse_plain.json").read_text()))
+    model = LangChainModel(chat_model)
+    assert model.catalogue is Catalogue.load()
+    assert (model.model_id, model.region) == ("us." + SONNET4, "us-east-1")
+
+
+def test_explicit_catalogue_is_kept() -> None:
+    model = LangChainModel(FakeOpenAI(messages=iter([])), catalogue=CATALOGUE, model_id=SONNET4)
+    assert (model.catalogue, model.model_id) == (CATALOGUE, SONNET4)
