@@ -26,7 +26,7 @@ from chainkit.errors import (
 )
 from chainkit.ledger import Budget, Ledger, SQLiteLedger, Totals
 from chainkit.pipeline import Pipeline, Stage
-from chainkit.pricing import Catalogue, ModelCard, Price, Tier
+from chainkit.pricing import BilledUsage, Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
 from chainkit.records import Entry, Request, Result, Usage
 from chainkit.report import Report
@@ -54,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadResponse",
+    "BilledUsage",
     "Budget",
     "BudgetExceeded",
     "Canned",

@@ -2,6 +2,7 @@ import chainkit
 
 EXPECTED = [
     "BadResponse",
+    "BilledUsage",
     "Budget",
     "BudgetExceeded",
     "Canned",
