@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -10,14 +12,98 @@ from pathlib import Path
 
 from chainkit.errors import ChainkitError
 from chainkit.ledger import SQLiteLedger
-from chainkit.pricing import DEFAULT_CATALOGUE, Catalogue
+from chainkit.pricing import (
+    DEFAULT_CATALOGUE,
+    UNKNOWN_CONTEXT_WINDOW,
+    Catalogue,
+    ModelCard,
+    Price,
+)
 from chainkit.report import Report, money
 
 __all__ = ["main"]
 
 
-def _prices(args: argparse.Namespace) -> str:
+_HEAD = (
+    "model id",
+    "region",
+    "tier",
+    "in $/Mtok",
+    "out $/Mtok",
+    "cache r/w/1h",
+    "context",
+    "date",
+    "conf",
+    "source",
+)
+
+
+def _cards(args: argparse.Namespace) -> tuple[Catalogue, list[ModelCard]]:
     catalogue = Catalogue.load(args.catalogue)
+    cards = list(catalogue)
+    if args.provider:
+        wanted = args.provider.lower()
+        cards = [
+            c
+            for c in cards
+            if c.provider.lower() == wanted or c.id.lower().startswith((wanted + ":", wanted + "."))
+        ]
+        if not cards:
+            providers = sorted({c.provider for c in catalogue})
+            raise ChainkitError(
+                f"No model of provider {args.provider!r} in catalogue {catalogue.name!r}; its "
+                f"providers: {', '.join(providers)}."
+            )
+    return catalogue, cards
+
+
+def _price_json(p: Price) -> dict[str, object]:
+    row: dict[str, object] = {
+        "region": p.region,
+        "tier": p.tier,
+        "input_per_mtok": money(p.input),
+        "output_per_mtok": money(p.output),
+        "cache_read_per_mtok": money(p.cache_read),
+        "cache_write_per_mtok": money(p.cache_write),
+        "cache_write_1h_per_mtok": money(p.cache_write_1h),
+        "per_1k_queries": money(p.per_1k_queries),
+        "per_1k_requests": money(p.per_1k_requests),
+        "source_url": p.source_url,
+        "effective_date": p.effective_date.isoformat(),
+        "confidence": p.confidence,
+        "note": p.note,
+    }
+    if p.tiers:
+        row["tiers"] = [
+            {"above_prompt_tokens": threshold, **_price_json(tier)} for threshold, tier in p.tiers
+        ]
+    return row
+
+
+def _price_cells(card: ModelCard, p: Price) -> tuple[str, ...]:
+    cache = "/".join(money(v) or "-" for v in (p.cache_read, p.cache_write, p.cache_write_1h))
+    extra = "".join(
+        f" +${money(v)}/1k {what}"
+        for v, what in ((p.per_1k_queries, "queries"), (p.per_1k_requests, "requests"))
+        if v is not None
+    )
+    tiers = f" (+{len(p.tiers)} long-context tier{'s' if len(p.tiers) > 1 else ''})"
+    return (
+        card.id,
+        p.region,
+        p.tier,
+        money(p.input) or "",
+        (money(p.output) or "") + extra + (tiers if p.tiers else ""),
+        cache,
+        "?" if card.context_window == UNKNOWN_CONTEXT_WINDOW else f"{card.context_window:,}",
+        p.effective_date.isoformat(),
+        "low" if p.confidence == "low" else "",
+        p.source_url,
+    )
+
+
+def _prices(args: argparse.Namespace) -> str:
+    catalogue, cards = _cards(args)
     if args.format == "json":
         rows = [
             {
@@ -26,42 +112,38 @@ def _prices(args: argparse.Namespace) -> str:
                 "provider": card.provider,
                 "aliases": list(card.aliases),
                 "context_window": card.context_window,
-                "prices": [
-                    {
-                        "region": p.region,
-                        "tier": p.tier,
-                        "input_per_mtok": money(p.input),
-                        "output_per_mtok": money(p.output),
-                        "cache_read_per_mtok": money(p.cache_read),
-                        "cache_write_per_mtok": money(p.cache_write),
-                        "source_url": p.source_url,
-                        "effective_date": p.effective_date.isoformat(),
-                    }
-                    for p in card.prices
-                ],
+                "notes": card.notes,
+                "prices": [_price_json(p) for p in card.prices],
             }
-            for card in catalogue
+            for card in cards
         ]
-        return json.dumps({"catalogue": catalogue.name, "models": rows}, indent=2)
-    head = ("model id", "region", "tier", "in $/Mtok", "out $/Mtok", "cache r/w", "context")
-    rows_t = [
-        (
-            card.id,
-            p.region,
-            p.tier,
-            money(p.input) or "",
-            money(p.output) or "",
-            f"{money(p.cache_read) or '-'}/{money(p.cache_write) or '-'}",
-            f"{card.context_window:,}",
+        return json.dumps(
+            {"catalogue": catalogue.name, "description": catalogue.description, "models": rows},
+            indent=2,
         )
-        for card in catalogue
-        for p in card.prices
-    ]
-    widths = [max(len(r[i]) for r in (head, *rows_t)) for i in range(len(head))]
-    lines = [f"catalogue {catalogue.name}: {len(catalogue)} models. {catalogue.description}"]
-    for r in (head, *rows_t):
+    cells = [_price_cells(card, p) for card in cards for p in card.prices]
+    if args.format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_HEAD)
+        writer.writerows(cells)
+        return out.getvalue().rstrip("\n")
+    low = sum(1 for c in cells if c[8])
+    legend = (
+        f"{low} row(s) marked low: undated or unchecked transcriptions, or prices derived by "
+        "rule; see each row's note (--format json)."
+    )
+    title = f"catalogue {catalogue.name}: {len(cards)} models. {catalogue.description}"
+    if args.format == "markdown":
+        lines = [f"**{title}**", "", "| " + " | ".join(_HEAD) + " |"]
+        lines.append("|" + "|".join(" --- " for _ in _HEAD) + "|")
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join([*lines, "", legend])
+    widths = [max(len(r[i]) for r in (_HEAD, *cells)) for i in range(len(_HEAD))]
+    lines = [title]
+    for r in (_HEAD, *cells):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    return "\n".join([*lines, legend])
 
 
 def _report(args: argparse.Namespace) -> str:
@@ -82,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_CATALOGUE,
         help=f"bundled name ({', '.join(Catalogue.names())}) or a JSON file",
     )
-    prices.add_argument("--format", choices=["table", "json"], default="table")
+    prices.add_argument("--provider", help="only this provider's models (e.g. openai, Anthropic)")
+    prices.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     prices.set_defaults(run=_prices)
     report = sub.add_parser("report", help="report on a saved SQLite ledger")
     report.add_argument("ledger", help="path of a ledger database (SQLiteLedger)")

@@ -75,7 +75,9 @@ class LedgerCallbackHandler(BaseCallbackHandler):
 
     Args:
         ledger: where the entries go.
-        catalogue: prices (default: the current Bedrock catalogue).
+        catalogue: prices; by default chosen per call from the provider LangChain traces:
+            the current Bedrock catalogue for Bedrock, genai-prices (ids ``provider:model``)
+            for OpenAI, Anthropic, Vertex, Azure and the other providers it knows.
         stage: the stage name the entries carry.
         tags: tags put on every entry (tenant, feature, ...).
         model_ids: map from the names LangChain reports to catalogue ids.
@@ -96,6 +98,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
     ) -> None:
         self.ledger = ledger
         self.catalogue = catalogue or Catalogue.load()
+        self._by_provider = catalogue is None
         self.stage = stage
         self.tags = dict(tags or {})
         self.model_ids = dict(model_ids or {})
@@ -103,7 +106,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         self.tier: Tier = tier
         self._lock = threading.Lock()
         self._roots: dict[UUID, UUID] = {}
-        self._started: dict[UUID, tuple[float, str | None]] = {}
+        self._started: dict[UUID, tuple[float, str | None, str | None]] = {}
 
     def _enter(self, run_id: UUID, parent_run_id: UUID | None) -> None:
         with self._lock:
@@ -142,27 +145,46 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Start the clock; note the model name LangChain traces (``ls_model_name``)."""
+        """Start the clock; note the model name and provider LangChain traces (``ls_*``)."""
         hint = (metadata or {}).get("ls_model_name")
+        provider = (metadata or {}).get("ls_provider")
         self._enter(run_id, parent_run_id)
         with self._lock:
-            self._started[run_id] = (time.perf_counter(), hint if isinstance(hint, str) else None)
+            self._started[run_id] = (
+                time.perf_counter(),
+                hint if isinstance(hint, str) else None,
+                provider if isinstance(provider, str) else None,
+            )
 
-    def _price(self, model: str | None, usage: Any) -> Decimal | None:
+    def _pricing(self, model: str | None, provider: str | None) -> tuple[Catalogue, str | None]:
+        """The catalogue for this call, and the model id as it names it."""
+        if not self._by_provider or model is None or model in self.model_ids.values():
+            return self.catalogue, model
+        try:
+            from chainkit.pricing_genai import genai_provider_for
+
+            genai = genai_provider_for(provider)
+        except ImportError:  # genai-prices not installed: the default catalogue only
+            genai = None
+        if genai is None:
+            return self.catalogue, model
+        return Catalogue.load("genai-prices"), model if ":" in model else f"{genai}:{model}"
+
+    def _price(self, catalogue: Catalogue, model: str | None, usage: Any) -> Decimal | None:
         if model is None:
             return None
         try:
-            return self.catalogue.cost(model, usage, region=self.region, tier=self.tier)
+            return catalogue.cost(model, usage, region=self.region, tier=self.tier)
         except ChainkitError:
             return None
 
-    def _finish(self, run_id: UUID) -> tuple[str, float, str | None]:
+    def _finish(self, run_id: UUID) -> tuple[str, float, str | None, str | None]:
         with self._lock:
-            started, hint = self._started.pop(run_id, (time.perf_counter(), None))
+            started, hint, provider = self._started.pop(run_id, (time.perf_counter(), None, None))
             root = self._roots.get(run_id, run_id)
             if root == run_id:  # a model called on its own, outside any chain
                 self._roots.pop(run_id, None)
-        return str(root), time.perf_counter() - started, hint
+        return str(root), time.perf_counter() - started, hint, provider
 
     def on_llm_end(
         self,
@@ -173,7 +195,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record one entry per generation, with reported usage and its price."""
-        request_id, latency, hint = self._finish(run_id)
+        request_id, latency, hint, provider = self._finish(run_id)
         llm_output = response.llm_output or {}
         for generations in response.generations:
             for generation in generations:
@@ -182,7 +204,9 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 message = generation.message
                 reported = model_id_of(getattr(message, "response_metadata", {}))
                 name = reported or model_id_of(llm_output) or hint
-                model = _model_name(self.model_ids.get(name or "", name))
+                catalogue, model = self._pricing(
+                    _model_name(self.model_ids.get(name or "", name)), provider
+                )
                 try:
                     usage = usage_from_langchain(
                         getattr(message, "usage_metadata", None), str(model)
@@ -196,7 +220,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                         outcome="answered",
                         model=model,
                         usage=usage,
-                        cost=None if usage is None else self._price(model, usage),
+                        cost=None if usage is None else self._price(catalogue, model, usage),
                         latency_s=latency,
                         attempts=1,
                         tags=self.tags,
@@ -212,7 +236,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record the failed call; what it cost, if anything, is unknown."""
-        request_id, latency, hint = self._finish(run_id)
+        request_id, latency, hint, _ = self._finish(run_id)
         self.ledger.record(
             Entry(
                 request_id=request_id,

@@ -3,6 +3,10 @@
 Prices ship as JSON files in ``chainkit/data``; each price names its source URL and effective
 date. Money is ``Decimal``; an unknown model is an error, never a silent $0.
 
+A cross-region inference profile is priced as AWS bills it: ``global.`` at the card's ``global``
+price, a geographic profile (``us.``, ``eu.``, ``apac.``, ...) at the price of the source region,
+or of its geography when no region is given; never at another geography's price.
+
 >>> from chainkit import Catalogue, Usage
 >>> Catalogue.load("seed-2024").cost("anthropic.claude-v2", Usage(11_000, 4_000))
 Decimal('0.184')
@@ -12,8 +16,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, localcontext
@@ -27,16 +32,48 @@ from chainkit.errors import ConfigError
 from chainkit.money import CONTEXT
 from chainkit.records import Usage
 
-__all__ = ["Catalogue", "ModelCard", "Price", "Tier"]
+__all__ = ["Catalogue", "Confidence", "ModelCard", "Price", "Tier"]
 
 Tier = Literal["on_demand", "batch", "flex", "priority"]
 """Bedrock service tiers: standard on-demand, batch inference (about half price), flex, priority."""
 
-DEFAULT_CATALOGUE = "bedrock-2026-11"
+Confidence = Literal["high", "low"]
+"""How far a price can be trusted: ``low`` marks a transcription that could not be checked."""
+
+DEFAULT_CATALOGUE = "bedrock-2026-11-29"
 ANY_REGION = "*"
+# A context window no source gives (some genai-prices models): large enough to check nothing.
+UNKNOWN_CONTEXT_WINDOW = 2**31 - 1
+GLOBAL_REGION = "global"
 _MILLION = Decimal(1_000_000)
-# Cross-region inference profiles prefix the model id with a geography.
-_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov.", "global.")
+_THOUSAND = Decimal(1_000)
+# Region prefixes of each cross-region inference profile's geography (the profile id's prefix).
+_GEOGRAPHIES: dict[str, tuple[str, ...]] = {
+    "us": ("us-east-", "us-west-"),
+    "us-gov": ("us-gov-",),
+    "ca": ("ca-",),
+    "eu": ("eu-",),
+    "apac": ("ap-",),
+    "jp": ("ap-northeast-1", "ap-northeast-3"),
+    "au": ("ap-southeast-2", "ap-southeast-4"),
+    "in": ("ap-south-1", "ap-south-2"),
+}
+# Longest first, so that ``us-gov.`` is not read as ``us.``.
+_PROFILE_PREFIXES = tuple(
+    f"{name}." for name in sorted((*_GEOGRAPHIES, GLOBAL_REGION), key=len, reverse=True)
+)
+
+
+def profile_of(model_id: str) -> str | None:
+    """The cross-region inference profile a model id names (``us``, ``eu``, ``global``...), if any.
+
+    >>> profile_of("eu.amazon.nova-micro-v1:0"), profile_of("amazon.nova-micro-v1:0")
+    ('eu', None)
+    """
+    for prefix in _PROFILE_PREFIXES:
+        if model_id.startswith(prefix):
+            return prefix[:-1]
+    return None
 
 
 def base_model_id(model_id: str) -> str:
@@ -45,15 +82,39 @@ def base_model_id(model_id: str) -> str:
     >>> base_model_id("us.anthropic.claude-3-haiku-20240307-v1:0")
     'anthropic.claude-3-haiku-20240307-v1:0'
     """
-    for prefix in _PROFILE_PREFIXES:
-        if model_id.startswith(prefix):
-            return model_id.removeprefix(prefix)
-    return model_id
+    profile = profile_of(model_id)
+    return model_id if profile is None else model_id.removeprefix(profile + ".")
+
+
+def in_geography(region: str, geography: str) -> bool:
+    """Whether AWS ``region`` belongs to a cross-region profile's ``geography`` (``us``, ``eu``...).
+
+    >>> in_geography("eu-west-3", "eu"), in_geography("us-gov-west-1", "us")
+    (True, False)
+    """
+    return region.startswith(_GEOGRAPHIES.get(geography, ()))
+
+
+def geographies_of(region: str) -> list[str]:
+    """The cross-region geographies ``region`` belongs to, the narrowest first.
+
+    >>> geographies_of("ap-northeast-1"), geographies_of("us-west-2")
+    (['jp', 'apac'], ['us'])
+    """
+    found = [name for name in _GEOGRAPHIES if in_geography(region, name)]
+    return sorted(found, key=lambda name: -max(map(len, _GEOGRAPHIES[name])))
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens for each token class, in one region and tier, with its source."""
+    """USD per million tokens for each token class, in one region and tier, with its source.
+
+    ``cache_write`` prices five-minute cache writes, ``cache_write_1h`` one-hour ones.
+    ``per_1k_queries`` prices rerank queries and ``per_1k_requests`` a fee on every call, both in
+    USD per 1,000. ``tiers`` are long-context prices: ``(threshold, price)`` pairs, ascending; a
+    call whose prompt (input, cache read and cache write tokens) exceeds a threshold is priced
+    entirely at that tier's price, as Anthropic, Google and OpenAI bill long prompts.
+    """
 
     input: Decimal
     output: Decimal
@@ -63,25 +124,73 @@ class Price:
     effective_date: date
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    per_1k_queries: Decimal | None = None
+    per_1k_requests: Decimal | None = None
+    tiers: tuple[tuple[int, Price], ...] = ()
+    confidence: Confidence = "high"
+    note: str = ""
+
+    def for_prompt(self, prompt_tokens: int) -> Price:
+        """The price that applies to a call whose prompt has ``prompt_tokens`` tokens."""
+        for threshold, price in reversed(self.tiers):
+            if prompt_tokens > threshold:
+                return price
+        return self
 
     def cost(self, usage: Usage, *, model_id: str = "?") -> Decimal:
         """Return the exact cost of ``usage`` at this price."""
         # chainkit's own context: the caller's decimal precision must not change a price.
         with localcontext(CONTEXT):
+            if self.tiers:
+                prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+                tier_price = self.for_prompt(prompt)
+                if tier_price is not self:
+                    return tier_price.cost(usage, model_id=model_id)
+            one_hour, queries = usage.cache_write_1h_tokens, usage.queries
             total = usage.input_tokens * self.input + usage.output_tokens * self.output
             for tokens, price, what in (
                 (usage.cache_read_tokens, self.cache_read, "cache-read"),
-                (usage.cache_write_tokens, self.cache_write, "cache-write"),
+                (usage.cache_write_tokens - one_hour, self.cache_write, "cache-write"),
+                (one_hour, self.cache_write_1h, "one-hour cache-write"),
             ):
                 if tokens:
                     if price is None:
                         raise ConfigError(
-                            f"Model {model_id!r} has no {what} price in {self.region}/"
-                            f"{self.tier} but the call used {tokens} {what} tokens; add the "
-                            "price to the catalogue file rather than pricing those tokens at $0."
+                            f"Model {model_id!r} has no {what} price in {self.region}/{self.tier} "
+                            f"but the call used {tokens} {what} tokens; add the price to the "
+                            "catalogue file rather than pricing those tokens at $0."
                         )
                     total += tokens * price
-            return total / _MILLION
+            total /= _MILLION
+            if queries:
+                if self.per_1k_queries is None:
+                    raise ConfigError(
+                        f"Model {model_id!r} has no per-query price in {self.region}/{self.tier} "
+                        f"but the call made {queries} queries; add per_1k_queries to the catalogue "
+                        "file rather than pricing them at $0."
+                    )
+                total += queries * self.per_1k_queries / _THOUSAND
+            if self.per_1k_requests:
+                total += self.per_1k_requests / _THOUSAND
+            return total
+
+    def same_rates(self, other: Price) -> bool:
+        """Whether ``other`` charges exactly what this price charges (sources aside)."""
+        return _rates(self) == _rates(other)
+
+
+def _rates(price: Price) -> tuple[object, ...]:
+    return (
+        price.input,
+        price.output,
+        price.cache_read,
+        price.cache_write,
+        price.cache_write_1h,
+        price.per_1k_queries,
+        price.per_1k_requests,
+        tuple((threshold, _rates(p)) for threshold, p in price.tiers),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +213,16 @@ class ModelCard:
         """Regions this card has prices for, in file order."""
         return tuple(dict.fromkeys(p.region for p in self.prices))
 
-    def price(self, region: str | None = None, tier: Tier = "on_demand") -> Price:
-        """Return the price for ``region`` and ``tier``.
+    def price(
+        self, region: str | None = None, tier: Tier = "on_demand", *, profile: str | None = None
+    ) -> Price:
+        """Return the price for ``region`` and ``tier``, called through ``profile`` if one is named.
 
-        Without a region: us-east-1's price, else the first region's. A region asked for by name
-        is never silently priced as another.
+        Without a profile (an in-region call): ``region``'s price; with no region, us-east-1's,
+        else the first region's. ``profile="global"``: the ``global`` price. A geographic profile
+        (``us``, ``eu``, ``apac``, ``jp``, ``au``...): the price of ``region``, which must lie in
+        that geography; with no region, the geography's price, if all its priced regions agree. A
+        region asked for by name is never silently priced as another, nor a geography as another.
         """
         candidates = [p for p in self.prices if p.tier == tier]
         if not candidates:
@@ -117,18 +231,76 @@ class ModelCard:
                 f"Model {self.id!r} has no {tier!r} price; it is priced for tiers {tiers}. "
                 "Choose one of those tiers or add the price to the catalogue."
             )
-        for wanted in (region or "us-east-1", ANY_REGION):
+        regions = sorted({p.region for p in candidates})
+        if profile == GLOBAL_REGION:
+            return self._global(candidates, tier, regions)
+        if profile is not None and region is None:
+            return self._geography(candidates, tier, profile, regions)
+        if profile is not None and region is not None and not in_geography(region, profile):
+            raise ConfigError(
+                f"The {profile}. cross-region profile of {self.id!r} cannot be called from region "
+                f"{region!r}: it routes requests within the {profile!r} geography only. Use a "
+                f"region in that geography, or the profile of {region!r}'s own geography."
+            )
+        # A region's own price first, then its geography's (a row for all of ``us`` or ``eu``).
+        wanted = [region or "us-east-1"]
+        wanted += [profile] if profile is not None else geographies_of(wanted[0])
+        for want in (*wanted, ANY_REGION):
             for p in candidates:
-                if p.region == wanted:
+                if p.region == want:
                     return p
         if region is None:
             # No region asked for and no us-east-1 price: the model's first priced region.
             return candidates[0]
-        regions = sorted({p.region for p in candidates})
         raise ConfigError(
             f"Model {self.id!r} has no {tier!r} price in region {region!r}; priced regions: "
             f"{regions}. Use one of those regions or add the price to the catalogue."
         )
+
+    def _global(self, candidates: list[Price], tier: Tier, regions: list[str]) -> Price:
+        for want in (GLOBAL_REGION, ANY_REGION):
+            for p in candidates:
+                if p.region == want:
+                    return p
+        raise ConfigError(
+            f"Model {self.id!r} has no {tier!r} price for the global cross-region profile; "
+            f"priced regions: {regions}. A regional price is not the global one (AWS bills them "
+            "differently for newer models): call a regional or geographic profile, or add the "
+            "global price to the catalogue."
+        )
+
+    def _geography(
+        self, candidates: list[Price], tier: Tier, geography: str, regions: list[str]
+    ) -> Price:
+        inside = [p for p in candidates if p.region == geography]
+        inside = inside or [p for p in candidates if in_geography(p.region, geography)]
+        if inside and all(p.same_rates(inside[0]) for p in inside):
+            return inside[0]
+        for p in candidates:
+            if p.region == ANY_REGION:
+                return p
+        if not inside:
+            raise ConfigError(
+                f"Model {self.id!r} has no {tier!r} price in the {geography!r} geography its "
+                f"{geography}. profile routes to; priced regions: {regions}. Another geography's "
+                "price would be wrong: add this geography's price to the catalogue."
+            )
+        differing = sorted(p.region for p in inside)
+        raise ConfigError(
+            f"The {geography}. profile of {self.id!r} is priced at its source region's rate, and "
+            f"the regions of that geography differ ({differing}); pass region= to say which "
+            "region the call is made from."
+        )
+
+
+class _TierRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    above_prompt_tokens: int = Field(gt=0)
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cache_read: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h: Decimal | None = Field(default=None, ge=0)
 
 
 class _PriceRow(BaseModel):
@@ -139,8 +311,56 @@ class _PriceRow(BaseModel):
     output: Decimal = Field(ge=0)
     cache_read: Decimal | None = Field(default=None, ge=0)
     cache_write: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h: Decimal | None = Field(default=None, ge=0)
+    per_1k_queries: Decimal | None = Field(default=None, ge=0)
+    per_1k_requests: Decimal | None = Field(default=None, ge=0)
+    tiers: list[_TierRow] = []
     source_url: str = Field(pattern=r"^https?://")
     effective_date: date
+    confidence: Confidence = "high"
+    note: str = ""
+
+    def to_price(self, scale: Decimal) -> Price:
+        """The row as a :class:`Price`, token prices scaled to USD per million tokens."""
+
+        def per_million(value: Decimal | None) -> Decimal | None:
+            # In chainkit's context: a catalogue loaded while the caller's precision is low must
+            # not keep rounded prices.
+            return None if value is None else CONTEXT.multiply(value, scale)
+
+        common: dict[str, Any] = {
+            "region": self.region,
+            "tier": self.tier,
+            "source_url": self.source_url,
+            "effective_date": self.effective_date,
+            "confidence": self.confidence,
+            "per_1k_queries": self.per_1k_queries,
+            "per_1k_requests": self.per_1k_requests,
+        }
+        tiers = tuple(
+            (
+                t.above_prompt_tokens,
+                Price(
+                    input=CONTEXT.multiply(t.input, scale),
+                    output=CONTEXT.multiply(t.output, scale),
+                    cache_read=per_million(t.cache_read),
+                    cache_write=per_million(t.cache_write),
+                    cache_write_1h=per_million(t.cache_write_1h),
+                    **common,
+                ),
+            )
+            for t in sorted(self.tiers, key=lambda t: t.above_prompt_tokens)
+        )
+        return Price(
+            input=CONTEXT.multiply(self.input, scale),
+            output=CONTEXT.multiply(self.output, scale),
+            cache_read=per_million(self.cache_read),
+            cache_write=per_million(self.cache_write),
+            cache_write_1h=per_million(self.cache_write_1h),
+            tiers=tiers,
+            note=self.note,
+            **common,
+        )
 
 
 class _CardRow(BaseModel):
@@ -185,11 +405,27 @@ def _describe(exc: ValidationError, raw: Any, path: Path) -> str:
 
 
 class Catalogue:
-    """A set of model cards at one point in time; prices any model it knows, refuses others."""
+    """A set of model cards at one point in time; prices any model it knows, refuses others.
 
-    def __init__(self, name: str, cards: list[ModelCard], description: str = "") -> None:
+    Args:
+        name: the catalogue's name, with its date.
+        cards: the models.
+        description: where the prices come from.
+        resolver: maps an id that is neither a card id nor an alias to a card id (or ``None``),
+            for catalogues whose source matches model names by rule (genai-prices).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cards: list[ModelCard],
+        description: str = "",
+        *,
+        resolver: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.name = name
         self.description = description
+        self._resolver = resolver
         self._cards = {card.id: card for card in cards}
         self._index: dict[str, ModelCard] = {}
         self._prices: dict[tuple[str, str | None, Tier], tuple[str, Price]] = {}
@@ -205,15 +441,26 @@ class Catalogue:
 
     @classmethod
     def names(cls) -> list[str]:
-        """Names of the catalogues bundled with chainkit."""
+        """Names of the catalogues chainkit can load: its bundled files, and genai-prices."""
         files = resources.files("chainkit").joinpath("data").iterdir()
-        return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
+        bundled = [f.name.removesuffix(".json") for f in files if f.name.endswith(".json")]
+        if importlib.util.find_spec("genai_prices") is not None:
+            bundled.append("genai-prices")
+        return sorted(bundled)
 
     @classmethod
     def load(cls, name: str = DEFAULT_CATALOGUE) -> Catalogue:
-        """Load a bundled catalogue by name (see :meth:`names`), or a JSON file by path."""
+        """Load a catalogue by name (see :meth:`names`), or a JSON file by path.
+
+        ``genai-prices`` is every model the installed genai-prices package prices, as of today;
+        ``genai-prices@2026-06-01`` as of that day.
+        """
         if name.endswith(".json") or "/" in name:
             return cls.from_file(name)
+        if name.startswith("genai-prices"):
+            from chainkit.pricing_genai import genai_prices_catalogue, parse_name
+
+            return genai_prices_catalogue(parse_name(name))
         return _load_bundled(name)
 
     @classmethod
@@ -250,19 +497,7 @@ class Catalogue:
                 languages=tuple(row.languages),
                 tasks=tuple(row.tasks),
                 notes=row.notes,
-                prices=tuple(
-                    Price(
-                        input=per_million(p.input),
-                        output=per_million(p.output),
-                        cache_read=None if p.cache_read is None else per_million(p.cache_read),
-                        cache_write=None if p.cache_write is None else per_million(p.cache_write),
-                        region=p.region,
-                        tier=p.tier,
-                        source_url=p.source_url,
-                        effective_date=p.effective_date,
-                    )
-                    for p in row.prices
-                ),
+                prices=tuple(p.to_price(scale) for p in row.prices),
             )
             for row in parsed.models
         ]
@@ -280,7 +515,12 @@ class Catalogue:
     def _find(self, model_id: str) -> ModelCard | None:
         card = self._index.get(model_id)
         if card is None:
-            return self._index.get(base_model_id(model_id))
+            card = self._index.get(base_model_id(model_id))
+        if card is None and self._resolver is not None:
+            resolved = self._resolver(model_id)
+            card = None if resolved is None else self._cards.get(resolved)
+            if card is not None:
+                self._index[model_id] = card
         return card
 
     def card(self, model_id: str) -> ModelCard:
@@ -296,7 +536,11 @@ class Catalogue:
         return card
 
     def price(self, model_id: str, region: str | None = None, tier: Tier = "on_demand") -> Price:
-        """The price of ``model_id`` in ``region`` and ``tier`` (see :meth:`ModelCard.price`)."""
+        """The price of ``model_id`` in ``region`` and ``tier`` (see :meth:`ModelCard.price`).
+
+        A cross-region profile prefix on ``model_id`` (``global.``, ``eu.``...) selects the
+        profile's price.
+        """
         return self._resolve(model_id, region, tier)[1]
 
     def _resolve(self, model_id: str, region: str | None, tier: Tier) -> tuple[str, Price]:
@@ -305,7 +549,8 @@ class Catalogue:
         if found is None:
             # Resolved once per model, region and tier: every priced call comes through here.
             card = self.card(model_id)
-            found = self._prices[key] = (card.id, card.price(region, tier))
+            profile = profile_of(model_id) or profile_of(card.id)
+            found = self._prices[key] = (card.id, card.price(region, tier, profile=profile))
         return found
 
     def cost(
@@ -314,6 +559,20 @@ class Catalogue:
         """Return the exact USD cost of ``usage`` on ``model_id`` in ``region`` and ``tier``."""
         card_id, price = self._resolve(model_id, region, tier)
         return price.cost(usage, model_id=card_id)
+
+
+def catalogue_for(model: object, catalogue: Catalogue | None = None) -> Catalogue:
+    """``catalogue``; else, or if it is the default one, the catalogue ``model`` brings, if any.
+
+    A ``LangChainModel`` on OpenAI or Anthropic's own API brings the genai-prices catalogue, which
+    the default Bedrock one cannot replace; a catalogue passed explicitly is always kept unless it
+    is the default.
+    """
+    default = Catalogue.load()
+    if catalogue is not None and catalogue is not default:
+        return catalogue
+    own = getattr(model, "catalogue", None)
+    return own if isinstance(own, Catalogue) else default
 
 
 @functools.cache

@@ -239,15 +239,22 @@ class Usage:
     ``input_tokens`` counts only uncached input: tokens read from or written to a prompt cache are
     counted in ``cache_read_tokens`` and ``cache_write_tokens`` (Bedrock's convention). Providers
     whose input count includes cached tokens convert at their boundary.
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with a one-hour TTL
+    (priced apart; the rest had the default five minutes), and ``queries`` counts rerank queries,
+    priced per query.
 
     >>> Usage(input_tokens=11_000, output_tokens=4_000).total_tokens
     15000
+    >>> Usage(100, 10, cache_write_tokens=1_000, cache_write_1h_tokens=400).total_tokens
+    1110
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    queries: int = 0
 
     def __post_init__(self) -> None:
         i, o, r, w = (
@@ -256,19 +263,24 @@ class Usage:
             self.cache_read_tokens,
             self.cache_write_tokens,
         )
+        h, q = self.cache_write_1h_tokens, self.queries
         # One cheap test on the hot path; the loop below only runs to name the bad field.
         if (
             type(i) is int
             and type(o) is int
             and type(r) is int
             and type(w) is int
+            and type(h) is int
+            and type(q) is int
             and 0 <= i <= MAX_TOKENS
             and 0 <= o <= MAX_TOKENS
             and 0 <= r <= MAX_TOKENS
             and 0 <= w <= MAX_TOKENS
+            and 0 <= h <= w
+            and 0 <= q <= MAX_TOKENS
         ):
             return
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        for name in _USAGE_FIELDS:
             value = getattr(self, name)
             if (
                 not isinstance(value, int)
@@ -279,6 +291,10 @@ class Usage:
                     f"Usage.{name} must be a non-negative int of at most {MAX_TOKENS:,}, got "
                     f"{value!r}; token counts come from the provider's reply or an estimator."
                 )
+        raise ConfigError(
+            f"Usage.cache_write_1h_tokens ({h}) exceeds cache_write_tokens ({w}); one-hour "
+            "writes are part of all cache writes, so count them in cache_write_tokens too."
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -296,7 +312,19 @@ class Usage:
             self.output_tokens + other.output_tokens,
             self.cache_read_tokens + other.cache_read_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.queries + other.queries,
         )
+
+
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "queries",
+)
 
 
 @dataclass(frozen=True, slots=True)

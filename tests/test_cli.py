@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +26,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 def test_prices_table_defaults_to_bedrock(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "prices")
     assert (code, err) == (0, "")
-    assert out.startswith("catalogue bedrock-2026-11:")
+    assert out.startswith("catalogue bedrock-2026-11-29:")
     row = next(line for line in out.splitlines() if line.startswith("anthropic.claude-sonnet-4-2"))
     assert row.split() == [
         "anthropic.claude-sonnet-4-20250514-v1:0",
@@ -32,9 +34,44 @@ def test_prices_table_defaults_to_bedrock(capsys: pytest.CaptureFixture[str]) ->
         "on_demand",
         "3.00",
         "15.00",
-        "0.30/3.75",
+        "0.30/3.75/6.00",
         "200,000",
+        "2025-07-20",
+        "low",
+        "https://github.com/convo-lang/convo-lang/blob/091db5838d43329ba83c26c8bcf77a6216c0a624/"
+        "packages/convo-lang-bedrock/bedrock-pricing.md",
     ]
+    assert "marked low" in out.splitlines()[-1]
+
+
+def test_prices_table_marks_only_low_confidence_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, "prices", "--catalogue", "bedrock-2026-11-29")
+    rows = [line.split() for line in out.splitlines() if line.startswith("amazon.nova-micro")]
+    assert [(r[1], r[8]) for r in rows if len(r) == 10] == [("us-west-2", "low")]
+    assert any(r[1] == "us-east-1" and r[8].startswith("https://") for r in rows)
+
+
+def test_prices_markdown_and_csv(capsys: pytest.CaptureFixture[str]) -> None:
+    _, md, _ = _run(capsys, "prices", "--provider", "meta", "--format", "markdown")
+    lines = md.splitlines()
+    assert lines[2].startswith("| model id | region | tier |")
+    assert all(line.startswith("| meta.") for line in lines[4:-2])
+    _, csv_out, _ = _run(capsys, "prices", "--format", "csv", "--provider", "Anthropic")
+    rows = list(csv.reader(io.StringIO(csv_out)))
+    assert rows[0][-3:] == ["date", "conf", "source"]
+    sonnet_45 = {r[1]: r for r in rows[1:] if r[0].startswith("anthropic.claude-sonnet-4-5")}
+    assert (sonnet_45["global"][3], sonnet_45["us"][3], sonnet_45["eu"][4]) == (
+        "3.00",
+        "3.30",
+        "16.50",
+    )
+
+
+def test_prices_unknown_provider_lists_providers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "prices", "--provider", "nobody")
+    assert code == 2
+    assert "'nobody'" in err
+    assert "Anthropic" in err
 
 
 def test_prices_table_seed_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,15 +79,17 @@ def test_prices_table_seed_catalogue(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0
     assert out.startswith("catalogue seed-2024: 11 models.")
     row = next(line for line in out.splitlines() if line.startswith("anthropic.claude-v2 "))
-    assert row.split() == [
+    assert row.split()[:8] == [
         "anthropic.claude-v2",
         "*",
         "on_demand",
         "8.00",
         "24.00",
-        "-/-",
+        "-/-/-",
         "100,000",
+        "2024-03-13",
     ]
+    assert row.split()[-1].startswith("https://")
 
 
 def test_prices_json_seed(capsys: pytest.CaptureFixture[str]) -> None:

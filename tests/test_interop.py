@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import boto3
+import pytest
+from botocore.stub import Stubber
+from langchain_aws import ChatBedrockConverse
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -20,6 +27,9 @@ from chainkit import (
     Usage,
 )
 from chainkit.interop import LedgerCallbackHandler
+from tests.providers.bedrock_http import CACHE_TTL_COSTS
+
+BEDROCK_DATA = Path(__file__).resolve().parent / "data" / "bedrock"
 
 SEED = Catalogue.load("seed-2024")
 SONNET3 = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -109,3 +119,39 @@ def test_callback_handler_maps_reported_names_to_catalogue_ids() -> None:
     handler = LedgerCallbackHandler(ledger, SEED, model_ids={"claude-3-sonnet-latest": SONNET3})
     model.invoke("hi", config={"callbacks": [handler]})
     assert ledger.entries()[0].cost == Decimal("0.003")
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_TTL_COSTS))
+def test_callback_handler_prices_langchain_aws_cache_writes_by_ttl(name: str) -> None:
+    reply = json.loads((BEDROCK_DATA / f"{name}.json").read_text())
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        stubber.add_response("converse", reply, None)
+        chat_model = ChatBedrockConverse(
+            model="us.anthropic.claude-sonnet-4-20250514-v1:0",
+            client=client,
+            region_name="us-east-1",
+        )
+        ledger = Ledger()
+        handler = LedgerCallbackHandler(ledger, Catalogue.load("bedrock-2026-11-29"))
+        chat_model.invoke("What is the returns policy?", config={"callbacks": [handler]})
+    (entry,) = ledger.entries()
+    assert entry.usage is not None
+    assert (entry.usage.input_tokens, entry.usage.cache_write_tokens) == (120, 1000)
+    assert getattr(entry.usage, "cache_write_1h_tokens", 0) == (400 if "1h" in name else 0)
+    assert entry.cost == Decimal(CACHE_TTL_COSTS[name])
+
+
+def test_callback_handler_prices_an_openai_chat_model_from_genai_prices() -> None:
+    class FakeOpenAI(GenericFakeChatModel):
+        def _get_ls_params(self, stop: list[str] | None = None, **kwargs: object) -> Any:
+            params = super()._get_ls_params(stop=stop, **kwargs)
+            params["ls_provider"] = "openai"
+            return params
+
+    chat_model = FakeOpenAI(messages=iter([ai("ok", "gpt-4o-mini-2024-07-18", 2_000, 100)]))
+    ledger = Ledger()
+    chat_model.invoke("hi", config={"callbacks": [LedgerCallbackHandler(ledger)]})
+    (entry,) = ledger.entries()
+    assert entry.model == "openai:gpt-4o-mini-2024-07-18"
+    assert entry.cost == Decimal("0.00036")  # 2000 x 0.15 + 100 x 0.6 per million

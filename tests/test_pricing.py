@@ -13,6 +13,7 @@ from chainkit import Catalogue, ConfigError, Usage
 
 SEED = "seed-2024"
 BEDROCK = "bedrock-2026-11"
+CURRENT = "bedrock-2026-11-29"
 SONNET_4 = "anthropic.claude-sonnet-4-20250514-v1:0"
 HAIKU_3 = "anthropic.claude-3-haiku-20240307-v1:0"
 
@@ -206,14 +207,14 @@ def test_names_lists_both_bundled_catalogues() -> None:
     assert BEDROCK in names
 
 
-def test_default_catalogue_is_bedrock() -> None:
-    assert Catalogue.load().name == BEDROCK
+def test_default_catalogue_is_the_dated_bedrock_one() -> None:
+    assert Catalogue.load().name == CURRENT
 
 
 @pytest.mark.parametrize("name", Catalogue.names())
 def test_every_bundled_catalogue_loads_with_sourced_prices(name: str) -> None:
     catalogue = Catalogue.load(name)
-    assert catalogue.name == name
+    assert catalogue.name.startswith(name)
     assert len(catalogue) > 0
     for card in catalogue:
         assert card.prices, card.id
@@ -382,3 +383,291 @@ def test_explicit_region_without_price_is_not_silently_priced_elsewhere(tmp_path
     catalogue = Catalogue.from_file(path)
     with pytest.raises(ConfigError, match=r"'us-east-1'.*\['eu-west-3'\]"):
         catalogue.cost("test.model-v1", Usage(1_000_000, 0), region="us-east-1")
+
+
+# -- cross-region profiles -----------------------------------------------------------------------
+
+
+def _geo_catalogue(tmp_path: Path) -> Catalogue:
+    return Catalogue.from_file(
+        _file(
+            tmp_path,
+            [
+                _price(region="global", input="3", output="15"),
+                _price(region="us-east-1", input="3.3", output="16.5"),
+                _price(region="us-west-2", input="3.3", output="16.5"),
+                _price(region="eu-central-1", input="3.3", output="16.5"),
+                _price(region="eu-west-3", input="3.4", output="17"),
+                _price(region="ap-northeast-1", input="3.5", output="17.5"),
+            ],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("model_id", "region", "expected"),
+    [
+        ("global.test.model-v1", None, "18"),
+        ("global.test.model-v1", "eu-west-3", "18"),
+        ("us.test.model-v1", None, "19.8"),
+        ("us.test.model-v1", "us-west-2", "19.8"),
+        ("eu.test.model-v1", "eu-west-3", "20.4"),
+        ("eu.test.model-v1", "eu-central-1", "19.8"),
+        ("jp.test.model-v1", None, "21"),
+        ("apac.test.model-v1", "ap-northeast-1", "21"),
+        ("test.model-v1", None, "19.8"),
+        ("test.model-v1", "eu-west-3", "20.4"),
+    ],
+)
+def test_profiles_priced_as_aws_bills_them(
+    tmp_path: Path, model_id: str, region: str | None, expected: str
+) -> None:
+    catalogue = _geo_catalogue(tmp_path)
+    assert catalogue.cost(model_id, Usage(1_000_000, 1_000_000), region=region) == Decimal(expected)
+
+
+def test_geographic_profile_without_region_refuses_when_its_regions_differ(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"eu\. profile.*\['eu-central-1', 'eu-west-3'\].*region="
+    ):
+        _geo_catalogue(tmp_path).cost("eu.test.model-v1", Usage(1, 1))
+
+
+def test_geographic_profile_is_never_priced_at_another_geography(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(region="us-east-1")]))
+    with pytest.raises(ConfigError, match=r"no 'on_demand' price in the 'eu' geography"):
+        catalogue.cost("eu.test.model-v1", Usage(1, 1))
+    with pytest.raises(ConfigError, match=r"global cross-region profile"):
+        catalogue.cost("global.test.model-v1", Usage(1, 1))
+
+
+def test_profile_called_from_a_region_outside_its_geography_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"eu\. cross-region profile.*'us-east-1'"):
+        _geo_catalogue(tmp_path).cost("eu.test.model-v1", Usage(1, 1), region="us-east-1")
+
+
+def test_geography_row_prices_a_profile_from_any_of_its_regions(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(
+        _file(tmp_path, [_price(region="us-east-1"), _price(region="eu", input="0.6")])
+    )
+    usage = Usage(1_000_000, 0)
+    assert catalogue.cost("eu.test.model-v1", usage) == Decimal("0.6")
+    assert catalogue.cost("eu.test.model-v1", usage, region="eu-north-1") == Decimal("0.6")
+
+
+def test_eu_llama_profile_priced_at_its_eu_row_not_us_east_1(bedrock: Catalogue) -> None:
+    usage = Usage(1_000_000, 0)
+    assert bedrock.cost("meta.llama3-2-1b-instruct-v1:0", usage) == Decimal("0.1")
+    assert bedrock.cost("eu.meta.llama3-2-1b-instruct-v1:0", usage) == Decimal("0.13")
+
+
+# -- one-hour cache writes, queries, requests, long-context tiers --------------------------------
+
+
+def test_one_hour_cache_writes_priced_at_their_own_rate(tmp_path: Path) -> None:
+    row = _price(input="3", output="15", cache_read="0.3", cache_write="3.75", cache_write_1h="6")
+    catalogue = Catalogue.from_file(_file(tmp_path, [row]))
+    usage = Usage(100, 10, cache_write_tokens=1_000, cache_write_1h_tokens=400)
+    # 100*3 + 10*15 + 600*3.75 + 400*6 = 300 + 150 + 2250 + 2400 = 5100 per million
+    assert catalogue.cost("test.model-v1", usage) == Decimal("0.0051")
+    # A plain Usage prices every write at the five-minute rate.
+    plain = Usage(100, 10, cache_write_tokens=1_000)
+    assert catalogue.cost("test.model-v1", plain) == Decimal("0.0042")
+
+
+def test_one_hour_cache_write_without_price_is_an_error(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(cache_write="0.6")]))
+    usage = Usage(0, 0, cache_write_tokens=10, cache_write_1h_tokens=10)
+    with pytest.raises(ConfigError, match="no one-hour cache-write price"):
+        catalogue.cost("test.model-v1", usage)
+
+
+def test_billed_usage_validates_and_adds() -> None:
+    with pytest.raises(ValueError, match="exceeds cache_write_tokens"):
+        Usage(cache_write_tokens=1, cache_write_1h_tokens=2)
+    with pytest.raises(ValueError, match="queries must be a non-negative int"):
+        Usage(queries=-1)
+    total = Usage(1, 1, 0, 5, 5, 2) + Usage(1, 1, 0, 3)
+    assert total == Usage(2, 2, 0, 8, 5, 2)
+
+
+def test_rerank_queries_priced_per_thousand(tmp_path: Path) -> None:
+    row = _price(input="0", output="0", per_1k_queries="2")
+    catalogue = Catalogue.from_file(_file(tmp_path, [row]))
+    assert catalogue.cost("test.model-v1", Usage(queries=3)) == Decimal("0.006")
+    with pytest.raises(ConfigError, match="no per-query price"):
+        Catalogue.from_file(_file(tmp_path, [_price()])).cost("test.model-v1", Usage(queries=1))
+
+
+def test_per_request_fee_added_to_every_call(tmp_path: Path) -> None:
+    catalogue = Catalogue.from_file(_file(tmp_path, [_price(per_1k_requests="5")]))
+    # 1000*0.5 + 0 per million = 0.0005, plus $5 per 1,000 requests
+    assert catalogue.cost("test.model-v1", Usage(1_000, 0)) == Decimal("0.0055")
+
+
+def test_long_context_tier_prices_the_whole_call(tmp_path: Path) -> None:
+    tier = {"above_prompt_tokens": 200_000, "input": "6", "output": "22.5"}
+    catalogue = Catalogue.from_file(
+        _file(tmp_path, [_price(input="3", output="15", cache_read="0.3", tiers=[tier])])
+    )
+    at = Usage(200_000, 1_000)
+    over = Usage(150_000, 1_000, cache_read_tokens=50_001)
+    assert catalogue.cost("test.model-v1", at) == Decimal("0.615")
+    # Over the threshold every token pays the tier's rate; the tier has no cache-read price.
+    with pytest.raises(ConfigError, match="cache-read"):
+        catalogue.cost("test.model-v1", over)
+    assert catalogue.cost("test.model-v1", Usage(200_001, 1_000)) == Decimal("1.222506")
+
+
+def test_price_row_confidence_and_note_load(tmp_path: Path) -> None:
+    row = _price(confidence="low", note="transcribed by hand")
+    price = Catalogue.from_file(_file(tmp_path, [row])).price("test.model-v1")
+    assert (price.confidence, price.note) == ("low", "transcribed by hand")
+    assert _malformed(_file(tmp_path, [_price(confidence="maybe")]))
+
+
+# -- the dated Bedrock catalogue -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def current() -> Catalogue:
+    return Catalogue.load(CURRENT)
+
+
+SONNET_45 = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+HAIKU_45 = "anthropic.claude-haiku-4-5-20251001-v1:0"
+OPUS_45 = "anthropic.claude-opus-4-5-20251101-v1:0"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "global_rates", "geo_rates"),
+    [
+        (SONNET_45, ("3", "15"), ("3.3", "16.5")),
+        (HAIKU_45, ("1", "5"), ("1.1", "5.5")),
+        (OPUS_45, ("5", "25"), ("5.5", "27.5")),
+    ],
+)
+def test_claude_45_geographic_profiles_cost_10_percent_over_global(
+    current: Catalogue, model_id: str, global_rates: tuple[str, str], geo_rates: tuple[str, str]
+) -> None:
+    def rates(profile_id: str, region: str | None = None) -> tuple[Decimal, Decimal]:
+        price = current.price(profile_id, region)
+        return price.input, price.output
+
+    assert rates("global." + model_id) == tuple(map(Decimal, global_rates))
+    for profile_id, region in [
+        ("us." + model_id, None),
+        ("us." + model_id, "us-west-2"),
+        ("eu." + model_id, None),
+        ("eu." + model_id, "eu-west-1"),
+        (model_id, None),
+        (model_id, "us-east-1"),
+    ]:
+        assert rates(profile_id, region) == tuple(map(Decimal, geo_rates)), profile_id
+
+
+@pytest.mark.parametrize(
+    ("model_id", "cache_read", "cache_write", "cache_write_1h"),
+    [
+        ("us." + SONNET_45, "0.33", "4.125", "6.6"),
+        ("global." + SONNET_45, "0.3", "3.75", "6"),
+        ("us." + HAIKU_45, "0.11", "1.375", "2.2"),
+        ("us." + OPUS_45, "0.55", "6.875", "11"),
+        ("anthropic.claude-opus-4-1-20250805-v1:0", "1.5", "18.75", "30"),
+        (SONNET_4, "0.3", "3.75", "6"),
+    ],
+)
+def test_cache_prices_of_claude_4_models(
+    current: Catalogue, model_id: str, cache_read: str, cache_write: str, cache_write_1h: str
+) -> None:
+    price = current.price(model_id)
+    assert (price.cache_read, price.cache_write, price.cache_write_1h) == (
+        Decimal(cache_read),
+        Decimal(cache_write),
+        Decimal(cache_write_1h),
+    )
+    # Anthropic bills five-minute writes at 1.25x input and one-hour writes at 2x.
+    assert price.cache_write == price.input * Decimal("1.25")
+    assert price.cache_write_1h == price.input * 2
+
+
+def test_eu_profiles_never_priced_at_us_east_1(current: Catalogue) -> None:
+    assert current.cost("eu.meta.llama3-2-1b-instruct-v1:0", Usage(1_000_000, 0)) == Decimal("0.13")
+    with pytest.raises(ConfigError, match=r"no 'on_demand' price in the 'eu' geography"):
+        current.cost("eu.amazon.nova-micro-v1:0", Usage(1_000, 100))
+
+
+def test_us_west_2_prices_models(current: Catalogue) -> None:
+    usage = Usage(1_000_000, 1_000_000)
+    assert current.cost(HAIKU_3, usage, region="us-west-2") == Decimal("1.5")
+    assert current.cost("amazon.nova-micro-v1:0", usage, region="us-west-2") == Decimal("0.175")
+    assert current.cost("us." + SONNET_45, usage, region="us-west-2") == Decimal("19.8")
+
+
+def test_claude_3_opus_is_priced_in_us_west_2_only(current: Catalogue) -> None:
+    card = current.card("anthropic.claude-3-opus-20240229-v1:0")
+    assert card.regions == ("us-west-2",)
+    assert current.cost("us.anthropic.claude-3-opus-20240229-v1:0", Usage(1_000, 0)) == Decimal(
+        "0.015"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model_id", "input_price", "output_price"),
+    [
+        ("us.anthropic.claude-sonnet-4-6-v1:0", "3.3", "16.5"),
+        ("global.anthropic.claude-opus-4-6-v1:0", "5", "25"),
+        ("global.anthropic.claude-opus-4-7-v1:0", "5", "25"),
+        ("us.anthropic.claude-opus-4-8-v1:0", "5.5", "27.5"),
+        ("meta.llama4-maverick-17b-instruct-v1:0", "0.24", "0.97"),
+        ("us.meta.llama4-scout-17b-instruct-v1:0", "0.17", "0.66"),
+        ("us.deepseek.r1-v1:0", "1.35", "5.4"),
+        ("openai.gpt-oss-20b-1:0", "0.07", "0.3"),
+        ("openai.gpt-oss-120b-1:0", "0.15", "0.6"),
+        ("qwen.qwen3-32b-v1:0", "0.15", "0.6"),
+        ("mistral.mistral-large-3-675b-instruct", "0.5", "1.5"),
+        ("mistral.pixtral-large-2502-v1:0", "2", "6"),
+        ("mistral.ministral-3-8b-instruct", "0.15", "0.15"),
+        ("global.amazon.nova-2-lite-v1:0", "0.3", "2.5"),
+        ("us.amazon.nova-2-lite-v1:0", "0.33", "2.75"),
+        ("google.gemma-3-27b-it", "0.23", "0.38"),
+        ("amazon.titan-embed-text-v2:0", "0.02", "0"),
+    ],
+)
+def test_models_bedrock_users_run_today_are_priced(
+    current: Catalogue, model_id: str, input_price: str, output_price: str
+) -> None:
+    price = current.price(model_id)
+    assert (price.input, price.output) == (Decimal(input_price), Decimal(output_price))
+    assert price.source_url.startswith("https://")
+
+
+def test_embeddings_priced_per_input_token(current: Catalogue) -> None:
+    assert current.cost("amazon.titan-embed-text-v2:0", Usage(50_000, 0)) == Decimal("0.001")
+
+
+def test_llama_4_batch_is_half_price(current: Catalogue) -> None:
+    usage = Usage(1_000_000, 1_000_000)
+    model = "meta.llama4-maverick-17b-instruct-v1:0"
+    assert current.cost(model, usage, tier="batch") * 2 == current.cost(model, usage)
+
+
+def test_long_context_tier_in_the_dated_catalogue(current: Catalogue) -> None:
+    price = current.price("global.anthropic.claude-haiku-5-5")
+    assert price.tiers
+    threshold, long = price.tiers[0]
+    assert threshold == 100_000
+    assert long.input > price.input
+
+
+def test_every_row_of_the_dated_catalogue_has_source_date_and_confidence(
+    current: Catalogue,
+) -> None:
+    for card in current:
+        for price in card.prices:
+            assert price.source_url.startswith("https://"), card.id
+            assert price.confidence in ("high", "low")
+            if "Aditya-Poddar" in price.source_url:
+                assert price.confidence == "low", card.id

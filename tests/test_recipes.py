@@ -88,7 +88,7 @@ def test_chatbot_demo_deflects_traffic_and_costs_less(capsys: pytest.CaptureFixt
     assert Decimal(smart_stages["precomputed"]["avoided_usd"]) > 0
     assert smart_stages["precompute"]["calls"] == len(chatbot.POLICY_QUESTIONS)
     assert Decimal(smart["setup_cost_usd"]) > 0
-    assert report["assumptions"]["catalogue"] == "bedrock-2026-11"
+    assert report["assumptions"]["catalogue"] == "bedrock-2026-11-29"
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,8 @@ class Totals:
     latency_s: float = 0.0
     unknown: int = 0
     cost_bound: Decimal | None = Decimal(0)
+    cache_write_1h_tokens: int = 0
+    queries: int = 0
 
 
 # -- latency histograms: percentiles that a store can keep without keeping every value ---------
@@ -126,6 +128,8 @@ class Cell:
     avoided_unknown: int = 0
     latency_ns: int = 0
     histogram: dict[int, int] = field(default_factory=dict)
+    cache_write_1h_tokens: int = 0
+    queries: int = 0
 
     @property
     def tags(self) -> dict[str, str]:
@@ -143,6 +147,8 @@ class Cell:
             self.output_tokens += u.output_tokens
             self.cache_read_tokens += u.cache_read_tokens
             self.cache_write_tokens += u.cache_write_tokens
+            self.cache_write_1h_tokens += u.cache_write_1h_tokens
+            self.queries += u.queries
         if e.cost is None:
             self.cost_unknown += 1
             if e.bound is None:
@@ -194,7 +200,7 @@ def cells_of(entries: Iterable[Entry]) -> list[Cell]:
 
 def fold(cells: Iterable[Cell], requests: int = 0) -> Totals:
     """Totals over ``cells`` (``requests`` is counted apart: it does not add across cells)."""
-    calls = inp = out = cread = cwrite = unknown = missing = avoided_unknown = 0
+    calls = inp = out = cread = cwrite = unknown = missing = avoided_unknown = hour = queries = 0
     cost = bound = avoided = Decimal(0)
     latency = 0
     with localcontext(CONTEXT):
@@ -204,6 +210,8 @@ def fold(cells: Iterable[Cell], requests: int = 0) -> Totals:
             out += c.output_tokens
             cread += c.cache_read_tokens
             cwrite += c.cache_write_tokens
+            hour += c.cache_write_1h_tokens
+            queries += c.queries
             cost += c.cost
             unknown += c.cost_unknown
             bound += c.bound_unknown
@@ -223,6 +231,8 @@ def fold(cells: Iterable[Cell], requests: int = 0) -> Totals:
         latency_s=latency / 1e9,
         unknown=unknown,
         cost_bound=None if missing else exact_sum((cost, bound)),
+        cache_write_1h_tokens=hour,
+        queries=queries,
     )
 
 
@@ -334,6 +344,8 @@ def totals(entries: Iterable[Entry]) -> Totals:
         latency_s=sum(map(_ns, map(_LATENCY, rows))) / 1e9,
         unknown=len(unknown),
         cost_bound=exact_sum([known, *bounds]),
+        cache_write_1h_tokens=sum(u.cache_write_1h_tokens for u in usages),
+        queries=sum(u.queries for u in usages),
     )
 
 
@@ -645,6 +657,8 @@ COLUMNS = [
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "queries",
     "cost",
     "avoided_cost",
     "bound",
@@ -673,6 +687,8 @@ def entry_row(e: Entry) -> dict[str, Any]:
         "output_tokens": None if usage is None else usage.output_tokens,
         "cache_read_tokens": None if usage is None else usage.cache_read_tokens,
         "cache_write_tokens": None if usage is None else usage.cache_write_tokens,
+        "cache_write_1h_tokens": None if usage is None else usage.cache_write_1h_tokens,
+        "queries": None if usage is None else usage.queries,
         "cost": None if e.cost is None else str(e.cost),
         "avoided_cost": None if e.avoided_cost is None else str(e.avoided_cost),
         "bound": None if e.bound is None else str(e.bound),

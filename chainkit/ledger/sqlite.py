@@ -126,7 +126,13 @@ def _m004_jobs(db: sqlite3.Connection) -> None:
 
 def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
     """Entry ids, bounds, flags and notes; roll-up cells; saved replies for resuming."""
-    for column in ("uid TEXT", "bound TEXT", "flags TEXT NOT NULL DEFAULT ''"):
+    for column in (
+        "uid TEXT",
+        "bound TEXT",
+        "flags TEXT NOT NULL DEFAULT ''",
+        "cache_write_1h_tokens INTEGER",
+        "queries INTEGER",
+    ):
         db.execute(f"ALTER TABLE entries ADD COLUMN {column}")
     db.execute("ALTER TABLE entries ADD COLUMN note TEXT NOT NULL DEFAULT ''")
     # Tags were stored with ensure_ascii; one encoding per tag set lets SQL group by the text.
@@ -134,7 +140,9 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
     db.create_function("utc_day", 1, _utc_day)
     # The day is recomputed too: grouping by it must agree with the cells, which use UTC days.
     db.execute(
-        "UPDATE entries SET uid = 'legacy.' || id, tags = canon_tags(tags), day = utc_day(time)"
+        "UPDATE entries SET uid = 'legacy.' || id, tags = canon_tags(tags), day = utc_day(time), "
+        "cache_write_1h_tokens = CASE WHEN input_tokens IS NULL THEN NULL ELSE 0 END, "
+        "queries = CASE WHEN input_tokens IS NULL THEN NULL ELSE 0 END"
     )
     db.execute("CREATE UNIQUE INDEX entries_uid ON entries (uid)")
     db.execute(
@@ -150,6 +158,7 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
             bound_unknown TEXT NOT NULL, bound_missing INTEGER NOT NULL,
             avoided TEXT NOT NULL, avoided_unknown INTEGER NOT NULL,
             latency_ns INTEGER NOT NULL,
+            cache_write_1h_tokens INTEGER NOT NULL, queries INTEGER NOT NULL,
             UNIQUE (tags, phase, stage, model, intent, outcome, day, flags)
         )"""
     )
@@ -191,6 +200,8 @@ _WRITE_COLUMNS = [
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "queries",
     "cost",
     "avoided_cost",
     "bound",
@@ -207,7 +218,7 @@ _WRITE_COLUMNS = [
     "avoided_pico",
     "day",
 ]
-_READ_COLUMNS = _WRITE_COLUMNS[:21]
+_READ_COLUMNS = _WRITE_COLUMNS[:23]
 _FOLD_SLICE = 5_000  # entries folded into the cells per idle transaction
 _SLICE = 500  # rows per INSERT: 500 x 24 parameters stays under SQLite's 32,766
 _INSERT_MANY: dict[int, str] = {}
@@ -233,6 +244,8 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
         None if u is None else u.output_tokens,
         None if u is None else u.cache_read_tokens,
         None if u is None else u.cache_write_tokens,
+        None if u is None else u.cache_write_1h_tokens,
+        None if u is None else u.queries,
         None if cost is None else str(cost),
         None if avoided is None else str(avoided),
         None if bound is None else str(bound),
@@ -252,15 +265,16 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
 
 
 def _from_sql(row: Sequence[Any]) -> Entry:
-    (uid, rid, stage, outcome, model, inp, out, cread, cwrite, cost, avoided, bound) = row[:12]
-    (estimated, latency, attempts, intent, tags, phase, when, flags, note) = row[12:21]
+    (uid, rid, stage, outcome, model, inp, out, cread, cwrite, hour, queries) = row[:11]
+    (cost, avoided, bound, estimated, latency, attempts, intent, tags, phase) = row[11:20]
+    (when, flags, note) = row[20:23]
     return Entry(
         id=uid,
         request_id=rid,
         stage=stage,
         outcome=outcome,
         model=model,
-        usage=None if inp is None else Usage(inp, out, cread, cwrite),
+        usage=None if inp is None else Usage(inp, out, cread, cwrite, hour or 0, queries or 0),
         cost=None if cost is None else Decimal(cost),
         avoided_cost=None if avoided is None else Decimal(avoided),
         bound=None if bound is None else Decimal(bound),
@@ -280,7 +294,8 @@ def _from_sql(row: Sequence[Any]) -> Entry:
 
 _CELL_SUMS = (
     "calls, estimated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    "cost, cost_unknown, bound_unknown, bound_missing, avoided, avoided_unknown, latency_ns"
+    "cost, cost_unknown, bound_unknown, bound_missing, avoided, avoided_unknown, latency_ns, "
+    "cache_write_1h_tokens, queries"
 )
 _CELL_KEY = "tags, phase, stage, model, intent, outcome, day, flags"
 _CELL_FIND = (
@@ -288,13 +303,13 @@ _CELL_FIND = (
     "model = ? AND intent = ? AND outcome = ? AND day = ? AND flags = ?"
 )
 _CELL_INSERT = (
-    f"INSERT INTO cells ({_CELL_KEY}, first, {_CELL_SUMS}) VALUES ({', '.join('?' * 22)})"
+    f"INSERT INTO cells ({_CELL_KEY}, first, {_CELL_SUMS}) VALUES ({', '.join('?' * 24)})"
 )
 _CELL_UPDATE = (
     "UPDATE cells SET calls = ?, estimated = ?, input_tokens = ?, output_tokens = ?, "
     "cache_read_tokens = ?, cache_write_tokens = ?, cost = ?, cost_unknown = ?, "
-    "bound_unknown = ?, bound_missing = ?, avoided = ?, avoided_unknown = ?, latency_ns = ? "
-    "WHERE id = ?"
+    "bound_unknown = ?, bound_missing = ?, avoided = ?, avoided_unknown = ?, latency_ns = ?, "
+    "cache_write_1h_tokens = ?, queries = ? WHERE id = ?"
 )
 _LATENCY_ADD = (
     "INSERT INTO cell_latency VALUES (?, ?, ?) "
@@ -328,12 +343,15 @@ def _cell_sums(c: Cell) -> tuple[Any, ...]:
         str(c.avoided),
         c.avoided_unknown,
         c.latency_ns,
+        c.cache_write_1h_tokens,
+        c.queries,
     )
 
 
 _FOLD_COLUMNS = (
     "id, tags, phase, stage, model, intent, outcome, day, flags, estimated, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, cost, bound, avoided_cost, latency_s"
+    "output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, queries, "
+    "cost, bound, avoided_cost, latency_s"
 )
 
 
@@ -343,7 +361,7 @@ def _fold_rows(cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]]) -> dic
     with localcontext(CONTEXT):
         for row in rows:
             (rowid, tags, phase, stage, model, intent, outcome, day, flags, estimated) = row[:10]
-            (inp, out, cread, cwrite, cost, bound, avoided, latency) = row[10:]
+            (inp, out, cread, cwrite, hour, queries, cost, bound, avoided, latency) = row[10:]
             key: CellKey = (tags, phase, stage, model, intent, outcome, day, flags)
             cell = cells.get(key)
             if cell is None:
@@ -356,6 +374,8 @@ def _fold_rows(cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]]) -> dic
                 cell.output_tokens += out
                 cell.cache_read_tokens += cread
                 cell.cache_write_tokens += cwrite
+                cell.cache_write_1h_tokens += hour or 0
+                cell.queries += queries or 0
             if cost is None:
                 cell.cost_unknown += 1
                 if bound is None:
@@ -431,6 +451,8 @@ def _merge(into: Cell, other: Cell) -> None:
     into.avoided += other.avoided
     into.avoided_unknown += other.avoided_unknown
     into.latency_ns += other.latency_ns
+    into.cache_write_1h_tokens += other.cache_write_1h_tokens
+    into.queries += other.queries
     for bucket, n in other.histogram.items():
         into.histogram[bucket] = into.histogram.get(bucket, 0) + n
 
@@ -452,12 +474,14 @@ def _copy(cell: Cell) -> Cell:
         cell.avoided,
         cell.avoided_unknown,
         cell.latency_ns,
+        cache_write_1h_tokens=cell.cache_write_1h_tokens,
+        queries=cell.queries,
     )
 
 
 def _cell_from_row(key: CellKey, first: int, sums: Sequence[Any]) -> Cell:
     (calls, estimated, inp, out, cread, cwrite, cost, unknown) = sums[:8]
-    (bound, missing, avoided, avoided_unknown, latency_ns) = sums[8:13]
+    (bound, missing, avoided, avoided_unknown, latency_ns, hour, queries) = sums[8:15]
     return Cell(
         key,
         first,
@@ -474,6 +498,8 @@ def _cell_from_row(key: CellKey, first: int, sums: Sequence[Any]) -> Cell:
         Decimal(avoided),
         avoided_unknown,
         latency_ns,
+        cache_write_1h_tokens=hour,
+        queries=queries,
     )
 
 

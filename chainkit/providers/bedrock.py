@@ -7,11 +7,12 @@ A model takes a client, so that tests can hand it a stubbed one::
 
 Usage comes from the reply: Bedrock's ``inputTokens`` excludes prompt-cache reads and writes,
 which arrive as ``cacheReadInputTokens`` and ``cacheWriteInputTokens`` and are priced at their
-own rates. Throttling, connection failures and 5xx are retried here (tenacity, exponential
-backoff with full jitter, never past the call's deadline); validation and access errors are not,
-and neither is a read timeout: Bedrock may have run (and billed) a call whose reply did not
-arrive, so it ends as :class:`~chainkit.Timeout` with its cost unknown rather than being paid for
-twice. Errors leave as chainkit errors naming the Bedrock error code and the model.
+own rates; ``cacheDetails`` splits the writes by TTL, and one-hour writes have their own price.
+Throttling, connection failures and 5xx are retried here (tenacity, exponential backoff with full
+jitter, never past the call's deadline); validation and access errors are not, and neither is a
+read timeout: Bedrock may have run (and billed) a call whose reply did not arrive, so it ends as
+:class:`~chainkit.Timeout` with its cost unknown rather than being paid for twice. Errors leave
+as chainkit errors naming the Bedrock error code and the model.
 """
 
 from __future__ import annotations
@@ -95,11 +96,15 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
             model_id=model_id,
         )
     try:
+        details = usage.get("cacheDetails") or ()
+        one_hour = sum(int(d["inputTokens"]) for d in details if d.get("ttl") == "1h")
+        split = sum(int(d["inputTokens"]) for d in details)
         return Usage(
             input_tokens=int(usage["inputTokens"]),
             output_tokens=int(usage["outputTokens"]),
             cache_read_tokens=int(usage.get("cacheReadInputTokens", 0)),
-            cache_write_tokens=int(usage.get("cacheWriteInputTokens", 0)),
+            cache_write_tokens=int(usage.get("cacheWriteInputTokens", split)),
+            cache_write_1h_tokens=one_hour,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadResponse(

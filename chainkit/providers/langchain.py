@@ -2,7 +2,11 @@
 
 LangChain's ``usage_metadata["input_tokens"]`` *includes* prompt-cache reads and writes (they
 are broken out in ``input_token_details``); chainkit's ``Usage.input_tokens`` excludes them, so
-they are subtracted here, once, and priced at their own rates.
+they are subtracted here, once, and priced at their own rates. When a reply splits cache writes
+by TTL (Bedrock's ``cacheDetails``, Anthropic's ``cache_creation``), langchain-aws and
+langchain-anthropic move them to ``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``
+and set ``cache_creation`` to 0; those are cache writes too, and one-hour writes have their own
+price.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
-from chainkit.pricing import Tier
+from chainkit.pricing import Catalogue, Tier
 from chainkit.providers.model import Completion, Prompt
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
@@ -34,7 +38,11 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
         )
     details = usage.get("input_token_details") or {}
     cache_read = int(details.get("cache_read") or 0)
-    cache_write = int(details.get("cache_creation") or 0)
+    five_minutes = int(details.get("ephemeral_5m_input_tokens") or 0)
+    one_hour = int(details.get("ephemeral_1h_input_tokens") or 0)
+    # With a TTL split, cache_creation is 0 (langchain-aws, langchain-anthropic) so that nothing is
+    # counted twice; an integration that leaves the total there as well is read the same way.
+    cache_write = max(int(details.get("cache_creation") or 0), five_minutes + one_hour)
     uncached = int(usage.get("input_tokens") or 0) - cache_read - cache_write
     if uncached < 0:
         raise BadResponse(
@@ -44,7 +52,38 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
             code="MalformedUsage",
             model_id=model_id,
         )
-    return Usage(uncached, int(usage.get("output_tokens") or 0), cache_read, cache_write)
+    output = int(usage.get("output_tokens") or 0)
+    return Usage(uncached, output, cache_read, cache_write, one_hour)
+
+
+def provider_of(chat_model: Any) -> str | None:
+    """The provider LangChain traces a chat model under (``ls_provider``: openai, anthropic...)."""
+    try:
+        params = chat_model._get_ls_params()
+    except Exception:  # a chat model with unusual tracing params is simply not recognised
+        return None
+    provider = params.get("ls_provider") if isinstance(params, Mapping) else None
+    return provider if isinstance(provider, str) else None
+
+
+def catalogue_and_id(chat_model: Any, model_id: str) -> tuple[Catalogue, str]:
+    """The catalogue that prices ``chat_model``'s provider, and ``model_id`` as that one names it.
+
+    Bedrock chat models are priced by the default (Bedrock) catalogue; a provider genai-prices
+    knows (OpenAI, Anthropic, Google, Azure, Mistral...) by the genai-prices catalogue, under the
+    id ``provider:model``; anything else by the default catalogue.
+    """
+    provider = provider_of(chat_model)
+    try:
+        from chainkit.pricing_genai import genai_provider_for
+
+        genai = genai_provider_for(provider)
+    except ImportError:  # genai-prices not installed: only the bundled catalogues
+        genai = None
+    if genai is None:
+        return Catalogue.load(), model_id
+    priced_as = model_id if ":" in model_id else f"{genai}:{model_id}"
+    return Catalogue.load("genai-prices"), priced_as
 
 
 def model_id_of(source: Any) -> str | None:
@@ -63,6 +102,11 @@ class LangChainModel:
         chat_model: any chat model (ChatBedrockConverse, ChatOpenAI, ChatAnthropic, a fake).
         model_id: the catalogue id to price calls as; by default the chat model's own
             ``model_id``/``model_name``/``model`` attribute.
+        region: the AWS region prices are taken for (default: the chat model's ``region_name``).
+        catalogue: the prices; by default chosen from the chat model's provider: the Bedrock
+            catalogue for Bedrock, genai-prices (ids ``provider:model``) for OpenAI, Anthropic's
+            API, Vertex, Azure and the other providers it knows. Stages left with their default
+            catalogue use this one.
     """
 
     def __init__(
@@ -72,6 +116,7 @@ class LangChainModel:
         model_id: str | None = None,
         region: str | None = None,
         tier: Tier = "on_demand",
+        catalogue: Catalogue | None = None,
     ) -> None:
         resolved = model_id or model_id_of(chat_model)
         if resolved is None:
@@ -79,9 +124,13 @@ class LangChainModel:
                 f"Cannot tell which model {type(chat_model).__name__} runs; pass "
                 "LangChainModel(chat_model, model_id='<catalogue model id>') to price it."
             )
+        if catalogue is None:
+            catalogue, resolved = catalogue_and_id(chat_model, resolved)
         self.chat_model = chat_model
         self.model_id = resolved
-        self.region = region
+        self.catalogue = catalogue
+        region_name = getattr(chat_model, "region_name", None)
+        self.region = region or (region_name if isinstance(region_name, str) else None)
         self.tier: Tier = tier
 
     def __repr__(self) -> str:
@@ -114,10 +163,14 @@ class LangChainModel:
         usage = usage_from_langchain(getattr(reply, "usage_metadata", None), self.model_id)
         content = reply.content
         text = content if isinstance(content, str) else str(getattr(reply, "text", content))
+        reported = model_id_of(getattr(reply, "response_metadata", {}))
+        if reported is not None and ":" in self.model_id and ":" not in reported:
+            # The catalogue names models provider:model; the reply names only the model.
+            reported = f"{self.model_id.partition(':')[0]}:{reported}"
         return Completion(
             text=text,
             usage=usage,
-            model_id=model_id_of(getattr(reply, "response_metadata", {})) or self.model_id,
+            model_id=reported or self.model_id,
             latency_s=time.perf_counter() - started,
         )
 

@@ -169,8 +169,8 @@ class ScriptedModel:
     of every call; without it, usage is counted as :class:`OfflineModel` counts it.
 
     >>> model = ScriptedModel(model_id="generic.intent", reply="track_order", usage=Usage(15, 5))
-    >>> model.complete(Prompt("Label it.", "where is my parcel"), max_tokens=8).usage
-    Usage(input_tokens=15, output_tokens=5, cache_read_tokens=0, cache_write_tokens=0)
+    >>> model.complete(Prompt("Label it.", "where is my parcel"), max_tokens=8).usage.output_tokens
+    5
     >>> model.prompts[0].user
     'where is my parcel'
     """

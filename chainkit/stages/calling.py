@@ -42,7 +42,8 @@ DEFAULT_TIMEOUT_S = 120.0
 def check_model(model: Model, catalogue: Catalogue, stage: str) -> None:
     """Fail at construction, not on the first request, if ``catalogue`` cannot price ``model``."""
     try:
-        catalogue.card(model.model_id).price(model.region, model.tier)
+        # The catalogue resolves a cross-region profile (eu., global.) to the price it bills.
+        catalogue.price(model.model_id, model.region, model.tier)
     except ConfigError as exc:
         raise ConfigError(
             f"Stage {stage!r} cannot price its model: {exc} Pass `catalogue=` with a catalogue "
@@ -91,7 +92,7 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned {type(reply).__name__}, not a Completion"
     elif not isinstance(reply.text, str):
         problem = f"returned text {reply.text!r:.60} that is not a str"
-    elif type(reply.usage) is not Usage:
+    elif not isinstance(reply.usage, Usage):
         problem = f"returned usage {reply.usage!r:.80} that is not a Usage"
     elif not isinstance(reply.model_id, str) or not reply.model_id:
         problem = f"returned model id {reply.model_id!r:.60}"
@@ -217,7 +218,7 @@ class ModelCall:
                 f"{card.context_window} tokens (request {request.id!r}). Shorten the input "
                 "(Summarise or Compress first) or choose a model with a longer context."
             )
-        price = self.catalogue.price(card.id, model.region, model.tier)
+        price = self.catalogue.price(model.model_id, model.region, model.tier)
         try:
             self.bound = price.cost(estimate, model_id=card.id)
         except ConfigError:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result, check_text
 from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
@@ -38,6 +38,8 @@ class Generate:
         if self.max_tokens < 1:
             raise ConfigError(f"Generate max_tokens must be at least 1, got {self.max_tokens}.")
         check_timeout(self.timeout_s, self.name)
+        # A model that brings its own prices (LangChain on OpenAI) replaces the default catalogue.
+        object.__setattr__(self, "catalogue", catalogue_for(self.model, self.catalogue))
         check_model(self.model, self.catalogue, self.name)
 
     def prompt(self, request: Request) -> Prompt:

@@ -11,7 +11,7 @@ from typing import Protocol, cast, runtime_checkable
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, check_text
 from chainkit.stages.answering import record_free
@@ -180,6 +180,7 @@ class IntentScan:
         asks_model = isinstance(self.classifier, PromptClassifier)
         object.__setattr__(self, "_asks_model", asks_model)
         if isinstance(classifier, PromptClassifier):
+            object.__setattr__(self, "catalogue", catalogue_for(classifier.model, self.catalogue))
             check_model(classifier.model, self.catalogue, self.name)
 
     def _ask(self, classifier: PromptClassifier, request: Request, ledger: Ledger) -> Prediction:

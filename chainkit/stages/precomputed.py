@@ -14,7 +14,7 @@ import diskcache
 
 from chainkit.ledger import Ledger
 from chainkit.money import exact_sum
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result
 from chainkit.stages.answering import CostEstimator, record_early
@@ -108,7 +108,7 @@ def precompute(
     ``precompute:<intent>``, carrying ``tags``), which reports show as one-off spend. Returns the
     total spent (``None`` if some cost is unknown).
     """
-    catalogue = catalogue or Catalogue.load()
+    catalogue = catalogue_for(model, catalogue)
     check_model(model, catalogue, "precompute")
     check_timeout(timeout_s, "precompute")
     total: Decimal | None = Decimal(0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from chainkit.documents import split_document
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
-from chainkit.pricing import Catalogue
+from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, check_text
 from chainkit.stages.answering import record_free
@@ -50,6 +50,8 @@ class Summarise:
         if self.max_tokens < 1:
             raise ConfigError(f"Summarise max_tokens must be at least 1, got {self.max_tokens}.")
         check_timeout(self.timeout_s, self.name)
+        # A model that brings its own prices (LangChain on OpenAI) replaces the default catalogue.
+        object.__setattr__(self, "catalogue", catalogue_for(self.model, self.catalogue))
         check_model(self.model, self.catalogue, self.name)
         object.__setattr__(self, "_room", self._measure_room())
         if self.room < self.max_tokens:

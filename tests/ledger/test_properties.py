@@ -44,7 +44,15 @@ ENTRY = st.builds(
     outcome=st.sampled_from(["answered", "passed", "failed", "refused"]),
     cost=MONEY,
     model=st.one_of(st.none(), st.sampled_from(["m1", "anthropic.claude-v2", "模型"])),
-    usage=st.one_of(st.none(), st.builds(Usage, *[st.integers(0, 10**7)] * 4)),
+    usage=st.one_of(
+        st.none(),
+        st.builds(
+            lambda i, o, r, w, share, q: Usage(i, o, r, w, w * share // 4, q),
+            *[st.integers(0, 10**7)] * 4,
+            st.integers(0, 4),
+            st.integers(0, 50),
+        ),
+    ),
     avoided_cost=MONEY,
     bound=MONEY,
     estimated=st.booleans(),

@@ -69,3 +69,14 @@ def json_reply(body: dict[str, Any]) -> AWSResponse:
     raw = _Raw(json.dumps(body).encode())
     headers = {"content-type": "application/json"}
     return AWSResponse("https://bedrock-runtime.us-east-1.amazonaws.com", 200, headers, raw)
+
+
+# Claude Sonnet 4 on us-east-1 in bedrock-2026-11-29, USD per million tokens: input 3, output 15,
+# cache read 0.3, five-minute write 3.75, one-hour write 6. Each reply below reads 120 uncached
+# tokens, writes 300, reads 2,000 from the cache and writes 1,000 to it.
+CACHE_TTL_COSTS = {
+    # 120*3 + 300*15 + 2000*0.3 + 1000*3.75 = 9210 per million (as input it would be 8460)
+    "converse_cache_5m": "0.00921",
+    # 120*3 + 300*15 + 2000*0.3 + 600*3.75 + 400*6 = 10110 per million
+    "converse_cache_1h": "0.01011",
+}

@@ -23,7 +23,7 @@ from chainkit import (
     Usage,
 )
 from chainkit.providers.bedrock import BedrockModel
-from tests.providers.bedrock_http import json_reply, stream_reply
+from tests.providers.bedrock_http import CACHE_TTL_COSTS, json_reply, stream_reply
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
@@ -384,3 +384,52 @@ def _client_error(code: str, status: int) -> Exception:
         {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
         "Converse",
     )
+
+
+# -- cache writes split by TTL (cacheDetails) ----------------------------------------------------
+
+CURRENT = Catalogue.load("bedrock-2026-11-29")
+
+
+@pytest.mark.parametrize("reply", sorted(CACHE_TTL_COSTS))
+def test_cache_details_price_five_minute_and_one_hour_writes(
+    client: Any, stub: Stubber, bedrock_reply: Any, reply: str
+) -> None:
+    stub.add_response("converse", bedrock_reply(reply), None)
+    ledger = Ledger()
+    stage = Generate(model=model(client, "us." + SONNET4), max_tokens=200, catalogue=CURRENT)
+    stage.run(Request("What is the returns policy?"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.usage is not None
+    assert entry.usage.cache_write_tokens == 1000
+    assert entry.usage.cache_write_1h_tokens == (400 if "1h" in reply else 0)
+    assert entry.cost == Decimal(CACHE_TTL_COSTS[reply])
+
+
+def test_cache_details_without_write_total_use_their_sum() -> None:
+    from chainkit.providers.bedrock import usage_from_bedrock
+
+    usage = usage_from_bedrock(
+        {
+            "inputTokens": 1,
+            "outputTokens": 2,
+            "cacheDetails": [{"ttl": "1h", "inputTokens": 5}, {"ttl": "5m", "inputTokens": 7}],
+        },
+        SONNET4,
+    )
+    assert usage == Usage(1, 2, 0, 12, cache_write_1h_tokens=5)
+
+
+def test_cache_details_larger_than_the_write_total_is_a_bad_response() -> None:
+    from chainkit.providers.bedrock import usage_from_bedrock
+
+    with pytest.raises(BadResponse, match="malformed usage"):
+        usage_from_bedrock(
+            {
+                "inputTokens": 1,
+                "outputTokens": 2,
+                "cacheWriteInputTokens": 3,
+                "cacheDetails": [{"ttl": "1h", "inputTokens": 5}],
+            },
+            SONNET4,
+        )

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from typing import Any
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
 from chainkit import BadResponse, Catalogue, ConfigError, Generate, Ledger, Prompt, Request, Usage
 from chainkit.providers.langchain import LangChainModel, usage_from_langchain
+from tests.providers.bedrock_http import CACHE_TTL_COSTS
+from tests.providers.conftest import BEDROCK_DATA
 
 SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
 CATALOGUE = Catalogue.load("bedrock-2026-11")
@@ -91,3 +97,118 @@ def test_errors_are_mapped_into_the_chainkit_tree() -> None:
     model = LangChainModel(Exploding(messages=iter([])), model_id=SONNET4)
     with pytest.raises(Throttled, match="RateLimitError"):
         model.complete(Prompt("", "q"), max_tokens=10)
+
+
+# -- langchain-aws ChatBedrockConverse on a stubbed Bedrock client -------------------------------
+
+CURRENT = Catalogue.load("bedrock-2026-11-29")
+
+
+def converse_chat_model(reply: dict[str, object]) -> Any:
+    """A real ChatBedrockConverse whose boto3 client is answered by botocore's Stubber."""
+    from langchain_aws import ChatBedrockConverse
+
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    stubber = Stubber(client)
+    stubber.add_response("converse", reply, None)
+    stubber.activate()
+    return ChatBedrockConverse(model="us." + SONNET4, client=client, region_name="us-east-1")
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_TTL_COSTS))
+def test_langchain_aws_cache_details_are_cache_writes(bedrock_reply: Any, name: str) -> None:
+    chat_model = converse_chat_model(bedrock_reply(name))
+    ledger = Ledger()
+    stage = Generate(model=LangChainModel(chat_model), max_tokens=200, catalogue=CURRENT)
+    stage.run(Request("What is the returns policy?"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.model == "us." + SONNET4
+    assert entry.usage is not None
+    assert (entry.usage.input_tokens, entry.usage.cache_write_tokens) == (120, 1000)
+    assert entry.usage.cache_write_1h_tokens == (400 if "1h" in name else 0)
+    assert entry.cost == Decimal(CACHE_TTL_COSTS[name])
+
+
+def test_ttl_split_is_read_from_ephemeral_keys() -> None:
+    # langchain-aws and langchain-anthropic zero cache_creation when they split writes by TTL.
+    usage = usage_from_langchain(
+        {
+            "input_tokens": 3120,
+            "output_tokens": 300,
+            "total_tokens": 3420,
+            "input_token_details": {
+                "cache_read": 2000,
+                "cache_creation": 0,
+                "ephemeral_5m_input_tokens": 600,
+                "ephemeral_1h_input_tokens": 400,
+            },
+        },
+        SONNET4,
+    )
+    assert usage == Usage(120, 300, 2000, 1000, cache_write_1h_tokens=400)
+
+
+def test_ttl_split_alongside_the_total_is_not_counted_twice() -> None:
+    usage = usage_from_langchain(
+        {
+            "input_tokens": 1100,
+            "output_tokens": 1,
+            "input_token_details": {"cache_creation": 1000, "ephemeral_5m_input_tokens": 1000},
+        },
+        SONNET4,
+    )
+    assert usage == Usage(100, 1, 0, 1000)
+
+
+# -- the catalogue follows the chat model's provider ---------------------------------------------
+
+
+class FakeOpenAI(GenericFakeChatModel):
+    """A fake chat model that LangChain traces as OpenAI's gpt-4o-mini, as ChatOpenAI is."""
+
+    model_name: str = "gpt-4o-mini"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "openai"
+        params["ls_model_name"] = self.model_name
+        return params
+
+
+def test_openai_chat_model_is_priced_from_genai_prices() -> None:
+    import genai_prices
+
+    usage = {
+        "input_tokens": 1_200,
+        "output_tokens": 350,
+        "total_tokens": 1_550,
+        "input_token_details": {"cache_read": 800},
+    }
+    chat_model = FakeOpenAI(
+        messages=iter([reply("ok", usage, model_name="gpt-4o-mini-2024-07-18")])
+    )
+    model = LangChainModel(chat_model)
+    assert model.model_id == "openai:gpt-4o-mini"
+    assert model.catalogue.name.startswith("genai-prices-")
+    ledger = Ledger()
+    Generate(model=model, max_tokens=100).run(Request("hi"), ledger)
+    (entry,) = ledger.entries()
+    theirs = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=1_200, output_tokens=350, cache_read_tokens=800),
+        "gpt-4o-mini",
+        provider_id="openai",
+    ).total_price
+    # LangChain counts the 800 cached tokens in its 1,200: 400*0.15 + 350*0.6 + 800*0.075 = 330
+    assert entry.cost == theirs == Decimal("0.00033")
+
+
+def test_bedrock_chat_model_keeps_the_bedrock_catalogue() -> None:
+    chat_model = converse_chat_model(json.loads((BEDROCK_DATA / "converse_plain.json").read_text()))
+    model = LangChainModel(chat_model)
+    assert model.catalogue is Catalogue.load()
+    assert (model.model_id, model.region) == ("us." + SONNET4, "us-east-1")
+
+
+def test_explicit_catalogue_is_kept() -> None:
+    model = LangChainModel(FakeOpenAI(messages=iter([])), catalogue=CATALOGUE, model_id=SONNET4)
+    assert (model.catalogue, model.model_id) == (CATALOGUE, SONNET4)
