@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -546,6 +549,30 @@ class _Step:
 
 # -- the ledger ----------------------------------------------------------------------------------
 
+_OPEN: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for ledger in list(_OPEN):
+        ledger._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for ledger in list(_OPEN):
+        ledger._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for ledger in list(_OPEN):
+        ledger._forking = []  # the child's copies of the locks are re-made on first use
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
 
 class SQLiteLedger(Ledger):
     """A ledger kept in an SQLite file: survives the process, same interface as :class:`Ledger`.
@@ -580,12 +607,15 @@ class SQLiteLedger(Ledger):
         self._writer: threading.Thread | None = None
         self._local = threading.local()
         self._read_lock = threading.Lock()
+        self._gate = threading.Lock()  # held by the writer while it writes (see _before_fork)
+        self._forking: list[threading.Lock] = []
         self._pid = os.getpid()
         self._closed = False
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
         self._data_version = -1
         self._db, self._reader = self._open()
         super().__init__(budgets)
+        _OPEN.add(self)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -618,8 +648,13 @@ class SQLiteLedger(Ledger):
             )
         except sqlite3.Error as exc:
             raise ConfigError(f"Cannot open ledger {path}: {exc}.") from exc
-        self._check_schema(db, writable=True)
+        try:
+            if self._kind(db)[0] == "foreign":
+                self._refuse("foreign", 0)  # before anything writes to it, WAL included
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path} is not a chainkit ledger database: {exc}.") from exc
         self._set_wal(db)
+        self._check_schema(db, writable=True)
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process kills
         reader = sqlite3.connect(
             path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
@@ -642,10 +677,22 @@ class SQLiteLedger(Ledger):
             )
 
     def _set_wal(self, db: sqlite3.Connection) -> None:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
-            raise LedgerError(f"Cannot switch ledger {self.path} to WAL mode: {exc}.") from exc
+        # Switching to WAL takes an exclusive lock without waiting on the busy handler: another
+        # process opening the same new file at this moment makes it fail. Retry until timeout.
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.005
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise LedgerError(
+                        f"Cannot switch ledger {self.path} to WAL mode: {exc}. Another process "
+                        f"has held it for over {self._timeout_s} s."
+                    ) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.2)
 
     def _check_schema(self, db: sqlite3.Connection, *, writable: bool) -> None:
         """Refuse a foreign database; migrate an older or new one (inside a write lock)."""
@@ -715,16 +762,33 @@ class SQLiteLedger(Ledger):
         )
 
     def _reopen_after_fork(self) -> None:
-        # A connection must not cross fork(); the child opens its own (the parent's are left
-        # alone, not closed, so that its locks are not disturbed).
+        # A connection must not cross fork(): the child opens its own. The ones it inherited
+        # were idle at the fork (see _before_fork) and are closed, so that SQLite's per-process
+        # lock bookkeeping starts clean for the new ones.
         if os.getpid() != self._pid:
             self._pid = os.getpid()
+            for db in (self._db, self._reader):
+                if db is not None:
+                    with suppress(sqlite3.Error):
+                        db.close()
             self._wake = threading.Condition(threading.Lock())
             self._read_lock = threading.Lock()
+            self._gate = threading.Lock()
             self._waiting, self._pending, self._flushing = [], [], False
             self._stopping, self._writer, self._idle = False, None, False
             self._cells_cache, self._data_version = {}, -1
-            self._db, self._reader = self._open()
+            if not self._closed:
+                self._db, self._reader = self._open()
+
+    def _before_fork(self) -> None:
+        """Wait for the write and read under way, and hold off others, until fork() is done."""
+        # Bounded: a fork from inside a ledger call must not deadlock on its own lock.
+        self._forking = [lock for lock in (self._gate, self._read_lock) if lock.acquire(timeout=30)]
+
+    def _after_fork_in_parent(self) -> None:
+        for lock in self._forking:
+            lock.release()
+        self._forking = []
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -826,13 +890,13 @@ class SQLiteLedger(Ledger):
                 self._flushing = True
             error: BaseException | None = None
             try:
-                if tickets:
-                    folds = [t.write for t in tickets if t.write is not None and t.write.fold]
-                    self._store(batch, fold=None if folds else 0)
-                else:
+                with self._gate:
+                    if tickets:
+                        folds = [t.write for t in tickets if t.write is not None and t.write.fold]
+                        self._store(batch, fold=None if folds else 0)
                     # Nothing queued: fold a slice of new entries into the cells, so that reads
                     # find them ready. Callers that arrive meanwhile wait one slice at most.
-                    if not self._store([], fold=_FOLD_SLICE):
+                    elif not self._store([], fold=_FOLD_SLICE):
                         self._unfolded = False
             except BaseException as exc:
                 error = exc
