@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -148,6 +148,9 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
         "queries = CASE WHEN input_tokens IS NULL THEN NULL ELSE 0 END"
     )
     db.execute("CREATE UNIQUE INDEX entries_uid ON entries (uid)")
+    # Nothing looks entries up by request id any more (checkpoints have their own table), and
+    # every index costs each write a B-tree insert.
+    db.execute("DROP INDEX IF EXISTS entries_request")
     db.execute(
         """CREATE TABLE cells (
             id INTEGER PRIMARY KEY,
@@ -223,11 +226,9 @@ _WRITE_COLUMNS = [
 ]
 _READ_COLUMNS = _WRITE_COLUMNS[:23]
 _FOLD_SLICE = 5_000  # entries folded into the cells per idle transaction
-_SLICE = 500  # rows per INSERT: 500 x 24 parameters stays under SQLite's 32,766
-_INSERT_MANY: dict[int, str] = {}
 _INSERT = (
     f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_WRITE_COLUMNS))})"
+    f"VALUES ({', '.join('?' * len(_WRITE_COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
 )
 _ZERO = timedelta(0)
 
@@ -963,34 +964,9 @@ class SQLiteLedger(Ledger):
             raise
 
     @staticmethod
-    def _insert(
-        db: sqlite3.Connection, entries: list[Entry]
-    ) -> list[tuple[Entry, tuple[Any, ...], int]]:
-        """Insert the entries whose ids are not stored yet; return them, their rows and row ids.
-
-        One statement per slice: ``ON CONFLICT DO NOTHING`` skips ids already stored (and the
-        second of an id given twice), and ``RETURNING`` says which rows went in.
-        """
-        by_id: dict[str, Entry] = {}
-        for e in entries:
-            by_id.setdefault(e.id, e)
-        unique = list(by_id.values())
-        written: list[tuple[Entry, tuple[Any, ...], int]] = []
-        for i in range(0, len(unique), _SLICE):
-            part = unique[i : i + _SLICE]
-            sql = _INSERT_MANY.get(len(part))
-            if sql is None:
-                row = f"({', '.join('?' * len(_WRITE_COLUMNS))})"
-                sql = _INSERT_MANY[len(part)] = (
-                    f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) VALUES "
-                    f"{', '.join([row] * len(part))} ON CONFLICT (uid) DO NOTHING "
-                    "RETURNING id, uid"
-                )
-            rows = {e.id: _to_sql(e) for e in part}
-            params = [value for r in rows.values() for value in r]
-            for rowid, uid in sorted(db.execute(sql, params).fetchall()):
-                written.append((by_id[uid], rows[uid], rowid))
-        return written
+    def _insert(db: sqlite3.Connection, entries: list[Entry]) -> None:
+        """Insert the entries whose ids are not stored yet (the store keeps one entry per id)."""
+        db.executemany(_INSERT, [_to_sql(e) for e in entries])
 
     def flush(self) -> None:
         """Write pending entries (those a failed write kept); raise ``LedgerError`` if it fails."""
@@ -1124,11 +1100,12 @@ class SQLiteLedger(Ledger):
             except sqlite3.Error as exc:
                 raise LedgerError(f"Could not read ledger {self.path}: {exc}.") from exc
 
-    def _cells(self) -> list[Cell]:
-        """Every cell, exact as of now: the stored cells plus entries not folded into them yet.
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The reader connection inside one read transaction: every query sees the same state.
 
-        A writable ledger first has its writer fold what is left (so the next read finds it
-        done); a read-only one folds the rest in memory, changing nothing.
+        A writable ledger first has its writer fold what is not in the cells yet (so that the
+        next read finds it done); a read-only one folds the rest in memory, changing nothing.
         """
         if not self.read_only and not self._closed:
             self._write(_Write(fold=True))
@@ -1136,38 +1113,35 @@ class SQLiteLedger(Ledger):
         with self._read_lock:
             db = self._reader
             try:
-                own = not db.in_transaction
-                if own:
-                    db.execute("BEGIN")  # one snapshot: cells, their reach and the rest agree
+                db.execute("BEGIN")
                 try:
-                    rows = db.execute(f"SELECT id, {_CELL_KEY}, first, {_CELL_SUMS} FROM cells")
-                    cells: dict[CellKey, Cell] = {}
-                    by_id: dict[int, Cell] = {}
-                    for row in rows:
-                        key = _cell_key(row[1:9])
-                        cells[key] = by_id[row[0]] = _cell_from_row(key, row[9], row[10:])
-                    for cell_id, bucket, n in db.execute(
-                        "SELECT cell, bucket, n FROM cell_latency"
-                    ):
-                        by_id[cell_id].histogram[bucket] = n
-                    through = db.execute(
-                        "SELECT value FROM meta WHERE key = 'cells_through'"
-                    ).fetchone()[0]
-                    rest = db.execute(
-                        f"SELECT {_FOLD_COLUMNS} FROM entries WHERE id > ? ORDER BY id", (through,)
-                    )
-                    _fold_rows(cells, rest)
+                    yield db
                 finally:
-                    if own and db.in_transaction:
+                    if db.in_transaction:
                         db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise LedgerError(f"Could not read ledger {self.path}: {exc}.") from exc
+
+    @staticmethod
+    def _cells_in(db: sqlite3.Connection) -> list[Cell]:
+        """Every cell, exact: the stored cells plus the entries not folded into them yet."""
+        cells: dict[CellKey, Cell] = {}
+        by_id: dict[int, Cell] = {}
+        for row in db.execute(f"SELECT id, {_CELL_KEY}, first, {_CELL_SUMS} FROM cells"):
+            key = _cell_key(row[1:9])
+            cells[key] = by_id[row[0]] = _cell_from_row(key, row[9], row[10:])
+        for cell_id, bucket, n in db.execute("SELECT cell, bucket, n FROM cell_latency"):
+            by_id[cell_id].histogram[bucket] = n
+        through = db.execute("SELECT value FROM meta WHERE key = 'cells_through'").fetchone()[0]
+        rest = db.execute(
+            f"SELECT {_FOLD_COLUMNS} FROM entries WHERE id > ? ORDER BY id", (through,)
+        )
+        _fold_rows(cells, rest)
         return list(cells.values())
 
-    def _requests(self, column: str) -> dict[Any, int]:
-        return dict(
-            self._read(f"SELECT {column}, COUNT(DISTINCT request_id) FROM entries GROUP BY 1")
-        )
+    def _cells(self) -> list[Cell]:
+        with self._snapshot() as db:
+            return self._cells_in(db)
 
     def entries(self) -> list[Entry]:
         """A snapshot of every stored entry, in the order written."""
@@ -1196,12 +1170,20 @@ class SQLiteLedger(Ledger):
         """Totals over all entries (from the roll-up), or over those ``where`` accepts."""
         if where is not None:
             return super().totals(where)
-        requests = self._read("SELECT COUNT(DISTINCT request_id) FROM entries")[0][0]
-        return fold(self._cells(), requests)
+        with self._snapshot() as db:
+            cells = self._cells_in(db)
+            requests = db.execute("SELECT COUNT(DISTINCT request_id) FROM entries").fetchone()[0]
+        return fold(cells, requests)
 
     def _by(self, column: str, index: int) -> dict[Hashable, Totals]:
-        requests = self._requests(column)
-        return fold_groups(self._cells(), lambda c: c.key[index], requests)
+        with self._snapshot() as db:
+            cells = self._cells_in(db)
+            requests = dict(
+                db.execute(
+                    f"SELECT {column}, COUNT(DISTINCT request_id) FROM entries GROUP BY 1"
+                ).fetchall()
+            )
+        return fold_groups(cells, lambda c: c.key[index], requests)
 
     def by_stage(self) -> dict[str, Totals]:
         """Totals per stage name."""
@@ -1221,61 +1203,49 @@ class SQLiteLedger(Ledger):
 
     def by_tag(self, key: str) -> dict[str | None, Totals]:
         """Totals per value of tag ``key`` (``None`` for entries without it)."""
-        cells = self._cells()
-        values = {c.key[0]: c.tags.get(key) for c in cells}
-        requests = self._tag_requests(values)
-        grouped = fold_groups(cells, lambda c: values[c.key[0]], requests)
-        return {None if k is None else str(k): v for k, v in grouped.items()}
-
-    def _tag_requests(self, values: Mapping[str, str | None]) -> dict[Hashable, int]:
-        """Distinct requests per tag value, given each stored tag set's value."""
-        self._reopen_after_fork()
-        with self._read_lock:
-            db = self._reader
-            try:
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS tag_values (tags TEXT PRIMARY KEY, v)")
-                db.execute("DELETE FROM temp.tag_values")
-                db.executemany("INSERT INTO temp.tag_values VALUES (?, ?)", values.items())
-                rows = db.execute(
+        with self._snapshot() as db:
+            cells = self._cells_in(db)
+            values = {c.key[0]: c.tags.get(key) for c in cells}
+            # Distinct requests per value: each stored tag set mapped to its value, joined.
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS tag_values (tags TEXT PRIMARY KEY, v)")
+            db.execute("DELETE FROM temp.tag_values")
+            db.executemany("INSERT INTO temp.tag_values VALUES (?, ?)", values.items())
+            requests: dict[Hashable, int] = dict(
+                db.execute(
                     "SELECT t.v, COUNT(DISTINCT e.request_id) FROM entries e "
                     "JOIN temp.tag_values t ON t.tags = e.tags GROUP BY t.v"
                 ).fetchall()
-                db.execute("DELETE FROM temp.tag_values")
-            except sqlite3.Error as exc:
-                raise LedgerError(f"Could not read ledger {self.path}: {exc}.") from exc
-        return dict(rows)
+            )
+            db.execute("DELETE FROM temp.tag_values")
+        grouped = fold_groups(cells, lambda c: values[c.key[0]], requests)
+        return {None if k is None else str(k): v for k, v in grouped.items()}
 
     def variants(self, tag: str | None, default: str = "all") -> dict[str, VariantSums]:
         """What a report needs, per value of ``tag``, from the roll-up and one SQL pass."""
-        cells = self._cells()
+        with self._snapshot() as db:
+            cells = self._cells_in(db)
+            rows = db.execute(
+                "SELECT tags, request_id, SUM(cost_pico), COUNT(*) - COUNT(cost) "
+                "FROM entries WHERE phase = 'serve' GROUP BY tags, request_id"
+            ).fetchall()
+            # Amounts too fine for picodollars (rare) are summed from their text, in one pass.
+            fine = db.execute(
+                "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
+                "cost IS NOT NULL AND cost_pico IS NULL"
+            ).fetchall()
         names = {c.key[0]: default if tag is None else c.tags.get(tag, default) for c in cells}
         costs: dict[str, dict[str, Decimal | None]] = {}
-        rows = self._read(
-            "SELECT tags, request_id, SUM(cost_pico), COUNT(*) - COUNT(cost), "
-            "COUNT(cost) - COUNT(cost_pico) FROM entries WHERE phase = 'serve' "
-            "GROUP BY tags, request_id"
-        )
+
+        def add(tags: str, rid: str, amount: Decimal | None) -> None:
+            per = costs.setdefault(names[tags], {})
+            before = per.get(rid, Decimal(0))
+            per[rid] = None if before is None or amount is None else before + amount
+
         with localcontext(CONTEXT):
-            for tags, rid, pico, unknown, inexact in rows:
-                name = names.get(tags)
-                if name is None:  # written after the cells were read
-                    name = default if tag is None else Tags(json.loads(tags)).get(tag, default)
-                if inexact:
-                    found = self._read(
-                        "SELECT cost FROM entries WHERE phase = 'serve' AND tags = ? AND "
-                        "request_id = ?",
-                        (tags, rid),
-                    )
-                    amount: Decimal | None = sum(
-                        (Decimal(r[0]) for r in found if r[0] is not None), Decimal(0)
-                    )
-                else:
-                    amount = Decimal(pico or 0).scaleb(-_PICO)
-                if unknown:
-                    amount = None
-                per = costs.setdefault(name, {})
-                before = per.get(rid, Decimal(0))
-                per[rid] = None if before is None or amount is None else before + amount
+            for tags, rid, pico, unknown in rows:
+                add(tags, rid, None if unknown else Decimal(pico or 0).scaleb(-_PICO))
+            for tags, rid, cost in fine:
+                add(tags, rid, Decimal(cost))
         return variant_sums(cells, costs, tag, default)
 
     def request_ids(self) -> set[str]:
