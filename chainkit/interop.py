@@ -26,7 +26,7 @@ from chainkit.ledger import Ledger
 from chainkit.pipeline import Pipeline
 from chainkit.pricing import Catalogue, Tier
 from chainkit.providers.langchain import model_id_of, usage_from_langchain
-from chainkit.records import Entry, Request, check_text
+from chainkit.records import Entry, Request, Tags, check_text
 
 __all__ = ["LedgerCallbackHandler", "as_runnable"]
 
@@ -99,9 +99,14 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         self.ledger = ledger
         self.catalogue = catalogue or Catalogue.load()
         self._by_provider = catalogue is None
-        self.stage = stage
-        self.tags = dict(tags or {})
-        self.model_ids = dict(model_ids or {})
+        # Checked now: inside a callback a bad stage or tag would lose every entry, since the
+        # entry could not be made for a call that was already paid.
+        self.stage = check_text(stage, "LedgerCallbackHandler stage")
+        self.tags = Tags(tags or {})
+        self.model_ids = {
+            check_text(k, "model_ids key"): check_text(v, "model_ids value")
+            for k, v in (model_ids or {}).items()
+        }
         self.region = region
         self.tier: Tier = tier
         self._lock = threading.Lock()

@@ -43,19 +43,17 @@ ROUNDING = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 
 
 def check_money(value: object, what: str) -> Decimal | None:
-    """Return ``value`` if it is a finite, non-negative ``Decimal`` or ``None``; else raise.
+    """Return ``value`` as a plain ``Decimal`` (or ``None``) if it is money; else raise.
 
-    Floats are refused: 0.1 dollars as a float is not 0.1 dollars.
+    Money is finite, non-negative, at most :data:`MAX_AMOUNT` and no finer than 1e-24 USD. Floats
+    are refused: 0.1 dollars as a float is not 0.1 dollars.
     """
     if value is None:
         return None
-    if (
-        type(value) is Decimal
-        and value.is_finite()
-        and 0 <= value <= MAX_AMOUNT
-        and value.as_tuple().exponent >= MIN_EXPONENT  # type: ignore[operator]
-    ):
-        return value
+    if type(value) is Decimal and value.is_finite() and 0 <= value <= MAX_AMOUNT:
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent >= MIN_EXPONENT:
+            return value
     if isinstance(value, Decimal):
         if not value.is_finite():
             reason = "is not finite"
@@ -64,6 +62,14 @@ def check_money(value: object, what: str) -> Decimal | None:
         elif value > MAX_AMOUNT:
             reason = f"is over {MAX_AMOUNT:,} USD"
         else:
+            # Trailing zeros (0E-30, a subclass) are not precision: compare the value itself.
+            try:
+                plain = Decimal(value).normalize(CONTEXT) if value else Decimal(0)
+            except decimal.DecimalException:  # more digits than any amount of money has
+                plain = Decimal(value)
+            exponent = plain.as_tuple().exponent
+            if isinstance(exponent, int) and exponent >= MIN_EXPONENT:
+                return plain
             reason = f"has more than {-MIN_EXPONENT} decimal places"
     else:
         reason = f"is a {type(value).__name__}, not a Decimal (or None for unknown)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -57,6 +56,9 @@ MAX_TEXT = 256
 MAX_TAG_KEY = 128
 MAX_TAGS = 64
 MAX_TOKENS = 10**12  # per class and call: far beyond any model, far below SQL's 64-bit limit
+MAX_LATENCY_S = 10**6  # about 11.6 days: no call lasts longer, and sums of them stay exact
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9998, 12, 31, tzinfo=UTC)
 
 # A random per-process prefix plus a counter: unique within and across processes and hosts (96
 # random bits), ordered within a process, and ~20x cheaper than uuid4 on the hot path.
@@ -410,9 +412,11 @@ class Entry:
             raise ConfigError(f"Entry outcome {self.outcome!r} is not one of {sorted(OUTCOMES)}.")
         if self.phase not in PHASES:
             raise ConfigError(f"Entry phase {self.phase!r} is not one of {sorted(PHASES)}.")
-        check_money(self.cost, "Entry cost")
-        check_money(self.avoided_cost, "Entry avoided_cost")
-        check_money(self.bound, "Entry bound")
+        for name in ("cost", "avoided_cost", "bound"):
+            value = getattr(self, name)
+            checked = check_money(value, f"Entry {name}")
+            if checked is not value:  # normalised (a subclass, trailing zeros)
+                object.__setattr__(self, name, checked)
         if self.model is not None:
             check_text(self.model, "Entry model")
         if self.intent is not None:
@@ -420,21 +424,28 @@ class Entry:
         if self.usage is not None and type(self.usage) is not Usage:
             raise ConfigError(f"Entry usage must be a Usage or None, got {self.usage!r:.80}.")
         latency = self.latency_s
-        if type(latency) is not float or not 0.0 <= latency < math.inf:
-            if type(latency) is int and latency >= 0:
+        if type(latency) is not float or not 0.0 <= latency <= MAX_LATENCY_S:
+            if type(latency) is int and 0 <= latency <= MAX_LATENCY_S:
                 object.__setattr__(self, "latency_s", float(latency))
             else:
                 raise ConfigError(
-                    f"Entry latency_s must be a finite, non-negative number, got {latency!r}."
+                    f"Entry latency_s must be a number of seconds within [0, {MAX_LATENCY_S:,}], "
+                    f"got {latency!r}."
                 )
         if type(self.attempts) is not int or self.attempts < 0:
             raise ConfigError(f"Entry attempts must be a non-negative int, got {self.attempts!r}.")
         if type(self.estimated) is not bool:
             raise ConfigError(f"Entry estimated must be a bool, got {self.estimated!r}.")
-        if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
+        when = self.time
+        if not isinstance(when, datetime) or when.utcoffset() is None:
             raise ConfigError(
-                f"Entry time must be a timezone-aware datetime, got {self.time!r}; use "
+                f"Entry time must be a timezone-aware datetime, got {when!r}; use "
                 "datetime.now(UTC)."
+            )
+        if not _EARLIEST <= when <= _LATEST:
+            raise ConfigError(
+                f"Entry time {when.isoformat()} is outside {_EARLIEST.year}-{_LATEST.year}; "
+                "a ledger entry records something that happened, in UTC or with an offset."
             )
         if type(self.tags) is not Tags:
             object.__setattr__(self, "tags", Tags.of(self.tags))

@@ -356,7 +356,10 @@ def _first(index: int | None) -> float:
 
 def _cents(amount: Decimal | None) -> Decimal | None:
     """A projection to the cent: a forecast carries no more precision than that."""
-    return None if amount is None else amount.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+    if amount is None:
+        return None
+    with localcontext(ROUNDING):
+        return amount.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
 
 
 def _quality(key: str, value: Any) -> str:

@@ -454,9 +454,21 @@ class Ledger:
         """Keep ``entry`` unless one with its id is kept already; return whether it was new."""
         if entry.id in self._ids:
             return False
-        self._ids.add(entry.id)
+        # Kept first, then marked seen: an interrupt (Ctrl-C) between the two can at worst let
+        # the same entry in twice later, never lose it.
         self._entries.append(entry)
+        self._ids.add(entry.id)
         return True
+
+    def check_writable(self) -> None:
+        """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
+
+    def start_call(self) -> None:
+        """A model call is about to spend: refuse if the ledger cannot record its entry."""
+        self.check_writable()
+
+    def end_call(self) -> None:
+        """The call started by :meth:`start_call` has recorded its entry (or failed to)."""
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
@@ -517,7 +529,7 @@ class Ledger:
         An unknown ``amount`` (``None``) is refused by any budget that applies, since a limit
         cannot be kept on a call whose price is unknown.
         """
-        with self._lock:
+        with self._lock, localcontext(CONTEXT):
             hold = Hold()
             for budget, spent in self._spent.items():
                 if not budget.applies(tags):
@@ -548,8 +560,9 @@ class Ledger:
 
     def _release(self, hold: Hold) -> None:
         if hold.open:
-            for budget, amount in hold.amounts.items():
-                self._held[budget] -= amount
+            with localcontext(CONTEXT):
+                for budget, amount in hold.amounts.items():
+                    self._held[budget] -= amount
             hold.open = False
 
     # -- reading ---------------------------------------------------------------------------

@@ -103,8 +103,13 @@ def _pico(amount: Decimal | None) -> int | None:
         return None
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= -_PICO:
-        return int(amount.scaleb(_PICO, CONTEXT))  # exact: only the exponent moves
+        pico = int(amount.scaleb(_PICO, CONTEXT))  # exact: only the exponent moves
+        # Over $9.2 million does not fit SQLite's 64 bits: summed from the text instead.
+        return pico if pico < _INT64 else None
     return None
+
+
+_INT64 = 2**63
 
 
 def _utc_day(text: str) -> str:
@@ -158,13 +163,13 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
             intent TEXT NOT NULL, outcome TEXT NOT NULL, day TEXT NOT NULL, flags TEXT NOT NULL,
             first INTEGER NOT NULL,
             calls INTEGER NOT NULL, estimated INTEGER NOT NULL,
-            input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-            cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+            input_tokens TEXT NOT NULL, output_tokens TEXT NOT NULL,
+            cache_read_tokens TEXT NOT NULL, cache_write_tokens TEXT NOT NULL,
             cost TEXT NOT NULL, cost_unknown INTEGER NOT NULL,
             bound_unknown TEXT NOT NULL, bound_missing INTEGER NOT NULL,
             avoided TEXT NOT NULL, avoided_unknown INTEGER NOT NULL,
-            latency_ns INTEGER NOT NULL,
-            cache_write_1h_tokens INTEGER NOT NULL, queries INTEGER NOT NULL,
+            latency_ns TEXT NOT NULL,
+            cache_write_1h_tokens TEXT NOT NULL, queries TEXT NOT NULL,
             UNIQUE (tags, phase, stage, model, intent, outcome, day, flags)
         )"""
     )
@@ -333,22 +338,23 @@ def _cell_key(row: Sequence[Any]) -> CellKey:
 
 
 def _cell_sums(c: Cell) -> tuple[Any, ...]:
+    # Sums are text (TEXT columns): Python's integers and Decimals never overflow, SQLite's would.
     return (
         c.calls,
         c.estimated,
-        c.input_tokens,
-        c.output_tokens,
-        c.cache_read_tokens,
-        c.cache_write_tokens,
+        str(c.input_tokens),
+        str(c.output_tokens),
+        str(c.cache_read_tokens),
+        str(c.cache_write_tokens),
         str(c.cost),
         c.cost_unknown,
         str(c.bound_unknown),
         c.bound_missing,
         str(c.avoided),
         c.avoided_unknown,
-        c.latency_ns,
-        c.cache_write_1h_tokens,
-        c.queries,
+        str(c.latency_ns),
+        str(c.cache_write_1h_tokens),
+        str(c.queries),
     )
 
 
@@ -491,19 +497,19 @@ def _cell_from_row(key: CellKey, first: int, sums: Sequence[Any]) -> Cell:
         first,
         calls,
         estimated,
-        inp,
-        out,
-        cread,
-        cwrite,
+        int(inp),
+        int(out),
+        int(cread),
+        int(cwrite),
         Decimal(cost),
         unknown,
         Decimal(bound),
         missing,
         Decimal(avoided),
         avoided_unknown,
-        latency_ns,
-        cache_write_1h_tokens=hour,
-        queries=queries,
+        int(latency_ns),
+        cache_write_1h_tokens=int(hour),
+        queries=int(queries),
     )
 
 
@@ -601,6 +607,8 @@ class SQLiteLedger(Ledger):
         self._wake = threading.Condition(threading.Lock())
         self._waiting: list[_Ticket] = []  # writes queued for the writer thread
         self._pending: list[_Write] = []  # writes that failed, kept to be retried
+        self.rejected: list[tuple[list[Entry], BaseException]] = []
+        """Entries the store could not take at all (with why): reported, never dropped quietly."""
         self._flushing = False
         self._stopping = False
         self._idle = False
@@ -612,8 +620,12 @@ class SQLiteLedger(Ledger):
         self._forking: list[threading.Lock] = []
         self._pid = os.getpid()
         self._closed = False
+        self._closing = False
+        self._calls = threading.Condition(threading.Lock())
+        self._in_flight = 0  # model calls that may still record (close() waits for them)
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
         self._data_version = -1
+        self._inode: tuple[int, int] = (-1, -1)
         self._db, self._reader = self._open()
         super().__init__(budgets)
         _OPEN.add(self)
@@ -640,8 +652,14 @@ class SQLiteLedger(Ledger):
                         ".db file a recipe wrote with --ledger, or a new path."
                     )
         if self.read_only:
-            reader = self._connect_read_only()
-            self._check_schema(reader, writable=False)
+            try:
+                reader = self._connect_read_only()
+                self._check_schema(reader, writable=False)
+            except sqlite3.DatabaseError as exc:
+                raise ConfigError(
+                    f"{path} is not a readable chainkit ledger ({exc}): it may be damaged or "
+                    "not a ledger at all."
+                ) from exc
             return None, reader
         try:
             db = sqlite3.connect(
@@ -652,11 +670,16 @@ class SQLiteLedger(Ledger):
         try:
             if self._kind(db)[0] == "foreign":
                 self._refuse("foreign", 0)  # before anything writes to it, WAL included
+            self._set_wal(db)
+            self._check_schema(db, writable=True)
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path} is not a chainkit ledger database: {exc}.") from exc
-        self._set_wal(db)
-        self._check_schema(db, writable=True)
+            raise ConfigError(
+                f"{path} is not a usable chainkit ledger ({exc}): it may be damaged or not a "
+                "ledger at all."
+            ) from exc
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process kills
+        st = os.stat(path)
+        self._inode = (st.st_dev, st.st_ino)
         reader = sqlite3.connect(
             path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
         )
@@ -664,17 +687,46 @@ class SQLiteLedger(Ledger):
 
     def _connect_read_only(self) -> sqlite3.Connection:
         uri = self.path.resolve().as_uri()
+        wal = Path(f"{self.path}-wal")
+        # First a look that can create nothing beside the file (no -wal, no -shm): a file that
+        # turns out not to be a ledger is refused without a trace.
+        snapshot = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+        kind, version = self._kind(snapshot)
+        if kind != "current" and not (wal.exists() and wal.stat().st_size):
+            snapshot.close()
+            self._refuse(kind, version)
         try:
             db = sqlite3.connect(
                 f"{uri}?mode=ro", uri=True, timeout=self._timeout_s, check_same_thread=False
             )
             db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            snapshot.close()
             return db
         except sqlite3.OperationalError:
-            # A WAL file we may not write beside (read-only directory or file): read it as an
-            # immutable snapshot, which needs no -shm file.
-            return sqlite3.connect(
-                f"{uri}?immutable=1", uri=True, timeout=self._timeout_s, check_same_thread=False
+            if wal.exists() and wal.stat().st_size:
+                snapshot.close()
+                raise ConfigError(
+                    f"Ledger {self.path} has writes in {wal.name} that a reader can only see with "
+                    "write access to its directory (for the -shm file). Copy the .db, -wal and "
+                    "-shm files somewhere writable and report on the copy."
+                ) from None
+            return snapshot  # nothing in a WAL: the snapshot is the whole ledger
+
+    def _check_file(self) -> None:
+        """Refuse to write if the file was deleted or replaced since it was opened.
+
+        SQLite would go on writing to the unlinked file, and every entry would vanish with it.
+        """
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._inode
+        except OSError:
+            same = False
+        if not same:
+            raise LedgerError(
+                f"Ledger file {self.path} was deleted or replaced while open; nothing more is "
+                "written to it. Entries not yet written are kept in this process: restore the "
+                "file, or open a ledger at a new path and record them there."
             )
 
     def _set_wal(self, db: sqlite3.Connection) -> None:
@@ -847,6 +899,29 @@ class SQLiteLedger(Ledger):
             for e in batch:
                 self._count(e)
 
+    def check_writable(self) -> None:
+        """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
+        if self.read_only:
+            raise ConfigError(
+                f"Ledger {self.path} is open read-only; it cannot record, so nothing may be spent "
+                "through it. Open it with SQLiteLedger(path) to record."
+            )
+        if self._closed or self._closing:
+            raise ConfigError(f"Ledger {self.path} is closed; open it again to record.")
+
+    def start_call(self) -> None:
+        """A model call is about to spend: refuse if closing; else close() waits for it."""
+        with self._calls:
+            self.check_writable()
+            self._in_flight += 1
+
+    def end_call(self) -> None:
+        """The call started by :meth:`start_call` has recorded its entry (or failed to)."""
+        with self._calls:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._calls.notify_all()
+
     def _write(self, write: _Write | None) -> None:
         """Queue ``write`` and return once it is committed (group commit across threads).
 
@@ -857,7 +932,10 @@ class SQLiteLedger(Ledger):
         if self.read_only:
             raise ConfigError(f"Ledger {self.path} is open read-only; it cannot record.")
         if self._closed:
-            raise ConfigError(f"Ledger {self.path} is closed.")
+            raise LedgerError(
+                f"Ledger {self.path} is closed; the entry was not written. Open the ledger again "
+                "(calls made through a closed ledger are refused before they spend)."
+            )
         self._reopen_after_fork()
         ticket = _Ticket(write)
         with self._wake:
@@ -887,33 +965,73 @@ class SQLiteLedger(Ledger):
                     self._writer = None
                     return
                 tickets, self._waiting = self._waiting, []
-                batch = self._pending + [t.write for t in tickets if t.write is not None]
                 self._flushing = True
-            error: BaseException | None = None
-            try:
-                with self._gate:
-                    if tickets:
-                        folds = [t.write for t in tickets if t.write is not None and t.write.fold]
-                        self._store(batch, fold=None if folds else 0)
+            with self._gate:
+                if tickets:
+                    self._serve(tickets)
+                else:
                     # Nothing queued: fold a slice of new entries into the cells, so that reads
                     # find them ready. Callers that arrive meanwhile wait one slice at most.
-                    elif not self._store([], fold=_FOLD_SLICE):
-                        self._unfolded = False
-            except BaseException as exc:
-                error = exc
-                if not tickets:
-                    self._unfolded = False  # a failing fold is retried by the next write
+                    try:
+                        if not self._store([], fold=_FOLD_SLICE):
+                            self._unfolded = False
+                    except BaseException:
+                        self._unfolded = False  # retried after the next write
             with self._wake:
-                # What failed stays pending, in order, for the next write to retry: never
-                # dropped, never doubled (the store keeps one entry per id).
-                if tickets:
-                    self._pending = batch if error is not None else []
                 self._flushing = False
-            for t in tickets:
-                t.error = error
-                t.done.release()
+
+    def _serve(self, tickets: list[_Ticket]) -> None:
+        """Write what ``tickets`` (and earlier failed writes) carry; then fold if one asked."""
+        writes = [t.write for t in tickets if t.write is not None]
+        with self._wake:
+            batch = self._pending + writes
+        errors: dict[int, BaseException] = {}
+        try:
+            self._store(batch)
+            failed: list[_Write] = []
+        except (sqlite3.Error, OSError, LedgerError) as exc:
+            # The store is unwell (disk full, locked, file gone): keep everything, in order,
+            # for the next write to retry; never dropped, never doubled.
+            failed = batch
+            errors = {id(w): exc for w in batch}
+        except BaseException:
+            # Something in the data itself: write each unit alone, so that one bad unit cannot
+            # keep every later one out. A unit that fails alone is refused to its caller.
+            failed = []
+            for w in batch:
+                try:
+                    self._store([w])
+                except (sqlite3.Error, OSError, LedgerError) as exc:
+                    failed.append(w)
+                    errors[id(w)] = exc
+                except BaseException as exc:
+                    errors[id(w)] = exc
+                    self.rejected.append((w.entries, exc))
+        with self._wake:
+            self._pending = failed
+        if any(t.write is not None and t.write.fold for t in tickets):
+            try:
+                self._store([], fold=None)
+            except BaseException as exc:
+                for t in tickets:
+                    if t.write is not None and t.write.fold:
+                        errors[id(t.write)] = exc
+        pending_error = next(iter(errors.values()), None) if failed else None
+        for t in tickets:
+            error = errors.get(id(t.write))
+            if error is None and t.write is None and pending_error is not None:
+                error = pending_error  # a flush fails while earlier writes stay pending
+            t.error = error
+            t.done.release()
 
     def _failure(self, error: BaseException) -> BaseException:
+        if isinstance(error, LedgerError):
+            return error
+        if not isinstance(error, sqlite3.Error | OSError) and isinstance(error, Exception):
+            return LedgerError(
+                f"Ledger {self.path} could not store an entry ({type(error).__name__}: "
+                f"{error}); it is kept in ledger.rejected. The ledger goes on recording."
+            )
         if isinstance(error, sqlite3.Error | OSError):
             return LedgerError(
                 f"Could not write to ledger {self.path}: {error}. {self.pending} entries are kept "
@@ -929,6 +1047,7 @@ class SQLiteLedger(Ledger):
         """
         db = self._db
         assert db is not None
+        self._check_file()
         db.execute("BEGIN IMMEDIATE")
         try:
             entries = [e for w in batch for e in w.entries]
@@ -981,13 +1100,19 @@ class SQLiteLedger(Ledger):
             return sum(len(w.entries) for w in self._pending)
 
     def close(self) -> None:
-        """Write pending entries and close the file.
+        """Wait for the model calls under way to record, write pending entries, close the file.
 
-        If the pending entries cannot be written, ``LedgerError`` is raised and the ledger stays
-        open, so that :meth:`flush` can be tried again: nothing is dropped silently.
+        New calls are refused from the moment close() is called. If the pending entries cannot be
+        written, ``LedgerError`` is raised and the ledger stays open, so that :meth:`flush` can
+        be tried again: nothing is dropped silently.
         """
         if self._closed:
             return
+        # No new call may start; the calls under way record their entries before the file closes.
+        with self._calls:
+            self._closing = True
+            while self._in_flight:
+                self._calls.wait()
         self.flush()
         self._closed = True
         with self._wake:
@@ -1224,15 +1349,25 @@ class SQLiteLedger(Ledger):
         """What a report needs, per value of ``tag``, from the roll-up and one SQL pass."""
         with self._snapshot() as db:
             cells = self._cells_in(db)
-            rows = db.execute(
-                "SELECT tags, request_id, SUM(cost_pico), COUNT(*) - COUNT(cost) "
-                "FROM entries WHERE phase = 'serve' GROUP BY tags, request_id"
-            ).fetchall()
-            # Amounts too fine for picodollars (rare) are summed from their text, in one pass.
-            fine = db.execute(
-                "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
-                "cost IS NOT NULL AND cost_pico IS NULL"
-            ).fetchall()
+            try:
+                rows = db.execute(
+                    "SELECT tags, request_id, SUM(cost_pico), COUNT(*) - COUNT(cost) "
+                    "FROM entries WHERE phase = 'serve' GROUP BY tags, request_id"
+                ).fetchall()
+                # Amounts too fine (or too large) for picodollars are summed from their text.
+                fine = db.execute(
+                    "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
+                    "cost IS NOT NULL AND cost_pico IS NULL"
+                ).fetchall()
+            except sqlite3.OperationalError:  # a request's sum beyond 64 bits: all from text
+                rows = db.execute(
+                    "SELECT tags, request_id, 0, COUNT(*) - COUNT(cost) FROM entries "
+                    "WHERE phase = 'serve' GROUP BY tags, request_id"
+                ).fetchall()
+                fine = db.execute(
+                    "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
+                    "cost IS NOT NULL"
+                ).fetchall()
         names = {c.key[0]: default if tag is None else c.tags.get(tag, default) for c in cells}
         costs: dict[str, dict[str, Decimal | None]] = {}
 

@@ -224,8 +224,9 @@ class BedrockModel:
     Args:
         model_id: a model id, a cross-region inference profile id (``us.anthropic...``) or an
             application inference profile ARN (then ``priced_as`` must name the model).
-        client: a ``bedrock-runtime`` client; by default one is made for ``region`` with
-            botocore's own retries off, since retrying is done here.
+        client: a ``bedrock-runtime`` client; by default one is made for ``region``. botocore's
+            own retries are switched off on it either way (on a client you pass in, too): they
+            would retry read timeouts, which Bedrock may have billed; retrying is done here.
         region: the AWS region, for the client and for prices (default: the client's).
         tier: ``on_demand`` (Bedrock's default tier), ``flex`` or ``priority``.
         priced_as: the catalogue model id to price calls as.
@@ -262,6 +263,8 @@ class BedrockModel:
         retry = RetryPolicy(max_attempts, wait_initial, wait_max)
         if client is None:
             client = _default_client(region, timeout_s)
+        else:
+            _no_botocore_retries(client)
         self.client = client
         self.invoke_id = model_id
         self.model_id = priced_as or model_id
@@ -444,6 +447,18 @@ class BedrockModel:
             prompt.user, self.model_id
         )
         return Usage(inputs, max_tokens)
+
+
+def _no_botocore_retries(client: Any) -> None:
+    """Switch off botocore's own retries on ``client`` (legacy, standard and adaptive modes).
+
+    botocore retries a read timeout, and Bedrock may have run (and billed) the first attempt:
+    one call could be paid twice and recorded once. chainkit retries only what was certainly not
+    billed. botocore registers its retry handler under ``retry-config-<service>`` in every mode.
+    """
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        events.unregister("needs-retry.bedrock-runtime", unique_id="retry-config-bedrock-runtime")
 
 
 def _default_client(region: str | None, timeout_s: float) -> Any:

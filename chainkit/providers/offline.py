@@ -114,6 +114,7 @@ class OfflineModel:
     answer: Callable[[Prompt, int], str] | None = None
     region: str | None = None
     tier: Tier = "on_demand"
+    keeps_deadline = True  # it answers or raises Timeout within timeout_s (see complete)
 
     def _budget(self, max_tokens: int) -> int:
         return max_tokens if self.output_tokens is None else min(max_tokens, self.output_tokens)

@@ -77,6 +77,13 @@ def record_early(
     if reply is None:
         record_free(stage, request, ledger, started=started)
         return request
-    avoided = Decimal(0) if fallback is None else fallback.estimate_cost(request)
+    avoided: Decimal | None = Decimal(0)
+    if fallback is not None:
+        try:
+            avoided = fallback.estimate_cost(request)
+        except Exception:
+            # What was avoided is unknown (the model could not estimate): say so, never $0,
+            # and still answer: the answer itself cost nothing.
+            avoided = None
     record_free(stage, request, ledger, started=started, outcome="answered", avoided_cost=avoided)
     return Result(request=request, text=reply, stage=stage)

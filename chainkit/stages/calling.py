@@ -64,20 +64,31 @@ def check_timeout(timeout_s: float | None, stage: str) -> None:
         )
 
 
-_NATIVE_DEADLINE: dict[type, bool] = {}
+_TAKES_TIMEOUT: dict[type, bool] = {}
 
 
-def _native_deadline(model: Model) -> bool:
-    """Whether ``model.complete`` takes ``timeout_s`` and keeps to it itself."""
+def _takes_timeout(model: Model) -> bool:
+    """Whether ``model.complete`` takes ``timeout_s`` (to bound its retries, say)."""
     kind = type(model)
-    native = _NATIVE_DEADLINE.get(kind)
-    if native is None:
+    takes = _TAKES_TIMEOUT.get(kind)
+    if takes is None:
         try:
             params = inspect.signature(model.complete).parameters
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
-        native = _NATIVE_DEADLINE[kind] = "timeout_s" in params
-    return native
+        takes = _TAKES_TIMEOUT[kind] = "timeout_s" in params
+    return takes
+
+
+def _safe_text(value: object, limit: int = 900) -> str:
+    """``str(value)`` fit for an entry's note: never raises, no NUL, no lone surrogate."""
+    try:
+        text = str(value)
+    except Exception:  # an exception whose __str__ raises still gets recorded
+        text = f"<{type(value).__name__} that cannot be shown>"
+    text = text.replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:limit]
 
 
 def _digest(model_id: str, prompt: Prompt, max_tokens: int) -> str:
@@ -96,6 +107,16 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned usage {reply.usage!r:.80} that is not a Usage"
     elif not isinstance(reply.model_id, str) or not reply.model_id:
         problem = f"returned model id {reply.model_id!r:.60}"
+    elif (
+        not isinstance(reply.latency_s, int | float)
+        or isinstance(reply.latency_s, bool)
+        or not 0 <= reply.latency_s < float("inf")
+    ):
+        problem = f"returned latency_s {reply.latency_s!r:.40}"
+    elif type(reply.attempts) is not int or reply.attempts < 0:
+        problem = f"returned attempts {reply.attempts!r:.40}"
+    elif type(reply.estimated) is not bool:
+        problem = f"returned estimated {reply.estimated!r:.40}"
     if problem is not None:
         raise BadResponse(
             f"Model {model.model_id!r} {problem}; chainkit cannot use or price that reply. The "
@@ -131,6 +152,7 @@ class ModelCall:
         ledger: Ledger,
         phase: Phase = "serve",
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        note: str = "",
     ) -> None:
         self.stage = stage
         self.model = model
@@ -141,6 +163,7 @@ class ModelCall:
         self.ledger = ledger
         self.phase = phase
         self.timeout_s = timeout_s
+        self.note = note
         self.completion: Completion | None = None
         self.cost: Decimal | None = None
         self.bound: Decimal | None = None
@@ -149,6 +172,7 @@ class ModelCall:
         self._flags: tuple[str, ...] = ()
         self._digest: str | None = None
         self._replayed = False
+        self._started = False
 
     def _entry(
         self,
@@ -189,10 +213,25 @@ class ModelCall:
         )
 
     def __enter__(self) -> Completion:
+        # Spend nothing unless the entry can be kept: a closed or read-only ledger refuses now,
+        # and after a failed write nothing more is spent until the ledger can record again.
+        self.ledger.start_call()
+        self._started = True
+        try:
+            if self.ledger.pending:
+                self.ledger.flush()
+            return self._enter()
+        except BaseException:
+            self._end()
+            raise
+
+    def _end(self) -> None:
+        if self._started:
+            self._started = False
+            self.ledger.end_call()
+
+    def _enter(self) -> Completion:
         model, request, prompt = self.model, self.request, self.prompt
-        if self.ledger.pending:
-            # An earlier write failed: spend nothing more until the ledger can record again.
-            self.ledger.flush()
         card = self.catalogue.card(model.model_id)
         try:
             estimate = model.estimate(prompt, max_tokens=self.max_tokens)
@@ -269,12 +308,23 @@ class ModelCall:
                 raise
             raise BadResponse(
                 f"Model {model.model_id!r} raised {type(exc).__name__} while answering request "
-                f"{request.id!r}: {exc}. Treated as a malformed reply; the call is recorded with "
-                "its cost unknown.",
+                f"{request.id!r}: {_safe_text(exc, 300)}. Treated as a malformed reply; the call "
+                "is recorded with its cost unknown.",
                 code=type(exc).__name__,
                 model_id=model.model_id,
             ) from exc
         self.completion = completion
+        try:
+            self._price(completion)
+        except BaseException:
+            # Interrupted while pricing (Ctrl-C): the call was made, so it is recorded first.
+            self.cost = None
+            self.record("failed")
+            raise
+        return completion
+
+    def _price(self, completion: Completion) -> None:
+        model = self.model
         # The reply may name a model version the catalogue lacks; the configured id is priced.
         priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
         try:
@@ -288,24 +338,27 @@ class ModelCall:
             self.cost is not None and self.bound is not None and self.cost > self.bound
         ) or completion.usage.output_tokens > self.max_tokens:
             self._flags = ("over_estimate",)
-        return completion
 
     def _complete(self, metadata: Mapping[str, str]) -> Completion:
         model, timeout_s = self.model, self.timeout_s
         kwargs: dict[str, Any] = {"max_tokens": self.max_tokens, "metadata": metadata}
         if timeout_s is None:
             return model.complete(self.prompt, **kwargs)
-        if _native_deadline(model):
-            complete: Any = model.complete  # takes timeout_s: checked by _native_deadline
-            return complete(self.prompt, timeout_s=timeout_s, **kwargs)  # type: ignore[no-any-return]
-        # The model cannot keep a deadline itself: a daemon thread makes the call, so that a
-        # hung call costs one idle thread, never the caller's wait.
+        if _takes_timeout(model):
+            kwargs["timeout_s"] = timeout_s  # it may use it (Bedrock caps its retries by it)
+            if getattr(model, "keeps_deadline", False):
+                complete: Any = model.complete  # it returns or raises Timeout within timeout_s
+                return complete(self.prompt, **kwargs)  # type: ignore[no-any-return]
+        # The model cannot promise to keep the deadline: a daemon thread makes the call, so that
+        # a hung call costs one idle thread, never the caller's wait.
         box: list[Any] = []
         done = threading.Event()
 
+        complete_: Any = model.complete
+
         def run() -> None:
             try:
-                box.append(model.complete(self.prompt, **kwargs))
+                box.append(complete_(self.prompt, **kwargs))
             except BaseException as exc:
                 box.append(exc)
             done.set()
@@ -329,7 +382,9 @@ class ModelCall:
         # A throttled call was refused before it ran: not billed. Anything else may have been.
         throttled = isinstance(exc, Throttled)
         timed_out = isinstance(exc, Timeout)
-        attempts = exc.attempts if isinstance(exc, ProviderError) else 1
+        attempts = getattr(exc, "attempts", 1)
+        if type(attempts) is not int or attempts < 1:
+            attempts = 1
         entry = self._entry(
             "failed",
             Decimal(0) if throttled else None,
@@ -338,7 +393,7 @@ class ModelCall:
             latency_s=latency_s,
             attempts=attempts,
             flags=("timeout",) if timed_out else (),
-            note=f"{type(exc).__name__}: {exc}",
+            note=f"{self.note + '; ' if self.note else ''}{type(exc).__name__}: {_safe_text(exc)}",
         )
         self._recorded = True
         self.ledger.record(entry, hold=self._hold)
@@ -359,6 +414,7 @@ class ModelCall:
             attempts=completion.attempts,
             estimated=completion.estimated,
             flags=self._flags,
+            note=self.note,
         )
         reply = None
         if self._digest is not None:
@@ -379,7 +435,8 @@ class ModelCall:
                         "attempts": completion.attempts,
                         "cost": None if self.cost is None else str(self.cost),
                     },
-                    ensure_ascii=False,
+                    # ASCII escapes: a reply may hold a lone surrogate, which UTF-8 cannot.
+                    ensure_ascii=True,
                 ),
             )
         # Marked first: if the write fails the entry stays pending in the ledger, and __exit__
@@ -393,6 +450,9 @@ class ModelCall:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        if self.completion is not None and not self._recorded and not self._replayed:
-            self.record("failed")
+        try:
+            if self.completion is not None and not self._recorded and not self._replayed:
+                self.record("failed")
+        finally:
+            self._end()
         return False

@@ -2,7 +2,8 @@
 
 A document too long for the model's context window is split on paragraph or turn boundaries and
 summarised map-reduce style: each chunk, then the chunk summaries together. Every call is its own
-ledger entry under the request's id (tagged ``chunk``), and no prompt exceeds the window.
+ledger entry under the request's id (its note says which chunk: ``chunk 1.2/3``, ``chunk
+reduce``), and no prompt exceeds the window.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ class Summarise:
         return Prompt(self.instruction.format(max_tokens=self.max_tokens), document)
 
     def _call(self, request: Request, ledger: Ledger, prompt: Prompt, chunk: str | None) -> str:
-        if chunk is not None:
-            request = dataclasses.replace(request, tags={**request.tags, "chunk": chunk})
+        # Which part of the document a call read goes in the entry's note, not its tags: the
+        # request's tags are the user's (a "chunk" tag of theirs stays theirs, and a request
+        # at the tag limit must not fail half-way through a document).
         call = ModelCall(
             stage=self.name,
             model=self.model,
@@ -93,6 +95,7 @@ class Summarise:
             request=request,
             ledger=ledger,
             timeout_s=self.timeout_s,
+            note="" if chunk is None else f"chunk {chunk}",
         )
         with call as completion:
             call.record("passed")

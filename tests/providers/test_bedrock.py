@@ -433,3 +433,55 @@ def test_cache_details_larger_than_the_write_total_is_a_bad_response() -> None:
             },
             SONNET4,
         )
+
+
+def test_botocore_does_not_retry_a_read_timeout_behind_chainkits_back() -> None:
+    # A real HTTP server on loopback that answers too late, and a client made the way the README
+    # makes one (botocore's default retries on). Before, the server saw two requests for one
+    # entry: a call that may have been billed twice.
+    import http.server
+    import socketserver
+    import threading
+    import time
+
+    from botocore.config import Config
+    from moto.core.models import botocore_stubber
+
+    from chainkit.errors import Timeout
+
+    hits = []
+
+    class Late(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            time.sleep(1.0)
+            try:
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+            except OSError:
+                pass  # the client gave up: that is the point
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Late)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            config=Config(read_timeout=0.3),
+        )
+        client.meta.events.unregister("before-send", botocore_stubber)  # past moto's fence
+        stage = Generate(model=model(client), catalogue=CATALOGUE, max_tokens=200, timeout_s=5)
+        ledger = Ledger()
+        with pytest.raises(Timeout):
+            stage.run(Request("hello", id="r1"), ledger)
+        assert len(hits) == 1
+        [entry] = ledger.entries()
+        assert (entry.outcome, entry.cost) == ("failed", None)
+    finally:
+        server.shutdown()
+        server.server_close()
