@@ -85,3 +85,40 @@ def exact_sum(amounts: Iterable[Decimal | None]) -> Decimal | None:
                 return None
             total += amount
         return total
+
+
+def usd(amount: Decimal | None, *, digits: int = 4) -> str:
+    """Money for people: cents where they matter, significant digits where amounts are small.
+
+    Amounts of a cent or more show at least two decimals; smaller ones show ``digits``
+    significant digits, so a small amount is never printed as $0.00 or $0.0000. Exact amounts
+    with few digits are shown exactly. ``None`` (unknown) is "unknown".
+
+    >>> usd(Decimal("1800")), usd(Decimal("4.98")), usd(Decimal("0.0000288")), usd(Decimal(0))
+    ('$1,800.00', '$4.98', '$0.0000288', '$0.00')
+    >>> usd(Decimal("0.123456789")), usd(Decimal("12345.678912")), usd(Decimal("4.98765"))
+    ('$0.1235', '$12,345.68', '$4.988')
+    >>> usd(Decimal("0.999999"), digits=8)
+    '$0.999999'
+
+    """
+    if amount is None:
+        return "unknown"
+    with decimal.localcontext(ROUNDING) as ctx:
+        if amount == 0:
+            return "$0.00"
+        sign = "-" if amount < 0 else ""
+        value = abs(amount)
+        if value >= Decimal("0.01"):
+            places = max(2, digits - value.adjusted() - 1)
+            shown = value.quantize(Decimal(1).scaleb(-places))
+            text = f"{shown:,.{places}f}"
+            # Drop zeros beyond the cents that carry nothing: $4.9800 -> $4.98.
+            if "." in text:
+                whole, frac = text.split(".")
+                frac = frac.rstrip("0").ljust(2, "0")
+                text = f"{whole}.{frac}"
+            return f"{sign}${text}"
+        ctx.prec = digits
+        shown = +value  # rounds to `digits` significant digits
+        return f"{sign}${shown.normalize():f}"

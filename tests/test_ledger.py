@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sqlite3
 import threading
 from contextlib import closing
@@ -222,109 +221,6 @@ def test_concurrent_reserves_never_exceed_the_limit() -> None:
 # -- budgets -------------------------------------------------------------------------------------
 
 
-def test_reserve_within_limit_holds_the_amount() -> None:
-    budget = Budget(Decimal(5), name="support-bot")
-    book = Ledger([budget])
-    hold = book.reserve(Decimal("3"), {}, stage="generate")
-    assert hold.open
-    assert hold.amounts == {budget: Decimal(3)}
-    with pytest.raises(BudgetExceeded, match=r"\$3\.0000 more in flight"):
-        book.reserve(Decimal("2.01"), {}, stage="generate")
-    book.reserve(Decimal(2), {}, stage="generate")
-
-
-def test_over_limit_message_has_spent_limit_needed_and_stage() -> None:
-    book = Ledger([Budget(Decimal("5.00"), name="support-bot")])
-    book.record(entry(cost=Decimal("4.98")))
-    with pytest.raises(BudgetExceeded) as info:
-        book.reserve(Decimal("0.045"), {}, stage="generate")
-    message = str(info.value)
-    assert "'support-bot'" in message
-    assert "spent $4.9800" in message
-    assert "of $5.0000" in message
-    assert "needs up to $0.0450" in message
-    assert "stage='generate'" in message
-    assert "cheaper model" in message
-
-
-def test_reserve_exactly_up_to_the_limit_is_allowed() -> None:
-    book = Ledger([Budget(Decimal("5.00"))])
-    book.record(entry(cost=Decimal("4.955")))
-    book.reserve(Decimal("0.045"), {}, stage="generate")
-
-
-def test_record_with_hold_settles_it() -> None:
-    budget = Budget(Decimal(5))
-    book = Ledger([budget])
-    hold = book.reserve(Decimal(3), {}, stage="generate")
-    book.record(entry(cost=Decimal(1)), hold=hold)
-    assert not hold.open
-    assert book.spent(budget) == Decimal(1)
-    book.reserve(Decimal(4), {}, stage="generate")  # 1 spent + 4 = 5: allowed
-    with pytest.raises(BudgetExceeded):
-        book.reserve(Decimal("0.01"), {}, stage="generate")
-
-
-def test_release_gives_the_hold_back_and_is_idempotent() -> None:
-    book = Ledger([Budget(Decimal(5))])
-    hold = book.reserve(Decimal(4), {}, stage="generate")
-    book.release(hold)
-    book.release(hold)
-    assert not hold.open
-    second = book.reserve(Decimal(5), {}, stage="generate")
-    assert second.open
-    with pytest.raises(BudgetExceeded):
-        book.reserve(Decimal("0.0001"), {}, stage="generate")
-
-
-def test_tag_scoped_budget_ignores_other_tags() -> None:
-    acme = Budget(Decimal(1), name="acme", tag=("tenant", "acme"))
-    book = Ledger([acme])
-    book.record(entry(cost=Decimal(100), tags={"tenant": "globex"}))
-    assert book.spent(acme) == Decimal(0)
-    other = book.reserve(Decimal(50), {"tenant": "globex"}, stage="generate")
-    assert other.amounts == {}
-    book.reserve(Decimal("0.6"), {"tenant": "acme"}, stage="generate")
-    with pytest.raises(BudgetExceeded, match="'acme'"):
-        book.reserve(Decimal("0.5"), {"tenant": "acme", "user": "u1"}, stage="generate")
-
-
-def test_unknown_amount_refused_when_budget_applies() -> None:
-    book = Ledger([Budget(Decimal(5), name="acme", tag=("tenant", "acme"))])
-    with pytest.raises(BudgetExceeded) as info:
-        book.reserve(None, {"tenant": "acme"}, stage="generate")
-    assert "cannot be checked" in str(info.value)
-    assert "stage='generate'" in str(info.value)
-    assert book.reserve(None, {"tenant": "globex"}, stage="generate").amounts == {}
-
-
-def test_unknown_earlier_cost_blocks_the_budget() -> None:
-    budget = Budget(Decimal(5))
-    book = Ledger([budget])
-    book.record(entry(cost=None))
-    assert book.spent(budget) is None
-    with pytest.raises(BudgetExceeded, match="earlier calls"):
-        book.reserve(Decimal("0.01"), {}, stage="summarise")
-
-
-def test_add_budget_counts_entries_already_recorded() -> None:
-    book = Ledger()
-    book.record(entry(cost=Decimal("4.5"), tags={"tenant": "acme"}))
-    book.record(entry(cost=Decimal("9"), tags={"tenant": "globex"}))
-    budget = Budget(Decimal(5), tag=("tenant", "acme"))
-    book.add_budget(budget)
-    assert book.budgets == (budget,)
-    assert book.spent(budget) == Decimal("4.5")
-    with pytest.raises(BudgetExceeded, match=r"spent \$4\.5000"):
-        book.reserve(Decimal("0.6"), {"tenant": "acme"}, stage="generate")
-
-
-@pytest.mark.parametrize("limit", [Decimal(-1), 5.0, 5])
-def test_budget_limit_must_be_non_negative_decimal(limit: Any) -> None:
-    with pytest.raises(ConfigError, match=re.escape(f"got {limit!r}")):
-        Budget(limit, name="bad")
-
-
 # -- SQLite --------------------------------------------------------------------------------------
 
 
@@ -371,17 +267,6 @@ def test_sqlite_appends_after_reopen(tmp_path: Path) -> None:
         book.record(entry("r2", cost=Decimal("0.2")))
         assert [e.request_id for e in book.entries()] == ["r1", "r2"]
         assert book.cost == Decimal("0.3")
-
-
-def test_sqlite_budget_counts_entries_in_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "run.db"
-    with SQLiteLedger(path) as book:
-        book.record(entry(cost=Decimal("4.99")))
-    with (
-        SQLiteLedger(path, budgets=[Budget(Decimal(5), name="file")]) as book,
-        pytest.raises(BudgetExceeded, match=r"spent \$4\.9900"),
-    ):
-        book.reserve(Decimal("0.02"), {}, stage="generate")
 
 
 def _rows_in_file(path: Path) -> int:

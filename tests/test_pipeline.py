@@ -464,5 +464,8 @@ def test_a_hung_call_times_out_and_the_batch_finishes() -> None:
         None,
         ("timeout",),
     )
-    assert entries["q3"].bound == Decimal("0.0012")  # 10 in + 10 out at $60/1M: what was held
+    # What was held: one token per prompt byte, 32 per message and per call, 10 out, at $60/1M.
+    prompt = bot.stages[0].prompt(requests[3])  # type: ignore[attr-defined]
+    size = len(prompt.system.encode()) + len(prompt.user.encode()) + 2 * 32 + 32
+    assert entries["q3"].bound == Decimal(size + 10) * 60 / 1_000_000
     gate.release.set()

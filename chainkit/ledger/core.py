@@ -9,22 +9,35 @@ thousand rows. Both fold them with the same code, so they agree exactly.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO
 
-from chainkit.errors import BudgetExceeded, ConfigError
+from chainkit.errors import ConfigError
+from chainkit.ledger.budgets import (
+    Budget,
+    BudgetEvent,
+    BudgetState,
+    Hold,
+    applying,
+    charge,
+    check,
+    settle,
+    spent_of,
+)
+from chainkit.ledger.budgets import hold as hold_states
 from chainkit.money import CONTEXT, exact_sum
-from chainkit.records import Entry, Tags
+from chainkit.records import Entry, Tags, new_entry_id
 
 __all__ = [
     "Budget",
@@ -360,42 +373,6 @@ _AVOIDED = attrgetter("avoided_cost")
 _LATENCY = attrgetter("latency_s")
 
 
-# -- budgets -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """A hard spending limit over a whole ledger, or over the entries carrying one tag.
-
-    Checked before every model call from the call's worst-case estimate, so it is never overspent.
-
-    >>> Budget(Decimal("5"), name="support-bot", tag=("tenant", "acme")).applies({"tenant": "acme"})
-    True
-    """
-
-    limit: Decimal
-    name: str = "ledger"
-    tag: tuple[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.limit, Decimal) or self.limit < 0:
-            raise ConfigError(
-                f"Budget {self.name!r}: limit must be a non-negative Decimal, got {self.limit!r}."
-            )
-
-    def applies(self, tags: Mapping[str, str]) -> bool:
-        """Whether entries with ``tags`` count against this budget."""
-        return self.tag is None or tags.get(self.tag[0]) == self.tag[1]
-
-
-@dataclass(slots=True)
-class Hold:
-    """Money set aside for one model call until its entry is recorded or the hold released."""
-
-    amounts: dict[Budget, Decimal] = field(default_factory=dict)
-    open: bool = True
-
-
 _Key = Callable[[Entry], Hashable]
 
 
@@ -408,12 +385,24 @@ class Ledger:
     durable = False
     """Whether recorded entries outlive the process (and ``Pipeline.run(resume=True)`` works)."""
 
-    def __init__(self, budgets: Iterable[Budget] = ()) -> None:
+    def __init__(
+        self,
+        budgets: Iterable[Budget] = (),
+        *,
+        clock: Callable[[], datetime] | None = None,
+        on_threshold: Callable[[BudgetEvent], object] | None = None,
+    ) -> None:
         self._lock = threading.RLock()
         self._entries: list[Entry] = []
-        self._ids: set[str] = set()
-        self._spent: dict[Budget, Decimal | None] = {}
-        self._held: dict[Budget, Decimal] = {}
+        self._index: dict[str, int] = {}  # entry id -> position
+        self._budgets: dict[str, Budget] = {}
+        self._states: dict[tuple[str, str], BudgetState] = {}
+        self._holds: dict[str, Hold] = {}
+        self._events: list[BudgetEvent] = []
+        self.clock: Callable[[], datetime] = clock or _utcnow
+        """Now, for budget periods and hold leases (inject one to test a month's turn)."""
+        self.on_threshold = on_threshold
+        """Called with each :class:`BudgetEvent` once, by the process whose call caused it."""
         for budget in budgets:
             self.add_budget(budget)
 
@@ -426,7 +415,7 @@ class Ledger:
         hold: Hold | None = None,
         reply: tuple[str, str] | None = None,
     ) -> None:
-        """Store ``entry`` (once per id); if it settles a ``hold``, release the hold with it.
+        """Store ``entry`` (once per id); if it settles a ``hold``, settle the hold with it.
 
         A durable ledger has written the entry when this returns. ``reply`` (a digest and the
         call's saved reply) lets a durable ledger replay the call when a resumed run repeats it.
@@ -434,31 +423,77 @@ class Ledger:
         if type(entry) is not Entry:
             raise ConfigError(f"Ledger.record takes an Entry, got {type(entry).__name__}.")
         with self._lock:
-            if self._append(entry):
-                self._count(entry)
-            if hold is not None:
-                self._release(hold)
+            events = self._keep(entry, hold)
+        self._notify(events)
 
     def record_many(self, entries: Iterable[Entry]) -> None:
         """Store many entries at once (one transaction in a durable ledger)."""
         for entry in entries:
             self.record(entry)
 
-    def _count(self, entry: Entry) -> None:
-        for budget in self._spent:
-            if budget.applies(entry.tags):
-                spent = self._spent[budget]
-                self._spent[budget] = exact_sum((spent, entry.cost))
+    def _keep(self, entry: Entry, hold: Hold | None) -> list[BudgetEvent]:
+        """Store ``entry``, settle what it owes the budgets; return new threshold crossings."""
+        return self._log(self._keep_unlogged(entry, hold))
 
-    def _append(self, entry: Entry) -> bool:
-        """Keep ``entry`` unless one with its id is kept already; return whether it was new."""
-        if entry.id in self._ids:
-            return False
-        # Kept first, then marked seen: an interrupt (Ctrl-C) between the two can at worst let
-        # the same entry in twice later, never lose it.
-        self._entries.append(entry)
-        self._ids.add(entry.id)
-        return True
+    def _log(self, events: list[BudgetEvent]) -> list[BudgetEvent]:
+        """Keep the crossings not seen before (one per budget, period and threshold)."""
+        seen = {(e.budget, e.period, e.threshold) for e in self._events}
+        new = [e for e in events if (e.budget, e.period, e.threshold) not in seen]
+        self._events.extend(new)
+        return new
+
+    def _keep_unlogged(self, entry: Entry, hold: Hold | None) -> list[BudgetEvent]:
+        replaced = self._append(entry)
+        if replaced is False:
+            return []  # the same entry again: already stored and counted
+        now = self.clock()
+        if hold is not None and hold.id in self._holds:
+            del self._holds[hold.id]
+            hold.open = False
+            spend = charge(entry) if entry.cost is not None else (entry.bound or hold.amount)
+            return settle(self._held_states(hold), release=hold.amount, spend=spend, now=now)
+        if isinstance(replaced, Entry):
+            # The real entry of a call whose hold had expired: it was counted at its bound.
+            states = [
+                self._state(b, b.period_of(replaced.time))
+                for b in applying(self._budgets.values(), replaced.tags)
+            ]
+            delta = charge(entry) - charge(replaced)
+            return settle(states, release=Decimal(0), spend=delta, now=now)
+        states = [
+            self._states[key]
+            for b in applying(self._budgets.values(), entry.tags)
+            if (key := (b.name, b.period_of(entry.time))) in self._states
+        ]
+        # A state made later counts this entry from the entries themselves.
+        return settle(states, release=Decimal(0), spend=charge(entry), now=now) if states else []
+
+    def _append(self, entry: Entry) -> bool | Entry:
+        """Keep ``entry``: True if new, False if already kept, or the entry it replaces.
+
+        An entry replaces one with its id only if that one stood in for it: a hold that expired
+        before its call was recorded.
+        """
+        at = self._index.get(entry.id)
+        if at is None:
+            # Kept first, then indexed: an interrupt (Ctrl-C) between the two can at worst let
+            # the same entry in twice later, never lose it.
+            self._entries.append(entry)
+            self._index[entry.id] = len(self._entries) - 1
+            return True
+        old = self._entries[at]
+        if "lease_expired" in old.flags and "lease_expired" not in entry.flags:
+            self._entries[at] = dataclasses.replace(
+                entry, flags=tuple(sorted({*entry.flags, "reconciled"}))
+            )
+            return old
+        return False
+
+    def _notify(self, events: list[BudgetEvent]) -> None:
+        hook = self.on_threshold
+        if hook is not None:
+            for event in events:
+                hook(event)
 
     def check_writable(self) -> None:
         """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
@@ -505,65 +540,138 @@ class Ledger:
     ) -> None:
         self.close()
 
-    # -- budgets ---------------------------------------------------------------------------
+    # -- budgets -----------------------------------------------------------------------------
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
         """The budgets this ledger enforces."""
-        return tuple(self._spent)
+        with self._lock:
+            return tuple(self._budgets.values())
 
     def add_budget(self, budget: Budget) -> None:
-        """Enforce ``budget`` from now on, counting what is already recorded against it."""
+        """Enforce ``budget`` from now on (a budget of the same name is replaced)."""
+        if not isinstance(budget, Budget):
+            raise ConfigError(f"add_budget takes a Budget, got {type(budget).__name__}.")
         with self._lock:
-            self._spent[budget] = totals(e for e in self.entries() if budget.applies(e.tags)).cost
-            self._held[budget] = Decimal(0)
+            if self._budgets.get(budget.name) != budget:
+                self._budgets[budget.name] = budget
+                # Its states are rebuilt from the entries with the new definition.
+                self._states = {k: v for k, v in self._states.items() if k[0] != budget.name}
 
-    def spent(self, budget: Budget) -> Decimal | None:
-        """What has been recorded against ``budget`` so far (``None`` if some cost is unknown)."""
-        with self._lock:
-            return self._spent[budget]
-
-    def reserve(self, amount: Decimal | None, tags: Mapping[str, str], *, stage: str) -> Hold:
-        """Set aside ``amount`` under every budget that applies, or raise ``BudgetExceeded``.
-
-        An unknown ``amount`` (``None``) is refused by any budget that applies, since a limit
-        cannot be kept on a call whose price is unknown.
-        """
-        with self._lock, localcontext(CONTEXT):
-            hold = Hold()
-            for budget, spent in self._spent.items():
-                if not budget.applies(tags):
-                    continue
-                held = self._held[budget]
-                if amount is None or spent is None:
-                    raise BudgetExceeded(
-                        f"Budget {budget.name!r} cannot be checked: the cost of "
-                        f"{'this call' if amount is None else 'earlier calls'} is unknown "
-                        f"(stage={stage!r}). Price the model in the catalogue."
-                    )
-                if spent + held + amount > budget.limit:
-                    raise BudgetExceeded(
-                        f"Budget {budget.name!r} would be exceeded: spent ${spent:.4f} "
-                        f"(${held:.4f} more in flight) of ${budget.limit:.4f}, this call needs "
-                        f"up to ${amount:.4f} (stage={stage!r}). Raise the limit or route to a "
-                        "cheaper model."
-                    )
-                hold.amounts[budget] = amount
-            for budget, held_amount in hold.amounts.items():
-                self._held[budget] += held_amount
-            return hold
-
-    def release(self, hold: Hold) -> None:
-        """Give back a hold whose call will record nothing (it is safe to call twice)."""
-        with self._lock:
-            self._release(hold)
-
-    def _release(self, hold: Hold) -> None:
-        if hold.open:
+    def _state(self, budget: Budget, period: str) -> BudgetState:
+        state = self._states.get((budget.name, period))
+        if state is None:
+            spent = spent_of(self._entries, budget, period)
+            # What is held for this budget and period by calls under way.
             with localcontext(CONTEXT):
-                for budget, amount in hold.amounts.items():
-                    self._held[budget] -= amount
+                held = sum(
+                    (h.amount for h in self._holds.values() if (budget.name, period) in h.periods),
+                    Decimal(0),
+                )
+            state = self._states[(budget.name, period)] = BudgetState(budget, period, spent, held)
+        return state
+
+    def _held_states(self, hold: Hold) -> list[BudgetState]:
+        return [
+            self._state(self._budgets[name], period)
+            for name, period in hold.periods
+            if name in self._budgets
+        ]
+
+    def spent(self, budget: Budget | str, when: datetime | None = None) -> Decimal:
+        """What counts against ``budget`` in the period of ``when`` (now): unknown at its bound."""
+        name = budget.name if isinstance(budget, Budget) else budget
+        with self._lock:
+            known = self._budgets.get(name)
+            if known is None:
+                raise ConfigError(f"No budget named {name!r}; budgets: {sorted(self._budgets)}.")
+            return self._state(known, known.period_of(when or self.clock())).spent
+
+    def status(self) -> list[BudgetState]:
+        """Every budget's state in its current period (spent, held), for reports."""
+        with self._lock:
+            now = self.clock()
+            expired = self._expire(now)
+            states = [
+                dataclasses.replace(self._state(b, b.period_of(now)))
+                for b in self._budgets.values()
+            ]
+        self._notify(expired)
+        return states
+
+    def events(self) -> list[BudgetEvent]:
+        """Every threshold crossing recorded, oldest first."""
+        with self._lock:
+            return list(self._events)
+
+    def reserve(
+        self,
+        amount: Decimal | None,
+        tags: Mapping[str, str],
+        *,
+        stage: str,
+        model: str | None = None,
+        request_id: str = "",
+        entry_id: str | None = None,
+        lease_s: float = 3600.0,
+        phase: str = "serve",
+        intent: str | None = None,
+    ) -> Hold | None:
+        """Set ``amount`` aside under every budget that applies, or raise ``BudgetExceeded``.
+
+        ``amount`` is the most the call can cost; ``None`` (unknown) is refused by any budget
+        that applies. Returns ``None`` when no budget applies (nothing to hold). The hold lasts
+        ``lease_s`` seconds: if its entry is not recorded by then, it becomes an entry of unknown
+        cost counted at ``amount`` (id ``entry_id``), which the real entry replaces if it comes.
+        """
+        expired: list[BudgetEvent] = []
+        try:
+            with self._lock:
+                now = self.clock()
+                expired = self._expire(now)
+                budgets = applying(self._budgets.values(), tags)
+                if not budgets:
+                    return None
+                states = [self._state(b, b.period_of(now)) for b in budgets]
+                check(states, amount, stage=stage, model=model)
+                assert amount is not None
+                hold_states(states, amount)
+                held = Hold(
+                    id=entry_id or new_entry_id(),
+                    amount=amount,
+                    periods=tuple((st.budget.name, st.period) for st in states),
+                    expires=now + timedelta(seconds=lease_s),
+                    request_id=request_id,
+                    stage=stage,
+                    model=model,
+                    tags=dict(tags),
+                    phase=phase,
+                    intent=intent,
+                    created=now,
+                )
+                self._holds[held.id] = held
+                return held
+        finally:
+            self._notify(expired)  # outside the lock: a hook may use the ledger
+
+    def release(self, hold: Hold | None) -> None:
+        """Give back a hold whose call will record nothing (safe to call twice)."""
+        if hold is None:
+            return
+        with self._lock:
+            if self._holds.pop(hold.id, None) is not None:
+                settle(self._held_states(hold), release=hold.amount, spend=Decimal(0),
+                       now=self.clock())  # fmt: skip
             hold.open = False
+
+    def _expire(self, now: datetime) -> list[BudgetEvent]:
+        """Turn holds whose lease has ended into entries of unknown cost, at their bound."""
+        events: list[BudgetEvent] = []
+        for held in [h for h in self._holds.values() if h.expires <= now]:
+            del self._holds[held.id]
+            events += self._keep(held.expired_entry(), None)
+            settle(self._held_states(held), release=held.amount, spend=Decimal(0), now=now)
+        return events
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -654,6 +762,10 @@ class Ledger:
                 row["tags"] = Tags.of(e.tags).json
                 row["flags"] = ",".join(e.flags)
                 writer.writerow(row)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _opt(value: Hashable) -> str | None:

@@ -18,6 +18,7 @@ processes opening it at once all succeed), and anything else refused without bei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -33,12 +34,12 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
-from chainkit.errors import ConfigError, LedgerError
+from chainkit.errors import BudgetExceeded, ConfigError, LedgerError
+from chainkit.ledger.budgets import Budget, BudgetEvent, BudgetState, Hold, charge, check, settle
+from chainkit.ledger.budgets import hold as hold_states
 from chainkit.ledger.core import (
-    Budget,
     Cell,
     CellKey,
-    Hold,
     Ledger,
     Totals,
     VariantSums,
@@ -47,8 +48,18 @@ from chainkit.ledger.core import (
     latency_bucket,
     variant_sums,
 )
+from chainkit.ledger.sqlbook import SQLBook, define, events_of
 from chainkit.money import CONTEXT
-from chainkit.records import Entry, Request, Result, Tags, Usage, state_from_json, state_to_json
+from chainkit.records import (
+    Entry,
+    Request,
+    Result,
+    Tags,
+    Usage,
+    new_entry_id,
+    state_from_json,
+    state_to_json,
+)
 
 __all__ = ["SQLiteLedger"]
 
@@ -192,6 +203,32 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta VALUES ('cells_through', 0)")
 
 
+def _m006_budgets(db: sqlite3.Connection) -> None:
+    """Budgets kept in the store: definitions, spend per period, holds with leases, events."""
+    db.execute("CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE budget_state (
+            budget TEXT NOT NULL, period TEXT NOT NULL,
+            spent TEXT NOT NULL, held TEXT NOT NULL,
+            PRIMARY KEY (budget, period)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE holds (
+            id TEXT PRIMARY KEY, amount TEXT NOT NULL, expires TEXT NOT NULL,
+            details TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX holds_expires ON holds (expires)")
+    db.execute(
+        """CREATE TABLE budget_events (
+            budget TEXT NOT NULL, period TEXT NOT NULL, threshold TEXT NOT NULL,
+            spent TEXT NOT NULL, limit_usd TEXT NOT NULL, time TEXT NOT NULL,
+            PRIMARY KEY (budget, period, threshold)
+        )"""
+    )
+
+
 # Migrations run in order; the database's user_version counts those already applied.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_entries,
@@ -199,6 +236,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m003_sql_sums,
     _m004_jobs,
     _m005_ids_and_cells,
+    _m006_budgets,
 ]
 
 _WRITE_COLUMNS = [
@@ -235,6 +273,7 @@ _INSERT = (
     f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_WRITE_COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
 )
+_UPDATE = f"UPDATE entries SET {', '.join(c + ' = ?' for c in _WRITE_COLUMNS[1:])} WHERE uid = ?"
 _ZERO = timedelta(0)
 
 
@@ -365,8 +404,13 @@ _FOLD_COLUMNS = (
 )
 
 
-def _fold_rows(cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]]) -> dict[CellKey, Cell]:
-    """Add entry rows (``_FOLD_COLUMNS``) to ``cells``, exactly; return the cells they touched."""
+def _fold_rows(
+    cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]], sign: int = 1
+) -> dict[CellKey, Cell]:
+    """Add entry rows (``_FOLD_COLUMNS``) to ``cells``, exactly; return the cells they touched.
+
+    ``sign=-1`` takes them out again (an entry replaced after it was folded).
+    """
     touched: dict[CellKey, Cell] = {}
     with localcontext(CONTEXT):
         for row in rows:
@@ -377,30 +421,30 @@ def _fold_rows(cells: dict[CellKey, Cell], rows: Iterable[Sequence[Any]]) -> dic
             if cell is None:
                 cell = cells[key] = Cell(key, rowid)
             touched[key] = cell
-            cell.calls += 1
-            cell.estimated += estimated
+            cell.calls += sign
+            cell.estimated += sign * estimated
             if inp is not None:
-                cell.input_tokens += inp
-                cell.output_tokens += out
-                cell.cache_read_tokens += cread
-                cell.cache_write_tokens += cwrite
-                cell.cache_write_1h_tokens += hour or 0
-                cell.queries += queries or 0
+                cell.input_tokens += sign * inp
+                cell.output_tokens += sign * out
+                cell.cache_read_tokens += sign * cread
+                cell.cache_write_tokens += sign * cwrite
+                cell.cache_write_1h_tokens += sign * (hour or 0)
+                cell.queries += sign * (queries or 0)
             if cost is None:
-                cell.cost_unknown += 1
+                cell.cost_unknown += sign
                 if bound is None:
-                    cell.bound_missing += 1
+                    cell.bound_missing += sign
                 else:
-                    cell.bound_unknown += Decimal(bound)
+                    cell.bound_unknown += sign * Decimal(bound)
             else:
-                cell.cost += Decimal(cost)
+                cell.cost += sign * Decimal(cost)
             if avoided is None:
-                cell.avoided_unknown += 1
+                cell.avoided_unknown += sign
             else:
-                cell.avoided += Decimal(avoided)
-            cell.latency_ns += round(latency * 1e9)
+                cell.avoided += sign * Decimal(avoided)
+            cell.latency_ns += sign * round(latency * 1e9)
             bucket = latency_bucket(latency)
-            cell.histogram[bucket] = cell.histogram.get(bucket, 0) + 1
+            cell.histogram[bucket] = cell.histogram.get(bucket, 0) + sign
     return touched
 
 
@@ -418,7 +462,33 @@ def _fold(db: sqlite3.Connection, cache: dict[CellKey, tuple[int, Cell]], limit:
     ).fetchall()
     if not rows:
         return 0
-    deltas = _fold_rows({}, rows)
+    _apply(db, cache, _fold_rows({}, rows))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'cells_through'", (rows[-1][0],))
+    return len(rows)
+
+
+def _replace(db: sqlite3.Connection, cache: dict[CellKey, tuple[int, Cell]], e: Entry) -> None:
+    """Overwrite the stored entry with ``e``'s id by ``e``, moving it between cells if folded.
+
+    In place, keeping its row id: a new row could take an id the cells already reach.
+    """
+    row = db.execute(f"SELECT {_FOLD_COLUMNS} FROM entries WHERE uid = ?", (e.id,)).fetchone()
+    if row is None:
+        return
+    through = db.execute("SELECT value FROM meta WHERE key = 'cells_through'").fetchone()[0]
+    folded = row[0] <= through
+    if folded:
+        _apply(db, cache, _fold_rows({}, [row], sign=-1))
+    db.execute(_UPDATE, (*_to_sql(e)[1:], e.id))
+    if folded:
+        new = db.execute(f"SELECT {_FOLD_COLUMNS} FROM entries WHERE uid = ?", (e.id,))
+        _apply(db, cache, _fold_rows({}, new.fetchall()))
+
+
+def _apply(
+    db: sqlite3.Connection, cache: dict[CellKey, tuple[int, Cell]], deltas: dict[CellKey, Cell]
+) -> None:
+    """Add cell deltas to the stored cells (read-modify-write, exact), in the transaction."""
     updates: list[tuple[Any, ...]] = []
     latencies: list[tuple[int, int, int]] = []
     with localcontext(CONTEXT):
@@ -442,8 +512,6 @@ def _fold(db: sqlite3.Connection, cache: dict[CellKey, tuple[int, Cell]], limit:
             latencies.extend((cell_id, b, n) for b, n in delta.histogram.items())
     db.executemany(_CELL_UPDATE, updates)
     db.executemany(_LATENCY_ADD, latencies)
-    db.execute("UPDATE meta SET value = ? WHERE key = 'cells_through'", (rows[-1][0],))
-    return len(rows)
 
 
 def _merge(into: Cell, other: Cell) -> None:
@@ -522,10 +590,34 @@ class _Write:
 
     entries: list[Entry] = field(default_factory=list)
     fold: bool = False  # also fold every entry not yet in the cells (a read is waiting)
+    settle: Hold | None = None  # the call's hold, settled by its entry (the last of entries)
+    release: Hold | None = None
+    reserve: _Reservation | None = None
+    define: tuple[Budget, ...] = ()
+    expire: bool = False  # turn holds whose lease ended into entries (a status read is waiting)
+    events: list[BudgetEvent] = field(default_factory=list)  # crossings, for the caller's hook
     checkpoint: tuple[str, int, str] | None = None
     reply: tuple[str, int, int, str, str] | None = None
     clear_replies: tuple[str, int] | None = None
     job: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class _Reservation:
+    """A request to set money aside, and what came of it (a hold, or a refusal)."""
+
+    amount: Decimal | None
+    tags: Mapping[str, str]
+    stage: str
+    model: str | None
+    request_id: str
+    entry_id: str
+    lease_s: float
+    phase: str
+    intent: str | None
+    now: datetime
+    hold: Hold | None = None
+    refused: BudgetExceeded | None = None
 
 
 class _Ticket:
@@ -600,6 +692,8 @@ class SQLiteLedger(Ledger):
         budgets: Iterable[Budget] = (),
         read_only: bool = False,
         timeout_s: float = 30.0,
+        clock: Callable[[], datetime] | None = None,
+        on_threshold: Callable[[BudgetEvent], object] | None = None,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
@@ -627,8 +721,15 @@ class SQLiteLedger(Ledger):
         self._data_version = -1
         self._inode: tuple[int, int] = (-1, -1)
         self._db, self._reader = self._open()
-        super().__init__(budgets)
+        super().__init__(clock=clock, on_threshold=on_threshold)
         _OPEN.add(self)
+        budgets = tuple(budgets)
+        if budgets:
+            if read_only:
+                raise ConfigError(
+                    "A read-only ledger cannot take budgets: nothing is spent through it."
+                )
+            self._write(_Write(define=budgets))
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -865,16 +966,14 @@ class SQLiteLedger(Ledger):
         local = self._local
         step: _Step | None = getattr(local, "step", None)
         deferred: list[Entry] | None = getattr(local, "deferred", None)
-        free = entry.model is None and hold is None
+        free = entry.model is None and hold is None and entry.cost == 0
         if free and step is not None:
             step.free.append(entry)
-        elif free and deferred is not None:
-            deferred.append(entry)
-        if free and (step is not None or deferred is not None):
-            with self._lock:
-                self._count(entry)
             return
-        write = _Write(entries=[entry])
+        if free and deferred is not None:
+            deferred.append(entry)
+            return
+        write = _Write(entries=[entry], settle=hold)
         if step is None and deferred:
             write.entries = [*deferred, entry]
             deferred.clear()
@@ -883,10 +982,9 @@ class SQLiteLedger(Ledger):
         try:
             self._write(write)
         finally:
-            with self._lock:
-                self._count(entry)
-                if hold is not None:
-                    self._release(hold)
+            if hold is not None:
+                hold.open = False
+        self._notify(write.events)
 
     def record_many(self, entries: Iterable[Entry]) -> None:
         """Store many entries in one transaction."""
@@ -894,10 +992,117 @@ class SQLiteLedger(Ledger):
         for e in batch:
             if type(e) is not Entry:
                 raise ConfigError(f"Ledger.record takes an Entry, got {type(e).__name__}.")
-        self._write(_Write(entries=batch))
-        with self._lock:
-            for e in batch:
-                self._count(e)
+        write = _Write(entries=batch)
+        self._write(write)
+        self._notify(write.events)
+
+    # -- budgets, kept in the file for every process -----------------------------------------
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The budgets in the file (any process's): every call through this ledger keeps them."""
+        rows = self._read("SELECT name, definition FROM budgets ORDER BY name")
+        return tuple(Budget.from_json(name, definition) for name, definition in rows)
+
+    def add_budget(self, budget: Budget) -> None:
+        """Keep ``budget`` in the file, for every process (one of the same name is replaced)."""
+        if not isinstance(budget, Budget):
+            raise ConfigError(f"add_budget takes a Budget, got {type(budget).__name__}.")
+        self._write(_Write(define=(budget,)))
+
+    def reserve(
+        self,
+        amount: Decimal | None,
+        tags: Mapping[str, str],
+        *,
+        stage: str,
+        model: str | None = None,
+        request_id: str = "",
+        entry_id: str | None = None,
+        lease_s: float = 3600.0,
+        phase: str = "serve",
+        intent: str | None = None,
+    ) -> Hold | None:
+        """Set ``amount`` aside in the file, one step for every process (see ``Ledger.reserve``)."""
+        r = _Reservation(
+            amount=amount,
+            tags=dict(tags),
+            stage=stage,
+            model=model,
+            request_id=request_id,
+            entry_id=entry_id or new_entry_id(),
+            lease_s=lease_s,
+            phase=phase,
+            intent=intent,
+            now=self.clock(),
+        )
+        write = _Write(reserve=r)
+        self._write(write)
+        self._notify(write.events)
+        if r.refused is not None:
+            raise r.refused
+        return r.hold
+
+    def release(self, hold: Hold | None) -> None:
+        """Give back a hold whose call will record nothing (safe to call twice)."""
+        if hold is None or not hold.open:
+            return
+        hold.open = False
+        write = _Write(release=hold)
+        self._write(write)
+        self._notify(write.events)
+
+    def spent(self, budget: Budget | str, when: datetime | None = None) -> Decimal:
+        """What counts against ``budget`` in the period of ``when`` (now): unknown at its bound."""
+        name = budget.name if isinstance(budget, Budget) else budget
+        found = {b.name: b for b in self.budgets}.get(name)
+        if found is None:
+            raise ConfigError(f"No budget named {name!r} in {self.path}.")
+        period = found.period_of(when or self.clock())
+        with self._snapshot() as db:
+            row = db.execute(
+                "SELECT spent FROM budget_state WHERE budget = ? AND period = ?", (name, period)
+            ).fetchone()
+            if row is not None:
+                return Decimal(row[0])
+            return self._spent_from(db, found, period)
+
+    def status(self) -> list[BudgetState]:
+        """Every budget's state in its current period (spent, held), for reports."""
+        if not self.read_only:
+            self._write(_Write(expire=True))  # holds whose lease ended count at their bound
+        now = self.clock()
+        out = []
+        with self._snapshot() as db:
+            budgets = [
+                Budget.from_json(n, d)
+                for n, d in db.execute("SELECT name, definition FROM budgets ORDER BY name")
+            ]
+            for budget in budgets:
+                period = budget.period_of(now)
+                row = db.execute(
+                    "SELECT spent, held FROM budget_state WHERE budget = ? AND period = ?",
+                    (budget.name, period),
+                ).fetchone()
+                if row is None:
+                    held = Decimal(0)
+                    for amount, details in db.execute("SELECT amount, details FROM holds"):
+                        if [budget.name, period] in json.loads(details)["periods"]:
+                            held += Decimal(amount)
+                    spent = self._spent_from(db, budget, period)
+                    out.append(BudgetState(budget, period, spent, held))
+                else:
+                    out.append(BudgetState(budget, period, Decimal(row[0]), Decimal(row[1])))
+        return out
+
+    def events(self) -> list[BudgetEvent]:
+        """Every threshold crossing recorded in the file, oldest first."""
+        return events_of(
+            self._read(
+                "SELECT budget, period, threshold, spent, limit_usd, time FROM budget_events "
+                "ORDER BY time"
+            )
+        )
 
     def check_writable(self) -> None:
         """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
@@ -1043,44 +1248,211 @@ class SQLiteLedger(Ledger):
     def _store(self, batch: list[_Write], *, fold: int | None = 0) -> int:
         """Write ``batch`` in one transaction; fold up to ``fold`` entries into the cells too.
 
-        ``fold=None`` folds everything not yet folded. Returns how many entries were folded.
+        Budgets are kept in the same transaction: holds settled by their entries, released or
+        expired, reservations decided. ``fold=None`` folds everything not yet folded. Returns
+        how many entries were folded.
         """
         db = self._db
         assert db is not None
         self._check_file()
         db.execute("BEGIN IMMEDIATE")
         try:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version or len(self._cells_cache) > 100_000:
+                # Another connection wrote since we last did: our cell sums may be stale.
+                self._cells_cache.clear()
             entries = [e for w in batch for e in w.entries]
-            if entries:
+            for w in batch:
+                if w.define:
+                    define(db, w.define)
+            budgeted = any(w.reserve or w.settle or w.release or w.expire for w in batch) or (
+                entries and db.execute("SELECT EXISTS (SELECT 1 FROM budgets)").fetchone()[0]
+            )
+            if budgeted:
+                self._budgets_in(db, batch)
+            elif entries:
                 self._insert(db, entries)
+            if entries:
                 self._unfolded = True
             for w in batch:
                 if w.reply is not None:
-                    db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)", w.reply)
+                    db.execute(
+                        "INSERT INTO replies VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, "
+                        "step, ordinal) DO UPDATE SET digest = excluded.digest, "
+                        "reply = excluded.reply",
+                        w.reply,
+                    )
                 if w.checkpoint is not None:
-                    db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", w.checkpoint)
+                    db.execute(
+                        "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (request_id) "
+                        "DO UPDATE SET stage = excluded.stage, state = excluded.state",
+                        w.checkpoint,
+                    )
                 if w.clear_replies is not None:
                     db.execute(
                         "DELETE FROM replies WHERE request_id = ? AND step = ?", w.clear_replies
                     )
                 if w.job is not None:
-                    db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", w.job)
+                    db.execute(
+                        "INSERT INTO jobs VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "job = excluded.job",
+                        w.job,
+                    )
             folded = 0
             if fold is None or fold > 0:
-                version = db.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._data_version or len(self._cells_cache) > 100_000:
-                    # Another connection wrote since we last did: our cell sums may be stale.
-                    self._cells_cache.clear()
                 folded = _fold(db, self._cells_cache, fold)
-                self._data_version = version  # our own commit does not change it
             db.execute("COMMIT")
+            self._data_version = version  # our own commit does not change it
             return folded
         except BaseException:
             self._cells_cache.clear()  # it may hold sums that were rolled back
             if db.in_transaction:
                 with suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+            for w in batch:
+                w.events = []
+                if w.reserve is not None:
+                    w.reserve.hold = w.reserve.refused = None
             raise
+
+    def _budgets_in(self, db: sqlite3.Connection, batch: list[_Write]) -> None:
+        """Insert the batch's entries and keep the budgets, in the open transaction."""
+        book = SQLBook(db, lambda budget, period: self._spent_from(db, budget, period))
+        entries = [e for w in batch for e in w.entries]
+        stored: dict[str, tuple[str, str | None, str | None, str, str]] = {}
+        ids = list({e.id for e in entries})
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            for uid, flags, cost, bound, tags, when in db.execute(
+                f"SELECT uid, flags, cost, bound, tags, time FROM entries WHERE uid IN ({marks})",
+                part,
+            ):
+                stored[uid] = (flags, cost, bound, tags, when)
+        # A real entry replaces the one that stood in for it when its hold expired.
+        replaced: dict[str, Entry] = {}
+        for e in entries:
+            old = stored.get(e.id)
+            if (
+                old is not None
+                and "lease_expired" in old[0].split(",")
+                and ("lease_expired" not in e.flags)
+            ):
+                replaced[e.id] = Entry(
+                    e.request_id,
+                    e.stage,
+                    "failed",
+                    cost=None if old[1] is None else Decimal(old[1]),
+                    bound=None if old[2] is None else Decimal(old[2]),
+                    tags=json.loads(old[3]),
+                    time=datetime.fromisoformat(old[4]),
+                )
+                _replace(
+                    db,
+                    self._cells_cache,
+                    dataclasses.replace(e, flags=tuple(sorted({*e.flags, "reconciled"}))),
+                )
+                stored.pop(e.id)
+        self._insert(db, [e for e in entries if e.id not in replaced])
+        now = self.clock()
+        seen: set[str] = set(stored)
+        for w in batch:
+            events: list[BudgetEvent] = []
+            call_entry = w.entries[-1] if w.settle is not None and w.entries else None
+            if w.settle is not None:
+                held = book.take(w.settle.id)
+                if held is not None and call_entry is not None and call_entry.id not in seen:
+                    spend = charge(call_entry)
+                    if call_entry.cost is None and call_entry.bound is None:
+                        spend = held.amount
+                    events += settle(
+                        book.states_of(held), release=held.amount, spend=spend, now=now
+                    )
+                    seen.add(call_entry.id)
+                elif held is not None:
+                    events += settle(book.states_of(held), release=held.amount,
+                                     spend=Decimal(0), now=now)  # fmt: skip
+            if w.release is not None:
+                held = book.take(w.release.id)
+                if held is not None:
+                    events += settle(book.states_of(held), release=held.amount,
+                                     spend=Decimal(0), now=now)  # fmt: skip
+            for e in w.entries:
+                if e.id in seen:
+                    continue  # stored already (counted then), or settled above
+                seen.add(e.id)
+                old_entry = replaced.get(e.id)
+                if old_entry is not None:
+                    states = book.existing(old_entry.tags, old_entry.time)
+                    delta = charge(e) - charge(old_entry)
+                else:
+                    states, delta = book.existing(e.tags, e.time), charge(e)
+                if states and delta:
+                    events += settle(states, release=Decimal(0), spend=delta, now=now)
+            if w.reserve is not None:
+                events += self._reserve_in(db, book, w.reserve)
+            elif w.expire:
+                events += self._expire_in(db, book, now)
+            w.events = events
+        new = set(map(id, book.write([e for w in batch for e in w.events])))
+        for w in batch:
+            w.events = [e for e in w.events if id(e) in new]
+
+    def _reserve_in(
+        self, db: sqlite3.Connection, book: SQLBook, r: _Reservation
+    ) -> list[BudgetEvent]:
+        """Decide a reservation (after expiring dead holds); return the crossings expiry made."""
+        events = self._expire_in(db, book, r.now)
+        budgets = [b for b in book.budgets.values() if b.applies(r.tags)]
+        if not budgets:
+            return events
+        states = [book.state(b, b.period_of(r.now)) for b in budgets]
+        assert all(st is not None for st in states)
+        ready = [st for st in states if st is not None]
+        try:
+            check(ready, r.amount, stage=r.stage, model=r.model)
+        except BudgetExceeded as exc:
+            r.refused = exc
+            return events
+        assert r.amount is not None
+        hold_states(ready, r.amount)
+        r.hold = Hold(
+            id=r.entry_id,
+            amount=r.amount,
+            periods=tuple((st.budget.name, st.period) for st in ready),
+            expires=r.now + timedelta(seconds=r.lease_s),
+            request_id=r.request_id,
+            stage=r.stage,
+            model=r.model,
+            tags=dict(r.tags),
+            phase=r.phase,
+            intent=r.intent,
+            created=r.now,
+        )
+        book.put(r.hold)
+        return events
+
+    def _expire_in(self, db: sqlite3.Connection, book: SQLBook, now: datetime) -> list[BudgetEvent]:
+        """Holds whose lease ended become entries of unknown cost, counted at their bound."""
+        events: list[BudgetEvent] = []
+        for held in book.expired(now):
+            self._insert(db, [held.expired_entry()])
+            self._unfolded = True
+            events += settle(book.states_of(held), release=held.amount, spend=held.amount,
+                             now=now)  # fmt: skip
+        return events
+
+    def _spent_from(self, db: sqlite3.Connection, budget: Budget, period: str) -> Decimal:
+        """What recorded entries count against ``budget`` in ``period``, from the cells."""
+        with localcontext(CONTEXT):
+            total = Decimal(0)
+            for cell in self._cells_in(db):
+                day = cell.key[6]
+                if period != "all" and not day.startswith(period):
+                    continue
+                if budget.applies(cell.tags):
+                    total += cell.cost + cell.bound_unknown
+            return total
 
     @staticmethod
     def _insert(db: sqlite3.Connection, entries: list[Entry]) -> None:
@@ -1255,6 +1627,7 @@ class SQLiteLedger(Ledger):
         for row in db.execute(f"SELECT id, {_CELL_KEY}, first, {_CELL_SUMS} FROM cells"):
             key = _cell_key(row[1:9])
             cells[key] = by_id[row[0]] = _cell_from_row(key, row[9], row[10:])
+        empty = [key for key, cell in cells.items() if cell.calls == 0]
         for cell_id, bucket, n in db.execute("SELECT cell, bucket, n FROM cell_latency"):
             by_id[cell_id].histogram[bucket] = n
         through = db.execute("SELECT value FROM meta WHERE key = 'cells_through'").fetchone()[0]
@@ -1262,7 +1635,8 @@ class SQLiteLedger(Ledger):
             f"SELECT {_FOLD_COLUMNS} FROM entries WHERE id > ? ORDER BY id", (through,)
         )
         _fold_rows(cells, rest)
-        return list(cells.values())
+        # A cell whose only entry was replaced (a stand-in for an expired hold) holds nothing.
+        return [cell for cell in cells.values() if cell.calls != 0 or cell.key not in empty]
 
     def _cells(self) -> list[Cell]:
         with self._snapshot() as db:
@@ -1386,11 +1760,3 @@ class SQLiteLedger(Ledger):
     def request_ids(self) -> set[str]:
         """Ids of the requests that have at least one entry (for resuming a run)."""
         return {r[0] for r in self._read("SELECT DISTINCT request_id FROM entries")}
-
-    def add_budget(self, budget: Budget) -> None:
-        """Enforce ``budget`` from now on, counting what is already recorded against it."""
-        cells = self._cells()
-        spent = fold(c for c in cells if budget.applies(c.tags)).cost
-        with self._lock:
-            self._spent[budget] = spent
-            self._held[budget] = Decimal(0)

@@ -54,5 +54,10 @@ class Model(Protocol):
         ...
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
-        """Return an upper bound on the usage of ``complete(prompt, max_tokens=...)``."""
+        """Return the expected usage of ``complete(prompt, max_tokens=...)`` (output at most).
+
+        A model that can count its input exactly may also have ``count_input(prompt) -> int |
+        None``; budgets then hold that count instead of the byte bound (see
+        :func:`chainkit.stages.calling.input_bound`).
+        """
         ...

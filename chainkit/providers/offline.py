@@ -161,6 +161,10 @@ class OfflineModel:
         """Count the prompt and assume the full output budget is used."""
         return Usage(_count_prompt(prompt, self.model_id), self._budget(max_tokens))
 
+    def count_input(self, prompt: Prompt) -> int | None:
+        """The input tokens it will report, exactly, where its tokenizer is the real one."""
+        return _count_prompt(prompt, self.model_id) if is_exact(self.model_id) else None
+
 
 @dataclass(kw_only=True)
 class ScriptedModel:
@@ -210,3 +214,10 @@ class ScriptedModel:
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """Return the scripted usage, or the counted prompt plus the full output budget."""
         return self.usage or Usage(_count_prompt(prompt, self.model_id), max_tokens)
+
+    def count_input(self, prompt: Prompt) -> int | None:
+        """The scripted input tokens (cached ones included), exactly; else its own count."""
+        if self.usage is not None:
+            u = self.usage
+            return u.input_tokens + u.cache_read_tokens + u.cache_write_tokens
+        return _count_prompt(prompt, self.model_id) if is_exact(self.model_id) else None

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal
@@ -31,9 +32,16 @@ from chainkit.errors import (
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import Completion, Model, Prompt
-from chainkit.records import Entry, Outcome, Phase, Request, Usage
+from chainkit.records import Entry, Outcome, Phase, Request, Usage, new_entry_id
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ModelCall", "check_model", "check_timeout"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "ModelCall",
+    "check_model",
+    "check_timeout",
+    "cost_bound",
+    "input_bound",
+]
 
 DEFAULT_TIMEOUT_S = 120.0
 """A model stage's deadline unless told otherwise: long enough for a long answer, not forever."""
@@ -67,6 +75,11 @@ def check_timeout(timeout_s: float | None, stage: str) -> None:
 _TAKES_TIMEOUT: dict[type, bool] = {}
 
 
+def _lease(timeout_s: float | None) -> float:
+    """How long a call's hold lasts: its deadline and a minute to record it (an hour if none)."""
+    return 3600.0 if timeout_s is None else timeout_s + 60.0
+
+
 def _takes_timeout(model: Model) -> bool:
     """Whether ``model.complete`` takes ``timeout_s`` (to bound its retries, say)."""
     kind = type(model)
@@ -89,6 +102,48 @@ def _safe_text(value: object, limit: int = 900) -> str:
     text = text.replace("\x00", "\\x00")
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text[:limit]
+
+
+# Tokens a provider's chat template may add around each message (role markers, separators), at
+# most. Measured templates add 3-8 (Anthropic and Llama on Bedrock, Mistral); the allowance is
+# generous because a budget's bound must never be below the bill.
+TEMPLATE_TOKENS_PER_MESSAGE = 32
+TEMPLATE_TOKENS_PER_CALL = 32
+
+
+def input_bound(model: Model, prompt: Prompt) -> tuple[int, bool]:
+    """The most input tokens ``prompt`` can be billed as, and whether that count is exact.
+
+    Exact where the model can count (``count_input``: Bedrock's CountTokens, a tokenizer chainkit
+    ships); otherwise UTF-8 bytes plus the template allowance: a byte-level tokenizer never
+    makes more tokens than bytes, so no tokenizer's count can exceed it.
+    """
+    count = getattr(model, "count_input", None)
+    if count is not None:
+        exact = count(prompt)
+        if isinstance(exact, int) and not isinstance(exact, bool) and exact >= 0:
+            return exact, True
+    messages = 2 if prompt.system else 1
+    size = len(prompt.system.encode("utf-8", "surrogatepass")) + len(
+        prompt.user.encode("utf-8", "surrogatepass")
+    )
+    return size + messages * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_CALL, False
+
+
+def cost_bound(
+    catalogue: Catalogue, model: Model, prompt: Prompt, max_tokens: int
+) -> Decimal | None:
+    """The most a call can cost: its input bound and ``max_tokens`` of output, priced.
+
+    ``None`` when the model is not priced (then no budget can be kept on it).
+    """
+    tokens, _ = input_bound(model, prompt)
+    try:
+        return catalogue.cost(
+            model.model_id, Usage(tokens, max_tokens), region=model.region, tier=model.tier
+        )
+    except ConfigError:
+        return None
 
 
 def _digest(model_id: str, prompt: Prompt, max_tokens: int) -> str:
@@ -173,6 +228,8 @@ class ModelCall:
         self._digest: str | None = None
         self._replayed = False
         self._started = False
+        self._entry_id = new_entry_id()  # the hold, and the call's one entry, carry it
+        self._when: datetime | None = None
 
     def _entry(
         self,
@@ -186,7 +243,13 @@ class ModelCall:
         estimated: bool = False,
         flags: tuple[str, ...] = (),
         note: str = "",
+        call: bool = True,
     ) -> Entry:
+        extra: dict[str, Any] = {}
+        if call:  # the call's own entry (a refusal is not the call's: it gets its own id)
+            extra["id"] = self._entry_id
+        if self._when is not None:
+            extra["time"] = self._when
         return Entry(
             request_id=self.request.id,
             stage=self.stage,
@@ -203,12 +266,19 @@ class ModelCall:
             bound=self.bound,
             flags=flags,
             note=note[:1000],
+            **extra,
         )
 
     def _refuse(self, note: str) -> None:
         self.ledger.record(
             self._entry(
-                "refused", Decimal(0), None, intent=self.request.intent, estimated=True, note=note
+                "refused",
+                Decimal(0),
+                None,
+                intent=self.request.intent,
+                estimated=True,
+                note=note,
+                call=False,
             )
         )
 
@@ -257,14 +327,21 @@ class ModelCall:
                 f"{card.context_window} tokens (request {request.id!r}). Shorten the input "
                 "(Summarise or Compress first) or choose a model with a longer context."
             )
-        price = self.catalogue.price(model.model_id, model.region, model.tier)
-        try:
-            self.bound = price.cost(estimate, model_id=card.id)
-        except ConfigError:
-            self.bound = None
+        self._when = self.ledger.clock()
+        self.bound = cost_bound(self.catalogue, model, prompt, self.max_tokens)
         if self.ledger.budgets:
             try:
-                self._hold = self.ledger.reserve(self.bound, request.tags, stage=self.stage)
+                self._hold = self.ledger.reserve(
+                    self.bound,
+                    request.tags,
+                    stage=self.stage,
+                    model=model.model_id,
+                    request_id=request.id,
+                    entry_id=self._entry_id,
+                    lease_s=_lease(self.timeout_s),
+                    phase=self.phase,
+                    intent=request.intent,
+                )
             except BudgetExceeded as exc:
                 self._refuse(str(exc))
                 raise

@@ -225,8 +225,14 @@ def test_an_interrupt_while_pricing_still_records_the_paid_call(
     model = ScriptedModel(model_id="generic.powerful", reply="ok", usage=Usage(10, 5))
     stage = Generate(model=model, catalogue=SEED, max_tokens=20)
 
+    real = SEED.cost
+    calls = []
+
     def interrupted(*args: Any, **kwargs: Any) -> Decimal:
-        raise KeyboardInterrupt
+        calls.append(args)
+        if len(calls) == 2:  # the first prices the call's bound; the second, its reply
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
 
     ledger = Ledger()
     monkeypatch.setattr(SEED, "cost", interrupted)

@@ -218,7 +218,11 @@ def test_malformed_replies_are_bad_responses_with_cost_unknown() -> None:
             stage.run(Request("hi", id="r1"), ledger)
         [entry] = ledger.entries()
         assert (entry.outcome, entry.cost) == ("failed", None)
-        assert entry.bound == Decimal("0.0048")  # the reserved bound: (60 in + 20 out) x $60/1M
+        # The bound: "hi" and Generate's system prompt, one token per byte plus 32 per message
+        # and 32 per call, and 20 output tokens, at $60 per 1M.
+        prompt = stage.prompt(Request("hi"))
+        size = len(prompt.system.encode()) + len(prompt.user.encode()) + 2 * 32 + 32
+        assert entry.bound == Decimal(size + 20) * 60 / 1_000_000
 
 
 def test_a_bug_in_the_stages_own_code_still_records_the_paid_call_first() -> None:

@@ -197,7 +197,8 @@ def test_a_refused_call_is_recorded_and_not_made() -> None:
     model = ScriptedModel(model_id="generic.powerful", reply="ok", usage=Usage(50, 50))
     ledger = Ledger(budgets=[Budget(Decimal("0.0059"))])
 
-    with pytest.raises(BudgetExceeded, match=r"\$0\.0060"), call(model, ledger):
+    # Scripted usage is an exact count: 50 in + 50 out at $60 per 1M = $0.006, over $0.0059.
+    with pytest.raises(BudgetExceeded, match=r"needs up to \$0\.006 "), call(model, ledger):
         pass
 
     assert model.prompts == []

@@ -1,0 +1,191 @@
+"""Budgets in an SQL store: the rules of :mod:`chainkit.ledger.budgets`, inside one transaction.
+
+The caller holds the store's write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a transaction
+with the ledger's advisory lock), so reading a budget's state, deciding and writing it back is one
+atomic step for every process and host that shares the store. The SQL is portable: ``?``
+placeholders (translated for drivers that want ``%s``) and ``ON CONFLICT`` upserts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from typing import Any, Protocol
+
+from chainkit.ledger.budgets import Budget, BudgetEvent, BudgetState, Hold
+from chainkit.money import CONTEXT
+
+__all__ = ["Connection", "SQLBook"]
+
+
+class Connection(Protocol):
+    """What the book needs of a database connection (sqlite3's, or an adapter of psycopg's)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any:
+        """Run one statement; the result has ``fetchone``, ``fetchall`` and ``rowcount``."""
+        ...
+
+
+class SQLBook:
+    """The budgets of an SQL store, read and written inside the caller's write transaction."""
+
+    def __init__(self, db: Connection, spent_from: Callable[[Budget, str], Decimal]) -> None:
+        self.db = db
+        self.spent_from = spent_from
+        self.budgets = {
+            name: Budget.from_json(name, definition)
+            for name, definition in db.execute("SELECT name, definition FROM budgets").fetchall()
+        }
+        self.states: dict[tuple[str, str], BudgetState] = {}
+        self._holds: list[Hold] | None = None
+
+    def _all_holds(self) -> list[Hold]:
+        if self._holds is None:
+            self._holds = [
+                Hold.from_json(*row)
+                for row in self.db.execute("SELECT id, amount, expires, details FROM holds")
+            ]
+        return self._holds
+
+    def state(self, budget: Budget, period: str, *, create: bool = True) -> BudgetState | None:
+        """A budget's state in a period, made from what is recorded if new (and ``create``)."""
+        key = (budget.name, period)
+        state = self.states.get(key)
+        if state is not None:
+            return state
+        row = self.db.execute(
+            "SELECT spent, held FROM budget_state WHERE budget = ? AND period = ?", key
+        ).fetchone()
+        if row is not None:
+            state = BudgetState(budget, period, Decimal(row[0]), Decimal(row[1]))
+        elif not create:
+            return None
+        else:
+            with localcontext(CONTEXT):
+                held = sum((h.amount for h in self._all_holds() if key in h.periods), Decimal(0))
+            state = BudgetState(budget, period, self.spent_from(budget, period), held, True)
+        self.states[key] = state
+        return state
+
+    def states_of(self, hold: Hold) -> list[BudgetState]:
+        """The states a hold holds against (budgets removed since are skipped)."""
+        found = []
+        for name, period in hold.periods:
+            budget = self.budgets.get(name)
+            if budget is not None:
+                state = self.state(budget, period)
+                assert state is not None
+                found.append(state)
+        return found
+
+    def existing(self, tags: Mapping[str, str], when: datetime) -> list[BudgetState]:
+        """The states an entry without a hold counts against: those already made.
+
+        A state made later counts the entry from what is recorded, so it is not counted twice.
+        """
+        found = []
+        for budget in self.budgets.values():
+            if budget.applies(tags):
+                state = self.state(budget, budget.period_of(when), create=False)
+                if state is not None:
+                    found.append(state)
+        return found
+
+    def take(self, hold_id: str) -> Hold | None:
+        """Remove a hold and return it (``None`` if it is gone: settled, released or expired)."""
+        row = self.db.execute(
+            "SELECT id, amount, expires, details FROM holds WHERE id = ?", (hold_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
+        held = Hold.from_json(*row)
+        if self._holds is not None:
+            self._holds = [h for h in self._holds if h.id != hold_id]
+        return held
+
+    def put(self, hold: Hold) -> None:
+        """Keep a new hold."""
+        self.db.execute(
+            "INSERT INTO holds (id, amount, expires, details) VALUES (?, ?, ?, ?)",
+            (hold.id, str(hold.amount), _utc(hold.expires), hold.to_json()),
+        )
+        if self._holds is not None:
+            self._holds.append(hold)
+
+    def expired(self, now: datetime) -> list[Hold]:
+        """Remove and return the holds whose lease has ended by ``now``."""
+        rows = self.db.execute(
+            "SELECT id, amount, expires, details FROM holds WHERE expires <= ?", (_utc(now),)
+        ).fetchall()
+        holds = [Hold.from_json(*row) for row in rows]
+        for held in holds:
+            self.db.execute("DELETE FROM holds WHERE id = ?", (held.id,))
+        if holds and self._holds is not None:
+            gone = {h.id for h in holds}
+            self._holds = [h for h in self._holds if h.id not in gone]
+        return holds
+
+    def write(self, events: Sequence[BudgetEvent]) -> list[BudgetEvent]:
+        """Write changed states back; record the crossings; return those not recorded before."""
+        for state in self.states.values():
+            if state.changed:
+                self.db.execute(
+                    "INSERT INTO budget_state (budget, period, spent, held) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (budget, period) DO UPDATE SET spent = excluded.spent, "
+                    "held = excluded.held",
+                    (state.budget.name, state.period, str(state.spent), str(state.held)),
+                )
+                state.changed = False
+        new = []
+        for event in events:
+            cursor = self.db.execute(
+                "INSERT INTO budget_events (budget, period, threshold, spent, limit_usd, time) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (budget, period, threshold) DO NOTHING",
+                (
+                    event.budget,
+                    event.period,
+                    str(event.threshold),
+                    str(event.spent),
+                    str(event.limit),
+                    event.time.isoformat(),
+                ),
+            )
+            if cursor.rowcount == 1:  # the first to cross it, in any process
+                new.append(event)
+        return new
+
+
+def define(db: Connection, budgets: Sequence[Budget]) -> None:
+    """Store budget definitions (a changed one starts its periods again from the entries)."""
+    for budget in budgets:
+        row = db.execute("SELECT definition FROM budgets WHERE name = ?", (budget.name,)).fetchone()
+        definition = budget.to_json()
+        if row is not None and row[0] == definition:
+            continue
+        db.execute(
+            "INSERT INTO budgets (name, definition) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+            (budget.name, definition),
+        )
+        db.execute("DELETE FROM budget_state WHERE budget = ?", (budget.name,))
+
+
+def events_of(rows: Sequence[Sequence[Any]]) -> list[BudgetEvent]:
+    """Threshold crossings as stored (``budget_events`` rows)."""
+    return [
+        BudgetEvent(b, p, Decimal(t), Decimal(s), Decimal(lim), datetime.fromisoformat(when))
+        for b, p, t, s, lim, when in rows
+    ]
+
+
+def _utc(when: datetime) -> str:
+    # One format and zone, so that text comparison is time comparison.
+    return when.astimezone(UTC).isoformat()
+
+
+def dumps(value: Any) -> str:
+    """JSON for the store (ASCII, so any text survives any driver)."""
+    return json.dumps(value, ensure_ascii=True, sort_keys=True)
