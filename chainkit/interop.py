@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -21,14 +22,60 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from chainkit.errors import ChainkitError, ConfigError
-from chainkit.ledger import Ledger
+from chainkit.errors import BudgetExceeded, ChainkitError, ConfigError
+from chainkit.ledger import Hold, Ledger
 from chainkit.pipeline import Pipeline
 from chainkit.pricing import Catalogue, Tier
 from chainkit.providers.langchain import model_id_of, usage_from_langchain
-from chainkit.records import Entry, Request, Tags, check_text
+from chainkit.records import Entry, Request, Tags, Usage, check_text, new_entry_id
+from chainkit.stages.calling import TEMPLATE_TOKENS_PER_CALL, TEMPLATE_TOKENS_PER_MESSAGE
 
 __all__ = ["LedgerCallbackHandler", "as_runnable"]
+
+
+_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "maxTokens")
+
+
+def _bound(
+    catalogue: Catalogue,
+    model: str | None,
+    messages: list[list[Any]],
+    params: Mapping[str, Any],
+    *,
+    region: str | None,
+    tier: Tier,
+) -> Decimal | None:
+    """The most a chat call can cost: its messages' bytes and template, and ``max_tokens``.
+
+    ``None`` (no budget can keep it) when the model is not priced or has no ``max_tokens``.
+    """
+    limit = next(
+        (v for k in _MAX_TOKENS_KEYS if isinstance(v := params.get(k), int) and v > 0), None
+    )
+    if model is None or limit is None:
+        return None
+    text = json.dumps(
+        [[getattr(m, "content", m) for m in batch] for batch in messages],
+        ensure_ascii=False,
+        default=str,
+    )
+    size = len(text.encode("utf-8", "surrogatepass")) + sum(
+        TEMPLATE_TOKENS_PER_MESSAGE * len(batch) + TEMPLATE_TOKENS_PER_CALL for batch in messages
+    )
+    # Prompt caching (cache_control) may bill every input token as a cache write.
+    one_hour = '"1h"' in text
+    usage = (
+        Usage(0, limit, 0, size, size if one_hour else 0)
+        if "cache_control" in text
+        else Usage(size, limit)
+    )
+    try:
+        return catalogue.cost(model, usage, region=region, tier=tier)
+    except ChainkitError:
+        try:
+            return catalogue.cost(model, Usage(size, limit), region=region, tier=tier)
+        except ChainkitError:
+            return None
 
 
 def _model_name(name: str | None) -> str | None:
@@ -83,7 +130,9 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         model_ids: map from the names LangChain reports to catalogue ids.
     """
 
-    raise_error = False
+    # Errors propagate: a BudgetExceeded from on_chat_model_start must stop the call before the
+    # provider is asked, and a ledger that cannot record must not be ignored.
+    raise_error = True
 
     def __init__(
         self,
@@ -111,7 +160,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         self.tier: Tier = tier
         self._lock = threading.Lock()
         self._roots: dict[UUID, UUID] = {}
-        self._started: dict[UUID, tuple[float, str | None, str | None]] = {}
+        self._started: dict[UUID, tuple[float, str | None, str | None, Hold | None]] = {}
 
     def _enter(self, run_id: UUID, parent_run_id: UUID | None) -> None:
         with self._lock:
@@ -150,16 +199,40 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Start the clock; note the model name and provider LangChain traces (``ls_*``)."""
+        """Start the clock; hold the call's bound under the ledger's budgets, or refuse it.
+
+        The model name and provider come from what LangChain traces (``ls_*``); ``max_tokens``
+        from the invocation parameters. A refusal raises ``BudgetExceeded`` here, before the
+        provider is called, and is recorded.
+        """
         hint = (metadata or {}).get("ls_model_name")
         provider = (metadata or {}).get("ls_provider")
+        hint = hint if isinstance(hint, str) else None
+        provider = provider if isinstance(provider, str) else None
         self._enter(run_id, parent_run_id)
-        with self._lock:
-            self._started[run_id] = (
-                time.perf_counter(),
-                hint if isinstance(hint, str) else None,
-                provider if isinstance(provider, str) else None,
+        hold = None
+        if self.ledger.budgets:
+            with self._lock:
+                root = str(self._roots.get(run_id, run_id))
+            catalogue, model = self._pricing(
+                _model_name(self.model_ids.get(hint or "", hint)), provider
             )
+            amount = _bound(catalogue, model, messages, kwargs.get("invocation_params") or {},
+                            region=self.region, tier=self.tier)  # fmt: skip
+            entry_id = new_entry_id()
+            try:
+                hold = self.ledger.reserve(
+                    amount, self.tags, stage=self.stage, model=model, request_id=root,
+                    entry_id=entry_id, lease_s=3600.0,
+                )  # fmt: skip
+            except BudgetExceeded as exc:
+                self.ledger.record(
+                    Entry(request_id=root, stage=self.stage, outcome="refused", cost=Decimal(0),
+                          model=model, estimated=True, tags=self.tags, note=str(exc)[:1000])
+                )  # fmt: skip
+                raise
+        with self._lock:
+            self._started[run_id] = (time.perf_counter(), hint, provider, hold)
 
     def _pricing(self, model: str | None, provider: str | None) -> tuple[Catalogue, str | None]:
         """The catalogue for this call, and the model id as it names it."""
@@ -183,13 +256,15 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         except ChainkitError:
             return None
 
-    def _finish(self, run_id: UUID) -> tuple[str, float, str | None, str | None]:
+    def _finish(self, run_id: UUID) -> tuple[str, float, str | None, str | None, Hold | None]:
         with self._lock:
-            started, hint, provider = self._started.pop(run_id, (time.perf_counter(), None, None))
+            started, hint, provider, hold = self._started.pop(
+                run_id, (time.perf_counter(), None, None, None)
+            )
             root = self._roots.get(run_id, run_id)
             if root == run_id:  # a model called on its own, outside any chain
                 self._roots.pop(run_id, None)
-        return str(root), time.perf_counter() - started, hint, provider
+        return str(root), time.perf_counter() - started, hint, provider, hold
 
     def on_llm_end(
         self,
@@ -200,7 +275,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record one entry per generation, with reported usage and its price."""
-        request_id, latency, hint, provider = self._finish(run_id)
+        request_id, latency, hint, provider, hold = self._finish(run_id)
         llm_output = response.llm_output or {}
         for generations in response.generations:
             for generation in generations:
@@ -218,6 +293,8 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                     )
                 except ChainkitError:
                     usage = None
+                # The call's first generation settles its hold (and carries its id).
+                settles, hold = hold, None
                 self.ledger.record(
                     Entry(
                         request_id=request_id,
@@ -229,8 +306,12 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                         latency_s=latency,
                         attempts=1,
                         tags=self.tags,
-                    )
+                        bound=None if settles is None else settles.amount,
+                        id=new_entry_id() if settles is None else settles.id,
+                    ),
+                    hold=settles,
                 )
+        self.ledger.release(hold)  # a reply with no generation: nothing to settle it
 
     def on_llm_error(
         self,
@@ -241,7 +322,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record the failed call; what it cost, if anything, is unknown."""
-        request_id, latency, hint, _ = self._finish(run_id)
+        request_id, latency, hint, _, hold = self._finish(run_id)
         self.ledger.record(
             Entry(
                 request_id=request_id,
@@ -252,5 +333,13 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 latency_s=latency,
                 attempts=1,
                 tags=self.tags,
-            )
+                bound=None if hold is None else hold.amount,
+                note=f"{type(error).__name__}: {str(error)[:800]}".encode(
+                    "utf-8", "backslashreplace"
+                )
+                .decode("utf-8")
+                .replace("\x00", " "),
+                id=new_entry_id() if hold is None else hold.id,
+            ),
+            hold=hold,
         )

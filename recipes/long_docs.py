@@ -29,7 +29,8 @@ from chainkit import (
     Summarise,
 )
 from chainkit.documents import Document, count_document, load_documents
-from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch
+from chainkit.ledger import Hold
+from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
 from chainkit.stages.compress import Compress
@@ -100,13 +101,14 @@ def _record(
     entry: Entry,
     state: Request | Result,
     given: str | None,
+    hold: Hold | None = None,
 ) -> None:
     if isinstance(ledger, SQLiteLedger):
         with ledger.step(request_id, index, given=given) as save:
-            ledger.record(entry)
+            ledger.record(entry, hold=hold)
             save(state)
     else:
-        ledger.record(entry)
+        ledger.record(entry, hold=hold)
 
 
 def run_batch_variant(
@@ -159,57 +161,98 @@ def run_batch_variant(
             records.append(BatchRecord(record_ids[r.id], prompt, max_tokens))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         job_name = f"{name}-{stage.name}-{stamp}"
+        entry_ids = {record_ids[r.id]: f"batch:{name}:{stage.name}:{r.id}" for r in todo}
+        hold_args = {
+            "model_id": job.model_id,
+            "catalogue": catalogue,
+            "entry_ids": entry_ids,
+            "request_ids": {record_ids[r.id]: r.id for r in todo},
+            "stage": stage.name,
+            "region": job.region,
+        }
         if isinstance(job, BedrockBatch) and isinstance(ledger, SQLiteLedger):
-            # A job already submitted by an interrupted run is waited for, not paid twice.
+            # A job already submitted by an interrupted run is waited for, not paid twice; the
+            # holds it made are in the ledger, to be settled by the entries below.
             key = f"{name}:{stage.name}"
             arn = ledger.job(key) if resume else None
             if arn is None:
+                holds = hold_records(ledger, records, **hold_args)  # before anything is paid
                 arn = job.submit(records, job_name=job_name)
                 ledger.save_job(key, arn)
+            else:
+                holds = {rec: ledger.hold(eid) for rec, eid in entry_ids.items()}
             job.wait(arn)
             results = job.results(arn, records)
         else:
+            holds = hold_records(ledger, records, **hold_args)
             results = job.run(records, job_name=job_name)
-        for r in todo:
-            outcome = results[record_ids[r.id]]
-            state = states[r.id]
-            assert isinstance(state, Request)
-            if isinstance(outcome, Exception):
-                ledger.record(
-                    Entry(
-                        r.id,
-                        stage.name,
-                        "failed",
-                        cost=None,
-                        model=job.model_id,
-                        tags=r.tags,
-                        id=f"batch:{name}:{stage.name}:{r.id}",
-                    )
-                )
-                raise outcome
-            cost = catalogue.cost(job.model_id, outcome.usage, region=job.region, tier="batch")
-            new_state: Request | Result = (
-                dataclasses.replace(state, summary=outcome.text)
-                if index == 0
-                else Result(state, outcome.text, stage.name, job.model_id)
-            )
-            entry = Entry(
-                request_id=r.id,
-                stage=stage.name,
-                outcome="passed" if index == 0 else "answered",
-                cost=cost,
-                model=job.model_id,
-                usage=outcome.usage,
-                estimated=outcome.estimated,
-                attempts=1,
-                tags={**r.tags, "tier": "batch"},
-                # One id per record of a job: a resumed run that reads the job's output again
-                # writes the same entries, which the ledger keeps once.
-                id=f"batch:{name}:{stage.name}:{r.id}",
-            )
-            _record(ledger, r.id, index, entry, new_state, r.document)
-            states[r.id], stage_of[r.id] = new_state, index
+        try:
+            _settle_results(ledger, name, stage, index, job, todo, states, stage_of, results,
+                            holds, record_ids, catalogue)  # fmt: skip
+        finally:
+            for held in holds.values():  # records never recorded (a failure stopped the run)
+                ledger.release(held)
     return [s for s in (states[r.id] for r in requests) if isinstance(s, Result)]
+
+
+def _settle_results(
+    ledger: Ledger,
+    name: str,
+    stage: Any,
+    index: int,
+    job: Any,
+    todo: Sequence[Request],
+    states: dict[str, Request | Result],
+    stage_of: dict[str, int],
+    results: Mapping[str, Any],
+    holds: Mapping[str, Hold | None],
+    record_ids: Mapping[str, str],
+    catalogue: Catalogue,
+) -> None:
+    """Record each record's entry from the job's output, settling its hold."""
+    for r in todo:
+        outcome = results[record_ids[r.id]]
+        state = states[r.id]
+        assert isinstance(state, Request)
+        held = holds.get(record_ids[r.id])
+        if isinstance(outcome, Exception):
+            ledger.record(
+                Entry(
+                    r.id,
+                    stage.name,
+                    "failed",
+                    cost=None,
+                    model=job.model_id,
+                    tags=r.tags,
+                    bound=None if held is None else held.amount,
+                    id=f"batch:{name}:{stage.name}:{r.id}",
+                ),
+                hold=held,
+            )
+            raise outcome
+        cost = catalogue.cost(job.model_id, outcome.usage, region=job.region, tier="batch")
+        new_state: Request | Result = (
+            dataclasses.replace(state, summary=outcome.text)
+            if index == 0
+            else Result(state, outcome.text, stage.name, job.model_id)
+        )
+        entry = Entry(
+            request_id=r.id,
+            stage=stage.name,
+            outcome="passed" if index == 0 else "answered",
+            cost=cost,
+            model=job.model_id,
+            usage=outcome.usage,
+            estimated=outcome.estimated,
+            attempts=1,
+            tags={**r.tags, "tier": "batch"},
+            bound=None if held is None else held.amount,
+            # One id per record of a job: a resumed run that reads the job's output again
+            # writes the same entries, which the ledger keeps once.
+            id=f"batch:{name}:{stage.name}:{r.id}",
+        )
+        _record(ledger, r.id, index, entry, new_state, r.document, held)
+        states[r.id], stage_of[r.id] = new_state, index
 
 
 def documents(

@@ -155,3 +155,56 @@ def test_callback_handler_prices_an_openai_chat_model_from_genai_prices() -> Non
     (entry,) = ledger.entries()
     assert entry.model == "openai:gpt-4o-mini-2024-07-18"
     assert entry.cost == Decimal("0.00036")  # 2000 x 0.15 + 100 x 0.6 per million
+
+
+# -- budgets through the callback handler ---------------------------------------------------------
+
+
+class Counting(GenericFakeChatModel):
+    """A fake chat model that counts the calls that reached it."""
+
+    calls: int = 0
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super()._generate(*args, **kwargs)
+
+
+def test_the_handler_refuses_a_call_over_budget_before_the_model_is_called() -> None:
+    from chainkit import Budget, BudgetExceeded
+
+    # Bound: '[["hi"]]' is 8 bytes, + 32 per message + 32 per call = 72 input tokens, and 100
+    # output tokens (max_tokens), on Claude 3 Sonnet ($3 / $15 per 1M): $0.001716.
+    catalogue = Catalogue.load("bedrock-2026-11")
+    tight = Ledger([Budget("0.0017")])
+    model = Counting(messages=iter([ai("ok", SONNET3, 10, 5)]))
+    handler = LedgerCallbackHandler(tight, catalogue=catalogue, model_ids={"x": SONNET3})
+    config: Any = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
+    with pytest.raises(BudgetExceeded, match=r"needs up to \$0\.001716"):
+        model.invoke("hi", config=config, max_tokens=100)
+    assert model.calls == 0
+    assert [(e.outcome, e.cost) for e in tight] == [("refused", Decimal(0))]
+
+    roomy = Ledger([Budget("0.002")])
+    handler = LedgerCallbackHandler(roomy, catalogue=catalogue, model_ids={"x": SONNET3})
+    config = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
+    model.invoke("hi", config=config, max_tokens=100)
+    [entry] = roomy.entries()
+    assert (entry.outcome, entry.cost, entry.bound) == (
+        "answered", Decimal("0.000105"), Decimal("0.001716"),
+    )  # fmt: skip
+    assert roomy.spent("ledger") == Decimal("0.000105")
+
+
+def test_the_handler_cannot_bound_a_call_without_max_tokens_and_says_so() -> None:
+    from chainkit import Budget, BudgetExceeded
+
+    ledger = Ledger([Budget(1)])
+    handler = LedgerCallbackHandler(
+        ledger, catalogue=Catalogue.load("bedrock-2026-11"), model_ids={"x": SONNET3}
+    )
+    model = Counting(messages=iter([ai("ok", SONNET3, 10, 5)]))
+    config: Any = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
+    with pytest.raises(BudgetExceeded, match="set max_tokens"):
+        model.invoke("hi", config=config)
+    assert model.calls == 0

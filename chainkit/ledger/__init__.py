@@ -11,7 +11,17 @@ process. Both aggregate by stage, model, intent, tag and day, and export JSON an
 Decimal('0')
 """
 
-from chainkit.ledger.core import Budget, Hold, Ledger, Totals, totals
+from chainkit.ledger.budgets import Budget, BudgetEvent, BudgetState, Hold
+from chainkit.ledger.core import Ledger, Totals, totals
 from chainkit.ledger.sqlite import SQLiteLedger
 
-__all__ = ["Budget", "Hold", "Ledger", "SQLiteLedger", "Totals", "totals"]
+__all__ = [
+    "Budget",
+    "BudgetEvent",
+    "BudgetState",
+    "Hold",
+    "Ledger",
+    "SQLiteLedger",
+    "Totals",
+    "totals",
+]

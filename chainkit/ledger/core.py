@@ -448,10 +448,10 @@ class Ledger:
             return []  # the same entry again: already stored and counted
         now = self.clock()
         if hold is not None and hold.id in self._holds:
-            del self._holds[hold.id]
+            stored = self._holds.pop(hold.id)  # the ledger's own record of it, not the caller's
             hold.open = False
-            spend = charge(entry) if entry.cost is not None else (entry.bound or hold.amount)
-            return settle(self._held_states(hold), release=hold.amount, spend=spend, now=now)
+            spend = charge(entry) if entry.cost is not None else (entry.bound or stored.amount)
+            return settle(self._held_states(stored), release=stored.amount, spend=spend, now=now)
         if isinstance(replaced, Entry):
             # The real entry of a call whose hold had expired: it was counted at its bound.
             states = [
@@ -654,13 +654,36 @@ class Ledger:
         finally:
             self._notify(expired)  # outside the lock: a hook may use the ledger
 
+    def reserve_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Hold | None]:
+        """Reserve several calls at once, all or none (a batch job's records).
+
+        Each item holds :meth:`reserve`'s arguments. If any is refused, none is held and the
+        ``BudgetExceeded`` names the one that did not fit.
+        """
+        holds: list[Hold | None] = []
+        with self._lock:
+            try:
+                for item in requests:
+                    holds.append(self.reserve(**item))
+            except BaseException:
+                for made in holds:
+                    self.release(made)
+                raise
+        return holds
+
+    def hold(self, hold_id: str) -> Hold | None:
+        """The open hold with this id (a resumed run settles holds an earlier run made)."""
+        with self._lock:
+            return self._holds.get(hold_id)
+
     def release(self, hold: Hold | None) -> None:
         """Give back a hold whose call will record nothing (safe to call twice)."""
         if hold is None:
             return
         with self._lock:
-            if self._holds.pop(hold.id, None) is not None:
-                settle(self._held_states(hold), release=hold.amount, spend=Decimal(0),
+            stored = self._holds.pop(hold.id, None)
+            if stored is not None:
+                settle(self._held_states(stored), release=stored.amount, spend=Decimal(0),
                        now=self.clock())  # fmt: skip
             hold.open = False
 

@@ -593,6 +593,7 @@ class _Write:
     settle: Hold | None = None  # the call's hold, settled by its entry (the last of entries)
     release: Hold | None = None
     reserve: _Reservation | None = None
+    reserve_all: list[_Reservation] = field(default_factory=list)  # all or none
     define: tuple[Budget, ...] = ()
     expire: bool = False  # turn holds whose lease ended into entries (a status read is waiting)
     events: list[BudgetEvent] = field(default_factory=list)  # crossings, for the caller's hook
@@ -1043,6 +1044,37 @@ class SQLiteLedger(Ledger):
             raise r.refused
         return r.hold
 
+    def reserve_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Hold | None]:
+        """Reserve several calls in one step, all or none (see :meth:`Ledger.reserve_many`)."""
+        now = self.clock()
+        rs = [
+            _Reservation(
+                amount=item.get("amount"),
+                tags=dict(item.get("tags", {})),
+                stage=item["stage"],
+                model=item.get("model"),
+                request_id=item.get("request_id", ""),
+                entry_id=item.get("entry_id") or new_entry_id(),
+                lease_s=item.get("lease_s", 3600.0),
+                phase=item.get("phase", "serve"),
+                intent=item.get("intent"),
+                now=now,
+            )
+            for item in requests
+        ]
+        write = _Write(reserve_all=rs)
+        self._write(write)
+        self._notify(write.events)
+        refused = next((r.refused for r in rs if r.refused is not None), None)
+        if refused is not None:
+            raise refused
+        return [r.hold for r in rs]
+
+    def hold(self, hold_id: str) -> Hold | None:
+        """The open hold with this id, from the file (a resumed run settles an earlier run's)."""
+        rows = self._read("SELECT id, amount, expires, details FROM holds WHERE id = ?", (hold_id,))
+        return Hold.from_json(*rows[0]) if rows else None
+
     def release(self, hold: Hold | None) -> None:
         """Give back a hold whose call will record nothing (safe to call twice)."""
         if hold is None or not hold.open:
@@ -1265,9 +1297,9 @@ class SQLiteLedger(Ledger):
             for w in batch:
                 if w.define:
                     define(db, w.define)
-            budgeted = any(w.reserve or w.settle or w.release or w.expire for w in batch) or (
-                entries and db.execute("SELECT EXISTS (SELECT 1 FROM budgets)").fetchone()[0]
-            )
+            budgeted = any(
+                w.reserve or w.reserve_all or w.settle or w.release or w.expire for w in batch
+            ) or (entries and db.execute("SELECT EXISTS (SELECT 1 FROM budgets)").fetchone()[0])
             if budgeted:
                 self._budgets_in(db, batch)
             elif entries:
@@ -1391,6 +1423,17 @@ class SQLiteLedger(Ledger):
                     events += settle(states, release=Decimal(0), spend=delta, now=now)
             if w.reserve is not None:
                 events += self._reserve_in(db, book, w.reserve)
+            elif w.reserve_all:
+                for r in w.reserve_all:
+                    events += self._reserve_in(db, book, r)
+                if any(r.refused for r in w.reserve_all):
+                    for r in w.reserve_all:  # all or none: give back what was held
+                        if r.hold is not None:
+                            taken = book.take(r.hold.id)
+                            if taken is not None:
+                                settle(book.states_of(taken), release=taken.amount,
+                                       spend=Decimal(0), now=now)  # fmt: skip
+                            r.hold = None
             elif w.expire:
                 events += self._expire_in(db, book, now)
             w.events = events

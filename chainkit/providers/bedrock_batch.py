@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
-from chainkit.pricing import Tier, base_model_id
+from chainkit.ledger import Hold, Ledger
+from chainkit.pricing import Catalogue, Tier, base_model_id
 from chainkit.providers.bedrock import RetryPolicy, call_aws, error_code, error_detail
 from chainkit.providers.model import Completion, Model, Prompt
+from chainkit.providers.offline import OfflineModel
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -44,6 +46,7 @@ __all__ = [
     "OfflineBatch",
     "decode_output",
     "encode_input",
+    "hold_records",
     "model_family",
 ]
 
@@ -101,6 +104,47 @@ class BatchRecord:
     record_id: str
     prompt: Prompt
     max_tokens: int
+
+
+def hold_records(
+    ledger: Ledger,
+    records: Sequence[BatchRecord],
+    *,
+    model_id: str,
+    catalogue: Catalogue,
+    entry_ids: Mapping[str, str],
+    request_ids: Mapping[str, str],
+    stage: str,
+    tags: Mapping[str, str] | None = None,
+    region: str | None = None,
+    lease_s: float = 72 * 3600.0,
+) -> dict[str, Hold | None]:
+    """Hold every record's bound at batch prices before the job is submitted, all or none.
+
+    Each record's entry (id ``entry_ids[record_id]``) settles its own hold when the job's output
+    is read; a job that never finishes leaves holds that expire into entries of unknown cost. A
+    job that does not fit a budget raises ``BudgetExceeded`` and holds nothing. The lease covers
+    Bedrock's longest job (a job may stay in progress for days).
+    """
+    from chainkit.stages.calling import cost_bound  # here: stages build on providers
+
+    if not ledger.budgets:
+        return {}
+    model = OfflineModel(model_id=model_id, region=region, tier="batch")
+    items = [
+        {
+            "amount": cost_bound(catalogue, model, r.prompt, r.max_tokens),
+            "tags": dict(tags or {}),
+            "stage": stage,
+            "model": model_id,
+            "request_id": request_ids[r.record_id],
+            "entry_id": entry_ids[r.record_id],
+            "lease_s": lease_s,
+        }
+        for r in records
+    ]
+    holds = ledger.reserve_many(items)
+    return {r.record_id: h for r, h in zip(records, holds, strict=True)}
 
 
 def model_family(model_id: str) -> Family:

@@ -582,3 +582,43 @@ def test_offline_batch_has_no_minimum_but_needs_unique_ids() -> None:
     assert len(runner.run(offline_records()[:1], job_name="one")) == 1
     with pytest.raises(ConfigError, match="unique"):
         runner.run([*offline_records(), offline_records()[0]], job_name="dup")
+
+
+def test_a_job_is_held_record_by_record_before_it_is_submitted_all_or_none() -> None:
+    from chainkit import Budget, BudgetExceeded, Entry, Ledger
+    from chainkit.providers.bedrock_batch import hold_records
+
+    catalogue = Catalogue.load("bedrock-2026-11")
+    model_id = "anthropic.claude-3-haiku-20240307-v1:0"
+    records = [
+        BatchRecord(f"rec{i}", Prompt("Summarise.", "meeting notes " * 50), 200) for i in range(3)
+    ]
+    args: Any = {
+        "model_id": model_id,
+        "catalogue": catalogue,
+        "entry_ids": {r.record_id: f"e{i}" for i, r in enumerate(records)},
+        "request_ids": {r.record_id: f"doc{i}" for i, r in enumerate(records)},
+        "stage": "summarise",
+    }
+    # Each record: 10 + 700 bytes + 2 x 32 + 32 = 806 input tokens and 200 output, at Haiku's
+    # batch price ($0.125 / $0.625 per 1M): $0.00022575.
+    each = catalogue.cost(model_id, Usage(806, 200), tier="batch")
+    assert each == Decimal("0.00022575")
+    small = Ledger([Budget(each * 2)])
+    with pytest.raises(BudgetExceeded):
+        hold_records(small, records, **args)
+    assert small.status()[0].held == 0  # all or none: nothing stays held
+
+    ledger = Ledger([Budget(each * 3)])
+    holds = hold_records(ledger, records, **args)
+    assert ledger.status()[0].held == each * 3
+    for i, r in enumerate(records):
+        held = holds[r.record_id]
+        assert held is not None and held.id == f"e{i}"
+        ledger.record(
+            Entry(f"doc{i}", "summarise", "passed", cost=Decimal("0.0001"), model=model_id,
+                  id=held.id, bound=held.amount),
+            hold=held,
+        )  # fmt: skip
+    status = ledger.status()[0]
+    assert (status.held, status.spent) == (Decimal(0), Decimal("0.0003"))
