@@ -24,7 +24,7 @@ from chainkit.errors import (
     ProviderError,
     Throttled,
 )
-from chainkit.ledger import Budget, Ledger, SQLiteLedger, Totals
+from chainkit.ledger import Budget, Ledger, PostgresLedger, SQLiteLedger, Totals
 from chainkit.pipeline import Pipeline, Stage
 from chainkit.pricing import Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
@@ -78,6 +78,7 @@ __all__ = [
     "NoAnswer",
     "OfflineModel",
     "Pipeline",
+    "PostgresLedger",
     "Precomputed",
     "Prediction",
     "Price",

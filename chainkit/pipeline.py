@@ -10,7 +10,8 @@ from typing import Any, Literal, Protocol, overload, runtime_checkable
 from tqdm import tqdm
 
 from chainkit.errors import ConfigError, NoAnswer
-from chainkit.ledger import Ledger, SQLiteLedger
+from chainkit.ledger import Ledger
+from chainkit.ledger.sql import SQLLedger
 from chainkit.records import Request, Result, check_text
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
@@ -77,9 +78,9 @@ class Pipeline:
     def run(self, request: Request, ledger: Ledger, *, resume: bool = False) -> Result:
         """Run ``request`` through the stages; raise ``NoAnswer`` if none answers.
 
-        With ``resume`` (an :class:`SQLiteLedger` only), every stage's outcome is saved with its
-        entries in one transaction, and a request seen before continues after its last saved
-        stage (or returns its saved result): a run killed and started again pays for nothing
+        With ``resume`` (a durable ledger: SQLite or PostgreSQL), every stage's outcome is saved
+        with its entries in one transaction, and a request seen before continues after its last
+        saved stage (or returns its saved result): a run killed and started again pays for nothing
         twice.
         """
         if type(request) is not Request:
@@ -102,10 +103,11 @@ class Pipeline:
     def _resume(self, request: Request, ledger: Ledger) -> Result:
         if not ledger.durable:
             raise ConfigError(
-                "resume=True needs a durable ledger (SQLiteLedger): the saved stages must "
+                "resume=True needs a durable ledger (SQLiteLedger, PostgresLedger): the saved "
+                "stages must "
                 "outlive the process."
             )
-        assert isinstance(ledger, SQLiteLedger)
+        assert isinstance(ledger, SQLLedger)
         current = request
         start = 0
         saved = ledger.checkpoint(request.id, given=request.document)

@@ -46,10 +46,10 @@ from chainkit import (
     Report,
     Request,
     ScriptedModel,
-    SQLiteLedger,
     Usage,
     precompute,
 )
+from chainkit.ledger.sql import SQLLedger
 from recipes.common import (
     REPLY_TOKENS,
     SMALL,
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             report = run_demo(ledger, args.traffic, provider=args.provider, region=args.region)
     finally:
-        if isinstance(ledger, SQLiteLedger):
+        if isinstance(ledger, SQLLedger):
             ledger.close()
     print(render(report, args.format))
     if args.plot is not None:

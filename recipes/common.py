@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chainkit import ConfigError, Ledger, Model, OfflineModel, Report, SQLiteLedger
+from chainkit import ConfigError, Ledger, Model, OfflineModel, PostgresLedger, Report, SQLiteLedger
 
 STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
 SMALL = "amazon.nova-micro-v1:0"
@@ -29,11 +29,16 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def open_ledger(path: Path | None, *, resume: bool = False) -> Ledger:
-    """An in-memory ledger, or an SQLite ledger at ``path`` (new, or continued with ``resume``)."""
+    """An in-memory ledger, or an SQLite ledger at ``path`` (new, or continued with ``resume``).
+
+    A ``postgresql://`` URI opens a PostgreSQL ledger instead (shared by every host).
+    """
     if path is None:
         if resume:
             raise ConfigError("--resume needs --ledger PATH: the saved progress lives there.")
         return Ledger()
+    if str(path).startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(str(path))
     if path.exists() and not resume:
         raise ConfigError(
             f"{path} already exists; a recipe writes a fresh ledger. Pass --resume to continue "

@@ -25,11 +25,11 @@ from chainkit import (
     Report,
     Request,
     Result,
-    SQLiteLedger,
     Summarise,
 )
 from chainkit.documents import Document, count_document, load_documents
 from chainkit.ledger import Hold
+from chainkit.ledger.sql import SQLLedger
 from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
@@ -103,7 +103,7 @@ def _record(
     given: str | None,
     hold: Hold | None = None,
 ) -> None:
-    if isinstance(ledger, SQLiteLedger):
+    if isinstance(ledger, SQLLedger):
         with ledger.step(request_id, index, given=given) as save:
             ledger.record(entry, hold=hold)
             save(state)
@@ -121,7 +121,7 @@ def run_batch_variant(
     summarise, generate = setup.summarise(), setup.generate()
     states: dict[str, Request | Result] = {r.id: r for r in requests}
     stage_of: dict[str, int] = {r.id: -1 for r in requests}
-    if resume and isinstance(ledger, SQLiteLedger):
+    if resume and isinstance(ledger, SQLLedger):
         for r in requests:
             saved = ledger.checkpoint(r.id, given=r.document)
             if saved is not None:
@@ -170,7 +170,7 @@ def run_batch_variant(
             "stage": stage.name,
             "region": job.region,
         }
-        if isinstance(job, BedrockBatch) and isinstance(ledger, SQLiteLedger):
+        if isinstance(job, BedrockBatch) and isinstance(ledger, SQLLedger):
             # A job already submitted by an interrupted run is waited for, not paid twice; the
             # holds it made are in the ledger, to be settled by the entries below.
             key = f"{name}:{stage.name}"

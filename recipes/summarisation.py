@@ -39,10 +39,10 @@ from chainkit import (
     Report,
     Request,
     ScriptedModel,
-    SQLiteLedger,
     Summarise,
     Usage,
 )
+from chainkit.ledger.sql import SQLLedger
 from chainkit.providers.offline import extract
 from recipes.common import (
     add_output_options,
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **options,
             )
     finally:
-        if isinstance(ledger, SQLiteLedger):
+        if isinstance(ledger, SQLLedger):
             ledger.close()
     print(render(report, args.format))
     if args.plot is not None:

@@ -26,6 +26,7 @@ EXPECTED = [
     "NoAnswer",
     "OfflineModel",
     "Pipeline",
+    "PostgresLedger",
     "Precomputed",
     "Prediction",
     "Price",

@@ -1,7 +1,8 @@
 """The ledger: one record of what every stage spent and avoided, and budgets over it.
 
-``Ledger`` keeps entries in memory; ``SQLiteLedger`` keeps them in a file that outlives the
-process. Both aggregate by stage, model, intent, tag and day, and export JSON and CSV.
+``Ledger`` keeps entries in memory; ``SQLiteLedger`` keeps them in a file every process on a host
+shares; ``PostgresLedger`` in a database every host shares. All aggregate by stage, model,
+intent, tag and day, keep budgets, and export JSON and CSV.
 
 >>> from decimal import Decimal
 >>> from chainkit import Entry, Ledger
@@ -13,6 +14,7 @@ Decimal('0')
 
 from chainkit.ledger.budgets import Budget, BudgetEvent, BudgetState, Hold
 from chainkit.ledger.core import Ledger, Totals, totals
+from chainkit.ledger.postgres import PostgresLedger
 from chainkit.ledger.sqlite import SQLiteLedger
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "BudgetState",
     "Hold",
     "Ledger",
+    "PostgresLedger",
     "SQLiteLedger",
     "Totals",
     "totals",

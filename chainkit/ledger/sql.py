@@ -19,6 +19,7 @@ the store and says how a write transaction takes its lock (:class:`SQLiteLedger`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -184,13 +185,10 @@ _CELL_SUMS = (
     "cache_write_1h_tokens, queries"
 )
 _CELL_KEY = "tags, phase, stage, model, intent, outcome, day, flags"
-_CELL_FIND = (
-    f"SELECT id, {_CELL_SUMS} FROM cells WHERE tags = ? AND phase = ? AND stage = ? AND "
-    "model = ? AND intent = ? AND outcome = ? AND day = ? AND flags = ?"
-)
+_CELL_FIND = f"SELECT id, {_CELL_SUMS} FROM cells WHERE key_hash = ?"
 _CELL_INSERT = (
-    f"INSERT INTO cells ({_CELL_KEY}, first, {_CELL_SUMS}) VALUES ({', '.join('?' * 24)}) "
-    "RETURNING id"
+    f"INSERT INTO cells (key_hash, {_CELL_KEY}, first, {_CELL_SUMS}) "
+    f"VALUES ({', '.join('?' * 25)}) RETURNING id"
 )
 _CELL_UPDATE = (
     "UPDATE cells SET calls = ?, estimated = ?, input_tokens = ?, output_tokens = ?, "
@@ -200,14 +198,18 @@ _CELL_UPDATE = (
 )
 _LATENCY_ADD = (
     "INSERT INTO cell_latency VALUES (?, ?, ?) "
-    "ON CONFLICT (cell, bucket) DO UPDATE SET n = n + excluded.n"
+    "ON CONFLICT (cell, bucket) DO UPDATE SET n = cell_latency.n + excluded.n"
 )
 
 
 def _sql_key(key: CellKey) -> tuple[str, ...]:
-    # NULL never equals NULL in a UNIQUE constraint; '' cannot be a model or intent.
+    """The key as stored: a hash to look it up by, then its parts ('' for None)."""
+    # NULL never equals NULL in a UNIQUE constraint; '' cannot be a model or intent. The hash is
+    # what is unique: an index over the parts could outgrow a B-tree entry (long tag sets).
     tags, phase, stage, model, intent, outcome, day, flags = key
-    return (tags, phase, stage, model or "", intent or "", outcome, day, flags)
+    parts = (tags, phase, stage, model or "", intent or "", outcome, day, flags)
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return (digest, *parts)
 
 
 def _cell_key(row: Sequence[Any]) -> CellKey:
@@ -333,7 +335,7 @@ def _apply(db: Any, cache: dict[CellKey, tuple[int, Cell]], deltas: dict[CellKey
             found = cache.get(delta.key)
             if found is None:
                 sql_key = _sql_key(delta.key)
-                row = db.execute(_CELL_FIND, sql_key).fetchone()
+                row = db.execute(_CELL_FIND, sql_key[:1]).fetchone()
                 if row is None:
                     new_id = db.execute(
                         _CELL_INSERT, (*sql_key, delta.first, *_cell_sums(delta))
@@ -552,7 +554,6 @@ class SQLLedger(Ledger):
         self._calls = threading.Condition(threading.Lock())
         self._in_flight = 0  # model calls that may still record (close() waits for them)
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
-        self._data_version: object = None
         self._db, self._reader = self._open()
         super().__init__(clock=clock, on_threshold=on_threshold)
         _OPEN.add(self)
@@ -573,11 +574,11 @@ class SQLLedger(Ledger):
         """Connect: the writer's connection (``None`` if read-only) and the reader's."""
         raise NotImplementedError
 
-    def _begin_write(self, db: Any) -> object:
-        """Begin a transaction holding the store's write lock; return its version.
+    def _begin_write(self, db: Any) -> bool:
+        """Begin a transaction holding the store's write lock.
 
-        The version differs from the one the last call returned whenever another connection has
-        written since (then cached cell sums are dropped).
+        Return whether another connection may have written since this one last did (then the
+        cached cell sums are dropped).
         """
         raise NotImplementedError
 
@@ -592,6 +593,10 @@ class SQLLedger(Ledger):
     def _check_file(self) -> None:
         """Refuse to write to a store that is no longer the one opened (a file store's check)."""
 
+    def _abandon_connections(self) -> None:
+        """In a forked child: let go of the parent's connections (closed unless unsafe)."""
+        self._close_connections()
+
     def _close_connections(self) -> None:
         for db in (self._db, self._reader):
             if db is not None:
@@ -604,13 +609,13 @@ class SQLLedger(Ledger):
         # lock bookkeeping starts clean for the new ones.
         if os.getpid() != self._pid:
             self._pid = os.getpid()
-            self._close_connections()
+            self._abandon_connections()
             self._wake = threading.Condition(threading.Lock())
             self._read_lock = threading.Lock()
             self._gate = threading.Lock()
             self._waiting, self._pending, self._flushing = [], [], False
             self._stopping, self._writer, self._idle = False, None, False
-            self._cells_cache, self._data_version = {}, None
+            self._cells_cache = {}
             if not self._closed:
                 self._db, self._reader = self._open()
 
@@ -975,9 +980,9 @@ class SQLLedger(Ledger):
         db = self._db
         assert db is not None
         self._check_file()
-        version = self._begin_write(db)
+        stale = self._begin_write(db)
         try:
-            if version != self._data_version or len(self._cells_cache) > 100_000:
+            if stale or len(self._cells_cache) > 100_000:
                 # Another connection wrote since we last did: our cell sums may be stale.
                 self._cells_cache.clear()
             entries = [e for w in batch for e in w.entries]
@@ -1021,7 +1026,6 @@ class SQLLedger(Ledger):
             if fold is None or fold > 0:
                 folded = _fold(db, self._cells_cache, fold)
             db.execute("COMMIT")
-            self._data_version = version  # our own commit does not count as another's write
             return folded
         except BaseException:
             self._cells_cache.clear()  # it may hold sums that were rolled back

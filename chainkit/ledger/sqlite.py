@@ -116,6 +116,7 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
     db.execute(
         """CREATE TABLE cells (
             id INTEGER PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
             tags TEXT NOT NULL, phase TEXT NOT NULL, stage TEXT NOT NULL, model TEXT NOT NULL,
             intent TEXT NOT NULL, outcome TEXT NOT NULL, day TEXT NOT NULL, flags TEXT NOT NULL,
             first INTEGER NOT NULL,
@@ -126,8 +127,7 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
             bound_unknown TEXT NOT NULL, bound_missing INTEGER NOT NULL,
             avoided TEXT NOT NULL, avoided_unknown INTEGER NOT NULL,
             latency_ns TEXT NOT NULL,
-            cache_write_1h_tokens TEXT NOT NULL, queries TEXT NOT NULL,
-            UNIQUE (tags, phase, stage, model, intent, outcome, day, flags)
+            cache_write_1h_tokens TEXT NOT NULL, queries TEXT NOT NULL
         )"""
     )
     db.execute(
@@ -211,6 +211,7 @@ class SQLiteLedger(SQLLedger):
         self.path = Path(path)
         self.where = str(self.path)
         self._inode: tuple[int, int] = (-1, -1)
+        self._data_version: int | None = None
         self._timeout_s = timeout_s
         self.read_only = read_only
         super().__init__(
@@ -221,10 +222,12 @@ class SQLiteLedger(SQLLedger):
             on_threshold=on_threshold,
         )
 
-    def _begin_write(self, db: Any) -> object:
+    def _begin_write(self, db: Any) -> bool:
         db.execute("BEGIN IMMEDIATE")  # the file's write lock, for every process
-        # Changes only when another connection commits: then our cached cell sums are stale.
-        return db.execute("PRAGMA data_version").fetchone()[0]
+        # data_version changes only when another connection commits.
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        stale, self._data_version = version != self._data_version, version
+        return bool(stale)
 
     def _begin_read(self, db: Any) -> None:
         db.execute("BEGIN")  # WAL: one snapshot for every statement until COMMIT

@@ -1,7 +1,7 @@
 """Budgets as hard limits: periods, scopes, holds with leases, unknown costs, thresholds, restarts.
 
-Each test runs on the in-memory ledger and on SQLite (where the budget lives in the file and
-every process shares it); the multi-process tests are SQLite's (and PostgreSQL's, elsewhere).
+Each test runs on the in-memory ledger, on SQLite (the budget lives in the file, for every
+process on the host) and on PostgreSQL (in the database, for every host).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from chainkit import (
     Entry,
     Generate,
     Ledger,
+    PostgresLedger,
     Request,
     ScriptedModel,
     SQLiteLedger,
@@ -47,13 +48,17 @@ class Clock:
 Make = Callable[..., Ledger]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
     opened: list[Ledger] = []
+    schema = request.getfixturevalue("pg_schema") if request.param == "postgres" else ""
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
 
     def build(budgets: Any = (), path: str = "b.db", **kwargs: Any) -> Ledger:
         if request.param == "memory":
             ledger: Ledger = Ledger(budgets, **kwargs)
+        elif request.param == "postgres":
+            ledger = PostgresLedger(dsn, schema=schema, budgets=budgets, **kwargs)
         else:
             ledger = SQLiteLedger(tmp_path / path, budgets=budgets, **kwargs)
         opened.append(ledger)

@@ -121,3 +121,38 @@ def test_sums_do_not_depend_on_the_callers_decimal_context(
         assert ledger.totals() == want
         assert catalogue.cost("anthropic.claude-v2", Usage(11_000, 4_000)) == price
         assert Report.build([("x", ledger)]).to_dict() == Report.build([("x", expected)]).to_dict()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(entries=st.lists(ENTRY, max_size=25))
+def test_postgres_aggregations_equal_in_memory_ones_exactly(
+    entries: list[Entry], pg_dsn: str
+) -> None:
+    import uuid
+
+    import psycopg
+
+    from chainkit import PostgresLedger
+
+    schema = f"p_{uuid.uuid4().hex[:12]}"
+    memory = Ledger()
+    pg = PostgresLedger(pg_dsn, schema=schema)
+    try:
+        for i, e in enumerate(entries):
+            memory.record(e)
+            pg.record(e)
+            if i % 5 == 2:
+                pg.record(e)  # stored once
+        assert pg.totals() == memory.totals()
+        assert pg.by_stage() == memory.by_stage()
+        assert pg.by_day() == memory.by_day()
+        for key in {k for e in entries for k in e.tags} | {"absent"}:
+            assert pg.by_tag(key) == memory.by_tag(key), key
+        assert pg.entries() == memory.entries()
+        a = Report.from_ledger(pg, traffic_per_day=1000).to_dict()
+        assert a == Report.from_ledger(memory, traffic_per_day=1000).to_dict()
+    finally:
+        pg.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -1,0 +1,242 @@
+"""A ledger in PostgreSQL (psycopg 3): shared by every process on every host that connects.
+
+The same implementation as the SQLite ledger (:class:`~chainkit.ledger.sql.SQLLedger`): every
+write transaction first takes the ledger's transaction-scoped advisory lock, so writers on every
+host take turns exactly as SQLite's writers on one host do, and budgets, roll-up cells and entry
+ids behave the same. Reads run in ``REPEATABLE READ`` read-only transactions (one snapshot per
+aggregation). Each ledger lives in its own schema (``chainkit`` unless told), created on first
+use.
+
+    ledger = PostgresLedger("postgresql://chainkit@db.internal/finops", budgets=[...])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from chainkit.errors import ConfigError, LedgerError
+from chainkit.ledger.budgets import Budget, BudgetEvent
+from chainkit.ledger.sql import SQLLedger
+
+__all__ = ["PostgresLedger"]
+
+SCHEMA_VERSION = 1
+_ABANDONED: list[Any] = []  # a forked child's inherited connections (see _abandon_connections)
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# The current schema in one go: a new store needs no history of migrations.
+_DDL = [
+    """CREATE TABLE entries (
+        id BIGSERIAL PRIMARY KEY, uid TEXT NOT NULL UNIQUE, request_id TEXT NOT NULL,
+        stage TEXT NOT NULL, outcome TEXT NOT NULL, model TEXT,
+        input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT,
+        cache_write_tokens BIGINT, cache_write_1h_tokens BIGINT, queries BIGINT,
+        cost TEXT, avoided_cost TEXT, bound TEXT, estimated BIGINT NOT NULL,
+        latency_s DOUBLE PRECISION NOT NULL, attempts BIGINT NOT NULL, intent TEXT,
+        tags TEXT NOT NULL, phase TEXT NOT NULL, time TEXT NOT NULL,
+        flags TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
+        cost_pico BIGINT, avoided_pico BIGINT, day TEXT
+    )""",
+    "CREATE TABLE checkpoints (request_id TEXT PRIMARY KEY, stage BIGINT NOT NULL, "
+    "state TEXT NOT NULL)",
+    "CREATE TABLE jobs (key TEXT PRIMARY KEY, job TEXT NOT NULL)",
+    """CREATE TABLE cells (
+        id BIGSERIAL PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL, phase TEXT NOT NULL, stage TEXT NOT NULL, model TEXT NOT NULL,
+        intent TEXT NOT NULL, outcome TEXT NOT NULL, day TEXT NOT NULL, flags TEXT NOT NULL,
+        first BIGINT NOT NULL, calls BIGINT NOT NULL, estimated BIGINT NOT NULL,
+        input_tokens TEXT NOT NULL, output_tokens TEXT NOT NULL,
+        cache_read_tokens TEXT NOT NULL, cache_write_tokens TEXT NOT NULL,
+        cost TEXT NOT NULL, cost_unknown BIGINT NOT NULL,
+        bound_unknown TEXT NOT NULL, bound_missing BIGINT NOT NULL,
+        avoided TEXT NOT NULL, avoided_unknown BIGINT NOT NULL, latency_ns TEXT NOT NULL,
+        cache_write_1h_tokens TEXT NOT NULL, queries TEXT NOT NULL
+    )""",
+    "CREATE TABLE cell_latency (cell BIGINT NOT NULL, bucket BIGINT NOT NULL, "
+    "n BIGINT NOT NULL, PRIMARY KEY (cell, bucket))",
+    "CREATE TABLE replies (request_id TEXT NOT NULL, step BIGINT NOT NULL, "
+    "ordinal BIGINT NOT NULL, digest TEXT NOT NULL, reply TEXT NOT NULL, "
+    "PRIMARY KEY (request_id, step, ordinal))",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    f"INSERT INTO meta VALUES ('cells_through', 0), ('version', 0), ('schema', {SCHEMA_VERSION})",
+    "CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
+    "CREATE TABLE budget_state (budget TEXT NOT NULL, period TEXT NOT NULL, "
+    "spent TEXT NOT NULL, held TEXT NOT NULL, PRIMARY KEY (budget, period))",
+    "CREATE TABLE holds (id TEXT PRIMARY KEY, amount TEXT NOT NULL, expires TEXT NOT NULL, "
+    "details TEXT NOT NULL)",
+    "CREATE INDEX holds_expires ON holds (expires)",
+    "CREATE TABLE budget_events (budget TEXT NOT NULL, period TEXT NOT NULL, "
+    "threshold TEXT NOT NULL, spent TEXT NOT NULL, limit_usd TEXT NOT NULL, "
+    "time TEXT NOT NULL, PRIMARY KEY (budget, period, threshold))",
+]
+
+
+class _Connection:
+    """A psycopg connection that takes the ``?`` placeholders the shared SQL is written with."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql.replace("?", "%s"), tuple(params) or None)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        cursor = self.conn.cursor()
+        rows = list(rows)
+        if rows:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+        return cursor
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresLedger(SQLLedger):
+    """A ledger kept in PostgreSQL: one store for every process and host.
+
+    Args:
+        dsn: a libpq connection string or URI (``postgresql://user@host:5432/db``).
+        schema: the schema the ledger's tables live in; several ledgers can share a database.
+        budgets: spending limits to enforce (kept in the database, for every host).
+        read_only: connect without writing anything (for reports).
+        timeout_s: how long to wait for another writer's lock, or to connect, before failing.
+        clock: now, for budget periods and hold leases.
+        on_threshold: called with each budget threshold crossing this process causes.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "chainkit",
+        budgets: Iterable[Budget] = (),
+        read_only: bool = False,
+        timeout_s: float = 30.0,
+        clock: Callable[[], datetime] | None = None,
+        on_threshold: Callable[[BudgetEvent], object] | None = None,
+    ) -> None:
+        if not isinstance(schema, str) or not _IDENTIFIER.match(schema):
+            raise ConfigError(
+                f"PostgresLedger schema {schema!r} must be a lower-case SQL identifier "
+                "(letters, digits, underscores; at most 63 characters)."
+            )
+        self.dsn = dsn
+        self.schema = schema
+        self.where = f"{_redact(dsn)} (schema {schema})"
+        self._timeout_s = timeout_s
+        self.read_only = read_only
+        self._last_version: int | None = None
+        super().__init__(
+            budgets=budgets,
+            read_only=read_only,
+            timeout_s=timeout_s,
+            clock=clock,
+            on_threshold=on_threshold,
+        )
+
+    def _connect(self) -> _Connection:
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                "PostgresLedger needs psycopg 3: pip install 'chainkit[postgres]'."
+            ) from exc
+        try:
+            conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self._timeout_s))
+            )
+        except psycopg.Error as exc:
+            raise ConfigError(f"Cannot connect to {self.where}: {exc}".strip()) from exc
+        # Waiting for another writer's lock is bounded, as SQLite's busy timeout is.
+        conn.execute(f"SET lock_timeout = '{int(self._timeout_s * 1000)}ms'")
+        conn.execute(f"SET search_path TO {self.schema}")
+        return _Connection(conn)
+
+    def _open(self) -> tuple[_Connection | None, _Connection]:
+        reader = self._connect()
+        if self.read_only:
+            reader.execute("SET default_transaction_read_only = on")
+            self._check_schema(reader)
+            return None, reader
+        writer = self._connect()
+        writer.execute("BEGIN")
+        try:
+            writer.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self._lock_name,))
+            writer.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            exists = writer.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND "
+                "table_name = 'meta'",
+                (self.schema,),
+            ).fetchone()
+            if exists is None:
+                for statement in _DDL:
+                    writer.execute(statement)
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.rollback()
+            raise
+        self._check_schema(reader)
+        return writer, reader
+
+    @property
+    def _lock_name(self) -> str:
+        return f"chainkit:{self.schema}"
+
+    def _check_schema(self, db: _Connection) -> None:
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.where} holds no chainkit ledger ({type(exc).__name__}); open it once "
+                "without read_only to create one."
+            ) from exc
+        if row is None or row[0] > SCHEMA_VERSION:
+            raise ConfigError(
+                f"Ledger {self.where} has schema version {row and row[0]}, newer than this "
+                f"chainkit ({SCHEMA_VERSION}); upgrade chainkit to read it."
+            )
+
+    def _abandon_connections(self) -> None:
+        # Closing a connection inherited across fork() would end the parent's session (libpq
+        # sends Terminate on the shared socket): keep it, unused, for the life of the child.
+        _ABANDONED.extend(c for c in (self._db, self._reader) if c is not None)
+
+    def _begin_write(self, db: Any) -> bool:
+        db.execute("BEGIN")
+        # One writer at a time, on every host: the ledger's advisory lock, released at COMMIT.
+        db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self._lock_name,))
+        before, after = db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value - 1, value"
+        ).fetchone()
+        # Another writer committed since our last write if the counter moved without us.
+        stale = before != self._last_version
+        self._last_version = after
+        return bool(stale)
+
+    def _begin_read(self, db: Any) -> None:
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def _unwell(self, exc: BaseException) -> bool:
+        import psycopg
+
+        if isinstance(exc, LedgerError | OSError):
+            return True
+        # Connection, lock and resource errors; not bad data (DataError, IntegrityError).
+        unwell = (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            psycopg.errors.InsufficientResources,
+        )
+        return isinstance(exc, unwell)
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    dsn = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
