@@ -45,7 +45,7 @@ from chainkit.ledger.core import (
     latency_bucket,
     variant_sums,
 )
-from chainkit.ledger.sqlbook import SQLBook, define, events_of
+from chainkit.ledger.sqlbook import SQLBook, define, events_of, read_budgets
 from chainkit.money import CONTEXT
 from chainkit.records import (
     Entry,
@@ -554,6 +554,8 @@ class SQLLedger(Ledger):
         self._calls = threading.Condition(threading.Lock())
         self._in_flight = 0  # model calls that may still record (close() waits for them)
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
+        self._defs: dict[str, Budget] | None = None  # budget definitions, while nobody else writes
+        self._earliest_expiry: datetime | None = None  # no hold's lease ends before this
         self._db, self._reader = self._open()
         super().__init__(clock=clock, on_threshold=on_threshold)
         _OPEN.add(self)
@@ -615,7 +617,7 @@ class SQLLedger(Ledger):
             self._gate = threading.Lock()
             self._waiting, self._pending, self._flushing = [], [], False
             self._stopping, self._writer, self._idle = False, None, False
-            self._cells_cache = {}
+            self._cells_cache, self._defs, self._earliest_expiry = {}, None, None
             if not self._closed:
                 self._db, self._reader = self._open()
 
@@ -985,13 +987,19 @@ class SQLLedger(Ledger):
             if stale or len(self._cells_cache) > 100_000:
                 # Another connection wrote since we last did: our cell sums may be stale.
                 self._cells_cache.clear()
+            if stale:
+                # Another connection may have defined budgets or made holds meanwhile.
+                self._defs, self._earliest_expiry = None, None
             entries = [e for w in batch for e in w.entries]
             for w in batch:
                 if w.define:
                     define(db, w.define)
-            budgeted = any(
+                    self._defs = None
+            if self._defs is None:
+                self._defs = read_budgets(db)
+            budgeted = bool(self._defs) or any(
                 w.reserve or w.reserve_all or w.settle or w.release or w.expire for w in batch
-            ) or (entries and db.execute("SELECT EXISTS (SELECT 1 FROM budgets)").fetchone()[0])
+            )
             if budgeted:
                 self._budgets_in(db, batch)
             elif entries:
@@ -1029,6 +1037,7 @@ class SQLLedger(Ledger):
             return folded
         except BaseException:
             self._cells_cache.clear()  # it may hold sums that were rolled back
+            self._defs, self._earliest_expiry = None, None
             with suppress(Exception):
                 db.rollback()
             for w in batch:
@@ -1039,7 +1048,10 @@ class SQLLedger(Ledger):
 
     def _budgets_in(self, db: Any, batch: list[_Write]) -> None:
         """Insert the batch's entries and keep the budgets, in the open transaction."""
-        book = SQLBook(db, lambda budget, period: self._spent_from(db, budget, period))
+        book = SQLBook(db, lambda budget, period: self._spent_from(db, budget, period), self._defs)
+        # Every hold was made through this connection since it last saw another's write, so
+        # none expires before the earliest lease it made: skip looking until then.
+        book.not_before = self._earliest_expiry
         entries = [e for w in batch for e in w.entries]
         stored: dict[str, tuple[str, str | None, str | None, str, str]] = {}
         ids = list({e.id for e in entries})
@@ -1082,7 +1094,7 @@ class SQLLedger(Ledger):
             events: list[BudgetEvent] = []
             call_entry = w.entries[-1] if w.settle is not None and w.entries else None
             if w.settle is not None:
-                held = book.take(w.settle.id)
+                held = book.take(w.settle)
                 if held is not None and call_entry is not None and call_entry.id not in seen:
                     spend = charge(call_entry)
                     if call_entry.cost is None and call_entry.bound is None:
@@ -1095,7 +1107,7 @@ class SQLLedger(Ledger):
                     events += settle(book.states_of(held), release=held.amount,
                                      spend=Decimal(0), now=now)  # fmt: skip
             if w.release is not None:
-                held = book.take(w.release.id)
+                held = book.take(w.release)
                 if held is not None:
                     events += settle(book.states_of(held), release=held.amount,
                                      spend=Decimal(0), now=now)  # fmt: skip
@@ -1119,7 +1131,7 @@ class SQLLedger(Ledger):
                 if any(r.refused for r in w.reserve_all):
                     for r in w.reserve_all:  # all or none: give back what was held
                         if r.hold is not None:
-                            taken = book.take(r.hold.id)
+                            taken = book.take(r.hold)
                             if taken is not None:
                                 settle(book.states_of(taken), release=taken.amount,
                                        spend=Decimal(0), now=now)  # fmt: skip
@@ -1147,11 +1159,14 @@ class SQLLedger(Ledger):
             return events
         assert r.amount is not None
         hold_states(ready, r.amount)
+        expires = r.now + timedelta(seconds=r.lease_s)
+        if self._earliest_expiry is not None:
+            self._earliest_expiry = min(self._earliest_expiry, expires)
         r.hold = Hold(
             id=r.entry_id,
             amount=r.amount,
             periods=tuple((st.budget.name, st.period) for st in ready),
-            expires=r.now + timedelta(seconds=r.lease_s),
+            expires=expires,
             request_id=r.request_id,
             stage=r.stage,
             model=r.model,
@@ -1166,7 +1181,13 @@ class SQLLedger(Ledger):
     def _expire_in(self, db: Any, book: SQLBook, now: datetime) -> list[BudgetEvent]:
         """Holds whose lease ended become entries of unknown cost, counted at their bound."""
         events: list[BudgetEvent] = []
-        for held in book.expired(now):
+        if book.not_before is None or now >= book.not_before:
+            # A full look: afterwards, the earliest lease still open is the next time to look.
+            expired = book.expired_all(now)
+            self._earliest_expiry = book.next_expiry
+        else:
+            expired = []
+        for held in expired:
             self._insert(db, [held.expired_entry()])
             self._unfolded = True
             events += settle(book.states_of(held), release=held.amount, spend=held.amount,

@@ -8,6 +8,7 @@ placeholders (translated for drivers that want ``%s``) and ``ON CONFLICT`` upser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,15 +32,20 @@ class Connection(Protocol):
 class SQLBook:
     """The budgets of an SQL store, read and written inside the caller's write transaction."""
 
-    def __init__(self, db: Connection, spent_from: Callable[[Budget, str], Decimal]) -> None:
+    def __init__(
+        self,
+        db: Connection,
+        spent_from: Callable[[Budget, str], Decimal],
+        budgets: Mapping[str, Budget] | None = None,
+    ) -> None:
         self.db = db
         self.spent_from = spent_from
-        self.budgets = {
-            name: Budget.from_json(name, definition)
-            for name, definition in db.execute("SELECT name, definition FROM budgets").fetchall()
-        }
+        self.budgets = dict(budgets) if budgets is not None else read_budgets(db)
         self.states: dict[tuple[str, str], BudgetState] = {}
         self._holds: list[Hold] | None = None
+        self.not_before: datetime | None = None
+        """Set by a caller that knows no hold expires before then (skips the query)."""
+        self.next_expiry: datetime | None = None
 
     def _all_holds(self) -> list[Hold]:
         if self._holds is None:
@@ -93,22 +99,31 @@ class SQLBook:
                     found.append(state)
         return found
 
-    def take(self, hold_id: str) -> Hold | None:
-        """Remove a hold and return it (``None`` if it is gone: settled, released or expired)."""
-        row = self.db.execute(
-            "SELECT id, amount, expires, details FROM holds WHERE id = ?", (hold_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        self.db.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
-        held = Hold.from_json(*row)
-        if self._holds is not None:
-            self._holds = [h for h in self._holds if h.id != hold_id]
+    def take(self, hold: Hold | str) -> Hold | None:
+        """Remove a hold and return it (``None`` if it is gone: settled, released or expired).
+
+        Given the :class:`Hold` itself (as the process that made it has it), one statement says
+        whether it still stands; given only its id, its details are read from the store.
+        """
+        if isinstance(hold, Hold):
+            row = self.db.execute(
+                "DELETE FROM holds WHERE id = ? RETURNING amount", (hold.id,)
+            ).fetchone()
+            held = None if row is None else dataclasses.replace(hold, amount=Decimal(row[0]))
+        else:
+            row = self.db.execute(
+                "SELECT id, amount, expires, details FROM holds WHERE id = ?", (hold,)
+            ).fetchone()
+            if row is not None:
+                self.db.execute("DELETE FROM holds WHERE id = ?", (hold,))
+            held = None if row is None else Hold.from_json(*row)
+        if held is not None and self._holds is not None:
+            self._holds = [h for h in self._holds if h.id != held.id]
         return held
 
     def put(self, hold: Hold) -> None:
         """Keep a new hold."""
-        self.db.execute(
+        later(self.db)(
             "INSERT INTO holds (id, amount, expires, details) VALUES (?, ?, ?, ?)",
             (hold.id, str(hold.amount), _utc(hold.expires), hold.to_json()),
         )
@@ -117,6 +132,8 @@ class SQLBook:
 
     def expired(self, now: datetime) -> list[Hold]:
         """Remove and return the holds whose lease has ended by ``now``."""
+        if self.not_before is not None and now < self.not_before:
+            return []  # no hold can have expired yet (the caller knows every hold's lease)
         rows = self.db.execute(
             "SELECT id, amount, expires, details FROM holds WHERE expires <= ?", (_utc(now),)
         ).fetchall()
@@ -128,11 +145,26 @@ class SQLBook:
             self._holds = [h for h in self._holds if h.id not in gone]
         return holds
 
+    def expired_all(self, now: datetime) -> list[Hold]:
+        """Remove and return every hold whose lease has ended; note when the next one ends."""
+        found = self.expired_ignoring_hint(now)
+        row = self.db.execute("SELECT MIN(expires) FROM holds").fetchone()
+        self.next_expiry = None if row is None or row[0] is None else datetime.fromisoformat(row[0])
+        return found
+
+    def expired_ignoring_hint(self, now: datetime) -> list[Hold]:
+        """Like :meth:`expired`, but look whatever ``not_before`` says."""
+        hint, self.not_before = self.not_before, None
+        try:
+            return self.expired(now)
+        finally:
+            self.not_before = hint
+
     def write(self, events: Sequence[BudgetEvent]) -> list[BudgetEvent]:
         """Write changed states back; record the crossings; return those not recorded before."""
         for state in self.states.values():
             if state.changed:
-                self.db.execute(
+                later(self.db)(
                     "INSERT INTO budget_state (budget, period, spent, held) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (budget, period) DO UPDATE SET spent = excluded.spent, "
                     "held = excluded.held",
@@ -156,6 +188,21 @@ class SQLBook:
             if cursor.rowcount == 1:  # the first to cross it, in any process
                 new.append(event)
         return new
+
+
+def later(db: Any) -> Callable[..., Any]:
+    """How to run a statement whose result nobody reads.
+
+    Queued where the driver can pipeline it with the next statement (PostgreSQL: a round trip
+    saved), else run at once (SQLite).
+    """
+    return getattr(db, "execute_later", db.execute)  # type: ignore[no-any-return]
+
+
+def read_budgets(db: Connection) -> dict[str, Budget]:
+    """The budget definitions in the store."""
+    rows = db.execute("SELECT name, definition FROM budgets").fetchall()
+    return {name: Budget.from_json(name, definition) for name, definition in rows}
 
 
 def define(db: Connection, budgets: Sequence[Budget]) -> None:

@@ -37,8 +37,8 @@ SEED = Catalogue.load("seed-2024")
 CHILD = """
 import sys
 from chainkit import (Canned, Catalogue, Generate, IntentScan, KeywordClassifier, Pipeline,
-                      Request, ScriptedModel, SQLiteLedger, Summarise, Usage)
-path, mode, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+                      PostgresLedger, Request, ScriptedModel, SQLiteLedger, Summarise, Usage)
+path, mode, seed, schema = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 seed_prices = Catalogue.load("seed-2024")
 small = ScriptedModel(model_id="generic.intent", reply="short summary", usage=Usage(30, 5),
                       latency_s=0.003)
@@ -54,7 +54,7 @@ requests = [
             document=None if i % 2 else f"Order {i} left the warehouse. It is late.")
     for i in range(400)
 ]
-ledger = SQLiteLedger(path)
+ledger = PostgresLedger(path, schema=schema) if schema else SQLiteLedger(path)
 for result in bot.stream(requests, ledger, concurrency=4, resume=mode == "resume"):
     print(result.request.id, flush=True)
 ledger.close()
@@ -62,10 +62,12 @@ print("done", flush=True)
 """
 
 
-def run_child(path: Path, mode: str, seed: int, kill_after: int | None) -> list[str]:
+def run_child(
+    path: Path | str, mode: str, seed: int, kill_after: int | None, schema: str = ""
+) -> list[str]:
     """Run the child; SIGKILL it once it has returned ``kill_after`` results (and a moment)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), mode, str(seed)],
+        [sys.executable, "-c", CHILD, str(path), mode, str(seed), schema],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -136,6 +138,32 @@ def test_a_killed_run_loses_no_entry_of_a_returned_result(tmp_path: Path, mode: 
             assert len(per_request) == 400
             for rid, stages in per_request.items():
                 assert stages == expected_stages(rid), rid
+
+
+@pytest.mark.parametrize("mode", ["plain", "resume"])
+def test_a_killed_run_on_postgres_loses_no_entry_of_a_returned_result(
+    mode: str, pg_dsn: str, pg_schema: str
+) -> None:
+    from chainkit import PostgresLedger
+
+    returned = run_child(pg_dsn, mode, 7, kill_after=120, schema=pg_schema)
+    assert "done" not in returned
+    if mode == "resume":
+        returned = run_child(pg_dsn, mode, 7, kill_after=None, schema=pg_schema)
+        assert returned[-1] == "done"
+    with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
+        entries = ledger.entries()
+        assert len({e.id for e in entries}) == len(entries)
+        stages: dict[str, Counter[str]] = {}
+        for e in entries:
+            stages.setdefault(e.request_id, Counter())[e.stage] += 1
+        for rid in returned:
+            if rid != "done":
+                assert stages.get(rid) == expected_stages(rid), rid
+        if mode == "resume":
+            assert len(stages) == 400  # finished: every request, each stage once
+            assert all(s == expected_stages(r) for r, s in stages.items())
+        assert ledger.totals() == Ledger.totals(_memory(entries))
 
 
 def full_disk(ledger: SQLiteLedger) -> None:
