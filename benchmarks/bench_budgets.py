@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             target = "< 1 ms" if kind == "PostgreSQL" else ""
             met = ("met" if secs < 0.001 else "MISSED") if target else ""
             rows.append(
-                (f"reserve + release one call, {kind}", secs * 1e6, "µs", f"{target} {met}")
+                (f"reserve one call, {kind}", secs * 1e6, "µs", f"{target} {met}")
             )
             print(rows[-1], flush=True)
         for kind in [k for k in kinds if k != "memory"]:

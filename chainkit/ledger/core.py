@@ -398,6 +398,7 @@ class Ledger:
         self._budgets: dict[str, Budget] = {}
         self._states: dict[tuple[str, str], BudgetState] = {}
         self._holds: dict[str, Hold] = {}
+        self._next_expiry: datetime | None = None  # no hold's lease ends before this
         self._events: list[BudgetEvent] = []
         self.clock: Callable[[], datetime] = clock or _utcnow
         """Now, for budget periods and hold leases (inject one to test a month's turn)."""
@@ -650,6 +651,8 @@ class Ledger:
                     created=now,
                 )
                 self._holds[held.id] = held
+                if self._next_expiry is None or held.expires < self._next_expiry:
+                    self._next_expiry = held.expires
                 return held
         finally:
             self._notify(expired)  # outside the lock: a hook may use the ledger
@@ -690,10 +693,13 @@ class Ledger:
     def _expire(self, now: datetime) -> list[BudgetEvent]:
         """Turn holds whose lease has ended into entries of unknown cost, at their bound."""
         events: list[BudgetEvent] = []
+        if self._next_expiry is not None and now < self._next_expiry:
+            return events  # no lease can have ended yet: skip looking at every hold
         for held in [h for h in self._holds.values() if h.expires <= now]:
             del self._holds[held.id]
             events += self._keep(held.expired_entry(), None)
             settle(self._held_states(held), release=held.amount, spend=Decimal(0), now=now)
+        self._next_expiry = min((h.expires for h in self._holds.values()), default=None)
         return events
 
     # -- reading ---------------------------------------------------------------------------
