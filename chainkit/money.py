@@ -76,6 +76,26 @@ def check_money(value: object, what: str) -> Decimal | None:
     raise ConfigError(f"{what} {value!r} {reason}; money is a finite, non-negative Decimal.")
 
 
+def to_units(amount: Decimal) -> int:
+    """``amount`` (checked money) as an exact count of 1e-24 USD: compact, and summed by ``+``."""
+    return int(amount.scaleb(-MIN_EXPONENT, CONTEXT))
+
+
+def from_units(units: int) -> Decimal:
+    """The amount ``units`` of 1e-24 USD make, without trailing zeros (``to_units`` undone)."""
+    amount = Decimal(units).scaleb(MIN_EXPONENT, CONTEXT)
+    if not units:
+        return Decimal(0)
+    # Strip trailing zeros but keep integers plain (1800, not 1.8E+3).
+    plain = amount.normalize(CONTEXT)
+    exponent = plain.as_tuple().exponent
+    return (
+        plain.quantize(Decimal(1), context=CONTEXT)
+        if isinstance(exponent, int) and exponent > 0
+        else plain
+    )
+
+
 def exact_sum(amounts: Iterable[Decimal | None]) -> Decimal | None:
     """The exact sum of ``amounts``; ``None`` if any is unknown (then the sum is unknown too)."""
     with decimal.localcontext(CONTEXT):

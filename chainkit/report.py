@@ -105,16 +105,6 @@ def _stage_lines(v: VariantSums, requests: int) -> tuple[StageLine, ...]:
     return tuple(lines)
 
 
-def _percentile(costs: list[Decimal | None], pct: int) -> Decimal | None:
-    """The nearest-rank percentile; ``None`` if any cost is unknown or there are none."""
-    known = [c for c in costs if c is not None]
-    if not costs or len(known) < len(costs):
-        return None
-    ordered = sorted(known)
-    rank = max(1, -(-pct * len(ordered) // 100))
-    return ordered[rank - 1]
-
-
 def _savings(baseline: Decimal | None, cost: Decimal | None) -> Decimal | None:
     if baseline is None or cost is None or baseline == 0:
         return None
@@ -123,7 +113,7 @@ def _savings(baseline: Decimal | None, cost: Decimal | None) -> Decimal | None:
 
 
 def _variant(name: str, v: VariantSums, traffic: int | None) -> VariantReport:
-    per_request = list(v.request_costs.values())
+    per_request = v.request_costs
     t = fold(v.serve_cells, len(per_request))
     cost = t.cost
     daily = monthly = None
@@ -142,8 +132,8 @@ def _variant(name: str, v: VariantSums, traffic: int | None) -> VariantReport:
         monthly_cost=monthly,
         savings_pct=None,
         by_stage=_stage_lines(v, t.requests),
-        cost_p50=_percentile(per_request, 50),
-        cost_p90=_percentile(per_request, 90),
+        cost_p50=per_request.percentile(50),
+        cost_p90=per_request.percentile(90),
     )
 
 

@@ -36,7 +36,7 @@ from chainkit.ledger.budgets import (
     spent_of,
 )
 from chainkit.ledger.budgets import hold as hold_states
-from chainkit.money import CONTEXT, exact_sum
+from chainkit.money import CONTEXT, exact_sum, from_units, to_units
 from chainkit.records import Entry, Tags, new_entry_id
 
 __all__ = [
@@ -260,19 +260,48 @@ class StageSums:
 
 
 @dataclass(slots=True)
+class RequestCosts:
+    """Each serving request's total cost, compactly (a million requests in tens of MB).
+
+    Known totals are exact integer counts of 1e-24 USD (:func:`~chainkit.money.to_units`);
+    a request with any part of unknown cost is only counted.
+    """
+
+    known: list[int] = field(default_factory=list)
+    unknown: int = 0
+
+    def __len__(self) -> int:
+        return len(self.known) + self.unknown
+
+    def add(self, units: int | None) -> None:
+        if units is None:
+            self.unknown += 1
+        else:
+            self.known.append(units)
+
+    def percentile(self, pct: int) -> Decimal | None:
+        """The nearest-rank percentile; ``None`` if any cost is unknown or there are none."""
+        if self.unknown or not self.known:
+            return None
+        ordered = sorted(self.known)
+        rank = max(1, -(-pct * len(ordered) // 100))
+        return from_units(ordered[rank - 1])
+
+
+@dataclass(slots=True)
 class VariantSums:
     """What a report needs of one variant: stage sums, serve requests and their costs."""
 
     stages: dict[str, StageSums] = field(default_factory=dict)
     serve_cells: list[Cell] = field(default_factory=list)
     setup_cells: list[Cell] = field(default_factory=list)
-    request_costs: dict[str, Decimal | None] = field(default_factory=dict)
+    request_costs: RequestCosts = field(default_factory=RequestCosts)
     first_served: int | None = None
 
 
 def variant_sums(
     cells: Iterable[Cell],
-    request_costs: Mapping[str, Mapping[str, Decimal | None]],
+    request_costs: Mapping[str, RequestCosts],
     tag: str | None,
     default: str = "all",
 ) -> dict[str, VariantSums]:
@@ -304,7 +333,7 @@ def variant_sums(
         else:
             v.setup_cells.append(cell)
     for name, v in out.items():
-        v.request_costs = dict(request_costs.get(name, {}))
+        v.request_costs = request_costs.get(name, RequestCosts())
         # Serving stages first (in order of first appearance), then setup-only ones.
         served_first = {
             stage: min((c.first for c in s.cells if c.key[1] == "serve"), default=s.first)
@@ -318,18 +347,20 @@ def variant_sums(
 
 def request_costs_of(
     entries: Iterable[Entry], tag: str | None, default: str = "all"
-) -> dict[str, dict[str, Decimal | None]]:
-    """Per variant, each serving request's total cost (``None`` if any part is unknown)."""
-    out: dict[str, dict[str, Decimal | None]] = {}
+) -> dict[str, RequestCosts]:
+    """Per variant, each serving request's total cost (unknown if any part is unknown)."""
+    per: dict[str, dict[str, int | None]] = {}
     for e in entries:
         if e.phase != "serve":
             continue
         name = default if tag is None else e.tags.get(tag, default)
-        costs = out.setdefault(name, {})
-        spent = costs.get(e.request_id, Decimal(0))
-        costs[e.request_id] = (
-            None if spent is None or e.cost is None else exact_sum((spent, e.cost))
-        )
+        costs = per.setdefault(name, {})
+        spent = costs.get(e.request_id, 0)
+        costs[e.request_id] = None if spent is None or e.cost is None else spent + to_units(e.cost)
+    out: dict[str, RequestCosts] = {}
+    for name, costs in per.items():
+        out[name] = RequestCosts([c for c in costs.values() if c is not None])
+        out[name].unknown = len(costs) - len(out[name].known)
     return out
 
 
@@ -342,9 +373,17 @@ def totals(entries: Iterable[Entry]) -> Totals:
     rows = entries if isinstance(entries, list) else list(entries)
     usages = [u for u in map(_USAGE, rows) if u is not None]
     costs = list(map(_COST, rows))
-    unknown = [e for e, c in zip(rows, costs, strict=True) if c is None]
-    known = exact_sum(c for c in costs if c is not None) or Decimal(0)
-    bounds = [e.bound for e in unknown]
+    avoided = list(map(_AVOIDED, rows))
+    with localcontext(CONTEXT):
+        if None in costs:
+            unknown = [e for e, c in zip(rows, costs, strict=True) if c is None]
+            known = sum((c for c in costs if c is not None), Decimal(0))
+            bounds = [e.bound for e in unknown]
+            bound = None if None in bounds else sum(bounds, known)
+        else:
+            unknown, known = [], sum(costs, Decimal(0))
+            bound = known
+        saved = None if None in avoided else sum(avoided, Decimal(0))
     return Totals(
         calls=len(rows),
         requests=len(set(map(_REQUEST_ID, rows))),
@@ -353,10 +392,10 @@ def totals(entries: Iterable[Entry]) -> Totals:
         cache_read_tokens=sum(map(_CACHE_READ, usages)),
         cache_write_tokens=sum(map(_CACHE_WRITE, usages)),
         cost=None if unknown else known,
-        avoided_cost=exact_sum(map(_AVOIDED, rows)),
+        avoided_cost=saved,
         latency_s=sum(map(_ns, map(_LATENCY, rows))) / 1e9,
         unknown=len(unknown),
-        cost_bound=exact_sum([known, *bounds]),
+        cost_bound=bound,
         cache_write_1h_tokens=sum(u.cache_write_1h_tokens for u in usages),
         queries=sum(u.queries for u in usages),
     )
@@ -447,6 +486,8 @@ class Ledger:
         replaced = self._append(entry)
         if replaced is False:
             return []  # the same entry again: already stored and counted
+        if not self._budgets and hold is None:
+            return []  # nothing to count it against (the common, fast case)
         now = self.clock()
         if hold is not None and hold.id in self._holds:
             stored = self._holds.pop(hold.id)  # the ledger's own record of it, not the caller's

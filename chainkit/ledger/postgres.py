@@ -40,6 +40,7 @@ _DDL = [
         flags TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
         cost_pico BIGINT, avoided_pico BIGINT, day TEXT
     )""",
+    "CREATE INDEX entries_request ON entries (request_id)",
     "CREATE TABLE checkpoints (request_id TEXT PRIMARY KEY, stage BIGINT NOT NULL, "
     "state TEXT NOT NULL)",
     "CREATE TABLE jobs (key TEXT PRIMARY KEY, job TEXT NOT NULL)",

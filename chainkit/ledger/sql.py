@@ -38,6 +38,7 @@ from chainkit.ledger.core import (
     Cell,
     CellKey,
     Ledger,
+    RequestCosts,
     Totals,
     VariantSums,
     fold,
@@ -46,7 +47,7 @@ from chainkit.ledger.core import (
     variant_sums,
 )
 from chainkit.ledger.sqlbook import SQLBook, define, events_of, read_budgets
-from chainkit.money import CONTEXT
+from chainkit.money import CONTEXT, MIN_EXPONENT, to_units
 from chainkit.records import (
     Entry,
     Request,
@@ -61,6 +62,7 @@ from chainkit.records import (
 __all__ = ["SQLLedger"]
 
 _PICO = 12  # money is also kept as an integer count of 10^-12 USD, which SQL sums exactly
+_UNITS_PER_PICO = 10 ** (-MIN_EXPONENT - _PICO)  # picodollars to chainkit's 1e-24 USD units
 
 
 def _pico(amount: Decimal | None) -> int | None:
@@ -108,6 +110,7 @@ _WRITE_COLUMNS = [
 ]
 _READ_COLUMNS = _WRITE_COLUMNS[:23]
 _FOLD_SLICE = 5_000  # entries folded into the cells per idle transaction
+_LULL_S = 0.05  # no write for this long: a lull, when the writer folds
 _INSERT = (
     f"INSERT INTO entries ({', '.join(_WRITE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_WRITE_COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
@@ -542,7 +545,7 @@ class SQLLedger(Ledger):
         self._flushing = False
         self._stopping = False
         self._idle = False
-        self._unfolded = True  # entries may wait to be folded into the cells
+        self._unfolded = 1  # about how many entries wait to be folded into the cells
         self._writer: threading.Thread | None = None
         self._local = threading.local()
         self._read_lock = threading.Lock()
@@ -861,18 +864,34 @@ class SQLLedger(Ledger):
             )
         self._reopen_after_fork()
         ticket = _Ticket(write)
+        inline = False
         with self._wake:
             if write is None and not self._pending and not self._waiting and not self._flushing:
                 return  # nothing to write
-            self._waiting.append(ticket)
-            if self._writer is None:
+            if self._writer is None:  # it also folds entries into the cells in lulls
                 self._writer = threading.Thread(
                     target=self._write_loop, name=f"chainkit-ledger:{self.where}", daemon=True
                 )
                 self._writer.start()
-            if self._idle:
-                self._wake.notify()
-        ticket.done.acquire()
+            if not self._waiting and not self._flushing and self._gate.acquire(blocking=False):
+                # Nobody else is writing: write here, without waking the writer thread (two
+                # thread switches saved). Writers that come meanwhile queue for the writer.
+                inline = self._flushing = True
+            else:
+                self._waiting.append(ticket)
+                if self._idle:
+                    self._wake.notify()
+        if inline:
+            try:
+                self._serve([ticket])
+            finally:
+                self._gate.release()
+                with self._wake:
+                    self._flushing = False
+                    if self._idle:  # queued writes, or new entries to fold in the next lull
+                        self._wake.notify()
+        else:
+            ticket.done.acquire()
         if ticket.error is not None:
             raise self._failure(ticket.error) from ticket.error
 
@@ -880,10 +899,17 @@ class SQLLedger(Ledger):
         """The writer thread: commit what is queued and wake its callers; fold when idle."""
         while True:
             with self._wake:
-                while not self._waiting and not self._stopping and not self._unfolded:
+                while not self._waiting and not self._stopping:
+                    # Fold new entries into the cells only in a lull (or with a large backlog):
+                    # folding after every write would double the transactions of a steady
+                    # trickle, and every caller would wait behind the fold.
+                    if self._unfolded >= _FOLD_SLICE:
+                        break
                     self._idle = True
-                    self._wake.wait()
+                    woken = self._wake.wait(_LULL_S if self._unfolded else None)
                     self._idle = False
+                    if not woken and self._unfolded and not self._waiting:
+                        break
                 if not self._waiting and self._stopping:
                     self._writer = None
                     return
@@ -896,10 +922,11 @@ class SQLLedger(Ledger):
                     # Nothing queued: fold a slice of new entries into the cells, so that reads
                     # find them ready. Callers that arrive meanwhile wait one slice at most.
                     try:
-                        if not self._store([], fold=_FOLD_SLICE):
-                            self._unfolded = False
+                        folded = self._store([], fold=_FOLD_SLICE)
+                        # Caught up, or more to fold (perhaps another process's entries).
+                        self._unfolded = 0 if folded < _FOLD_SLICE else _FOLD_SLICE
                     except BaseException:
-                        self._unfolded = False  # retried after the next write
+                        self._unfolded = 0  # retried after the next write
             with self._wake:
                 self._flushing = False
 
@@ -1005,7 +1032,7 @@ class SQLLedger(Ledger):
             elif entries:
                 self._insert(db, entries)
             if entries:
-                self._unfolded = True
+                self._unfolded += len(entries)
             for w in batch:
                 if w.reply is not None:
                     db.execute(
@@ -1189,7 +1216,7 @@ class SQLLedger(Ledger):
             expired = []
         for held in expired:
             self._insert(db, [held.expired_entry()])
-            self._unfolded = True
+            self._unfolded += 1
             events += settle(book.states_of(held), release=held.amount, spend=held.amount,
                              now=now)  # fmt: skip
         return events
@@ -1476,8 +1503,7 @@ class SQLLedger(Ledger):
         grouped = fold_groups(cells, lambda c: values[c.key[0]], requests)
         return {None if k is None else str(k): v for k, v in grouped.items()}
 
-    @staticmethod
-    def _requests_by_tagset(db: Any, values: Mapping[str, str | None]) -> dict[Hashable, int]:
+    def _requests_by_tagset(self, db: Any, values: Mapping[str, str | None]) -> dict[Hashable, int]:
         """Distinct requests per tag value, given each stored tag set's value of the tag."""
         if not values:
             return {}
@@ -1498,46 +1524,65 @@ class SQLLedger(Ledger):
         return {k: len(v) for k, v in counts.items()}
 
     def variants(self, tag: str | None, default: str = "all") -> dict[str, VariantSums]:
-        """What a report needs, per value of ``tag``, from the roll-up and one SQL pass."""
+        """What a report needs, per value of ``tag``, from the roll-up and one SQL pass.
+
+        Requests' costs stream in request order and are kept as integers, never as a row or a
+        ``Decimal`` per request: a million requests cost tens of MB, not hundreds.
+        """
         with self._snapshot() as db:
             cells = self._cells_in(db)
+            names = {c.key[0]: default if tag is None else c.tags.get(tag, default) for c in cells}
             try:
-                rows = db.execute(
-                    "SELECT tags, request_id, SUM(cost_pico), COUNT(*) - COUNT(cost) "
-                    "FROM entries WHERE phase = 'serve' GROUP BY tags, request_id"
-                ).fetchall()
-                rows = [(t, r, None if p is None else int(p), u) for t, r, p, u in rows]
-                # Amounts too fine (or too large) for picodollars are summed from their text.
-                fine = db.execute(
-                    "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
-                    "cost IS NOT NULL AND cost_pico IS NULL"
-                ).fetchall()
+                return variant_sums(cells, self._request_costs_in(db, names, exact=False), tag,
+                                    default)  # fmt: skip
             except Exception as exc:  # a request's sum beyond 64 bits: all from the text
                 if "overflow" not in str(exc).lower():
                     raise
-                self._begin_read_again(db)
-                rows = db.execute(
-                    "SELECT tags, request_id, 0, COUNT(*) - COUNT(cost) FROM entries "
-                    "WHERE phase = 'serve' GROUP BY tags, request_id"
-                ).fetchall()
-                fine = db.execute(
-                    "SELECT tags, request_id, cost FROM entries WHERE phase = 'serve' AND "
-                    "cost IS NOT NULL"
-                ).fetchall()
-        names = {c.key[0]: default if tag is None else c.tags.get(tag, default) for c in cells}
-        costs: dict[str, dict[str, Decimal | None]] = {}
+            self._begin_read_again(db)
+            return variant_sums(cells, self._request_costs_in(db, names, exact=True), tag, default)
 
-        def add(tags: str, rid: str, amount: Decimal | None) -> None:
-            per = costs.setdefault(names[tags], {})
-            before = per.get(rid, Decimal(0))
-            per[rid] = None if before is None or amount is None else before + amount
+    @staticmethod
+    def _request_costs_in(
+        db: Any, names: Mapping[str, str], *, exact: bool
+    ) -> dict[str, RequestCosts]:
+        """Each serving request's cost per variant name, in 1e-24 USD, streamed from SQL.
 
-        with localcontext(CONTEXT):
-            for tags, rid, pico, unknown in rows:
-                add(tags, rid, None if unknown else Decimal(pico or 0).scaleb(-_PICO))
-            for tags, rid, cost in fine:
-                add(tags, rid, Decimal(cost))
-        return variant_sums(cells, costs, tag, default)
+        Amounts too fine (or too large) for picodollars are added from their text; ``exact``
+        takes every amount from its text (when a sum of picodollars overflows 64 bits).
+        """
+        missing = "" if exact else " AND cost_pico IS NULL"
+        fine: dict[tuple[str, str], int] = {}
+        for rid, tags, cost in db.execute(
+            f"SELECT request_id, tags, cost FROM entries WHERE phase = 'serve' "
+            f"AND cost IS NOT NULL{missing}"
+        ):
+            fine[rid, tags] = fine.get((rid, tags), 0) + to_units(Decimal(cost))
+        summed = "0" if exact else "SUM(cost_pico)"
+        out: dict[str, RequestCosts] = {}
+        current: str | None = None
+        per: dict[str, int | None] = {}  # the current request's cost per variant name
+
+        def flush() -> None:
+            for name, units in per.items():
+                costs = out.get(name)
+                if costs is None:
+                    costs = out[name] = RequestCosts()
+                costs.add(units)
+            per.clear()
+
+        for rid, tags, pico, unknown in db.execute(
+            f"SELECT request_id, tags, {summed}, COUNT(*) - COUNT(cost) FROM entries "
+            "WHERE phase = 'serve' GROUP BY request_id, tags ORDER BY request_id"
+        ):
+            if rid != current:
+                flush()
+                current = rid
+            name = names[tags]
+            units = None if unknown else int(pico or 0) * _UNITS_PER_PICO + fine.get((rid, tags), 0)
+            before = per.get(name, 0)
+            per[name] = None if before is None or units is None else before + units
+        flush()
+        return out
 
     def request_ids(self) -> set[str]:
         """Ids of the requests that have at least one entry (for resuming a run)."""
