@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             secs = reservation_s(make(huge))
             target = "< 1 ms" if kind == "PostgreSQL" else ""
             met = ("met" if secs < 0.001 else "MISSED") if target else ""
-            rows.append(
-                (f"reserve one call, {kind}", secs * 1e6, "µs", f"{target} {met}")
-            )
+            rows.append((f"reserve one call, {kind}", secs * 1e6, "µs", f"{target} {met}"))
             print(rows[-1], flush=True)
         for kind in [k for k in kinds if k != "memory"]:
             with_b, without = [], []

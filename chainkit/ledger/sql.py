@@ -69,6 +69,8 @@ def _pico(amount: Decimal | None) -> int | None:
     """``amount`` in picodollars if that is exact, else ``None`` (then Python sums the text)."""
     if amount is None:
         return None
+    if not amount:
+        return 0  # most entries (canned, passed) cost nothing
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= -_PICO:
         pico = int(amount.scaleb(_PICO, CONTEXT))  # exact: only the exponent moves
@@ -124,6 +126,9 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
     u = e.usage
     cost, avoided, bound = e.cost, e.avoided_cost, e.bound
     when = e.time
+    iso = when.isoformat()
+    # The UTC day is the ISO text's first ten characters when the time is in UTC already.
+    day = iso[:10] if when.utcoffset() == _ZERO else when.astimezone(UTC).date().isoformat()
     return (
         e.id,
         e.request_id,
@@ -145,12 +150,12 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
         e.intent,
         Tags.of(e.tags).json,
         e.phase,
-        when.isoformat(),
+        iso,
         ",".join(e.flags),
         e.note,
         _pico(cost),
         _pico(avoided),
-        (when if when.utcoffset() == _ZERO else when.astimezone(UTC)).date().isoformat(),
+        day,
     )
 
 
@@ -559,6 +564,10 @@ class SQLLedger(Ledger):
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
         self._defs: dict[str, Budget] | None = None  # budget definitions, while nobody else writes
         self._earliest_expiry: datetime | None = None  # no hold's lease ends before this
+        # Budget states as this connection last committed them (valid while nobody else writes).
+        self._known_states: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        self._parsed_budgets: dict[tuple[str, str], Budget] = {}  # (name, definition) -> Budget
+        self._committing_states: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
         self._db, self._reader = self._open()
         super().__init__(clock=clock, on_threshold=on_threshold)
         _OPEN.add(self)
@@ -591,6 +600,9 @@ class SQLLedger(Ledger):
         """Begin a read transaction in which every statement sees the same snapshot."""
         raise NotImplementedError
 
+    _statement_is_snapshot = False
+    """Whether one statement outside a transaction already reads one snapshot (SQLite's do)."""
+
     def _unwell(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the store is unwell (full, locked, gone), not the data bad."""
         raise NotImplementedError
@@ -621,6 +633,7 @@ class SQLLedger(Ledger):
             self._waiting, self._pending, self._flushing = [], [], False
             self._stopping, self._writer, self._idle = False, None, False
             self._cells_cache, self._defs, self._earliest_expiry = {}, None, None
+            self._known_states = {}
             if not self._closed:
                 self._db, self._reader = self._open()
 
@@ -692,7 +705,10 @@ class SQLLedger(Ledger):
     def budgets(self) -> tuple[Budget, ...]:
         """The budgets in the file (any process's): every call through this ledger keeps them."""
         rows = self._read("SELECT name, definition FROM budgets ORDER BY name")
-        return tuple(Budget.from_json(name, definition) for name, definition in rows)
+        parsed = self._parsed_budgets
+        if set(parsed) != set(rows):  # changed (or first read): parse again
+            parsed = self._parsed_budgets = {(n, d): Budget.from_json(n, d) for n, d in rows}
+        return tuple(parsed[n, d] for n, d in rows)
 
     def add_budget(self, budget: Budget) -> None:
         """Keep ``budget`` in the file, for every process (one of the same name is replaced)."""
@@ -1017,11 +1033,13 @@ class SQLLedger(Ledger):
             if stale:
                 # Another connection may have defined budgets or made holds meanwhile.
                 self._defs, self._earliest_expiry = None, None
+                self._known_states.clear()
             entries = [e for w in batch for e in w.entries]
             for w in batch:
                 if w.define:
                     define(db, w.define)
                     self._defs = None
+                    self._known_states.clear()  # a changed budget starts its periods again
             if self._defs is None:
                 self._defs = read_budgets(db)
             budgeted = bool(self._defs) or any(
@@ -1061,10 +1079,14 @@ class SQLLedger(Ledger):
             if fold is None or fold > 0:
                 folded = _fold(db, self._cells_cache, fold)
             db.execute("COMMIT")
+            self._known_states.update(self._committing_states)
+            self._committing_states = {}
             return folded
         except BaseException:
             self._cells_cache.clear()  # it may hold sums that were rolled back
             self._defs, self._earliest_expiry = None, None
+            self._known_states.clear()
+            self._committing_states = {}
             with suppress(Exception):
                 db.rollback()
             for w in batch:
@@ -1075,7 +1097,12 @@ class SQLLedger(Ledger):
 
     def _budgets_in(self, db: Any, batch: list[_Write]) -> None:
         """Insert the batch's entries and keep the budgets, in the open transaction."""
-        book = SQLBook(db, lambda budget, period: self._spent_from(db, budget, period), self._defs)
+        book = SQLBook(
+            db,
+            lambda budget, period: self._spent_from(db, budget, period),
+            self._defs,
+            self._known_states,
+        )
         # Every hold was made through this connection since it last saw another's write, so
         # none expires before the earliest lease it made: skip looking until then.
         book.not_before = self._earliest_expiry
@@ -1115,6 +1142,7 @@ class SQLLedger(Ledger):
                 )
                 stored.pop(e.id)
         self._insert(db, [e for e in entries if e.id not in replaced])
+        book.take_all([h for w in batch for h in (w.settle, w.release) if h is not None])
         now = self.clock()
         seen: set[str] = set(stored)
         for w in batch:
@@ -1167,6 +1195,7 @@ class SQLLedger(Ledger):
                 events += self._expire_in(db, book, now)
             w.events = events
         new = set(map(id, book.write([e for w in batch for e in w.events])))
+        self._committing_states = {k: (st.spent, st.held) for k, st in book.states.items()}
         for w in batch:
             w.events = [e for e in w.events if id(e) in new]
 
@@ -1369,6 +1398,8 @@ class SQLLedger(Ledger):
         self._reopen_after_fork()
         with self._read_lock:
             try:
+                if self._statement_is_snapshot:
+                    return list(self._reader.execute(sql, params).fetchall())
                 self._begin_read(self._reader)
                 try:
                     return list(self._reader.execute(sql, params).fetchall())

@@ -20,6 +20,9 @@ from chainkit.money import CONTEXT
 
 __all__ = ["Connection", "SQLBook"]
 
+NO_HOLDS = datetime.max.replace(tzinfo=UTC)
+"""The next expiry when there is no hold at all."""
+
 
 class Connection(Protocol):
     """What the book needs of a database connection (sqlite3's, or an adapter of psycopg's)."""
@@ -37,17 +40,33 @@ class SQLBook:
         db: Connection,
         spent_from: Callable[[Budget, str], Decimal],
         budgets: Mapping[str, Budget] | None = None,
+        known: Mapping[tuple[str, str], tuple[Decimal, Decimal]] | None = None,
     ) -> None:
         self.db = db
         self.spent_from = spent_from
         self.budgets = dict(budgets) if budgets is not None else read_budgets(db)
         self.states: dict[tuple[str, str], BudgetState] = {}
+        # (spent, held) as this connection committed them, while no other connection wrote.
+        self.known = known or {}
         self._holds: list[Hold] | None = None
         self.not_before: datetime | None = None
         """Set by a caller that knows no hold expires before then (skips the query)."""
         self.next_expiry: datetime | None = None
+        # One statement per transaction, not one per hold: under threads every statement is
+        # a GIL hand-off, which costs more than the SQL.
+        self._puts: dict[str, Hold] = {}  # new holds, inserted together before holds are read
+        self._taken: dict[str, Decimal | None] = {}  # prefetched by take_all (None: gone)
+
+    def _put_now(self) -> None:
+        if self._puts:
+            puts, self._puts = list(self._puts.values()), {}
+            self.db.executemany(  # type: ignore[attr-defined]
+                "INSERT INTO holds (id, amount, expires, details) VALUES (?, ?, ?, ?)",
+                [(h.id, str(h.amount), _utc(h.expires), h.to_json()) for h in puts],
+            )
 
     def _all_holds(self) -> list[Hold]:
+        self._put_now()
         if self._holds is None:
             self._holds = [
                 Hold.from_json(*row)
@@ -60,6 +79,10 @@ class SQLBook:
         key = (budget.name, period)
         state = self.states.get(key)
         if state is not None:
+            return state
+        known = self.known.get(key)
+        if known is not None:
+            state = self.states[key] = BudgetState(budget, period, *known)
             return state
         row = self.db.execute(
             "SELECT spent, held FROM budget_state WHERE budget = ? AND period = ?", key
@@ -106,11 +129,18 @@ class SQLBook:
         whether it still stands; given only its id, its details are read from the store.
         """
         if isinstance(hold, Hold):
-            row = self.db.execute(
-                "DELETE FROM holds WHERE id = ? RETURNING amount", (hold.id,)
-            ).fetchone()
-            held = None if row is None else dataclasses.replace(hold, amount=Decimal(row[0]))
+            if hold.id in self._puts:  # made in this transaction (and given back: all or none)
+                held: Hold | None = self._puts.pop(hold.id)
+            elif hold.id in self._taken:
+                amount = self._taken.pop(hold.id)
+                held = None if amount is None else dataclasses.replace(hold, amount=amount)
+            else:
+                row = self.db.execute(
+                    "DELETE FROM holds WHERE id = ? RETURNING amount", (hold.id,)
+                ).fetchone()
+                held = None if row is None else dataclasses.replace(hold, amount=Decimal(row[0]))
         else:
+            self._put_now()
             row = self.db.execute(
                 "SELECT id, amount, expires, details FROM holds WHERE id = ?", (hold,)
             ).fetchone()
@@ -121,12 +151,24 @@ class SQLBook:
             self._holds = [h for h in self._holds if h.id != held.id]
         return held
 
+    def take_all(self, holds: Sequence[Hold]) -> None:
+        """Remove these holds in one statement; :meth:`take` then answers for each."""
+        ids = list({h.id for h in holds if h.id not in self._puts and h.id not in self._taken})
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            self._taken.update(dict.fromkeys(part))
+            for hold_id, amount in self.db.execute(
+                f"DELETE FROM holds WHERE id IN ({marks}) RETURNING id, amount", part
+            ).fetchall():
+                self._taken[hold_id] = Decimal(amount)
+        if self._holds is not None and ids:
+            gone = set(ids)
+            self._holds = [h for h in self._holds if h.id not in gone]
+
     def put(self, hold: Hold) -> None:
-        """Keep a new hold."""
-        later(self.db)(
-            "INSERT INTO holds (id, amount, expires, details) VALUES (?, ?, ?, ?)",
-            (hold.id, str(hold.amount), _utc(hold.expires), hold.to_json()),
-        )
+        """Keep a new hold (inserted with the others of the transaction)."""
+        self._puts[hold.id] = hold
         if self._holds is not None:
             self._holds.append(hold)
 
@@ -134,6 +176,7 @@ class SQLBook:
         """Remove and return the holds whose lease has ended by ``now``."""
         if self.not_before is not None and now < self.not_before:
             return []  # no hold can have expired yet (the caller knows every hold's lease)
+        self._put_now()
         rows = self.db.execute(
             "SELECT id, amount, expires, details FROM holds WHERE expires <= ?", (_utc(now),)
         ).fetchall()
@@ -149,7 +192,11 @@ class SQLBook:
         """Remove and return every hold whose lease has ended; note when the next one ends."""
         found = self.expired_ignoring_hint(now)
         row = self.db.execute("SELECT MIN(expires) FROM holds").fetchone()
-        self.next_expiry = None if row is None or row[0] is None else datetime.fromisoformat(row[0])
+        # No hold at all: none can expire until one is made (which lowers the mark) or another
+        # connection writes (which clears it).
+        self.next_expiry = (
+            NO_HOLDS if row is None or row[0] is None else datetime.fromisoformat(row[0])
+        )
         return found
 
     def expired_ignoring_hint(self, now: datetime) -> list[Hold]:
@@ -161,7 +208,8 @@ class SQLBook:
             self.not_before = hint
 
     def write(self, events: Sequence[BudgetEvent]) -> list[BudgetEvent]:
-        """Write changed states back; record the crossings; return those not recorded before."""
+        """Write new holds and changed states; record the crossings; return those not before."""
+        self._put_now()
         for state in self.states.values():
             if state.changed:
                 later(self.db)(

@@ -232,6 +232,8 @@ class SQLiteLedger(SQLLedger):
     def _begin_read(self, db: Any) -> None:
         db.execute("BEGIN")  # WAL: one snapshot for every statement until COMMIT
 
+    _statement_is_snapshot = True  # outside BEGIN, a SELECT is its own read transaction
+
     def _unwell(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.Error | OSError | LedgerError)
 
