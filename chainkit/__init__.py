@@ -16,6 +16,7 @@
 
 from chainkit.classify import LocalClassifier
 from chainkit.errors import (
+    AlreadyAnswered,
     BadResponse,
     BudgetExceeded,
     ChainkitError,
@@ -25,7 +26,7 @@ from chainkit.errors import (
     Throttled,
 )
 from chainkit.ledger import Budget, Ledger, PostgresLedger, SQLiteLedger, Totals
-from chainkit.pipeline import Pipeline, Stage
+from chainkit.pipeline import Pipeline, Resume, Stage
 from chainkit.pricing import Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
 from chainkit.records import Entry, Request, Result, Usage
@@ -53,6 +54,7 @@ from chainkit.tokens import count_tokens
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyAnswered",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -89,6 +91,7 @@ __all__ = [
     "Report",
     "Request",
     "Result",
+    "Resume",
     "SQLiteLedger",
     "ScriptedModel",
     "Stage",

@@ -8,10 +8,12 @@ import io
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chainkit.errors import ChainkitError
-from chainkit.ledger import SQLiteLedger
+from chainkit.ledger import PostgresLedger, SQLiteLedger
+from chainkit.ledger.sql import SQLLedger
 from chainkit.pricing import (
     DEFAULT_CATALOGUE,
     UNKNOWN_CONTEXT_WINDOW,
@@ -150,8 +152,54 @@ def _report(args: argparse.Namespace) -> str:
     path = Path(args.ledger)
     # Read-only: a report never changes the file (nor creates one at a mistyped path).
     with SQLiteLedger(path, read_only=True) as ledger:
-        report = Report.from_ledger(ledger, tag=args.variant_tag, traffic_per_day=args.traffic)
+        report = Report.from_ledger(
+            ledger, tag=args.variant_tag, traffic_per_day=args.traffic, baseline=args.baseline
+        )
     return report.to_json() if args.format == "json" else report.to_table()
+
+
+def _open_writable(where: str) -> SQLLedger:
+    if where.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(where)
+    path = Path(where)
+    if not path.exists():
+        raise ChainkitError(f"No ledger at {path}: give the path of an existing ledger file.")
+    return SQLiteLedger(path)
+
+
+def _purge(args: argparse.Namespace) -> str:
+    try:
+        before = datetime.fromisoformat(args.before)
+    except ValueError:
+        raise ChainkitError(
+            f"--before {args.before!r} is not a date: give YYYY-MM-DD (UTC midnight) or an "
+            "ISO 8601 time such as 2026-11-01T12:00+00:00."
+        ) from None
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    with _open_writable(args.ledger) as ledger:
+        progress, replies = ledger.purge(before)
+    rows = {"before": before.isoformat(), "progress": progress, "replies": replies}
+    if args.format == "json":
+        return json.dumps(rows)
+    if args.format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows), lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(rows)
+        return out.getvalue().rstrip("\n")
+    if args.format == "markdown":
+        return "\n".join(
+            [
+                "| before | saved progress removed | saved replies removed |",
+                "| --- | ---: | ---: |",
+                f"| {rows['before']} | {progress} | {replies} |",
+            ]
+        )
+    return (
+        f"Removed from {args.ledger}: {progress} requests' saved progress and {replies} saved "
+        f"replies written before {rows['before']} (entries are kept)."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,8 +219,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("ledger", help="path of a ledger database (SQLiteLedger)")
     report.add_argument("--traffic", type=int, default=None, help="requests per day to project")
     report.add_argument("--variant-tag", default="variant", help="tag that names the variants")
+    report.add_argument(
+        "--baseline",
+        default=None,
+        help="the variant savings are measured against (default: the first one served)",
+    )
     report.add_argument("--format", choices=["table", "json"], default="table")
     report.set_defaults(run=_report)
+    ledger = sub.add_parser("ledger", help="look after a ledger's saved texts")
+    ledger_sub = ledger.add_subparsers(dest="action", required=True)
+    purge = ledger_sub.add_parser(
+        "purge",
+        help="delete saved progress and replies (customers' texts) written before a date",
+        description="Delete what resumable runs saved (progress, model replies) before a date. "
+        "Entries, which hold no text, are kept.",
+    )
+    purge.add_argument("ledger", help="ledger file (SQLiteLedger) or postgresql:// DSN")
+    purge.add_argument("--before", required=True, help="YYYY-MM-DD (UTC) or an ISO 8601 time")
+    purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
+    purge.set_defaults(run=_purge)
     args = parser.parse_args(argv)
     try:
         print(args.run(args))

@@ -6,6 +6,7 @@
     ├── ConfigError          bad input: an unknown model, a malformed price file, a bad option
     ├── BudgetExceeded       a call would take a budget over its limit; nothing was spent
     ├── NoAnswer             every stage passed the request on and none answered
+    ├── AlreadyAnswered      resuming a request answered before whose reply was not kept
     ├── LedgerError          the ledger could not store entries; they are kept and retried
     └── ProviderError        a model provider failed
         ├── Throttled        the provider refused for rate or capacity; retried before raising
@@ -18,6 +19,7 @@ Every message says what happened, with the values, and what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyAnswered",
     "BadResponse",
     "BudgetExceeded",
     "ChainkitError",
@@ -48,6 +50,14 @@ class BudgetExceeded(ChainkitError):
 
 class NoAnswer(ChainkitError):
     """No stage of a pipeline answered the request."""
+
+
+class AlreadyAnswered(ChainkitError):
+    """A resumed request was answered by an earlier run, which did not keep the reply.
+
+    Answering it again would pay twice; keep replies with ``Resume(keep_text=True)`` to have
+    them returned, or give the request a new id to answer it again.
+    """
 
 
 class LedgerError(ChainkitError):

@@ -5,17 +5,59 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from tqdm import tqdm
 
-from chainkit.errors import ConfigError, NoAnswer
+from chainkit.errors import AlreadyAnswered, ConfigError, NoAnswer
 from chainkit.ledger import Ledger
-from chainkit.ledger.sql import SQLLedger
-from chainkit.records import Request, Result, check_text
+from chainkit.ledger.sql import Progress, SQLLedger
+from chainkit.records import (
+    Request,
+    Result,
+    check_text,
+    fingerprint,
+    is_generated_id,
+    state_from_json,
+)
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
-__all__ = ["Pipeline", "Stage"]
+__all__ = ["Pipeline", "Resume", "Stage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """How a resumed run treats what earlier runs saved (``resume=True`` is ``Resume()``).
+
+    ``keep_text``: save each stage's output with its texts (request, looked-up facts, summary,
+    reply), so that a rerun goes on from the next stage and gets answered requests' replies
+    back. Off by default: then only stage numbers and a digest of each request are saved, the
+    replies of paid calls are kept only until the request is answered, and a rerun replays
+    those calls rather than paying again; an answered request raises ``AlreadyAnswered``.
+
+    ``changed``: what to do when a saved id comes with different content: ``"error"`` (a
+    ``ConfigError``) or ``"restart"`` (drop what was saved and answer it as new).
+    """
+
+    keep_text: bool = False
+    changed: Literal["error", "restart"] = "error"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_text, bool):
+            raise ConfigError(f"Resume(keep_text=...) takes a bool, got {self.keep_text!r}.")
+        if self.changed not in ("error", "restart"):
+            raise ConfigError(
+                f"Resume(changed=...) takes 'error' or 'restart', got {self.changed!r}."
+            )
+
+
+def _fingerprint_of(saved: Progress, request: Request) -> str:
+    """The digest a saved request was stored with (older ledgers: from its saved state)."""
+    if saved.fingerprint or not saved.state:
+        return saved.fingerprint
+    state = state_from_json(saved.state, given=request.document)
+    return fingerprint(state.request if isinstance(state, Result) else state)
 
 
 @runtime_checkable
@@ -27,6 +69,63 @@ class Stage(Protocol):
     def run(self, request: Request, ledger: Ledger) -> Request | Result:
         """Answer with a ``Result`` or return the (possibly enriched) request."""
         ...
+
+
+def resume_point(
+    request: Request, ledger: Ledger, how: Resume | None = None
+) -> tuple[int, Request | Result]:
+    """Where a resumed request goes on: ``(next stage, state)``; a ``Result`` if answered.
+
+    Checks what resuming must: a durable ledger, an id that is the same in every run, the same
+    content as was saved under that id, and no entries written by a run that saved nothing.
+    """
+    how = how or Resume()
+    if not ledger.durable:
+        raise ConfigError(
+            "resume needs a durable ledger (SQLiteLedger, PostgresLedger): the saved progress "
+            "must outlive the process."
+        )
+    assert isinstance(ledger, SQLLedger)
+    if is_generated_id(request.id):
+        raise ConfigError(
+            f"Request {request.id!r} has an id made up for this run, so no rerun can find "
+            "what it saves: resuming needs ids that are the same in every run. Pass one "
+            "from your data, e.g. Request(text, id=row_key)."
+        )
+    asked = fingerprint(request)
+    saved = ledger.progress(request.id)
+    if saved is not None and _fingerprint_of(saved, request) != asked:
+        if how.changed == "error":
+            raise ConfigError(
+                f"Request id {request.id!r} was saved in ledger {ledger.where} for a request "
+                "that asked something else (its text, document or tags differ): resuming "
+                "would hand this request another's saved progress. Give each request its "
+                "own id, or pass resume=Resume(changed='restart') to answer it afresh."
+            )
+        ledger.forget(request.id)
+        return 0, request  # a new request by choice (the old one's entries stay)
+    if saved is None:
+        paid = ledger.entry_count(request.id)
+        if paid:
+            raise ConfigError(
+                f"Ledger {ledger.where} holds {paid} entries of request {request.id!r} but "
+                "no saved progress for it: it was run without resume (or its progress was "
+                "purged), and resuming would pay for it again. Report on that ledger as it "
+                "is, or run into a new ledger."
+            )
+    if saved is not None and saved.state:
+        state = state_from_json(saved.state, given=request.document)
+        return saved.stage + 1, state
+    if saved is not None and saved.done:
+        raise AlreadyAnswered(
+            f"Request {request.id!r} was answered by an earlier run into ledger "
+            f"{ledger.where}, which did not keep the reply: answering again would pay twice. "
+            "Keep replies with resume=Resume(keep_text=True), or give it a new id to "
+            "answer it again."
+        )
+    # Without saved texts a request starts from the first stage again; every model call it
+    # paid for is replayed from the ledger, not made again.
+    return 0, request
 
 
 class Pipeline:
@@ -75,14 +174,17 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({[s.name for s in self.stages]!r}, name={self.name!r})"
 
-    def run(self, request: Request, ledger: Ledger, *, resume: bool = False) -> Result:
+    def run(self, request: Request, ledger: Ledger, *, resume: bool | Resume = False) -> Result:
         """Run ``request`` through the stages; raise ``NoAnswer`` if none answers.
 
-        With ``resume`` (a durable ledger: SQLite or PostgreSQL), every stage's outcome is saved
-        with its entries in one transaction, and a request seen before continues after its last
-        saved stage (or returns its saved result): a run killed and started again pays for nothing
-        twice.
+        With ``resume`` (a durable ledger: SQLite or PostgreSQL), each stage's progress is saved
+        with its entries in one transaction, and a request seen before goes on where it stopped:
+        a run killed and started again pays for nothing twice. Requests need ids that are the
+        same in every run (from your data); a saved request is recognised by its id *and* what
+        it asks (text, document, tags). ``True`` keeps no text; :class:`Resume` says more.
         """
+        if resume is not False and resume is not True and not isinstance(resume, Resume):
+            raise ConfigError(f"resume takes True, False or a Resume(...), got {resume!r}.")
         if type(request) is not Request:
             raise ConfigError(
                 f"Pipeline.run takes a Request, got {type(request).__name__} {request!r:.60}; "
@@ -91,7 +193,7 @@ class Pipeline:
         # A request's free entries are committed with its next paid one, or when it ends.
         with ledger.deferring():
             if resume:
-                return self._resume(request, ledger)
+                return self._resume(request, ledger, Resume() if resume is True else resume)
             current = request
             for stage in self.stages:
                 out = stage.run(current, ledger)
@@ -100,24 +202,20 @@ class Pipeline:
                 current = out
             raise self._no_answer(request)
 
-    def _resume(self, request: Request, ledger: Ledger) -> Result:
-        if not ledger.durable:
-            raise ConfigError(
-                "resume=True needs a durable ledger (SQLiteLedger, PostgresLedger): the saved "
-                "stages must "
-                "outlive the process."
-            )
+    def _resume(self, request: Request, ledger: Ledger, how: Resume) -> Result:
+        start, current = resume_point(request, ledger, how)
+        if isinstance(current, Result):
+            return current
         assert isinstance(ledger, SQLLedger)
-        current = request
-        start = 0
-        saved = ledger.checkpoint(request.id, given=request.document)
-        if saved is not None:
-            index, state = saved
-            if isinstance(state, Result):
-                return state
-            current, start = state, index + 1
+        asked = fingerprint(request)
         for index in range(start, len(self.stages)):
-            with ledger.step(request.id, index, given=request.document) as save:
+            with ledger.step(
+                request.id,
+                index,
+                given=request.document,
+                fingerprint=asked,
+                keep_text=how.keep_text,
+            ) as save:
                 out = self.stages[index].run(current, ledger)
                 save(out)
             if isinstance(out, Result):
@@ -149,7 +247,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
-        resume: bool = ...,
+        resume: bool | Resume = ...,
         return_exceptions: Literal[False] = ...,
         ordered: bool = ...,
     ) -> Iterator[Result]: ...
@@ -162,7 +260,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
-        resume: bool = ...,
+        resume: bool | Resume = ...,
         return_exceptions: Literal[True],
         ordered: bool = ...,
     ) -> Iterator[Result | Exception]: ...
@@ -174,7 +272,7 @@ class Pipeline:
         *,
         concurrency: int = 8,
         progress: bool | None = None,
-        resume: bool = False,
+        resume: bool | Resume = False,
         return_exceptions: bool = False,
         ordered: bool = True,
     ) -> Iterator[Result | Exception]:
@@ -219,7 +317,7 @@ class Pipeline:
             bar.close()
 
     def _one(
-        self, request: Request, ledger: Ledger, resume: bool, return_exceptions: bool
+        self, request: Request, ledger: Ledger, resume: bool | Resume, return_exceptions: bool
     ) -> Result | Exception:
         try:
             return self.run(request, ledger, resume=resume)
@@ -234,7 +332,7 @@ class Pipeline:
         requests: Iterable[Request],
         ledger: Ledger,
         concurrency: int,
-        resume: bool,
+        resume: bool | Resume,
         ordered: bool,
         stop_on_error: bool,
     ) -> Iterator[Result | BaseException]:
@@ -284,7 +382,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
-        resume: bool = ...,
+        resume: bool | Resume = ...,
         return_exceptions: Literal[False] = ...,
     ) -> list[Result]: ...
 
@@ -296,7 +394,7 @@ class Pipeline:
         *,
         concurrency: int = ...,
         progress: bool | None = ...,
-        resume: bool = ...,
+        resume: bool | Resume = ...,
         return_exceptions: Literal[True],
     ) -> list[Result | Exception]: ...
 
@@ -307,7 +405,7 @@ class Pipeline:
         *,
         concurrency: int = 8,
         progress: bool | None = None,
-        resume: bool = False,
+        resume: bool | Resume = False,
         return_exceptions: bool = False,
     ) -> list[Result] | list[Result | Exception]:
         """Run every request (see :meth:`stream`) and return the results in input order."""

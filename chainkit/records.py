@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -26,6 +27,8 @@ __all__ = [
     "Tags",
     "Usage",
     "check_text",
+    "fingerprint",
+    "is_generated_id",
     "new_entry_id",
     "new_request_id",
     "state_from_json",
@@ -65,6 +68,7 @@ _LATEST = datetime(9998, 12, 31, tzinfo=UTC)
 _ID_PREFIX = secrets.token_hex(12)
 _REQUEST_COUNTER = itertools.count(1)
 _ENTRY_COUNTER = itertools.count(1)
+_OUR_PREFIXES = {_ID_PREFIX}  # this process's (and, after fork, its parent's) id prefixes
 
 
 def _reseed_ids() -> None:
@@ -72,6 +76,7 @@ def _reseed_ids() -> None:
     # one entry per id: the child's entries would vanish.
     global _ID_PREFIX, _REQUEST_COUNTER, _ENTRY_COUNTER
     _ID_PREFIX = secrets.token_hex(12)
+    _OUR_PREFIXES.add(_ID_PREFIX)
     _REQUEST_COUNTER = itertools.count(1)
     _ENTRY_COUNTER = itertools.count(1)
 
@@ -82,6 +87,28 @@ os.register_at_fork(after_in_child=_reseed_ids)
 def new_request_id() -> str:
     """Return a fresh request id, unique within and across processes."""
     return f"{_ID_PREFIX}-{next(_REQUEST_COUNTER):08d}"
+
+
+def is_generated_id(request_id: str) -> bool:
+    """Whether ``request_id`` was made by :func:`new_request_id` in this process (or its parent).
+
+    Such an id differs in every run, so a rerun can never find what a run saved under it. (A
+    caller's own id cannot match by accident: the prefix holds 96 random bits.)
+    """
+    prefix, dash, counter = request_id.rpartition("-")
+    return bool(dash) and prefix in _OUR_PREFIXES and counter.isdigit()
+
+
+def fingerprint(request: Request) -> str:
+    """A digest of what a request asks: its text, document and tags (SHA-256, hex).
+
+    Resuming compares it with the one saved under the same id, so that a request is never given
+    another request's saved progress. JSON with ``ensure_ascii`` keeps every string distinct.
+    """
+    body = json.dumps(
+        [request.text, request.document, sorted(request.tags.items())], ensure_ascii=True
+    )
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
 
 
 def new_entry_id() -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
+from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.ledger.core import (
     VariantSums,
@@ -213,12 +214,14 @@ class Report:
         tag: str = "variant",
         variants: Sequence[str] | None = None,
         traffic_per_day: int | None = None,
+        baseline: str | None = None,
     ) -> Report:
         """One variant per value of ``tag`` ("all" for entries without it).
 
-        Variants come in the order given by ``variants`` (the first is the savings baseline), or
-        else in the order their first request was served (one-off setup such as precomputing
-        comes before serving, and does not decide the order).
+        Variants come in the order given by ``variants``, or else in the order their first
+        request was served (one-off setup such as precomputing comes before serving, and does
+        not decide the order). Savings are against ``baseline`` (moved first), else against the
+        first variant: never chosen by cost.
         """
         sums = ledger.variants(tag)
         if variants is not None:
@@ -227,6 +230,14 @@ class Report:
             order = sorted(
                 sums, key=lambda name: _first(sums[name].first_served)
             )  # sorted() is stable: never-served variants keep their order, last
+        if baseline is not None:
+            if baseline not in order:
+                raise ConfigError(
+                    f"No variant named {baseline!r} to be the baseline; the variants (tag "
+                    f"{tag!r}) are: {', '.join(order) or 'none'}."
+                )
+            order.remove(baseline)
+            order.insert(0, baseline)
         built = [_variant(name, sums.get(name, VariantSums()), traffic_per_day) for name in order]
         return cls._with_savings(built, traffic_per_day, {}, ())
 

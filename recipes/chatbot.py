@@ -52,6 +52,7 @@ from chainkit import (
 from chainkit.ledger.sql import SQLLedger
 from recipes.common import (
     REPLY_TOKENS,
+    RESUME,
     SMALL,
     STRONG,
     add_output_options,
@@ -98,7 +99,12 @@ def _read_demo() -> list[dict[str, str]]:
 
 
 def run_demo(
-    ledger: Ledger, traffic: int, *, provider: str = "offline", region: str | None = None
+    ledger: Ledger,
+    traffic: int,
+    *,
+    provider: str = "offline",
+    region: str | None = None,
+    resume: bool = False,
 ) -> Report:
     """Both variants over the shipped demo traffic, priced from the current Bedrock catalogue."""
     catalogue = Catalogue.load()
@@ -136,7 +142,7 @@ def run_demo(
                 Request(row["text"], id=f"{name}:{row['id']}", tags={"variant": name})
                 for row in rows
             ]
-            pipeline.run_batch(requests, ledger, concurrency=4)
+            pipeline.run_batch(requests, ledger, concurrency=4, resume=RESUME if resume else False)
         store.close()
     report = Report.from_ledger(ledger, variants=list(variants), traffic_per_day=traffic)
     return Report(
@@ -195,7 +201,7 @@ def _article_monthly(entries: list[Entry], traffic: int) -> Decimal:
     return spent * traffic * DAYS / requests
 
 
-def run_seed(ledger: Ledger, traffic: int, count: int) -> Report:
+def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) -> Report:
     """The article's chatbot with models scripted to its token counts."""
     catalogue = Catalogue.load("seed-2024")
     traffic_rows = seed_traffic(count)
@@ -251,9 +257,9 @@ def run_seed(ledger: Ledger, traffic: int, count: int) -> Report:
                 Request(text, id=f"{name}:{i:05d}", tags={"variant": name})
                 for i, (text, _) in enumerate(traffic_rows)
             ]
-            pipeline.run_batch(requests, ledger, concurrency=4)
+            pipeline.run_batch(requests, ledger, concurrency=4, resume=RESUME if resume else False)
         store.close()
-    report = Report.from_ledger(ledger, traffic_per_day=traffic)
+    report = Report.from_ledger(ledger, variants=list(variants), traffic_per_day=traffic)
     single, smart = report.variants
     wa_entries = [e for e in ledger.entries() if e.tags.get("variant") == "well-architected"]
     article = _article_monthly(wa_entries, traffic)
@@ -354,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the seed scenario reproduces the article's hypothetical models with scripted token "
             "counts; run --provider bedrock with the demo scenario (the default)"
         )
-    ledger = open_ledger(args.ledger)
+    ledger = open_ledger(args.ledger, resume=args.resume)
     try:
         if args.scenario == "seed":
-            report = run_seed(ledger, args.traffic, args.requests)
+            report = run_seed(ledger, args.traffic, args.requests, resume=args.resume)
         elif args.scenario == "data":
             # Imported here: the data scenario needs scikit-learn, the others do not.
             from recipes import support_bot
@@ -373,9 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 precompute_with=args.precompute,
                 cascade_below=args.cascade_below,
                 limit=args.limit,
+                resume=args.resume,
             )
         else:
-            report = run_demo(ledger, args.traffic, provider=args.provider, region=args.region)
+            report = run_demo(
+                ledger,
+                args.traffic,
+                provider=args.provider,
+                region=args.region,
+                resume=args.resume,
+            )
     finally:
         if isinstance(ledger, SQLLedger):
             ledger.close()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chainkit import ConfigError, Ledger, Model, OfflineModel, PostgresLedger, Report, SQLiteLedger
+from chainkit import (
+    ConfigError,
+    Ledger,
+    Model,
+    OfflineModel,
+    PostgresLedger,
+    Report,
+    Resume,
+    SQLiteLedger,
+)
 
 STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
 SMALL = "amazon.nova-micro-v1:0"
@@ -13,7 +22,7 @@ REPLY_TOKENS = 150  # Bitext's reference replies run to a median of about 145 to
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--format`` and ``--ledger`` to a recipe's parser."""
+    """Add ``--format``, ``--ledger`` and ``--resume`` to a recipe's parser."""
     parser.add_argument(
         "--format",
         choices=["table", "json", "markdown"],
@@ -26,6 +35,17 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also keep every entry in this new SQLite file (read it back with `chainkit report`)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run kept in --ledger: what it paid for is not paid again",
+    )
+
+
+# The recipes score what the models wrote (ROUGE, intent accuracy), so a resumed run needs the
+# texts back: they keep them in the ledger (`chainkit ledger purge` removes them). A service
+# answering customers would keep the default: no texts at rest.
+RESUME = Resume(keep_text=True)
 
 
 def open_ledger(path: Path | None, *, resume: bool = False) -> Ledger:

@@ -30,11 +30,13 @@ from chainkit import (
 from chainkit.documents import Document, count_document, load_documents
 from chainkit.ledger import Hold
 from chainkit.ledger.sql import SQLLedger
+from chainkit.pipeline import resume_point
 from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
+from chainkit.records import fingerprint
 from chainkit.stages.compress import Compress
-from recipes.common import make_model
+from recipes.common import RESUME, make_model
 
 DATASETS = {
     "qmsum": Path("qmsum") / "qmsum_meetings.jsonl",
@@ -96,15 +98,16 @@ def pipelines(setup: Setup) -> dict[str, Pipeline]:
 
 def _record(
     ledger: Ledger,
-    request_id: str,
+    request: Request,
     index: int,
     entry: Entry,
     state: Request | Result,
-    given: str | None,
     hold: Hold | None = None,
 ) -> None:
     if isinstance(ledger, SQLLedger):
-        with ledger.step(request_id, index, given=given) as save:
+        with ledger.step(
+            request.id, index, given=request.document, fingerprint=fingerprint(request)
+        ) as save:
             ledger.record(entry, hold=hold)
             save(state)
     else:
@@ -123,9 +126,8 @@ def run_batch_variant(
     stage_of: dict[str, int] = {r.id: -1 for r in requests}
     if resume and isinstance(ledger, SQLLedger):
         for r in requests:
-            saved = ledger.checkpoint(r.id, given=r.document)
-            if saved is not None:
-                stage_of[r.id], states[r.id] = saved
+            start, states[r.id] = resume_point(r, ledger, RESUME)
+            stage_of[r.id] = start - 1
     too_long = [
         r.id
         for r in requests
@@ -251,7 +253,7 @@ def _settle_results(
             # writes the same entries, which the ledger keeps once.
             id=f"batch:{name}:{stage.name}:{r.id}",
         )
-        _record(ledger, r.id, index, entry, new_state, r.document, held)
+        _record(ledger, r, index, entry, new_state, held)
         states[r.id], stage_of[r.id] = new_state, index
 
 
@@ -362,7 +364,11 @@ def run(
             outs = run_batch_variant(setup, requests, ledger, resume=resume, name=name)
         else:
             outs = pipelines(setup)[name].run_batch(
-                requests, ledger, concurrency=concurrency, progress=progress, resume=resume
+                requests,
+                ledger,
+                concurrency=concurrency,
+                progress=progress,
+                resume=RESUME if resume else False,
             )
         results[name] = {r.request.id: r for r in outs}
     report = Report.from_ledger(ledger, variants=names)

@@ -45,6 +45,7 @@ from chainkit import (
 from chainkit.ledger.sql import SQLLedger
 from chainkit.providers.offline import extract
 from recipes.common import (
+    RESUME,
     add_output_options,
     add_provider_options,
     make_model,
@@ -122,18 +123,24 @@ def seed_variants(
 
 
 def run_seed(
-    documents: int, ledger: Ledger, *, provider: str = "offline", region: str | None = None
+    documents: int,
+    ledger: Ledger,
+    *,
+    provider: str = "offline",
+    region: str | None = None,
+    resume: bool = False,
 ) -> Report:
     """Run both seed variants over the same documents and report them."""
     catalogue = Catalogue.load("seed-2024")
     docs = seed_documents(documents)
-    for name, pipeline in seed_variants(catalogue, provider=provider, region=region):
+    variants = seed_variants(catalogue, provider=provider, region=region)
+    for name, pipeline in variants:
         requests = [
             Request(ASK, id=f"{name}-{i:04d}", document=doc, tags={"variant": name})
             for i, doc in enumerate(docs)
         ]
-        pipeline.run_batch(requests, ledger, concurrency=4)
-    report = Report.from_ledger(ledger)
+        pipeline.run_batch(requests, ledger, concurrency=4, resume=RESUME if resume else False)
+    report = Report.from_ledger(ledger, variants=[name for name, _ in variants])
     lazy, chained = report.variants
     notes = [
         f"Measured: lazy ${lazy.total_cost:.2f}, chained ${chained.total_cost:.2f} for "
@@ -193,7 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compress-to", type=float, default=None, help="Compress budget, share of the document"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --ledger")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
         "--latency", type=float, default=0.0, help="offline: simulated seconds per model call"
@@ -212,7 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     points = None
     try:
         if args.scenario == "seed":
-            report = run_seed(args.documents, ledger, provider=args.provider, region=args.region)
+            report = run_seed(
+                args.documents,
+                ledger,
+                provider=args.provider,
+                region=args.region,
+                resume=args.resume,
+            )
         else:
             from recipes import long_docs
 

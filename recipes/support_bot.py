@@ -34,7 +34,7 @@ from chainkit.classify import LocalClassifier
 from chainkit.quality import intent_quality
 from chainkit.stages.intent_scan import Cascade
 from chainkit.stages.lookup import Lookup
-from recipes.common import REPLY_TOKENS, SMALL, STRONG, make_model
+from recipes.common import REPLY_TOKENS, RESUME, SMALL, STRONG, make_model
 from recipes.shop import SHOP_RULES, build_shop
 from recipes.support_data import (
     OUT_OF_SCOPE,
@@ -256,6 +256,7 @@ def run(
     limit: int | None = None,
     concurrency: int = 4,
     progress: bool | None = None,
+    resume: bool = False,
 ) -> Report:
     """Run every variant over the same test traffic and report cost and quality."""
     catalogue = Catalogue.load()
@@ -306,7 +307,13 @@ def run(
                 Request(u.text, id=f"{name}:{u.id}", tags={"variant": name}) for u in messages
             ]
             truth.update({r.id: u.intent for r, u in zip(requests, messages, strict=True)})
-            pipeline.run_batch(requests, ledger, concurrency=concurrency, progress=progress)
+            pipeline.run_batch(
+                requests,
+                ledger,
+                concurrency=concurrency,
+                progress=progress,
+                resume=RESUME if resume else False,
+            )
         store.close()
     report = Report.from_ledger(ledger, variants=VARIANTS, traffic_per_day=traffic_per_day)
     entries = ledger.entries()

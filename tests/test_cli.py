@@ -307,3 +307,31 @@ def test_report_reads_a_ledger_without_changing_it(
     code, _, _ = _run(capsys, "report", str(ledger_file), "--format", "json")
     assert code == 0
     assert hashlib.sha256(ledger_file.read_bytes()).hexdigest() == before
+
+
+def test_report_baseline_is_the_one_named_never_chosen_by_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "runs.db"
+    with SQLiteLedger(path) as ledger:
+        # The cheap variant was served first; the lazy one is the baseline people mean.
+        for i in range(4):
+            ledger.record(
+                Entry(f"c{i}", "generate", "answered", cost=Decimal("0.01"),
+                      tags={"variant": "chained"})
+            )  # fmt: skip
+        for i in range(4):
+            ledger.record(
+                Entry(f"l{i}", "generate", "answered", cost=Decimal("0.04"),
+                      tags={"variant": "lazy"})
+            )  # fmt: skip
+    code, out, _ = _run(capsys, "report", str(path), "--format", "json")
+    first = json.loads(out)["variants"]
+    assert code == 0 and [v["name"] for v in first] == ["chained", "lazy"]
+    assert first[1]["savings_pct"] == "-300.0"  # the first served, whatever it costs
+    code, out, _ = _run(capsys, "report", str(path), "--baseline", "lazy", "--format", "json")
+    named = json.loads(out)["variants"]
+    assert code == 0 and [v["name"] for v in named] == ["lazy", "chained"]
+    assert named[1]["savings_pct"] == "75.0"
+    code, _, err = _run(capsys, "report", str(path), "--baseline", "nosuch")
+    assert code == 2 and "'nosuch'" in err and "chained, lazy" in err

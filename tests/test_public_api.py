@@ -1,6 +1,7 @@
 import chainkit
 
 EXPECTED = [
+    "AlreadyAnswered",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -37,6 +38,7 @@ EXPECTED = [
     "Report",
     "Request",
     "Result",
+    "Resume",
     "SQLiteLedger",
     "ScriptedModel",
     "Stage",

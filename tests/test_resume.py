@@ -19,6 +19,7 @@ from chainkit import (
     Ledger,
     Pipeline,
     Request,
+    Resume,
     ScriptedModel,
     SQLiteLedger,
     Summarise,
@@ -67,11 +68,12 @@ def test_resume_needs_a_persistent_ledger() -> None:
 def test_a_finished_run_is_not_paid_again(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     pipeline, small, strong = chained()
+    keep = Resume(keep_text=True)
     with SQLiteLedger(path) as ledger:
-        first = pipeline.run_batch(requests(20), ledger, resume=True)
+        first = pipeline.run_batch(requests(20), ledger, resume=keep)
     pipeline, small, strong = chained()
     with SQLiteLedger(path) as ledger:
-        again = pipeline.run_batch(requests(20), ledger, resume=True)
+        again = pipeline.run_batch(requests(20), ledger, resume=keep)
         assert len(ledger) == 40  # 20 summaries + 20 reports, once each
         assert ledger.cost == Decimal("0.4270")  # 20 x the article's $0.02135
     assert [r.text for r in again] == [r.text for r in first]
@@ -80,13 +82,14 @@ def test_a_finished_run_is_not_paid_again(tmp_path: Path) -> None:
 
 def test_an_interrupted_run_continues_after_its_last_saved_stage(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
+    keep = Resume(keep_text=True)
     pipeline, _, _ = chained(fail_on={"write report 7"})
     with SQLiteLedger(path) as ledger:
-        out = pipeline.run_batch(requests(10), ledger, resume=True, return_exceptions=True)
+        out = pipeline.run_batch(requests(10), ledger, resume=keep, return_exceptions=True)
     assert isinstance(out[7], Exception)
     pipeline, small, strong = chained()
     with SQLiteLedger(path) as ledger:
-        results = pipeline.run_batch(requests(10), ledger, resume=True)
+        results = pipeline.run_batch(requests(10), ledger, resume=keep)
         # doc-7 was summarised (and paid) before the failure: only its report is new.
         assert [p.user for p in small.prompts] == []
         assert len(strong.prompts) == 1 and "Summary:\nsummary" in strong.prompts[0].user

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
@@ -23,7 +23,17 @@ from chainkit.ledger.sql import SQLLedger
 
 __all__ = ["PostgresLedger"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What takes a store of each older version to the next (the current DDL makes new ones).
+_UPGRADES: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE checkpoints ADD COLUMN updated TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE checkpoints ADD COLUMN done BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS entries_request ON entries (request_id)",
+    ],
+}
 _ABANDONED: list[Any] = []  # a forked child's inherited connections (see _abandon_connections)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -42,7 +52,8 @@ _DDL = [
     )""",
     "CREATE INDEX entries_request ON entries (request_id)",
     "CREATE TABLE checkpoints (request_id TEXT PRIMARY KEY, stage BIGINT NOT NULL, "
-    "state TEXT NOT NULL)",
+    "state TEXT NOT NULL, fingerprint TEXT NOT NULL DEFAULT '', "
+    "updated TEXT NOT NULL DEFAULT '', done BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE jobs (key TEXT PRIMARY KEY, job TEXT NOT NULL)",
     """CREATE TABLE cells (
         id BIGSERIAL PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE,
@@ -60,7 +71,7 @@ _DDL = [
     "n BIGINT NOT NULL, PRIMARY KEY (cell, bucket))",
     "CREATE TABLE replies (request_id TEXT NOT NULL, step BIGINT NOT NULL, "
     "ordinal BIGINT NOT NULL, digest TEXT NOT NULL, reply TEXT NOT NULL, "
-    "PRIMARY KEY (request_id, step, ordinal))",
+    "created TEXT NOT NULL DEFAULT '', PRIMARY KEY (request_id, step, ordinal))",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     f"INSERT INTO meta VALUES ('cells_through', 0), ('version', 0), ('schema', {SCHEMA_VERSION})",
     "CREATE TABLE budgets (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
@@ -143,6 +154,7 @@ class PostgresLedger(SQLLedger):
         timeout_s: float = 30.0,
         clock: Callable[[], datetime] | None = None,
         on_threshold: Callable[[BudgetEvent], object] | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         if not isinstance(schema, str) or not _IDENTIFIER.match(schema):
             raise ConfigError(
@@ -161,6 +173,7 @@ class PostgresLedger(SQLLedger):
             timeout_s=timeout_s,
             clock=clock,
             on_threshold=on_threshold,
+            retention=retention,
         )
 
     def _connect(self) -> _Connection:
@@ -200,6 +213,15 @@ class PostgresLedger(SQLLedger):
             if exists is None:
                 for statement in _DDL:
                     writer.execute(statement)
+            else:
+                (version,) = writer.execute(
+                    "SELECT value FROM meta WHERE key = 'schema'"
+                ).fetchone() or (SCHEMA_VERSION,)
+                while version in _UPGRADES:
+                    for statement in _UPGRADES[version]:
+                        writer.execute(statement)
+                    version += 1
+                    writer.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
             writer.execute("COMMIT")
         except BaseException:
             writer.rollback()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -59,7 +60,7 @@ from chainkit.records import (
     state_to_json,
 )
 
-__all__ = ["SQLLedger"]
+__all__ = ["Progress", "SQLLedger"]
 
 _PICO = 12  # money is also kept as an integer count of 10^-12 USD, which SQL sums exactly
 _UNITS_PER_PICO = 10 ** (-MIN_EXPONENT - _PICO)  # picodollars to chainkit's 1e-24 USD units
@@ -157,6 +158,32 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
         _pico(avoided),
         day,
     )
+
+
+def _save(db: Any, save: _Save) -> None:
+    """Write a request's progress (in the open transaction)."""
+    if save.stage < 0:
+        db.execute(
+            "INSERT INTO checkpoints (request_id, stage, state, fingerprint, updated, done) "
+            "VALUES (?, -1, '', ?, ?, 0) ON CONFLICT (request_id) DO UPDATE SET "
+            "updated = excluded.updated",
+            (save.request_id, save.fingerprint, save.now),
+        )
+    else:
+        db.execute(
+            "INSERT INTO checkpoints (request_id, stage, state, fingerprint, updated, done) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
+            "stage = excluded.stage, state = excluded.state, fingerprint = excluded.fingerprint, "
+            "updated = excluded.updated, done = excluded.done",
+            (save.request_id, save.stage, save.state, save.fingerprint, save.now, int(save.done)),
+        )
+    if save.done:
+        db.execute("DELETE FROM replies WHERE request_id = ?", (save.request_id,))
+    elif save.clear_step is not None:
+        db.execute(
+            "DELETE FROM replies WHERE request_id = ? AND step = ?",
+            (save.request_id, save.clear_step),
+        )
 
 
 def _from_sql(row: Sequence[Any]) -> Entry:
@@ -445,10 +472,41 @@ class _Write:
     define: tuple[Budget, ...] = ()
     expire: bool = False  # turn holds whose lease ended into entries (a status read is waiting)
     events: list[BudgetEvent] = field(default_factory=list)  # crossings, for the caller's hook
-    checkpoint: tuple[str, int, str] | None = None
-    reply: tuple[str, int, int, str, str] | None = None
-    clear_replies: tuple[str, int] | None = None
+    save: _Save | None = None  # a resumable request's progress
+    reply: tuple[str, int, int, str, str, str] | None = None
+    forget: str | None = None  # a request id whose saved progress and replies go
+    purge: str | None = None  # progress and replies written before this time go
+    purged: tuple[int, int] = (0, 0)  # (progress rows, replies) the purge removed
     job: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class _Save:
+    """A resumable request's progress, written in the same transaction as its step's entries."""
+
+    request_id: str
+    fingerprint: str
+    now: str
+    stage: int = -1  # -1: only mark the request as begun (kept if progress exists already)
+    state: str = ""  # the saved Request or Result as JSON; "" when texts are not kept
+    done: bool = False  # answered: its replies are no longer needed
+    clear_step: int | None = None  # the replies of this step are no longer needed
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a ledger holds of a resumable request (see ``Pipeline.run(resume=...)``).
+
+    ``stage`` is the last stage saved (-1 if none yet), ``state`` the saved request or result
+    as JSON (``""`` when texts were not kept), ``fingerprint`` the digest of what the request
+    asked, ``done`` whether it was answered, ``updated`` when it was last written (ISO 8601).
+    """
+
+    stage: int
+    state: str
+    fingerprint: str
+    done: bool
+    updated: str
 
 
 @dataclass(slots=True)
@@ -491,6 +549,7 @@ class _Step:
 
     request_id: str
     index: int
+    fingerprint: str = ""
     free: list[Entry] = field(default_factory=list)
     calls: int = 0
 
@@ -539,6 +598,7 @@ class SQLLedger(Ledger):
         timeout_s: float = 30.0,
         clock: Callable[[], datetime] | None = None,
         on_threshold: Callable[[BudgetEvent], object] | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         self.read_only = read_only
         self._timeout_s = timeout_s
@@ -568,6 +628,16 @@ class SQLLedger(Ledger):
         self._known_states: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
         self._parsed_budgets: dict[tuple[str, str], Budget] = {}  # (name, definition) -> Budget
         self._committing_states: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention <= timedelta(0)
+        ):
+            raise ConfigError(
+                f"retention must be a positive timedelta (e.g. timedelta(days=30)), got "
+                f"{retention!r}."
+            )
+        self.retention = retention
+        """Saved progress and replies older than this are deleted (at open, close, hourly)."""
+        self._purged_at = 0.0  # time.monotonic() of the last retention purge
         self._db, self._reader = self._open()
         super().__init__(clock=clock, on_threshold=on_threshold)
         _OPEN.add(self)
@@ -578,6 +648,16 @@ class SQLLedger(Ledger):
                     "A read-only ledger cannot take budgets: nothing is spent through it."
                 )
             self._write(_Write(define=budgets))
+        if retention is not None and read_only:
+            raise ConfigError("A read-only ledger cannot keep a retention: it deletes nothing.")
+        self._retain()
+
+    def _retain(self, *, every_s: float = 0.0) -> None:
+        """Apply the retention (if any, and not within ``every_s`` of the last time)."""
+        if self.retention is None or time.monotonic() - self._purged_at < every_s:
+            return
+        self._purged_at = time.monotonic()
+        self.purge(self.clock() - self.retention)
 
     # -- what a store says about itself -----------------------------------------------------
 
@@ -680,8 +760,13 @@ class SQLLedger(Ledger):
         if step is None and deferred:
             write.entries = [*deferred, entry]
             deferred.clear()
-        if step is not None and reply is not None:
-            write.reply = (step.request_id, step.index, step.calls - 1, reply[0], reply[1])
+        if step is not None:
+            now = self.clock().isoformat()
+            # Every write of a step marks its request as begun: a rerun then knows its entries
+            # were written by a resumable run, not by one that saved nothing.
+            write.save = _Save(step.request_id, step.fingerprint, now)
+            if reply is not None:
+                write.reply = (step.request_id, step.index, step.calls - 1, *reply, now)
         try:
             self._write(write)
         finally:
@@ -853,6 +938,8 @@ class SQLLedger(Ledger):
 
     def start_call(self) -> None:
         """A model call is about to spend: refuse if closing; else close() waits for it."""
+        if self.retention is not None and not self._closing:
+            self._retain(every_s=3600.0)  # a long-running server purges hourly
         with self._calls:
             self.check_writable()
             self._in_flight += 1
@@ -1052,23 +1139,23 @@ class SQLLedger(Ledger):
             if entries:
                 self._unfolded += len(entries)
             for w in batch:
+                if w.forget is not None:
+                    db.execute("DELETE FROM checkpoints WHERE request_id = ?", (w.forget,))
+                    db.execute("DELETE FROM replies WHERE request_id = ?", (w.forget,))
                 if w.reply is not None:
                     db.execute(
-                        "INSERT INTO replies VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id, "
-                        "step, ordinal) DO UPDATE SET digest = excluded.digest, "
-                        "reply = excluded.reply",
+                        "INSERT INTO replies (request_id, step, ordinal, digest, reply, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, step, ordinal) DO "
+                        "UPDATE SET digest = excluded.digest, reply = excluded.reply, "
+                        "created = excluded.created",
                         w.reply,
                     )
-                if w.checkpoint is not None:
-                    db.execute(
-                        "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (request_id) "
-                        "DO UPDATE SET stage = excluded.stage, state = excluded.state",
-                        w.checkpoint,
-                    )
-                if w.clear_replies is not None:
-                    db.execute(
-                        "DELETE FROM replies WHERE request_id = ? AND step = ?", w.clear_replies
-                    )
+                if w.save is not None:
+                    _save(db, w.save)
+                if w.purge is not None:
+                    gone = db.execute("DELETE FROM checkpoints WHERE updated < ?", (w.purge,))
+                    replies = db.execute("DELETE FROM replies WHERE created < ?", (w.purge,))
+                    w.purged = (gone.rowcount, replies.rowcount)
                 if w.job is not None:
                     db.execute(
                         "INSERT INTO jobs VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
@@ -1293,6 +1380,7 @@ class SQLLedger(Ledger):
             self._closing = True
             while self._in_flight:
                 self._calls.wait()
+        self._retain()
         self.flush()
         self._closed = True
         with self._wake:
@@ -1326,25 +1414,76 @@ class SQLLedger(Ledger):
 
     @contextmanager
     def step(
-        self, request_id: str, stage: int, *, given: str | None = None
+        self,
+        request_id: str,
+        stage: int,
+        *,
+        given: str | None = None,
+        fingerprint: str = "",
+        keep_text: bool = True,
     ) -> Iterator[Callable[[Request | Result], None]]:
         """One stage of a resumable run; yields ``save(state)`` for the stage's output.
 
         Entries of model calls are committed as the calls finish, each with its reply; the free
-        entries and the checkpoint land together when the block ends. A run killed inside the
+        entries and the progress land together when the block ends. A run killed inside the
         block loses no paid entry, and its rerun replays the calls it already paid for.
+
+        With ``keep_text`` the stage's output (texts included) is saved, so that a rerun goes
+        on from the next stage, and the stage's replies are dropped. Without it only the stage
+        number is saved; the replies stay until the request is answered, so that a rerun
+        replays every paid call from the first stage, and then go too.
         """
-        self._local.step = step = _Step(request_id, stage)
+        self._local.step = step = _Step(request_id, stage, fingerprint)
         saved: list[Request | Result] = []
         try:
             yield saved.append
         finally:
             self._local.step = None
-            write = _Write(entries=step.free)
+            save = _Save(request_id, fingerprint, self.clock().isoformat())
             if saved:
-                write.checkpoint = (request_id, stage, state_to_json(saved[-1], given=given))
-                write.clear_replies = (request_id, stage)
-            self._write(write)
+                state = saved[-1]
+                save.stage, save.done = stage, isinstance(state, Result)
+                if keep_text:
+                    save.state = state_to_json(state, given=given)
+                    save.clear_step = stage
+            self._write(_Write(entries=step.free, save=save))
+
+    def progress(self, request_id: str) -> Progress | None:
+        """What this ledger saved of a resumable request, or ``None``."""
+        rows = self._read(
+            "SELECT stage, state, fingerprint, done, updated FROM checkpoints WHERE request_id = ?",
+            (request_id,),
+        )
+        if not rows:
+            return None
+        stage, state, print_, done, updated = rows[0]
+        return Progress(int(stage), str(state), str(print_), bool(done), str(updated))
+
+    def entry_count(self, request_id: str) -> int:
+        """How many entries this ledger holds for a request (any process's)."""
+        return int(
+            self._read("SELECT COUNT(*) FROM entries WHERE request_id = ?", (request_id,))[0][0]
+        )
+
+    def forget(self, request_id: str) -> None:
+        """Drop a request's saved progress and replies (its entries stay: they were paid)."""
+        self._write(_Write(forget=request_id))
+
+    def purge(self, before: datetime) -> tuple[int, int]:
+        """Delete saved progress and replies last written before ``before``.
+
+        Entries are kept (they hold no text and are the record of spend). A request purged while
+        under way is refused if resumed (its entries are there, its progress is not), never paid
+        for twice. Returns how many progress rows and replies went.
+        """
+        if not isinstance(before, datetime) or before.tzinfo is None:
+            raise ConfigError(
+                f"purge(before=...) takes a timezone-aware datetime, got {before!r}; e.g. "
+                "datetime(2026, 11, 1, tzinfo=UTC)."
+            )
+        write = _Write(purge=before.astimezone(UTC).isoformat())
+        self._write(write)
+        return write.purged
 
     def in_step(self) -> bool:
         """Whether this thread is inside a resumable step."""
@@ -1371,13 +1510,14 @@ class SQLLedger(Ledger):
     def checkpoint(
         self, request_id: str, *, given: str | None = None
     ) -> tuple[int, Request | Result] | None:
-        """The last saved ``(stage index, request or result)`` of a request, or ``None``."""
-        rows = self._read(
-            "SELECT stage, state FROM checkpoints WHERE request_id = ?", (request_id,)
-        )
-        if not rows:
+        """The last saved ``(stage index, request or result)`` of a request, or ``None``.
+
+        ``None`` too when the progress was saved without its texts (nothing to go on from).
+        """
+        progress = self.progress(request_id)
+        if progress is None or not progress.state:
             return None
-        return int(rows[0][0]), state_from_json(str(rows[0][1]), given=given)
+        return progress.stage, state_from_json(progress.state, given=given)
 
     def save_job(self, key: str, job: str) -> None:
         """Remember a submitted asynchronous job (a batch job's ARN) under ``key``, durably.

@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,15 @@ def _m006_budgets(db: sqlite3.Connection) -> None:
     )
 
 
+def _m007_progress(db: sqlite3.Connection) -> None:
+    # Resuming checks what a request asks against what was saved under its id; purging and
+    # retention need to know when progress and replies were written ('' before: the oldest).
+    db.execute("ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN updated TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN done INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''")
+
+
 # Migrations run in order; the database's user_version counts those already applied.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_entries,
@@ -183,6 +192,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m004_jobs,
     _m005_ids_and_cells,
     _m006_budgets,
+    _m007_progress,
 ]
 
 
@@ -207,6 +217,7 @@ class SQLiteLedger(SQLLedger):
         timeout_s: float = 30.0,
         clock: Callable[[], datetime] | None = None,
         on_threshold: Callable[[BudgetEvent], object] | None = None,
+        retention: timedelta | None = None,
     ) -> None:
         self.path = Path(path)
         self.where = str(self.path)
@@ -220,6 +231,7 @@ class SQLiteLedger(SQLLedger):
             timeout_s=timeout_s,
             clock=clock,
             on_threshold=on_threshold,
+            retention=retention,
         )
 
     def _begin_write(self, db: Any) -> bool:
@@ -299,6 +311,9 @@ class SQLiteLedger(SQLLedger):
                 "ledger at all."
             ) from exc
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process kills
+        # Deleted rows are overwritten, not left in free pages: replies and saved progress hold
+        # customers' texts, and a purge must remove them from the file, not just from view.
+        db.execute("PRAGMA secure_delete=ON")
         st = os.stat(path)
         self._inode = (st.st_dev, st.st_ino)
         reader = sqlite3.connect(

@@ -37,7 +37,8 @@ SEED = Catalogue.load("seed-2024")
 CHILD = """
 import sys
 from chainkit import (Canned, Catalogue, Generate, IntentScan, KeywordClassifier, Pipeline,
-                      PostgresLedger, Request, ScriptedModel, SQLiteLedger, Summarise, Usage)
+                      PostgresLedger, Request, Resume, ScriptedModel, SQLiteLedger, Summarise,
+                      Usage)
 path, mode, seed, schema = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 seed_prices = Catalogue.load("seed-2024")
 small = ScriptedModel(model_id="generic.intent", reply="short summary", usage=Usage(30, 5),
@@ -55,7 +56,8 @@ requests = [
     for i in range(400)
 ]
 ledger = PostgresLedger(path, schema=schema) if schema else SQLiteLedger(path)
-for result in bot.stream(requests, ledger, concurrency=4, resume=mode == "resume"):
+resume = Resume(keep_text=True) if mode == "resume" else False
+for result in bot.stream(requests, ledger, concurrency=4, resume=resume):
     print(result.request.id, flush=True)
 ledger.close()
 print("done", flush=True)
