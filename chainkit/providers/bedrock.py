@@ -13,13 +13,17 @@ jitter, never past the call's deadline); validation and access errors are not, a
 read timeout: Bedrock may have run (and billed) a call whose reply did not arrive, so it ends as
 :class:`~chainkit.Timeout` with its cost unknown rather than being paid for twice. Errors leave
 as chainkit errors naming the Bedrock error code and the model.
+
+Metadata (chainkit's ``stage`` and ``request_id``, then the ledger tags) goes to Converse's
+``requestMetadata``, escaped into its alphabet by :func:`encode_metadata` so that nothing is lost
+or merged; tags named in ``private_tags`` stay in the ledger and are never sent.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +39,7 @@ from tenacity.stop import stop_base
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled, Timeout
 from chainkit.pricing import Tier, base_model_id
-from chainkit.providers.model import Completion, Prompt
+from chainkit.providers.model import METADATA_KEYS, Completion, Prompt, check_private_tags
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -44,8 +48,11 @@ __all__ = [
     "BedrockStream",
     "RetryPolicy",
     "call_aws",
+    "decode_metadata",
+    "encode_metadata",
     "error_code",
     "error_detail",
+    "request_metadata",
     "usage_from_bedrock",
 ]
 
@@ -81,8 +88,17 @@ _TIER_FROM_BEDROCK: dict[str, Tier] = {
     "flex": "flex",
     "priority": "priority",
 }
-# requestMetadata keys and values: at most 16 pairs of 256 characters from this alphabet.
-_METADATA_BAD = re.compile(r"[^a-zA-Z0-9\s:_@$#=/+,\-.]")
+# requestMetadata (botocore's service model): 1 to 16 pairs, keys of 1 to 256 and values of 0
+# to 256 characters of [a-zA-Z0-9\s:_@$#=/+,-.], where \s is Java's (ASCII) whitespace and ,-. is
+# the range ',' to '.'. Sent as they are: that alphabet less the escape '=' and the control
+# whitespace (tab, newlines), which are escaped too so that each pair reads on one log line.
+_METADATA_ESCAPE = re.compile(r"[^a-zA-Z0-9 :_@$#/+,\-.]")
+_METADATA_ESCAPED = re.compile(r"(?:=[0-9A-F]{2})+")
+_METADATA_PAIRS = 16
+_METADATA_LEN = 256
+# chainkit's keys go first, so that no number of tags can push them out.
+_OWN_KEYS = METADATA_KEYS
+_OWN_NAMES = {"stage": "stage name", "request_id": "request id"}
 _ARN = re.compile(r"^arn:aws[\w-]*:bedrock:[\w-]+:\d{12}:application-inference-profile/")
 
 
@@ -114,13 +130,98 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
         ) from exc
 
 
-def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    """Fit ledger tags into Converse ``requestMetadata``'s alphabet, lengths and 16-pair cap."""
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"={byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def encode_metadata(text: str) -> str:
+    r"""``text`` in Converse ``requestMetadata``'s alphabet, reversibly (quoted-printable-like).
+
+    Letters, digits, the space and ``:_@$#/+,-.`` are kept; every other character (the escape
+    ``=`` itself, tabs and newlines, non-ASCII whitespace such as NBSP, any non-ASCII letter)
+    becomes ``=XX`` for each byte of its UTF-8 encoding, in upper-case hex. Two different texts
+    never encode alike, and :func:`decode_metadata` gives the text back.
+
+    >>> encode_metadata("Café=1\u00a0東京")
+    'Caf=C3=A9=3D1=C2=A0=E6=9D=B1=E4=BA=AC'
+    >>> decode_metadata("Caf=C3=A9=3D1=C2=A0=E6=9D=B1=E4=BA=AC")
+    'Café=1\xa0東京'
+    """
+    return _METADATA_ESCAPE.sub(_escape, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return bytes.fromhex(match.group().replace("=", "")).decode("utf-8", "surrogatepass")
+
+
+def decode_metadata(text: str) -> str:
+    """The text that :func:`encode_metadata` encoded as ``text`` (read Bedrock's logs with it).
+
+    Raises ``ValueError`` for text that no encoding gives (a stray ``=``, bytes that are not
+    UTF-8).
+    """
+    if "=" in _METADATA_ESCAPED.sub("", text):
+        raise ValueError(f"{text!r:.80} has an '=' that starts no =XX escape; not encoded.")
+    return _METADATA_ESCAPED.sub(_unescape, text)
+
+
+def _too_long(key: str, what: str, length: int) -> ConfigError:
+    # Neither the text nor its encoding is quoted: a tag may hold personal data, and the
+    # message ends up in the ledger's note and in logs.
+    if key in _OWN_KEYS:
+        fix = f"chainkit sends {key!r} with every call: use a shorter {_OWN_NAMES[key]}."
+    else:
+        fix = (
+            f"Shorten it, or mark the tag private (BedrockModel(..., private_tags=({key!r},))) "
+            "to keep it in the ledger without sending it."
+        )
+    return ConfigError(
+        f"Bedrock requestMetadata {what} is {length} characters once encoded, over Bedrock's "
+        f"limit of {_METADATA_LEN} (characters outside letters, digits and ' :_@$#/+,-.' take "
+        f"3 to 12 each). {fix}"
+    )
+
+
+def request_metadata(
+    metadata: Mapping[str, str] | None, private_tags: Iterable[str] = ()
+) -> dict[str, str]:
+    """Converse ``requestMetadata`` for ``metadata``: chainkit's keys first, private tags left out.
+
+    Every key and value is encoded with :func:`encode_metadata`; nothing is truncated, merged
+    or dropped: a key or value too long once encoded, or more than 16 pairs, is a
+    ``ConfigError``. ``stage`` and ``request_id`` are chainkit's keys and always sent.
+    """
+    if not metadata:
+        return {}
+    private = frozenset(private_tags)
+    own = [key for key in _OWN_KEYS if key in metadata]
+    tags = [key for key in metadata if key not in _OWN_KEYS and key not in private]
+    if len(own) + len(tags) > _METADATA_PAIRS:
+        sent = " and ".join(own)
+        raise ConfigError(
+            f"Bedrock requestMetadata takes at most {_METADATA_PAIRS} pairs; this call has "
+            f"{len(own) + len(tags)}: {sent + ' (chainkit keys, always sent) and ' if sent else ''}"
+            f"{len(tags)} tags {tags!r}. Mark at least {len(own) + len(tags) - _METADATA_PAIRS} "
+            "of the tags private (BedrockModel(..., private_tags=(...))): they stay in the "
+            "ledger and are not sent."
+        )
     out: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
-        clean_key = _METADATA_BAD.sub("_", str(key))[:256]
-        if clean_key and len(out) < 16:
-            out[clean_key] = _METADATA_BAD.sub("_", str(value))[:256]
+    for key in own + tags:
+        value = metadata[key]
+        if type(key) is not str or type(value) is not str:
+            raise ConfigError(
+                f"Metadata keys and values must be str, got {type(key).__name__} key {key!r:.60} "
+                f"with a {type(value).__name__} value."
+            )
+        if not key:
+            raise ConfigError("Bedrock requestMetadata keys cannot be empty; name the tag.")
+        name = encode_metadata(key)
+        if len(name) > _METADATA_LEN:
+            raise _too_long(key, f"key {key!r:.60}", len(name))
+        encoded = encode_metadata(value)
+        if len(encoded) > _METADATA_LEN:
+            raise _too_long(key, f"value of {key!r:.60} ({len(value)} characters)", len(encoded))
+        out[name] = encoded
     return out
 
 
@@ -234,6 +335,8 @@ class BedrockModel:
             otherwise (or when ``False``) with chainkit's offline counter.
         max_attempts: calls made at most, retries included.
         timeout_s: the read timeout of the default client (each attempt's deadline).
+        private_tags: tag keys kept in the ledger but never sent in ``requestMetadata``
+            (``("customer_email",)``); chainkit's own ``stage`` and ``request_id`` are always sent.
     """
 
     def __init__(
@@ -249,6 +352,7 @@ class BedrockModel:
         wait_initial: float = 0.5,
         wait_max: float = 20.0,
         timeout_s: float = 120.0,
+        private_tags: Iterable[str] = (),
     ) -> None:
         if tier == "batch":
             raise ConfigError(
@@ -261,6 +365,7 @@ class BedrockModel:
                 "which model it routes to; pass priced_as='<catalogue model id>' to price it."
             )
         retry = RetryPolicy(max_attempts, wait_initial, wait_max)
+        self.private_tags = check_private_tags(private_tags, "BedrockModel")
         if client is None:
             client = _default_client(region, timeout_s)
         else:
@@ -289,12 +394,19 @@ class BedrockModel:
         }
         if prompt.system:
             request["system"] = [{"text": prompt.system}]
-        tags = _metadata(metadata)
+        tags = request_metadata(metadata, self.private_tags)
         if tags:
             request["requestMetadata"] = tags
         if self.tier in _TIER_TO_BEDROCK:
             request["serviceTier"] = {"type": _TIER_TO_BEDROCK[self.tier]}
         return request
+
+    def check_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Raise ``ConfigError`` now if ``metadata`` cannot be sent as ``requestMetadata``.
+
+        :class:`~chainkit.stages.calling.ModelCall` asks before it reserves or sends anything.
+        """
+        request_metadata(metadata, self.private_tags)
 
     def _call(
         self, operation: str, timeout_s: float | None = None, **kwargs: Any

@@ -12,12 +12,12 @@ price.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
 from chainkit.pricing import Catalogue, Tier
-from chainkit.providers.model import Completion, Prompt
+from chainkit.providers.model import METADATA_KEYS, Completion, Prompt, check_private_tags
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -107,6 +107,8 @@ class LangChainModel:
             catalogue for Bedrock, genai-prices (ids ``provider:model``) for OpenAI, Anthropic's
             API, Vertex, Azure and the other providers it knows. Stages left with their default
             catalogue use this one.
+        private_tags: tag keys kept in the ledger but left out of LangChain's run metadata,
+            which tracers (LangSmith, say) send away.
     """
 
     def __init__(
@@ -117,7 +119,9 @@ class LangChainModel:
         region: str | None = None,
         tier: Tier = "on_demand",
         catalogue: Catalogue | None = None,
+        private_tags: Iterable[str] = (),
     ) -> None:
+        self.private_tags = check_private_tags(private_tags, "LangChainModel")
         resolved = model_id or model_id_of(chat_model)
         if resolved is None:
             raise ConfigError(
@@ -139,17 +143,26 @@ class LangChainModel:
     def complete(
         self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
     ) -> Completion:
-        """Invoke the chat model; ``metadata`` goes into LangChain's run metadata (tracing)."""
+        """Invoke the chat model; ``metadata`` goes into LangChain's run metadata (tracing).
+
+        Tags in ``private_tags`` are left out of it; chainkit's ``stage`` and ``request_id`` stay.
+        """
         from langchain_core.messages import HumanMessage, SystemMessage
 
         messages: list[Any] = []
         if prompt.system:
             messages.append(SystemMessage(prompt.system))
         messages.append(HumanMessage(prompt.user))
+        private = self.private_tags
+        sent = {
+            key: value
+            for key, value in (metadata or {}).items()
+            if key not in private or key in METADATA_KEYS
+        }
         started = time.perf_counter()
         try:
             reply = self.chat_model.invoke(
-                messages, config={"metadata": dict(metadata or {})}, max_tokens=max_tokens
+                messages, config={"metadata": sent}, max_tokens=max_tokens
             )
         except Exception as exc:
             name = type(exc).__name__

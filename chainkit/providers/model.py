@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from chainkit.errors import ConfigError
 from chainkit.pricing import Tier
 from chainkit.records import Usage
 
-__all__ = ["Completion", "Model", "Prompt"]
+__all__ = ["METADATA_KEYS", "Completion", "Model", "Prompt", "check_private_tags"]
+
+METADATA_KEYS = ("stage", "request_id")
+"""The keys chainkit puts in every call's metadata beside the tags; a tag cannot replace them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,10 @@ class Model(Protocol):
         """Send ``prompt`` and return the reply; raise a ``ProviderError`` on failure.
 
         ``metadata`` (stage, request id, tags) goes wherever the provider logs calls, so that its
-        logs and the ledger can be joined.
+        logs and the ledger can be joined. A provider that sends it away leaves out the tags in
+        its ``private_tags`` (a frozenset of keys), and may have ``check_metadata(metadata)``,
+        which raises ``ConfigError`` for metadata it could not send: chainkit asks before it
+        reserves or sends anything, so such a call is refused at $0.
         """
         ...
 
@@ -61,3 +68,25 @@ class Model(Protocol):
         :func:`chainkit.stages.calling.input_bound`).
         """
         ...
+
+
+def check_private_tags(private_tags: object, owner: str) -> frozenset[str]:
+    """``private_tags`` as a frozenset of tag keys; ``ConfigError`` unless a collection of str.
+
+    >>> sorted(check_private_tags(["email", "name"], "BedrockModel"))
+    ['email', 'name']
+    """
+    if isinstance(private_tags, str | bytes) or not isinstance(private_tags, Iterable):
+        raise ConfigError(
+            f"{owner}: private_tags must be a collection of tag keys, such as "
+            f"private_tags=('customer_email',), not {type(private_tags).__name__} "
+            f"{private_tags!r:.60} (a string would be read as its characters)."
+        )
+    keys = tuple(private_tags)
+    for key in keys:
+        if type(key) is not str or not key:
+            raise ConfigError(
+                f"{owner}: private_tags holds {key!r:.60}; every item must be a tag key (a "
+                "non-empty str)."
+            )
+    return frozenset(keys)

@@ -4,7 +4,8 @@ Whatever the model does (answers, raises any exception, hangs past its deadline,
 something malformed), the call ends in exactly one entry: ``answered``/``passed`` with its cost,
 ``failed`` with cost unknown (``None``, bounded by what was reserved) when the provider may have
 billed it, ``failed`` at $0 when it certainly did not (throttled), or ``refused`` at $0 when it
-was never sent (budget, context window). Only chainkit errors leave a call.
+was never sent (metadata the provider cannot take, budget, context window). Only chainkit
+errors leave a call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from chainkit.errors import (
 )
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue
-from chainkit.providers.model import Completion, Model, Prompt
+from chainkit.providers.model import METADATA_KEYS, Completion, Model, Prompt
 from chainkit.records import Entry, Outcome, Phase, Request, Usage, new_entry_id
 
 __all__ = [
@@ -230,6 +231,7 @@ class ModelCall:
         self._started = False
         self._entry_id = new_entry_id()  # the hold, and the call's one entry, carry it
         self._when: datetime | None = None
+        self._metadata: dict[str, str] = {}
 
     def _entry(
         self,
@@ -303,6 +305,7 @@ class ModelCall:
     def _enter(self) -> Completion:
         model, request, prompt = self.model, self.request, self.prompt
         card = self.catalogue.card(model.model_id)
+        self._metadata = self._check_metadata()
         try:
             estimate = model.estimate(prompt, max_tokens=self.max_tokens)
             if type(estimate) is not Usage:
@@ -352,6 +355,46 @@ class ModelCall:
             return replayed
         return self._call(estimate)
 
+    def _check_metadata(self) -> dict[str, str]:
+        """The metadata the model is sent; refused at $0 now if it cannot be sent as it is."""
+        model, request = self.model, self.request
+        metadata = {**request.tags, "stage": self.stage, "request_id": request.id}
+        try:
+            # A tag named like one of chainkit's keys is refused rather than overwritten or
+            # renamed: a provider log joined to the ledger on `stage` or `request_id` must carry
+            # chainkit's values, and a renamed tag would no longer match the ledger's. A private
+            # tag is never sent, so it cannot clash.
+            private = getattr(model, "private_tags", None) or ()
+            for key in METADATA_KEYS:
+                if key in request.tags and key not in private:
+                    fix = (
+                        f", or mark it private on the model (private_tags=({key!r},)) to keep it "
+                        "in the ledger without sending it"
+                        if hasattr(model, "private_tags")
+                        else ""
+                    )
+                    raise ConfigError(
+                        f"Request {request.id!r} has a tag named {key!r}, a key chainkit sends "
+                        f"with every call to model {model.model_id!r} (stage {self.stage!r}); a "
+                        f"tag cannot replace it. Rename the tag{fix}."
+                    )
+            check = getattr(model, "check_metadata", None)
+            if check is not None:
+                check(metadata)
+        except Exception as exc:
+            self._refuse(f"metadata refused: {type(exc).__name__}: {_safe_text(exc)}")
+            if isinstance(exc, ChainkitError):
+                raise
+            raise ProviderError(
+                f"Model {model.model_id!r} could not check the call's metadata "
+                f"({type(exc).__name__}: {_safe_text(exc, 300)}); nothing was sent (request "
+                f"{request.id!r}, stage {self.stage!r}).",
+                code=type(exc).__name__,
+                model_id=model.model_id,
+                attempts=0,
+            ) from exc
+        return metadata
+
     def _replay(self) -> Completion | None:
         if not self.ledger.in_step():
             return None
@@ -374,10 +417,9 @@ class ModelCall:
 
     def _call(self, estimate: Usage) -> Completion:
         model, request = self.model, self.request
-        metadata = {**request.tags, "stage": self.stage, "request_id": request.id}
         started = time.perf_counter()
         try:
-            reply = self._complete(metadata)
+            reply = self._complete(self._metadata)
             completion = _check_completion(reply, model, getattr(reply, "attempts", 1))
         except BaseException as exc:
             self._record_failure(exc, time.perf_counter() - started)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+import json
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -7,6 +10,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainkit import (
     BadResponse,
@@ -22,7 +27,14 @@ from chainkit import (
     Throttled,
     Usage,
 )
-from chainkit.providers.bedrock import BedrockModel
+from chainkit.providers.bedrock import (
+    BedrockModel,
+    decode_metadata,
+    encode_metadata,
+    request_metadata,
+)
+from chainkit.providers.model import METADATA_KEYS
+from chainkit.records import Tags
 from tests.providers.bedrock_http import CACHE_TTL_COSTS, json_reply, stream_reply
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -233,25 +245,239 @@ def test_service_tier_is_sent_and_batch_is_refused(
         BedrockModel(HAIKU, client=client, tier="batch")
 
 
-def test_request_metadata_is_made_valid_for_converse(client: Any, stub: Stubber) -> None:
-    stub.add_response(
-        "converse",
-        {
-            "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
-            "stopReason": "end_turn",
-            "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
-            "metrics": {"latencyMs": 1},
-        },
-        {
-            "modelId": HAIKU,
-            "messages": ANY,
-            "inferenceConfig": ANY,
-            "requestMetadata": {"tenant": "acme_corp_", "feature": "chat_"},
-        },
+# The documented alphabet (botocore's RequestMetadataKeyString/ValueString), with Java's \s:
+# ASCII whitespace only, and ,-. the range ',' to '.'.
+DOCUMENTED = re.compile(r"[a-zA-Z0-9 \t\n\x0b\f\r:_@$#=/+,\-.]*")
+OK = {
+    "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+    "stopReason": "end_turn",
+    "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+    "metrics": {"latencyMs": 1},
+}
+
+
+def sent(client: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every (operation, params) the client is asked to send, from now on."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, copy.deepcopy(params)))
+
+    client.meta.events.register("before-parameter-build.bedrock-runtime", remember)
+    return calls
+
+
+def valid(metadata: dict[str, str]) -> bool:
+    """Whether ``metadata`` is what Converse documents for requestMetadata."""
+    return 1 <= len(metadata) <= 16 and all(
+        DOCUMENTED.fullmatch(k) and DOCUMENTED.fullmatch(v) and 1 <= len(k) <= 256 >= len(v)
+        for k, v in metadata.items()
     )
-    model(client).complete(
-        Prompt("", "q"), max_tokens=200, metadata={"tenant": "acme|corp!", "feature": "chat?"}
+
+
+AWKWARD = {
+    "nbsp": "\u00a0",
+    "line separator": "\u2028",
+    "next line": "\u0085",
+    "tab": "\t",
+    "japanese": "東京の顧客",
+    "emoji": "🚚📦",
+}
+
+
+@pytest.mark.parametrize("text", AWKWARD.values(), ids=AWKWARD.keys())
+def test_request_metadata_is_escaped_into_the_documented_alphabet_and_decodes_back(
+    client: Any, stub: Stubber, text: str
+) -> None:
+    calls = sent(client)
+    stub.add_response("converse", OK)
+    tags = {f"tenant{text}": f"acme{text}corp", "plain": "acme corp"}
+    model(client).complete(Prompt("", "q"), max_tokens=200, metadata=tags)
+
+    [(_, params)] = calls
+    metadata = params["requestMetadata"]
+    assert valid(metadata)
+    assert {decode_metadata(k): decode_metadata(v) for k, v in metadata.items()} == tags
+    assert metadata["plain"] == "acme corp"  # what fits the alphabet is sent as it is
+
+
+def test_keys_that_sanitised_alike_are_both_sent_and_distinct() -> None:
+    # The old sanitiser sent both as `a_`: one tag silently replaced the other.
+    metadata = request_metadata({"a!": "1", "a?": "2", "a_": "3", "a=21": "4"})
+    assert metadata == {"a=21": "1", "a=3F": "2", "a_": "3", "a=3D21": "4"}
+    assert {decode_metadata(k) for k in metadata} == {"a!", "a?", "a_", "a=21"}
+
+
+def test_the_documented_example_encodes_as_shown() -> None:
+    assert encode_metadata("Café=1\u00a0東京") == "Caf=C3=A9=3D1=C2=A0=E6=9D=B1=E4=BA=AC"
+    assert encode_metadata("acme-corp, eu/west: #1 @ $5 + x.y") == (
+        "acme-corp, eu/west: #1 @ $5 + x.y"
     )
+
+
+def test_decode_refuses_text_no_encoding_gives() -> None:
+    for text in ("a=", "a=4", "a=zz", "=FF", "=e3=81=82"):
+        with pytest.raises(ValueError):
+            decode_metadata(text)
+
+
+# Tag keys and values within chainkit's Tags limits (no NUL, no lone surrogate), weighted
+# towards what collided or slipped through before.
+TAG_CHARS = st.one_of(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+    st.sampled_from("=!?_a \t\n\u00a0\u2028\u0085東🚚"),
+)
+TAG_KEYS = st.text(TAG_CHARS, min_size=1, max_size=20).filter(lambda k: k not in METADATA_KEYS)
+# 21 characters of at most 12 encoded each: every value fits Bedrock's 256.
+TAGS = st.dictionaries(TAG_KEYS, st.text(TAG_CHARS, max_size=21), max_size=14).map(Tags)
+
+
+@given(TAGS, TAGS)
+@settings(max_examples=300, deadline=None)
+def test_metadata_encoding_is_injective_valid_and_reversible(
+    first: dict[str, str], second: dict[str, str]
+) -> None:
+    own = {"stage": "generate", "request_id": "req-1"}
+    a = request_metadata({**first, **own})
+    b = request_metadata({**second, **own})
+    assert valid(a)
+    assert list(a)[:2] == ["stage", "request_id"]
+    assert {decode_metadata(k): decode_metadata(v) for k, v in a.items()} == {**first, **own}
+    assert (a == b) == (first == second)
+
+
+def test_chainkit_keys_are_sent_first_with_fifteen_tags_refused_before_the_call(
+    client: Any, stub: Stubber
+) -> None:
+    calls = sent(client)
+    tags = {f"tag{i:02}": "x" for i in range(15)}
+    stage = Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE)
+    ledger = Ledger()
+    with pytest.raises(ConfigError) as info:
+        stage.run(Request("q", id="r1", tags=tags), ledger)
+    message = str(info.value)
+    assert "at most 16 pairs; this call has 17" in message
+    assert "'tag00'" in message and "'tag14'" in message
+    assert "Mark at least 1 of the tags private" in message
+    assert calls == []
+
+    # Fourteen tags fit beside stage and request_id, which come first.
+    del tags["tag14"]
+    stub.add_response("converse", OK)
+    stage.run(Request("q", id="r2", tags=tags), ledger)
+    [(_, params)] = calls
+    assert list(params["requestMetadata"])[:2] == ["stage", "request_id"]
+    assert params["requestMetadata"]["request_id"] == "r2"
+    assert len(params["requestMetadata"]) == 16
+
+
+def test_more_tags_than_fit_are_sent_once_some_are_private(client: Any, stub: Stubber) -> None:
+    tags = {f"tag{i:02}": "x" for i in range(20)}
+    private = [f"tag{i:02}" for i in range(14, 20)]
+    stub.add_response("converse", OK)
+    stage = Generate(model=model(client, private_tags=private), max_tokens=200, catalogue=CATALOGUE)
+    ledger = Ledger()
+    stage.run(Request("q", id="r1", tags=tags), ledger)
+    [entry] = ledger.entries()
+    assert entry.tags == tags  # all kept in the ledger
+
+
+def test_private_tags_stay_in_the_ledger_and_are_never_sent(client: Any, stub: Stubber) -> None:
+    calls = sent(client)
+    stub.add_response("converse", OK)
+    stub.add_response("converse", OK)
+    bedrock = model(client, private_tags=("customer_email", "customer_name"))
+    tags = {"tenant": "acme", "customer_email": "jane@example.com", "customer_name": "Jane Doe"}
+    ledger = Ledger()
+    Generate(model=bedrock, max_tokens=200, catalogue=CATALOGUE).run(
+        Request("q", id="r1", tags=tags), ledger
+    )
+    bedrock.complete(Prompt("", "q"), max_tokens=200, metadata=tags)  # direct calls too
+
+    [entry] = ledger.entries()
+    assert entry.tags == tags
+    assert [params["requestMetadata"] for _, params in calls] == [
+        {"stage": "generate", "request_id": "r1", "tenant": "acme"},
+        {"tenant": "acme"},
+    ]
+    for _, params in calls:
+        assert "jane" not in json.dumps(params).lower()
+
+
+def test_private_tags_must_be_a_collection_of_tag_keys(client: Any) -> None:
+    with pytest.raises(ConfigError, match=r"private_tags=\('customer_email',\), not str"):
+        model(client, private_tags="customer_email")
+    with pytest.raises(ConfigError, match="every item must be a tag key"):
+        model(client, private_tags=("customer_email", 3))
+    with pytest.raises(ConfigError, match="collection of tag keys"):
+        model(client, private_tags=None)
+    assert model(client, private_tags={"a", "b"}).private_tags == frozenset({"a", "b"})
+
+
+def test_a_tag_named_like_a_chainkit_key_is_refused_unless_private(
+    client: Any, stub: Stubber
+) -> None:
+    calls = sent(client)
+    ledger = Ledger()
+    request = Request("q", id="r1", tags={"stage": "beta", "tenant": "acme"})
+    with pytest.raises(ConfigError, match=r"tag named 'stage'.*private_tags=\('stage',\)"):
+        Generate(model=model(client), max_tokens=200, catalogue=CATALOGUE).run(request, ledger)
+    assert calls == []
+    [refused] = ledger.entries()
+    assert (refused.outcome, refused.cost) == ("refused", Decimal(0))
+
+    # Private, the tag is kept in the ledger and chainkit's own stage is sent.
+    stub.add_response("converse", OK)
+    private = model(client, private_tags=("stage",))
+    Generate(model=private, max_tokens=200, catalogue=CATALOGUE).run(request, ledger)
+    [(_, params)] = calls
+    assert params["requestMetadata"] == {"stage": "generate", "request_id": "r1", "tenant": "acme"}
+    assert ledger.entries()[-1].tags == {"stage": "beta", "tenant": "acme"}
+
+
+def test_a_value_too_long_once_encoded_is_refused_before_anything_is_sent_or_held(
+    client: Any, stub: Stubber
+) -> None:
+    calls = sent(client)
+    note = "東京" * 43  # 86 characters, 774 once encoded
+    # count_tokens on: the estimate would ask Bedrock first, were the metadata not checked before.
+    bedrock = model(client, count_tokens=True)
+    ledger = Ledger(budgets=[Budget(Decimal(10), name="all")])
+    request = Request("q", id="r1", tags={"tenant": "acme", "delivery_note": note})
+    with pytest.raises(ConfigError) as info:
+        Generate(model=bedrock, max_tokens=200, catalogue=CATALOGUE).run(request, ledger)
+
+    assert str(info.value) == (
+        "Bedrock requestMetadata value of 'delivery_note' (86 characters) is 774 characters once "
+        "encoded, over Bedrock's limit of 256 (characters outside letters, digits and "
+        "' :_@$#/+,-.' take 3 to 12 each). Shorten it, or mark the tag private "
+        "(BedrockModel(..., private_tags=('delivery_note',))) to keep it in the ledger without "
+        "sending it."
+    )
+    assert note not in str(info.value)  # a tag may be personal data: never quoted
+    assert calls == []  # neither CountTokens nor Converse
+    [entry] = ledger.entries()
+    assert (entry.outcome, entry.cost, entry.usage, entry.stage) == (
+        "refused",
+        Decimal(0),
+        None,
+        "generate",
+    )
+    assert entry.note.startswith("metadata refused: ConfigError: Bedrock requestMetadata value")
+    assert entry.tags == request.tags
+    assert ledger.spent("all") == Decimal(0)
+
+    # Called directly, the model refuses before the client is asked, too.
+    with pytest.raises(ConfigError, match="774 characters once encoded"):
+        bedrock.complete(Prompt("", "q"), max_tokens=200, metadata=request.tags)
+    with pytest.raises(ConfigError, match=r"key 'k{40}.*over Bedrock's limit"):
+        bedrock.complete(Prompt("", "q"), max_tokens=200, metadata={"k" * 40 + "!" * 80: "v"})
+    assert calls == []
+
+
+def test_a_request_id_too_long_once_encoded_says_to_shorten_it() -> None:
+    with pytest.raises(ConfigError, match="use a shorter request id"):
+        request_metadata({"stage": "generate", "request_id": "注文" * 50})
 
 
 def test_estimate_uses_count_tokens_then_falls_back_when_unsupported(

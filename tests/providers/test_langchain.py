@@ -212,3 +212,31 @@ def test_bedrock_chat_model_keeps_the_bedrock_catalogue() -> None:
 def test_explicit_catalogue_is_kept() -> None:
     model = LangChainModel(FakeOpenAI(messages=iter([])), catalogue=CATALOGUE, model_id=SONNET4)
     assert (model.catalogue, model.model_id) == (CATALOGUE, SONNET4)
+
+
+class _Remembering:
+    """A chat model stand-in that remembers the run config it was invoked with."""
+
+    model_id = SONNET4
+
+    def __init__(self) -> None:
+        self.configs: list[dict[str, Any]] = []
+
+    def invoke(self, messages: Any, *, config: dict[str, Any], max_tokens: int) -> AIMessage:
+        self.configs.append(config)
+        return reply("ok", {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})
+
+
+def test_private_tags_are_left_out_of_the_run_metadata() -> None:
+    chat = _Remembering()
+    model = LangChainModel(chat, private_tags=("customer_email",), catalogue=CATALOGUE)
+    ledger = Ledger()
+    tags = {"tenant": "acme", "customer_email": "jane@example.com"}
+    Generate(model=model, max_tokens=10).run(Request("q", id="r1", tags=tags), ledger)
+
+    assert chat.configs == [
+        {"metadata": {"tenant": "acme", "stage": "generate", "request_id": "r1"}}
+    ]
+    assert ledger.entries()[0].tags == tags
+    with pytest.raises(ConfigError, match="private_tags must be a collection"):
+        LangChainModel(chat, private_tags="customer_email")

@@ -218,3 +218,40 @@ def test_an_unexpected_model_exception_is_recorded_and_releases_its_hold() -> No
     assert isinstance(info.value.__cause__, RuntimeError)
 
     assert [(e.outcome, e.model) for e in ledger] == [("failed", "generic.powerful")]
+
+
+def test_a_tag_named_like_a_chainkit_metadata_key_is_refused_before_any_call() -> None:
+    # Overwritten, the tag would silently disagree with the ledger; it is refused instead.
+    model = ScriptedModel(model_id="generic.powerful", reply="ok", usage=Usage(5, 5))
+    ledger = Ledger(budgets=[Budget(Decimal(1))])
+    for key in ("stage", "request_id"):
+        with pytest.raises(ConfigError, match=rf"tag named '{key}'.*Rename the tag\.$"):
+            Generate(model=model, max_tokens=10, catalogue=SEED).run(
+                Request("q", id="r1", tags={key: "x"}), ledger
+            )
+    assert model.prompts == []
+    assert [(e.outcome, e.cost) for e in ledger.entries()] == [("refused", Decimal(0))] * 2
+    assert ledger.cost == Decimal(0)
+
+
+class _Picky(ScriptedModel):
+    """A model whose provider refuses some metadata before sending anything."""
+
+    def check_metadata(self, metadata: object) -> None:
+        raise ConfigError("tenant too long for the provider; shorten it.")
+
+
+def test_metadata_the_model_refuses_is_a_refused_call_at_no_cost() -> None:
+    model = _Picky(model_id="generic.powerful", reply="ok", usage=Usage(5, 5))
+    ledger = Ledger(budgets=[Budget(Decimal(1), name="all")])
+
+    with pytest.raises(ConfigError, match="tenant too long"), call(model, ledger):
+        pass
+
+    assert model.prompts == []
+    [entry] = ledger.entries()
+    assert (entry.outcome, entry.cost, entry.usage) == ("refused", Decimal(0), None)
+    assert entry.note == (
+        "metadata refused: ConfigError: tenant too long for the provider; shorten it."
+    )
+    assert ledger.spent("all") == Decimal(0)
