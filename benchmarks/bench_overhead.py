@@ -231,7 +231,7 @@ def build_flow(model_id: str = DEFAULT_MODEL, *, latency_s: float = 0.0) -> Flow
         [
             IntentScan(classifier=classifier, catalogue=catalogue),
             Canned(replies=CANNED_REPLIES),
-            Precomputed(store=store),
+            Precomputed(store=store, keys=dict.fromkeys(PRECOMPUTED_REPLIES, ())),
             summarise,
             generate,
         ],

@@ -131,7 +131,8 @@ def run_demo(
                 [
                     IntentScan(classifier=KeywordClassifier(DEMO_RULES)),
                     Canned(replies=CANNED),
-                    Precomputed(store=store),
+                    # Policy replies are the same for every customer: safe to share.
+                    Precomputed(store=store, keys=dict.fromkeys(POLICY_QUESTIONS, ())),
                     Generate(model=small, max_tokens=300, catalogue=catalogue),
                 ],
                 name="well-architected",
@@ -240,7 +241,7 @@ def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) 
                         catalogue=catalogue,
                     ),
                     Canned(replies={"greeting": CANNED["greeting"]}),
-                    Precomputed(store=store),
+                    Precomputed(store=store, keys={"delivery_options": ()}),
                     Generate(
                         model=ScriptedModel(
                             model_id="generic.responder", reply="answer", usage=Usage(25, 25)

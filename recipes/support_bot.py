@@ -199,7 +199,7 @@ def variants(setup: Setup, *, cascade_below: float = 0.5) -> dict[str, Pipeline]
             [
                 scan,
                 Canned(replies=CANNED),
-                Precomputed(store=setup.store),
+                Precomputed(store=setup.store, keys=dict.fromkeys(PRECOMPUTED, ())),
                 lookup,
                 Generate(
                     model=setup.small,

@@ -63,7 +63,7 @@ def support_bot(store: ReplyStore, final: Generate) -> Pipeline:
         [
             IntentScan(classifier=RULES),
             Canned(replies=CANNED),
-            Precomputed(store=store),
+            Precomputed(store=store, keys={"delivery_options": ()}),
             final,
         ],
         name="support",
