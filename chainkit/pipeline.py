@@ -108,7 +108,8 @@ def resume_point(
         paid = ledger.entry_count(request.id)
         if paid:
             raise ConfigError(
-                f"Ledger {ledger.where} holds {paid} entries of request {request.id!r} but "
+                f"Ledger {ledger.where} holds {paid} {'entry' if paid == 1 else 'entries'} of "
+                f"request {request.id!r} but "
                 "no saved progress for it: it was run without resume (or its progress was "
                 "purged), and resuming would pay for it again. Report on that ledger as it "
                 "is, or run into a new ledger."

@@ -50,6 +50,7 @@ from chainkit import (
     precompute,
 )
 from chainkit.ledger.sql import SQLLedger
+from chainkit.money import usd
 from recipes.common import (
     REPLY_TOKENS,
     RESUME,
@@ -114,13 +115,14 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="chainkit-replies-") as tmp:
         store = ReplyStore(tmp)
         # Policy replies are written once, ahead of time; that spend is one-off setup.
-        setup = precompute(
+        precompute(
             store,
             POLICY_QUESTIONS,
             model=small,
             ledger=ledger,
             catalogue=catalogue,
             tags={"variant": "well-architected"},
+            resume=resume,
         )
         variants = {
             "single-llm": Pipeline(
@@ -162,7 +164,10 @@ def run_demo(
                 else "Amazon Bedrock, usage as reported by Converse"
             ),
         },
-        notes=(f"Policy replies were precomputed once for ${setup:.6f} (one-off, not projected).",),
+        notes=(
+            f"Policy replies were precomputed once for {usd(report.variants[1].setup_cost)} "
+            "(one-off, not projected).",
+        ),
     )
 
 

@@ -294,6 +294,7 @@ def run(
                     ledger=ledger,
                     catalogue=catalogue,
                     tags={"variant": name},
+                    resume=resume,
                 )
         else:
             replies = bitext_replies(data_dir, "train")

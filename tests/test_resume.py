@@ -176,3 +176,28 @@ def test_a_killed_run_restarted_reports_the_same_totals(tmp_path: Path) -> None:
 
     restarted = _report(*common, "--ledger", str(db), "--resume", cwd=ROOT)
     assert _totals(restarted) == _totals(whole)
+
+
+def test_precompute_on_resume_takes_its_replies_from_the_ledger(tmp_path: Path) -> None:
+    from chainkit import ReplyStore, precompute
+
+    path = tmp_path / "run.db"
+    questions = {"returns_policy": "How do returns work?", "delivery_options": "How do you ship?"}
+    stores = []
+    for run in range(2):
+        model = ScriptedModel(
+            model_id=MIXTRAL, reply=lambda p: f"policy for {str(p)[-20:]}", usage=Usage(40, 60)
+        )
+        store = ReplyStore(tmp_path / f"store-{run}")
+        stores.append(store)
+        with SQLiteLedger(path) as ledger:
+            for variant in ("a", "b"):  # two tag sets: two setups, each its own request
+                precompute(store, questions, model=model, ledger=ledger, catalogue=SEED,
+                           tags={"variant": variant}, resume=True)  # fmt: skip
+            entries = ledger.entries()
+        assert len(model.prompts) == (4 if run == 0 else 0)
+        assert len(entries) == 4 and len({e.request_id for e in entries}) == 4
+    assert [stores[1].get(i) for i in questions] == [stores[0].get(i) for i in questions]
+    assert all(stores[1].get(i) for i in questions)
+    for store in stores:
+        store.close()

@@ -10,6 +10,7 @@ errors leave a call.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -33,7 +34,7 @@ from chainkit.errors import (
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue
 from chainkit.providers.model import METADATA_KEYS, Completion, Model, Prompt
-from chainkit.records import Entry, Outcome, Phase, Request, Usage, new_entry_id
+from chainkit.records import _USAGE_FIELDS, Entry, Outcome, Phase, Request, Usage, new_entry_id
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -173,6 +174,19 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned attempts {reply.attempts!r:.40}"
     elif type(reply.estimated) is not bool:
         problem = f"returned estimated {reply.estimated!r:.40}"
+    if problem is None:
+        # Checked again, whatever the object is (a subclass, or one changed since it was made):
+        # the ledger only ever holds counts that Usage accepts, in a plain Usage.
+        assert isinstance(reply, Completion)
+        try:
+            u = reply.usage
+            if type(u) is Usage:
+                Usage.__post_init__(u)
+            else:
+                counts = [getattr(u, name) for name in _USAGE_FIELDS]
+                reply = dataclasses.replace(reply, usage=Usage(*counts))
+        except Exception as exc:
+            problem = f"returned usage that is not valid ({_safe_text(exc, 200)})"
     if problem is not None:
         raise BadResponse(
             f"Model {model.model_id!r} {problem}; chainkit cannot use or price that reply. The "

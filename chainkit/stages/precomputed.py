@@ -6,7 +6,8 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -16,10 +17,11 @@ import diskcache
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
+from chainkit.ledger.sql import SQLLedger
 from chainkit.money import exact_sum
 from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import MAX_TAG_KEY, Request, Result, check_text
+from chainkit.records import MAX_TAG_KEY, Request, Result, Tags, check_text, fingerprint
 from chainkit.stages.answering import CostEstimator, record_early
 from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
 
@@ -244,6 +246,7 @@ def precompute(
     tags: Mapping[str, str] | None = None,
     scope_tag: str = "tenant",
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    resume: bool = False,
 ) -> Decimal | None:
     """Have ``model`` write a reply per intent ahead of time; record that spend once, as setup.
 
@@ -253,8 +256,11 @@ def precompute(
     customer-independent intents a :class:`Precomputed` stage declares.
 
     Each call is a ``setup``-phase entry of stage ``precompute`` (request id
-    ``precompute:<intent>``, carrying ``tags``), which reports show as one-off spend. Returns the
-    total spent (``None`` if some cost is unknown).
+    ``precompute:<intent>``, with a digest of ``tags`` when there are tags, so that each tag set's
+    setup is its own request), which reports show as one-off spend. With ``resume`` (a durable
+    ledger) a reply written by an earlier run is taken from the ledger, not paid for again: the
+    replies are the shop's, not customers', so they are kept there. Returns the total spent by
+    this call (``None`` if some cost is unknown).
     """
     catalogue = catalogue_for(model, catalogue)
     check_model(model, catalogue, "precompute")
@@ -263,8 +269,19 @@ def precompute(
     tenant = None if tags is None else tags.get(scope_tag)
     scope = None if tenant is None else {scope_tag: tenant}
     total: Decimal | None = Decimal(0)
+    suffix = ""
+    if tags:
+        digest = hashlib.sha256(Tags.of(tags).json.encode("utf-8", "surrogatepass")).hexdigest()
+        suffix = ":" + digest[:12]
     for intent, question in questions.items():
-        request = Request(question, id=f"precompute:{intent}", intent=intent, tags=tags or {})
+        request = Request(
+            question, id=f"precompute:{intent}{suffix}", intent=intent, tags=tags or {}
+        )
+        if resume:
+            written = _written_before(request, ledger)
+            if written is not None:
+                store.put(intent, written, scope=scope)
+                continue
         call = ModelCall(
             stage="precompute",
             model=model,
@@ -276,8 +293,30 @@ def precompute(
             phase="setup",
             timeout_s=timeout_s,
         )
-        with call as completion:
+        with _step(request, ledger, resume) as save, call as completion:
             store.put(intent, completion.text, scope=scope)
             call.record("passed", intent=intent)
+            save(Result(request, completion.text, "precompute", model.model_id))
         total = exact_sum((total, call.cost))
     return total
+
+
+def _written_before(request: Request, ledger: Ledger) -> str | None:
+    """The reply an earlier resumable run wrote for this setup request, if any."""
+    from chainkit.pipeline import Resume, resume_point  # the pipeline imports the stages
+
+    _, state = resume_point(request, ledger, Resume(keep_text=True))
+    return state.text if isinstance(state, Result) else None
+
+
+@contextmanager
+def _step(
+    request: Request, ledger: Ledger, resume: bool
+) -> Iterator[Callable[[Request | Result], None]]:
+    """A resumable step for one setup call (or nothing to save into, without ``resume``)."""
+    if not resume:
+        yield lambda state: None
+        return
+    assert isinstance(ledger, SQLLedger)  # resume_point checked it is durable
+    with ledger.step(request.id, 0, fingerprint=fingerprint(request), keep_text=True) as save:
+        yield save

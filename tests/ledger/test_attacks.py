@@ -71,6 +71,21 @@ def ok(**fields: Any) -> Completion:
     return Completion(**base)
 
 
+class Sneaky(Usage):
+    """A Usage subclass whose counts change after they were checked."""
+
+    @property  # type: ignore[misc]
+    def input_tokens(self) -> int:  # type: ignore[override]
+        return -5
+
+
+def forced(**counts: Any) -> Usage:
+    usage = Usage(10, 5)
+    for name, value in counts.items():
+        object.__setattr__(usage, name, value)  # what a careless provider adapter could do
+    return usage
+
+
 class Unprintable(Exception):
     def __str__(self) -> str:
         raise RuntimeError("no")
@@ -83,6 +98,9 @@ class Unprintable(Exception):
         lambda: ok(latency_s=float("nan")),
         lambda: ok(attempts=None),
         lambda: ok(estimated=1),
+        lambda: ok(usage=Sneaky(10, 5)),
+        lambda: ok(usage=forced(input_tokens=-1)),
+        lambda: ok(usage=forced(output_tokens=1.5)),
         lambda: RuntimeError("socket \x00 closed"),
         lambda: ValueError("bad \ud800 byte"),
         lambda: ProviderError("HTTP 502 body=\x00"),

@@ -1,3 +1,4 @@
+import hashlib
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -152,9 +153,11 @@ def test_precompute_writes_one_priced_setup_entry_per_intent(store: ReplyStore) 
     # 150 tokens at $0.006 per 1K, twice.
     assert total == Decimal("0.0018")
     entries = ledger.entries()
+    # One request per intent and tag set (a digest of the tags tells two variants' apart).
+    digest = hashlib.sha256(b'{"variant": "well-architected"}').hexdigest()[:12]
     assert [e.request_id for e in entries] == [
-        "precompute:delivery_options",
-        "precompute:check_refund_policy",
+        f"precompute:delivery_options:{digest}",
+        f"precompute:check_refund_policy:{digest}",
     ]
     for entry, intent in zip(entries, QUESTIONS, strict=True):
         assert entry.stage == "precompute"
