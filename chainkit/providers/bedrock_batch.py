@@ -28,16 +28,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
+from chainkit.errors import BadResponse, BudgetExceeded, ConfigError, ProviderError, Throttled
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue, Tier, base_model_id
 from chainkit.providers.bedrock import RetryPolicy, call_aws, error_code, error_detail
 from chainkit.providers.model import Completion, Model, Prompt
 from chainkit.providers.offline import OfflineModel
-from chainkit.records import Usage
+from chainkit.records import Entry, Usage
 from chainkit.tokens import count_tokens
 
 __all__ = [
@@ -131,9 +132,10 @@ def hold_records(
     if not ledger.budgets:
         return {}
     model = OfflineModel(model_id=model_id, region=region, tier="batch")
+    bounds = [cost_bound(catalogue, model, r.prompt, r.max_tokens) for r in records]
     items = [
         {
-            "amount": cost_bound(catalogue, model, r.prompt, r.max_tokens),
+            "amount": bound,
             "tags": dict(tags or {}),
             "stage": stage,
             "model": model_id,
@@ -141,9 +143,28 @@ def hold_records(
             "entry_id": entry_ids[r.record_id],
             "lease_s": lease_s,
         }
-        for r in records
+        for r, bound in zip(records, bounds, strict=True)
     ]
-    holds = ledger.reserve_many(items)
+    try:
+        holds = ledger.reserve_many(items)
+    except BudgetExceeded as exc:
+        # As a refused stage does: one `refused` entry per record, at $0 (nothing was sent), each
+        # with its own id (the record's entry id stays free for the job, should it run later).
+        ledger.record_many(
+            Entry(
+                request_id=request_ids[r.record_id],
+                stage=stage,
+                outcome="refused",
+                cost=Decimal(0),
+                model=model_id,
+                tags=tags or {},
+                bound=bound,
+                estimated=True,
+                note=f"batch job refused: {exc}"[:1000],
+            )
+            for r, bound in zip(records, bounds, strict=True)
+        )
+        raise
     return {r.record_id: h for r, h in zip(records, holds, strict=True)}
 
 

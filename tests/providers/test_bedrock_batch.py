@@ -608,6 +608,12 @@ def test_a_job_is_held_record_by_record_before_it_is_submitted_all_or_none() -> 
     with pytest.raises(BudgetExceeded):
         hold_records(small, records, **args)
     assert small.status()[0].held == 0  # all or none: nothing stays held
+    # Refused as a stage is: one `refused` entry per record at $0, none with a record's entry id.
+    refused = small.entries()
+    assert [(e.request_id, e.outcome, e.cost, e.bound) for e in refused] == [
+        (f"doc{i}", "refused", Decimal(0), each) for i in range(3)
+    ]
+    assert not {e.id for e in refused} & {"e0", "e1", "e2"}
 
     ledger = Ledger([Budget(each * 3)])
     holds = hold_records(ledger, records, **args)
