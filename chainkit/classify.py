@@ -63,7 +63,7 @@ __all__ = ["LocalClassifier"]
 _DEFAULT_C: Final = 30.0
 # scikit-learn's LogisticRegression tolerance: stop when no gradient component exceeds it.
 _TOL: Final = 1e-4
-_HISTORY: Final = 8  # L-BFGS correction pairs kept
+_HISTORY: Final = 5  # L-BFGS correction pairs kept (more cost passes over every weight)
 _FORMAT: Final = "chainkit.LocalClassifier"
 _VERSION: Final = 2
 _DEFAULT_HOLDOUT: Final = 0.1
@@ -485,7 +485,7 @@ class _Solution:
     iterations: int
 
 
-def _dot(a: _Float, b: _Float) -> float:
+def _dot(a: NDArray[Any], b: NDArray[Any]) -> float:
     """A dot product of two long vectors on this thread (BLAS would split it across busy cores)."""
     return float(np.einsum("i,i->", a, b))
 
@@ -547,8 +547,8 @@ def _solve(
 
     def gradient(upstream: _Float, out: _Float) -> None:
         grad = out[:size].reshape(features, width)
-        grad[:] = transposed32 @ upstream.astype(np.float32)
-        grad += alpha * weights
+        np.multiply(weights, alpha, out=grad)
+        grad += transposed32 @ upstream.astype(np.float32)
         out[size:] = upstream.sum(axis=0)
 
     scores = merged @ weights + x[size:]
@@ -556,13 +556,15 @@ def _solve(
     objective = value + 0.5 * alpha * _dot(x[:size], x[:size])
     grad = np.empty_like(x)
     gradient(upstream, grad)
-    # The L-BFGS pairs live in preallocated rows, and every update below works in place:
-    # with millions of weights, a fresh temporary per operation costs more than the arithmetic.
+    # The L-BFGS pairs live in preallocated float32 rows, and the two-loop recursion runs in
+    # float32 in place: with millions of weights its passes over memory cost more than the
+    # products, and the pairs only shape the search direction.
     memory = _HISTORY
-    steps = np.empty((memory, x.size))
-    changes = np.empty((memory, x.size))
+    steps = np.empty((memory, x.size), dtype=np.float32)
+    changes = np.empty((memory, x.size), dtype=np.float32)
     rho = np.zeros(memory)
-    scratch = np.empty_like(x)
+    scratch = np.empty(x.size, dtype=np.float32)
+    work = np.empty(x.size, dtype=np.float32)
     direction = np.empty_like(x)
     new_grad = np.empty_like(x)
     stored = 0
@@ -570,23 +572,24 @@ def _solve(
     iterations = 0
     while iterations < max_iter and max(float(grad.max()), -float(grad.min())) > _TOL:
         iterations += 1
-        direction[:] = grad
+        work[:] = grad
         order = [(newest - i) % memory for i in range(stored)]
         alphas = []
         for i in order:
-            a = rho[i] * _dot(steps[i], direction)
+            a = rho[i] * _dot(steps[i], work)
             alphas.append(a)
-            np.multiply(changes[i], a, out=scratch)
-            direction -= scratch
+            np.multiply(changes[i], np.float32(a), out=scratch)
+            work -= scratch
         if stored:
             y = changes[newest]
-            direction *= 1.0 / (rho[newest] * _dot(y, y))
+            work *= np.float32(1.0 / (rho[newest] * _dot(y, y)))
         else:
-            direction /= max(1.0, math.sqrt(_dot(grad, grad)))
+            work /= np.float32(max(1.0, math.sqrt(_dot(grad, grad))))
         for i, a in zip(reversed(order), reversed(alphas), strict=True):
-            b = rho[i] * _dot(changes[i], direction)
-            np.multiply(steps[i], a - b, out=scratch)
-            direction += scratch
+            b = rho[i] * _dot(changes[i], work)
+            np.multiply(steps[i], np.float32(a - b), out=scratch)
+            work += scratch
+        direction[:] = work
         direction *= -1.0
         slope = _dot(grad, direction)
         if slope >= 0.0:  # not a descent direction: forget the curvature and go downhill
@@ -619,12 +622,12 @@ def _solve(
         scores = trial_scores
         upstream, objective = trial_upstream, trial
         gradient(upstream, new_grad)
-        np.subtract(new_grad, grad, out=scratch)
-        sy = _dot(direction, scratch)
-        if sy > 1e-10 * _dot(scratch, scratch):
+        grad -= new_grad  # now minus the change of the gradient, y = new - old
+        sy = -_dot(direction, grad)
+        if sy > 1e-10 * _dot(grad, grad):
             newest = (newest + 1) % memory
             steps[newest] = direction
-            changes[newest] = scratch
+            np.negative(grad, out=changes[newest], casting="same_kind")
             rho[newest] = 1.0 / sy
             stored = min(stored + 1, memory)
         grad, new_grad = new_grad, grad
