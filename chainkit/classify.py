@@ -255,19 +255,21 @@ def _analyse(
 
 def _ids(items: list[str], known: dict[str, int], grow: bool) -> _Int:
     """Each item's id in ``known``; an unknown one gets the next free id (added if ``grow``)."""
-    ids = list(map(known.get, items))
-    if None in ids:
-        extra = dict.fromkeys(item for item, i in zip(items, ids, strict=True) if i is None)
+    ids = np.fromiter(map(known.get, items, repeat(-1)), dtype=np.int64, count=len(items))
+    missing = np.flatnonzero(ids < 0)
+    if missing.size:
+        unknown = [items[i] for i in missing.tolist()]
+        extra = dict.fromkeys(unknown)
         numbered = dict(zip(extra, range(len(known), len(known) + len(extra)), strict=True))
-        ids = [numbered[item] if i is None else i for item, i in zip(items, ids, strict=True)]
+        ids[missing] = np.fromiter(map(numbered.__getitem__, unknown), np.int64, len(unknown))
         if grow:
             known.update(numbered)
-    return np.array(ids, dtype=np.int64)
+    return ids
 
 
 def _split(texts: Sequence[str]) -> tuple[list[str], _Int]:
     """Every text's whitespace-separated tokens, flattened, and each token's text number."""
-    split = [text.split() for text in texts]
+    split = list(map(str.split, texts))
     counts = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
     rows = np.repeat(np.arange(len(split), dtype=np.int64), counts)
     return list(chain.from_iterable(split)), rows
