@@ -63,7 +63,7 @@ __all__ = ["LocalClassifier"]
 _DEFAULT_C: Final = 30.0
 # scikit-learn's LogisticRegression tolerance: stop when no gradient component exceeds it.
 _TOL: Final = 1e-4
-_HISTORY: Final = 5  # L-BFGS correction pairs kept (more cost passes over every weight)
+_HISTORY: Final = 5  # L-BFGS correction pairs kept: each costs passes over every weight
 _FORMAT: Final = "chainkit.LocalClassifier"
 _VERSION: Final = 2
 _DEFAULT_HOLDOUT: Final = 0.1
@@ -124,7 +124,7 @@ def _check_threshold(threshold: float | None) -> float | None:
 
 
 def _check_share(name: str, value: float) -> float:
-    if isinstance(value, bool) or not 0.0 < value < 1.0:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 < value < 1.0:
         raise ConfigError(f"{name}={value!r} is a share: use a number strictly between 0 and 1.")
     return float(value)
 
@@ -652,9 +652,9 @@ def _features(
 ) -> tuple[_Int, _Int, _Int, tuple[_Int, _Int, _Int], tuple[_Int, _Int, _Int], _Tokens | None]:
     """Token ids, rows, and the aggregated word and character n-gram counts of a batch.
 
-    Returns (token ids, token rows, seen-before flag per token, word entries, char entries,
-    the batch's new tokens); entries are (row, column, count), columns past a block's size
-    are n-grams the model never saw (equal ones share a column within the batch).
+    Returns (token ids, token rows, positions of the tokens the model had not analysed, word
+    entries, char entries, those tokens analysed); entries are (row, column, count), and
+    columns past a block's size are n-grams the model never saw (equal ones share a column).
     """
     flat, token_rows = _split(texts)
     tokens = model.tokens
@@ -895,11 +895,10 @@ def _seed(
 
 @dataclass(frozen=True, slots=True)
 class _Fitted:
-    """A model with what fitting it left behind: the raw solution and the vocabularies."""
+    """A model with the raw solution it was exported from (a warm start for the next fit)."""
 
     model: _Model
     solution: _Solution
-    terms: tuple[list[str], list[str]]
 
 
 def _train(
@@ -907,7 +906,7 @@ def _train(
     targets: _Int,
     classes: tuple[str, ...],
     settings: LocalClassifier,
-    start: tuple[_Fitted, _Int] | None = None,
+    start: _Fitted | None = None,
 ) -> _Fitted:
     """Build the vocabularies and features of these texts and fit the regression."""
     word_range, char_range = settings.word_ngrams, settings.char_ngrams
@@ -953,9 +952,9 @@ def _train(
     initial = None
     if start is not None:
         # Warm start from a fit on a subset: its n-grams are a subset of these.
-        previous, _ = start
+        previous = start
         index = {term: i for i, term in enumerate(chain(word_terms, char_terms))}
-        old_terms = list(chain(*previous.terms))
+        old_terms = list(chain(*previous.model.terms))
         mapped = np.fromiter(map(index.__getitem__, old_terms), np.int64, len(old_terms))
         weights = np.zeros((n_words + n_chars, previous.solution.weights.shape[1]))
         weights[mapped] = previous.solution.weights
@@ -988,7 +987,7 @@ def _train(
         token_list,
         (word_terms, char_terms),
     )
-    return _Fitted(model, solution, (word_terms, char_terms))
+    return _Fitted(model, solution)
 
 
 def _assemble(
@@ -1157,7 +1156,7 @@ class LocalClassifier:
                     )
                     _, confidence = _top(scores, temperature)
                     self._threshold = float(np.quantile(confidence, self.reject_share))
-                start = (partial, held)
+                start = partial
         fitted = _train(texts, targets, classes, self, start)
         self._model = fitted.model
         return self
