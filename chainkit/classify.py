@@ -68,6 +68,7 @@ _FORMAT: Final = "chainkit.LocalClassifier"
 _VERSION: Final = 2
 _DEFAULT_HOLDOUT: Final = 0.1
 _DEFAULT_REJECT: Final = 0.02
+_CHUNK: Final = 8192  # texts scored at once: about 100 MB of n-gram entries at most
 # scikit-learn's default token_pattern: words of two or more word characters.
 _WORD: Final = re.compile(r"(?u)\b\w\w+\b")
 
@@ -816,6 +817,20 @@ def _one(model: _Model, text: str, unseen_penalty: float) -> tuple[_Float, float
 
 
 def _batch_scores(
+    model: _Model, texts: Sequence[str], unseen_penalty: float
+) -> tuple[_Float, _Float]:
+    """Class scores (texts, classes) and temperature factors, a bounded chunk at a time."""
+    if len(texts) <= _CHUNK:
+        return _chunk_scores(model, texts, unseen_penalty)
+    # Every row is computed on its own, so chunks only bound the memory a huge batch takes.
+    parts = [
+        _chunk_scores(model, texts[start : start + _CHUNK], unseen_penalty)
+        for start in range(0, len(texts), _CHUNK)
+    ]
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _chunk_scores(
     model: _Model, texts: Sequence[str], unseen_penalty: float
 ) -> tuple[_Float, _Float]:
     """Class scores (texts, classes) and each text's temperature factor."""

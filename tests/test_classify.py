@@ -11,7 +11,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
-from chainkit import IntentScan, Ledger, Request
+from chainkit import IntentScan, Ledger, Request, classify
 from chainkit.classify import LocalClassifier
 from chainkit.errors import ConfigError
 from chainkit.stages.intent_scan import Classifier, Prediction
@@ -669,3 +669,22 @@ def test_other_ngram_ranges_equal_sklearn_features(
     clf.save(tmp_path / "ranges.npz")
     loaded = LocalClassifier.load(tmp_path / "ranges.npz")
     assert loaded.predict_many(probe) == clf.predict_many(probe)
+
+
+def test_a_batch_larger_than_a_chunk_scores_as_one(
+    clf: LocalClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = probes()
+    whole = clf.predict_many(texts)
+    proba = clf.predict_proba(texts)
+
+    monkeypatch.setattr("chainkit.classify._CHUNK", 7)
+    calls = []
+    chunk = classify._chunk_scores
+    monkeypatch.setattr(
+        "chainkit.classify._chunk_scores", lambda *args: calls.append(1) or chunk(*args)
+    )
+
+    assert clf.predict_many(texts) == whole
+    assert len(calls) == -(-len(texts) // 7)
+    np.testing.assert_array_equal(clf.predict_proba(texts), proba)
