@@ -1,11 +1,17 @@
 """LocalClassifier: a trainable intent classifier that runs on the CPU and costs no tokens.
 
-scikit-learn fits the model: TF-IDF of word 1-2-grams and of character 2-5-grams inside word
-boundaries (sublinear tf, each block L2-normalised), then a multinomial logistic regression.
-Prediction does not go through scikit-learn: its per-call overhead (input validation, two
-sparse matrices, a sparse hstack) costs far more than the arithmetic for one short message. The
-fitted vocabulary, idf and coefficients are exported, and ``predict`` sums the coefficient rows
-of the n-grams present with dict lookups and numpy: scikit-learn's scores, to rounding.
+The model is scikit-learn's TF-IDF of word 1-2-grams and of character 2-5-grams inside word
+boundaries (sublinear tf, smooth idf, each block L2-normalised), then a multinomial logistic
+regression with balanced class weights: the same features, objective and stopping rule as
+``Pipeline([FeatureUnion([TfidfVectorizer(...), TfidfVectorizer(analyzer="char_wb", ...)]),
+LogisticRegression(C=c, class_weight="balanced")])``, computed here without scikit-learn.
+
+Why not scikit-learn itself: its fit spent most of its time outside the arithmetic (importing
+the package, L-BFGS-B's bookkeeping over millions of weights, copies of the gradient), and its
+``predict`` tokenises every text n-gram by n-gram. Here every distinct whitespace-separated token
+is analysed once (its words, its character n-grams, and the class scores those n-grams add up
+to); a text is then the sum of its tokens' rows, corrected where n-grams repeat, and a batch is a
+handful of numpy and sparse-matrix operations however many texts it holds.
 
 The confidence is the softmax probability of the top class, with one addition for
 out-of-scope detection: n-grams never seen in training are dropped by TF-IDF before
@@ -14,27 +20,37 @@ the known word alone. Here the scores are multiplied by the text's *coverage* (t
 its squared tf-idf weight on seen n-grams, unseen ones weighted with the largest idf), raised
 to ``unseen_penalty``. Multiplying every score by one positive number is a softmax
 temperature: the label never changes, only the confidence drops. With ``unseen_penalty=0``
-the probabilities are scikit-learn's ``predict_proba``.
+the probabilities are the plain logistic regression's.
+
+By default ``fit`` also sets the out-of-scope threshold: it holds out a stratified
+``holdout`` share of the training texts (chosen with ``seed``), fits on the rest, and takes the
+confidence that ``reject_share`` of the held-out in-scope texts fall below; then it fits again
+on every text, starting from the first fit's weights. Pass ``threshold=None`` (never out of
+scope) or a number to skip this; ``choose_threshold`` picks one on labelled dev data instead.
 
 >>> texts = ["where is my parcel", "track my order", "has my package shipped",
 ...          "i want my money back", "refund my purchase", "can i get a refund"]
 >>> labels = ["track_order"] * 3 + ["refund"] * 3
->>> clf = LocalClassifier().fit(texts, labels)
+>>> clf = LocalClassifier(threshold=None).fit(texts, labels)
 >>> clf.predict("where is my order").label
 'track_order'
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any, Final, Literal
 
 import numpy as np
+import scipy.sparse as sp  # type: ignore[import-untyped]
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,31 +61,21 @@ __all__ = ["LocalClassifier"]
 
 # Chosen by the dev search in benchmarks/eval_classifier.py (CLINC150; Bitext ties).
 _DEFAULT_C: Final = 30.0
+# scikit-learn's LogisticRegression tolerance: stop when no gradient component exceeds it.
+_TOL: Final = 1e-4
+_HISTORY: Final = 5  # L-BFGS correction pairs kept: each costs passes over every weight
 _FORMAT: Final = "chainkit.LocalClassifier"
-_VERSION: Final = 1
+_VERSION: Final = 2
+_DEFAULT_HOLDOUT: Final = 0.1
+_DEFAULT_REJECT: Final = 0.02
+_CHUNK: Final = 8192  # texts scored at once: about 100 MB of n-gram entries at most
+# scikit-learn's default token_pattern: words of two or more word characters.
+_WORD: Final = re.compile(r"(?u)\b\w\w+\b")
 
 _ClassWeight = Literal["balanced"] | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
-    """One TF-IDF block: its analyser, and its vocabulary as columns of the whole feature space."""
-
-    analyse: Callable[[str], list[str]]
-    vocabulary: dict[str, int]
-    unseen_idf: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Model:
-    """The exported fitted model: everything ``predict`` reads, nothing from scikit-learn."""
-
-    classes: tuple[str, ...]
-    ngrams: tuple[tuple[int, int], tuple[int, int]]  # word, char: what the vocabulary holds
-    blocks: tuple[_Block, ...]
-    idf: NDArray[np.float64]  # (features,), both blocks' idf side by side
-    weights: NDArray[np.float64]  # (features, classes): a feature's row is contiguous
-    intercept: NDArray[np.float64]  # (classes,)
+_Threshold = float | None | Literal["auto"]
+_Int = NDArray[np.int64]
+_Float = NDArray[np.float64]
 
 
 class _Header(BaseModel):
@@ -78,7 +84,7 @@ class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["chainkit.LocalClassifier"]
-    version: Literal[1]
+    version: Literal[1, 2]
     out_of_scope: str
     c: float = Field(gt=0)
     word_ngrams: tuple[int, int]
@@ -89,15 +95,8 @@ class _Header(BaseModel):
     threshold: float | None = Field(ge=0, le=1)
     classes: list[str] = Field(min_length=2)
     vocabularies: tuple[list[str], list[str]]
-
-
-def _vectoriser(analyzer: Literal["word", "char_wb"], ngrams: tuple[int, int]) -> Any:
-    # Built the same way for fitting and after load, so the analysers are identical.
-    # scikit-learn is imported where it is used: it takes ~1.5 s, which `import chainkit`
-    # should not pay for users who never train or load a classifier.
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)
+    # Version 2: the tokens analysed ahead (a version 1 file gets its vocabulary's words).
+    tokens: list[str] = []
 
 
 def _check_ngrams(name: str, ngrams: tuple[int, int]) -> tuple[int, int]:
@@ -113,12 +112,944 @@ def _check_ngrams(name: str, ngrams: tuple[int, int]) -> tuple[int, int]:
 def _check_threshold(threshold: float | None) -> float | None:
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool):
+        wrong = True
+    else:
+        wrong = not 0.0 <= threshold <= 1.0
+    if wrong:
         raise ConfigError(
             f"threshold={threshold!r} is not a confidence: use a number in [0, 1], "
-            "or None to never answer out of scope."
+            "'auto' to calibrate it during fit, or None to never answer out of scope."
         )
     return float(threshold)
+
+
+def _check_share(name: str, value: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{name}={value!r} is a share: use a number strictly between 0 and 1.")
+    return float(value)
+
+
+def _char_grams(word: str, low: int, high: int) -> list[str]:
+    """scikit-learn's ``char_wb`` n-grams of one lower-cased token that holds no whitespace."""
+    padded = f" {word} "
+    size = len(padded)
+    grams: list[str] = []
+    for n in range(low, high + 1):
+        if size <= n:  # a short word counts once, however long the longer n-grams would be
+            grams.append(padded)
+            break
+        grams.extend([padded[i : i + n] for i in range(size - n + 1)])
+    return grams
+
+
+def _ragged(starts: _Int, lengths: _Int) -> _Int:
+    """Concatenated ``arange(start, start + length)`` for every pair, without a Python loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    offsets = np.repeat(starts - (ends - lengths), lengths)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+def _aggregate(keys: _Int) -> tuple[_Int, _Int]:
+    """Distinct keys, sorted, and how often each occurs."""
+    if keys.size == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    ordered = np.sort(keys)
+    first = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(first, ordered.size))
+    return ordered[first], counts
+
+
+def _csr(rows: _Int, cols: _Int, values: _Float, shape: tuple[int, int]) -> Any:
+    """A CSR matrix from entries already sorted by row."""
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    return sp.csr_matrix((values, cols, indptr), shape=shape)
+
+
+@dataclass(frozen=True, slots=True)
+class _WordGrams:
+    """Word n-grams as integer ids, level by level, so a batch finds them with searchsorted.
+
+    Level 1 ids are words; a level-n n-gram is the pair (id of its first n-1 words, id of its
+    last word), and its id is that pair's rank among the level's sorted keys.
+    """
+
+    words: dict[str, int]
+    keys: tuple[_Int, ...]  # keys[n - 2]: the sorted pair keys of level n >= 2
+    columns: tuple[_Int, ...]  # columns[n - 1][id]: the feature column, or -1 below the range
+
+    @property
+    def size(self) -> int:
+        """How many distinct words level 1 holds; pair keys are prefix * size + word."""
+        return len(self.words)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tokens:
+    """Whitespace-separated tokens analysed once: their words and character n-grams as ids."""
+
+    index: dict[str, int]
+    word_ptr: _Int
+    word_ids: _Int  # in order, for the word n-grams
+    char_ptr: _Int
+    char_ids: _Int  # the multiset of character n-gram columns (all seen in training)
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """The fitted model: vocabularies, idf, weights, and each known token's class scores."""
+
+    classes: tuple[str, ...]
+    ngrams: tuple[tuple[int, int], tuple[int, int]]  # word, char
+    word_grams: _WordGrams
+    chars: dict[str, int]  # character n-gram -> column within the character block
+    idf: _Float  # (features,): the word block, then the character block
+    weights: _Float  # (features, classes)
+    intercept: _Float  # (classes,)
+    unseen_idf: tuple[float, float]
+    tokens: _Tokens
+    token_scores: _Float  # (tokens, classes): each token's character n-grams, counted linearly
+    terms: tuple[list[str], list[str]]  # each block's n-grams in column order
+    word_columns: dict[str, int]  # word n-gram -> column, for one text at a time
+    token_chars: list[list[int]]  # each known token's character n-gram columns
+
+    @property
+    def word_features(self) -> int:
+        """Columns of the word block; the character block follows them."""
+        return self.idf.size - len(self.chars)
+
+
+def _analyse(
+    raw: Sequence[str],
+    words: dict[str, int],
+    chars: dict[str, int],
+    char_ngrams: tuple[int, int],
+    *,
+    grow: bool,
+) -> _Tokens:
+    """Analyse tokens; unknown words and n-grams get ids after the known ones (or new ones)."""
+    low, high = char_ngrams
+    all_words: list[str] = []
+    all_grams: list[str] = []
+    word_ptr = [0]
+    char_ptr = [0]
+    findall = _WORD.findall
+    for token in raw:
+        lower = token.lower()
+        all_words += findall(lower)
+        all_grams += _char_grams(lower, low, high)
+        word_ptr.append(len(all_words))
+        char_ptr.append(len(all_grams))
+    tokens = _Tokens(
+        dict(zip(raw, range(len(raw)), strict=True)),
+        np.array(word_ptr, dtype=np.int64),
+        _ids(all_words, words, grow),
+        np.array(char_ptr, dtype=np.int64),
+        _ids(all_grams, chars, grow),
+    )
+    return tokens
+
+
+def _ids(items: list[str], known: dict[str, int], grow: bool) -> _Int:
+    """Each item's id in ``known``; an unknown one gets the next free id (added if ``grow``)."""
+    ids = np.fromiter(map(known.get, items, repeat(-1)), dtype=np.int64, count=len(items))
+    missing = np.flatnonzero(ids < 0)
+    if missing.size:
+        unknown = [items[i] for i in missing.tolist()]
+        extra = dict.fromkeys(unknown)
+        numbered = dict(zip(extra, range(len(known), len(known) + len(extra)), strict=True))
+        ids[missing] = np.fromiter(map(numbered.__getitem__, unknown), np.int64, len(unknown))
+        if grow:
+            known.update(numbered)
+    return ids
+
+
+def _split(texts: Sequence[str]) -> tuple[list[str], _Int]:
+    """Every text's whitespace-separated tokens, flattened, and each token's text number."""
+    split = list(map(str.split, texts))
+    counts = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+    rows = np.repeat(np.arange(len(split), dtype=np.int64), counts)
+    return list(chain.from_iterable(split)), rows
+
+
+def _sublinear(counts: _Int) -> _Float:
+    values = np.log(counts.astype(np.float64))
+    values += 1.0  # sublinear tf, 1 + log(count), as scikit-learn computes it
+    return values
+
+
+def _pair_keys(previous: _Int, word: _Int, size: int) -> _Int:
+    return previous * size + word
+
+
+def _levels(rows: _Int, word_ids: _Int, size: int, high: int) -> list[tuple[_Int, _Int]]:
+    """Training word n-grams of every length up to ``high``: (sorted pair keys, ids by position).
+
+    The id of an n-gram is its rank among its level's keys; -1 marks positions where no n-gram
+    of that length ends (too near the start of a text).
+    """
+    levels: list[tuple[_Int, _Int]] = [(np.zeros(0, dtype=np.int64), word_ids)]
+    current = word_ids
+    for n in range(2, high + 1):
+        valid = np.zeros(word_ids.size, dtype=bool)
+        if word_ids.size >= n:
+            valid[n - 1 :] = rows[n - 1 :] == rows[: word_ids.size - n + 1]
+        previous = np.concatenate(([-1], current[:-1])) if current.size else current
+        keys = _pair_keys(previous[valid], word_ids[valid], size)
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        ids = np.full(word_ids.size, -1, dtype=np.int64)
+        ids[valid] = inverse.reshape(-1)
+        levels.append((distinct, ids))
+        current = ids
+    return levels
+
+
+def _word_grams(
+    words: dict[str, int], keys: Sequence[_Int], low: int
+) -> tuple[_WordGrams, list[str]]:
+    """The n-gram tables, and the text of every in-range n-gram in column (sorted) order."""
+    size = len(words)
+    texts_by_level: list[list[str]] = [list(words)]
+    for level_keys in keys:
+        previous = texts_by_level[-1]
+        last = texts_by_level[0]
+        texts_by_level.append(
+            [f"{previous[k // size]} {last[k % size]}" for k in level_keys.tolist()]
+        )
+    terms: list[str] = []
+    for n, texts in enumerate(texts_by_level, start=1):
+        if n >= low:
+            terms += texts
+    order = sorted(range(len(terms)), key=terms.__getitem__)
+    column_of = np.empty(len(terms), dtype=np.int64)
+    column_of[np.array(order, dtype=np.int64)] = np.arange(len(terms), dtype=np.int64)
+    columns: list[_Int] = []
+    start = 0
+    for n, texts in enumerate(texts_by_level, start=1):
+        if n >= low:
+            columns.append(column_of[start : start + len(texts)])
+            start += len(texts)
+        else:
+            columns.append(np.full(len(texts), -1, dtype=np.int64))
+    grams = _WordGrams(words, tuple(keys), tuple(columns))
+    return grams, [terms[i] for i in order]
+
+
+def _word_grams_from_terms(terms: Sequence[str], high: int) -> _WordGrams:
+    """Rebuild the n-gram tables of a saved model from its word vocabulary (column order)."""
+    words: dict[str, int] = {}
+    split = [term.split(" ") for term in terms]
+    for parts in split:
+        for word in parts:
+            words.setdefault(word, len(words))
+    size = len(words)
+    # Every prefix of a saved n-gram is an n-gram of the training texts, so it gets an id too.
+    prefixes: list[set[tuple[int, ...]]] = [set() for _ in range(high)]
+    for parts in split:
+        ids = tuple(words[w] for w in parts)
+        for n in range(2, len(ids) + 1):
+            prefixes[n - 1].add(ids[:n])
+    keys: list[_Int] = []
+    rank: dict[tuple[int, ...], int] = {(i,): i for i in range(size)}
+    for n in range(2, high + 1):
+        grams = prefixes[n - 1]
+        pairs = sorted(grams, key=lambda g: rank[g[:-1]] * size + g[-1])
+        keys.append(np.array([rank[g[:-1]] * size + g[-1] for g in pairs], dtype=np.int64))
+        rank.update({g: i for i, g in enumerate(pairs)})
+    columns = [np.full(size, -1, dtype=np.int64)] + [np.full(k.size, -1) for k in keys]
+    for column, parts in enumerate(split):
+        ids = tuple(words[w] for w in parts)
+        columns[len(ids) - 1][rank[ids]] = column
+    return _WordGrams(words, tuple(keys), tuple(c.astype(np.int64) for c in columns))
+
+
+def _word_entries(
+    grams: _WordGrams, rows: _Int, word_ids: _Int, word_range: tuple[int, int], known: int
+) -> tuple[_Int, _Int]:
+    """(row, key) of every in-range word n-gram; keys below ``known`` are feature columns.
+
+    ``word_ids`` at or above ``grams.size`` are words the model never saw. Unknown n-grams get
+    keys from ``known`` up, one key per distinct n-gram of this batch.
+    """
+    low, high = word_range
+    size = grams.size
+    level = word_ids
+    count = size  # known ids of the current level are below this
+    valid = np.ones(word_ids.size, dtype=bool)
+    rows_out: list[_Int] = []
+    keys_out: list[_Int] = []
+    next_key = known
+    for n in range(1, high + 1):
+        if n > 1:
+            valid = np.zeros(word_ids.size, dtype=bool)
+            if word_ids.size >= n:
+                valid[n - 1 :] = rows[n - 1 :] == rows[: word_ids.size - n + 1]
+            previous = np.concatenate(([-1], level[:-1]))
+            table = grams.keys[n - 2]
+            ids = np.full(word_ids.size, -1, dtype=np.int64)
+            lookup = valid & (previous < count) & (word_ids < size)
+            if table.size and lookup.any():
+                where = np.flatnonzero(lookup)
+                pair = _pair_keys(previous[where], word_ids[where], size)
+                found = np.minimum(np.searchsorted(table, pair), table.size - 1)
+                hit = table[found] == pair
+                ids[where[hit]] = found[hit]
+            missing = valid & (ids < 0)
+            if missing.any():
+                span = int(word_ids.max()) + 1
+                pairs = previous[missing] * span + word_ids[missing]
+                _, inverse = np.unique(pairs, return_inverse=True)
+                ids[missing] = table.size + inverse.reshape(-1)
+            level, count = ids, table.size
+        if n < low:
+            continue
+        seen = valid & (level < count)
+        rows_out.append(rows[seen])
+        keys_out.append(grams.columns[n - 1][level[seen]])
+        unseen = valid & (level >= count)
+        if unseen.any():
+            offsets = level[unseen] - count
+            rows_out.append(rows[unseen])
+            keys_out.append(next_key + offsets)
+            next_key += int(offsets.max()) + 1
+    if not rows_out:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return np.concatenate(rows_out), np.concatenate(keys_out)
+
+
+def _gather(
+    first: tuple[_Int, _Int], second: tuple[_Int, _Int] | None, ids: _Int, split_at: int
+) -> tuple[_Int, _Int]:
+    """The ragged rows ``ids`` of two (pointer, values) tables, ids past ``split_at`` in the second.
+
+    Returns the concatenated values and how many each id contributed.
+    """
+    ptr, values = first
+    if second is None:
+        starts, lengths = ptr[ids], ptr[ids + 1] - ptr[ids]
+        return values[_ragged(starts, lengths)], lengths
+    other_ptr, other_values = second
+    in_second = ids >= split_at
+    starts = np.empty(ids.size, dtype=np.int64)
+    ends = np.empty(ids.size, dtype=np.int64)
+    mine, theirs = ids[~in_second], ids[in_second] - split_at
+    starts[~in_second], ends[~in_second] = ptr[mine], ptr[mine + 1]
+    starts[in_second], ends[in_second] = other_ptr[theirs], other_ptr[theirs + 1]
+    lengths = ends - starts
+    positions = _ragged(starts, lengths)
+    from_second = np.repeat(in_second, lengths)
+    out = np.empty(positions.size, dtype=np.int64)
+    out[~from_second] = values[positions[~from_second]]
+    out[from_second] = other_values[positions[from_second]]
+    return out, lengths
+
+
+def _merge_columns(matrix: Any) -> tuple[Any, Any]:
+    """Merge identical columns: the merged problem and the map back, ``W = expand @ V``.
+
+    Identical columns get identical weights at the optimum of an L2-regularised model, so m of
+    them act as one column scaled by sqrt(m) whose weight is sqrt(m) times theirs: the same
+    optimum with fewer weights. Character n-grams of one rare word are identical columns, so
+    this halves the weights on real data.
+    """
+    rows, features = matrix.shape
+    rng = np.random.default_rng(0)
+    transposed = matrix.T.tocsr()
+    # Identical columns have bit-identical sums in any fixed order; two random projections
+    # tell distinct columns apart (a collision needs two exact float coincidences).
+    first = transposed @ rng.standard_normal(rows)
+    second = transposed @ rng.standard_normal(rows)
+    order = np.lexsort((second, first))
+    new_group = np.ones(features, dtype=bool)
+    new_group[1:] = (first[order][1:] != first[order][:-1]) | (
+        second[order][1:] != second[order][:-1]
+    )
+    group = np.empty(features, dtype=np.int64)
+    group[order] = np.cumsum(new_group) - 1
+    sizes = np.bincount(group).astype(np.float64)
+    expand = sp.csr_matrix(
+        (1.0 / np.sqrt(sizes[group]), group, np.arange(features + 1)),
+        shape=(features, sizes.size),
+    )
+    return (matrix @ expand).tocsr(), expand
+
+
+@dataclass(frozen=True, slots=True)
+class _Solution:
+    """Raw solver output: one weight column per class, or a single one for two classes."""
+
+    weights: _Float  # (features, columns)
+    intercept: _Float  # (columns,)
+    iterations: int
+
+
+def _dot(a: NDArray[Any], b: NDArray[Any]) -> float:
+    """A dot product of two long vectors on this thread (BLAS would split it across busy cores)."""
+    return float(np.einsum("i,i->", a, b))
+
+
+def _solve(
+    matrix: Any,
+    targets: _Int,
+    n_classes: int,
+    *,
+    c: float,
+    class_weight: _ClassWeight,
+    max_iter: int,
+    start: _Solution | None = None,
+) -> _Solution:
+    """Minimise scikit-learn's LogisticRegression objective with L-BFGS.
+
+    The objective is the sample-weighted mean log loss plus ||W||^2 / (2 C sum(weights)), the
+    intercept unpenalised; two classes use one column, as scikit-learn's binomial loss does.
+    It stops, as scikit-learn does, when no gradient component exceeds 1e-4.
+    """
+    merged, expand = _merge_columns(matrix)
+    rows, features = merged.shape
+    # The products run in float32, twice as fast; the sums they feed stay in float64.
+    # Their rounding (1e-7 relative) is far below the 1e-4 the solver stops at.
+    merged32 = merged.astype(np.float32)
+    transposed32 = merged32.T.tocsr()
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    balanced = class_weight == "balanced"
+    sample = (rows / (n_classes * counts))[targets] if balanced else np.ones(rows)
+    sample /= sample.sum()
+    # scikit-learn divides by the sum of sample weights, which is the row count either way.
+    alpha = 1.0 / (c * rows)
+    binary = n_classes == 2
+    width = 1 if binary else n_classes
+    size = features * width
+    x = np.zeros(size + width)
+    if start is not None:
+        x[:size] = (expand.T @ start.weights).ravel()
+        x[size:] = start.intercept
+    weights = x[:size].reshape(features, width)
+    index = np.arange(rows)
+    positive = targets == 1
+
+    def loss(scores: _Float) -> tuple[float, _Float]:
+        """Mean weighted log loss and its gradient with respect to the scores."""
+        if binary:
+            z = scores[:, 0]
+            value = float(sample @ (np.logaddexp(0.0, z) - np.where(positive, z, 0.0)))
+            probability = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, overflow-free
+            return value, ((probability - positive) * sample)[:, None]
+        top = scores.max(axis=1)
+        shifted = scores - top[:, None]
+        np.exp(shifted, out=shifted)
+        total = shifted.sum(axis=1)
+        value = float(sample @ (top + np.log(total) - scores[index, targets]))
+        shifted *= (sample / total)[:, None]
+        shifted[index, targets] -= sample
+        return value, shifted
+
+    def gradient(upstream: _Float, out: _Float) -> None:
+        grad = out[:size].reshape(features, width)
+        np.multiply(weights, alpha, out=grad)
+        grad += transposed32 @ upstream.astype(np.float32)
+        out[size:] = upstream.sum(axis=0)
+
+    scores = merged @ weights + x[size:]
+    value, upstream = loss(scores)
+    objective = value + 0.5 * alpha * _dot(x[:size], x[:size])
+    grad = np.empty_like(x)
+    gradient(upstream, grad)
+    # The L-BFGS pairs live in preallocated float32 rows, and the two-loop recursion runs in
+    # float32 in place: with millions of weights its passes over memory cost more than the
+    # products, and the pairs only shape the search direction.
+    memory = _HISTORY
+    steps = np.empty((memory, x.size), dtype=np.float32)
+    changes = np.empty((memory, x.size), dtype=np.float32)
+    rho = np.zeros(memory)
+    scratch = np.empty(x.size, dtype=np.float32)
+    work = np.empty(x.size, dtype=np.float32)
+    direction = np.empty_like(x)
+    new_grad = np.empty_like(x)
+    stored = 0
+    newest = -1
+    iterations = 0
+    while iterations < max_iter and max(float(grad.max()), -float(grad.min())) > _TOL:
+        iterations += 1
+        work[:] = grad
+        order = [(newest - i) % memory for i in range(stored)]
+        alphas = []
+        for i in order:
+            a = rho[i] * _dot(steps[i], work)
+            alphas.append(a)
+            np.multiply(changes[i], np.float32(a), out=scratch)
+            work -= scratch
+        if stored:
+            y = changes[newest]
+            work *= np.float32(1.0 / (rho[newest] * _dot(y, y)))
+        else:
+            work /= np.float32(max(1.0, math.sqrt(_dot(grad, grad))))
+        for i, a in zip(reversed(order), reversed(alphas), strict=True):
+            b = rho[i] * _dot(changes[i], work)
+            np.multiply(steps[i], np.float32(a - b), out=scratch)
+            work += scratch
+        direction[:] = work
+        direction *= -1.0
+        slope = _dot(grad, direction)
+        if slope >= 0.0:  # not a descent direction: forget the curvature and go downhill
+            stored = 0
+            np.multiply(grad, -1.0 / max(1.0, math.sqrt(_dot(grad, grad))), out=direction)
+            slope = _dot(grad, direction)
+        step_weights = direction[:size].reshape(features, width)
+        step_scores = (merged32 @ step_weights.astype(np.float32)).astype(np.float64)
+        step_scores += direction[size:]
+        wd = _dot(x[:size], direction[:size])
+        dd = _dot(direction[:size], direction[:size])
+        ww = _dot(x[:size], x[:size])
+        t = 1.0
+        trial_scores = np.empty_like(scores)
+        for _ in range(40):
+            np.multiply(step_scores, t, out=trial_scores)
+            trial_scores += scores
+            trial_value, trial_upstream = loss(trial_scores)
+            trial = trial_value + 0.5 * alpha * (ww + 2 * t * wd + t * t * dd)
+            if trial <= objective + 1e-4 * t * slope:
+                break
+            # Backtrack to the minimum of the quadratic through f(0), f'(0) and f(t).
+            curvature = trial - objective - slope * t
+            guess = -slope * t * t / (2 * curvature) if curvature > 0 else 0.5 * t
+            t = min(max(guess, 0.1 * t), 0.5 * t)
+        else:
+            break  # no decrease along this direction: as converged as it gets
+        direction *= t
+        x += direction
+        scores = trial_scores
+        upstream, objective = trial_upstream, trial
+        gradient(upstream, new_grad)
+        grad -= new_grad  # now minus the change of the gradient, y = new - old
+        sy = -_dot(direction, grad)
+        if sy > 1e-10 * _dot(grad, grad):
+            newest = (newest + 1) % memory
+            steps[newest] = direction
+            np.negative(grad, out=changes[newest], casting="same_kind")
+            rho[newest] = 1.0 / sy
+            stored = min(stored + 1, memory)
+        grad, new_grad = new_grad, grad
+    return _Solution(np.ascontiguousarray(expand @ weights), x[size:].copy(), iterations)
+
+
+def _product(rows: _Int, cols: _Int, values: _Float, matrix: _Float, n: int) -> _Float:
+    """The sparse (n, len(matrix)) matrix of these entries times ``matrix``."""
+    if n == 1:
+        # One text: numpy on the few rows it touches beats building a sparse matrix. einsum,
+        # not @: @ hands this to BLAS, whose threads cost more than the sum when cores are busy.
+        out: _Float = np.einsum("f,fc->c", values, matrix[cols])[None, :]
+        return out
+    product: _Float = _csr(rows, cols, values, (n, matrix.shape[0])) @ matrix
+    return product
+
+
+def _features(
+    model: _Model, texts: Sequence[str]
+) -> tuple[_Int, _Int, _Int, tuple[_Int, _Int, _Int], tuple[_Int, _Int, _Int], _Tokens | None]:
+    """Token ids, rows, and the aggregated word and character n-gram counts of a batch.
+
+    Returns (token ids, token rows, positions of the tokens the model had not analysed, word
+    entries, char entries, those tokens analysed); entries are (row, column, count), and
+    columns past a block's size are n-grams the model never saw (equal ones share a column).
+    """
+    flat, token_rows = _split(texts)
+    tokens = model.tokens
+    seeded = len(tokens.index)
+    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+    new_tokens = None
+    unknown = np.flatnonzero(ids < 0)
+    if unknown.size:
+        new_raw = [flat[i] for i in unknown.tolist()]
+        distinct = list(dict.fromkeys(new_raw))
+        new_tokens = _analyse(
+            distinct, model.word_grams.words, model.chars, model.ngrams[1], grow=False
+        )
+        ids[unknown] = seeded + np.fromiter(
+            map(new_tokens.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
+        )
+    second_words = None if new_tokens is None else (new_tokens.word_ptr, new_tokens.word_ids)
+    word_ids, word_counts = _gather((tokens.word_ptr, tokens.word_ids), second_words, ids, seeded)
+    word_rows = np.repeat(token_rows, word_counts)
+    known_words = model.word_features
+    rows, keys = _word_entries(model.word_grams, word_rows, word_ids, model.ngrams[0], known_words)
+    words = _entries(rows, keys, known_words)
+    second_chars = None if new_tokens is None else (new_tokens.char_ptr, new_tokens.char_ids)
+    char_ids, char_counts = _gather((tokens.char_ptr, tokens.char_ids), second_chars, ids, seeded)
+    chars = _entries(np.repeat(token_rows, char_counts), char_ids, len(model.chars))
+    return ids, token_rows, unknown, words, chars, new_tokens
+
+
+def _entries(rows: _Int, keys: _Int, known: int) -> tuple[_Int, _Int, _Int]:
+    """(row, column, count) of every distinct (row, key), sorted by row then column."""
+    if keys.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    span = max(int(keys.max()) + 1, known)
+    distinct, counts = _aggregate(rows * span + keys)
+    return distinct // span, distinct % span, counts
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """One block of a batch: its known entries with tf-idf values, and each row's masses."""
+
+    rows: _Int
+    cols: _Int
+    values: _Float  # sublinear tf * idf, not normalised
+    counts: _Int
+    known_mass: _Float  # (texts,) squared norm of the known part
+    unseen_mass: _Float  # (texts,)
+
+
+def _block(entries: tuple[_Int, _Int, _Int], idf: _Float, unseen_idf: float, n: int) -> _Block:
+    rows, cols, counts = entries
+    seen = cols < idf.size
+    tf = _sublinear(counts)
+    values = tf[seen] * idf[cols[seen]]
+    known_mass = _sums(rows[seen], values * values, n)
+    unseen_tf = tf[~seen]
+    unseen_mass = _sums(rows[~seen], unseen_tf * unseen_tf, n) * (unseen_idf * unseen_idf)
+    return _Block(rows[seen], cols[seen], values, counts[seen], known_mass, unseen_mass)
+
+
+def _sums(rows: _Int, weights: _Float, n: int) -> _Float:
+    """Per-row sums of ``weights`` (float even when there are none)."""
+    out: _Float = np.bincount(rows, weights=weights, minlength=n).astype(np.float64, copy=False)
+    return out
+
+
+def _safe_norm(mass: _Float) -> _Float:
+    norm = np.sqrt(mass)
+    norm[norm == 0.0] = 1.0  # an empty block stays zero, as scikit-learn leaves it
+    return norm
+
+
+def _coverage(words: _Block, chars: _Block) -> _Float:
+    """The share of each text's squared tf-idf weight on seen n-grams, averaged over blocks."""
+    share = np.zeros(words.known_mass.size)
+    blocks = np.zeros(words.known_mass.size)
+    for block in (words, chars):
+        total = block.known_mass + block.unseen_mass
+        has = total > 0.0
+        share[has] += block.known_mass[has] / total[has]
+        blocks += has
+    out: _Float = np.divide(share, blocks, out=np.zeros_like(share), where=blocks > 0)
+    return out
+
+
+def _token_scores(tokens: _Tokens, idf: _Float, weights: _Float) -> _Float:
+    """Each token's character n-grams times their weights, counts taken linearly."""
+    n = len(tokens.index)
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(tokens.char_ptr))
+    rows, cols, counts = _entries(rows, tokens.char_ids, idf.size)
+    seen = cols < idf.size
+    values = counts[seen] * idf[cols[seen]]
+    # Always the sparse product, so a token scores the same whichever table it came from.
+    out: _Float = _csr(rows[seen], cols[seen], values, (n, idf.size)) @ weights
+    return out
+
+
+def _one(model: _Model, text: str, unseen_penalty: float) -> tuple[_Float, float]:
+    """One text's class scores and temperature: the batch's arithmetic, without its set-up."""
+    low, high = model.ngrams[0]
+    char_low, char_high = model.ngrams[1]
+    index, token_chars, char_column = model.tokens.index.get, model.token_chars, model.chars.get
+    grams: list[int] = []
+    unseen_grams: list[str] = []
+    for token in text.split():
+        known = index(token)
+        if known is not None:
+            grams += token_chars[known]
+            continue
+        for gram in _char_grams(token.lower(), char_low, char_high):
+            column = char_column(gram)
+            if column is None:
+                unseen_grams.append(gram)
+            else:
+                grams.append(column)
+    words = _WORD.findall(text.lower())
+    ngrams = list(words) if low == 1 else []
+    for n in range(max(low, 2), min(high, len(words)) + 1):
+        ngrams += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    word_column = model.word_columns.get
+    word_counts: Counter[int] = Counter()
+    unseen_words: Counter[str] = Counter()
+    for ngram, count in Counter(ngrams).items():
+        column = word_column(ngram)
+        if column is None:
+            unseen_words[ngram] = count
+        else:
+            word_counts[column] = count
+    split = model.word_features
+    columns: list[_Int] = []
+    values: list[_Float] = []
+    share, blocks = 0.0, 0
+    for counts, unseen, offset, unseen_idf in (
+        (word_counts, unseen_words, 0, model.unseen_idf[0]),
+        (Counter(grams), Counter(unseen_grams), split, model.unseen_idf[1]),
+    ):
+        block = np.fromiter(counts, dtype=np.int64, count=len(counts)) + offset
+        tf = _sublinear(np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
+        value = tf * model.idf[block]
+        known_mass = float(value @ value)
+        unseen_mass = sum((1.0 + math.log(c)) ** 2 for c in unseen.values()) * unseen_idf**2
+        if known_mass > 0.0:
+            value /= math.sqrt(known_mass)
+        if known_mass + unseen_mass > 0.0:
+            share += known_mass / (known_mass + unseen_mass)
+            blocks += 1
+        columns.append(block)
+        values.append(value)
+    every = np.concatenate(columns)
+    # einsum, not the @ operator: @ hands this to BLAS, which splits it across threads once
+    # the block is a few thousand numbers, and a thread that waits for a busy core costs ms.
+    scores: _Float = np.einsum("f,fc->c", np.concatenate(values), model.weights[every])
+    scores += model.intercept
+    if not unseen_penalty:
+        return scores, 1.0
+    # A text with no n-grams at all has coverage 0: uniform probabilities.
+    return scores, (share / blocks if blocks else 0.0) ** unseen_penalty
+
+
+def _batch_scores(
+    model: _Model, texts: Sequence[str], unseen_penalty: float
+) -> tuple[_Float, _Float]:
+    """Class scores (texts, classes) and temperature factors, a bounded chunk at a time."""
+    if len(texts) <= _CHUNK:
+        return _chunk_scores(model, texts, unseen_penalty)
+    # Every row is computed on its own, so chunks only bound the memory a huge batch takes.
+    parts = [
+        _chunk_scores(model, texts[start : start + _CHUNK], unseen_penalty)
+        for start in range(0, len(texts), _CHUNK)
+    ]
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _chunk_scores(
+    model: _Model, texts: Sequence[str], unseen_penalty: float
+) -> tuple[_Float, _Float]:
+    """Class scores (texts, classes) and each text's temperature factor."""
+    n = len(texts)
+    ids, token_rows, unknown, word_entries, char_entries, new_tokens = _features(model, texts)
+    split = model.word_features
+    words = _block(word_entries, model.idf[:split], model.unseen_idf[0], n)
+    chars = _block(char_entries, model.idf[split:], model.unseen_idf[1], n)
+    word_weights, char_weights = model.weights[:split], model.weights[split:]
+    word_norm, char_norm = _safe_norm(words.known_mass), _safe_norm(chars.known_mass)
+    scores = _product(words.rows, words.cols, words.values / word_norm[words.rows], word_weights, n)
+    # The character block is the sum of its tokens' rows (precomputed as class scores) where
+    # every n-gram occurs once; where one repeats, 1 + log(count) replaces count.
+    seeded = len(model.tokens.index)
+    known_tokens = np.ones(ids.size, dtype=bool)
+    known_tokens[unknown] = False
+    char_scores = _product(
+        token_rows[known_tokens],
+        ids[known_tokens],
+        np.ones(int(known_tokens.sum())),
+        model.token_scores,
+        n,
+    )
+    if new_tokens is not None:
+        new_scores = _token_scores(new_tokens, model.idf[split:], char_weights)
+        char_scores += _product(
+            token_rows[unknown], ids[unknown] - seeded, np.ones(unknown.size), new_scores, n
+        )
+    repeated = chars.counts >= 2
+    if repeated.any():
+        counts = chars.counts[repeated]
+        correction = (_sublinear(counts) - counts) * model.idf[split:][chars.cols[repeated]]
+        char_scores += _product(
+            chars.rows[repeated], chars.cols[repeated], correction, char_weights, n
+        )
+    char_scores /= char_norm[:, None]
+    scores += char_scores
+    scores += model.intercept
+    if not unseen_penalty:
+        return scores, np.ones(n)
+    # A text with no n-grams at all has coverage 0: uniform probabilities.
+    return scores, _coverage(words, chars) ** unseen_penalty
+
+
+def _top(scores: _Float, temperature: _Float) -> tuple[_Int, _Float]:
+    """Index and softmax probability of the best class of every row."""
+    # The label comes from the unscaled scores: with a factor of 0 they would all tie.
+    index = scores.argmax(axis=1)
+    top = scores[np.arange(scores.shape[0]), index]
+    # exp(0) is exactly 1, so the top probability is 1 / sum.
+    spread = np.exp((scores - top[:, None]) * temperature[:, None]).sum(axis=1)
+    return index, 1.0 / spread
+
+
+def _seed(
+    candidates: Sequence[str], grams: _WordGrams, chars: dict[str, int], char_range: tuple[int, int]
+) -> _Tokens:
+    """The token table: the candidates whose words and character n-grams are all known."""
+    analysed = _analyse(candidates, grams.words, chars, char_range, grow=False)
+    unknown_chars = np.add.reduceat(
+        (analysed.char_ids >= len(chars)).astype(np.int64), analysed.char_ptr[:-1]
+    )
+    word_lengths = np.diff(analysed.word_ptr)
+    unknown_words = np.zeros(len(candidates), dtype=np.int64)
+    has_words = word_lengths > 0
+    if analysed.word_ids.size:
+        per_token = np.add.reduceat(
+            (analysed.word_ids >= grams.size).astype(np.int64), analysed.word_ptr[:-1][has_words]
+        )
+        unknown_words[has_words] = per_token
+    keep = (unknown_chars == 0) & (unknown_words == 0)
+    if keep.all():
+        return analysed
+    kept = [token for token, good in zip(candidates, keep.tolist(), strict=True) if good]
+    return _analyse(kept, grams.words, chars, char_range, grow=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fitted:
+    """A model with the raw solution it was exported from (a warm start for the next fit)."""
+
+    model: _Model
+    solution: _Solution
+
+
+def _train(
+    texts: Sequence[str],
+    targets: _Int,
+    classes: tuple[str, ...],
+    settings: LocalClassifier,
+    start: _Fitted | None = None,
+) -> _Fitted:
+    """Build the vocabularies and features of these texts and fit the regression."""
+    word_range, char_range = settings.word_ngrams, settings.char_ngrams
+    flat, token_rows = _split(texts)
+    distinct = list(dict.fromkeys(flat))
+    words: dict[str, int] = {}
+    first_chars: dict[str, int] = {}
+    analysed = _analyse(distinct, words, first_chars, char_range, grow=True)
+    ids = np.fromiter(map(analysed.index.__getitem__, flat), dtype=np.int64, count=len(flat))
+    word_ids, word_counts = _gather((analysed.word_ptr, analysed.word_ids), None, ids, 0)
+    word_rows = np.repeat(token_rows, word_counts)
+    levels = _levels(word_rows, word_ids, len(words), word_range[1])
+    grams, word_terms = _word_grams(words, [keys for keys, _ in levels[1:]], word_range[0])
+    char_terms = sorted(first_chars)
+    if not word_terms or not char_terms:
+        raise ConfigError(
+            f"fit could not learn from these {len(texts)} texts: none has "
+            f"{'a word of two letters or more' if not word_terms else 'any character'}. "
+            "Check that the texts are non-empty sentences."
+        )
+    chars = {gram: column for column, gram in enumerate(char_terms)}
+    column_of_first = np.fromiter(
+        map(chars.__getitem__, first_chars), dtype=np.int64, count=len(first_chars)
+    )
+    char_ids, char_counts = _gather(
+        (analysed.char_ptr, column_of_first[analysed.char_ids]), None, ids, 0
+    )
+    n, n_words, n_chars = len(texts), len(word_terms), len(char_terms)
+    word_entries = _entries(
+        *_word_entries(grams, word_rows, word_ids, word_range, n_words), n_words
+    )
+    char_entries = _entries(np.repeat(token_rows, char_counts), char_ids, n_chars)
+    blocks = []
+    idfs = []
+    for (rows, cols, counts), size in ((word_entries, n_words), (char_entries, n_chars)):
+        df = np.bincount(cols, minlength=size)
+        idf = np.log((1.0 + n) / (1.0 + df)) + 1.0  # scikit-learn's smooth idf
+        values = _sublinear(counts) * idf[cols]
+        norm = _safe_norm(_sums(rows, values * values, n))
+        blocks.append(_csr(rows, cols, values / norm[rows], (n, size)))
+        idfs.append(idf)
+    matrix = sp.hstack(blocks, format="csr")
+    initial = None
+    if start is not None:
+        # Warm start from a fit on a subset: its n-grams are a subset of these.
+        previous = start
+        index = {term: i for i, term in enumerate(chain(word_terms, char_terms))}
+        old_terms = list(chain(*previous.model.terms))
+        mapped = np.fromiter(map(index.__getitem__, old_terms), np.int64, len(old_terms))
+        weights = np.zeros((n_words + n_chars, previous.solution.weights.shape[1]))
+        weights[mapped] = previous.solution.weights
+        initial = _Solution(weights, previous.solution.intercept, 0)
+    solution = _solve(
+        matrix,
+        targets,
+        len(classes),
+        c=settings.c,
+        class_weight=settings.class_weight,
+        max_iter=settings.max_iter,
+        start=initial,
+    )
+    weights, intercept = solution.weights, solution.intercept
+    if len(classes) == 2:
+        # Binary: one score s with P(second class) = sigmoid(s), which is the softmax of
+        # (-s/2, s/2); two columns let one code path serve every case.
+        weights = np.hstack([-weights / 2, weights / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
+    idf_all = np.concatenate(idfs)
+    token_list = list(dict.fromkeys(chain(distinct, grams.words)))
+    model = _assemble(
+        classes,
+        (word_range, char_range),
+        grams,
+        chars,
+        idf_all,
+        np.ascontiguousarray(weights),
+        intercept,
+        token_list,
+        (word_terms, char_terms),
+    )
+    return _Fitted(model, solution)
+
+
+def _assemble(
+    classes: tuple[str, ...],
+    ngrams: tuple[tuple[int, int], tuple[int, int]],
+    grams: _WordGrams,
+    chars: dict[str, int],
+    idf: _Float,
+    weights: _Float,
+    intercept: _Float,
+    candidates: Sequence[str],
+    terms: tuple[list[str], list[str]],
+) -> _Model:
+    """A model from its parts; the token table and its scores are derived here."""
+    split = idf.size - len(chars)
+    tokens = _seed(candidates, grams, chars, ngrams[1])
+    unseen = (float(idf[:split].max()) if split else 1.0, float(idf[split:].max()))
+    return _Model(
+        classes,
+        ngrams,
+        grams,
+        chars,
+        idf,
+        weights,
+        intercept,
+        unseen,
+        tokens,
+        _token_scores(tokens, idf[split:], weights[split:]),
+        terms,
+        dict(zip(terms[0], range(len(terms[0])), strict=True)),
+        [
+            tokens.char_ids[start:end].tolist()
+            for start, end in zip(tokens.char_ptr[:-1], tokens.char_ptr[1:], strict=True)
+        ],
+    )
+
+
+def _holdout(targets: _Int, share: float, seed: int) -> _Int:
+    """A stratified, seeded sample: ``floor(share * count)`` texts of every class."""
+    rng = np.random.default_rng(seed)
+    chosen: list[_Int] = []
+    for label in range(int(targets.max()) + 1):
+        members = np.flatnonzero(targets == label)
+        take = int(share * members.size)
+        if take:
+            chosen.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
 class LocalClassifier:
@@ -131,9 +1062,14 @@ class LocalClassifier:
         word_ngrams: range of word n-gram lengths.
         char_ngrams: range of character n-gram lengths, taken inside word boundaries.
         class_weight: ``"balanced"`` weighs each intent equally however many examples it has.
-        unseen_penalty: power of the coverage that scales the scores (0: scikit-learn's
-            probabilities exactly; larger: texts with unseen words get lower confidence).
-        threshold: confidence below which ``predict`` answers ``out_of_scope``; None never does.
+        unseen_penalty: power of the coverage that scales the scores (0: the plain logistic
+            regression's probabilities; larger: texts with unseen words get lower confidence).
+        threshold: confidence below which ``predict`` answers ``out_of_scope``. ``"auto"``
+            (the default) calibrates it in ``fit`` on held-out training texts; None never
+            answers out of scope; a number is used as it is.
+        holdout: share of each class's training texts held out to calibrate ``"auto"``.
+        reject_share: share of held-out in-scope texts that the calibrated threshold rejects.
+        seed: chooses the held-out texts, so that the same data gives the same threshold.
         max_iter: iteration limit of the solver.
     """
 
@@ -146,7 +1082,10 @@ class LocalClassifier:
         char_ngrams: tuple[int, int] = (2, 5),
         class_weight: _ClassWeight = "balanced",
         unseen_penalty: float = 1.0,
-        threshold: float | None = None,
+        threshold: _Threshold = "auto",
+        holdout: float = _DEFAULT_HOLDOUT,
+        reject_share: float = _DEFAULT_REJECT,
+        seed: int = 0,
         max_iter: int = 1000,
     ) -> None:
         if not c > 0:
@@ -165,16 +1104,20 @@ class LocalClassifier:
         self.char_ngrams = _check_ngrams("char_ngrams", char_ngrams)
         self.class_weight: _ClassWeight = class_weight
         self.unseen_penalty = float(unseen_penalty)
+        self.holdout = _check_share("holdout", holdout)
+        self.reject_share = _check_share("reject_share", reject_share)
+        self.seed = int(seed)
         self.max_iter = int(max_iter)
-        self._threshold = _check_threshold(threshold)
+        self._calibrate = threshold == "auto"
+        self._threshold = None if threshold == "auto" else _check_threshold(threshold)
         self._model: _Model | None = None
-        self._pipeline: Any = None
 
     def __repr__(self) -> str:
         state = "unfitted" if self._model is None else f"{len(self._model.classes)} classes"
+        threshold = "'auto'" if self._calibrate else self._threshold
         return (
             f"LocalClassifier(out_of_scope={self.out_of_scope!r}, c={self.c}, "
-            f"threshold={self._threshold}, {state})"
+            f"threshold={threshold}, {state})"
         )
 
     @property
@@ -183,26 +1126,17 @@ class LocalClassifier:
         return self._threshold
 
     @threshold.setter
-    def threshold(self, value: float | None) -> None:
-        self._threshold = _check_threshold(value)
+    def threshold(self, value: _Threshold) -> None:
+        self._calibrate = value == "auto"
+        self._threshold = None if value == "auto" else _check_threshold(value)
 
     @property
     def classes(self) -> tuple[str, ...]:
         """The labels the model can predict, in the order of ``predict_proba``'s columns."""
         return self._fitted("classes").classes
 
-    @property
-    def sklearn_pipeline(self) -> Any:
-        """The fitted scikit-learn ``Pipeline`` this classifier exported (not kept by ``save``)."""
-        if self._pipeline is None:
-            raise ConfigError(
-                "This LocalClassifier has no scikit-learn pipeline: only a classifier fitted in "
-                "this process keeps one (load() rebuilds the fast model only). Call fit() first."
-            )
-        return self._pipeline
-
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> LocalClassifier:
-        """Train on labelled texts with scikit-learn, then export the model; returns self."""
+        """Train on labelled texts (and calibrate an ``"auto"`` threshold); returns self."""
         texts, labels = list(texts), list(labels)
         if len(texts) != len(labels):
             raise ConfigError(
@@ -214,71 +1148,73 @@ class LocalClassifier:
                 raise ConfigError(
                     f"fit needs {name} as strings, got {type(wrong).__name__} {wrong!r}."
                 )
-        classes = sorted(set(labels))
+        classes = tuple(sorted(set(labels)))
         if len(classes) < 2:
             raise ConfigError(
-                f"fit needs at least 2 distinct labels, got {len(classes)} ({classes!r}); "
+                f"fit needs at least 2 distinct labels, got {len(classes)} ({list(classes)!r}); "
                 "add examples of another intent."
             )
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import FeatureUnion, Pipeline
-
-        pipeline = Pipeline(
-            [
-                (
-                    "features",
-                    FeatureUnion(
-                        [
-                            ("word", _vectoriser("word", self.word_ngrams)),
-                            ("char", _vectoriser("char_wb", self.char_ngrams)),
-                        ]
-                    ),
-                ),
-                (
-                    "model",
-                    LogisticRegression(
-                        C=self.c, class_weight=self.class_weight, max_iter=self.max_iter
-                    ),
-                ),
-            ]
-        )
-        try:
-            pipeline.fit(texts, labels)
-        except ValueError as exc:  # e.g. "empty vocabulary": no text has a word or character
-            raise ConfigError(
-                f"fit could not learn from these {len(texts)} texts: {exc}. "
-                "Check that the texts are non-empty sentences."
-            ) from exc
-        self._pipeline = pipeline
-        self._model = _export(pipeline, (self.word_ngrams, self.char_ngrams))
+        position = {label: i for i, label in enumerate(classes)}
+        targets = np.fromiter(map(position.__getitem__, labels), np.int64, len(labels))
+        start = None
+        if self._calibrate:
+            held = _holdout(targets, self.holdout, self.seed)
+            if held.size:
+                keep = np.ones(len(texts), dtype=bool)
+                keep[held] = False
+                kept = np.flatnonzero(keep).tolist()
+                partial = _train([texts[i] for i in kept], targets[keep], classes, self)
+                in_scope = [texts[i] for i in held.tolist() if labels[i] != self.out_of_scope]
+                if in_scope:
+                    scores, temperature = _batch_scores(
+                        partial.model, in_scope, self.unseen_penalty
+                    )
+                    _, confidence = _top(scores, temperature)
+                    self._threshold = float(np.quantile(confidence, self.reject_share))
+                start = partial
+        fitted = _train(texts, targets, classes, self, start)
+        self._model = fitted.model
         return self
 
     def predict(self, text: str) -> Prediction:
         """Label one text; below ``threshold`` the label is the out-of-scope label."""
         model = self._fitted("predict")
-        index, confidence = _top(_scores(model, text, self.unseen_penalty))
+        scores, temperature = _one(model, text, self.unseen_penalty)
+        # The label comes from the unscaled scores: with a factor of 0 they would all tie.
+        index = int(scores.argmax())
+        # exp(0) is exactly 1, so the top probability is 1 / sum.
+        confidence = float(1.0 / np.exp((scores - scores[index]) * temperature).sum())
         label = model.classes[index]
         if self._threshold is not None and confidence < self._threshold:
             label = self.out_of_scope
         return Prediction(label, confidence)
 
     def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label many texts; the same predictions as calling ``predict`` on each."""
-        self._fitted("predict_many")
-        # Each text goes through predict's own arithmetic, so the results match it bit for bit;
-        # the work is tokenising, which is per text anyway.
-        predict = self.predict
-        return [predict(text) for text in texts]
+        """Label many texts at once; the same predictions as ``predict`` on each, to 1e-12."""
+        return self._predict(self._fitted("predict_many"), list(texts))
 
     def predict_proba(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """Probabilities of every class (columns in ``classes`` order), one row per text."""
         model = self._fitted("predict_proba")
-        rows = np.empty((len(texts), len(model.classes)))
-        for row, text in enumerate(texts):
-            scores, temperature = _scores(model, text, self.unseen_penalty)
-            exp = np.exp((scores - scores.max()) * temperature)
-            rows[row] = exp / exp.sum()
-        return rows
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(model.classes)))
+        scores, temperature = _batch_scores(model, texts, self.unseen_penalty)
+        exp = np.exp((scores - scores.max(axis=1)[:, None]) * temperature[:, None])
+        out: _Float = exp / exp.sum(axis=1)[:, None]
+        return out
+
+    def _predict(self, model: _Model, texts: list[str]) -> list[Prediction]:
+        if not texts:
+            return []
+        index, confidence = _top(*_batch_scores(model, texts, self.unseen_penalty))
+        labels = [model.classes[i] for i in index.tolist()]
+        if self._threshold is not None:
+            low = (confidence < self._threshold).tolist()
+            labels = [
+                self.out_of_scope if no else label for label, no in zip(labels, low, strict=True)
+            ]
+        return list(map(Prediction, labels, confidence.tolist()))
 
     def choose_threshold(
         self,
@@ -341,9 +1277,8 @@ class LocalClassifier:
                 f"the {len(texts)} texts is {kind}; add some."
             )
 
-        tops = [_top(_scores(model, text, self.unseen_penalty)) for text in texts]
-        confidence = np.array([conf for _, conf in tops])
-        predicted = [model.classes[index] for index, _ in tops]
+        index, confidence = _top(*_batch_scores(model, texts, self.unseen_penalty))
+        predicted = [model.classes[i] for i in index.tolist()]
         predicted_oos = np.array([label in oos_names for label in predicted], dtype=bool)
         right = np.array([p == g for p, g in zip(predicted, labels, strict=True)], dtype=bool)
         right &= ~gold_oos & ~predicted_oos
@@ -374,15 +1309,12 @@ class LocalClassifier:
             )
         balanced = np.where(feasible, accuracy + recall, -np.inf)
         self._threshold = float(candidates[int(np.argmax(balanced))])
+        self._calibrate = False
         return self._threshold
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model to one ``.npz`` file: numpy arrays plus a JSON header, no pickle."""
         model = self._fitted("save")
-        vocabularies = []
-        for block in model.blocks:
-            terms = sorted(block.vocabulary, key=block.vocabulary.__getitem__)
-            vocabularies.append(terms)
         header = _Header(
             format=_FORMAT,
             version=_VERSION,
@@ -395,9 +1327,12 @@ class LocalClassifier:
             max_iter=self.max_iter,
             threshold=self._threshold,
             classes=list(model.classes),
-            vocabularies=(vocabularies[0], vocabularies[1]),
+            vocabularies=model.terms,
+            tokens=list(model.tokens.index),
         )
-        encoded = np.frombuffer(header.model_dump_json().encode("utf-8"), dtype=np.uint8)
+        # ASCII JSON: a lone surrogate in a training text is escaped, not an encoding error.
+        text = json.dumps(header.model_dump(mode="python"), ensure_ascii=True)
+        encoded = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
         # A file object, so numpy does not append ".npz" to a path that lacks it.
         with open(path, "wb") as file:
             np.savez(
@@ -414,7 +1349,8 @@ class LocalClassifier:
         try:
             # Our own file object: np.load leaks its handle when the zip is broken.
             with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
-                header = _Header.model_validate_json(bytes(data["header"]).decode("utf-8"))
+                raw = json.loads(bytes(data["header"]).decode("utf-8"))
+                header = _Header.model_validate(raw)
                 idf = np.asarray(data["idf"], dtype=np.float64)
                 weights = np.ascontiguousarray(data["weights"], dtype=np.float64)
                 intercept = np.asarray(data["intercept"], dtype=np.float64)
@@ -435,14 +1371,15 @@ class LocalClassifier:
                 f"{os.fspath(path)!r} is not a classifier saved by LocalClassifier.save "
                 f"({type(exc).__name__}: {exc}); save it again from a fitted classifier."
             ) from exc
-        features = sum(len(terms) for terms in header.vocabularies)
+        word_terms, char_terms = header.vocabularies
+        features = len(word_terms) + len(char_terms)
         shapes = {"idf": idf.shape, "weights": weights.shape, "intercept": intercept.shape}
         expected = {
             "idf": (features,),
             "weights": (features, len(header.classes)),
             "intercept": (len(header.classes),),
         }
-        if shapes != expected:
+        if shapes != expected or not word_terms or not char_terms:
             raise ConfigError(
                 f"{os.fspath(path)!r} is inconsistent: array shapes {shapes} but its header "
                 f"describes {expected}; save it again from a fitted classifier."
@@ -457,24 +1394,19 @@ class LocalClassifier:
             threshold=header.threshold,
             max_iter=header.max_iter,
         )
-        analysers = (
-            _vectoriser("word", header.word_ngrams),
-            _vectoriser("char_wb", header.char_ngrams),
-        )
-        blocks, offset = [], 0
-        for vectoriser, terms in zip(analysers, header.vocabularies, strict=True):
-            columns = range(offset, offset + len(terms))
-            vocabulary = dict(zip(terms, columns, strict=True))
-            unseen_idf = float(idf[offset : offset + len(terms)].max()) if terms else 1.0
-            blocks.append(_Block(vectoriser.build_analyzer(), vocabulary, unseen_idf))
-            offset += len(terms)
-        clf._model = _Model(
+        grams = _word_grams_from_terms(word_terms, clf.word_ngrams[1])
+        chars = {gram: column for column, gram in enumerate(char_terms)}
+        candidates = header.tokens or list(grams.words)
+        clf._model = _assemble(
             tuple(header.classes),
-            (header.word_ngrams, header.char_ngrams),
-            tuple(blocks),
+            (clf.word_ngrams, clf.char_ngrams),
+            grams,
+            chars,
             idf,
             weights,
             intercept,
+            candidates,
+            (list(word_terms), list(char_terms)),
         )
         return clf
 
@@ -485,79 +1417,6 @@ class LocalClassifier:
                 ".fit(texts, labels) or LocalClassifier.load(path) first."
             )
         return self._model
-
-
-def _export(pipeline: Any, ngrams: tuple[tuple[int, int], tuple[int, int]]) -> _Model:
-    """Copy what prediction needs out of a fitted scikit-learn pipeline."""
-    union, regression = pipeline.named_steps["features"], pipeline.named_steps["model"]
-    blocks, idfs, offset = [], [], 0
-    for name, _ in union.transformer_list:
-        fitted = union.named_transformers[name]
-        idf = np.asarray(fitted.idf_, dtype=np.float64)
-        vocabulary = {term: offset + int(column) for term, column in fitted.vocabulary_.items()}
-        # An unseen n-gram is at least as rare as the rarest one seen in training.
-        blocks.append(_Block(fitted.build_analyzer(), vocabulary, float(idf.max())))
-        idfs.append(idf)
-        offset += idf.size
-    coef = np.asarray(regression.coef_, dtype=np.float64)
-    intercept = np.asarray(regression.intercept_, dtype=np.float64)
-    if coef.shape[0] == 1:
-        # Binary: scikit-learn keeps one score s and P(second class) = sigmoid(s), which is the
-        # softmax of (-s/2, s/2); two columns let one code path serve every case.
-        coef = np.vstack([-coef / 2, coef / 2])
-        intercept = np.concatenate([-intercept / 2, intercept / 2])
-    classes = tuple(str(label) for label in regression.classes_)
-    weights = np.ascontiguousarray(coef.T)
-    return _Model(classes, ngrams, tuple(blocks), np.concatenate(idfs), weights, intercept)
-
-
-def _scores(model: _Model, text: str, unseen_penalty: float) -> tuple[NDArray[np.float64], float]:
-    """One text's class scores, and the factor its coverage puts on them (1 / temperature)."""
-    columns: list[int] = []
-    counts: list[int] = []
-    spans: list[tuple[int, int, float]] = []
-    log = math.log
-    for block in model.blocks:
-        get, start, unseen = block.vocabulary.get, len(columns), 0.0
-        for gram, count in Counter(block.analyse(text)).items():
-            column = get(gram)
-            if column is None:
-                unseen += 1.0 if count == 1 else (1.0 + log(count)) ** 2
-            else:
-                columns.append(column)
-                counts.append(count)
-        spans.append((start, len(columns), unseen * block.unseen_idf**2))
-    index = np.array(columns, dtype=np.intp)
-    values = np.log(np.array(counts, dtype=np.float64))
-    values += 1.0  # sublinear tf, 1 + log(count), computed as scikit-learn does
-    values *= model.idf[index]
-    coverage, blocks_with_text = 0.0, 0
-    for start, end, unseen_mass in spans:
-        part = values[start:end]
-        known_mass = float(part @ part)
-        if known_mass > 0.0:
-            part /= math.sqrt(known_mass)  # each block L2-normalised, as in the FeatureUnion
-        if known_mass + unseen_mass > 0.0:
-            coverage += known_mass / (known_mass + unseen_mass)
-            blocks_with_text += 1
-    # einsum, not the @ operator: @ hands this to BLAS, which splits it across threads once
-    # the block is a few thousand numbers, and a thread that waits for a busy core costs ms.
-    scores: NDArray[np.float64] = np.einsum("f,fc->c", values, model.weights[index])
-    scores += model.intercept
-    if not unseen_penalty:
-        return scores, 1.0
-    # A text with no n-grams at all has coverage 0: uniform probabilities.
-    share = coverage / blocks_with_text if blocks_with_text else 0.0
-    return scores, share**unseen_penalty
-
-
-def _top(scored: tuple[NDArray[np.float64], float]) -> tuple[int, float]:
-    """Index and softmax probability of the best class."""
-    scores, temperature = scored
-    # The label comes from the unscaled scores: with a factor of 0 they would all tie.
-    index = int(scores.argmax())
-    # exp(0) is exactly 1, so the top probability is 1 / sum.
-    return index, float(1.0 / np.exp((scores - scores[index]) * temperature).sum())
 
 
 def _infeasible(
