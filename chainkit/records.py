@@ -378,6 +378,12 @@ class Request:
     def __post_init__(self) -> None:
         _check_body(self.text, "Request text")
         check_text(self.id, "Request id")
+        if self.document is None and not self.text.strip():
+            # Nothing to answer: a model would be paid to reply to nothing.
+            raise ConfigError(
+                f"Request {self.id!r} has no text (got {self.text!r}) and no document: there is "
+                "nothing to answer. Skip empty messages before making requests."
+            )
         if type(self.tags) is not Tags:
             object.__setattr__(self, "tags", Tags.of(self.tags))
         if self.document is not None:

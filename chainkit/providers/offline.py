@@ -1,7 +1,8 @@
 """Offline models: deterministic stand-ins that need no network, no weights and no credentials.
 
-``OfflineModel`` answers from its prompt, extractively: it keeps the prompt's most informative
-sentences up to its output budget. Its token counts come from the model family's real tokenizer
+``OfflineModel`` answers from its prompt, extractively: it keeps the most informative sentences
+of the prompt's context (facts, summary, document) up to its output budget, and says it is a
+stand-in when there is nothing but a question to answer from. Its token counts come from the model family's real tokenizer
 where one ships offline (Mistral) and from the documented estimator otherwise, so the spend it
 reports is the spend the same prompt would incur; only the wording of its answers is a stand-in.
 
@@ -75,6 +76,27 @@ def extract(text: str, budget: int, model_id: str = "") -> str:
     return " ".join(sentences[i] for i in sorted(chosen))
 
 
+_CONTEXT = re.compile(r"^(?:Facts|Summary|Document):\n", re.M)
+
+
+def _answer_source(user: str) -> str:
+    """What an offline answer is drawn from: the prompt's context, never the question alone.
+
+    A prompt of context sections (``Facts:``, ``Summary:``, ``Document:``) and a question last
+    is answered from the context; a longer text (a document to summarise: over two sentences or
+    forty words) from itself; a bare question gets a stand-in sentence that says so, rather than
+    the question echoed back.
+    """
+    if not user.strip():
+        return ""  # nothing asked, nothing answered
+    parts = user.split("\n\n")
+    if len(parts) > 1 and _CONTEXT.match(parts[0]):
+        return _CONTEXT.sub("", "\n\n".join(parts[:-1])).replace("\n- ", "\n")
+    if len([s for s in _SENTENCE.split(user) if s.strip()]) > 2 or len(user.split()) > 40:
+        return user
+    return "This is an offline stand-in reply: no model was called, and the token counts are real."
+
+
 def _fill(text: str, budget: int, model_id: str) -> str:
     """Repeat ``text`` word by word up to ``budget`` tokens (real replies run to length)."""
     words = text.split()
@@ -142,7 +164,7 @@ class OfflineModel:
                 model_id=self.model_id,
             )
         budget = self._budget(max_tokens)
-        source = prompt.user if self.answer is None else self.answer(prompt, budget)
+        source = _answer_source(prompt.user) if self.answer is None else self.answer(prompt, budget)
         text = extract(source, budget, self.model_id)
         if self.output_tokens is not None and text:
             text = _fill(text, budget, self.model_id)
