@@ -158,9 +158,11 @@ def _report(args: argparse.Namespace) -> str:
     return report.to_json() if args.format == "json" else report.to_table()
 
 
-def _open_writable(where: str) -> SQLLedger:
+def _open_writable(where: str, schema: str) -> SQLLedger:
     if where.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(where)
+        # Refuse a schema that holds no ledger (a typo) rather than create an empty one.
+        PostgresLedger(where, schema=schema, read_only=True).close()
+        return PostgresLedger(where, schema=schema)
     path = Path(where)
     if not path.exists():
         raise ChainkitError(f"No ledger at {path}: give the path of an existing ledger file.")
@@ -177,7 +179,7 @@ def _purge(args: argparse.Namespace) -> str:
         ) from None
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
-    with _open_writable(args.ledger) as ledger:
+    with _open_writable(args.ledger, args.schema) as ledger:
         progress, replies = ledger.purge(before)
     rows = {"before": before.isoformat(), "progress": progress, "replies": replies}
     if args.format == "json":
@@ -236,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("ledger", help="ledger file (SQLiteLedger) or postgresql:// DSN")
     purge.add_argument("--before", required=True, help="YYYY-MM-DD (UTC) or an ISO 8601 time")
+    purge.add_argument(
+        "--schema", default="chainkit", help="PostgreSQL: the ledger's schema (default chainkit)"
+    )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@
     ├── BudgetExceeded       a call would take a budget over its limit; nothing was spent
     ├── NoAnswer             every stage passed the request on and none answered
     ├── AlreadyAnswered      resuming a request answered before whose reply was not kept
+    ├── InProgress           resuming a request another live run is answering
     ├── LedgerError          the ledger could not store entries; they are kept and retried
     └── ProviderError        a model provider failed
         ├── Throttled        the provider refused for rate or capacity; retried before raising
@@ -24,6 +25,7 @@ __all__ = [
     "BudgetExceeded",
     "ChainkitError",
     "ConfigError",
+    "InProgress",
     "LedgerError",
     "NoAnswer",
     "ProviderError",
@@ -57,6 +59,13 @@ class AlreadyAnswered(ChainkitError):
 
     Answering it again would pay twice; keep replies with ``Resume(keep_text=True)`` to have
     them returned, or give the request a new id to answer it again.
+    """
+
+
+class InProgress(ChainkitError):
+    """A resumed request is being answered by another run (thread, process or host) right now.
+
+    Answering it here as well would pay twice; wait for that run, or resume it later.
     """
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -10,20 +12,21 @@ from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from tqdm import tqdm
 
-from chainkit.errors import AlreadyAnswered, ConfigError, NoAnswer
+from chainkit.errors import AlreadyAnswered, ConfigError, InProgress, NoAnswer
 from chainkit.ledger import Ledger
-from chainkit.ledger.sql import Progress, SQLLedger
+from chainkit.ledger.sql import _HOST, Progress, SQLLedger
 from chainkit.records import (
     Request,
     Result,
     check_text,
     fingerprint,
     is_generated_id,
+    new_entry_id,
     state_from_json,
 )
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
-__all__ = ["Pipeline", "Resume", "Stage"]
+__all__ = ["Pipeline", "Resume", "ResumePoint", "Stage", "resume_point"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +38,21 @@ class Resume:
     back. Off by default: then only stage numbers and a digest of each request are saved, the
     replies of paid calls are kept only until the request is answered, and a rerun replays
     those calls rather than paying again; an answered request raises ``AlreadyAnswered``.
+    Once an earlier run saved a request's texts, later runs go on saving that request's stage
+    outputs (so that they can go on from them), keeping its final answer only if asked.
 
     ``changed``: what to do when a saved id comes with different content: ``"error"`` (a
     ``ConfigError``) or ``"restart"`` (drop what was saved and answer it as new).
+
+    ``stale_after_s``: a run claims each request it resumes, so that two runs (threads,
+    processes, hosts) never answer the same one at once (the second gets ``InProgress``); a
+    claim not renewed for this long, or held by a process of this host that has died, is taken
+    over.
     """
 
     keep_text: bool = False
     changed: Literal["error", "restart"] = "error"
+    stale_after_s: float = 900.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep_text, bool):
@@ -50,34 +61,53 @@ class Resume:
             raise ConfigError(
                 f"Resume(changed=...) takes 'error' or 'restart', got {self.changed!r}."
             )
-
-
-def _fingerprint_of(saved: Progress, request: Request) -> str:
-    """The digest a saved request was stored with (older ledgers: from its saved state)."""
-    if saved.fingerprint or not saved.state:
-        return saved.fingerprint
-    state = state_from_json(saved.state, given=request.document)
-    return fingerprint(state.request if isinstance(state, Result) else state)
+        s = self.stale_after_s
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 < s < float("inf"):
+            raise ConfigError(
+                f"Resume(stale_after_s=...) takes a positive number of seconds, got {s!r}."
+            )
 
 
 @runtime_checkable
 class Stage(Protocol):
     """One step of a pipeline: answer the request, or pass it on enriched. Records either way."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The stage's name in the ledger (read-only is enough: frozen stages qualify)."""
+        ...
 
     def run(self, request: Request, ledger: Ledger) -> Request | Result:
         """Answer with a ``Result`` or return the (possibly enriched) request."""
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a resumed request goes on, and the claim this run holds on it (see ``resume_point``).
+
+    ``state`` is a ``Result`` if the request was answered (and its reply kept); else the request
+    to give stage ``start``. ``owner`` names this run's claim ("" if it holds none), and
+    ``keep_text`` is whether the stages' outputs must be saved with their texts (as asked, or
+    because an earlier run saved them so: a rerun goes on from them).
+    """
+
+    start: int
+    state: Request | Result
+    owner: str
+    fingerprint: str
+    keep_text: bool
+
+
 def resume_point(
-    request: Request, ledger: Ledger, how: Resume | None = None
-) -> tuple[int, Request | Result]:
-    """Where a resumed request goes on: ``(next stage, state)``; a ``Result`` if answered.
+    request: Request, ledger: Ledger, how: Resume | None = None, *context: str
+) -> ResumePoint:
+    """Claim a resumed request for this run and say where it goes on.
 
     Checks what resuming must: a durable ledger, an id that is the same in every run, the same
-    content as was saved under that id, and no entries written by a run that saved nothing.
+    content as was saved under that id (``context``: anything else the answer depends on, such
+    as a system prompt), no entries written by a run that saved nothing, and no other live run
+    answering it (:class:`~chainkit.errors.InProgress`).
     """
     how = how or Resume()
     if not ledger.durable:
@@ -92,41 +122,71 @@ def resume_point(
             "what it saves: resuming needs ids that are the same in every run. Pass one "
             "from your data, e.g. Request(text, id=row_key)."
         )
-    asked = fingerprint(request)
-    saved = ledger.progress(request.id)
-    if saved is not None and _fingerprint_of(saved, request) != asked:
+    asked = fingerprint(request, *context)
+    owner = f"{_HOST} pid {os.getpid()} {new_entry_id()}"
+    claim = ledger.claim(request.id, asked, owner, stale_after_s=how.stale_after_s)
+    if claim.entries:
+        raise ConfigError(
+            f"Ledger {ledger.where} holds {claim.entries} "
+            f"{'entry' if claim.entries == 1 else 'entries'} of request {request.id!r} but no "
+            "saved progress for it: it was run without resume (or its progress was purged), "
+            "and resuming would pay for it again. Report on that ledger as it is, or run into "
+            "a new ledger."
+        )
+    if claim.busy is not None:
+        raise InProgress(
+            f"Request {request.id!r} is being answered by another run ({claim.busy.owner}, "
+            f"last active {claim.busy.updated}): answering it here too would pay twice. Wait "
+            f"for that run, or resume after it ends (a claim not renewed for "
+            f"{how.stale_after_s:g} s is taken over)."
+        )
+    saved = claim.row
+    if saved is not None and not _same_request(saved, request, asked):
+        if claim.claimed:
+            ledger.unclaim(request.id, owner)
         if how.changed == "error":
             raise ConfigError(
                 f"Request id {request.id!r} was saved in ledger {ledger.where} for a request "
-                "that asked something else (its text, document or tags differ): resuming "
-                "would hand this request another's saved progress. Give each request its "
-                "own id, or pass resume=Resume(changed='restart') to answer it afresh."
+                "that asked something else (its text, document, tags or other fields differ): "
+                "resuming would hand this request another's saved progress. Give each request "
+                "its own id, or pass resume=Resume(changed='restart') to answer it afresh."
             )
-        ledger.forget(request.id)
-        return 0, request  # a new request by choice (the old one's entries stay)
-    if saved is None:
-        paid = ledger.entry_count(request.id)
-        if paid:
-            raise ConfigError(
-                f"Ledger {ledger.where} holds {paid} {'entry' if paid == 1 else 'entries'} of "
-                f"request {request.id!r} but "
-                "no saved progress for it: it was run without resume (or its progress was "
-                "purged), and resuming would pay for it again. Report on that ledger as it "
-                "is, or run into a new ledger."
-            )
+        # A new request by choice: what was saved goes (the old one's entries stay, paid).
+        ledger.claim(request.id, asked, owner, stale_after_s=how.stale_after_s, restart=True)
+        return ResumePoint(0, request, owner, asked, how.keep_text)
     if saved is not None and saved.state:
         state = state_from_json(saved.state, given=request.document)
-        return saved.stage + 1, state
+        if isinstance(state, Result):
+            return ResumePoint(saved.stage + 1, state, "", asked, True)
+        return ResumePoint(saved.stage + 1, state, owner, asked, True)
     if saved is not None and saved.done:
         raise AlreadyAnswered(
             f"Request {request.id!r} was answered by an earlier run into ledger "
             f"{ledger.where}, which did not keep the reply: answering again would pay twice. "
-            "Keep replies with resume=Resume(keep_text=True), or give it a new id to "
-            "answer it again."
+            "Keep replies with resume=Resume(keep_text=True), or give it a new id to answer "
+            "it again (a batch goes on past it with return_exceptions=True)."
         )
     # Without saved texts a request starts from the first stage again; every model call it
     # paid for is replayed from the ledger, not made again.
-    return 0, request
+    return ResumePoint(0, request, owner, asked, how.keep_text)
+
+
+def _same_request(saved: Progress, request: Request, asked: str) -> bool:
+    """Whether saved progress belongs to this request (what it asks, not only its id)."""
+    if saved.fingerprint:
+        return saved.fingerprint == asked
+    if not saved.state:
+        return True  # answered without keeping anything to compare: AlreadyAnswered follows
+    # Saved by a chainkit before fingerprints: compare what its saved request asked. A document
+    # it did not store (the caller passed it again) cannot be compared: then it is not the same.
+    data = json.loads(saved.state)["request"]
+    if data.get("document_given"):
+        return False
+    return (data["text"], data["document"], data["tags"]) == (
+        request.text,
+        request.document,
+        dict(request.tags),
+    )
 
 
 class Pipeline:
@@ -204,24 +264,27 @@ class Pipeline:
             raise self._no_answer(request)
 
     def _resume(self, request: Request, ledger: Ledger, how: Resume) -> Result:
-        start, current = resume_point(request, ledger, how)
-        if isinstance(current, Result):
-            return current
+        point = resume_point(request, ledger, how)
+        if isinstance(point.state, Result):
+            return point.state
         assert isinstance(ledger, SQLLedger)
-        asked = fingerprint(request)
-        for index in range(start, len(self.stages)):
+        current = point.state
+        for index in range(point.start, len(self.stages)):
             with ledger.step(
                 request.id,
                 index,
                 given=request.document,
-                fingerprint=asked,
-                keep_text=how.keep_text,
+                fingerprint=point.fingerprint,
+                keep_text=point.keep_text,
+                keep_answer=how.keep_text,
+                claimed=True,
             ) as save:
                 out = self.stages[index].run(current, ledger)
                 save(out)
             if isinstance(out, Result):
                 return out
             current = out
+        ledger.unclaim(request.id, point.owner)  # unanswered: the next run may try again
         raise self._no_answer(request)
 
     def _no_answer(self, request: Request) -> NoAnswer:

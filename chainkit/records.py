@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,6 @@ _LATEST = datetime(9998, 12, 31, tzinfo=UTC)
 _ID_PREFIX = secrets.token_hex(12)
 _REQUEST_COUNTER = itertools.count(1)
 _ENTRY_COUNTER = itertools.count(1)
-_OUR_PREFIXES = {_ID_PREFIX}  # this process's (and, after fork, its parent's) id prefixes
 
 
 def _reseed_ids() -> None:
@@ -76,7 +76,6 @@ def _reseed_ids() -> None:
     # one entry per id: the child's entries would vanish.
     global _ID_PREFIX, _REQUEST_COUNTER, _ENTRY_COUNTER
     _ID_PREFIX = secrets.token_hex(12)
-    _OUR_PREFIXES.add(_ID_PREFIX)
     _REQUEST_COUNTER = itertools.count(1)
     _ENTRY_COUNTER = itertools.count(1)
 
@@ -89,24 +88,39 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_REQUEST_COUNTER):08d}"
 
 
+_GENERATED = re.compile(r"[0-9a-f]{24}-[0-9]{8}")
+
+
 def is_generated_id(request_id: str) -> bool:
-    """Whether ``request_id`` was made by :func:`new_request_id` in this process (or its parent).
+    """Whether ``request_id`` has the form :func:`new_request_id` gives (in any process).
 
     Such an id differs in every run, so a rerun can never find what a run saved under it. (A
-    caller's own id cannot match by accident: the prefix holds 96 random bits.)
+    caller's own ids are unlikely to take exactly this form: 24 hex digits, a dash, 8 digits.)
     """
-    prefix, dash, counter = request_id.rpartition("-")
-    return bool(dash) and prefix in _OUR_PREFIXES and counter.isdigit()
+    return _GENERATED.fullmatch(request_id) is not None
 
 
-def fingerprint(request: Request) -> str:
-    """A digest of what a request asks: its text, document and tags (SHA-256, hex).
+def fingerprint(request: Request, *context: str) -> str:
+    """A digest of what a request asks: every field but its id, and any ``context`` (SHA-256).
 
     Resuming compares it with the one saved under the same id, so that a request is never given
-    another request's saved progress. JSON with ``ensure_ascii`` keeps every string distinct.
+    another request's saved progress: text, document, tags, and what stages may have set before
+    it came (intent, confidence, slots, facts, summary) all count. JSON with ``ensure_ascii``
+    keeps every string distinct (lone surrogates included).
     """
     body = json.dumps(
-        [request.text, request.document, sorted(request.tags.items())], ensure_ascii=True
+        [
+            request.text,
+            request.document,
+            sorted(request.tags.items()),
+            request.intent,
+            request.confidence,
+            sorted(request.slots.items()),
+            list(request.facts),
+            request.summary,
+            list(context),
+        ],
+        ensure_ascii=True,
     )
     return hashlib.sha256(body.encode("ascii")).hexdigest()
 

@@ -31,9 +31,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ledger",
-        type=Path,
-        default=None,
-        help="also keep every entry in this new SQLite file (read it back with `chainkit report`)",
+        default=None,  # a str: a postgresql:// URI must keep its two slashes
+        help="also keep every entry in this new SQLite file (read it back with `chainkit report`), "
+        "or in a PostgreSQL database given as postgresql://...",
     )
     parser.add_argument(
         "--resume",
@@ -48,17 +48,25 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 RESUME = Resume(keep_text=True)
 
 
-def open_ledger(path: Path | None, *, resume: bool = False) -> Ledger:
+def open_ledger(where: str | Path | None, *, resume: bool = False) -> Ledger:
     """An in-memory ledger, or an SQLite ledger at ``path`` (new, or continued with ``resume``).
 
     A ``postgresql://`` URI opens a PostgreSQL ledger instead (shared by every host).
     """
-    if path is None:
+    if where is None:
         if resume:
             raise ConfigError("--resume needs --ledger PATH: the saved progress lives there.")
         return Ledger()
-    if str(path).startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(str(path))
+    if str(where).startswith(("postgresql://", "postgres://")):
+        ledger = PostgresLedger(str(where))
+        if not resume and len(ledger):
+            ledger.close()
+            raise ConfigError(
+                f"{ledger.where} already holds a ledger; a recipe writes a fresh one. Pass "
+                "--resume to continue the run it holds, or use another schema or database."
+            )
+        return ledger
+    path = Path(where)
     if path.exists() and not resume:
         raise ConfigError(
             f"{path} already exists; a recipe writes a fresh ledger. Pass --resume to continue "

@@ -7,6 +7,8 @@ notebook. Any JSONL of ``{id, document, summary?}`` works; QMSum and ScisummNet 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +32,7 @@ from chainkit import (
 from chainkit.documents import Document, count_document, load_documents
 from chainkit.ledger import Hold
 from chainkit.ledger.sql import SQLLedger
-from chainkit.pipeline import resume_point
+from chainkit.pipeline import ResumePoint, resume_point
 from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
@@ -103,15 +105,50 @@ def _record(
     entry: Entry,
     state: Request | Result,
     hold: Hold | None = None,
+    point: ResumePoint | None = None,
 ) -> None:
     if isinstance(ledger, SQLLedger):
         with ledger.step(
-            request.id, index, given=request.document, fingerprint=fingerprint(request)
+            request.id,
+            index,
+            given=request.document,
+            fingerprint=fingerprint(request) if point is None else point.fingerprint,
+            claimed=point is not None,
         ) as save:
             ledger.record(entry, hold=hold)
             save(state)
     else:
         ledger.record(entry, hold=hold)
+
+
+def _record_id(request_id: str) -> str:
+    # Bedrock wants plain alphanumeric record ids: one per request, the same in every run.
+    return "r" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _record_digest(model_id: str, record: BatchRecord) -> str:
+    """What a record asks of its model, so that a saved job's output is only reused for it."""
+    body = json.dumps(
+        [model_id, record.prompt.system, record.prompt.user, record.max_tokens], ensure_ascii=True
+    )
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
+def _saved_jobs(text: str | None, key: str) -> list[dict[str, Any]]:
+    """The jobs an earlier run submitted under ``key``: ARN and what each record asked."""
+    if text is None:
+        return []
+    try:
+        jobs = json.loads(text)
+    except json.JSONDecodeError:
+        jobs = None
+    if not isinstance(jobs, list):
+        raise ConfigError(
+            f"The ledger's saved batch job {key!r} ({text[:60]!r}) was written by an older "
+            "chainkit and does not say which requests it holds, so its output cannot be "
+            "matched to them safely. Let that job finish and run into a new ledger."
+        )
+    return jobs
 
 
 def run_batch_variant(
@@ -124,10 +161,11 @@ def run_batch_variant(
     summarise, generate = setup.summarise(), setup.generate()
     states: dict[str, Request | Result] = {r.id: r for r in requests}
     stage_of: dict[str, int] = {r.id: -1 for r in requests}
+    points: dict[str, ResumePoint] = {}
     if resume and isinstance(ledger, SQLLedger):
         for r in requests:
-            start, states[r.id] = resume_point(r, ledger, RESUME)
-            stage_of[r.id] = start - 1
+            point = points[r.id] = resume_point(r, ledger, RESUME)
+            states[r.id], stage_of[r.id] = point.state, point.start - 1
     too_long = [
         r.id
         for r in requests
@@ -144,56 +182,82 @@ def run_batch_variant(
             f"window ({too_long[:3]}...); a batch job cannot map-reduce them. Choose a summariser "
             "with a longer context for the batch variant."
         )
-    for index, (stage, job, max_tokens) in enumerate(
-        [(summarise, summarise_job, SUMMARY_TOKENS), (generate, generate_job, REPORT_TOKENS)]
-    ):
-        todo = [r for r in requests if stage_of[r.id] < index]
-        if not todo:
-            continue
-        records = []
-        # Bedrock wants plain alphanumeric record ids; the ledger's ids map onto them, by each
-        # request's place in the whole run so that a resumed run maps them the same way.
-        record_ids = {r.id: f"rec{i:07d}" for i, r in enumerate(requests)}
-        for r in todo:
-            state = states[r.id]
-            assert isinstance(state, Request)
-            prompt = (
-                summarise.prompt(state.document or "") if index == 0 else generate.prompt(state)
-            )
-            records.append(BatchRecord(record_ids[r.id], prompt, max_tokens))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        job_name = f"{name}-{stage.name}-{stamp}"
-        entry_ids = {record_ids[r.id]: f"batch:{name}:{stage.name}:{r.id}" for r in todo}
-        hold_args = {
-            "model_id": job.model_id,
-            "catalogue": catalogue,
-            "entry_ids": entry_ids,
-            "request_ids": {record_ids[r.id]: r.id for r in todo},
-            "stage": stage.name,
-            "region": job.region,
-        }
-        if isinstance(job, BedrockBatch) and isinstance(ledger, SQLLedger):
-            # A job already submitted by an interrupted run is waited for, not paid twice; the
-            # holds it made are in the ledger, to be settled by the entries below.
-            key = f"{name}:{stage.name}"
-            arn = ledger.job(key) if resume else None
-            if arn is None:
-                holds = hold_records(ledger, records, **hold_args)  # before anything is paid
-                arn = job.submit(records, job_name=job_name)
-                ledger.save_job(key, arn)
+    plan: list[tuple[Summarise | Generate, Any, int]] = [
+        (summarise, summarise_job, SUMMARY_TOKENS),
+        (generate, generate_job, REPORT_TOKENS),
+    ]
+    try:
+        for index, (stage, job, max_tokens) in enumerate(plan):
+            todo = [r for r in requests if stage_of[r.id] < index]
+            if not todo:
+                continue
+            records = []
+            record_ids = {r.id: _record_id(r.id) for r in requests}
+            for r in todo:
+                state = states[r.id]
+                assert isinstance(state, Request)
+                prompt = (
+                    summarise.prompt(state.document or "") if index == 0 else generate.prompt(state)
+                )
+                records.append(BatchRecord(record_ids[r.id], prompt, max_tokens))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            job_name = f"{name}-{stage.name}-{stamp}"
+            entry_ids = {record_ids[r.id]: f"batch:{name}:{stage.name}:{r.id}" for r in todo}
+            hold_args = {
+                "model_id": job.model_id,
+                "catalogue": catalogue,
+                "entry_ids": entry_ids,
+                "request_ids": {record_ids[r.id]: r.id for r in todo},
+                "stage": stage.name,
+                "region": job.region,
+            }
+            if isinstance(job, BedrockBatch) and isinstance(ledger, SQLLedger):
+                # A job already submitted by an interrupted run is waited for, not paid twice, for
+                # exactly the records it holds (same request, same prompt); the holds it made are in
+                # the ledger, to be settled by the entries below. Only the others go in a new job.
+                key = f"{name}:{stage.name}"
+                jobs = _saved_jobs(ledger.job(key), key) if resume else []
+                request_of = {record_ids[r.id]: r.id for r in todo}
+                asks = {
+                    rec.record_id: [request_of[rec.record_id], _record_digest(job.model_id, rec)]
+                    for rec in records
+                }
+                results: dict[str, Any] = {}
+                holds: dict[str, Hold | None] = {}
+                for saved in jobs:
+                    reuse = [rec for rec in records if saved["records"].get(rec.record_id)
+                             == asks[rec.record_id] and rec.record_id not in results]  # fmt: skip
+                    if reuse:
+                        holds.update({rec.record_id: ledger.hold(entry_ids[rec.record_id])
+                                      for rec in reuse})  # fmt: skip
+                        job.wait(saved["arn"])
+                        results.update(job.results(saved["arn"], reuse))
+                fresh = [rec for rec in records if rec.record_id not in results]
+                if fresh:
+                    holds.update(
+                        hold_records(ledger, fresh, **hold_args)
+                    )  # before anything is paid
+                    arn = job.submit(fresh, job_name=job_name)
+                    jobs.append({"arn": arn, "records": {r.record_id: asks[r.record_id]
+                                                         for r in fresh}})  # fmt: skip
+                    ledger.save_job(key, json.dumps(jobs))
+                    job.wait(arn)
+                    results.update(job.results(arn, fresh))
             else:
-                holds = {rec: ledger.hold(eid) for rec, eid in entry_ids.items()}
-            job.wait(arn)
-            results = job.results(arn, records)
-        else:
-            holds = hold_records(ledger, records, **hold_args)
-            results = job.run(records, job_name=job_name)
-        try:
-            _settle_results(ledger, name, stage, index, job, todo, states, stage_of, results,
-                            holds, record_ids, catalogue)  # fmt: skip
-        finally:
-            for held in holds.values():  # records never recorded (a failure stopped the run)
-                ledger.release(held)
+                holds = hold_records(ledger, records, **hold_args)
+                results = job.run(records, job_name=job_name)
+            try:
+                _settle_results(ledger, name, stage, index, job, todo, states, stage_of, results,
+                                holds, record_ids, catalogue, points)  # fmt: skip
+            finally:
+                for held in holds.values():  # records never recorded (a failure stopped the run)
+                    ledger.release(held)
+    finally:
+        # This run lets go of the requests it claimed and did not answer: a rerun takes them up.
+        if isinstance(ledger, SQLLedger):
+            for rid, point in points.items():
+                if point.owner and not isinstance(states[rid], Result):
+                    ledger.unclaim(rid, point.owner)
     return [s for s in (states[r.id] for r in requests) if isinstance(s, Result)]
 
 
@@ -210,6 +274,7 @@ def _settle_results(
     holds: Mapping[str, Hold | None],
     record_ids: Mapping[str, str],
     catalogue: Catalogue,
+    points: Mapping[str, ResumePoint],
 ) -> None:
     """Record each record's entry from the job's output, settling its hold."""
     for r in todo:
@@ -253,7 +318,7 @@ def _settle_results(
             # writes the same entries, which the ledger keeps once.
             id=f"batch:{name}:{stage.name}:{r.id}",
         )
-        _record(ledger, r, index, entry, new_state, held)
+        _record(ledger, r, index, entry, new_state, held, points.get(r.id))
         states[r.id], stage_of[r.id] = new_state, index
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ _UPGRADES: dict[int, list[str]] = {
         "ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE checkpoints ADD COLUMN updated TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE checkpoints ADD COLUMN done BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE checkpoints ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX IF NOT EXISTS entries_request ON entries (request_id)",
     ],
@@ -53,7 +55,8 @@ _DDL = [
     "CREATE INDEX entries_request ON entries (request_id)",
     "CREATE TABLE checkpoints (request_id TEXT PRIMARY KEY, stage BIGINT NOT NULL, "
     "state TEXT NOT NULL, fingerprint TEXT NOT NULL DEFAULT '', "
-    "updated TEXT NOT NULL DEFAULT '', done BIGINT NOT NULL DEFAULT 0)",
+    "updated TEXT NOT NULL DEFAULT '', done BIGINT NOT NULL DEFAULT 0, "
+    "owner TEXT NOT NULL DEFAULT '')",
     "CREATE TABLE jobs (key TEXT PRIMARY KEY, job TEXT NOT NULL)",
     """CREATE TABLE cells (
         id BIGSERIAL PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE,
@@ -196,11 +199,25 @@ class PostgresLedger(SQLLedger):
 
     def _open(self) -> tuple[_Connection | None, _Connection]:
         reader = self._connect()
-        if self.read_only:
-            reader.execute("SET default_transaction_read_only = on")
+        writer = None
+        try:
+            if self.read_only:
+                reader.execute("SET default_transaction_read_only = on")
+                self._check_schema(reader)
+                return None, reader
+            writer = self._connect()
+            self._create_or_upgrade(writer)
             self._check_schema(reader)
-            return None, reader
-        writer = self._connect()
+            return writer, reader
+        except BaseException:
+            # Refused (no ledger there, a newer schema...): no connection is left open.
+            for conn in (writer, reader):
+                if conn is not None:
+                    with suppress(Exception):
+                        conn.close()
+            raise
+
+    def _create_or_upgrade(self, writer: _Connection) -> None:
         writer.execute("BEGIN")
         try:
             writer.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self._lock_name,))
@@ -226,8 +243,6 @@ class PostgresLedger(SQLLedger):
         except BaseException:
             writer.rollback()
             raise
-        self._check_schema(reader)
-        return writer, reader
 
     @property
     def _lock_name(self) -> str:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 import weakref
@@ -161,14 +162,23 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
 
 
 def _save(db: Any, save: _Save) -> None:
-    """Write a request's progress (in the open transaction)."""
-    if save.stage < 0:
+    """Write a request's progress (in the open transaction).
+
+    A claimed request's row exists from its claim on, so it is only ever updated: if a purge
+    removed it meanwhile, it stays removed, and a rerun is refused rather than paid twice.
+    """
+    if save.stage < 0:  # a paid call of the step: the request is still alive
         db.execute(
-            "INSERT INTO checkpoints (request_id, stage, state, fingerprint, updated, done) "
-            "VALUES (?, -1, '', ?, ?, 0) ON CONFLICT (request_id) DO UPDATE SET "
-            "updated = excluded.updated",
-            (save.request_id, save.fingerprint, save.now),
+            "UPDATE checkpoints SET updated = ? WHERE request_id = ?",
+            (save.now, save.request_id),
         )
+    elif save.claimed:
+        db.execute(
+            "UPDATE checkpoints SET stage = ?, state = ?, fingerprint = ?, updated = ?, done = ?, "
+            "owner = CASE WHEN ? = 1 THEN '' ELSE owner END WHERE request_id = ?",
+            (save.stage, save.state, save.fingerprint, save.now, int(save.done),
+             int(save.done or save.release), save.request_id),
+        )  # fmt: skip
     else:
         db.execute(
             "INSERT INTO checkpoints (request_id, stage, state, fingerprint, updated, done) "
@@ -177,6 +187,8 @@ def _save(db: Any, save: _Save) -> None:
             "updated = excluded.updated, done = excluded.done",
             (save.request_id, save.stage, save.state, save.fingerprint, save.now, int(save.done)),
         )
+    if save.release and save.stage < 0:
+        db.execute("UPDATE checkpoints SET owner = '' WHERE request_id = ?", (save.request_id,))
     if save.done:
         db.execute("DELETE FROM replies WHERE request_id = ?", (save.request_id,))
     elif save.clear_step is not None:
@@ -184,6 +196,84 @@ def _save(db: Any, save: _Save) -> None:
             "DELETE FROM replies WHERE request_id = ? AND step = ?",
             (save.request_id, save.clear_step),
         )
+
+
+_PROGRESS = "stage, state, fingerprint, done, updated, owner"
+
+
+def _progress(row: Sequence[Any]) -> Progress:
+    stage, state, print_, done, updated, owner = row
+    return Progress(int(stage), str(state), str(print_), bool(done), str(updated), str(owner))
+
+
+def _claim(db: Any, c: _Claim) -> None:
+    """Decide a claim in the open write transaction (see ``SQLLedger.claim``)."""
+    if c.restart:
+        db.execute("DELETE FROM checkpoints WHERE request_id = ?", (c.request_id,))
+        db.execute("DELETE FROM replies WHERE request_id = ?", (c.request_id,))
+    row = db.execute(
+        f"SELECT {_PROGRESS} FROM checkpoints WHERE request_id = ?", (c.request_id,)
+    ).fetchone()
+    if row is None:
+        if not c.restart:
+            c.entries = int(
+                db.execute(
+                    "SELECT COUNT(*) FROM entries WHERE request_id = ?", (c.request_id,)
+                ).fetchone()[0]
+            )
+            if c.entries:
+                return
+        db.execute(
+            "INSERT INTO checkpoints (request_id, stage, state, fingerprint, updated, done, owner) "
+            "VALUES (?, -1, '', ?, ?, 0, ?)",
+            (c.request_id, c.fingerprint, c.now, c.owner),
+        )
+        c.claimed = True
+        return
+    c.row = saved = _progress(row)
+    if saved.done:
+        return
+    held = saved.owner and saved.owner != c.owner and saved.updated >= c.stale_before
+    if held and _alive(saved.owner):
+        c.busy = saved
+        return
+    db.execute(
+        "UPDATE checkpoints SET owner = ?, updated = ? WHERE request_id = ?",
+        (c.owner, c.now, c.request_id),
+    )
+    c.claimed = True
+
+
+def _purge(db: Any, before: str) -> tuple[int, int]:
+    """Delete progress last active before ``before``, with all its replies; orphan replies too."""
+    replies = db.execute(
+        "DELETE FROM replies WHERE request_id IN (SELECT request_id FROM checkpoints WHERE "
+        "updated < ?) OR (created < ? AND request_id NOT IN (SELECT request_id FROM checkpoints))",
+        (before, before),
+    ).rowcount
+    gone = db.execute("DELETE FROM checkpoints WHERE updated < ?", (before,)).rowcount
+    return int(gone), int(replies)
+
+
+def _alive(owner: str) -> bool:
+    """Whether the run that claimed a request may still be running (see ``SQLLedger.claim``)."""
+    host, _, rest = owner.partition(" pid ")
+    pid_text = rest.split(" ", 1)[0]
+    if host != _HOST or not pid_text.isdigit():
+        return True  # another host: only its silence (the claim growing stale) tells
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # another thread of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, as another user
+    return True
+
+
+_HOST = socket.gethostname()
 
 
 def _from_sql(row: Sequence[Any]) -> Entry:
@@ -474,7 +564,8 @@ class _Write:
     events: list[BudgetEvent] = field(default_factory=list)  # crossings, for the caller's hook
     save: _Save | None = None  # a resumable request's progress
     reply: tuple[str, int, int, str, str, str] | None = None
-    forget: str | None = None  # a request id whose saved progress and replies go
+    claim: _Claim | None = None
+    release_claim: tuple[str, str] | None = None  # (request id, owner)
     purge: str | None = None  # progress and replies written before this time go
     purged: tuple[int, int] = (0, 0)  # (progress rows, replies) the purge removed
     job: tuple[str, str] | None = None
@@ -491,6 +582,25 @@ class _Save:
     state: str = ""  # the saved Request or Result as JSON; "" when texts are not kept
     done: bool = False  # answered: its replies are no longer needed
     clear_step: int | None = None  # the replies of this step are no longer needed
+    claimed: bool = False  # the row exists since the request was claimed: update it only
+    release: bool = False  # the run lets go of the request (failed, or ended unanswered)
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A run taking a resumable request for itself, decided in one write transaction."""
+
+    request_id: str
+    fingerprint: str
+    owner: str
+    now: str
+    stale_before: str  # a claim not renewed since then is taken over
+    restart: bool = False  # drop what was saved and begin again (the caller chose to)
+    # What came of it:
+    row: Progress | None = None
+    entries: int = 0  # entries of a request with no progress (written without resume)
+    busy: Progress | None = None  # held by a live run
+    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +617,7 @@ class Progress:
     fingerprint: str
     done: bool
     updated: str
+    owner: str = ""
 
 
 @dataclass(slots=True)
@@ -552,6 +663,7 @@ class _Step:
     fingerprint: str = ""
     free: list[Entry] = field(default_factory=list)
     calls: int = 0
+    claimed: bool = False
 
 
 # -- the ledger ----------------------------------------------------------------------------------
@@ -761,10 +873,9 @@ class SQLLedger(Ledger):
             write.entries = [*deferred, entry]
             deferred.clear()
         if step is not None:
-            now = self.clock().isoformat()
-            # Every write of a step marks its request as begun: a rerun then knows its entries
-            # were written by a resumable run, not by one that saved nothing.
-            write.save = _Save(step.request_id, step.fingerprint, now)
+            now = self._now_text()
+            # A paid call keeps its request's claim fresh (and its progress from retention).
+            write.save = _Save(step.request_id, step.fingerprint, now, claimed=step.claimed)
             if reply is not None:
                 write.reply = (step.request_id, step.index, step.calls - 1, *reply, now)
         try:
@@ -1139,9 +1250,13 @@ class SQLLedger(Ledger):
             if entries:
                 self._unfolded += len(entries)
             for w in batch:
-                if w.forget is not None:
-                    db.execute("DELETE FROM checkpoints WHERE request_id = ?", (w.forget,))
-                    db.execute("DELETE FROM replies WHERE request_id = ?", (w.forget,))
+                if w.claim is not None:
+                    _claim(db, w.claim)
+                if w.release_claim is not None:
+                    db.execute(
+                        "UPDATE checkpoints SET owner = '' WHERE request_id = ? AND owner = ?",
+                        w.release_claim,
+                    )
                 if w.reply is not None:
                     db.execute(
                         "INSERT INTO replies (request_id, step, ordinal, digest, reply, created) "
@@ -1153,9 +1268,7 @@ class SQLLedger(Ledger):
                 if w.save is not None:
                     _save(db, w.save)
                 if w.purge is not None:
-                    gone = db.execute("DELETE FROM checkpoints WHERE updated < ?", (w.purge,))
-                    replies = db.execute("DELETE FROM replies WHERE created < ?", (w.purge,))
-                    w.purged = (gone.rowcount, replies.rowcount)
+                    w.purged = _purge(db, w.purge)
                 if w.job is not None:
                     db.execute(
                         "INSERT INTO jobs VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
@@ -1421,6 +1534,8 @@ class SQLLedger(Ledger):
         given: str | None = None,
         fingerprint: str = "",
         keep_text: bool = True,
+        keep_answer: bool | None = None,
+        claimed: bool = False,
     ) -> Iterator[Callable[[Request | Result], None]]:
         """One stage of a resumable run; yields ``save(state)`` for the stage's output.
 
@@ -1431,33 +1546,74 @@ class SQLLedger(Ledger):
         With ``keep_text`` the stage's output (texts included) is saved, so that a rerun goes
         on from the next stage, and the stage's replies are dropped. Without it only the stage
         number is saved; the replies stay until the request is answered, so that a rerun
-        replays every paid call from the first stage, and then go too.
+        replays every paid call from the first stage, and then go too. ``keep_answer`` (as
+        ``keep_text`` unless given) says the same of the final answer: without it an answered
+        request keeps neither its reply nor the digest of what it asked.
+
+        ``claimed``: the request was claimed (:meth:`claim`); its progress is then only ever
+        updated, and a step that fails lets go of the claim.
         """
-        self._local.step = step = _Step(request_id, stage, fingerprint)
+        self._local.step = step = _Step(request_id, stage, fingerprint, claimed=claimed)
         saved: list[Request | Result] = []
+        failed = True
         try:
             yield saved.append
+            failed = False
         finally:
             self._local.step = None
-            save = _Save(request_id, fingerprint, self.clock().isoformat())
+            save = _Save(request_id, fingerprint, self._now_text(), claimed=claimed)
+            save.release = claimed and failed
             if saved:
                 state = saved[-1]
                 save.stage, save.done = stage, isinstance(state, Result)
-                if keep_text:
+                keep = keep_text if not save.done or keep_answer is None else keep_answer
+                if keep:
                     save.state = state_to_json(state, given=given)
                     save.clear_step = stage
+                elif save.done:
+                    save.fingerprint = ""  # nothing of what it asked stays, not even a digest
             self._write(_Write(entries=step.free, save=save))
+
+    def _now_text(self) -> str:
+        # Always UTC: stamps are compared as text (by purge and retention).
+        return self.clock().astimezone(UTC).isoformat()
+
+    def claim(
+        self,
+        request_id: str,
+        fingerprint: str,
+        owner: str,
+        *,
+        stale_after_s: float,
+        restart: bool = False,
+    ) -> _Claim:
+        """Take a resumable request for this run, atomically, across processes and hosts.
+
+        Returns what was found: ``row`` (the progress saved before, ``None`` if none: then a
+        new one is begun), ``entries`` (a request with entries but no progress: nothing is
+        claimed), ``busy`` (another live run holds it: nothing is claimed). An answered request
+        is not claimed. A claim not renewed for ``stale_after_s`` (the run died), or held by a
+        process of this host that no longer exists, is taken over.
+        """
+        now = self.clock().astimezone(UTC)
+        stale = (now - timedelta(seconds=stale_after_s)).isoformat()
+        write = _Write(
+            claim=_Claim(request_id, fingerprint, owner, now.isoformat(), stale, restart)
+        )
+        self._write(write)
+        assert write.claim is not None
+        return write.claim
+
+    def unclaim(self, request_id: str, owner: str) -> None:
+        """Let go of a claimed request (it stays resumable by the next run)."""
+        self._write(_Write(release_claim=(request_id, owner)))
 
     def progress(self, request_id: str) -> Progress | None:
         """What this ledger saved of a resumable request, or ``None``."""
         rows = self._read(
-            "SELECT stage, state, fingerprint, done, updated FROM checkpoints WHERE request_id = ?",
-            (request_id,),
+            f"SELECT {_PROGRESS} FROM checkpoints WHERE request_id = ?", (request_id,)
         )
-        if not rows:
-            return None
-        stage, state, print_, done, updated = rows[0]
-        return Progress(int(stage), str(state), str(print_), bool(done), str(updated))
+        return _progress(rows[0]) if rows else None
 
     def entry_count(self, request_id: str) -> int:
         """How many entries this ledger holds for a request (any process's)."""
@@ -1465,16 +1621,13 @@ class SQLLedger(Ledger):
             self._read("SELECT COUNT(*) FROM entries WHERE request_id = ?", (request_id,))[0][0]
         )
 
-    def forget(self, request_id: str) -> None:
-        """Drop a request's saved progress and replies (its entries stay: they were paid)."""
-        self._write(_Write(forget=request_id))
-
     def purge(self, before: datetime) -> tuple[int, int]:
         """Delete saved progress and replies last written before ``before``.
 
-        Entries are kept (they hold no text and are the record of spend). A request purged while
-        under way is refused if resumed (its entries are there, its progress is not), never paid
-        for twice. Returns how many progress rows and replies went.
+        A request's progress and all its replies go together, by when the request was last
+        active. Entries are kept (they hold no text and are the record of spend). A request
+        purged while under way is refused if resumed (its entries are there, its progress is
+        not), never paid for twice. Returns how many progress rows and replies went.
         """
         if not isinstance(before, datetime) or before.tzinfo is None:
             raise ConfigError(

@@ -181,6 +181,7 @@ def _m007_progress(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE checkpoints ADD COLUMN updated TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE checkpoints ADD COLUMN done INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''")
 
 
@@ -314,6 +315,9 @@ class SQLiteLedger(SQLLedger):
         # Deleted rows are overwritten, not left in free pages: replies and saved progress hold
         # customers' texts, and a purge must remove them from the file, not just from view.
         db.execute("PRAGMA secure_delete=ON")
+        # ...and the -wal file is cut back to nothing each time SQLite starts it afresh after a
+        # checkpoint, so old copies of deleted pages do not linger in it either.
+        db.execute("PRAGMA journal_size_limit=0")
         st = os.stat(path)
         self._inode = (st.st_dev, st.st_ino)
         reader = sqlite3.connect(
@@ -347,6 +351,17 @@ class SQLiteLedger(SQLLedger):
                     "-shm files somewhere writable and report on the copy."
                 ) from None
             return snapshot  # nothing in a WAL: the snapshot is the whole ledger
+
+    def purge(self, before: datetime) -> tuple[int, int]:
+        """Delete saved progress and replies (see ``SQLLedger.purge``), from the -wal file too."""
+        purged = super().purge(before)
+        self._reopen_after_fork()
+        with self._gate:  # the writer's connection, between two of its transactions
+            if self._db is not None:
+                # Copies the pages into the file (where secure_delete zeroed what went) and
+                # empties the -wal file, which still held the deleted texts.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return purged
 
     def _check_file(self) -> None:
         """Refuse to write if the file was deleted or replaced since it was opened.

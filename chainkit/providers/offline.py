@@ -2,9 +2,10 @@
 
 ``OfflineModel`` answers from its prompt, extractively: it keeps the most informative sentences
 of the prompt's context (facts, summary, document) up to its output budget, and says it is a
-stand-in when there is nothing but a question to answer from. Its token counts come from the model family's real tokenizer
-where one ships offline (Mistral) and from the documented estimator otherwise, so the spend it
-reports is the spend the same prompt would incur; only the wording of its answers is a stand-in.
+stand-in when there is nothing but a question to answer from. Its token counts come from the
+model family's real tokenizer where one ships offline (Mistral) and from the documented
+estimator otherwise, so the spend it reports is the spend the same prompt would incur; only the
+wording of its answers is a stand-in.
 
 ``ScriptedModel`` replies and reports usage exactly as scripted, and remembers every prompt, for
 reproducing published figures and for tests.

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -148,9 +149,21 @@ def cost_bound(
         return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _digest(model_id: str, prompt: Prompt, max_tokens: int) -> str:
-    body = json.dumps([model_id, prompt.system, prompt.user, max_tokens], ensure_ascii=False)
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    # ASCII escapes: any string digests, lone surrogates included, and distinct ones differ.
+    body = json.dumps([model_id, prompt.system, prompt.user, max_tokens], ensure_ascii=True)
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
 
 
 def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
@@ -174,6 +187,11 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned attempts {reply.attempts!r:.40}"
     elif type(reply.estimated) is not bool:
         problem = f"returned estimated {reply.estimated!r:.40}"
+    if problem is None and isinstance(reply, Completion) and not _encodes(reply.text):
+        # Lone surrogates cannot be stored, sent on or shown: U+FFFD in their place, as a
+        # decoder would have put there (the call was paid; its reply is kept, repaired).
+        repaired = _SURROGATE.sub("\ufffd", reply.text)
+        reply = dataclasses.replace(reply, text=repaired)
     if problem is None:
         # Checked again, whatever the object is (a subclass, or one changed since it was made):
         # the ledger only ever holds counts that Usage accepts, in a plain Usage.

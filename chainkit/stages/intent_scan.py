@@ -49,8 +49,16 @@ class Classifier(Protocol):
 class PromptClassifier(Protocol):
     """A classifier that asks a model: it builds the prompt and parses the reply."""
 
-    model: Model
-    max_tokens: int
+    # Read-only properties, so that frozen classifiers (LLMClassifier) satisfy the protocol.
+    @property
+    def model(self) -> Model:
+        """The model asked."""
+        ...
+
+    @property
+    def max_tokens(self) -> int:
+        """The most the model may answer with."""
+        ...
 
     def prompt(self, text: str) -> Prompt:
         """The prompt that asks the model to label ``text``."""

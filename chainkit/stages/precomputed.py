@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import diskcache
 
@@ -21,9 +21,12 @@ from chainkit.ledger.sql import SQLLedger
 from chainkit.money import exact_sum
 from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
-from chainkit.records import MAX_TAG_KEY, Request, Result, Tags, check_text, fingerprint
+from chainkit.records import MAX_TAG_KEY, Request, Result, Tags, check_text
 from chainkit.stages.answering import CostEstimator, record_early
 from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+
+if TYPE_CHECKING:
+    from chainkit.pipeline import ResumePoint
 
 __all__ = ["Precomputed", "ReplyStore", "precompute"]
 
@@ -269,18 +272,21 @@ def precompute(
     tenant = None if tags is None else tags.get(scope_tag)
     scope = None if tenant is None else {scope_tag: tenant}
     total: Decimal | None = Decimal(0)
-    suffix = ""
-    if tags:
-        digest = hashlib.sha256(Tags.of(tags).json.encode("utf-8", "surrogatepass")).hexdigest()
-        suffix = ":" + digest[:12]
+    # One setup request per intent and per everything its reply depends on (tags, system
+    # prompt, model, output budget): another tenant's or prompt's reply is never taken for it.
+    key = json.dumps(
+        [Tags.of(tags or {}).json, system, model.model_id, max_tokens], ensure_ascii=True
+    )
+    suffix = ":" + hashlib.sha256(key.encode("ascii")).hexdigest()[:12]
     for intent, question in questions.items():
         request = Request(
             question, id=f"precompute:{intent}{suffix}", intent=intent, tags=tags or {}
         )
+        point = None
         if resume:
-            written = _written_before(request, ledger)
-            if written is not None:
-                store.put(intent, written, scope=scope)
+            point = _resume_point(request, ledger, system, model.model_id, str(max_tokens))
+            if isinstance(point.state, Result):  # written by an earlier run: not paid again
+                store.put(intent, point.state.text, scope=scope)
                 continue
         call = ModelCall(
             stage="precompute",
@@ -293,7 +299,7 @@ def precompute(
             phase="setup",
             timeout_s=timeout_s,
         )
-        with _step(request, ledger, resume) as save, call as completion:
+        with _step(request, ledger, point) as save, call as completion:
             store.put(intent, completion.text, scope=scope)
             call.record("passed", intent=intent)
             save(Result(request, completion.text, "precompute", model.model_id))
@@ -301,22 +307,24 @@ def precompute(
     return total
 
 
-def _written_before(request: Request, ledger: Ledger) -> str | None:
-    """The reply an earlier resumable run wrote for this setup request, if any."""
+def _resume_point(request: Request, ledger: Ledger, *context: str) -> ResumePoint:
+    """Claim a setup request; the reply an earlier run wrote for it comes back as its state."""
     from chainkit.pipeline import Resume, resume_point  # the pipeline imports the stages
 
-    _, state = resume_point(request, ledger, Resume(keep_text=True))
-    return state.text if isinstance(state, Result) else None
+    # The replies are the shop's, not customers': kept, so that a rerun need not pay again.
+    return resume_point(request, ledger, Resume(keep_text=True), *context)
 
 
 @contextmanager
 def _step(
-    request: Request, ledger: Ledger, resume: bool
+    request: Request, ledger: Ledger, point: ResumePoint | None
 ) -> Iterator[Callable[[Request | Result], None]]:
     """A resumable step for one setup call (or nothing to save into, without ``resume``)."""
-    if not resume:
+    if point is None:
         yield lambda state: None
         return
     assert isinstance(ledger, SQLLedger)  # resume_point checked it is durable
-    with ledger.step(request.id, 0, fingerprint=fingerprint(request), keep_text=True) as save:
+    with ledger.step(
+        request.id, 0, fingerprint=point.fingerprint, keep_text=True, claimed=True
+    ) as save:
         yield save

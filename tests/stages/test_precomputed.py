@@ -1,4 +1,3 @@
-import hashlib
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -153,12 +152,14 @@ def test_precompute_writes_one_priced_setup_entry_per_intent(store: ReplyStore) 
     # 150 tokens at $0.006 per 1K, twice.
     assert total == Decimal("0.0018")
     entries = ledger.entries()
-    # One request per intent and tag set (a digest of the tags tells two variants' apart).
-    digest = hashlib.sha256(b'{"variant": "well-architected"}').hexdigest()[:12]
-    assert [e.request_id for e in entries] == [
-        f"precompute:delivery_options:{digest}",
-        f"precompute:check_refund_policy:{digest}",
+    # One request per intent and per what its reply depends on (tags, system prompt, model,
+    # output budget), told apart by a digest of them.
+    ids = [e.request_id for e in entries]
+    assert [i.rsplit(":", 1)[0] for i in ids] == [
+        "precompute:delivery_options",
+        "precompute:check_refund_policy",
     ]
+    assert len({i.rsplit(":", 1)[1] for i in ids}) == 1 and len(ids[0].rsplit(":", 1)[1]) == 12
     for entry, intent in zip(entries, QUESTIONS, strict=True):
         assert entry.stage == "precompute"
         assert entry.phase == "setup"
