@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from chainkit.errors import ConfigError
 from chainkit.records import Entry
 
 __all__ = ["IntentQuality", "intent_quality", "rouge"]
@@ -88,7 +89,12 @@ def intent_quality(
 @functools.cache
 def _scorer(metrics: tuple[str, ...]) -> Any:
     # rouge-score is Google's reference implementation; imported lazily as an optional extra.
-    from rouge_score import rouge_scorer
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as exc:
+        raise ConfigError(
+            "ROUGE needs rouge-score, which is not installed: pip install 'chainkit[rouge]'."
+        ) from exc
 
     return rouge_scorer.RougeScorer(list(metrics), use_stemmer=True)
 

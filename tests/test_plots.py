@@ -1,3 +1,4 @@
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -5,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from chainkit import Entry, Ledger, Report, Usage
+from chainkit import ConfigError, Entry, Ledger, Report, Usage
 from chainkit.plots import plot_report
 
 plt = pytest.importorskip("matplotlib.pyplot")
@@ -105,7 +106,7 @@ def test_plot_report_without_traffic_draws_cost_per_request(tmp_path: Path) -> N
     assert path.read_bytes()[:8] == PNG_MAGIC
     cost, _ = fig.axes
     assert [p.get_height() for p in cost.patches] == pytest.approx([0.006, 0.00021])
-    assert cost.get_ylabel() == "USD/request"
+    assert cost.get_ylabel() == "cost per request"
 
 
 def test_plot_report_saves_by_suffix(tmp_path: Path) -> None:
@@ -116,3 +117,86 @@ def test_plot_report_saves_by_suffix(tmp_path: Path) -> None:
     plot_report(report, path)
 
     assert b"<svg" in path.read_bytes()[:1000]
+
+
+def chains() -> tuple[Ledger, Ledger]:
+    """Two documents each: the strong model reads them, or a summariser reads them first."""
+    lazy, chained = Ledger(), Ledger()
+    for i in range(2):
+        lazy.record(
+            Entry(f"l{i}", "generate", "answered", cost=Decimal("0.07"), usage=Usage(20_000, 900))
+        )
+        chained.record(
+            Entry(f"c{i}", "summarise", "passed", cost=Decimal("0.005"), usage=Usage(20_000, 500))
+        )
+        chained.record(
+            Entry(f"c{i}", "generate", "answered", cost=Decimal("0.015"), usage=Usage(600, 900))
+        )
+    return lazy, chained
+
+
+def tick_labels(axis: Any) -> list[str]:
+    axis.figure.canvas.draw()
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+
+
+def test_money_axis_reads_in_dollars_without_scientific_notation() -> None:
+    lazy, chained = chains()
+    report = Report.build([("lazy", lazy), ("chained", chained)])
+
+    cost, _ = plot_report(report).axes
+
+    # $0.07 against $0.02 a document: a linear axis from $0, ticks in dollars and cents.
+    assert cost.get_yscale() == "linear"
+    assert cost.get_ylim()[0] == 0
+    labels = tick_labels(cost.yaxis)
+    assert labels[:3] == ["$0", "$0.01", "$0.02"]
+    assert all(label.startswith("$") and "e" not in label for label in labels)
+    assert [t.get_text() for t in cost.texts] == ["$0.07", "$0.02\n-71.4%"]
+
+
+def test_money_axis_on_a_log_scale_labels_dollars_not_powers_of_ten() -> None:
+    single, pipeline = ledgers()
+    report = Report.build([("single-llm", single), ("pipeline", pipeline)], traffic_per_day=10_000)
+
+    cost, _ = plot_report(report).axes
+
+    # $1,800 against $63 a month: 28 times, so a log scale, labelled 1-2-5 in dollars.
+    assert cost.get_yscale() == "log"
+    labels = tick_labels(cost.yaxis)
+    assert {"$50", "$100", "$200", "$500", "$1,000"} <= set(labels)
+    assert not [label for label in labels if "10^" in label or "times" in label]
+    assert [t.get_text() for t in cost.yaxis.get_minorticklabels() if t.get_text()] == []
+    assert cost.get_title() == "Cost by variant (log scale)"
+
+
+def test_one_answering_stage_shows_where_the_money_goes_instead_of_deflection() -> None:
+    lazy, chained = chains()
+    report = Report.build([("lazy", lazy), ("chained", chained)], traffic_per_day=1_000)
+
+    _, shares = plot_report(report).axes
+
+    # Both variants are answered by generate alone: a deflection panel would be 100% generate.
+    assert shares.get_title() == "Where the money goes: cost by stage"
+    assert bars(shares) == {
+        "summarise": [(0.0, 0.0), (0.0, pytest.approx(25.0))],
+        "generate": [(0.0, pytest.approx(100.0)), (pytest.approx(25.0), pytest.approx(75.0))],
+    }
+    assert tick_labels(shares.yaxis)[-1] == "100%"
+
+
+def test_plot_report_still_shows_deflection_when_stages_share_the_answers() -> None:
+    single, pipeline = ledgers()
+    report = Report.build([("single-llm", single), ("pipeline", pipeline)])
+
+    _, shares = plot_report(report).axes
+
+    assert shares.get_title() == "Deflection: which stage answered"
+
+
+def test_without_matplotlib_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    single, pipeline = ledgers()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+
+    with pytest.raises(ConfigError, match=r"pip install 'chainkit\[plots\]'"):
+        plot_report(Report.build([("single-llm", single), ("pipeline", pipeline)]))

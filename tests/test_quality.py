@@ -1,7 +1,10 @@
+import sys
 from decimal import Decimal
 
-from chainkit import Entry
-from chainkit.quality import IntentQuality, intent_quality
+import pytest
+
+from chainkit import ConfigError, Entry
+from chainkit.quality import IntentQuality, intent_quality, rouge
 from chainkit.records import Outcome, Phase
 
 
@@ -155,3 +158,11 @@ def test_to_dict_is_plain_data() -> None:
         "wrong_early": 0,
         "wrong_early_rate": 0.0,
     }
+
+
+def test_rouge_without_rouge_score_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # as if not installed
+    metrics = ("rougeLsum",)  # a set no other test scored, so nothing is cached
+
+    with pytest.raises(ConfigError, match=r"pip install 'chainkit\[rouge\]'"):
+        rouge("a summary", "a reference", metrics)
