@@ -257,12 +257,41 @@ def _settle_results(
         states[r.id], stage_of[r.id] = new_state, index
 
 
+def dataset_path(data_dir: Path, dataset: str) -> Path:
+    """The JSONL file of a data set: a name in :data:`DATASETS` (under ``data_dir``) or a path.
+
+    A name that is neither a known data set nor an existing file is refused with the names.
+    """
+    if dataset in DATASETS:
+        path = data_dir / DATASETS[dataset]
+        if not path.is_file():
+            raise ConfigError(
+                f"No {dataset} data at {path}: --data-dir must be the folder that holds "
+                f"{' and '.join(f'{name}/' for name in DATASETS)} (e.g. --data-dir ../shared/data)."
+            )
+        return path
+    path = Path(dataset)
+    if not path.is_file():
+        raise ConfigError(
+            f"Unknown dataset {dataset!r}: give {' or '.join(DATASETS)}, or the path of an "
+            "existing JSONL file of {id, document, summary} lines."
+        )
+    return path
+
+
 def documents(
     data_dir: Path, dataset: str, *, split: str | None, limit: int | None
 ) -> list[Document]:
     """The documents of a bundled data set name, or of any JSONL path."""
-    path = data_dir / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
-    return load_documents(path, split=split, limit=limit)
+    path = dataset_path(data_dir, dataset)
+    docs = load_documents(path, split=split, limit=limit)
+    if not docs and split is not None:
+        splits = sorted({d.split for d in load_documents(path) if d.split is not None})
+        raise ConfigError(
+            f"No documents of split {split!r} in {dataset!r}; its splits: "
+            f"{', '.join(splits) or 'none (leave out --split)'}."
+        )
+    return docs
 
 
 def make_setup(
