@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, overload, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from tqdm import tqdm
 
@@ -25,6 +25,8 @@ from chainkit.records import (
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
 __all__ = ["Pipeline", "Resume", "Stage"]
+
+T = TypeVar("T")
 
 PROGRESS_EVERY_S = 10.0
 """Off a terminal, :meth:`Pipeline.stream` writes a progress line this often by default (s)."""
@@ -84,8 +86,8 @@ def _duration(seconds: float) -> str:
 class _Lines:
     """Progress for a log: a line on stderr every ``every_s`` seconds, and one at the end."""
 
-    def __init__(self, name: str, total: int | None, every_s: float) -> None:
-        self.name, self.total, self.every_s = name, total, every_s
+    def __init__(self, name: str, total: int | None, every_s: float, unit: str) -> None:
+        self.name, self.total, self.every_s, self.unit = name, total, every_s, unit
         self.done = self.written = 0
         self.start = self.last = time.monotonic()
 
@@ -105,14 +107,46 @@ class _Lines:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         line = f"{self.name}: {self.done:,}"
         if self.total:
-            line += f" of {self.total:,} requests ({100 * self.done / self.total:.1f}%)"
+            line += f" of {self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
         else:
-            line += " requests"
+            line += f" {self.unit}"
         line += f"{' done' if end else ''} in {_duration(elapsed)}, {_rate(rate)}/s"
         if not end and self.total and rate > 0:
             line += f", about {_duration((self.total - self.done) / rate)} left"
         print(line, file=sys.stderr, flush=True)
         self.written += 1
+
+
+def _display(progress: bool | float | None, name: str, total: int | None, unit: str) -> _Bar:
+    if progress is None:
+        progress = True if sys.stderr.isatty() else PROGRESS_EVERY_S
+    if isinstance(progress, bool):
+        return tqdm(total=total, disable=not progress, unit=unit[:3], desc=name, leave=False)
+    if not isinstance(progress, int | float) or not progress > 0:
+        raise ConfigError(
+            f"progress takes None, True, False or a number of seconds above 0, got {progress!r}."
+        )
+    return _Lines(name, total, float(progress), unit)
+
+
+def with_progress(
+    items: Iterable[T],
+    name: str,
+    *,
+    unit: str = "items",
+    progress: bool | float | None = None,
+) -> Iterator[T]:
+    """Yield ``items``, showing progress as :meth:`Pipeline.stream` does (a bar, or lines).
+
+    For long work around a pipeline (scoring its results, say), so that a log hears of it too.
+    """
+    bar = _display(progress, name, len(items) if isinstance(items, Sized) else None, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()
 
 
 def _rate(per_s: float) -> str:
@@ -357,7 +391,8 @@ class Pipeline:
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
-        bar = self._progress(progress, len(requests) if isinstance(requests, Sequence) else None)
+        total = len(requests) if isinstance(requests, Sequence) else None
+        bar = _display(progress, self.name, total, "requests")
         try:
             if concurrency == 1:
                 for request in requests:
@@ -378,18 +413,6 @@ class Pipeline:
                     yield outcome
         finally:
             bar.close()
-
-    def _progress(self, progress: bool | float | None, total: int | None) -> _Bar:
-        if progress is None:
-            progress = True if sys.stderr.isatty() else PROGRESS_EVERY_S
-        if isinstance(progress, bool):
-            return tqdm(total=total, disable=not progress, unit="req", desc=self.name, leave=False)
-        if not isinstance(progress, int | float) or not progress > 0:
-            raise ConfigError(
-                f"progress takes None, True, False or a number of seconds above 0, got "
-                f"{progress!r}."
-            )
-        return _Lines(self.name, total, float(progress))
 
     def _one(
         self, request: Request, ledger: Ledger, resume: bool | Resume, return_exceptions: bool

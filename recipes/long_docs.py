@@ -30,7 +30,7 @@ from chainkit import (
 from chainkit.documents import Document, count_document, load_documents
 from chainkit.ledger import Hold
 from chainkit.ledger.sql import SQLLedger
-from chainkit.pipeline import resume_point
+from chainkit.pipeline import resume_point, with_progress
 from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
@@ -416,9 +416,10 @@ def _with_quality(
 ) -> tuple[Report, dict[str, list[tuple[int, float]]]]:
     summariser_id = setup.summariser.model_id
     sizes = {d.id: count_document(d, summariser_id).tokens for d in docs}
+    # Scoring takes longer than the runs (stemming whole meetings): it reports its progress too.
     baseline = {
         d.id: rouge(d.text, d.summary, ("rouge1",))["rouge1_recall"]
-        for d in docs
+        for d in with_progress(docs, "ROUGE-1 of the documents", unit="documents")
         if d.summary is not None
     }
     window = setup.catalogue.card(summariser_id).context_window
@@ -427,7 +428,11 @@ def _with_quality(
     for v in report.variants:
         outs = results.get(v.name, {})
         per_doc = [(d, outs[f"{v.name}:{d.id}"]) for d in docs if f"{v.name}:{d.id}" in outs]
-        scores = [rouge(r.text, d.summary) for d, r in per_doc if d.summary is not None]
+        scores = [
+            rouge(r.text, d.summary)
+            for d, r in with_progress(per_doc, f"ROUGE of {v.name}", unit="documents")
+            if d.summary is not None
+        ]
         quality: dict[str, Any] = (
             {
                 key: round(statistics.fmean(s[key] for s in scores), 4)

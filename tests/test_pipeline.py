@@ -32,6 +32,7 @@ from chainkit import (
     Usage,
 )
 from chainkit.errors import Timeout
+from chainkit.pipeline import with_progress
 
 SEED = Catalogue.load("seed-2024")
 RULES = KeywordClassifier(
@@ -524,3 +525,21 @@ def test_default_progress_off_a_terminal_follows_the_module_interval(
 def test_progress_refuses_what_is_not_a_duration(bad: object) -> None:
     with pytest.raises(ConfigError, match="progress takes None, True, False or a number"):
         _slow_bot().run_batch([Request("hi")], Ledger(), progress=bad)  # type: ignore[arg-type]
+
+
+def test_with_progress_reports_other_long_work_the_same_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def slow(items: list[int]) -> list[int]:
+        out = []
+        for i in with_progress(items, "scoring", unit="documents", progress=0.001):
+            time.sleep(0.002)
+            out.append(i)
+        return out
+
+    assert slow([1, 2, 3]) == [1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("scoring: 1 of 3 documents (33.3%) in ")
+    assert lines[-1].startswith("scoring: 3 of 3 documents (100.0%) done in ")
+    assert list(with_progress(iter("ab"), "quiet", progress=False)) == ["a", "b"]
+    assert capsys.readouterr().err == ""
