@@ -272,9 +272,11 @@ def dataset_path(data_dir: Path, dataset: str) -> Path:
         return path
     path = Path(dataset)
     if not path.is_file():
+        looks_like_a_path = path.suffix or len(path.parts) > 1
+        what = f"No file at {path}" if looks_like_a_path else f"Unknown dataset {dataset!r}"
         raise ConfigError(
-            f"Unknown dataset {dataset!r}: give {' or '.join(DATASETS)}, or the path of an "
-            "existing JSONL file of {id, document, summary} lines."
+            f"{what}: give {' or '.join(DATASETS)}, or the path of an existing JSONL file of "
+            "{id, document, summary} lines."
         )
     return path
 
