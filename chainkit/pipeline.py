@@ -24,7 +24,7 @@ from chainkit.records import (
 )
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
-__all__ = ["Pipeline", "Resume", "Stage"]
+__all__ = ["PROGRESS_EVERY_S", "Pipeline", "Resume", "Stage", "with_progress"]
 
 T = TypeVar("T")
 
