@@ -1,15 +1,26 @@
-"""The ``chainkit`` command: list prices, report on a saved ledger."""
+"""The chainkit command: list prices, report on a saved ledger, look after its saved texts.
+
+Also what every chainkit command line shares (the recipes' too): an argument parser whose errors
+are one line, a type for counts, and :func:`run_command`, which turns the errors a user can fix
+into one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import os
+import re
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, NoReturn
 
 from chainkit.errors import ChainkitError
 from chainkit.ledger import PostgresLedger, SQLiteLedger
@@ -23,7 +34,131 @@ from chainkit.pricing import (
 )
 from chainkit.report import Report, money
 
-__all__ = ["main"]
+__all__ = ["ArgumentParser", "count", "help_text", "main", "run_command"]
+
+DEBUG_ENV = "CHAINKIT_DEBUG"
+"""Set to 1 to see the traceback of an error instead of its one-line message."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with ``--debug`` and errors on one line (usage stays in ``--help``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: given before or after a subcommand, neither parser's default hides it.
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"show the traceback of an error, not just its message (or set {DEBUG_ENV}=1)",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        """Exit with status 2 and one line: what is wrong, and where help is."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (requests, documents, threads...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a count: give a whole number of 1 or more")
+    return value
+
+
+def help_text(doc: str | None) -> str:
+    r"""A module docstring as argparse shows it: without reStructuredText's markup.
+
+    >>> help_text("Run ``lazy`` (the default)::\n\n    python -m x")
+    'Run lazy (the default):\n\n    python -m x'
+    """
+    return re.sub(r"::$", ":", (doc or "").replace("``", ""), flags=re.M)
+
+
+def run_command(work: Callable[[], int], *, prog: str, debug: bool = False) -> int:
+    """Run a command's body and return its exit status.
+
+    A :class:`ChainkitError`, a known AWS error (no credentials, no region, a refusal), an
+    SQLite error or a file that cannot be read or written becomes one line on stderr, prefixed
+    with ``prog``, and status 2; with ``debug`` (or ``CHAINKIT_DEBUG=1``) it is raised, with its
+    traceback. Output cut short by its reader (``| head``) ends quietly, as Python's
+    documentation of SIGPIPE recommends.
+    """
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        status = work()
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: send what is left nowhere. (A stdout that is not
+        # a file, captured in a test, has nothing to flush.)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        message = explain(exc)
+        if message is None or debug:
+            raise
+        print(f"{prog}: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+
+
+def explain(exc: BaseException) -> str | None:
+    """What the user can do about ``exc``, in one line; ``None`` for a bug (let it raise)."""
+    if isinstance(exc, ChainkitError):
+        return str(exc)
+    # botocore is an optional extra: if it was never imported, none of its errors can be here.
+    boto = sys.modules.get("botocore.exceptions")
+    if boto is not None:
+        if isinstance(exc, boto.NoRegionError):
+            return (
+                "No AWS region: pass --region (e.g. --region us-east-1), or set "
+                "AWS_DEFAULT_REGION or a region in your AWS profile."
+            )
+        if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
+            return (
+                f"No AWS credentials ({exc}): set AWS_PROFILE to a configured profile, run "
+                "`aws configure` or `aws sso login`, or run offline (--provider offline)."
+            )
+        if isinstance(exc, boto.ClientError):
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "?")
+            return (
+                f"AWS refused {exc.operation_name}: {code}: {error.get('Message', exc)}. "
+                f"{_AWS_HINTS.get(code, _AWS_HINT)}"
+            )
+        if isinstance(exc, boto.BotoCoreError):
+            return f"AWS: {exc}. Check --region, your network and your AWS configuration."
+    if isinstance(exc, sqlite3.Error):
+        return (
+            f"SQLite: {exc}. Check that the database file is the one meant (a chainkit ledger "
+            "from --ledger), not damaged, and not locked by another program."
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}. Check the path and its permissions."
+    return None
+
+
+_AWS_HINT = "Check --region, the model id and your AWS permissions."
+_AWS_HINTS = {
+    "AccessDeniedException": (
+        "Check that your credentials may call Bedrock and that access to the model is enabled "
+        "in this region (Bedrock console, Model access)."
+    ),
+    "ExpiredTokenException": "Your AWS session has expired: log in again (aws sso login).",
+    "UnrecognizedClientException": "Your AWS credentials are not valid: check AWS_PROFILE.",
+    "ValidationException": "Check the model id and --region: not every model is in every region.",
+}
+
+
+def _version() -> str:
+    try:
+        return version("chainkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 _HEAD = (
@@ -151,11 +286,23 @@ def _prices(args: argparse.Namespace) -> str:
 def _report(args: argparse.Namespace) -> str:
     path = Path(args.ledger)
     # Read-only: a report never changes the file (nor creates one at a mistyped path).
-    with SQLiteLedger(path, read_only=True) as ledger:
-        report = Report.from_ledger(
-            ledger, tag=args.variant_tag, traffic_per_day=args.traffic, baseline=args.baseline
-        )
-    return report.to_json() if args.format == "json" else report.to_table()
+    try:
+        with SQLiteLedger(path, read_only=True) as ledger:
+            report = Report.from_ledger(
+                ledger, tag=args.variant_tag, traffic_per_day=args.traffic, baseline=args.baseline
+            )
+    except sqlite3.Error as exc:
+        raise ChainkitError(
+            f"Cannot read ledger {path}: SQLite says {exc}. Is it a ledger a recipe wrote with "
+            "--ledger, and not damaged?"
+        ) from exc
+    render: dict[str, Callable[[], str]] = {
+        "json": report.to_json,
+        "markdown": report.to_markdown,
+        "csv": report.to_csv,
+        "table": report.to_table,
+    }
+    return render[args.format]()
 
 
 def _open_writable(where: str, schema: str) -> SQLLedger:
@@ -206,9 +353,18 @@ def _purge(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``chainkit`` command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="chainkit", description=__doc__)
+    parser = ArgumentParser(
+        prog="chainkit",
+        description="List model prices, report on a saved ledger, look after its saved texts.",
+    )
+    parser.add_argument("--version", action="version", version=f"chainkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    prices = sub.add_parser("prices", help="list the models and prices of a catalogue")
+    prices = sub.add_parser(
+        "prices",
+        help="list the models and prices of a catalogue",
+        description="List the models of a price catalogue with their prices per million "
+        "tokens, by region and tier, each with its source and effective date.",
+    )
     prices.add_argument(
         "--catalogue",
         default=DEFAULT_CATALOGUE,
@@ -217,18 +373,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     prices.add_argument("--provider", help="only this provider's models (e.g. openai, Anthropic)")
     prices.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     prices.set_defaults(run=_prices)
-    report = sub.add_parser("report", help="report on a saved SQLite ledger")
+    report = sub.add_parser(
+        "report",
+        help="report on a saved SQLite ledger",
+        description="What each variant in a ledger cost and saved, by stage, as the recipe "
+        "that wrote it printed it. The ledger is only read, never changed.",
+    )
     report.add_argument("ledger", help="path of a ledger database (SQLiteLedger)")
-    report.add_argument("--traffic", type=int, default=None, help="requests per day to project")
+    report.add_argument("--traffic", type=count, default=None, help="requests per day to project")
     report.add_argument("--variant-tag", default="variant", help="tag that names the variants")
     report.add_argument(
         "--baseline",
         default=None,
         help="the variant savings are measured against (default: the first one served)",
     )
-    report.add_argument("--format", choices=["table", "json"], default="table")
+    report.add_argument(
+        "--format",
+        choices=["table", "markdown", "json", "csv"],
+        default="table",
+        help="table (default); markdown: the same tables to paste; json: exact figures; csv: "
+        "a row per variant and per variant and stage",
+    )
     report.set_defaults(run=_report)
-    ledger = sub.add_parser("ledger", help="look after a ledger's saved texts")
+    ledger = sub.add_parser(
+        "ledger",
+        help="look after a ledger's saved texts",
+        description="Look after what a ledger keeps beside its entries.",
+    )
     ledger_sub = ledger.add_subparsers(dest="action", required=True)
     purge = ledger_sub.add_parser(
         "purge",
@@ -244,12 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         print(args.run(args))
-    except ChainkitError as exc:
-        print(f"chainkit: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(work, prog="chainkit", debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, overload, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from tqdm import tqdm
 
@@ -26,7 +27,20 @@ from chainkit.records import (
 )
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
 
-__all__ = ["Pipeline", "Resume", "ResumePoint", "Stage", "resume_point"]
+__all__ = [
+    "PROGRESS_EVERY_S",
+    "Pipeline",
+    "Resume",
+    "ResumePoint",
+    "Stage",
+    "resume_point",
+    "with_progress",
+]
+
+T = TypeVar("T")
+
+PROGRESS_EVERY_S = 10.0
+"""Off a terminal, :meth:`Pipeline.stream` writes a progress line this often by default (s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,93 @@ class Resume:
             raise ConfigError(
                 f"Resume(stale_after_s=...) takes a positive number of seconds, got {s!r}."
             )
+
+
+class _Bar(Protocol):
+    """What ``stream`` needs of a progress display (a tqdm bar or :class:`_Lines`)."""
+
+    def update(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class _Lines:
+    """Progress for a log: a line on stderr every ``every_s`` seconds, and one at the end."""
+
+    def __init__(self, name: str, total: int | None, every_s: float, unit: str) -> None:
+        self.name, self.total, self.every_s, self.unit = name, total, every_s, unit
+        self.done = self.written = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._write(now)
+
+    def close(self) -> None:
+        if self.written:  # a run too short for a line ends as silently as it ran
+            self._write(time.monotonic(), end=True)
+
+    def _write(self, now: float, *, end: bool = False) -> None:
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        line = f"{self.name}: {self.done:,}"
+        if self.total:
+            line += f" of {self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
+        else:
+            line += f" {self.unit}"
+        line += f"{' done' if end else ''} in {_duration(elapsed)}, {_rate(rate)}/s"
+        if not end and self.total and rate > 0:
+            line += f", about {_duration((self.total - self.done) / rate)} left"
+        print(line, file=sys.stderr, flush=True)
+        self.written += 1
+
+
+def _display(progress: bool | float | None, name: str, total: int | None, unit: str) -> _Bar:
+    if progress is None:
+        progress = True if sys.stderr.isatty() else PROGRESS_EVERY_S
+    if isinstance(progress, bool):
+        return tqdm(total=total, disable=not progress, unit=unit[:3], desc=name, leave=False)
+    if not isinstance(progress, int | float) or not progress > 0:
+        raise ConfigError(
+            f"progress takes None, True, False or a number of seconds above 0, got {progress!r}."
+        )
+    return _Lines(name, total, float(progress), unit)
+
+
+def with_progress(
+    items: Iterable[T],
+    name: str,
+    *,
+    unit: str = "items",
+    progress: bool | float | None = None,
+) -> Iterator[T]:
+    """Yield ``items``, showing progress as :meth:`Pipeline.stream` does (a bar, or lines).
+
+    For long work around a pipeline (scoring its results, say), so that a log hears of it too.
+    """
+    bar = _display(progress, name, len(items) if isinstance(items, Sized) else None, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.1f}" if per_s >= 1 else f"{per_s:.2f}"
 
 
 @runtime_checkable
@@ -310,7 +411,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
-        progress: bool | None = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[False] = ...,
         ordered: bool = ...,
@@ -323,7 +424,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
-        progress: bool | None = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[True],
         ordered: bool = ...,
@@ -335,7 +436,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = 8,
-        progress: bool | None = None,
+        progress: bool | float | None = None,
         resume: bool | Resume = False,
         return_exceptions: bool = False,
         ordered: bool = True,
@@ -351,14 +452,18 @@ class Pipeline:
         the first failure stops new work and is raised once the requests already running have
         finished (their entries are in the ledger either way).
 
-        ``progress`` shows a bar on stderr; by default only when stderr is a terminal.
-        ``resume`` is as for :meth:`run`.
+        ``progress`` is written to stderr. By default (``None``) it is a bar when stderr is a
+        terminal, and otherwise (a log file, a pipe, a notebook) one line every
+        :data:`PROGRESS_EVERY_S` seconds: requests done of the total, rate, elapsed time and
+        estimated time left, then a last line when the run ends; a run shorter than that prints
+        nothing. Lines are written as results come in. A number of seconds asks for lines at that
+        interval wherever stderr goes, ``True`` for a bar wherever it goes, ``False`` for
+        nothing. ``resume`` is as for :meth:`run`.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
         total = len(requests) if isinstance(requests, Sequence) else None
-        show = sys.stderr.isatty() if progress is None else progress
-        bar = tqdm(total=total, disable=not show, unit="req", desc=self.name, leave=False)
+        bar = _display(progress, self.name, total, "requests")
         try:
             if concurrency == 1:
                 for request in requests:
@@ -445,7 +550,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
-        progress: bool | None = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[False] = ...,
     ) -> list[Result]: ...
@@ -457,7 +562,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
-        progress: bool | None = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[True],
     ) -> list[Result | Exception]: ...
@@ -468,7 +573,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = 8,
-        progress: bool | None = None,
+        progress: bool | float | None = None,
         resume: bool | Resume = False,
         return_exceptions: bool = False,
     ) -> list[Result] | list[Result | Exception]:

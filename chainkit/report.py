@@ -12,11 +12,13 @@ Decimal('1800.000')
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Any
 
 from chainkit.errors import ConfigError
@@ -29,7 +31,7 @@ from chainkit.ledger.core import (
     request_costs_of,
     variant_sums,
 )
-from chainkit.money import ROUNDING
+from chainkit.money import ROUNDING, usd
 from chainkit.records import Entry
 
 __all__ = ["Report", "StageLine", "VariantReport"]
@@ -149,23 +151,49 @@ def _sums_of(source: Ledger | Iterable[Entry]) -> VariantSums:
 
 
 def money(amount: Decimal | None) -> str | None:
-    """A decimal string with at least two places and no float rounding (``None`` stays ``None``).
+    """``amount`` exactly, as a decimal string with at least two places (``None`` stays ``None``).
+
+    Never rounded: sums of entries are exact, and a quotient (cost per request, a projection)
+    is shown with every digit it was computed to (60 significant digits at most).
 
     >>> money(Decimal("9.000000")), money(Decimal("0.02135")), money(Decimal("1800"))
     ('9.00', '0.02135', '1800.00')
+    >>> money(Decimal("2.88E-5")), money(Decimal("0.0000014175"))
+    ('0.0000288', '0.0000014175')
     """
     if amount is None:
         return None
-    with localcontext(ROUNDING):
-        places = amount.as_tuple().exponent
-        if isinstance(places, int) and places < -10:
-            # Divisions (cost per request, projections) run long; ten places is enough.
-            amount = amount.quantize(Decimal("1e-10"), ROUND_HALF_EVEN)
-        normal = amount.normalize()
-        exponent = normal.as_tuple().exponent
-        if isinstance(exponent, int) and exponent > -2:
-            normal = normal.quantize(Decimal("0.01"))
-        return f"{normal:f}"
+    # Wide enough that neither step can round, whatever the amount's digits.
+    exact = Context(prec=len(amount.as_tuple().digits) + 30)
+    normal = amount.normalize(exact)
+    exponent = normal.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -2:
+        normal = normal.quantize(Decimal("0.01"), context=exact)
+    return f"{normal:f}"
+
+
+CSV_COLUMNS = (
+    "variant",
+    "stage",
+    "requests",
+    "calls",
+    "answered",
+    "share",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "avoided_usd",
+    "cost_per_request_usd",
+    "cost_per_request_p50_usd",
+    "cost_per_request_p90_usd",
+    "daily_cost_usd",
+    "monthly_cost_usd",
+    "savings_pct",
+    "setup_cost_usd",
+    "latency_ms_p50",
+    "latency_ms_mean",
+)
+"""The columns of :meth:`Report.to_csv`, in order."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +205,9 @@ class Report:
     assumptions: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        _check_traffic(self.traffic_per_day)
+
     @classmethod
     def build(
         cls,
@@ -187,6 +218,7 @@ class Report:
         notes: Iterable[str] = (),
     ) -> Report:
         """Build a report from ``(name, ledger or entries)`` pairs, the baseline first."""
+        _check_traffic(traffic_per_day)
         built = [_variant(name, _sums_of(source), traffic_per_day) for name, source in variants]
         return cls._with_savings(built, traffic_per_day, assumptions or {}, notes)
 
@@ -223,6 +255,7 @@ class Report:
         not decide the order). Savings are against ``baseline`` (moved first), else against the
         first variant: never chosen by cost.
         """
+        _check_traffic(traffic_per_day)
         sums = ledger.variants(tag)
         if variants is not None:
             order = list(variants)
@@ -242,7 +275,7 @@ class Report:
         return cls._with_savings(built, traffic_per_day, {}, ())
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape: money as decimal strings, ``None`` for unknown cost."""
+        """The JSON shape: money as exact decimal strings (see :func:`money`); ``None``: unknown."""
         variants = []
         for v in self.variants:
             row: dict[str, Any] = {
@@ -254,8 +287,8 @@ class Report:
                 "cost_per_request_p90_usd": money(v.cost_p90),
             }
             if self.traffic_per_day is not None:
-                row["daily_cost_usd"] = money(_cents(v.daily_cost))
-                row["monthly_cost_usd"] = money(_cents(v.monthly_cost))
+                row["daily_cost_usd"] = money(v.daily_cost)
+                row["monthly_cost_usd"] = money(v.monthly_cost)
             row["savings_pct"] = None if v.savings_pct is None else str(v.savings_pct)
             row["setup_cost_usd"] = money(v.setup_cost)
             row["by_stage"] = [
@@ -286,94 +319,133 @@ class Report:
         """The report as indented JSON."""
         return json.dumps(self.to_dict(), indent=2, default=str)
 
+    def to_csv(self) -> str:
+        """The report as CSV: one row per variant, then one per stage of that variant.
+
+        The columns are :data:`CSV_COLUMNS`. A variant's row has an empty ``stage`` and fills
+        ``requests``, ``cost_usd`` (what serving its requests cost), per-request cost and its
+        percentiles, the projections (with a traffic level), ``savings_pct`` and
+        ``setup_cost_usd``. A stage row fills ``calls``, ``answered``, ``share``, tokens,
+        ``cost_usd``, ``avoided_usd`` and latency; a variant's stage costs, setup stages
+        included, add up to its ``cost_usd`` plus ``setup_cost_usd``. Money is exact, as in
+        :meth:`to_dict`; an empty cell is unknown or does not apply to the row. Quality figures,
+        assumptions and notes are in the JSON and Markdown.
+        """
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for variant in self.to_dict()["variants"]:
+            cells = {k: v for k, v in variant.items() if k in CSV_COLUMNS and k != "name"}
+            cells["cost_usd"] = variant["total_cost_usd"]
+            writer.writerow(_csv_cells({"variant": variant["name"], "stage": "", **cells}))
+            for stage in variant["by_stage"]:
+                writer.writerow(_csv_cells({"variant": variant["name"], **stage}))
+        return out.getvalue().rstrip("\n")
+
     def to_table(self) -> str:
-        """The report as a plain-text table for a terminal."""
-        out: list[str] = []
-        head = ["variant", "requests", "total", "per request"]
-        if self.traffic_per_day is not None:
-            head += [f"per month @ {self.traffic_per_day:,}/day"]
-        head += ["savings"]
-        rows = []
+        """The report as plain-text tables for a terminal: variants, then each one's stages."""
+        head, rows = self._summary()
+        out = [_grid(head, rows)]
         for v in self.variants:
-            row = [v.name, f"{v.requests:,}", _usd(v.total_cost, 4), _usd(v.cost_per_request, 6)]
-            if self.traffic_per_day is not None:
-                row.append(_usd(v.monthly_cost, 2))
-            row.append("-" if v.savings_pct is None else f"{v.savings_pct}%")
-            rows.append(row)
-        out.append(_grid(head, rows))
-        for v in self.variants:
-            out.append("")
-            setup = "" if v.setup_cost == 0 else f", one-off setup {_usd(v.setup_cost, 6)}"
-            out.append(f"{v.name}{setup}")
-            stage_rows = [
-                [
-                    s.stage,
-                    f"{s.calls:,}",
-                    f"{s.answered:,}",
-                    f"{100 * s.share:.1f}%",
-                    f"{s.input_tokens:,}",
-                    f"{s.output_tokens:,}",
-                    _usd(s.cost, 4),
-                    _usd(s.avoided_cost, 4),
-                    f"{s.latency_ms_p50:.3f}",
-                ]
-                for s in v.by_stage
-            ]
-            head = ["  stage", "calls", "answered", "share", "input tok", "output tok", "cost"]
-            out.append(
-                _grid(
-                    [*head, "avoided", "p50 ms"],
-                    [["  " + r[0], *r[1:]] for r in stage_rows],
-                )
-            )
+            out += ["", f"{v.name}{_setup(v)}"]
+            head, rows = _stages(v)
+            out.append(_grid(["  " + head[0], *head[1:]], [["  " + r[0], *r[1:]] for r in rows]))
             if v.quality:
-                out.append("  quality: " + ", ".join(_quality(k, q) for k, q in v.quality.items()))
+                out.append("  quality: " + _qualities(v))
         if self.notes:
             out.append("")
             out.extend(f"* {note}" for note in self.notes)
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        """The variant summary as a Markdown table, followed by the notes."""
-        head = ["variant", "requests", "total", "per request", "per month", "savings"]
-        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        """The report as Markdown: every table :meth:`to_table` shows, then the notes."""
+        head, rows = self._summary()
+        out = [_markdown(head, rows)]
         for v in self.variants:
-            cells = [
-                v.name,
-                f"{v.requests:,}",
-                _usd(v.total_cost, 4),
-                _usd(v.cost_per_request, 6),
-                _usd(v.monthly_cost, 2),
-                "-" if v.savings_pct is None else f"{v.savings_pct}%",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.extend(f"\n- {note}" for note in self.notes)
-        return "\n".join(lines)
+            out += ["", f"**{_md_cell(v.name)}**{_setup(v)}", ""]
+            out.append(_markdown(*_stages(v)))
+            if v.quality:
+                out += ["", f"Quality: {_qualities(v)}."]
+        if self.notes:
+            out.append("")
+            out.extend(f"- {note}" for note in self.notes)
+        return "\n".join(out)
+
+    def _summary(self) -> tuple[list[str], list[list[str]]]:
+        head = ["variant", "requests", "total", "per request"]
+        if self.traffic_per_day is not None:
+            head.append(f"per month @ {self.traffic_per_day:,}/day")
+        head.append("savings")
+        rows = []
+        for v in self.variants:
+            row = [v.name, f"{v.requests:,}", usd(v.total_cost), usd(v.cost_per_request)]
+            if self.traffic_per_day is not None:
+                row.append(usd(v.monthly_cost))
+            row.append("-" if v.savings_pct is None else f"{v.savings_pct}%")
+            rows.append(row)
+        return head, rows
+
+
+def _stages(v: VariantReport) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "calls", "answered", "share", "input tok", "output tok", "cost", "avoided"]
+    rows = [
+        [
+            s.stage,
+            f"{s.calls:,}",
+            f"{s.answered:,}",
+            f"{100 * s.share:.1f}%",
+            f"{s.input_tokens:,}",
+            f"{s.output_tokens:,}",
+            usd(s.cost),
+            usd(s.avoided_cost),
+            f"{s.latency_ms_p50:.3f}",
+        ]
+        for s in v.by_stage
+    ]
+    return [*head, "p50 ms"], rows
+
+
+def _setup(v: VariantReport) -> str:
+    return "" if v.setup_cost == 0 else f", one-off setup {usd(v.setup_cost)}"
+
+
+def _qualities(v: VariantReport) -> str:
+    return ", ".join(_quality(k, q) for k, q in v.quality.items())
+
+
+def _csv_cells(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS}
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the first column left-aligned, the figures right-aligned."""
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _check_traffic(traffic: object) -> None:
+    if traffic is not None and (
+        isinstance(traffic, bool) or not isinstance(traffic, int) or traffic < 1
+    ):
+        raise ConfigError(
+            f"traffic_per_day must be a whole number of requests of 1 or more (or None for no "
+            f"projection), got {traffic!r}."
+        )
 
 
 def _first(index: int | None) -> float:
     return float("inf") if index is None else index
 
 
-def _cents(amount: Decimal | None) -> Decimal | None:
-    """A projection to the cent: a forecast carries no more precision than that."""
-    if amount is None:
-        return None
-    with localcontext(ROUNDING):
-        return amount.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
-
-
 def _quality(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{key.replace('_', ' ')} {value:.3f}"
     return f"{key.replace('_', ' ')} {value}"
-
-
-def _usd(amount: Decimal | None, places: int) -> str:
-    if amount is None:
-        return "unknown"
-    with localcontext(ROUNDING):
-        return f"${amount.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN):,}"
 
 
 def _grid(head: list[str], rows: list[list[str]]) -> str:

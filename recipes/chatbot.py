@@ -27,7 +27,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 from chainkit import (
@@ -49,8 +49,10 @@ from chainkit import (
     Usage,
     precompute,
 )
+from chainkit.cli import count, run_command
 from chainkit.ledger.sql import SQLLedger
-from chainkit.money import usd
+from chainkit.money import ROUNDING, usd
+from chainkit.report import money
 from recipes.common import (
     REPLY_TOKENS,
     RESUME,
@@ -58,9 +60,13 @@ from recipes.common import (
     STRONG,
     add_output_options,
     add_provider_options,
+    check_bedrock,
+    folder,
     make_model,
     open_ledger,
+    recipe_parser,
     render,
+    share,
 )
 
 DEMO_TRAFFIC = Path(__file__).parent / "data" / "demo_traffic.jsonl"
@@ -204,7 +210,8 @@ def _article_monthly(entries: list[Entry], traffic: int) -> Decimal:
         Decimal(0),
     )
     requests = len({e.request_id for e in entries})
-    return spent * traffic * DAYS / requests
+    with localcontext(ROUNDING):
+        return spent * traffic * DAYS / requests
 
 
 def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) -> Report:
@@ -272,12 +279,12 @@ def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) 
     assert single.monthly_cost is not None and smart.monthly_cost is not None
     article_savings = (single.monthly_cost - article) / single.monthly_cost * 100
     notes = (
-        f"As run: single-llm ${single.monthly_cost:,.2f}/month, well-architected "
-        f"${smart.monthly_cost:,.2f}/month at {traffic:,} interactions a day: "
+        f"As run: single-llm {usd(single.monthly_cost)}/month, well-architected "
+        f"{usd(smart.monthly_cost)}/month at {traffic:,} interactions a day: "
         f"{smart.savings_pct}% saved.",
-        f"The article's ${article:,.2f}/month ({article_savings:.1f}%) leaves out the pre-scan "
+        f"The article's {usd(article)}/month ({article_savings:.1f}%) leaves out the pre-scan "
         "of the interactions answered by canned and precomputed replies; every interaction is "
-        f"pre-scanned, which adds ${smart.monthly_cost - article:,.2f}/month.",
+        f"pre-scanned, which adds {usd(smart.monthly_cost - article)}/month.",
     )
     return Report(
         report.variants,
@@ -289,7 +296,7 @@ def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) 
             "tokens_per_interaction": {"powerful": 100, "intent": 20, "responder": 50},
             "deflected_share": "0.5",
             "token_counts": "scripted to the article's figures",
-            "article_monthly_usd": f"{article:.2f}",
+            "article_monthly_usd": money(article),
             "article_savings_pct": f"{article_savings:.1f}",
         },
         notes=notes,
@@ -297,12 +304,8 @@ def run_seed(ledger: Ledger, traffic: int, count: int, *, resume: bool = False) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the recipe from the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m recipes.chatbot",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """Run the recipe from the command line; return the exit status (2: a bad argument)."""
+    parser = recipe_parser("python -m recipes.chatbot", __doc__)
     parser.add_argument(
         "--scenario",
         choices=["demo", "seed", "data"],
@@ -312,19 +315,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=folder,
         default=None,
         help="folder with bitext_customer_support/ and clinc150/",
     )
     parser.add_argument(
         "--small-talk",
-        type=float,
+        type=share,
         default=0.12,
         help="data: share of traffic that is greetings, thanks and goodbyes (CLINC150 test)",
     )
     parser.add_argument(
         "--out-of-scope",
-        type=float,
+        type=share,
         default=0.15,
         help="data: share of traffic that is out of scope (CLINC150 oos test)",
     )
@@ -337,20 +340,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cascade-below",
-        type=float,
+        type=share,
         default=0.5,
         help="data: the cascade asks the LLM when the local classifier's confidence is below this",
     )
     parser.add_argument(
-        "--limit", type=int, default=None, help="data: run only the first N messages"
+        "--limit", type=count, default=None, help="data: run only the first N messages"
     )
     parser.add_argument(
         "--plot", type=Path, default=None, help="save a cost and deflection plot here"
     )
-    parser.add_argument("--traffic", type=int, default=10_000, help="interactions per day")
+    parser.add_argument("--traffic", type=count, default=10_000, help="interactions per day")
     parser.add_argument(
         "--requests",
-        type=int,
+        type=count,
         default=1_000,
         help="seed: interactions to run through the pipelines",
     )
@@ -366,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the seed scenario reproduces the article's hypothetical models with scripted token "
             "counts; run --provider bedrock with the demo scenario (the default)"
         )
+    return run_command(lambda: _run(args), prog=parser.prog, debug=getattr(args, "debug", False))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.provider == "bedrock":
+        check_bedrock(args.region)  # before a ledger file is written or anything is paid
     ledger = open_ledger(args.ledger, resume=args.resume)
     try:
         if args.scenario == "seed":

@@ -1,8 +1,9 @@
-"""What the recipes share: output options and where their ledger lives."""
+"""What the recipes share: their command line, output options and where their ledger lives."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from chainkit import (
@@ -15,19 +16,85 @@ from chainkit import (
     Resume,
     SQLiteLedger,
 )
+from chainkit.cli import ArgumentParser, help_text
 
 STRONG = "anthropic.claude-sonnet-4-20250514-v1:0"
 SMALL = "amazon.nova-micro-v1:0"
 REPLY_TOKENS = 150  # Bitext's reference replies run to a median of about 145 tokens
 
 
+def recipe_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A recipe's parser: one-line errors, ``--debug``, its module docstring as description."""
+    return ArgumentParser(
+        prog=prog,
+        description=help_text(doc),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def share(text: str) -> float:
+    """An argparse type: a share of the whole, from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share: give a number from 0 to 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} is not a duration: give seconds, 0 or more")
+    return value
+
+
+def folder(text: str) -> Path:
+    """An argparse type: an existing folder."""
+    path = Path(text)
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(
+            f"{text} {what}: give the folder that holds the data sets (e.g. ../shared/data)"
+        )
+    return path
+
+
+def check_bedrock(region: str | None) -> None:
+    """Refuse ``--provider bedrock`` before any call (or ledger) if AWS has no region or keys."""
+    try:
+        import boto3
+    except ImportError as exc:
+        raise ConfigError(
+            "--provider bedrock needs boto3: pip install 'chainkit[bedrock]'."
+        ) from exc
+    session = boto3.Session(region_name=region)
+    if session.region_name is None:
+        raise ConfigError(
+            "--provider bedrock needs an AWS region and none is set: pass --region (e.g. "
+            "--region us-east-1), or set AWS_DEFAULT_REGION or a region in your AWS profile."
+        )
+    if session.get_credentials() is None:
+        raise ConfigError(
+            "--provider bedrock found no AWS credentials (environment, AWS_PROFILE, ~/.aws, "
+            "instance role): set AWS_PROFILE or run `aws configure` (or `aws sso login`); "
+            "without --provider the recipe runs offline."
+        )
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--format``, ``--ledger`` and ``--resume`` to a recipe's parser."""
     parser.add_argument(
         "--format",
-        choices=["table", "json", "markdown"],
+        choices=["table", "markdown", "json", "csv"],
         default="table",
-        help="how to print the report (default: table)",
+        help="how to print the report: table (default), markdown (the same tables), json "
+        "(exact figures, assumptions), csv (a row per variant and per stage)",
     )
     parser.add_argument(
         "--ledger",
@@ -82,6 +149,8 @@ def render(report: Report, fmt: str) -> str:
         return report.to_json()
     if fmt == "markdown":
         return report.to_markdown()
+    if fmt == "csv":
+        return report.to_csv()
     return report.to_table()
 
 

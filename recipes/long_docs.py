@@ -32,7 +32,7 @@ from chainkit import (
 from chainkit.documents import Document, count_document, load_documents
 from chainkit.ledger import Hold
 from chainkit.ledger.sql import SQLLedger
-from chainkit.pipeline import ResumePoint, resume_point
+from chainkit.pipeline import ResumePoint, resume_point, with_progress
 from chainkit.providers.bedrock_batch import BatchRecord, BedrockBatch, OfflineBatch, hold_records
 from chainkit.providers.offline import OfflineModel
 from chainkit.quality import rouge
@@ -322,12 +322,43 @@ def _settle_results(
         states[r.id], stage_of[r.id] = new_state, index
 
 
+def dataset_path(data_dir: Path, dataset: str) -> Path:
+    """The JSONL file of a data set: a name in :data:`DATASETS` (under ``data_dir``) or a path.
+
+    A name that is neither a known data set nor an existing file is refused with the names.
+    """
+    if dataset in DATASETS:
+        path = data_dir / DATASETS[dataset]
+        if not path.is_file():
+            raise ConfigError(
+                f"No {dataset} data at {path}: --data-dir must be the folder that holds "
+                f"{' and '.join(f'{name}/' for name in DATASETS)} (e.g. --data-dir ../shared/data)."
+            )
+        return path
+    path = Path(dataset)
+    if not path.is_file():
+        looks_like_a_path = path.suffix or len(path.parts) > 1
+        what = f"No file at {path}" if looks_like_a_path else f"Unknown dataset {dataset!r}"
+        raise ConfigError(
+            f"{what}: give {' or '.join(DATASETS)}, or the path of an existing JSONL file of "
+            "{id, document, summary} lines."
+        )
+    return path
+
+
 def documents(
     data_dir: Path, dataset: str, *, split: str | None, limit: int | None
 ) -> list[Document]:
     """The documents of a bundled data set name, or of any JSONL path."""
-    path = data_dir / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
-    return load_documents(path, split=split, limit=limit)
+    path = dataset_path(data_dir, dataset)
+    docs = load_documents(path, split=split, limit=limit)
+    if not docs and split is not None:
+        splits = sorted({d.split for d in load_documents(path) if d.split is not None})
+        raise ConfigError(
+            f"No documents of split {split!r} in {dataset!r}; its splits: "
+            f"{', '.join(splits) or 'none (leave out --split)'}."
+        )
+    return docs
 
 
 def make_setup(
@@ -452,9 +483,10 @@ def _with_quality(
 ) -> tuple[Report, dict[str, list[tuple[int, float]]]]:
     summariser_id = setup.summariser.model_id
     sizes = {d.id: count_document(d, summariser_id).tokens for d in docs}
+    # Scoring takes longer than the runs (stemming whole meetings): it reports its progress too.
     baseline = {
         d.id: rouge(d.text, d.summary, ("rouge1",))["rouge1_recall"]
-        for d in docs
+        for d in with_progress(docs, "ROUGE-1 of the documents", unit="documents")
         if d.summary is not None
     }
     window = setup.catalogue.card(summariser_id).context_window
@@ -463,7 +495,11 @@ def _with_quality(
     for v in report.variants:
         outs = results.get(v.name, {})
         per_doc = [(d, outs[f"{v.name}:{d.id}"]) for d in docs if f"{v.name}:{d.id}" in outs]
-        scores = [rouge(r.text, d.summary) for d, r in per_doc if d.summary is not None]
+        scores = [
+            rouge(r.text, d.summary)
+            for d, r in with_progress(per_doc, f"ROUGE of {v.name}", unit="documents")
+            if d.summary is not None
+        ]
         quality: dict[str, Any] = (
             {
                 key: round(statistics.fmean(s[key] for s in scores), 4)

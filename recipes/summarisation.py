@@ -42,15 +42,23 @@ from chainkit import (
     Summarise,
     Usage,
 )
+from chainkit.cli import count, run_command
 from chainkit.ledger.sql import SQLLedger
+from chainkit.money import usd
 from chainkit.providers.offline import extract
+from recipes import long_docs
 from recipes.common import (
     RESUME,
     add_output_options,
     add_provider_options,
+    check_bedrock,
+    folder,
     make_model,
     open_ledger,
+    recipe_parser,
     render,
+    seconds,
+    share,
 )
 
 SONNET = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -143,14 +151,14 @@ def run_seed(
     report = Report.from_ledger(ledger, variants=[name for name, _ in variants])
     lazy, chained = report.variants
     notes = [
-        f"Measured: lazy ${lazy.total_cost:.2f}, chained ${chained.total_cost:.2f} for "
+        f"Measured: lazy {usd(lazy.total_cost)}, chained {usd(chained.total_cost)} for "
         f"{documents} documents; chained saves {chained.savings_pct}%.",
     ]
     if provider == "offline" and documents == 200 and chained.savings_pct is not None:
         gap = chained.savings_pct - Decimal(ARTICLE["savings_pct"])
         notes.append(
             f"The article printed ${ARTICLE['chained_usd']} and {ARTICLE['savings_pct']}% for the "
-            f"chained approach; its own prices give ${chained.total_cost:.2f} and "
+            f"chained approach; its own prices give {usd(chained.total_cost)} and "
             f"{chained.savings_pct}%, {gap} percentage points more than it states."
         )
     return Report(
@@ -175,12 +183,8 @@ def run_seed(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the recipe from the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m recipes.summarisation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """Run the recipe from the command line; return the exit status (2: a bad argument)."""
+    parser = recipe_parser("python -m recipes.summarisation", __doc__)
     parser.add_argument(
         "--scenario",
         choices=["seed", "data"],
@@ -188,21 +192,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seed: the article's figures (default); data: real documents (default with "
         "--data-dir)",
     )
-    parser.add_argument("--documents", type=int, default=200, help="seed: documents to run")
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder with qmsum/ etc.")
+    parser.add_argument("--documents", type=count, default=200, help="seed: documents to run")
     parser.add_argument(
-        "--dataset", default="qmsum", help="qmsum, scisummnet, or a path to any JSONL"
+        "--data-dir", type=folder, default=None, help="folder with qmsum/ and scisummnet/"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="qmsum",
+        help=f"{', '.join(long_docs.DATASETS)} (under --data-dir), or the path of a JSONL file of "
+        "{id, document, summary} lines",
     )
     parser.add_argument("--split", default=None, help="only this split (train/dev/test)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    parser.add_argument("--limit", type=count, default=None, help="only the first N documents")
     parser.add_argument("--summariser", default=None, help="catalogue id of the small model")
     parser.add_argument("--generator", default=None, help="catalogue id of the strong model")
     parser.add_argument(
-        "--compress-to", type=float, default=None, help="Compress budget, share of the document"
+        "--compress-to", type=share, default=None, help="Compress budget, share of the document"
     )
-    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--latency", type=float, default=0.0, help="offline: simulated seconds per model call"
+        "--concurrency", type=count, default=4, help="requests run at once (default 4)"
+    )
+    parser.add_argument(
+        "--latency", type=seconds, default=0.0, help="offline: simulated seconds per model call"
     )
     parser.add_argument("--plot", type=Path, default=None, help="save cost vs length plot here")
     parser.add_argument("--batch-bucket", default=None, help="bedrock: S3 bucket for batch jobs")
@@ -214,6 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.scenario = "data" if args.data_dir is not None else "seed"
     if args.scenario == "data" and args.data_dir is None:
         parser.error("the data scenario needs --data-dir (e.g. --data-dir ../shared/data)")
+    return run_command(lambda: _run(args), prog=parser.prog, debug=getattr(args, "debug", False))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.scenario == "data":
+        # A wrong name or folder fails before a ledger is written or anything is paid.
+        long_docs.dataset_path(args.data_dir, args.dataset)
+    if args.provider == "bedrock":
+        check_bedrock(args.region)
     ledger = open_ledger(args.ledger, resume=args.resume)
     points = None
     try:
@@ -226,8 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resume=args.resume,
             )
         else:
-            from recipes import long_docs
-
             options = {
                 key: value
                 for key, value in {

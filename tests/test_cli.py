@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from decimal import Decimal
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from chainkit import Entry, SQLiteLedger, Usage
-from chainkit.cli import main
+from chainkit import ConfigError, Entry, SQLiteLedger, Usage
+from chainkit.cli import count, explain, main, run_command
+from chainkit.report import CSV_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -335,3 +344,172 @@ def test_report_baseline_is_the_one_named_never_chosen_by_cost(
     assert named[1]["savings_pct"] == "75.0"
     code, _, err = _run(capsys, "report", str(path), "--baseline", "nosuch")
     assert code == 2 and "'nosuch'" in err and "chained, lazy" in err
+
+
+def test_report_markdown_has_every_table(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, "report", str(ledger_file), "--traffic", "10000", "--format",
+                          "markdown")  # fmt: skip
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("| variant | requests | total |")
+    assert "| single | 4 | $0.024 | $0.006 | $1,800.00 | 0.0% |" in lines
+    assert "**single**" in lines and "**chained**" in lines
+    assert sum(line.startswith("| stage |") for line in lines) == 2
+    assert "| canned | 2 | 2 | 50.0% | 0 | 0 | $0.00 | $0.012 |" in out
+
+
+def test_report_csv_rows_per_variant_and_stage(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "report", str(ledger_file), "--traffic", "10000", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["variant"], r["stage"]) for r in rows] == [
+        ("single", ""),
+        ("single", "generate"),
+        ("chained", ""),
+        ("chained", "intent"),
+        ("chained", "canned"),
+        ("chained", "generate"),
+    ]
+    assert (rows[0]["monthly_cost_usd"], rows[2]["savings_pct"]) == ("1800.00", "85.0")
+
+
+def test_report_traffic_must_be_a_count(
+    ledger_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("0", "-5", "ten"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["report", str(ledger_file), "--traffic", bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2
+        assert err == (
+            f"chainkit report: argument --traffic: {bad} is not a count: give a whole number of 1 "
+            "or more (see chainkit report --help)\n"
+        )
+
+
+def test_count_takes_whole_numbers_of_one_or_more() -> None:
+    assert (count("1"), count("10_000")) == (1, 10_000)
+    for bad in ("0", "-1", "-3", "1.5", "", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a count"):
+            count(bad)
+
+
+# -- errors a user can fix: one line, exit status 2 ------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chainkit.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _foreign(tmp_path: Path) -> Path:
+    path = tmp_path / "shop.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (sku TEXT, price REAL)")  # a table named like ours
+    db.commit()
+    db.close()
+    return path
+
+
+def test_report_on_a_foreign_database_is_one_line_from_the_command(tmp_path: Path) -> None:
+    path = _foreign(tmp_path)
+    done = _cli("report", str(path))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"chainkit: {path} is an SQLite database but not a chainkit")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _foreign(tmp_path)
+    with pytest.raises(ConfigError, match="not a chainkit ledger"):
+        main(["report", str(path), "--debug"])
+    with pytest.raises(ConfigError, match="not a chainkit ledger"):
+        main(["--debug", "report", str(path)])
+    done = _cli("report", str(path), env={**os.environ, "CHAINKIT_DEBUG": "1"})
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ConfigError" in done.stderr
+
+
+def test_output_cut_short_by_head_is_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "many.db"
+    with SQLiteLedger(path) as ledger:  # a report far larger than a pipe's buffer
+        ledger.record_many(
+            Entry(f"r{i}", "generate", "answered", Decimal("0.001"), tags={"variant": f"v{i}"})
+            for i in range(400)
+        )
+    command = f"{sys.executable} -m chainkit.cli report {path} --format json | head -c 10"
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert (done.stdout, done.stderr) == ('{\n  "varia', "")
+
+
+def test_a_closed_stdout_ends_with_status_1_and_nothing_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def work() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert run_command(work, prog="chainkit") == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_version_is_the_installed_package_version() -> None:
+    done = _cli("--version")
+    assert (done.returncode, done.stdout) == (0, f"chainkit {version('chainkit')}\n")
+
+
+def test_help_texts_are_clean() -> None:
+    top = _cli("--help").stdout
+    assert "``" not in top and "List model prices" in top
+    prices = _cli("prices", "--help").stdout
+    assert "with their prices per million tokens" in prices  # a description, not just usage
+    report = _cli("report", "--help").stdout
+    assert "{table,markdown,json,csv}" in report
+
+
+def test_known_aws_and_sqlite_errors_are_explained_in_one_line() -> None:
+    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
+
+    region = explain(NoRegionError())
+    assert region is not None and "--region" in region
+    keys = explain(NoCredentialsError())
+    assert keys is not None and "AWS_PROFILE" in keys
+    refused = explain(
+        ClientError(
+            {"Error": {"Code": "AccessDeniedException", "Message": "not authorised"}}, "Converse"
+        )
+    )
+    assert refused is not None
+    assert refused.startswith("AWS refused Converse: AccessDeniedException: not authorised.")
+    assert "Model access" in refused
+    locked = explain(sqlite3.OperationalError("database is locked"))
+    assert locked is not None and locked.startswith("SQLite: database is locked.")
+    assert explain(KeyError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_an_unexplained_error_keeps_its_traceback() -> None:
+    def work() -> int:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_command(work, prog="chainkit")
+
+
+def test_multi_line_messages_become_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def work() -> int:
+        raise ConfigError("first line\n  second line")
+
+    assert run_command(work, prog="chainkit") == 2
+    assert capsys.readouterr().err == "chainkit: first line second line\n"

@@ -69,8 +69,11 @@ def test_a_document_over_the_context_window_is_summarised_in_chunks(tmp_path: Pa
 
 
 def test_unknown_dataset_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="No document file"):
-        long_docs.run(tmp_path, str(tmp_path / "missing.jsonl"), Ledger())
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(ConfigError, match=f"No file at {missing}: give qmsum or scisummnet"):
+        long_docs.run(tmp_path, str(missing), Ledger())
+    with pytest.raises(ConfigError, match="Unknown dataset 'qmsun': give qmsum or scisummnet"):
+        long_docs.run(tmp_path, "qmsun", Ledger())
 
 
 def test_real_qmsum_meetings(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,3 +1,4 @@
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from chainkit import (
     Usage,
 )
 from chainkit.errors import Timeout
+from chainkit.pipeline import with_progress
 
 SEED = Catalogue.load("seed-2024")
 RULES = KeywordClassifier(
@@ -469,3 +471,75 @@ def test_a_hung_call_times_out_and_the_batch_finishes() -> None:
     size = len(prompt.system.encode()) + len(prompt.user.encode()) + 2 * 32 + 32
     assert entries["q3"].bound == Decimal(size + 10) * 60 / 1_000_000
     gate.release.set()
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+def _slow_bot() -> Pipeline:
+    model = OfflineModel(model_id="generic.responder", latency_s=0.02)
+    return Pipeline([Generate(model=model, max_tokens=20, catalogue=SEED)], name="bot")
+
+
+PROGRESS_LINE = r"bot: \d+ of 12 requests \(\d+\.\d%\) in [\d.]+ s, [\d.,]+/s, about [\d.]+ s left"
+
+
+def test_progress_off_a_terminal_is_a_line_every_interval(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    requests = [Request(f"question {i}", id=f"r{i}") for i in range(12)]
+
+    _slow_bot().run_batch(requests, Ledger(), concurrency=2, progress=0.05)
+
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 12
+    assert all(re.fullmatch(PROGRESS_LINE, line) for line in lines[:-1]), lines
+    assert re.fullmatch(r"bot: 12 of 12 requests \(100\.0%\) done in [\d.]+ s, [\d.]+/s", lines[-1])
+
+
+def test_progress_of_an_unsized_stream_has_no_total(capsys: pytest.CaptureFixture[str]) -> None:
+    requests = (Request(f"question {i}", id=f"r{i}") for i in range(6))
+
+    list(_slow_bot().stream(requests, Ledger(), concurrency=1, progress=0.01))
+
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("bot: 6 requests done in ")
+    assert all(" of " not in line and "left" not in line for line in lines)
+
+
+def test_default_progress_off_a_terminal_follows_the_module_interval(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [Request(f"question {i}", id=f"r{i}") for i in range(4)]
+    # pytest captures stderr, which is no terminal: the default is lines, every 10 s, so a
+    # short run says nothing at all.
+    _slow_bot().run_batch(requests, Ledger(), concurrency=2)
+    assert capsys.readouterr().err == ""
+
+    monkeypatch.setattr("chainkit.pipeline.PROGRESS_EVERY_S", 0.001)
+    _slow_bot().run_batch(requests, Ledger(), concurrency=2)
+    assert "bot: 4 of 4 requests (100.0%) done in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, "10", float("nan")])
+def test_progress_refuses_what_is_not_a_duration(bad: object) -> None:
+    with pytest.raises(ConfigError, match="progress takes None, True, False or a number"):
+        _slow_bot().run_batch([Request("hi")], Ledger(), progress=bad)  # type: ignore[arg-type]
+
+
+def test_with_progress_reports_other_long_work_the_same_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def slow(items: list[int]) -> list[int]:
+        out = []
+        for i in with_progress(items, "scoring", unit="documents", progress=0.001):
+            time.sleep(0.002)
+            out.append(i)
+        return out
+
+    assert slow([1, 2, 3]) == [1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("scoring: 1 of 3 documents (33.3%) in ")
+    assert lines[-1].startswith("scoring: 3 of 3 documents (100.0%) done in ")
+    assert list(with_progress(iter("ab"), "quiet", progress=False)) == ["a", "b"]
+    assert capsys.readouterr().err == ""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from decimal import Decimal
 
 import pytest
 
-from chainkit import Entry, Ledger, Report, Usage
+from chainkit import ConfigError, Entry, Ledger, Report, Usage
+from chainkit.report import CSV_COLUMNS
 
 
 def _record(
@@ -158,7 +161,7 @@ def test_setup_entries_excluded_from_per_request_cost() -> None:
     assert variant.monthly_cost == Decimal(270)
     assert variant.setup_cost == Decimal("0.5")
     assert "precompute" in [line.stage for line in variant.by_stage]
-    assert "one-off setup $0.500000" in report.to_table()
+    assert "one-off setup $0.50" in report.to_table()
     assert report.to_dict()["variants"][0]["setup_cost_usd"] == "0.50"
 
 
@@ -287,24 +290,49 @@ def test_to_table_contains_the_figures(report: Report) -> None:
     table = report.to_table()
     assert "per month @ 10,000/day" in table
     single_row = next(line for line in table.splitlines() if line.startswith("single"))
-    assert "$0.0240" in single_row
-    assert "$0.006000" in single_row
+    assert "$0.024 " in single_row
+    assert "$0.006 " in single_row
     assert "$1,800.00" in single_row
     assert "0.0%" in single_row
     chained_row = next(line for line in table.splitlines() if line.startswith("chained"))
     assert "$0.0036" in chained_row
-    assert "$0.000900" in chained_row
+    assert "$0.0009 " in chained_row
     assert "$270.00" in chained_row
     assert chained_row.endswith("85.0%")
     canned_row = next(line for line in table.splitlines() if line.strip().startswith("canned"))
-    assert canned_row.split()[-3:-1] == ["$0.0000", "$0.0120"]  # cost, avoided; then p50 ms
+    assert canned_row.split()[-3:-1] == ["$0.00", "$0.012"]  # cost, avoided; then p50 ms
 
 
-def test_to_markdown_has_a_row_per_variant(report: Report) -> None:
+def test_to_markdown_has_every_table_the_terminal_shows(report: Report) -> None:
     lines = report.to_markdown().splitlines()
-    assert lines[0].startswith("| variant |")
-    assert lines[2] == "| single | 4 | $0.0240 | $0.006000 | $1,800.00 | 0.0% |"
-    assert lines[3] == "| chained | 4 | $0.0036 | $0.000900 | $270.00 | 85.0% |"
+    assert lines[0] == (
+        "| variant | requests | total | per request | per month @ 10,000/day | savings |"
+    )
+    assert lines[1] == "| --- |" + " ---: |" * 5
+    assert lines[2] == "| single | 4 | $0.024 | $0.006 | $1,800.00 | 0.0% |"
+    assert lines[3] == "| chained | 4 | $0.0036 | $0.0009 | $270.00 | 85.0% |"
+    # Then, as on the terminal, a table of stages for each variant.
+    assert lines.count("**single**") == lines.count("**chained**") == 1
+    stage_heads = [i for i, line in enumerate(lines) if line.startswith("| stage |")]
+    assert len(stage_heads) == 2
+    chained_stages = lines[stage_heads[1] + 2 : stage_heads[1] + 5]
+    assert [row.split(" | ")[0] for row in chained_stages] == ["| intent", "| canned", "| generate"]
+    canned = chained_stages[1].split(" | ")
+    assert canned[1:8] == ["2", "2", "50.0%", "0", "0", "$0.00", "$0.012"]
+    table_rows = [line for line in report.to_table().splitlines() if line.strip()]
+    markdown_rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert len(markdown_rows) == len(table_rows) - 2  # the table's two variant titles
+
+
+def test_to_markdown_keeps_quality_and_notes_and_escapes_pipes() -> None:
+    ledger = single_llm()
+    (variant,) = Report.build([("a|b", ledger)]).variants
+    variant = dataclasses.replace(variant, quality={"rouge1_f": 0.41234})
+    text = Report((variant,), notes=("measured offline",)).to_markdown()
+    assert "| a\\|b | 4 |" in text
+    assert "Quality: rouge1 f 0.412." in text
+    assert text.endswith("\n- measured offline")
+    assert "per month" not in text  # no traffic, no projection column (as in the table)
 
 
 def test_unknown_setup_cost_is_shown_as_unknown_not_hidden() -> None:
@@ -342,3 +370,91 @@ def test_cost_per_request_percentiles_are_nearest_rank() -> None:
     (variant,) = Report.build([("v", ledger)]).variants
     assert variant.cost_p50 == Decimal("0.05")
     assert variant.cost_p90 == Decimal("0.09")
+
+
+def _tiny() -> Report:
+    """The README's bot: a free canned reply that avoided $0.0000288, one call of $0.000002835."""
+    ledger = Ledger()
+    _record(ledger, "r1", "canned", Decimal(0), avoided_cost=Decimal("0.000028805"))
+    _record(ledger, "r2", "generate", Decimal("0.000002835"), model="amazon.nova-micro-v1:0",
+            usage=Usage(33, 12))  # fmt: skip
+    return Report.build([("bot", ledger)], traffic_per_day=10_000)
+
+
+def test_small_amounts_show_significant_digits_never_zero() -> None:
+    report = _tiny()
+    for text in (report.to_table(), report.to_markdown()):
+        assert "$0.0000 " not in text and "$0.0000|" not in text
+        assert "$0.0000288" in text  # avoided by the canned reply, to 4 significant digits
+        assert "$0.000002835" in text  # the model call, exactly
+        assert "$0.000001418" in text  # per request: 0.0000014175 to 4 significant digits
+        assert "$0.4252" in text  # a month at 10,000/day: 0.42525, under a dollar
+        assert "$0.00 " in text or "$0.00 |" in text  # a free stage is zero, plainly
+
+
+def test_large_amounts_show_cents_and_separators() -> None:
+    ledger = Ledger()
+    _record(ledger, "r1", "generate", Decimal("12345.678912"))
+    row = Report.build([("v", ledger)]).to_table().splitlines()[1]
+    assert row.split()[2:4] == ["$12,345.68", "$12,345.68"]
+
+
+def test_json_money_is_exact_never_rounded() -> None:
+    report = _tiny()
+    (variant,) = report.to_dict()["variants"]
+    assert variant["total_cost_usd"] == "0.000002835"
+    assert variant["cost_per_request_usd"] == "0.0000014175"
+    assert variant["daily_cost_usd"] == "0.014175"  # not rounded to the cent
+    assert variant["monthly_cost_usd"] == "0.42525"
+    canned = next(s for s in variant["by_stage"] if s["stage"] == "canned")
+    assert canned["avoided_usd"] == "0.000028805"
+    # A quotient with more than ten places keeps them all (it used to be cut to ten).
+    ledger = Ledger()
+    for i, cost in enumerate(["0.000000000001", "0.000000000002", "0.000000000004"]):
+        _record(ledger, f"r{i}", "generate", Decimal(cost))
+    (thirds,) = Report.build([("v", ledger)]).to_dict()["variants"]
+    assert Decimal(thirds["cost_per_request_usd"]) * 3 == Decimal("0.000000000007")
+    assert thirds["cost_per_request_usd"].startswith("0.000000000002333333333333")
+    assert Decimal(thirds["total_cost_usd"]) == Decimal("7E-12")
+
+
+def test_traffic_must_be_a_positive_count() -> None:
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ConfigError, match=f"got {bad!r}"):
+            Report.build([("single", single_llm())], traffic_per_day=bad)  # type: ignore[arg-type]
+
+
+def test_to_csv_has_a_row_per_variant_and_per_stage(report: Report) -> None:
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["variant"], r["stage"]) for r in rows] == [
+        ("single", ""),
+        ("single", "generate"),
+        ("chained", ""),
+        ("chained", "intent"),
+        ("chained", "canned"),
+        ("chained", "generate"),
+    ]
+    chained_row = rows[2]
+    assert (chained_row["requests"], chained_row["cost_usd"]) == ("4", "0.0036")
+    assert (chained_row["cost_per_request_usd"], chained_row["monthly_cost_usd"]) == (
+        "0.0009",
+        "270.00",
+    )
+    assert (chained_row["savings_pct"], chained_row["calls"]) == ("85.0", "")
+    canned = rows[4]
+    assert (canned["calls"], canned["answered"], canned["share"]) == ("2", "2", "0.5")
+    assert (canned["cost_usd"], canned["avoided_usd"], canned["requests"]) == ("0.00", "0.012", "")
+    # A variant's stage costs add up to its serving cost (no setup here).
+    stage_sum = sum(Decimal(r["cost_usd"]) for r in rows[3:6])
+    assert stage_sum == Decimal(chained_row["cost_usd"])
+
+
+def test_to_csv_stage_costs_include_setup() -> None:
+    ledger = chained()
+    _record(ledger, "precompute-1", "precompute", Decimal("0.5"), phase="setup")
+    rows = list(csv.DictReader(io.StringIO(Report.build([("chained", ledger)]).to_csv())))
+    variant, stages = rows[0], rows[1:]
+    assert (variant["cost_usd"], variant["setup_cost_usd"]) == ("0.0036", "0.50")
+    assert sum(Decimal(r["cost_usd"]) for r in stages) == Decimal("0.5036")
+    assert variant["monthly_cost_usd"] == ""  # no traffic given: no projection
