@@ -76,10 +76,15 @@ class VariantReport:
     cost_p90: Decimal | None = None
 
 
+QUOTIENT = Context(prec=20, rounding=ROUND_HALF_EVEN)
+"""Quotients (per request, per day, per month) keep 20 significant digits: a repeating decimal
+has no exact form, and more digits than that say nothing (sums of entries stay exact)."""
+
+
 def _divide(amount: Decimal | None, by: int) -> Decimal | None:
     if amount is None or by == 0:
         return None
-    with localcontext(ROUNDING):
+    with localcontext(QUOTIENT):
         return amount / by
 
 
@@ -123,8 +128,10 @@ def _variant(name: str, v: VariantSums, traffic: int | None) -> VariantReport:
     if traffic is not None and cost is not None and t.requests:
         # Multiply before dividing so that exact figures stay exact ($63, not $62.99999...).
         with localcontext(ROUNDING):
-            daily = cost * traffic / t.requests
-            monthly = cost * traffic * DAYS_PER_MONTH / t.requests
+            daily_total, monthly_total = cost * traffic, cost * traffic * DAYS_PER_MONTH
+        with localcontext(QUOTIENT):
+            daily = daily_total / t.requests
+            monthly = monthly_total / t.requests
     return VariantReport(
         name=name,
         requests=t.requests,
@@ -153,8 +160,9 @@ def _sums_of(source: Ledger | Iterable[Entry]) -> VariantSums:
 def money(amount: Decimal | None) -> str | None:
     """``amount`` exactly, as a decimal string with at least two places (``None`` stays ``None``).
 
-    Never rounded: sums of entries are exact, and a quotient (cost per request, a projection)
-    is shown with every digit it was computed to (60 significant digits at most).
+    Never rounded here: sums of entries are exact, and a quotient (cost per request, a
+    projection) is shown with every digit it was computed to (:data:`QUOTIENT`: 20 significant
+    digits).
 
     >>> money(Decimal("9.000000")), money(Decimal("0.02135")), money(Decimal("1800"))
     ('9.00', '0.02135', '1800.00')
