@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -36,6 +37,16 @@ __all__ = ["LedgerCallbackHandler", "as_runnable"]
 _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "maxTokens")
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _wire(message: Any) -> Any:
+    """What of a LangChain message goes to the provider, generously: all of it."""
+    dump = getattr(message, "model_dump", None)
+    return dump() if callable(dump) else getattr(message, "content", message)
+
+
 def _bound(
     catalogue: Catalogue,
     model: str | None,
@@ -54,11 +65,12 @@ def _bound(
     )
     if model is None or limit is None:
         return None
+    # Everything that may be sent: each message whole (content, tool calls and their results,
+    # names), and the call's parameters (tool definitions, response schemas): counting a
+    # field that is not sent only raises the bound.
     text = json.dumps(
-        [[getattr(m, "content", m) for m in batch] for batch in messages],
-        ensure_ascii=False,
-        default=str,
-    )
+        [[_wire(m) for m in batch] for batch in messages], ensure_ascii=False, default=str
+    ) + json.dumps(dict(params), ensure_ascii=False, default=str)
     size = len(text.encode("utf-8", "surrogatepass")) + sum(
         TEMPLATE_TOKENS_PER_MESSAGE * len(batch) + TEMPLATE_TOKENS_PER_CALL for batch in messages
     )
@@ -308,6 +320,8 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                         tags=self.tags,
                         bound=None if settles is None else settles.amount,
                         id=new_entry_id() if settles is None else settles.id,
+                        # When the call was held (and so in the period it was held for).
+                        time=_now() if settles is None else settles.created,
                     ),
                     hold=settles,
                 )
@@ -340,6 +354,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 .decode("utf-8")
                 .replace("\x00", " "),
                 id=new_entry_id() if hold is None else hold.id,
+                time=_now() if hold is None else hold.created,
             ),
             hold=hold,
         )

@@ -173,25 +173,26 @@ class Counting(GenericFakeChatModel):
 def test_the_handler_refuses_a_call_over_budget_before_the_model_is_called() -> None:
     from chainkit import Budget, BudgetExceeded
 
-    # Bound: '[["hi"]]' is 8 bytes, + 32 per message + 32 per call = 72 input tokens, and 100
-    # output tokens (max_tokens), on Claude 3 Sonnet ($3 / $15 per 1M): $0.001716.
+    # Bound: every byte that may be sent (the message as LangChain holds it, 114 bytes as JSON,
+    # and the call's parameters, 69), + 32 per message + 32 per call = 247 input tokens, and
+    # 100 output tokens (max_tokens), on Claude 3 Sonnet ($3 / $15 per 1M): $0.002241.
     catalogue = Catalogue.load("bedrock-2026-11")
     tight = Ledger([Budget("0.0017")])
     model = Counting(messages=iter([ai("ok", SONNET3, 10, 5)]))
     handler = LedgerCallbackHandler(tight, catalogue=catalogue, model_ids={"x": SONNET3})
     config: Any = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
-    with pytest.raises(BudgetExceeded, match=r"needs up to \$0\.001716"):
+    with pytest.raises(BudgetExceeded, match=r"needs up to \$0\.002241"):
         model.invoke("hi", config=config, max_tokens=100)
     assert model.calls == 0
     assert [(e.outcome, e.cost) for e in tight] == [("refused", Decimal(0))]
 
-    roomy = Ledger([Budget("0.002")])
+    roomy = Ledger([Budget("0.003")])
     handler = LedgerCallbackHandler(roomy, catalogue=catalogue, model_ids={"x": SONNET3})
     config = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
     model.invoke("hi", config=config, max_tokens=100)
     [entry] = roomy.entries()
     assert (entry.outcome, entry.cost, entry.bound) == (
-        "answered", Decimal("0.000105"), Decimal("0.001716"),
+        "answered", Decimal("0.000105"), Decimal("0.002241"),
     )  # fmt: skip
     assert roomy.spent("ledger") == Decimal("0.000105")
 
@@ -208,3 +209,46 @@ def test_the_handler_cannot_bound_a_call_without_max_tokens_and_says_so() -> Non
     with pytest.raises(BudgetExceeded, match="set max_tokens"):
         model.invoke("hi", config=config)
     assert model.calls == 0
+
+
+def test_the_handlers_bound_counts_tool_definitions_and_tool_calls() -> None:
+    """Tools and tool calls are sent and billed: an honest bill never exceeds the bound."""
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    from chainkit import Budget
+
+    class Honest(BaseChatModel):
+        """Bills every byte it was sent (the most a byte-level tokenizer could)."""
+
+        @property
+        def _llm_type(self) -> str:
+            return "honest"
+
+        def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                      **kwargs: Any) -> ChatResult:  # fmt: skip
+            sent = [[m.content, getattr(m, "tool_calls", None)] for m in messages]
+            used = len(json.dumps([sent, kwargs.get("tools")]).encode())
+            out = kwargs.get("max_tokens", 0)
+            usage = {"input_tokens": used, "output_tokens": out, "total_tokens": used + out}
+            reply = AIMessage(content="x", usage_metadata=usage)  # type: ignore[arg-type]
+            return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    tools = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 2_000,
+              "parameters": {"type": "object", "properties": {}}}} for i in range(10)]  # fmt: skip
+    history = [
+        HumanMessage("hi"),
+        AIMessage(content="", tool_calls=[{"name": "f", "id": "c1", "args": {"b": "y" * 20_000}}]),
+        ToolMessage("ok", tool_call_id="c1"),
+    ]
+    for prompt, params in [("hi", {"tools": tools}), (history, {})]:
+        ledger = Ledger([Budget(1)])
+        handler = LedgerCallbackHandler(
+            ledger, catalogue=Catalogue.load("bedrock-2026-11"), model_ids={"x": SONNET3}
+        )
+        config: Any = {"callbacks": [handler], "metadata": {"ls_model_name": "x"}}
+        Honest().invoke(prompt, config=config, max_tokens=100, **params)
+        [entry] = ledger.entries()
+        assert entry.cost is not None and entry.bound is not None
+        assert entry.cost <= entry.bound and "over_estimate" not in entry.flags

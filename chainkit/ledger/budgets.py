@@ -116,15 +116,20 @@ class Budget:
 
     def to_json(self) -> str:
         """The definition as the store keeps it."""
+        # Canonical numbers: $0.05 and $0.050 are the same definition, for every process.
         return json.dumps(
             {
-                "limit": str(self.limit),
+                "limit": _plain(self.limit),
                 "period": self.period,
                 "tag": None if self.tag is None else list(self.tag),
-                "thresholds": [str(t) for t in self.thresholds],
+                "thresholds": [_plain(t) for t in self.thresholds],
             },
             sort_keys=True,
         )
+
+    def same_scope(self, other: Budget) -> bool:
+        """Whether ``other`` counts the same entries (same period and tag): its states hold."""
+        return (self.period, self.tag) == (other.period, other.tag)
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Budget:
@@ -258,6 +263,31 @@ def applying(budgets: Iterable[Budget], tags: Mapping[str, str]) -> list[Budget]
     return [b for b in budgets if b.applies(tags)]
 
 
+def _plain(amount: Decimal) -> str:
+    """``amount`` without trailing zeros or an exponent (``0.050`` and ``5E-2`` read ``0.05``)."""
+    text = format(amount.normalize(CONTEXT), "f") if amount else "0"
+    return text
+
+
+MAX_LEASE_S = 366 * 86_400.0
+"""The longest a hold may last (a year): longer says a mistake, not a call under way."""
+
+
+def check_reservation(amount: object, lease_s: object) -> None:
+    """Refuse a reservation whose amount is not money (or unknown) or whose lease is not time."""
+    if amount is not None:
+        check_money(amount, "The amount to reserve")
+    if (
+        isinstance(lease_s, bool)
+        or not isinstance(lease_s, int | float)
+        or not -MAX_LEASE_S <= lease_s <= MAX_LEASE_S
+    ):
+        raise ConfigError(
+            f"lease_s must be a number of seconds of at most {MAX_LEASE_S:,.0f} (a year), got "
+            f"{lease_s!r}."
+        )
+
+
 def check(
     states: Sequence[BudgetState], amount: Decimal | None, *, stage: str, model: str | None
 ) -> None:
@@ -273,9 +303,13 @@ def check(
                 )
             if state.spent + state.held + amount > budget.limit:
                 held = f" ({usd(state.held, digits=8)} more in flight)" if state.held else ""
+                spent, limit = usd(state.spent, digits=8), usd(budget.limit, digits=8)
+                if spent == limit and state.spent != budget.limit:
+                    # Rounded alike ($50.00 of $50.00): show the exact amounts instead.
+                    spent, limit = f"${_plain(state.spent)}", f"${_plain(budget.limit)}"
                 raise BudgetExceeded(
                     f"Budget {budget.name!r} ({state.period}) would be exceeded: spent "
-                    f"{usd(state.spent, digits=8)}{held} of {usd(budget.limit, digits=8)}, this "
+                    f"{spent}{held} of {limit}, this "
                     f"call needs up to {usd(amount, digits=8)} (stage {stage!r}, model "
                     f"{model!r}); nothing was sent. Raise the limit or route to a cheaper model."
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -32,12 +33,15 @@ from chainkit.ledger.budgets import (
     applying,
     charge,
     check,
+    check_reservation,
     settle,
     spent_of,
 )
 from chainkit.ledger.budgets import hold as hold_states
 from chainkit.money import CONTEXT, exact_sum, from_units, to_units
 from chainkit.records import Entry, Tags, new_entry_id
+
+_log = logging.getLogger("chainkit")
 
 __all__ = [
     "Budget",
@@ -483,17 +487,31 @@ class Ledger:
         return new
 
     def _keep_unlogged(self, entry: Entry, hold: Hold | None) -> list[BudgetEvent]:
+        if not self._budgets and hold is None:
+            self._append(entry)  # nothing to count it against: the common, fast case
+            return []
+        settling = hold is not None and hold.id in self._holds and entry.id not in self._index
+        if settling:
+            assert hold is not None
+            stored = self._holds[hold.id]  # the ledger's own record of it, not the caller's
+            # The states involved, as they stand before this entry and this release (a state
+            # made now counts the hold and not the entry): the hold is released from the ones
+            # it was made against, the spend charged to the ones the entry belongs to (its
+            # period and tags may differ from the hold's).
+            held_states = self._held_states(stored)
+            entry_states = self._existing_states(entry)
         replaced = self._append(entry)
         if replaced is False:
             return []  # the same entry again: already stored and counted
-        if not self._budgets and hold is None:
-            return []  # nothing to count it against (the common, fast case)
         now = self.clock()
-        if hold is not None and hold.id in self._holds:
-            stored = self._holds.pop(hold.id)  # the ledger's own record of it, not the caller's
+        if settling:
+            assert hold is not None
+            del self._holds[hold.id]
             hold.open = False
             spend = charge(entry) if entry.cost is not None else (entry.bound or stored.amount)
-            return settle(self._held_states(stored), release=stored.amount, spend=spend, now=now)
+            return settle(held_states, release=stored.amount, spend=Decimal(0), now=now) + settle(
+                entry_states, release=Decimal(0), spend=spend, now=now
+            )
         if isinstance(replaced, Entry):
             # The real entry of a call whose hold had expired: it was counted at its bound.
             states = [
@@ -502,13 +520,17 @@ class Ledger:
             ]
             delta = charge(entry) - charge(replaced)
             return settle(states, release=Decimal(0), spend=delta, now=now)
-        states = [
+        states = self._existing_states(entry)
+        # A state made later counts this entry from the entries themselves.
+        return settle(states, release=Decimal(0), spend=charge(entry), now=now) if states else []
+
+    def _existing_states(self, entry: Entry) -> list[BudgetState]:
+        """The states ``entry`` counts against that exist already (others count it when made)."""
+        return [
             self._states[key]
             for b in applying(self._budgets.values(), entry.tags)
             if (key := (b.name, b.period_of(entry.time))) in self._states
         ]
-        # A state made later counts this entry from the entries themselves.
-        return settle(states, release=Decimal(0), spend=charge(entry), now=now) if states else []
 
     def _append(self, entry: Entry) -> bool | Entry:
         """Keep ``entry``: True if new, False if already kept, or the entry it replaces.
@@ -535,7 +557,12 @@ class Ledger:
         hook = self.on_threshold
         if hook is not None:
             for event in events:
-                hook(event)
+                try:
+                    hook(event)
+                except Exception:
+                    # The crossing is recorded (``events()``) whatever the hook does; a hook
+                    # that fails must not fail the call that crossed it, nor leave its hold.
+                    _log.exception("on_threshold hook failed on %s", event)
 
     def check_writable(self) -> None:
         """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
@@ -595,9 +622,17 @@ class Ledger:
         if not isinstance(budget, Budget):
             raise ConfigError(f"add_budget takes a Budget, got {type(budget).__name__}.")
         with self._lock:
-            if self._budgets.get(budget.name) != budget:
-                self._budgets[budget.name] = budget
-                # Its states are rebuilt from the entries with the new definition.
+            before = self._budgets.get(budget.name)
+            if before == budget:
+                return
+            self._budgets[budget.name] = budget
+            if before is not None and before.same_scope(budget):
+                # A new limit or thresholds: what was spent and held stands.
+                for key, state in self._states.items():
+                    if key[0] == budget.name:
+                        state.budget = budget
+            else:
+                # Other entries count now: its states are rebuilt from the entries.
                 self._states = {k: v for k, v in self._states.items() if k[0] != budget.name}
 
     def _state(self, budget: Budget, period: str) -> BudgetState:
@@ -666,9 +701,15 @@ class Ledger:
         ``lease_s`` seconds: if its entry is not recorded by then, it becomes an entry of unknown
         cost counted at ``amount`` (id ``entry_id``), which the real entry replaces if it comes.
         """
+        check_reservation(amount, lease_s)
         expired: list[BudgetEvent] = []
         try:
             with self._lock:
+                if entry_id is not None and entry_id in self._holds:
+                    raise ConfigError(
+                        f"A hold with id {entry_id!r} is open already: each call's hold needs "
+                        "its own id (the id its entry will have)."
+                    )
                 now = self.clock()
                 expired = self._expire(now)
                 budgets = applying(self._budgets.values(), tags)
@@ -704,6 +745,10 @@ class Ledger:
         Each item holds :meth:`reserve`'s arguments. If any is refused, none is held and the
         ``BudgetExceeded`` names the one that did not fit.
         """
+        ids = [str(item["entry_id"]) for item in requests if item.get("entry_id") is not None]
+        if len(set(ids)) < len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ConfigError(f"reserve_many got the same entry_id more than once: {twice[:5]}.")
         holds: list[Hold | None] = []
         with self._lock:
             try:

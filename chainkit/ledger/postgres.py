@@ -289,13 +289,34 @@ class PostgresLedger(SQLLedger):
 
         if isinstance(exc, LedgerError | OSError):
             return True
-        # Connection, lock and resource errors; not bad data (DataError, IntegrityError).
+        # Connection, lock (a lock timeout is an OperationalError), transaction-state and
+        # resource errors; not bad data (DataError, IntegrityError), which is refused alone.
         unwell = (
             psycopg.OperationalError,
             psycopg.InterfaceError,
+            psycopg.InternalError,
             psycopg.errors.InsufficientResources,
+            psycopg.errors.InvalidSqlStatementName,
         )
         return isinstance(exc, unwell)
+
+    def _reader_broken(self) -> bool:
+        conn = self._reader.conn
+        return bool(conn.closed or conn.broken)
+
+    def _reconnect_if_broken(self, reader: bool = False) -> None:
+        # The server ended a session (a restart, pg_terminate_backend, a dropped network): open
+        # a new one, so that the entries kept pending are written once the server takes them.
+        # The writer's connection is only touched by the writer, the reader's under its lock.
+        for name in ("_reader",) if reader else ("_db",):
+            conn = getattr(self, name)
+            if conn is not None and (conn.conn.closed or conn.conn.broken):
+                with suppress(Exception):
+                    conn.close()
+                setattr(self, name, self._connect())
+                if name == "_reader" and self.read_only:
+                    self._reader.execute("SET default_transaction_read_only = on")
+                self._last_version = None  # another writer may have written meanwhile
 
 
 def _redact(dsn: str) -> str:

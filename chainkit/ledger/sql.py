@@ -34,7 +34,16 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from chainkit.errors import BudgetExceeded, ConfigError, LedgerError
-from chainkit.ledger.budgets import Budget, BudgetEvent, BudgetState, Hold, charge, check, settle
+from chainkit.ledger.budgets import (
+    Budget,
+    BudgetEvent,
+    BudgetState,
+    Hold,
+    charge,
+    check,
+    check_reservation,
+    settle,
+)
 from chainkit.ledger.budgets import hold as hold_states
 from chainkit.ledger.core import (
     Cell,
@@ -159,6 +168,11 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
         _pico(avoided),
         day,
     )
+
+
+def _must_land(w: _Write) -> bool:
+    """Whether a write that failed on an unwell store is kept to be retried (see ``_serve``)."""
+    return bool(w.entries or w.settle or w.release or w.save or w.reply or w.job or w.release_claim)
 
 
 def _save(db: Any, save: _Save) -> None:
@@ -684,6 +698,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     for ledger in list(_OPEN):
         ledger._forking = []  # the child's copies of the locks are re-made on first use
+        ledger._reopen_lock = threading.Lock()  # the parent's may have been held at the fork
 
 
 os.register_at_fork(
@@ -729,6 +744,7 @@ class SQLLedger(Ledger):
         self._gate = threading.Lock()  # held by the writer while it writes (see _before_fork)
         self._forking: list[threading.Lock] = []
         self._pid = os.getpid()
+        self._reopen_lock = threading.Lock()
         self._closed = False
         self._closing = False
         self._calls = threading.Condition(threading.Lock())
@@ -802,6 +818,9 @@ class SQLLedger(Ledger):
     def _check_file(self) -> None:
         """Refuse to write to a store that is no longer the one opened (a file store's check)."""
 
+    def _reconnect_if_broken(self, reader: bool = False) -> None:
+        """Open a new connection (the writer's, or the reader's) if the server ended ours."""
+
     def _abandon_connections(self) -> None:
         """In a forked child: let go of the parent's connections (closed unless unsafe)."""
         self._close_connections()
@@ -815,9 +834,13 @@ class SQLLedger(Ledger):
     def _reopen_after_fork(self) -> None:
         # A connection must not cross fork(): the child opens its own. The ones it inherited
         # were idle at the fork (see _before_fork) and are closed, so that SQLite's per-process
-        # lock bookkeeping starts clean for the new ones.
-        if os.getpid() != self._pid:
-            self._pid = os.getpid()
+        # lock bookkeeping starts clean for the new ones. The child's threads may all arrive
+        # here at once: one reopens, the others wait, and the pid changes last, once all is new.
+        if os.getpid() == self._pid:
+            return
+        with self._reopen_lock:
+            if os.getpid() == self._pid:
+                return
             self._abandon_connections()
             self._wake = threading.Condition(threading.Lock())
             self._read_lock = threading.Lock()
@@ -828,6 +851,7 @@ class SQLLedger(Ledger):
             self._known_states = {}
             if not self._closed:
                 self._db, self._reader = self._open()
+            self._pid = os.getpid()
 
     def _before_fork(self) -> None:
         """Wait for the write and read under way, and hold off others, until fork() is done."""
@@ -926,6 +950,7 @@ class SQLLedger(Ledger):
         intent: str | None = None,
     ) -> Hold | None:
         """Set ``amount`` aside in the file, one step for every process (see ``Ledger.reserve``)."""
+        check_reservation(amount, lease_s)
         r = _Reservation(
             amount=amount,
             tags=dict(tags),
@@ -947,6 +972,12 @@ class SQLLedger(Ledger):
 
     def reserve_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Hold | None]:
         """Reserve several calls in one step, all or none (see :meth:`Ledger.reserve_many`)."""
+        for item in requests:
+            check_reservation(item.get("amount"), item.get("lease_s", 3600.0))
+        ids = [str(item["entry_id"]) for item in requests if item.get("entry_id") is not None]
+        if len(set(ids)) < len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ConfigError(f"reserve_many got the same entry_id more than once: {twice[:5]}.")
         now = self.clock()
         rs = [
             _Reservation(
@@ -1157,9 +1188,11 @@ class SQLLedger(Ledger):
             if not self._unwell(exc):
                 failed, errors = self._isolate(batch)
             else:
-                # The store is unwell (disk full, locked, file gone): keep everything, in
-                # order, for the next write to retry; never dropped, never doubled.
-                failed = batch
+                # The store is unwell (disk full, locked, file gone): keep, in order, what must
+                # land (entries, settlements, progress, jobs) for the next write to retry; never
+                # dropped, never doubled. A reservation (or a claim, a definition) is not kept:
+                # its caller is told it failed, and spends nothing on it.
+                failed = [w for w in batch if _must_land(w)]
                 errors = {id(w): exc for w in batch}
         with self._wake:
             self._pending = failed
@@ -1192,7 +1225,8 @@ class SQLLedger(Ledger):
             except BaseException as exc:
                 errors[id(w)] = exc
                 if self._unwell(exc):
-                    failed.append(w)
+                    if _must_land(w):
+                        failed.append(w)
                 else:
                     self.rejected.append((w.entries, exc))
         return failed, errors
@@ -1220,11 +1254,14 @@ class SQLLedger(Ledger):
         expired, reservations decided. ``fold=None`` folds everything not yet folded. Returns
         how many entries were folded.
         """
+        self._check_file()
+        self._reconnect_if_broken()
         db = self._db
         assert db is not None
-        self._check_file()
-        stale = self._begin_write(db)
         try:
+            # Inside the try: a BEGIN, lock wait or staleness check that fails is rolled back
+            # too, so that the connection is clean for the next write.
+            stale = self._begin_write(db)
             if stale or len(self._cells_cache) > 100_000:
                 # Another connection wrote since we last did: our cell sums may be stale.
                 self._cells_cache.clear()
@@ -1335,14 +1372,27 @@ class SQLLedger(Ledger):
                     tags=json.loads(old[3]),
                     time=datetime.fromisoformat(old[4]),
                 )
+                stored.pop(e.id)
+        # The budget states involved, as they stand before any of this batch lands (a state made
+        # now counts what is held and recorded so far, not these entries nor these releases):
+        # a hold is released from the states it was made against, and an entry charged to the
+        # states it belongs to, by its own period and tags (which may differ from its hold's).
+        holds = [h for w in batch for h in (w.settle, w.release) if h is not None]
+        held_states = {h.id: book.states_of(h) for h in holds}
+        entry_states: dict[str, list[BudgetState]] = {}
+        for e in entries:
+            if e.id not in stored:
+                counted = replaced.get(e.id, e)  # a stand-in's states, for its real entry
+                entry_states[e.id] = book.existing(counted.tags, counted.time)
+        for e in entries:
+            if e.id in replaced:
                 _replace(
                     db,
                     self._cells_cache,
                     dataclasses.replace(e, flags=tuple(sorted({*e.flags, "reconciled"}))),
                 )
-                stored.pop(e.id)
         self._insert(db, [e for e in entries if e.id not in replaced])
-        book.take_all([h for w in batch for h in (w.settle, w.release) if h is not None])
+        book.take_all(holds)
         now = self.clock()
         seen: set[str] = set(stored)
         for w in batch:
@@ -1350,32 +1400,28 @@ class SQLLedger(Ledger):
             call_entry = w.entries[-1] if w.settle is not None and w.entries else None
             if w.settle is not None:
                 held = book.take(w.settle)
+                if held is not None:
+                    events += settle(held_states[w.settle.id], release=held.amount,
+                                     spend=Decimal(0), now=now)  # fmt: skip
                 if held is not None and call_entry is not None and call_entry.id not in seen:
                     spend = charge(call_entry)
                     if call_entry.cost is None and call_entry.bound is None:
                         spend = held.amount
-                    events += settle(
-                        book.states_of(held), release=held.amount, spend=spend, now=now
-                    )
+                    events += settle(entry_states[call_entry.id], release=Decimal(0),
+                                     spend=spend, now=now)  # fmt: skip
                     seen.add(call_entry.id)
-                elif held is not None:
-                    events += settle(book.states_of(held), release=held.amount,
-                                     spend=Decimal(0), now=now)  # fmt: skip
             if w.release is not None:
                 held = book.take(w.release)
                 if held is not None:
-                    events += settle(book.states_of(held), release=held.amount,
+                    events += settle(held_states[w.release.id], release=held.amount,
                                      spend=Decimal(0), now=now)  # fmt: skip
             for e in w.entries:
                 if e.id in seen:
                     continue  # stored already (counted then), or settled above
                 seen.add(e.id)
                 old_entry = replaced.get(e.id)
-                if old_entry is not None:
-                    states = book.existing(old_entry.tags, old_entry.time)
-                    delta = charge(e) - charge(old_entry)
-                else:
-                    states, delta = book.existing(e.tags, e.time), charge(e)
+                delta = charge(e) - charge(old_entry) if old_entry is not None else charge(e)
+                states = entry_states[e.id]
                 if states and delta:
                     events += settle(states, release=Decimal(0), spend=delta, now=now)
             if w.reserve is not None:
@@ -1688,8 +1734,23 @@ class SQLLedger(Ledger):
     # -- reading -----------------------------------------------------------------------------
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._read_once(sql, params)
+        except LedgerError:
+            # A session the server ended shows only when used: reads are safe to try again,
+            # on a new connection.
+            if not self._reader_broken():
+                raise
+            return self._read_once(sql, params)
+
+    def _reader_broken(self) -> bool:
+        """Whether the reader's connection is one the server ended (a database store's)."""
+        return False
+
+    def _read_once(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self._reopen_after_fork()
         with self._read_lock:
+            self._reconnect_if_broken(reader=True)
             try:
                 if self._statement_is_snapshot:
                     return list(self._reader.execute(sql, params).fetchall())
@@ -1716,6 +1777,7 @@ class SQLLedger(Ledger):
             self._write(_Write(fold=True))
         self._reopen_after_fork()
         with self._read_lock:
+            self._reconnect_if_broken(reader=True)
             db = self._reader
             try:
                 self._begin_read(db)

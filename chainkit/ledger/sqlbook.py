@@ -56,6 +56,7 @@ class SQLBook:
         # a GIL hand-off, which costs more than the SQL.
         self._puts: dict[str, Hold] = {}  # new holds, inserted together before holds are read
         self._taken: dict[str, Decimal | None] = {}  # prefetched by take_all (None: gone)
+        self._absent: set[tuple[str, str]] = set()  # states with no row (not made yet)
 
     def _put_now(self) -> None:
         if self._puts:
@@ -84,12 +85,15 @@ class SQLBook:
         if known is not None:
             state = self.states[key] = BudgetState(budget, period, *known)
             return state
+        if not create and key in self._absent:
+            return None
         row = self.db.execute(
             "SELECT spent, held FROM budget_state WHERE budget = ? AND period = ?", key
         ).fetchone()
         if row is not None:
             state = BudgetState(budget, period, Decimal(row[0]), Decimal(row[1]))
         elif not create:
+            self._absent.add(key)  # asked for every entry of a batch: looked up once
             return None
         else:
             with localcontext(CONTEXT):
@@ -265,7 +269,10 @@ def define(db: Connection, budgets: Sequence[Budget]) -> None:
             "ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
             (budget.name, definition),
         )
-        db.execute("DELETE FROM budget_state WHERE budget = ?", (budget.name,))
+        if row is None or not Budget.from_json(budget.name, row[0]).same_scope(budget):
+            # Other entries count now: its states are made again from the entries and holds.
+            # (A new limit or new thresholds change nothing of what was spent and held.)
+            db.execute("DELETE FROM budget_state WHERE budget = ?", (budget.name,))
 
 
 def events_of(rows: Sequence[Sequence[Any]]) -> list[BudgetEvent]:

@@ -248,7 +248,15 @@ class SQLiteLedger(SQLLedger):
     _statement_is_snapshot = True  # outside BEGIN, a SELECT is its own read transaction
 
     def _unwell(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.Error | OSError | LedgerError)
+        if isinstance(exc, OSError | LedgerError):
+            return True
+        # Locked, full, I/O, a closed or damaged file: the store. A constraint broken or a value
+        # SQLite cannot take: that write's data (it is refused alone; the others go on).
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError):
+            return False
+        if isinstance(exc, sqlite3.ProgrammingError):
+            return "closed" in str(exc)
+        return isinstance(exc, sqlite3.Error)
 
     def _requests_by_tagset(self, db: Any, values: Mapping[str, str | None]) -> dict[Hashable, int]:
         # A temporary table with a key: SQLite cannot index a VALUES list, and joining a
