@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
@@ -290,6 +291,42 @@ def _same_request(saved: Progress, request: Request, asked: str) -> bool:
     )
 
 
+def _reply_keys(stage: Stage) -> Sequence[str]:
+    """The intents an early-answer stage replies to (Canned's replies, Precomputed's keys)."""
+    for attr in ("replies", "keys"):
+        keys = getattr(stage, attr, None)
+        if isinstance(keys, Mapping):
+            return [k for k in keys if isinstance(k, str)]
+    return []
+
+
+def _check_intents(stages: Sequence[Stage]) -> None:
+    """Refuse a reply keyed by an intent no earlier scan can set: it would never be used.
+
+    Only checked where every scan before the stage says which labels it can set (a keyword,
+    prompt or fitted local classifier); a stage whose labels are unknown turns the check off.
+    """
+    known: set[str] | None = None
+    for stage in stages:
+        if hasattr(stage, "classifier") and hasattr(type(stage), "labels"):
+            labels = getattr(stage, "labels", None)
+            if labels is None:
+                return
+            known = (known or set()) | set(labels)
+            continue
+        if known is None:
+            continue
+        for key in _reply_keys(stage):
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(
+                    f"Stage {stage.name!r} replies to intent {key!r}, which no intent scan "
+                    f"before it can set, so that reply would never be used; {hint}"
+                    f"the scan's labels are {sorted(known)!r:.300}."
+                )
+
+
 class Pipeline:
     """Stages in order; the first to return a ``Result`` answers.
 
@@ -324,6 +361,7 @@ class Pipeline:
                 f"Stage names must be unique within a pipeline; repeated: {duplicated}. "
                 "Pass `name=` to tell them apart in the ledger."
             )
+        _check_intents(stages)
         final = stages[-1]
         bound: list[Stage] = list(stages)
         if isinstance(final, CostEstimator):

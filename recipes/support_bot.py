@@ -188,6 +188,16 @@ class Setup:
     labels: tuple[str, ...]
     catalogue: Catalogue
 
+    @property
+    def precomputed(self) -> tuple[str, ...]:
+        """The precomputed intents the classifier can set (a user's data may lack some)."""
+        return tuple(i for i in PRECOMPUTED if i in self.labels)
+
+    @property
+    def canned(self) -> dict[str, str]:
+        """The canned replies whose intents the classifier can set."""
+        return {i: reply for i, reply in CANNED.items() if i in self.labels}
+
 
 def variants(setup: Setup, *, cascade_below: float = 0.5) -> dict[str, Pipeline]:
     """The four variants on the same shop, store and models."""
@@ -198,8 +208,8 @@ def variants(setup: Setup, *, cascade_below: float = 0.5) -> dict[str, Pipeline]
         return Pipeline(
             [
                 scan,
-                Canned(replies=CANNED),
-                Precomputed(store=setup.store, keys=dict.fromkeys(PRECOMPUTED, ())),
+                Canned(replies=setup.canned),
+                Precomputed(store=setup.store, keys=dict.fromkeys(setup.precomputed, ())),
                 lookup,
                 Generate(
                     model=setup.small,
@@ -284,7 +294,9 @@ def run(
             catalogue=catalogue,
         )
         if precompute_with == "model":
-            questions = {i: f"A customer asks about: {i.replace('_', ' ')}." for i in PRECOMPUTED}
+            questions = {
+                i: f"A customer asks about: {i.replace('_', ' ')}." for i in setup.precomputed
+            }
             # Each routed variant pays for its own store once, so each report shows the setup.
             for name in VARIANTS[1:]:
                 precompute(
@@ -298,7 +310,7 @@ def run(
                 )
         else:
             replies = bitext_replies(data_dir, "train")
-            for intent in PRECOMPUTED:
+            for intent in setup.precomputed:
                 if intent in replies:  # a user's own data may not have every intent
                     store.put(intent, reference_reply(replies[intent]))
         pipelines = variants(setup, cascade_below=cascade_below)

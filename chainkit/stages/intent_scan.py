@@ -191,6 +191,11 @@ class IntentScan:
             object.__setattr__(self, "catalogue", catalogue_for(classifier.model, self.catalogue))
             check_model(classifier.model, self.catalogue, self.name)
 
+    @property
+    def labels(self) -> frozenset[str] | None:
+        """Every intent this stage can set, or None when its classifier does not say."""
+        return _labels_of(self.classifier)
+
     def _ask(self, classifier: PromptClassifier, request: Request, ledger: Ledger) -> Prediction:
         call = ModelCall(
             stage=self.name,
@@ -233,3 +238,22 @@ class IntentScan:
         if prediction.confidence < self.min_confidence and intent not in self.trusted:
             intent = None
         return dataclasses.replace(request, intent=intent, confidence=prediction.confidence)
+
+
+def _labels_of(classifier: object) -> frozenset[str] | None:
+    """The labels a classifier can predict, when it can tell (None: unknown, so never checked)."""
+    if isinstance(classifier, Cascade):
+        first, then = _labels_of(classifier.first), _labels_of(classifier.then)
+        return None if first is None or then is None else first | then
+    if isinstance(classifier, KeywordClassifier):
+        return frozenset([*classifier.rules, classifier.default])
+    if isinstance(classifier, LLMClassifier):
+        return frozenset([*classifier.labels, classifier.default])
+    try:
+        labels = getattr(classifier, "classes", None)  # LocalClassifier, once fitted
+    except ConfigError:  # a LocalClassifier not fitted yet: its labels are not known
+        return None
+    if not isinstance(labels, Sequence) or not all(isinstance(x, str) for x in labels):
+        return None
+    oos = getattr(classifier, "out_of_scope", None)
+    return frozenset([*labels, *([oos] if isinstance(oos, str) else [])])

@@ -1,12 +1,17 @@
 from decimal import Decimal
 
+import pytest
+
 from chainkit import (
     Canned,
     Catalogue,
+    ConfigError,
     Generate,
     IntentScan,
     KeywordClassifier,
     Ledger,
+    LLMClassifier,
+    LocalClassifier,
     OfflineModel,
     Pipeline,
     Request,
@@ -150,3 +155,34 @@ def test_canned_in_a_pipeline_records_what_generate_would_have_cost() -> None:
     outside = Ledger()
     canned.run(Request("hi", id="r2", intent="greeting"), outside)
     assert outside.entries()[0].avoided_cost == Decimal(0)
+
+
+def test_a_reply_under_an_intent_the_scan_cannot_set_is_refused_with_the_closest_label() -> None:
+    scan = IntentScan(classifier=KeywordClassifier({"greeting": ["hello"]}))
+    with pytest.raises(ConfigError) as caught:
+        Pipeline(
+            [
+                scan,
+                Canned(replies={"greting": "Hello!"}),
+                Generate(model=OfflineModel(model_id="amazon.nova-micro-v1:0")),
+            ]
+        )
+    message = str(caught.value)
+    assert "'greting'" in message and "did you mean 'greeting'?" in message
+
+
+def test_reply_keys_are_checked_against_every_kind_of_classifier() -> None:
+    texts = ["hello there", "hi", "where is my order", "track my parcel"] * 5
+    labels = ["greeting", "greeting", "track", "track"] * 5
+    local = LocalClassifier().fit(texts, labels)
+    with pytest.raises(ConfigError, match="'refund'"):
+        Pipeline([IntentScan(classifier=local), Canned(replies={"refund": "See our policy."})])
+    # The out-of-scope label is one the classifier sets, so a reply to it is allowed.
+    Pipeline([IntentScan(classifier=local), Canned(replies={"oos": "Sorry.", "track": "Soon."})])
+    # An unfitted classifier cannot say what it will set: nothing to check yet.
+    Pipeline([IntentScan(classifier=LocalClassifier()), Canned(replies={"refund": "See."})])
+    # A reply stage before any scan answers requests that arrive with their intent set.
+    Pipeline([Canned(replies={"anything": "Yes."}), IntentScan(classifier=local)])
+    llm = LLMClassifier(model=OfflineModel(model_id="amazon.nova-micro-v1:0"), labels=["greeting"])
+    with pytest.raises(ConfigError, match="'bye'"):
+        Pipeline([IntentScan(classifier=llm), Canned(replies={"bye": "Bye!"})])

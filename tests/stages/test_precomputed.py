@@ -182,7 +182,15 @@ def test_after_precompute_hits_cost_nothing_and_record_the_avoided_call(
     final = ScriptedModel(model_id="generic.powerful", reply="answer", usage=Usage(50, 50))
     bot = Pipeline(
         [
-            IntentScan(classifier=KeywordClassifier({"delivery_options": ["deliver"]})),
+            IntentScan(
+                classifier=KeywordClassifier(
+                    {
+                        "delivery_options": ["deliver"],
+                        "greeting": ["hello"],
+                        "check_refund_policy": ["refund"],
+                    }
+                )
+            ),
             Canned(replies={"greeting": "Hello!"}),
             Precomputed(store=store, keys=DECLARED),
             Generate(model=final, max_tokens=50, catalogue=SEED),
