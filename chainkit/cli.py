@@ -414,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
+    # FinOps what-ifs: each module registers its own subcommand.
+    from chainkit.finops import commitments, reprice
+
+    reprice.add_command(sub)
+    commitments.add_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:

@@ -631,3 +631,102 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def open_ledger(where: str, schema: str = "chainkit") -> Ledger:
+    """A ledger to read: an SQLite file or a ``postgresql://`` DSN and its schema; never written."""
+    from chainkit.ledger import PostgresLedger, SQLiteLedger
+
+    if where.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(where, schema=schema, read_only=True)
+    path = Path(where)
+    if not path.is_file():
+        raise ConfigError(
+            f"No ledger at {path}: give the path of a ledger file (a recipe's --ledger) or a "
+            "postgresql:// DSN."
+        )
+    return SQLiteLedger(path, read_only=True)
+
+
+def add_ledger_arguments(parser: Any) -> None:
+    """The arguments ``reprice`` and ``commitments`` share: ledger, catalogue, region, swaps."""
+    parser.add_argument("ledger", help="ledger file (SQLiteLedger) or postgresql:// DSN")
+    parser.add_argument(
+        "--schema", default="chainkit", help="PostgreSQL: the ledger's schema (default chainkit)"
+    )
+    parser.add_argument(
+        "--catalogue",
+        default=DEFAULT_CATALOGUE,
+        help=f"price catalogue: a bundled name or a JSON file (default {DEFAULT_CATALOGUE})",
+    )
+    parser.add_argument("--region", default=None, help="AWS region to price in (default us-east-1)")
+    parser.add_argument(
+        "--swap",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="price OLD's calls as NEW's, token counts re-estimated (repeatable)",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="text or JSON Lines file to measure swap token ratios on (default: the recipes' "
+        "demo traffic)",
+    )
+    parser.add_argument("--format", choices=list(FORMATS), default="table")
+
+
+def swaps_of(args: Any) -> dict[str, str]:
+    """``--swap OLD=NEW`` arguments as a mapping; a model swapped twice is an error."""
+    found: dict[str, str] = {}
+    for text in args.swap:
+        old, new = parse_swap(text)
+        if old in found:
+            raise ConfigError(f"--swap names {old!r} twice; give one --swap per model.")
+        found[old] = new
+    return found
+
+
+def corpus_of(args: Any, swaps: Mapping[str, str]) -> tuple[str, list[str]] | None:
+    """The corpus named by ``--corpus``, read only when a swap needs a measured ratio."""
+    if args.corpus is None or not swaps:
+        return None
+    return reference_corpus(args.corpus)
+
+
+def _run(args: Any) -> str:
+    swaps = swaps_of(args)
+    corpus = corpus_of(args, swaps)
+    with open_ledger(args.ledger, args.schema) as ledger:
+        result = reprice(
+            ledger,
+            catalogue=args.catalogue,
+            region=args.region,
+            tier=args.tier,
+            swaps=swaps,
+            corpus=corpus,
+        )
+    return result.render(args.format)
+
+
+def add_command(sub: Any) -> None:
+    """Register ``chainkit reprice`` on the ``chainkit`` command's subparsers."""
+    parser = sub.add_parser(
+        "reprice",
+        help="the recorded usage under other prices, tiers or models (no model is called)",
+        description="Price a ledger's recorded usage again at another catalogue, region, tier "
+        "or model, entry by entry, beside the recorded cost. Repricing at the recorded prices "
+        "gives the recorded cost exactly. A swapped model's token counts are re-estimated "
+        "(marked ~). The ledger is only read.",
+    )
+    add_ledger_arguments(parser)
+    parser.add_argument(
+        "--tier",
+        choices=["on-demand", "batch", "flex", "priority"],
+        default="on-demand",
+        help="service tier to price at (default on-demand)",
+    )
+    parser.set_defaults(run=_run)
