@@ -16,8 +16,8 @@ length assumes ``NEW`` writes the same text ``OLD`` did.
 Unknown costs: an entry whose new price cannot be found (no such model, no price in that tier
 or region, cache tokens without a cache price) is unknown (``None``), never $0; the total is then
 unknown too, and ``priced_cost`` sums the entries that could be priced. An entry without token
-usage (a canned reply, a refused call) keeps its recorded cost: there is nothing to reprice.
-Avoided costs are not repriced.
+usage or without a model (a canned reply, a refused call) keeps its recorded cost: there is
+nothing to reprice. Avoided costs are not repriced.
 
 >>> from chainkit import Catalogue, Entry, Ledger, Usage
 >>> ledger = Ledger()
@@ -534,8 +534,8 @@ def reprice(
         group = groups.get((entry.model, priced_as))
         if group is None:
             group = groups[(entry.model, priced_as)] = _Group(swap is not None)
-        if entry.usage is None:
-            # Nothing to reprice: no call was made, or its usage never arrived.
+        if entry.usage is None or priced_as is None:
+            # Nothing to reprice: no model call was made, or its usage never arrived.
             group.kept += 1
             if entry.cost is None:
                 group.reasons["cost unknown when recorded, and no usage to reprice"] = None
@@ -543,13 +543,10 @@ def reprice(
             continue
         usage = entry.usage if swap is None else swap.scale(entry.usage)
         cost: Decimal | None = None
-        if priced_as is None:
-            group.reasons["usage without a model id cannot be priced"] = None
-        else:
-            try:
-                cost = cat.cost(priced_as, usage, region=region, tier=chosen)
-            except ChainkitError as exc:
-                group.reasons[" ".join(str(exc).split())] = None
+        try:
+            cost = cat.cost(priced_as, usage, region=region, tier=chosen)
+        except ChainkitError as exc:
+            group.reasons[" ".join(str(exc).split())] = None
         group.add(entry, usage, cost)
     rows = tuple(
         Repriced(
