@@ -53,6 +53,7 @@ from chainkit.finops.reprice import (
     _swaps,
     check_format,
     reprice,
+    tagged,
 )
 from chainkit.ledger.core import Ledger
 from chainkit.money import usd
@@ -460,6 +461,7 @@ def commitments(
     output_tpm_per_unit: int | None = None,
     units: int | None = None,
     pt_prices: Mapping[str, Sequence[ProvisionedPrice]] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Commitments:
     """Compare on-demand, batch, flex, priority and Provisioned Throughput for ``ledger``'s traffic.
 
@@ -473,6 +475,7 @@ def commitments(
         output_tpm_per_unit: output tokens per minute one model unit serves.
         units: model units to buy; ``None`` sizes them for the p95 peak (needs the capacity).
         pt_prices: Provisioned Throughput prices by model id (the bundled file by default).
+        tags: only the entries carrying all these tags (e.g. ``{"variant": "prescan-local"}``).
     """
     if (input_tpm_per_unit is None) != (output_tpm_per_unit is None):
         raise ConfigError(
@@ -488,7 +491,7 @@ def commitments(
             raise ConfigError(f"{name} must be a whole number of 1 or more, got {value!r}.")
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.load(catalogue)
     measured = _swaps(cat, swaps, corpus)
-    entries = list(ledger.iter_entries() if isinstance(ledger, Ledger) else ledger)
+    entries = list(tagged(ledger, tags))
     prices = provisioned_prices() if pt_prices is None else pt_prices
     calls: dict[str, list[tuple[datetime, int, int]]] = defaultdict(list)
     swapped: set[str] = set()
@@ -652,7 +655,7 @@ def _size(
 
 
 def _run(args: Any) -> str:
-    from chainkit.finops.reprice import corpus_of, open_ledger, swaps_of
+    from chainkit.finops.reprice import corpus_of, open_ledger, swaps_of, tags_of
 
     swaps = swaps_of(args)
     corpus = corpus_of(args, swaps)
@@ -667,6 +670,7 @@ def _run(args: Any) -> str:
             output_tpm_per_unit=args.output_tpm_per_unit,
             units=args.units,
             pt_prices=None if args.pt_prices is None else provisioned_prices(args.pt_prices),
+            tags=tags_of(args),
         )
     return result.render(args.format)
 

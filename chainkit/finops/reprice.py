@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, Inexact, localcontext
 from importlib import resources
@@ -508,6 +508,7 @@ def reprice(
     tier: Tier | str = "on_demand",
     swaps: Mapping[str, str] | Sequence[Swap] = (),
     corpus: tuple[str, Sequence[str]] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Repricing:
     """Price every entry of ``ledger`` again at ``catalogue``/``region``/``tier``, with swaps.
 
@@ -519,14 +520,14 @@ def reprice(
         swaps: ``{old: new}`` model ids (or :class:`Swap` records already measured).
         corpus: ``(name, texts)`` the token-count ratios of swaps are measured on
             (:func:`reference_corpus` by default).
+        tags: only the entries carrying all these tags (e.g. ``{"variant": "single-llm"}``).
     """
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.load(catalogue)
     chosen = check_tier(tier)
     measured = _swaps(cat, swaps, corpus)
     groups: dict[tuple[str | None, str | None], _Group] = {}
     resolved: dict[str | None, Swap | None] = {}
-    entries = ledger.iter_entries() if isinstance(ledger, Ledger) else ledger
-    for entry in entries:
+    for entry in tagged(ledger, tags):
         if entry.model not in resolved:
             resolved[entry.model] = _swap_for(entry.model, measured, cat)
         swap = resolved[entry.model]
@@ -568,6 +569,15 @@ def reprice(
         )
     )
     return Repricing(cat.name, region, chosen, rows, measured)
+
+
+def tagged(ledger: Ledger | Iterable[Entry], tags: Mapping[str, str] | None) -> Iterator[Entry]:
+    """The entries of ``ledger`` that carry every one of ``tags`` (all of them if none)."""
+    entries = ledger.iter_entries() if isinstance(ledger, Ledger) else ledger
+    wanted = list((tags or {}).items())
+    for entry in entries:
+        if all(entry.tags.get(k) == v for k, v in wanted):
+            yield entry
 
 
 def _swaps(
@@ -673,7 +683,25 @@ def add_ledger_arguments(parser: Any) -> None:
         help="text or JSON Lines file to measure swap token ratios on (default: the recipes' "
         "demo traffic)",
     )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only entries with this tag, e.g. --tag variant=single-llm (repeatable)",
+    )
     parser.add_argument("--format", choices=list(FORMATS), default="table")
+
+
+def tags_of(args: Any) -> dict[str, str]:
+    """``--tag KEY=VALUE`` arguments as a mapping."""
+    found: dict[str, str] = {}
+    for text in args.tag:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--tag {text!r} is not KEY=VALUE (e.g. --tag variant=single-llm).")
+        found[key] = value
+    return found
 
 
 def swaps_of(args: Any) -> dict[str, str]:
@@ -705,6 +733,7 @@ def _run(args: Any) -> str:
             tier=args.tier,
             swaps=swaps,
             corpus=corpus,
+            tags=tags_of(args),
         )
     return result.render(args.format)
 

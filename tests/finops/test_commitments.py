@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -252,3 +253,14 @@ def test_cli_commitments_json_and_table(tmp_path: Path, capsys: pytest.CaptureFi
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("model,option,monthly") and len(rows) == 1 + 4 + 3
     assert math.isclose(float(rows[1].split(",")[2]), 1.313 * 438)
+
+
+def test_tags_select_the_traffic_profiled() -> None:
+    entries = [
+        dataclasses.replace(e, tags={"variant": "a" if i % 2 else "b"})
+        for i, e in enumerate(ramp())
+    ]
+    only_a = commitments(entries, tags={"variant": "a"})
+    assert options(only_a, EXPRESS).profile.prompt_tokens == sum(
+        1_000 * (m + 1) for m in range(1, 100, 2)
+    )

@@ -331,3 +331,35 @@ def test_cli_reads_a_postgres_ledger(
     assert main(["reprice", pg_dsn, "--schema", pg_schema, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cost"] == data["recorded_cost"] == "0.000063"
+
+
+def test_tags_select_one_variant(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    a = Entry(
+        "a",
+        "generate",
+        "answered",
+        Decimal("0.000063"),
+        model=MICRO,
+        usage=Usage(1_000, 200),
+        tags={"variant": "single-llm"},
+    )
+    b = Entry(
+        "b",
+        "generate",
+        "answered",
+        Decimal("0.000063"),
+        model=MICRO,
+        usage=Usage(1_000, 200),
+        tags={"variant": "prescan", "tenant": "日本"},
+    )
+    assert reprice([a, b], tags={"variant": "prescan"}).entries == 1
+    assert reprice([a, b], tags={"tenant": "日本"}).rows[0].entries == 1
+    assert reprice([a, b], tags={"variant": "none"}).cost == 0
+    path = tmp_path / "l.db"
+    with SQLiteLedger(path) as ledger:
+        ledger.record(a)
+        ledger.record(b)
+    assert main(["reprice", str(path), "--tag", "variant=single-llm", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 1
+    assert main(["reprice", str(path), "--tag", "variant"]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
