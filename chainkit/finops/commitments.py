@@ -56,7 +56,7 @@ from chainkit.finops.reprice import (
     tagged,
 )
 from chainkit.ledger.core import Ledger
-from chainkit.money import usd
+from chainkit.money import exact_sum, usd
 from chainkit.pricing import DEFAULT_CATALOGUE, Catalogue, Tier, base_model_id
 from chainkit.records import Entry
 from chainkit.report import QUOTIENT, money
@@ -516,8 +516,8 @@ def commitments(
             if cost is None or row.cost is None:
                 per_model[row.priced_as] = (None, why or " ".join(row.reasons))
             else:
-                with localcontext(QUOTIENT):
-                    per_model[row.priced_as] = (cost + row.cost, "")
+                # A sum of money: exact (chainkit's context), never rounded to a quotient's digits.
+                per_model[row.priced_as] = (exact_sum((cost, row.cost)), "")
         tier_costs[tier] = per_model
     models = []
     for model in sorted(calls):
