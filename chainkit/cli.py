@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib
 import io
 import json
 import os
@@ -414,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
+    # FinOps what-ifs register their own subcommands (by module path: the package may re-export
+    # functions of the same names).
+    for module in ("chainkit.finops.reprice", "chainkit.finops.commitments"):
+        importlib.import_module(module).add_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:
