@@ -14,6 +14,11 @@ from chainkit import Entry, Ledger, PostgresLedger, SQLiteLedger
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
     """A factory for an empty ledger of one kind; PostgreSQL skips when no server runs."""
     made: list[Ledger] = []
+    if request.param == "postgres":
+        # Asked for before the ledgers are made, so the schema is dropped after they are closed
+        # (a schema dropped under an open ledger's writer deadlocks).
+        dsn = request.getfixturevalue("pg_dsn")
+        schema = request.getfixturevalue("pg_schema")
 
     def make() -> Ledger:
         if request.param == "memory":
@@ -21,8 +26,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
         elif request.param == "sqlite":
             ledger = SQLiteLedger(tmp_path / "ledger.db")
         else:
-            dsn = request.getfixturevalue("pg_dsn")
-            ledger = PostgresLedger(dsn, schema=request.getfixturevalue("pg_schema"))
+            ledger = PostgresLedger(dsn, schema=schema)
         made.append(ledger)
         return ledger
 
