@@ -62,6 +62,7 @@ from chainkit.money import ROUNDING, usd
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
 from chainkit.records import Entry, Usage
+from chainkit.report import money
 
 __all__ = [
     "TOKEN_CLASSES",
@@ -928,6 +929,8 @@ def read_bill(
                 model, mapped = models.resolve(
                     raw_type, product, str(_cell(row, columns["resource"]) or "")
                 )
+            except ConfigError:
+                raise
             except ValueError as exc:
                 problems.append(Problem(source, str(exc)[:300]))
                 continue
@@ -1121,7 +1124,7 @@ class BillReconciliation:
 
 
 def _exact(amount: Decimal | None) -> str:
-    return "" if amount is None else format(amount, "f")
+    return money(amount) or ""
 
 
 def _class_tokens(usage: Usage) -> dict[str, int]:
@@ -1436,7 +1439,10 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
             "Nothing to reconcile with: give --invocation-logs s3://bucket/prefix (or a folder), "
             "--bill s3://bucket/export (or a file), or both."
         )
-    threshold = _decimal(args.threshold, "--threshold") if args.threshold else Decimal("0.01")
+    try:
+        threshold = _decimal(args.threshold, "--threshold")
+    except ValueError as exc:
+        raise ConfigError(f"{exc}: give an amount in USD, such as --threshold 0.01.") from None
     since = _day(args.since, "--since") if args.since else None
     until = _day(args.until, "--until") if args.until else None
     catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.load()
