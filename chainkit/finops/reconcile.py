@@ -65,7 +65,9 @@ from chainkit.records import Entry, Usage
 from chainkit.report import money
 
 __all__ = [
+    "CSV_COLUMNS",
     "TOKEN_CLASSES",
+    "BillExport",
     "BillLine",
     "BillReconciliation",
     "BillRow",
@@ -74,10 +76,13 @@ __all__ = [
     "InvocationLogs",
     "InvocationReconciliation",
     "Problem",
+    "add_command",
+    "parse_invocation",
     "read_bill",
     "read_invocation_logs",
     "reconcile_bill",
     "reconcile_invocations",
+    "render",
     "usage_class",
 ]
 
@@ -1432,7 +1437,7 @@ def _open_ledger(where: str, schema: str) -> Any:
     return SQLiteLedger(path, read_only=True)
 
 
-def run(args: argparse.Namespace) -> tuple[str, int]:
+def _run(args: argparse.Namespace) -> tuple[str, int]:
     """``chainkit reconcile``: the report, and exit status 1 if anything differs (else 0)."""
     if not args.invocation_logs and not args.bill:
         raise ConfigError(
@@ -1504,4 +1509,4 @@ def add_command(sub: Any) -> None:
     )
     cmd.add_argument("--catalogue", default=None, help="price catalogue (default: current Bedrock)")
     cmd.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
-    cmd.set_defaults(run=run)
+    cmd.set_defaults(run=_run)

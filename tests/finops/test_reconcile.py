@@ -761,3 +761,15 @@ def test_token_class_shares_add_up_to_exactly_what_the_entries_cost(
             shares = [r.ledger_cost for r in bill.rows if r.day == day and r.model == model]
             spent = [e.cost for e in entries if e.time.date() == day and e.model == model]
             assert sum(shares, Decimal(0)) == sum(spent, Decimal(0))  # type: ignore[arg-type]
+
+
+def test_the_public_api_is_pinned() -> None:
+    from chainkit.finops import reconcile
+
+    assert set(reconcile.__all__) == {
+        "CSV_COLUMNS", "TOKEN_CLASSES", "BillExport", "BillLine", "BillReconciliation",
+        "BillRow", "Invocation", "InvocationDifference", "InvocationLogs",
+        "InvocationReconciliation", "Problem", "add_command", "parse_invocation", "read_bill",
+        "read_invocation_logs", "reconcile_bill", "reconcile_invocations", "render",
+        "usage_class",
+    }  # fmt: skip
