@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import csv
 import decimal
+import functools
 import gzip
 import io
 import json
@@ -254,6 +255,9 @@ def _decode_pairs(raw: object) -> dict[str, str]:
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"requestMetadata pair {key!r}: {value!r} is not text")
+        if "=" not in key and "=" not in value:  # nothing escaped: the text as it is
+            out[key] = value
+            continue
         try:
             name, text = decode_metadata(key), decode_metadata(value)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -350,6 +354,7 @@ def _same_model(a: str, b: str) -> bool:
     return _model_key(a) == _model_key(b)
 
 
+@functools.lru_cache(maxsize=4096)  # a run has a handful of model ids, seen once per call
 def _model_key(model_id: str) -> str:
     # An ARN names the model (or profile) after its last '/'; profiles price as their base model.
     tail = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id

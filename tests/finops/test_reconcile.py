@@ -45,6 +45,7 @@ from chainkit.errors import ConfigError
 from chainkit.finops.reconcile import (
     BillExport,
     Invocation,
+    parse_invocation,
     read_bill,
     read_invocation_logs,
     reconcile_bill,
@@ -773,3 +774,50 @@ def test_the_public_api_is_pinned() -> None:
         "read_invocation_logs", "reconcile_bill", "reconcile_invocations", "render",
         "usage_class",
     }  # fmt: skip
+
+
+_IDS = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=20,  # 20 four-byte characters escape to 240, within Bedrock's 256 per value
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(_IDS, st.sampled_from(["generate", "intent", "要約 ✂️"])),
+        st.tuples(st.sampled_from([HAIKU, NOVA]), st.integers(0, 9_999), st.integers(0, 999)),
+        min_size=1,
+        max_size=15,
+    ),
+    st.data(),
+)
+def test_the_join_finds_exactly_the_calls_that_were_changed(
+    calls: dict[tuple[str, str], tuple[str, int, int]], data: st.DataObject
+) -> None:
+    from chainkit.providers.bedrock import request_metadata
+
+    keys = sorted(calls)
+    dropped = data.draw(st.sets(st.sampled_from(keys)))
+    bumped = data.draw(st.sets(st.sampled_from(keys))) - dropped
+    entries, records = [], []
+    for n, key in enumerate(keys):
+        model, inp, out = calls[key]
+        usage = Usage(inp, out)
+        entries.append(Entry(key[0], key[1], "answered", cost=Decimal(0), model=model,
+                             usage=usage, time=DAY1, tags={"tenant": key[0]}))  # fmt: skip
+        if key in dropped:
+            continue
+        meta = request_metadata({"tenant": key[0], "stage": key[1], "request_id": key[0]})
+        logged = Call(key[0], key[1], model, DAY1, Usage(inp, out + (key in bumped)))
+        logged.sent = {"modelId": model, "messages": [], "requestMetadata": meta}
+        # Through JSON and the parser, as a log line is read.
+        records.append(
+            parse_invocation(json.loads(json.dumps(log_record(logged, aws_id=str(n)))), "x")
+        )
+    result = reconcile_invocations(entries, records, since=DAY1 - timedelta(1), until=DAY2)
+    assert {(d.kind, d.request_id, d.stage) for d in result.differences} == (
+        {("missing_in_logs", *k) for k in dropped} | {("mismatch", *k) for k in bumped}
+    )
+    assert result.matched == len(keys) - len(dropped)
