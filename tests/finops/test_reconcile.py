@@ -821,3 +821,25 @@ def test_the_join_finds_exactly_the_calls_that_were_changed(
         {("missing_in_logs", *k) for k in dropped} | {("mismatch", *k) for k in bumped}
     )
     assert result.matched == len(keys) - len(dropped)
+
+
+def test_profiles_and_arns_match_their_model_and_another_model_is_a_mismatch() -> None:
+    profile = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us." + HAIKU
+    app = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3"
+    entries = [
+        Entry(
+            f"r{n}",
+            "generate",
+            "answered",
+            cost=Decimal(0),
+            model=HAIKU,
+            usage=Usage(10, 1),
+            time=DAY1,
+        )
+        for n in range(4)
+    ]
+    logged = [_inv("r0", profile, Usage(10, 1)), _inv("r1", app, Usage(10, 1))]
+    logged += [_inv("r2", "us." + HAIKU, Usage(10, 1)), _inv("r3", NOVA, Usage(10, 1))]
+    result = reconcile_invocations(entries, logged)
+    assert [(d.request_id, d.fields) for d in result.differences] == [("r3", ("model",))]
+    assert result.matched == 4
