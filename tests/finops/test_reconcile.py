@@ -843,3 +843,39 @@ def test_profiles_and_arns_match_their_model_and_another_model_is_a_mismatch() -
     result = reconcile_invocations(entries, logged)
     assert [(d.request_id, d.fields) for d in result.differences] == [("r3", ("model",))]
     assert result.matched == 4
+
+
+def test_a_cur_parquet_export_with_its_product_map_reads_like_its_csv(s3: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = bill_lines(CALLS)
+    text = gzip.decompress(cur_csv_gz(lines)).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:  # Parquet keeps the product map as a map, and numbers as doubles
+        row["product"] = list(json.loads(row["product"]).items())  # type: ignore[assignment]
+        for column in ("line_item_usage_amount", "line_item_unblended_cost"):
+            row[column] = float(row[column]) if row[column] else None  # type: ignore[assignment]
+    schema = pa.schema(
+        [
+            (c, pa.map_(pa.string(), pa.string()))
+            if c == "product"
+            else (c, pa.float64())
+            if c in ("line_item_usage_amount", "line_item_unblended_cost")
+            else (c, pa.string())
+            for c in CUR_COLUMNS
+        ]
+    )
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="cur2/data/part-00001.snappy.parquet", Body=out.getvalue())
+    s3.put_object(Bucket=BUCKET, Key="cur2/data/part-00002.csv.gz", Body=cur_csv_gz(lines))
+    export = read_bill(f"s3://{BUCKET}/cur2/")
+    assert export.kind == "cur2" and export.files == 2 and not export.problems
+    by_source: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
+    for line in export.lines:
+        by_source[line.source.split(":")[1].endswith("parquet")].append(
+            (line.day, line.model, line.usage_type, line.tokens, line.cost)
+        )
+    assert by_source[True] == by_source[False] and len(by_source[True]) == 12
