@@ -520,8 +520,18 @@ def reconcile_invocations(
     if invocations:
         since = since or min(i.time for i in invocations) - _SLACK
         until = until or max(i.time for i in invocations) + _SLACK
+    # Both sides are read a little beyond the window, so that a call at its edge still finds its
+    # record (an entry's time is taken before the call is sent); only what falls inside it is
+    # reported.
+    low = since - _SLACK if since else None
+    high = until + _SLACK if until else None
+
+    def inside(when: datetime, lo: datetime | None, hi: datetime | None) -> bool:
+        return (lo is None or when >= lo) and (hi is None or when <= hi)
+
     ours: dict[tuple[str, str], list[Invocation]] = defaultdict(list)
     not_chainkit = 0
+    invocations = [i for i in invocations if inside(i.time, low, high)]
     for inv in invocations:
         if inv.request_id is None or inv.stage is None:
             not_chainkit += 1
@@ -533,7 +543,7 @@ def reconcile_invocations(
     for entry in _entries(ledger):
         if not where(entry):
             continue
-        if (since and entry.time < since) or (until and entry.time > until):
+        if not inside(entry.time, low, high):
             continue
         billable = entry.outcome in _BILLABLE
         maybe = entry.outcome == "failed" and entry.cost is None
@@ -613,7 +623,7 @@ def reconcile_invocations(
                 )
     return InvocationReconciliation(
         matched=matched,
-        differences=tuple(differences),
+        differences=tuple(d for d in differences if d.time is None or inside(d.time, since, until)),
         ledger_entries=counted,
         invocations=len(invocations),
         not_chainkit=not_chainkit,

@@ -879,3 +879,24 @@ def test_a_cur_parquet_export_with_its_product_map_reads_like_its_csv(s3: Any) -
             (line.day, line.model, line.usage_type, line.tokens, line.cost)
         )
     assert by_source[True] == by_source[False] and len(by_source[True]) == 12
+
+
+def test_since_and_until_choose_the_days_on_both_sides(
+    tmp_path: Path, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = [DAY1]
+    with SQLiteLedger(tmp_path / "run.db", clock=lambda: clock[0]) as ledger:
+        planted = plant(run_calls(ledger, clock, CALLS), s3)
+    args = ["reconcile", str(tmp_path / "run.db"), "--invocation-logs", planted.logs]
+    args += ["--bill", planted.focus, "--format", "json"]
+
+    def found(*window: str) -> tuple[list[tuple[str, str]], list[str]]:
+        assert main([*args, *window]) == 1
+        data = json.loads(capsys.readouterr().out)
+        calls = sorted((d["kind"], d["request_id"]) for d in data["invocations"]["differences"])
+        return calls, [r["day"] for r in data["bill"]["discrepancies"]]
+
+    assert found("--until", "2026-11-27") == ([("mismatch", "r2")], [])
+    assert found("--since", "2026-11-28") == ([("missing_in_ledger", "r9")], ["2026-11-28"])
+    assert main([*args, "--since", "28 Nov"]) == 2
+    assert "'28 Nov' is not a date" in capsys.readouterr().err
