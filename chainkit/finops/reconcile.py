@@ -513,6 +513,8 @@ def reconcile_invocations(
     with the logged tokens, but its absence is not a difference. Log records without chainkit's
     ``request_id`` come from other applications: counted in ``not_chainkit``, never a difference.
     Within one request id and stage, entries and records are paired by model, then in time order.
+    Entries of Bedrock batch jobs (tagged ``tier=batch``) are left out: a batch record is sent
+    without ``requestMetadata``, so nothing joins it; the bill still counts them.
     """
     invocations = list(logs.invocations if isinstance(logs, InvocationLogs) else logs)
     problems = logs.problems if isinstance(logs, InvocationLogs) else ()
@@ -541,7 +543,9 @@ def reconcile_invocations(
     entries: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     counted = 0
     for entry in _entries(ledger):
-        if not where(entry):
+        # A batch job's records carry no requestMetadata (chainkit tags their entries
+        # tier=batch): no log record can be joined to them.
+        if not where(entry) or entry.tags.get("tier") == "batch":
             continue
         if not inside(entry.time, low, high):
             continue

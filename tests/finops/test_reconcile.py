@@ -900,3 +900,14 @@ def test_since_and_until_choose_the_days_on_both_sides(
     assert found("--since", "2026-11-28") == ([("missing_in_ledger", "r9")], ["2026-11-28"])
     assert main([*args, "--since", "28 Nov"]) == 2
     assert "'28 Nov' is not a date" in capsys.readouterr().err
+
+
+def test_batch_entries_are_not_expected_in_the_logs_but_are_on_the_bill(tmp_path: Path) -> None:
+    batch = Entry("doc-1", "summarise", "answered", cost=Decimal("0.0000625"), model=HAIKU,
+                  usage=Usage(300, 40), time=DAY1, tags={"tier": "batch"})  # fmt: skip
+    result = reconcile_invocations([batch], [_inv("r0", HAIKU, Usage(1, 1))])
+    assert [(d.kind, d.request_id) for d in result.differences] == [("missing_in_ledger", "r0")]
+    at_batch_price = Line(DAY1, HAIKU, "input", 300, cost=Decimal("0.0000375"))  # $0.125/M
+    (tmp_path / "b.csv.gz").write_bytes(cur_csv_gz([at_batch_price]))
+    [row] = reconcile_bill([batch], read_bill(tmp_path / "b.csv.gz"), "0").discrepancies
+    assert (row.usage_type, row.ledger_tokens, row.billed_tokens) == ("output", 40, 0)
