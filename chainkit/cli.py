@@ -415,15 +415,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
-    # FinOps what-ifs register their own subcommands (by module path: the package may re-export
+    # FinOps commands register their own subcommands (by module path: the package may re-export
     # functions of the same names).
-    for module in ("chainkit.finops.reprice", "chainkit.finops.commitments"):
-        importlib.import_module(module).add_command(sub)
+    for module in ("reprice", "commitments", "reconcile"):
+        importlib.import_module(f"chainkit.finops.{module}").add_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:
-        print(args.run(args))
-        return 0
+        out = args.run(args)
+        # A command may return (text, status): reconcile exits 1 when it finds differences.
+        text, status = out if isinstance(out, tuple) else (out, 0)
+        print(text)
+        return int(status)
 
     return run_command(work, prog="chainkit", debug=getattr(args, "debug", False))
 

@@ -1,0 +1,1535 @@
+"""Reconcile the ledger with what AWS recorded: Bedrock invocation logs and the bill.
+
+Two sources, two questions:
+
+- **Invocation logs** (:func:`read_invocation_logs`, :func:`reconcile_invocations`): did every
+  model call chainkit made reach Bedrock once, with the tokens the ledger recorded, and did
+  Bedrock log calls chainkit never recorded? Bedrock's model invocation logging writes JSON Lines,
+  gzip-compressed, under ``<prefix>/AWSLogs/<account>/BedrockModelInvocationLogs/<region>/...``;
+  each record has ``requestId``, ``timestamp``, ``modelId``, ``operation``,
+  ``input.inputTokenCount``, ``input.cacheReadInputTokenCount``,
+  ``input.cacheWriteInputTokenCount``, ``output.outputTokenCount`` and the ``requestMetadata``
+  the caller sent ("Monitor model invocation using CloudWatch Logs and Amazon S3",
+  https://docs.aws.amazon.com/bedrock/latest/userguide/model-invocation-logging.html). chainkit
+  sends ``stage`` and ``request_id`` (and the tags not marked private) as ``requestMetadata``,
+  escaped by :func:`chainkit.providers.bedrock.encode_metadata`; the join decodes them and pairs
+  a log record with the ledger entry of the same request id and stage (and model).
+- **The bill** (:func:`read_bill`, :func:`reconcile_bill`): does AWS's Cost and Usage Report 2.0
+  or FOCUS 1.2 export from AWS Data Exports (CSV or Parquet, on S3 or on disk) bill, per UTC day,
+  model and token class, what the ledger recorded? Columns read: CUR 2.0
+  ``line_item_usage_start_date``, ``line_item_usage_end_date``, ``line_item_product_code``,
+  ``line_item_line_item_type``, ``line_item_usage_type``, ``line_item_usage_amount``,
+  ``pricing_unit``, ``line_item_unblended_cost``, ``line_item_resource_id`` and
+  ``product_servicecode``/``product_product_name`` or their keys in the ``product`` map ("Cost and
+  Usage Report (CUR) 2.0" data dictionary,
+  https://docs.aws.amazon.com/cur/latest/userguide/table-dictionary-cur2.html); FOCUS 1.2
+  ``ChargePeriodStart``, ``ChargePeriodEnd``, ``ChargeCategory``, ``ServiceName``,
+  ``x_ServiceCode``, ``x_UsageType``, ``PricingQuantity``/``PricingUnit`` (or
+  ``ConsumedQuantity``/``ConsumedUnit``), ``BilledCost`` and ``ResourceId`` ("FOCUS 1.2 with AWS
+  columns",
+  https://docs.aws.amazon.com/cur/latest/userguide/table-dictionary-focus-1-2-aws-columns.html).
+  Bedrock bills each token class under its own usage type (``*-input-tokens``,
+  ``*-output-tokens``, ``*-cache-read-input-token-count``, ``*-cache-write-input-token-count``;
+  Anthropic's models as ``MP:..._InputTokenCount-Units`` and the like, named by the product)
+  ("Understanding your Amazon Bedrock Cost and Usage Report data",
+  https://docs.aws.amazon.com/bedrock/latest/userguide/cost-mgmt-understanding-cur-data.html).
+
+Money is ``Decimal``. A ledger entry whose cost is unknown (``None``) is never counted as $0:
+the day and model it falls in shows the ledger's cost as unknown, and the row is listed whenever
+AWS billed anything there, so the bill tells what the call really cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import decimal
+import functools
+import gzip
+import io
+import json
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from chainkit.errors import ConfigError
+from chainkit.money import ROUNDING, usd
+from chainkit.pricing import Catalogue, base_model_id
+from chainkit.providers.bedrock import decode_metadata
+from chainkit.records import Entry, Usage
+from chainkit.report import money
+
+__all__ = [
+    "CSV_COLUMNS",
+    "TOKEN_CLASSES",
+    "BillExport",
+    "BillLine",
+    "BillReconciliation",
+    "BillRow",
+    "Invocation",
+    "InvocationDifference",
+    "InvocationLogs",
+    "InvocationReconciliation",
+    "Problem",
+    "add_command",
+    "parse_invocation",
+    "read_bill",
+    "read_invocation_logs",
+    "reconcile_bill",
+    "reconcile_invocations",
+    "render",
+    "usage_class",
+]
+
+TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
+"""The token classes Bedrock bills apart, as the bill's rows name them."""
+
+Format = Literal["table", "markdown", "json", "csv"]
+DiffKind = Literal["missing_in_ledger", "missing_in_logs", "mismatch"]
+
+_SLACK = timedelta(minutes=5)  # a ledger entry's time is taken before the call is sent
+_BILLABLE = frozenset({"answered", "passed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A log record or bill line that could not be read, and where it is."""
+
+    source: str
+    reason: str
+
+
+# -- reading objects from S3 or disk ------------------------------------------------------------
+
+
+def _is_s3(where: str | Path) -> bool:
+    return isinstance(where, str) and where.startswith("s3://")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} names no bucket: give s3://bucket/prefix.")
+    return bucket, prefix
+
+
+def _sources(
+    where: str | Path, suffixes: tuple[str, ...], s3_client: Any | None
+) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """``(name, read)`` for every object or file under ``where`` whose name ends in a suffix."""
+    if _is_s3(where):
+        assert isinstance(where, str)
+        bucket, prefix = _split_s3(where)
+        client = s3_client if s3_client is not None else _s3()
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", ()))
+        if not keys:
+            raise ConfigError(
+                f"Nothing under {where}: check the bucket and prefix (for invocation logs, the "
+                "prefix set in Bedrock's logging settings; for a bill, the export's S3 path)."
+            )
+        for key in sorted(keys):
+            if key.lower().endswith(suffixes):
+
+                def read(key: str = key) -> bytes:
+                    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                    return body
+
+                yield f"s3://{bucket}/{key}", read
+        return
+    path = Path(where)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: give a file, a folder or an s3:// URI.")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_file() or file.name.lower().endswith(suffixes):
+            yield str(file), file.read_bytes
+
+
+def _s3() -> Any:
+    try:
+        import boto3
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("Reading from S3 needs boto3: pip install 'chainkit[bedrock]'.") from exc
+    return boto3.client("s3")
+
+
+def _lines(name: str, data: bytes, problems: list[Problem]) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of ``data``, gunzipped if it is gzip; a truncated stream is a problem."""
+    if data[:2] != b"\x1f\x8b":
+        yield from enumerate(data.splitlines(), 1)
+        return
+    number = 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            for number, line in enumerate(stream, 1):
+                yield number, line
+    except (EOFError, OSError, zlib.error) as exc:
+        # Records before the break were read; the rest of the object is lost.
+        problems.append(
+            Problem(name, f"gzip stream broken after line {number} ({exc}); the rest is unread")
+        )
+
+
+# -- invocation logs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One model invocation as Bedrock's invocation log recorded it.
+
+    ``metadata`` is the ``requestMetadata`` decoded (:func:`decode_metadata`); ``usage`` follows
+    chainkit's convention (input excludes cache reads and writes, as Converse reports it).
+    """
+
+    aws_request_id: str
+    time: datetime
+    model_id: str
+    usage: Usage
+    metadata: Mapping[str, str]
+    operation: str | None = None
+    error_code: str | None = None
+    source: str = ""
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id chainkit sent, if chainkit made this call."""
+        return self.metadata.get("request_id")
+
+    @property
+    def stage(self) -> str | None:
+        """The stage name chainkit sent, if chainkit made this call."""
+        return self.metadata.get("stage")
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationLogs:
+    """Every invocation read from a set of log objects, and what could not be read."""
+
+    invocations: tuple[Invocation, ...]
+    problems: tuple[Problem, ...]
+    files: int
+
+
+def _token(record: Mapping[str, Any], part: str, name: str, *, required: bool) -> int:
+    section = record.get(part)
+    value = section.get(name) if isinstance(section, Mapping) else None
+    if value is None and not required:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{part}.{name} is {value!r}, not a token count")
+    return value
+
+
+def _timestamp(value: object, what: str) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} is {value!r}, not a time")
+    text = value.strip().replace(" ", "T", 1)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what} is {value!r}, not an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _decode_pairs(raw: object) -> dict[str, str]:
+    """``requestMetadata`` decoded; chainkit's own keys must decode, others are kept as sent."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"requestMetadata is {type(raw).__name__}, not an object")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"requestMetadata pair {key!r}: {value!r} is not text")
+        if "=" not in key and "=" not in value:  # nothing escaped: the text as it is
+            out[key] = value
+            continue
+        try:
+            name, text = decode_metadata(key), decode_metadata(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            if key in ("request_id", "stage"):
+                raise ValueError(f"requestMetadata {key!r} does not decode: {exc}") from None
+            name, text = key, value  # another application's metadata, not escaped by chainkit
+        out[name] = text
+    return out
+
+
+def parse_invocation(record: object, source: str) -> Invocation:
+    """One invocation log record as an :class:`Invocation`; ``ValueError`` if it is malformed."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"a record is a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("requestId", "timestamp", "modelId") if not record.get(k)]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    error = record.get("errorCode")
+    # A failed invocation may have no output section: its counts are what was logged, or 0.
+    required = error is None
+    usage = Usage(
+        input_tokens=_token(record, "input", "inputTokenCount", required=required),
+        output_tokens=_token(record, "output", "outputTokenCount", required=required),
+        cache_read_tokens=_token(record, "input", "cacheReadInputTokenCount", required=False),
+        cache_write_tokens=_token(record, "input", "cacheWriteInputTokenCount", required=False),
+    )
+    return Invocation(
+        aws_request_id=str(record["requestId"]),
+        time=_timestamp(record["timestamp"], "timestamp"),
+        model_id=str(record["modelId"]),
+        usage=usage,
+        metadata=_decode_pairs(record.get("requestMetadata")),
+        operation=record.get("operation") if isinstance(record.get("operation"), str) else None,
+        error_code=str(error) if error is not None else None,
+        source=source,
+    )
+
+
+def read_invocation_logs(where: str | Path, *, s3_client: Any | None = None) -> InvocationLogs:
+    """Read Bedrock model invocation logs from ``s3://bucket/prefix``, a folder or a file.
+
+    Every ``.json.gz`` and ``.json`` object under the prefix is read (gzip is recognised by its
+    magic bytes); a line that is not JSON, lacks ``requestId``, ``timestamp`` or ``modelId``, has
+    token counts that are not counts, or a chainkit metadata value that does not decode, is
+    reported as a :class:`Problem` with its file and line, and reading goes on. A gzip object cut
+    short keeps the records before the break and reports the rest as unread.
+    """
+    invocations: list[Invocation] = []
+    problems: list[Problem] = []
+    files = 0
+    for name, read in _sources(where, (".json.gz", ".json", ".jsonl", ".jsonl.gz"), s3_client):
+        files += 1
+        for number, raw in _lines(name, read(), problems):
+            if not raw.strip():
+                continue
+            source = f"{name}:{number}"
+            try:
+                record = json.loads(raw)
+                invocations.append(parse_invocation(record, source))
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+                problems.append(Problem(source, str(exc)[:300]))
+    if not files:
+        raise ConfigError(
+            f"No invocation log objects (.json.gz) under {where}: check the prefix Bedrock's "
+            "model invocation logging writes to (it adds AWSLogs/<account>/"
+            "BedrockModelInvocationLogs/)."
+        )
+    return InvocationLogs(tuple(invocations), tuple(problems), files)
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationDifference:
+    """One call the ledger and the logs disagree on.
+
+    ``kind``: ``missing_in_ledger`` (AWS logged a call chainkit made, by its metadata, but the
+    ledger has no entry for it), ``missing_in_logs`` (the ledger has a billable call AWS did not
+    log) or ``mismatch`` (both have it, with different tokens or model; ``fields`` names them).
+    """
+
+    kind: DiffKind
+    request_id: str | None
+    stage: str | None
+    model: str | None
+    time: datetime | None
+    ledger: Usage | None
+    logged: Usage | None
+    aws_request_id: str | None = None
+    entry_id: str | None = None
+    fields: tuple[str, ...] = ()
+    note: str = ""
+
+
+def _same_model(a: str, b: str) -> bool:
+    # An application inference profile's ARN does not say which model it routes to (chainkit
+    # records the model it was told to price it as): such a pair cannot be told apart.
+    if "application-inference-profile/" in a or "application-inference-profile/" in b:
+        return True
+    return _model_key(a) == _model_key(b)
+
+
+@functools.lru_cache(maxsize=4096)  # a run has a handful of model ids, seen once per call
+def _model_key(model_id: str) -> str:
+    # An ARN names the model (or profile) after its last '/'; profiles price as their base model.
+    tail = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    return base_model_id(tail)
+
+
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _differing(ledger: Usage | None, logged: Usage) -> tuple[str, ...]:
+    if ledger is None:
+        return ("usage",)
+    return tuple(f for f in _USAGE_FIELDS if getattr(ledger, f) != getattr(logged, f))
+
+
+def _default_where(catalogue: Catalogue) -> Callable[[Entry], bool]:
+    def bedrock(entry: Entry) -> bool:
+        return entry.model is not None and entry.model in catalogue
+
+    return bedrock
+
+
+@dataclass(frozen=True)
+class InvocationReconciliation:
+    """The ledger joined to the invocation logs: what matched, what differs, what was unread."""
+
+    matched: int
+    differences: tuple[InvocationDifference, ...]
+    ledger_entries: int
+    invocations: int
+    not_chainkit: int
+    problems: tuple[Problem, ...]
+    since: datetime | None
+    until: datetime | None
+
+    @property
+    def ok(self) -> bool:
+        """No differences and nothing unreadable."""
+        return not self.differences and not self.problems
+
+    def to_rows(self) -> list[dict[str, str]]:
+        """One row per difference and per unreadable record (the CSV columns)."""
+        rows = []
+        for d in self.differences:
+            rows.append(
+                _row(
+                    section="invocations",
+                    kind=d.kind,
+                    when=d.time.isoformat() if d.time else "",
+                    request_id=d.request_id or "",
+                    stage=d.stage or "",
+                    model=d.model or "",
+                    usage_type=",".join(d.fields),
+                    ledger_tokens=_usage_text(d.ledger),
+                    aws_tokens=_usage_text(d.logged),
+                    aws_id=d.aws_request_id or "",
+                    entry_id=d.entry_id or "",
+                    note=d.note,
+                )
+            )
+        rows.extend(
+            _row(section="invocations", kind="unreadable", source=p.source, note=p.reason)
+            for p in self.problems
+        )
+        return rows
+
+    def to_json_data(self) -> dict[str, Any]:
+        """The result as JSON-ready data (times ISO 8601, usage as token counts)."""
+        return {
+            "matched": self.matched,
+            "ledger_entries": self.ledger_entries,
+            "invocations": self.invocations,
+            "not_chainkit": self.not_chainkit,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "differences": [
+                {
+                    "kind": d.kind,
+                    "request_id": d.request_id,
+                    "stage": d.stage,
+                    "model": d.model,
+                    "time": d.time.isoformat() if d.time else None,
+                    "ledger": _usage_json(d.ledger),
+                    "logged": _usage_json(d.logged),
+                    "aws_request_id": d.aws_request_id,
+                    "entry_id": d.entry_id,
+                    "fields": list(d.fields),
+                    "note": d.note,
+                }
+                for d in self.differences
+            ],
+            "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+        }
+
+    def summary(self) -> str:
+        """One line: how many calls matched and how many differ."""
+        kinds: dict[str, int] = defaultdict(int)
+        for d in self.differences:
+            kinds[d.kind] += 1
+        window = (
+            f" between {self.since:%Y-%m-%d %H:%M} and {self.until:%Y-%m-%d %H:%M} UTC"
+            if self.since and self.until
+            else ""
+        )
+        return (
+            f"Invocation logs: {self.invocations} records ({self.not_chainkit} not from chainkit), "
+            f"{self.ledger_entries} ledger calls{window}; {self.matched} matched, "
+            f"{kinds['missing_in_ledger']} logged but not in the ledger, "
+            f"{kinds['missing_in_logs']} in the ledger but not logged, {kinds['mismatch']} "
+            f"with different tokens; {len(self.problems)} unreadable records."
+        )
+
+
+def _usage_text(usage: Usage | None) -> str:
+    if usage is None:
+        return ""
+    return (
+        f"in {usage.input_tokens} out {usage.output_tokens} "
+        f"cache r {usage.cache_read_tokens} w {usage.cache_write_tokens}"
+    )
+
+
+def _usage_json(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {f: getattr(usage, f) for f in _USAGE_FIELDS}
+
+
+def reconcile_invocations(
+    ledger: Iterable[Entry] | Any,
+    logs: InvocationLogs | Iterable[Invocation],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    where: Callable[[Entry], bool] | None = None,
+    catalogue: Catalogue | None = None,
+) -> InvocationReconciliation:
+    """Join ledger entries to invocation log records by the ``request_id`` and ``stage`` sent.
+
+    Args:
+        ledger: any chainkit ledger (read with ``iter_entries``) or entries.
+        logs: what :func:`read_invocation_logs` read, or invocations.
+        since: compare calls from this time on; by default from the first logged call (less five
+            minutes: an entry's time is taken just before its call is sent).
+        until: and up to this time; by default the last logged call (plus five minutes).
+        where: which entries are Bedrock calls; by default those whose model the Bedrock
+            catalogue knows.
+        catalogue: the catalogue ``where`` consults (default: the current Bedrock one).
+
+    An entry the logs should show is a call that was answered or passed on; a ``failed`` entry of
+    unknown cost (the call may have run) is matched if a record has it, and a match is reported
+    with the logged tokens, but its absence is not a difference. Log records without chainkit's
+    ``request_id`` come from other applications: counted in ``not_chainkit``, never a difference.
+    Within one request id and stage, entries and records are paired by model, then in time order.
+    Entries of Bedrock batch jobs (tagged ``tier=batch``) are left out: a batch record is sent
+    without ``requestMetadata``, so nothing joins it; the bill still counts them.
+    """
+    invocations = list(logs.invocations if isinstance(logs, InvocationLogs) else logs)
+    problems = logs.problems if isinstance(logs, InvocationLogs) else ()
+    where = where or _default_where(catalogue or Catalogue.load())
+    if invocations:
+        since = since or min(i.time for i in invocations) - _SLACK
+        until = until or max(i.time for i in invocations) + _SLACK
+    # Both sides are read a little beyond the window, so that a call at its edge still finds its
+    # record (an entry's time is taken before the call is sent); only what falls inside it is
+    # reported.
+    low = since - _SLACK if since else None
+    high = until + _SLACK if until else None
+
+    def inside(when: datetime, lo: datetime | None, hi: datetime | None) -> bool:
+        return (lo is None or when >= lo) and (hi is None or when <= hi)
+
+    ours: dict[tuple[str, str], list[Invocation]] = defaultdict(list)
+    not_chainkit = 0
+    invocations = [i for i in invocations if inside(i.time, low, high)]
+    for inv in invocations:
+        if inv.request_id is None or inv.stage is None:
+            not_chainkit += 1
+            continue
+        ours[(inv.request_id, inv.stage)].append(inv)
+
+    entries: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    counted = 0
+    for entry in _entries(ledger):
+        # A batch job's records carry no requestMetadata (chainkit tags their entries
+        # tier=batch): no log record can be joined to them.
+        if not where(entry) or entry.tags.get("tier") == "batch":
+            continue
+        if not inside(entry.time, low, high):
+            continue
+        billable = entry.outcome in _BILLABLE
+        maybe = entry.outcome == "failed" and entry.cost is None
+        if billable or maybe:
+            entries[(entry.request_id, entry.stage)].append(entry)
+            counted += billable
+
+    differences: list[InvocationDifference] = []
+    matched = 0
+    for key in sorted(set(ours) | set(entries)):
+        logged = sorted(ours.get(key, ()), key=lambda i: i.time)
+        recorded = sorted(entries.get(key, ()), key=lambda e: e.time)
+        for maybe_entry, rec in _pair(recorded, logged):
+            if rec is None:
+                if maybe_entry is None:  # pragma: no cover - _pair never yields two Nones
+                    continue
+                entry = maybe_entry
+                if entry.outcome in _BILLABLE:
+                    differences.append(
+                        InvocationDifference(
+                            "missing_in_logs",
+                            entry.request_id,
+                            entry.stage,
+                            entry.model,
+                            entry.time,
+                            entry.usage,
+                            None,
+                            entry_id=entry.id,
+                            note="the ledger has this call; no log record carries its metadata",
+                        )
+                    )
+                continue
+            if maybe_entry is None:
+                differences.append(
+                    InvocationDifference(
+                        "missing_in_ledger",
+                        rec.request_id,
+                        rec.stage,
+                        rec.model_id,
+                        rec.time,
+                        None,
+                        rec.usage,
+                        aws_request_id=rec.aws_request_id,
+                        note=f"logged at {rec.source}"
+                        + (f" with error {rec.error_code}" if rec.error_code else ""),
+                    )
+                )
+                continue
+            matched += 1
+            entry = maybe_entry
+            assert entry is not None and entry.model is not None
+            fields = _differing(entry.usage, rec.usage)
+            if not _same_model(entry.model, rec.model_id):
+                fields = ("model", *fields)
+            if fields:
+                note = (
+                    "the ledger's cost is unknown; AWS logged these tokens"
+                    if entry.usage is None
+                    else f"logged at {rec.source}"
+                )
+                differences.append(
+                    InvocationDifference(
+                        "mismatch",
+                        entry.request_id,
+                        entry.stage,
+                        entry.model
+                        if "model" not in fields
+                        else f"{entry.model} (logged {rec.model_id})",
+                        entry.time,
+                        entry.usage,
+                        rec.usage,
+                        aws_request_id=rec.aws_request_id,
+                        entry_id=entry.id,
+                        fields=fields,
+                        note=note,
+                    )
+                )
+    return InvocationReconciliation(
+        matched=matched,
+        differences=tuple(d for d in differences if d.time is None or inside(d.time, since, until)),
+        ledger_entries=counted,
+        invocations=len(invocations),
+        not_chainkit=not_chainkit,
+        problems=tuple(problems),
+        since=since,
+        until=until,
+    )
+
+
+def _entries(ledger: Iterable[Entry] | Any) -> Iterator[Entry]:
+    reader = getattr(ledger, "iter_entries", None)
+    return iter(reader() if reader is not None else ledger)
+
+
+def _pair(
+    entries: Sequence[Entry], logged: Sequence[Invocation]
+) -> Iterator[tuple[Entry | None, Invocation | None]]:
+    """Pair entries with records of the same model in time order; leftovers pair with None."""
+    free = list(logged)
+    for entry in entries:
+        assert entry.model is not None
+        same = [i for i in free if _same_model(entry.model, i.model_id)]
+        pool = same or free
+        if pool:
+            # The record closest in time: retries and reruns put several calls under one key.
+            best = min(pool, key=lambda i: abs((i.time - entry.time).total_seconds()))
+            free.remove(best)
+            yield entry, best
+        else:
+            yield entry, None
+    for inv in free:
+        yield None, inv
+
+
+# -- the bill -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    """One Bedrock usage line of a bill, read into chainkit's terms.
+
+    ``usage_type`` is the token class (:data:`TOKEN_CLASSES`) or, for anything else Bedrock
+    bills (images, provisioned throughput), the raw usage type. ``tokens`` is ``None`` when the
+    line's pricing unit is not a count of tokens chainkit recognises.
+    """
+
+    day: date
+    model: str
+    usage_type: str
+    raw_usage_type: str
+    tokens: int | None
+    cost: Decimal
+    mapped: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class BillExport:
+    """The Bedrock usage lines of a CUR 2.0 or FOCUS 1.2 export, and what was left out."""
+
+    kind: Literal["cur2", "focus"]
+    lines: tuple[BillLine, ...]
+    first_day: date | None
+    last_day: date | None
+    skipped: Mapping[str, int]
+    problems: tuple[Problem, ...]
+    files: int
+
+
+_CUR_COLUMNS = {
+    "start": ("line_item_usage_start_date",),
+    "end": ("line_item_usage_end_date",),
+    "service": ("line_item_product_code", "product_servicecode", "product.servicecode"),
+    "name": ("product_product_name", "product.product_name", "product_name"),
+    "type": ("line_item_line_item_type",),
+    "usage_type": ("line_item_usage_type",),
+    "amount": ("line_item_usage_amount",),
+    "unit": ("pricing_unit",),
+    "cost": ("line_item_unblended_cost",),
+    "resource": ("line_item_resource_id",),
+}
+_FOCUS_COLUMNS = {
+    "start": ("ChargePeriodStart",),
+    "end": ("ChargePeriodEnd",),
+    "service": ("x_ServiceCode",),
+    "name": ("ServiceName",),
+    "type": ("ChargeCategory",),
+    "usage_type": ("x_UsageType",),
+    "amount": ("PricingQuantity", "ConsumedQuantity"),
+    "unit": ("PricingUnit", "ConsumedUnit"),
+    "cost": ("BilledCost",),
+    "resource": ("ResourceId",),
+}
+# CUR line item types that are usage (the rest are credits, taxes, fees, refunds...).
+_CUR_USAGE = frozenset({"Usage", "DiscountedUsage", "SavingsPlanCoveredUsage"})
+_UNIT = re.compile(r"^\s*(?:(\d+)\s*([kKmM])?\s+)?tokens?\s*$", re.IGNORECASE)
+_MODEL_IN_USAGE_TYPE = re.compile(
+    r"^(?:[A-Z]{2,4}\d?-)?(?P<model>.+?)-(?:mantle-)?(?:input|output|cache-read|cache-write)",
+    re.IGNORECASE,
+)
+_EDITION = re.compile(r"\s*\(amazon bedrock edition\)\s*$", re.IGNORECASE)
+
+
+def usage_class(usage_type: str) -> str | None:
+    """The token class a Bedrock usage type bills, or ``None`` if it bills no tokens.
+
+    >>> usage_class("USE1-NovaMicro-input-tokens"), usage_class("USE1-MP:USE1_OutputTokenCount-Units")
+    ('input', 'output')
+    >>> usage_class("USE1-Claude4.5Sonnet-cache-read-input-token-count")
+    'cache_read'
+    """  # noqa: E501
+    text = usage_type.lower().replace("_", "-")
+    if "cache-read" in text or "cacheread" in text:
+        return "cache_read"
+    if "cache-write" in text or "cachewrite" in text:
+        return "cache_write"
+    if "output" in text:
+        return "output"
+    if "input" in text:
+        return "input"
+    return None
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", _EDITION.sub("", text).lower())
+
+
+class _Models:
+    """Resolves a bill's model label (usage type, product name, resource id) to a catalogue id."""
+
+    def __init__(self, catalogue: Catalogue, model_map: Mapping[str, str]) -> None:
+        self.catalogue = catalogue
+        self.explicit = {_norm(k): v for k, v in model_map.items()}
+        index: dict[str, set[str]] = defaultdict(set)
+        for card in catalogue:
+            _, _, rest = base_model_id(card.id).partition(".")
+            stem = re.sub(r"-v\d+(?::\d+)?$|:\d+$", "", rest)
+            names = {
+                card.name,
+                re.sub(r"^(amazon|anthropic|meta|mistral)\s+", "", card.name, flags=re.I),
+            }
+            for key in (card.id, *card.aliases, rest, stem, *names):
+                if key:
+                    index[_norm(key)].add(card.id)
+        # A name two models share (after normalising) resolves to neither.
+        self.index = {k: next(iter(v)) for k, v in index.items() if len(v) == 1}
+
+    def canonical(self, model_id: str) -> str:
+        key = _model_key(model_id)
+        if key in self.catalogue:
+            return self.catalogue.card(key).id
+        return key
+
+    def resolve(self, usage_type: str, name: str, resource: str) -> tuple[str, bool]:
+        match = _MODEL_IN_USAGE_TYPE.match(usage_type)
+        label = match.group("model") if match and ":" not in match.group("model") else ""
+        for candidate in (label, name, resource):
+            if candidate and _norm(candidate) in self.explicit:
+                return self.canonical(self.explicit[_norm(candidate)]), True
+        for marker in ("foundation-model/", "inference-profile/"):
+            if marker in resource:
+                model = resource.split(marker, 1)[1]
+                if model in self.catalogue:
+                    return self.canonical(model), True
+        for candidate in (label, name):
+            if candidate:
+                if candidate in self.catalogue:
+                    return self.canonical(candidate), True
+                found = self.index.get(_norm(candidate))
+                if found is not None:
+                    return found, True
+        return label or _EDITION.sub("", name) or resource or usage_type, False
+
+
+def _cell(row: Mapping[str, Any], names: Sequence[str]) -> Any:
+    for name in names:
+        if "." in name:
+            column, _, key = name.partition(".")
+            nested = row.get(column)
+            if isinstance(nested, str) and nested.startswith("{"):
+                try:
+                    nested = json.loads(nested)  # CUR 2.0 CSV writes map columns as JSON
+                except ValueError:
+                    nested = None
+            if isinstance(nested, list):  # Parquet maps arrive as (key, value) pairs
+                nested = dict(nested)
+            value = nested.get(key) if isinstance(nested, Mapping) else None
+        else:
+            value = row.get(name)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _decimal(value: object, what: str) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{what} is {value!r}, not a number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        # Parquet stores doubles: their shortest repr is the figure AWS wrote.
+        return Decimal(repr(value))
+    try:
+        number = Decimal(str(value).strip())
+    except decimal.InvalidOperation:
+        raise ValueError(f"{what} is {value!r}, not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return number
+
+
+def _tokens(amount: Decimal, unit: object) -> int | None:
+    match = _UNIT.match(str(unit or ""))
+    if match is None:
+        return None
+    scale = (
+        int(match.group(1) or 1)
+        * {"": 1, "k": 1000, "m": 1_000_000}[(match.group(2) or "").lower()]
+    )
+    with decimal.localcontext(ROUNDING):
+        return int((amount * scale).to_integral_value())
+
+
+def _rows(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+    if name.lower().endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
+        except ImportError as exc:
+            raise ConfigError(
+                f"{name} is Parquet, which needs pyarrow: pip install 'chainkit[finops]' (or "
+                "export the bill as CSV)."
+            ) from exc
+        yield from pq.read_table(io.BytesIO(data)).to_pylist()
+        return
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    yield from csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+
+
+def read_bill(
+    where: str | Path,
+    *,
+    s3_client: Any | None = None,
+    catalogue: Catalogue | None = None,
+    model_map: Mapping[str, str] | None = None,
+) -> BillExport:
+    """Read the Bedrock usage lines of a CUR 2.0 or FOCUS 1.2 export (CSV, CSV.gz or Parquet).
+
+    ``where`` is a file, a folder or ``s3://bucket/prefix`` (every ``.csv``, ``.csv.gz`` and
+    ``.parquet`` object under it; manifests are skipped). The format is told by the columns.
+    Only usage lines of Amazon Bedrock count (CUR: line item types Usage, DiscountedUsage and
+    SavingsPlanCoveredUsage; FOCUS: ChargeCategory Usage); credits, taxes and other services are
+    counted in ``skipped``. Each line's model is found from ``model_map`` (a usage-type model
+    label, product name or resource id to a model id), the resource id's model ARN, or the
+    catalogue's ids and names; a line no rule maps keeps its label and is marked unmapped. An
+    export whose lines span more than a day (monthly granularity) is refused: reconciling needs
+    DAILY or HOURLY.
+    """
+    catalogue = catalogue or Catalogue.load()
+    models = _Models(catalogue, model_map or {})
+    lines: list[BillLine] = []
+    problems: list[Problem] = []
+    skipped: dict[str, int] = defaultdict(int)
+    first: date | None = None
+    last: date | None = None
+    kind: Literal["cur2", "focus"] | None = None
+    files = 0
+    for name, read in _sources(where, (".csv", ".csv.gz", ".parquet", ".gz"), s3_client):
+        files += 1
+        try:
+            rows = list(_rows(name, read()))
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
+            problems.append(Problem(name, f"unreadable: {exc}"[:300]))
+            continue
+        except Exception as exc:  # pyarrow's errors: not a Parquet file, truncated
+            if isinstance(exc, ConfigError) or type(exc).__module__.split(".")[0] != "pyarrow":
+                raise
+            problems.append(Problem(name, f"unreadable Parquet: {exc}"[:300]))
+            continue
+        if not rows:
+            continue
+        this = _kind(rows[0], name)
+        if kind is not None and this != kind:
+            raise ConfigError(
+                f"{name} is a {this} export but earlier files were {kind}: point --bill at one "
+                "export's folder."
+            )
+        kind = this
+        columns = _CUR_COLUMNS if kind == "cur2" else _FOCUS_COLUMNS
+        for number, row in enumerate(rows, 2):  # CSV line numbers: the header is line 1
+            source = f"{name}:{number}"
+            try:
+                start = _timestamp(_cell(row, columns["start"]), "usage start")
+                end_value = _cell(row, columns["end"])
+                if end_value is not None:
+                    span = _timestamp(end_value, "usage end") - start
+                    if span > timedelta(days=1):
+                        raise ConfigError(
+                            f"{source}: a line spans {span} ({start:%Y-%m-%d} on): the export "
+                            "is monthly. Reconciling needs an export with TIME_GRANULARITY "
+                            "DAILY or HOURLY."
+                        )
+                day = start.astimezone(UTC).date()
+                first = day if first is None or day < first else first
+                last = day if last is None or day > last else last
+                service = str(_cell(row, columns["service"]) or "")
+                product = str(_cell(row, columns["name"]) or "")
+                if "bedrock" not in f"{service} {product}".lower():
+                    skipped["other services"] += 1
+                    continue
+                line_type = str(_cell(row, columns["type"]) or "")
+                if (kind == "cur2" and line_type not in _CUR_USAGE) or (
+                    kind == "focus" and line_type != "Usage"
+                ):
+                    skipped[f"Bedrock {line_type or 'untyped'} lines"] += 1
+                    continue
+                raw_type = str(_cell(row, columns["usage_type"]) or "")
+                cost = _decimal(_cell(row, columns["cost"]), "cost")
+                amount = _cell(row, columns["amount"])
+                tokens = (
+                    None
+                    if amount is None
+                    else _tokens(_decimal(amount, "usage amount"), _cell(row, columns["unit"]))
+                )
+                model, mapped = models.resolve(
+                    raw_type, product, str(_cell(row, columns["resource"]) or "")
+                )
+            except ConfigError:
+                raise
+            except ValueError as exc:
+                problems.append(Problem(source, str(exc)[:300]))
+                continue
+            cls = usage_class(raw_type)
+            lines.append(
+                BillLine(
+                    day=day,
+                    model=model,
+                    usage_type=cls or raw_type,
+                    raw_usage_type=raw_type,
+                    tokens=tokens if cls is not None else None,
+                    cost=cost,
+                    mapped=mapped,
+                    source=source,
+                )
+            )
+    if not files:
+        raise ConfigError(
+            f"No bill files (.csv, .csv.gz, .parquet) under {where}: point --bill at the "
+            "export's S3 path or a downloaded file."
+        )
+    return BillExport(
+        kind=kind or "cur2",
+        lines=tuple(lines),
+        first_day=first,
+        last_day=last,
+        skipped=dict(skipped),
+        problems=tuple(problems),
+        files=files,
+    )
+
+
+def _kind(row: Mapping[str, Any], name: str) -> Literal["cur2", "focus"]:
+    if "line_item_usage_type" in row:
+        return "cur2"
+    if "ChargePeriodStart" in row:
+        return "focus"
+    raise ConfigError(
+        f"{name} is neither a CUR 2.0 export (no line_item_usage_type column) nor a FOCUS 1.2 "
+        f"one (no ChargePeriodStart); its columns start {sorted(row)[:6]}. Export CUR 2.0 or "
+        "FOCUS 1.2 from AWS Data Exports."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BillRow:
+    """One UTC day, model and token class: what the ledger recorded and what AWS billed.
+
+    ``ledger_cost`` is the ledger's cost of those tokens: each entry's cost shared among its
+    token classes in proportion to the catalogue's rates (so a day's classes add up to exactly
+    what its entries cost). It is ``None`` when an entry of that day and model has an unknown
+    cost. ``difference`` is billed less ledger (``None`` when the ledger's cost is unknown).
+    """
+
+    day: date
+    model: str
+    usage_type: str
+    ledger_tokens: int
+    billed_tokens: int | None
+    ledger_cost: Decimal | None
+    billed_cost: Decimal
+    unknown_entries: int = 0
+    mapped: bool = True
+
+    @property
+    def difference(self) -> Decimal | None:
+        """Billed less recorded; ``None`` when the ledger's cost is unknown."""
+        if self.ledger_cost is None:
+            return None
+        with decimal.localcontext(ROUNDING):
+            return self.billed_cost - self.ledger_cost
+
+    def note(self) -> str:
+        """Why the row is listed, for people."""
+        parts = []
+        if not self.mapped:
+            parts.append(
+                f"model label {self.model!r} is not in the catalogue: map it with --model-map "
+                f"'{self.model}=<model id>'"
+            )
+        if self.unknown_entries:
+            parts.append(
+                f"{self.unknown_entries} ledger entries of unknown cost on this day and model; "
+                f"AWS billed {usd(self.billed_cost)}"
+            )
+        if self.billed_tokens is not None and self.billed_tokens != self.ledger_tokens:
+            parts.append(f"tokens differ by {self.billed_tokens - self.ledger_tokens:+,}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class BillReconciliation:
+    """The ledger compared with a bill per day, model and token class."""
+
+    rows: tuple[BillRow, ...]
+    threshold: Decimal
+    kind: str
+    first_day: date | None
+    last_day: date | None
+    skipped: Mapping[str, int]
+    problems: tuple[Problem, ...]
+    ledger_cost: Decimal | None
+    billed_cost: Decimal
+
+    @property
+    def discrepancies(self) -> tuple[BillRow, ...]:
+        """Rows whose difference exceeds the threshold, or whose ledger cost is unknown."""
+        out = []
+        for row in self.rows:
+            diff = row.difference
+            if diff is None:
+                if row.billed_cost > self.threshold:
+                    out.append(row)
+            elif abs(diff) > self.threshold:
+                out.append(row)
+        return tuple(out)
+
+    @property
+    def ok(self) -> bool:
+        """No discrepancy and nothing unreadable."""
+        return not self.discrepancies and not self.problems
+
+    def summary(self) -> str:
+        """One line: the period, the totals and how many rows differ."""
+        period = (
+            f"{self.first_day} to {self.last_day}"
+            if self.first_day and self.last_day
+            else "no days"
+        )
+        return (
+            f"Bill ({self.kind}, {period}): AWS billed {usd(self.billed_cost)} for Bedrock, the "
+            f"ledger recorded {usd(self.ledger_cost)}; {len(self.discrepancies)} of "
+            f"{len(self.rows)} day x model x usage rows differ by more than "
+            f"{usd(self.threshold)}; {len(self.problems)} unreadable lines."
+        )
+
+    def to_rows(self) -> list[dict[str, str]]:
+        """One row per discrepancy and per unreadable line (the CSV columns)."""
+        rows = [
+            _row(
+                section="bill",
+                kind="unknown" if r.difference is None else "difference",
+                when=r.day.isoformat(),
+                model=r.model,
+                usage_type=r.usage_type,
+                ledger_tokens=str(r.ledger_tokens),
+                aws_tokens="" if r.billed_tokens is None else str(r.billed_tokens),
+                ledger_cost=_exact(r.ledger_cost),
+                aws_cost=_exact(r.billed_cost),
+                difference=_exact(r.difference),
+                note=r.note(),
+            )
+            for r in self.discrepancies
+        ]
+        rows.extend(
+            _row(section="bill", kind="unreadable", source=p.source, note=p.reason)
+            for p in self.problems
+        )
+        return rows
+
+    def to_json_data(self) -> dict[str, Any]:
+        """The result as JSON-ready data; money as exact decimal strings."""
+
+        def row(r: BillRow) -> dict[str, Any]:
+            return {
+                "day": r.day.isoformat(),
+                "model": r.model,
+                "usage_type": r.usage_type,
+                "ledger_tokens": r.ledger_tokens,
+                "billed_tokens": r.billed_tokens,
+                "ledger_cost": _exact(r.ledger_cost) or None,
+                "billed_cost": _exact(r.billed_cost),
+                "difference": _exact(r.difference) or None,
+                "unknown_entries": r.unknown_entries,
+                "mapped": r.mapped,
+                "note": r.note(),
+            }
+
+        return {
+            "format": self.kind,
+            "first_day": self.first_day.isoformat() if self.first_day else None,
+            "last_day": self.last_day.isoformat() if self.last_day else None,
+            "threshold": _exact(self.threshold),
+            "ledger_cost": _exact(self.ledger_cost) or None,
+            "billed_cost": _exact(self.billed_cost),
+            "skipped": dict(self.skipped),
+            "discrepancies": [row(r) for r in self.discrepancies],
+            "rows": [row(r) for r in self.rows],
+            "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+        }
+
+
+def _exact(amount: Decimal | None) -> str:
+    return money(amount) or ""
+
+
+def _class_tokens(usage: Usage) -> dict[str, int]:
+    return {
+        "input": usage.input_tokens,
+        "output": usage.output_tokens,
+        "cache_read": usage.cache_read_tokens,
+        "cache_write": usage.cache_write_tokens,
+    }
+
+
+def _split_cost(entry: Entry, catalogue: Catalogue) -> dict[str, Decimal]:
+    """``entry.cost`` shared among its token classes in proportion to their list cost."""
+    assert entry.cost is not None and entry.usage is not None and entry.model is not None
+    tokens = _class_tokens(entry.usage)
+    price = catalogue.price(entry.model)
+    rates = {
+        "input": price.input,
+        "output": price.output,
+        "cache_read": price.cache_read if price.cache_read is not None else price.input,
+        "cache_write": price.cache_write if price.cache_write is not None else price.input,
+    }
+    with decimal.localcontext(ROUNDING):
+        weights = {c: tokens[c] * rates[c] for c in TOKEN_CLASSES if tokens[c]}
+        total = sum(weights.values(), Decimal(0))
+        if not total:
+            # No priced tokens (a per-request fee alone): it is billed with the input.
+            return {"input": entry.cost}
+        shares = {c: entry.cost * w / total for c, w in weights.items()}
+        # The last class takes the remainder, so the shares add up to the entry's cost exactly.
+        *rest, final = shares
+        shares[final] = entry.cost - sum((shares[c] for c in rest), Decimal(0))
+        return shares
+
+
+def reconcile_bill(
+    ledger: Iterable[Entry] | Any,
+    export: BillExport,
+    threshold: Decimal | str = Decimal("0.01"),
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    where: Callable[[Entry], bool] | None = None,
+    catalogue: Catalogue | None = None,
+) -> BillReconciliation:
+    """Compare the ledger with a bill per UTC day, model and token class.
+
+    Args:
+        ledger: any chainkit ledger (read with ``iter_entries``) or entries.
+        export: what :func:`read_bill` read.
+        threshold: list rows whose billed and recorded costs differ by more than this (USD).
+        since: first day compared; by default the export's first day (any service's).
+        until: last day compared; by default the export's last day: AWS bills a day late, so
+            later entries are not yet on the bill.
+        where: which entries are Bedrock calls; by default those whose model the Bedrock
+            catalogue knows.
+        catalogue: resolves model ids and shares an entry's cost among its token classes.
+    """
+    threshold = _decimal(threshold, "threshold")
+    if threshold < 0:
+        raise ConfigError(f"threshold {threshold} is negative; give an amount in USD such as 0.01.")
+    catalogue = catalogue or Catalogue.load()
+    models = _Models(catalogue, {})
+    where = where or _default_where(catalogue)
+    first = since or export.first_day
+    last = until or export.last_day
+    tokens: dict[tuple[date, str, str], int] = defaultdict(int)
+    costs: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    unknown: dict[tuple[date, str], int] = defaultdict(int)
+    for entry in _entries(ledger):
+        if entry.model is None or not where(entry):
+            continue
+        day = entry.time.astimezone(UTC).date()
+        if (first and day < first) or (last and day > last):
+            continue
+        model = models.canonical(entry.model)
+        if entry.cost is None:
+            unknown[(day, model)] += 1
+        if entry.usage is None:
+            continue
+        for cls, count in _class_tokens(entry.usage).items():
+            if count:
+                tokens[(day, model, cls)] += count
+        if entry.cost is not None and entry.cost:
+            for cls, share in _split_cost(entry, catalogue).items():
+                with decimal.localcontext(ROUNDING):
+                    costs[(day, model, cls)] += share
+    billed_tokens: dict[tuple[date, str, str], int | None] = {}
+    billed: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    mapped: dict[tuple[date, str, str], bool] = {}
+    for line in export.lines:
+        if (first and line.day < first) or (last and line.day > last):
+            continue
+        key = (line.day, line.model, line.usage_type)
+        with decimal.localcontext(ROUNDING):
+            billed[key] += line.cost
+        before = billed_tokens.get(key, 0)
+        billed_tokens[key] = None if before is None or line.tokens is None else before + line.tokens
+        mapped[key] = line.mapped
+    keys = sorted(set(tokens) | set(costs) | set(billed))
+    rows = []
+    for key in keys:
+        day, model, cls = key
+        n_unknown = unknown.get((day, model), 0)
+        rows.append(
+            BillRow(
+                day=day,
+                model=model,
+                usage_type=cls,
+                ledger_tokens=tokens.get(key, 0),
+                billed_tokens=billed_tokens.get(key, 0 if key not in billed else None),
+                ledger_cost=None if n_unknown else costs.get(key, Decimal(0)),
+                billed_cost=billed.get(key, Decimal(0)),
+                unknown_entries=n_unknown,
+                mapped=mapped.get(key, True),
+            )
+        )
+    with decimal.localcontext(ROUNDING):
+        ledger_total = (
+            None
+            if any(r.ledger_cost is None for r in rows)
+            else sum((r.ledger_cost or Decimal(0) for r in rows), Decimal(0))
+        )
+        billed_total = sum((r.billed_cost for r in rows), Decimal(0))
+    return BillReconciliation(
+        rows=tuple(rows),
+        threshold=threshold,
+        kind=export.kind,
+        first_day=first,
+        last_day=last,
+        skipped=export.skipped,
+        problems=export.problems,
+        ledger_cost=ledger_total,
+        billed_cost=billed_total,
+    )
+
+
+# -- rendering and the command line -------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "section",
+    "kind",
+    "when",
+    "request_id",
+    "stage",
+    "model",
+    "usage_type",
+    "ledger_tokens",
+    "aws_tokens",
+    "ledger_cost",
+    "aws_cost",
+    "difference",
+    "aws_id",
+    "entry_id",
+    "source",
+    "note",
+)
+"""The columns of ``chainkit reconcile --format csv``: one row per difference found."""
+
+
+def _row(**cells: str) -> dict[str, str]:
+    return {column: cells.get(column, "") for column in CSV_COLUMNS}
+
+
+def render(
+    invocations: InvocationReconciliation | None,
+    bill: BillReconciliation | None,
+    fmt: Format = "table",
+) -> str:
+    """The reconciliation for people (``table``, ``markdown``) or programs (``json``, ``csv``)."""
+    if fmt == "json":
+        return json.dumps(
+            {
+                "invocations": invocations.to_json_data() if invocations else None,
+                "bill": bill.to_json_data() if bill else None,
+                "ok": all(r is None or r.ok for r in (invocations, bill)),
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for result in (invocations, bill):
+            if result is not None:
+                writer.writerows(result.to_rows())
+        return out.getvalue().rstrip("\n")
+    markdown = fmt == "markdown"
+    parts: list[str] = []
+    if invocations is not None:
+        head: tuple[str, ...] = (
+            "kind",
+            "request",
+            "stage",
+            "model",
+            "time",
+            "ledger",
+            "logged",
+            "note",
+        )
+        cells: list[tuple[str, ...]] = [
+            (
+                d.kind,
+                d.request_id or "",
+                d.stage or "",
+                d.model or "",
+                f"{d.time:%Y-%m-%d %H:%M:%S}" if d.time else "",
+                _usage_text(d.ledger) or "-",
+                _usage_text(d.logged) or "-",
+                d.note,
+            )
+            for d in invocations.differences
+        ]
+        cells += [
+            ("unreadable", "", "", "", "", "", "", f"{p.source}: {p.reason}")
+            for p in invocations.problems
+        ]
+        parts.append(_table(invocations.summary(), head, cells, markdown))
+    if bill is not None:
+        head = (
+            "day",
+            "model",
+            "usage",
+            "ledger tok",
+            "billed tok",
+            "ledger",
+            "billed",
+            "diff",
+            "note",
+        )
+        cells = [
+            (
+                r.day.isoformat(),
+                r.model,
+                r.usage_type,
+                f"{r.ledger_tokens:,}",
+                "unknown" if r.billed_tokens is None else f"{r.billed_tokens:,}",
+                usd(r.ledger_cost),
+                usd(r.billed_cost),
+                usd(r.difference),
+                r.note(),
+            )
+            for r in bill.discrepancies
+        ]
+        cells += [
+            ("unreadable", "", "", "", "", "", "", "", f"{p.source}: {p.reason}")
+            for p in bill.problems
+        ]
+        parts.append(_table(bill.summary(), head, cells, markdown))
+    return "\n\n".join(parts)
+
+
+def _table(title: str, head: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool) -> str:
+    if not cells:
+        return f"{title}\nNo differences."
+    if markdown:
+
+        def esc(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        lines = [title, "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]
+    lines = [title]
+    for row in (head, *cells):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _day(text: str, what: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a date: give YYYY-MM-DD (UTC).") from None
+
+
+def _mapping(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        label, sep, model = pair.partition("=")
+        if not sep or not label.strip() or not model.strip():
+            raise ConfigError(
+                f"--model-map {pair!r} is not LABEL=MODEL_ID: give the bill's model label and "
+                "the catalogue id, e.g. --model-map 'NovaMicro=amazon.nova-micro-v1:0'."
+            )
+        out[label.strip()] = model.strip()
+    return out
+
+
+def _open_ledger(where: str, schema: str) -> Any:
+    from chainkit.ledger import PostgresLedger, SQLiteLedger
+
+    if where.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(where, schema=schema, read_only=True)
+    path = Path(where)
+    if not path.is_file():
+        raise ConfigError(
+            f"No ledger at {path}: give an SQLite ledger file or a postgresql:// DSN."
+        )
+    return SQLiteLedger(path, read_only=True)
+
+
+def _run(args: argparse.Namespace) -> tuple[str, int]:
+    """``chainkit reconcile``: the report, and exit status 1 if anything differs (else 0)."""
+    if not args.invocation_logs and not args.bill:
+        raise ConfigError(
+            "Nothing to reconcile with: give --invocation-logs s3://bucket/prefix (or a folder), "
+            "--bill s3://bucket/export (or a file), or both."
+        )
+    try:
+        threshold = _decimal(args.threshold, "--threshold")
+    except ValueError as exc:
+        raise ConfigError(f"{exc}: give an amount in USD, such as --threshold 0.01.") from None
+    since = _day(args.since, "--since") if args.since else None
+    until = _day(args.until, "--until") if args.until else None
+    catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.load()
+    invocations = bill = None
+    with _open_ledger(args.ledger, args.schema) as ledger:
+        if args.invocation_logs:
+            logs = read_invocation_logs(args.invocation_logs)
+            start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None
+            end = (
+                datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1)
+                if until
+                else None
+            )
+            invocations = reconcile_invocations(
+                ledger, logs, since=start, until=end, catalogue=catalogue
+            )
+        if args.bill:
+            export = read_bill(args.bill, catalogue=catalogue, model_map=_mapping(args.model_map))
+            bill = reconcile_bill(
+                ledger, export, threshold, since=since, until=until, catalogue=catalogue
+            )
+    ok = all(r is None or r.ok for r in (invocations, bill))
+    return render(invocations, bill, args.format), 0 if ok else 1
+
+
+def add_command(sub: Any) -> None:
+    """Register ``chainkit reconcile`` on the ``chainkit`` command's subparsers."""
+    cmd = sub.add_parser(
+        "reconcile",
+        help="compare a ledger with Bedrock's invocation logs and the AWS bill",
+        description="Join a ledger to Bedrock model invocation logs (by the request_id and stage "
+        "chainkit sends as requestMetadata) and compare it with a CUR 2.0 or FOCUS 1.2 export "
+        "per day, model and token class. Exit status: 0 nothing differs, 1 differences found, "
+        "2 a mistake in the arguments or input.",
+    )
+    cmd.add_argument("ledger", help="ledger file (SQLiteLedger) or postgresql:// DSN; only read")
+    cmd.add_argument("--schema", default="chainkit", help="PostgreSQL: the ledger's schema")
+    cmd.add_argument(
+        "--invocation-logs",
+        metavar="WHERE",
+        help="s3://bucket/prefix of Bedrock's invocation logs, or a local folder or file",
+    )
+    cmd.add_argument(
+        "--bill",
+        metavar="WHERE",
+        help="s3://bucket/prefix of a CUR 2.0 or FOCUS 1.2 export, or a file",
+    )
+    cmd.add_argument(
+        "--threshold", default="0.01", help="list bill rows differing by more than this (USD)"
+    )
+    cmd.add_argument("--since", help="first UTC day compared (YYYY-MM-DD)")
+    cmd.add_argument("--until", help="last UTC day compared (YYYY-MM-DD)")
+    cmd.add_argument(
+        "--model-map",
+        action="append",
+        default=[],
+        metavar="LABEL=MODEL_ID",
+        help="the model a bill's label names (repeatable), e.g. 'NovaMicro=amazon.nova-micro-v1:0'",
+    )
+    cmd.add_argument("--catalogue", default=None, help="price catalogue (default: current Bedrock)")
+    cmd.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
+    cmd.set_defaults(run=_run)
