@@ -22,7 +22,7 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import SQLLedger, _pico
+from chainkit.ledger.sql import CONVERSATION_DDL, SQLLedger, _pico
 from chainkit.records import Tags
 
 __all__ = ["SQLiteLedger"]
@@ -185,6 +185,12 @@ def _m007_progress(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''")
 
 
+def _m008_conversations(db: sqlite3.Connection) -> None:
+    """Conversations: which request was which turn, its tokens, digests, and opted-in texts."""
+    for statement in CONVERSATION_DDL:
+        db.execute(statement)
+
+
 # Migrations run in order; the database's user_version counts those already applied.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_entries,
@@ -194,6 +200,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m005_ids_and_cells,
     _m006_budgets,
     _m007_progress,
+    _m008_conversations,
 ]
 
 
