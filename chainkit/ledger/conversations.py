@@ -239,7 +239,7 @@ class ConversationStore:
             )
         )
         self._sql._write(write)
-        return int(write.ran or 0)
+        return write.ran if isinstance(write.ran, int) else 0
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -399,10 +399,7 @@ def _sums_rows(rows: Iterable[tuple[Any, ...]]) -> _Sums:
             unknown += 1
         else:
             cost = with_context.add(cost, Decimal(c))
-        if a is None or avoided is None:
-            avoided = None
-        else:
-            avoided = with_context.add(avoided, Decimal(a))
+        avoided = None if a is None or avoided is None else with_context.add(avoided, Decimal(a))
         # Input the model read, cached or not: what a longer history makes grow.
         inputs += int(i or 0) + int(r or 0) + int(w or 0)
         outputs += int(o or 0)

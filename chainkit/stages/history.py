@@ -142,7 +142,9 @@ class History:
         turns = conversation.turns
         n = len(turns)
         # Only the start of a user turn may open what is sent (answers stay with questions).
-        starts = [i for i, t in enumerate(turns) if t.role == "user" and i >= conversation.summarised]
+        starts = [
+            i for i, t in enumerate(turns) if t.role == "user" and i >= conversation.summarised
+        ]
         start = starts[0] if starts else n
         if self.last_turns == 0:
             start = n
