@@ -239,6 +239,9 @@ class ConversationStore:
             )
         )
         self._sql._write(write)
+        truncate = getattr(self._sql, "_truncate_wal", None)
+        if truncate is not None:  # SQLite: the -wal file still holds the deleted texts
+            truncate()
         return write.ran if isinstance(write.ran, int) else 0
 
     # -- reading -----------------------------------------------------------------------------

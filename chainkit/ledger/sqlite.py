@@ -370,13 +370,17 @@ class SQLiteLedger(SQLLedger):
     def purge(self, before: datetime) -> tuple[int, int]:
         """Delete saved progress and replies (see ``SQLLedger.purge``), from the -wal file too."""
         purged = super().purge(before)
+        self._truncate_wal()
+        return purged
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the -wal file, so that deleted texts leave it too."""
         self._reopen_after_fork()
         with self._gate:  # the writer's connection, between two of its transactions
             if self._db is not None:
                 # Copies the pages into the file (where secure_delete zeroed what went) and
                 # empties the -wal file, which still held the deleted texts.
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return purged
 
     def _check_file(self) -> None:
         """Refuse to write if the file was deleted or replaced since it was opened.

@@ -1,0 +1,279 @@
+"""Conversations: records, history sent as messages, follow-ups, the History cost policy."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chainkit import (
+    Catalogue,
+    ConfigError,
+    Conversation,
+    Generate,
+    History,
+    IntentScan,
+    KeywordClassifier,
+    Ledger,
+    LLMClassifier,
+    Pipeline,
+    Request,
+    Result,
+    ScriptedModel,
+    Turn,
+    Usage,
+)
+from chainkit.records import fingerprint, state_from_json, state_to_json
+from chainkit.stages.history import SUMMARY_HEADER, sendable
+from chainkit.tokens import count_tokens
+
+GEN = "anthropic.claude-3-haiku-20240307-v1:0"
+CHEAP = "amazon.nova-micro-v1:0"
+CATALOGUE = Catalogue.load()
+RULES = KeywordClassifier({"track_order": ["where is my order"], "refund": ["refund"]})
+
+
+def chat(bot: Pipeline, ledger: Ledger, texts: list[str], cid: str = "c1", **kw: object):
+    conversation = Conversation(cid, **kw)  # type: ignore[arg-type]
+    results = []
+    for i, text in enumerate(texts):
+        result = bot.run(conversation.request(text, id=f"{cid}/{i}"), ledger)
+        results.append(result)
+        conversation = conversation.after(result)
+    return conversation, results
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+def test_after_appends_the_turn_and_keeps_what_stages_decided() -> None:
+    c = Conversation("c-日本", tags={"tenant": "acme"})
+    r = c.request("où est ma commande 🚚 ?", id="r0")
+    assert r.tags == {"tenant": "acme"} and r.conversation is c
+    c2 = c.after(Result(r, "Elle arrive.", "generate"))
+    assert c2.turns == (
+        Turn("user", "où est ma commande 🚚 ?", request_id="r0"),
+        Turn("assistant", "Elle arrive.", request_id="r0"),
+    )
+    assert c2.turn_index == 1 and c.turns == ()
+    other = Conversation("c-2").request("hi", id="x")
+    with pytest.raises(ConfigError, match="belongs to conversation 'c-2'"):
+        c.after(Result(other, "hello", "canned"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Turn("system", "x"),  # type: ignore[arg-type]
+        lambda: Turn("user", "bad \ud800 surrogate"),
+        lambda: Conversation("c", turns=("not a turn",)),  # type: ignore[arg-type]
+        lambda: Conversation("c", turns=(Turn("user", "a"),), start=2),
+        lambda: Conversation("c", turns=(Turn("user", "a"),), summarised=1, start=0),
+        lambda: Conversation(""),
+        lambda: Request("hi", conversation="c1"),  # type: ignore[arg-type]
+    ],
+)
+def test_malformed_conversations_are_refused(make: object) -> None:
+    with pytest.raises(ConfigError):
+        make()  # type: ignore[operator]
+
+
+def test_the_conversation_is_part_of_what_a_request_asks_and_survives_saving() -> None:
+    c = Conversation("c", turns=(Turn("user", "寿司?"), Turn("assistant", "はい 🍣")))
+    a = c.request("and the second one?", id="r")
+    b = Conversation("c").request("and the second one?", id="r")
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(Request("x", id="r")) == fingerprint(Request("x", id="r"))
+    back = state_from_json(state_to_json(a))
+    assert back == a
+
+
+def test_sendable_opens_with_a_user_turn_and_alternates() -> None:
+    turns = (Turn("assistant", "Hi!"), Turn("user", "a"), Turn("user", "b"), Turn("assistant", "c"))
+    assert [(t.role, t.text) for t in sendable(turns)] == [("user", "a\n\nb"), ("assistant", "c")]
+
+
+# -- the history is sent ----------------------------------------------------------------------
+
+
+def test_generate_sends_earlier_turns_as_messages_with_their_roles() -> None:
+    model = ScriptedModel(model_id=GEN, reply="Order 2 ships Monday.")
+    bot = Pipeline([Generate(model=model, max_tokens=50)])
+    chat(bot, Ledger(), ["Where is my order 10234?", "and the second one?", "ありがとう 🙏"])
+    assert [len(p.history) for p in model.prompts] == [0, 2, 4]
+    last = model.prompts[-1]
+    assert last.messages() == [
+        ("user", "Where is my order 10234?"),
+        ("assistant", "Order 2 ships Monday."),
+        ("user", "and the second one?"),
+        ("assistant", "Order 2 ships Monday."),
+        ("user", "ありがとう 🙏"),
+    ]
+
+
+def test_without_a_policy_each_turn_reads_every_earlier_turn() -> None:
+    model = ScriptedModel(model_id=GEN, reply="x " * 40)
+    ledger = Ledger()
+    bot = Pipeline([History(priced_as=GEN), Generate(model=model, max_tokens=100)])
+    chat(bot, ledger, [f"question number {i} about my order" for i in range(6)])
+    inputs = [e.usage.input_tokens for e in ledger if e.stage == "generate" and e.usage]
+    steps = [b - a for a, b in zip(inputs, inputs[1:], strict=False)]
+    # Each turn adds one question and one answer to what the next reads: growth is linear per
+    # turn, so the conversation's total input is quadratic.
+    assert all(s == steps[0] for s in steps) and steps[0] > 0
+    assert all(e.avoided_cost == 0 for e in ledger if e.stage == "history")
+
+
+def test_last_turns_keeps_the_last_user_turns_and_records_the_trimmed_tokens_as_avoided() -> None:
+    model = ScriptedModel(model_id=GEN, reply="Your parcel is in Lyon.")
+    ledger = Ledger()
+    history = History(priced_as=GEN, last_turns=2)
+    bot = Pipeline([history, Generate(model=model, max_tokens=50)])
+    texts = ["Where is my order 1?", "and order 2?", "and order 3?", "and order 4?", "order 5?"]
+    conversation, _ = chat(bot, ledger, texts)
+    assert [len(p.history) for p in model.prompts] == [0, 2, 4, 4, 4]
+    assert model.prompts[-1].history[0].text == "and order 3?"
+    entries = [e for e in ledger if e.stage == "history"]
+    # Turn 4 dropped turns 0-1: two questions and two answers, priced as Haiku input.
+    dropped = sum(count_tokens(t, GEN) for t in [texts[0], texts[1]]) + 2 * count_tokens(
+        "Your parcel is in Lyon.", GEN
+    )
+    assert entries[-1].avoided_cost == CATALOGUE.cost(GEN, Usage(dropped, 0))
+    assert entries[-1].cost == 0 and entries[-1].model is None
+    assert "2 trimmed" not in entries[-1].note and f"{dropped} trimmed" in entries[-1].note
+    assert conversation.start == 4
+
+
+turn_text = st.text(
+    alphabet=st.sampled_from("abc xyz 日本語 🚚é?"), min_size=1, max_size=60
+).filter(str.strip)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(st.tuples(turn_text, turn_text), min_size=0, max_size=8),
+    budget=st.integers(min_value=0, max_value=80),
+)
+def test_max_tokens_sends_the_longest_recent_suffix_that_fits(
+    texts: list[tuple[str, str]], budget: int
+) -> None:
+    turns = tuple(t for q, a in texts for t in (Turn("user", q), Turn("assistant", a)))
+    conversation = Conversation("c", turns=turns)
+    start = History(priced_as=GEN, max_tokens=budget).window(conversation)
+
+    def size(i: int) -> int:
+        return sum(count_tokens(t.text, GEN) for t in turns[i:])
+
+    assert start == len(turns) or turns[start].role == "user"
+    assert size(start) <= budget
+    # No earlier user turn would also have fitted.
+    assert all(size(i) > budget for i in range(0, start, 2))
+
+
+def test_summarise_folds_turns_that_fall_out_into_a_paid_running_summary() -> None:
+    summariser = ScriptedModel(
+        model_id=CHEAP, reply="Customer asked about orders 1-2.", usage=Usage(60, 9)
+    )
+    model = ScriptedModel(model_id=GEN, reply="Noted.")
+    ledger = Ledger()
+    history = History(priced_as=GEN, last_turns=1, summarise_with=summariser, summary_tokens=50)
+    bot = Pipeline([history, Generate(model=model, max_tokens=20)])
+    texts = ["order 1?", "order 2?", "order 3?", "order 4?"]
+    conversation, _ = chat(bot, ledger, texts, keep_text=True)
+    # Turn 1 still sends turn 0 (the last user turn); turn 2 folds turn 0 (messages 0-1) into a
+    # summary; turn 3 folds turn 1 (messages 2-3) into it.
+    assert len(summariser.prompts) == 2
+    assert "Summary so far:\nCustomer asked" in summariser.prompts[1].user
+    assert "User: order 2?" in summariser.prompts[1].user
+    paid = [e for e in ledger if e.stage == "history" and e.model == CHEAP]
+    assert [e.cost for e in paid] == [CATALOGUE.cost(CHEAP, Usage(60, 9))] * 2
+    assert [e.note for e in paid] == ["summary of turns 0-1", "summary of turns 2-3"]
+    last = model.prompts[-1]
+    assert last.system.endswith(SUMMARY_HEADER + "Customer asked about orders 1-2.")
+    assert [t.text for t in last.history] == ["order 3?", "Noted."]
+    assert conversation.summarised == 4 and conversation.summary is not None
+
+
+def test_history_refuses_nonsense_settings() -> None:
+    with pytest.raises(ConfigError, match="last_turns"):
+        History(priced_as=GEN, last_turns=-1)
+    with pytest.raises(ConfigError, match="needs last_turns or max_tokens"):
+        History(priced_as=GEN, summarise_with=ScriptedModel(model_id=CHEAP))
+    with pytest.raises(ConfigError, match="room for the summary"):
+        History(
+            priced_as=GEN, max_tokens=10, summarise_with=ScriptedModel(model_id=CHEAP)
+        )
+    with pytest.raises(ConfigError):
+        History(priced_as="no-such-model")
+
+
+# -- follow-ups ------------------------------------------------------------------------------
+
+
+def scan(**kw: object) -> Pipeline:
+    return Pipeline(
+        [
+            IntentScan(classifier=RULES, **kw),  # type: ignore[arg-type]
+            Generate(model=ScriptedModel(model_id=GEN, reply="ok"), max_tokens=10),
+        ]
+    )
+
+
+def intents(ledger: Ledger) -> list[str | None]:
+    return [e.intent for e in ledger if e.stage == "intent_scan"]
+
+
+def test_a_follow_up_is_classified_with_the_previous_user_turn() -> None:
+    ledger = Ledger()
+    chat(scan(), ledger, ["Where is my order 10234?", "and the second one?", "I want a refund"])
+    assert intents(ledger) == ["track_order", "track_order", "refund"]
+
+
+def test_without_context_a_follow_up_has_no_intent() -> None:
+    ledger = Ledger()
+    chat(scan(follow_up="off"), ledger, ["Where is my order 10234?", "and the second one?"])
+    assert intents(ledger) == ["track_order", "unknown"]
+
+
+def test_inherit_takes_the_previous_intent_when_joining_does_not_help() -> None:
+    rules = KeywordClassifier({"track_order": ["parcel"]})
+    # "the parcel" is not in the joined text's second line, but inheriting finds it.
+    conversation = Conversation("c", turns=(Turn("user", "my parcel?", "track_order"),))
+    ledger = Ledger()
+    for mode, expected in [("join", "track_order"), ("inherit", "track_order"), ("off", "unknown")]:
+        stage = IntentScan(classifier=rules, follow_up=mode)  # type: ignore[arg-type]
+        out = stage.run(conversation.request("and the second one?", id=f"r-{mode}"), ledger)
+        assert out.intent == expected
+    lost = Conversation("c", turns=(Turn("user", "hello", "track_order"),))
+    joined = IntentScan(classifier=rules).run(lost.request("and then?", id="j"), ledger)
+    inherited = IntentScan(classifier=rules, follow_up="inherit").run(
+        lost.request("and then?", id="i"), ledger
+    )
+    assert joined.intent == "unknown"
+    assert (inherited.intent, inherited.confidence) == ("track_order", 0.5)
+
+
+def test_a_model_classifier_is_sent_the_earlier_turns() -> None:
+    model = ScriptedModel(model_id=CHEAP, reply="track_order")
+    stage = IntentScan(classifier=LLMClassifier(model, ["track_order", "refund"]))
+    conversation = Conversation(
+        "c", turns=(Turn("user", "Where is my order?"), Turn("assistant", "Which one?"))
+    )
+    out = stage.run(conversation.request("the second one", id="r"), Ledger())
+    assert out.intent == "track_order"
+    assert model.prompts[0].messages() == [
+        ("user", "Where is my order?"),
+        ("assistant", "Which one?"),
+        ("user", "the second one"),
+    ]
+
+
+def test_a_request_without_a_conversation_is_unchanged() -> None:
+    ledger = Ledger()
+    bot = Pipeline([History(priced_as=GEN, last_turns=1), scan().stages[0], scan().stages[1]])
+    result = bot.run(Request("Where is my order?", id="r"), ledger)
+    assert result.request.conversation is None
+    assert [e.stage for e in ledger] == ["history", "intent_scan", "generate"]
+    assert next(e for e in ledger if e.stage == "history").avoided_cost == Decimal(0)
