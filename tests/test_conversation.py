@@ -277,3 +277,89 @@ def test_a_request_without_a_conversation_is_unchanged() -> None:
     assert result.request.conversation is None
     assert [e.stage for e in ledger] == ["history", "intent_scan", "generate"]
     assert next(e for e in ledger if e.stage == "history").avoided_cost == Decimal(0)
+
+
+# -- providers send the turns with their roles -------------------------------------------------
+
+
+def test_bedrock_converse_gets_the_turns_as_messages() -> None:
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from chainkit.providers.bedrock import BedrockModel
+
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    model = BedrockModel(GEN, client=client, count_tokens=False, wait_initial=0, wait_max=0)
+    conversation = Conversation(
+        "c", turns=(Turn("user", "Où est ma commande ? 🚚"), Turn("assistant", "Laquelle ?"))
+    )
+    reply = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "La deuxième part."}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 40, "outputTokens": 6, "totalTokens": 46},
+        "metrics": {"latencyMs": 100},
+    }
+    expected = {
+        "modelId": GEN,
+        "messages": [
+            {"role": "user", "content": [{"text": "Où est ma commande ? 🚚"}]},
+            {"role": "assistant", "content": [{"text": "Laquelle ?"}]},
+            {"role": "user", "content": [{"text": "la deuxième"}]},
+        ],
+        "system": ANY,
+        "inferenceConfig": {"maxTokens": 50},
+        "requestMetadata": ANY,
+    }
+    ledger = Ledger()
+    with Stubber(client) as stub:
+        stub.add_response("converse", reply, expected)
+        result = Generate(model=model, max_tokens=50).run(
+            conversation.request("la deuxième", id="r"), ledger
+        )
+        stub.assert_no_pending_responses()
+    assert result.text == "La deuxième part."
+    (entry,) = ledger.entries()
+    assert entry.usage == Usage(40, 6)
+
+
+def test_a_langchain_chat_model_gets_human_and_ai_messages() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from chainkit.providers.langchain import LangChainModel
+
+    seen: list[list[object]] = []
+
+    class Chat:
+        def invoke(self, messages: list[object], **kwargs: object) -> AIMessage:
+            seen.append(messages)
+            usage = {"input_tokens": 30, "output_tokens": 3, "total_tokens": 33}
+            return AIMessage(content="Lundi.", usage_metadata=usage)  # type: ignore[arg-type]
+
+    model = LangChainModel(Chat(), model_id=GEN)
+    conversation = Conversation("c", turns=(Turn("user", "寿司は?"), Turn("assistant", "はい")))
+    Generate(model=model, max_tokens=20).run(conversation.request("いつ?", id="r"), Ledger())
+    (messages,) = seen
+    assert [type(m) for m in messages] == [SystemMessage, HumanMessage, AIMessage, HumanMessage]
+    assert [m.content for m in messages[1:]] == ["寿司は?", "はい", "いつ?"]  # type: ignore[attr-defined]
+
+
+def test_budget_bounds_and_replay_digests_count_the_turns() -> None:
+    from chainkit.stages.calling import _digest, input_bound
+
+    model = ScriptedModel(model_id=GEN)
+    plain = Generate(model=model).prompt(Request("q", id="r"))
+    conversation = Conversation("c", turns=(Turn("user", "日本語 🚚"), Turn("assistant", "ok")))
+    with_turns = Generate(model=model).prompt(conversation.request("q", id="r"))
+    extra = len("日本語 🚚".encode()) + len(b"ok") + 2 * 32
+    assert input_bound(model, with_turns)[0] == input_bound(model, plain)[0] + extra
+    assert _digest(GEN, plain, 10) != _digest(GEN, with_turns, 10)
+
+
+def test_a_batch_record_with_turns_is_refused_not_truncated() -> None:
+    from chainkit.providers.bedrock_batch import BatchRecord, encode_input
+
+    prompt = Generate(model=ScriptedModel(model_id=GEN)).prompt(
+        Conversation("c", turns=(Turn("user", "a"), Turn("assistant", "b"))).request("q", id="r")
+    )
+    with pytest.raises(ConfigError, match="2 conversation turns"):
+        encode_input(BatchRecord("r", prompt, 10), GEN)
