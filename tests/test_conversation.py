@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 
 import pytest
@@ -119,7 +120,7 @@ def test_without_a_policy_each_turn_reads_every_earlier_turn() -> None:
     bot = Pipeline([History(priced_as=GEN), Generate(model=model, max_tokens=100)])
     chat(bot, ledger, [f"question number {i} about my order" for i in range(6)])
     inputs = [e.usage.input_tokens for e in ledger if e.stage == "generate" and e.usage]
-    steps = [b - a for a, b in zip(inputs, inputs[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(inputs)]
     # Each turn adds one question and one answer to what the next reads: growth is linear per
     # turn, so the conversation's total input is quadratic.
     assert all(s == steps[0] for s in steps) and steps[0] > 0
@@ -202,9 +203,7 @@ def test_history_refuses_nonsense_settings() -> None:
     with pytest.raises(ConfigError, match="needs last_turns or max_tokens"):
         History(priced_as=GEN, summarise_with=ScriptedModel(model_id=CHEAP))
     with pytest.raises(ConfigError, match="room for the summary"):
-        History(
-            priced_as=GEN, max_tokens=10, summarise_with=ScriptedModel(model_id=CHEAP)
-        )
+        History(priced_as=GEN, max_tokens=10, summarise_with=ScriptedModel(model_id=CHEAP))
     with pytest.raises(ConfigError):
         History(priced_as="no-such-model")
 

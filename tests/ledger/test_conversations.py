@@ -28,7 +28,7 @@ from chainkit.ledger.conversations import conversations, digest
 from chainkit.money import exact_sum
 
 GEN = "anthropic.claude-3-haiku-20240307-v1:0"
-SECRET = "私の注文 10234 はどこ？ 🚚 zebra-marker"
+SECRET = "私の注文 10234 はどこ？ 🚚 zebra-marker"  # noqa: RUF001
 REPLY = "Votre colis 🚚 arrive lundi, quokka-marker."
 
 MakeLedger = Callable[..., Ledger]
