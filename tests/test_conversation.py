@@ -362,3 +362,18 @@ def test_a_batch_record_with_turns_is_refused_not_truncated() -> None:
     )
     with pytest.raises(ConfigError, match="2 conversation turns"):
         encode_input(BatchRecord("r", prompt, 10), GEN)
+
+
+def test_the_readme_conversation_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Conversations\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["track_order", "track_order"]
+    assert out[2].split()[:3] == ["turn", "conversations", "cost"]
+    assert [line.split()[0] for line in out[3:]] == ["0", "1"]
