@@ -10,7 +10,9 @@ conversation is a Bitext test message (gold: its intent); the second is either
 - a *follow-up* that names no intent of its own, one of the hand-written phrases below, in
   English, French, Japanese and with emoji (gold: the first turn's intent, which it continues), or
 - a *switch*: another Bitext test message of a different intent (gold: its own intent), to check
-  that context does not drag a new question back to the old intent.
+  that context does not drag a new question back to the old intent, or
+- *out of scope*: a CLINC150 out-of-scope test query (gold: the classifier's ``oos``), to check
+  that context does not make an unanswerable turn look like the previous one.
 
 ``LocalClassifier`` (defaults) is fitted on Bitext train. ``IntentScan`` classifies the second
 turn with ``follow_up="off"`` (the turn alone), ``"join"`` (joined to the previous user turn when
@@ -36,6 +38,7 @@ from chainkit.classify import LocalClassifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = DATA / "bitext_customer_support" / "bitext_customer_support.jsonl"
+CLINC = DATA / "clinc150" / "clinc150_full.jsonl"
 FOLLOW_UPS = (
     "and the second one?",
     "what about the other one?",
@@ -67,6 +70,14 @@ def read() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     return train, test
 
 
+def out_of_scope() -> list[str]:
+    if not CLINC.exists():
+        raise SystemExit(f"CLINC150 data not found at {CLINC}: see ../shared/data/README.")
+    with CLINC.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [r["text"] for r in rows if r["split"] == "test" and r["intent"] == "oos"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", type=Path)
@@ -75,38 +86,49 @@ def main() -> None:
     train, test = read()
     clf = LocalClassifier().fit([t for t, _ in train], [i for _, i in train])
     rng = random.Random(7)
+    oos = out_of_scope()
     cases = []
     for k, (text, intent) in enumerate(test):
         cases.append(("follow-up", text, FOLLOW_UPS[k % len(FOLLOW_UPS)], intent))
         other = rng.choice([t for t in test if t[1] != intent])
         cases.append(("switch", text, other[0], other[1]))
+        cases.append(("out of scope", text, oos[k % len(oos)], clf.out_of_scope))
     scores: dict[str, dict[str, list[int]]] = {}
     ledger = Ledger()
     first = IntentScan(classifier=clf)
-    for mode in ("off", "join", "inherit"):
-        stage = IntentScan(classifier=clf, follow_up=mode, follow_up_below=args.below)  # type: ignore[arg-type]
+    grid = [("off", None), ("join", None), ("inherit", None), ("join", 6), ("inherit", 6)]
+    for mode, words in grid:
+        stage = IntentScan(
+            classifier=clf,
+            follow_up=mode,  # type: ignore[arg-type]
+            follow_up_below=args.below,
+            follow_up_words=words,
+        )
+        name = mode if words is None else f"{mode}, follow_up_words={words}"
         for n, (kind, text, second, gold) in enumerate(cases):
-            c = Conversation(f"{mode}-{n}")
-            seen = first.run(c.request(text, id=f"{mode}-{n}/0"), ledger)
+            c = Conversation(f"{name}-{n}")
+            seen = first.run(c.request(text, id=f"{name}-{n}/0"), ledger)
             c = Conversation(c.id, turns=(Turn("user", text, seen.intent), Turn("assistant", "…")))
-            out = stage.run(c.request(second, id=f"{mode}-{n}/1"), ledger)
-            scores.setdefault(mode, {}).setdefault(kind, []).append(int(out.intent == gold))
+            out = stage.run(c.request(second, id=f"{name}-{n}/1"), ledger)
+            scores.setdefault(name, {}).setdefault(kind, []).append(int(out.intent == gold))
     lines = header("Intent of follow-up turns, with and without context", "eval_followups.py")
     n_follow = len(scores["off"]["follow-up"])
     n_switch = len(scores["off"]["switch"])
     lines += [
         f"`LocalClassifier()` fitted on Bitext train ({len(train)} texts); {n_follow} follow-ups "
         f"({len(FOLLOW_UPS)} phrases after every Bitext test message) and {n_switch} switches "
-        f"(a second Bitext test message of another intent); follow_up_below={args.below}.",
+        f"(a second Bitext test message of another intent) and {n_switch} out-of-scope CLINC150 "
+        f"test queries; follow_up_below={args.below}.",
         "",
-        "| follow_up | follow-up accuracy | switch accuracy | all |",
-        "| --- | ---: | ---: | ---: |",
+        "| follow_up | follow-up accuracy | switch accuracy | out-of-scope recall | all |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for mode, by in scores.items():
-        f, s = by["follow-up"], by["switch"]
+        f, s, o = by["follow-up"], by["switch"], by["out of scope"]
+        every = f + s + o
         lines.append(
-            f"| {mode} | {sum(f) / len(f):.3f} | {sum(s) / len(s):.3f} | "
-            f"{(sum(f) + sum(s)) / (len(f) + len(s)):.3f} |"
+            f"| {mode} | {sum(f) / len(f):.3f} | {sum(s) / len(s):.3f} | {sum(o) / len(o):.3f} "
+            f"| {sum(every) / len(every):.3f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -377,3 +377,18 @@ def test_the_readme_conversation_example_runs(capsys: pytest.CaptureFixture[str]
     assert out[:2] == ["track_order", "track_order"]
     assert out[2].split()[:3] == ["turn", "conversations", "cost"]
     assert [line.split()[0] for line in out[3:]] == ["0", "1"]
+
+
+def test_only_short_turns_are_read_as_follow_ups() -> None:
+    conversation = Conversation("c", turns=(Turn("user", "Where is my order 10234?"),))
+    long_turn = "can you recommend a good italian restaurant near the station tonight"
+    ledger = Ledger()
+    gated = IntentScan(classifier=RULES).run(conversation.request(long_turn, id="a"), ledger)
+    open_ = IntentScan(classifier=RULES, follow_up_words=None).run(
+        conversation.request(long_turn, id="b"), ledger
+    )
+    assert (gated.intent, open_.intent) == ("unknown", "track_order")
+    with pytest.raises(ConfigError, match="follow_up_words"):
+        IntentScan(classifier=RULES, follow_up_words=0)
+    with pytest.raises(ConfigError, match="follow_up must be"):
+        IntentScan(classifier=RULES, follow_up="always")  # type: ignore[arg-type]
