@@ -188,3 +188,25 @@ def test_an_empty_ledger_reports_no_conversations(make: MakeLedger) -> None:
     assert report.conversations == () and report.turns == ()
     assert "No conversations" in report.to_table() and report.to_json() == "[]"
     assert report.to_csv("turn").startswith("turn,conversations,cost")
+
+
+def test_a_summarised_conversation_loads_back_with_its_summary(make: MakeLedger) -> None:
+    ledger = make()
+    summariser = ScriptedModel(model_id="amazon.nova-micro-v1:0", reply="Orders 1-2 asked 🚚.")
+    history = History(priced_as=GEN, last_turns=1, summarise_with=summariser, summary_tokens=40)
+    model = ScriptedModel(model_id=GEN, reply="Noted.", usage=Usage(50, 5))
+    pipeline = Pipeline([history, Generate(model=model, max_tokens=20)])
+    conversation = Conversation("s", keep_text=True)
+    for i, text in enumerate(["order 1?", "order 2?", "order 3?"]):
+        result = pipeline.run(conversation.request(text, id=f"s/{i}"), ledger)
+        conversations(ledger).record_reply(result)
+        conversation = conversation.after(result)
+    loaded = conversations(ledger).load("s")
+    assert loaded is not None
+    assert (loaded.summary, loaded.summarised, loaded.start) == ("Orders 1-2 asked 🚚.", 2, 2)
+    assert [t.text for t in loaded.turns] == [t.text for t in conversation.turns]
+    # Going on from the loaded conversation sends the same as going on from the live one.
+    live = pipeline.run(conversation.request("order 4?", id="s/3"), Ledger())
+    again = pipeline.run(loaded.request("order 4?", id="s/3b"), Ledger())
+    assert model.prompts[-1] == model.prompts[-2]
+    assert live.text == again.text
