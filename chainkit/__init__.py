@@ -29,7 +29,7 @@ from chainkit.ledger import Budget, Ledger, PostgresLedger, SQLiteLedger, Totals
 from chainkit.pipeline import Pipeline, Resume, Stage
 from chainkit.pricing import Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
-from chainkit.records import Entry, Request, Result, Usage
+from chainkit.records import Conversation, Entry, Request, Result, Turn, Usage
 from chainkit.report import Report
 from chainkit.stages import (
     Canned,
@@ -38,6 +38,7 @@ from chainkit.stages import (
     Compress,
     FactRule,
     Generate,
+    History,
     IntentScan,
     KeywordClassifier,
     LLMClassifier,
@@ -66,9 +67,11 @@ __all__ = [
     "Completion",
     "Compress",
     "ConfigError",
+    "Conversation",
     "Entry",
     "FactRule",
     "Generate",
+    "History",
     "IntentScan",
     "KeywordClassifier",
     "LLMClassifier",
@@ -99,6 +102,7 @@ __all__ = [
     "Throttled",
     "Tier",
     "Totals",
+    "Turn",
     "Usage",
     "count_tokens",
     "precompute",

@@ -289,6 +289,10 @@ def _report(args: argparse.Namespace) -> str:
     # Read-only: a report never changes the file (nor creates one at a mistyped path).
     try:
         with SQLiteLedger(path, read_only=True) as ledger:
+            if args.by is not None:  # cost per conversation or per turn index
+                from chainkit.finops.conversations import conversation_report
+
+                return getattr(conversation_report(ledger), f"to_{args.format}")(args.by)  # type: ignore[no-any-return]
             report = Report.from_ledger(
                 ledger, tag=args.variant_tag, traffic_per_day=args.traffic, baseline=args.baseline
             )
@@ -327,9 +331,13 @@ def _purge(args: argparse.Namespace) -> str:
         ) from None
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
+    from chainkit.ledger.conversations import conversations
+
     with _open_writable(args.ledger, args.schema) as ledger:
         progress, replies = ledger.purge(before)
-    rows = {"before": before.isoformat(), "progress": progress, "replies": replies}
+        texts = conversations(ledger).purge(before)
+    rows = {"before": before.isoformat(), "progress": progress, "replies": replies,
+            "conversation_texts": texts}  # fmt: skip
     if args.format == "json":
         return json.dumps(rows)
     if args.format == "csv":
@@ -341,14 +349,16 @@ def _purge(args: argparse.Namespace) -> str:
     if args.format == "markdown":
         return "\n".join(
             [
-                "| before | saved progress removed | saved replies removed |",
-                "| --- | ---: | ---: |",
-                f"| {rows['before']} | {progress} | {replies} |",
+                "| before | saved progress removed | saved replies removed | conversation texts "
+                "removed |",
+                "| --- | ---: | ---: | ---: |",
+                f"| {rows['before']} | {progress} | {replies} | {texts} |",
             ]
         )
     return (
-        f"Removed from {args.ledger}: {progress} requests' saved progress and {replies} saved "
-        f"replies written before {rows['before']} (entries are kept)."
+        f"Removed from {args.ledger}: {progress} requests' saved progress, {replies} saved "
+        f"replies and {texts} conversation texts written before {rows['before']} (entries "
+        "and conversations' token counts are kept)."
     )
 
 
@@ -394,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="table",
         help="table (default); markdown: the same tables to paste; json: exact figures; csv: "
         "a row per variant and per variant and stage",
+    )
+    report.add_argument(
+        "--by",
+        choices=["conversation", "turn"],
+        default=None,
+        help="cost per conversation, or per turn index (turns the History stage recorded)",
     )
     report.set_defaults(run=_report)
     ledger = sub.add_parser(

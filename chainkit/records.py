@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -20,12 +21,14 @@ from chainkit.money import check_money
 __all__ = [
     "FLAGS",
     "MAX_TAGS",
+    "Conversation",
     "Entry",
     "Outcome",
     "Phase",
     "Request",
     "Result",
     "Tags",
+    "Turn",
     "Usage",
     "check_text",
     "fingerprint",
@@ -38,6 +41,9 @@ __all__ = [
 
 Outcome = Literal["answered", "passed", "failed", "refused"]
 """What a stage did with a request: answered it, passed it on, failed, or refused it (budget)."""
+
+Role = Literal["user", "assistant"]
+"""Who said a turn of a conversation."""
 
 Phase = Literal["serve", "setup"]
 """`serve` entries belong to a request; `setup` entries are one-off spend such as precomputing."""
@@ -119,10 +125,20 @@ def fingerprint(request: Request, *context: str) -> str:
             list(request.facts),
             request.summary,
             list(context),
+            *_conversation_print(request.conversation),
         ],
         ensure_ascii=True,
     )
     return hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
+def _conversation_print(conversation: Conversation | None) -> list[object]:
+    # Nothing added without a conversation: digests saved before conversations stay valid.
+    if conversation is None:
+        return []
+    c = conversation
+    turns = [[t.role, t.text, t.intent] for t in c.turns]
+    return [[c.id, turns, sorted(c.tags.items()), c.summary, c.summarised, c.start]]
 
 
 def new_entry_id() -> str:
@@ -388,6 +404,7 @@ class Request:
     slots: Mapping[str, str] = field(default_factory=dict)
     facts: tuple[str, ...] = ()
     summary: str | None = None
+    conversation: Conversation | None = None
 
     def __post_init__(self) -> None:
         _check_body(self.text, "Request text")
@@ -404,6 +421,132 @@ class Request:
             _check_body(self.document, f"Request {self.id!r} document")
         if self.intent is not None:
             check_text(self.intent, f"Request {self.id!r} intent")
+        if self.conversation is not None and type(self.conversation) is not Conversation:
+            raise ConfigError(
+                f"Request {self.id!r} conversation must be a Conversation, got "
+                f"{type(self.conversation).__name__} {self.conversation!r:.60}."
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One turn of a conversation: who said it, what, its intent (a user's), and its request.
+
+    >>> Turn("user", "Where is my order 10234? 🚚").role
+    'user'
+    """
+
+    role: Role
+    text: str
+    intent: str | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ConfigError(f"Turn role must be 'user' or 'assistant', got {self.role!r}.")
+        _check_body(self.text, f"{self.role} turn text")
+        if self.intent is not None:
+            check_text(self.intent, "Turn intent")
+        if self.request_id is not None:
+            check_text(self.request_id, "Turn request_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A conversation so far: its id, its earlier turns, and the tags its requests carry.
+
+    ``turns`` are the turns *before* the request that carries the conversation (whose text is
+    the latest user turn). A :class:`~chainkit.stages.history.History` stage decides what of
+    them the models are sent: from turn ``start`` on, verbatim, and ``summary`` in place of the
+    first ``summarised`` turns. ``keep_text`` opts this conversation's texts in to being kept
+    at rest in a durable ledger (off: only ids, turn numbers, token counts and digests).
+
+    >>> c = Conversation("c-1", tags={"tenant": "acme"})
+    >>> r = c.request("Where is my order 10234?", id="c-1/0")
+    >>> c = c.after(Result(r, "It left the depot today.", "generate"))
+    >>> [t.role for t in c.turns], c.turn_index
+    (['user', 'assistant'], 1)
+    """
+
+    id: str
+    turns: tuple[Turn, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=Tags)
+    keep_text: bool = False
+    summary: str | None = None
+    summarised: int = 0
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        check_text(self.id, "Conversation id")
+        if type(self.turns) is not tuple:
+            object.__setattr__(self, "turns", tuple(self.turns))
+        for turn in self.turns:
+            if type(turn) is not Turn:
+                raise ConfigError(
+                    f"Conversation {self.id!r} turns must be Turn records, got "
+                    f"{type(turn).__name__} {turn!r:.60}."
+                )
+        if type(self.tags) is not Tags:
+            object.__setattr__(self, "tags", Tags.of(self.tags))
+        if type(self.keep_text) is not bool:
+            raise ConfigError(f"Conversation keep_text must be a bool, got {self.keep_text!r}.")
+        if self.summary is not None:
+            _check_body(self.summary, f"Conversation {self.id!r} summary")
+        n = len(self.turns)
+        for name in ("summarised", "start"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= n:
+                raise ConfigError(
+                    f"Conversation {self.id!r} {name} must be an int within [0, {n}] (its "
+                    f"number of turns), got {value!r}."
+                )
+        if self.start < self.summarised:
+            raise ConfigError(
+                f"Conversation {self.id!r}: start ({self.start}) is before summarised "
+                f"({self.summarised}); turns in the summary are not also sent verbatim."
+            )
+
+    @property
+    def turn_index(self) -> int:
+        """The number of the next user turn (0 for the first): its user turns so far."""
+        return sum(1 for t in self.turns if t.role == "user")
+
+    @property
+    def sent(self) -> tuple[Turn, ...]:
+        """The turns the models are sent verbatim (from ``start`` on)."""
+        return self.turns[self.start :]
+
+    def request(self, text: str, *, id: str | None = None) -> Request:
+        """The request for the next user turn, carrying this conversation and its tags."""
+        if id is None:
+            return Request(text, tags=self.tags, conversation=self)
+        return Request(text, id=id, tags=self.tags, conversation=self)
+
+    def after(self, result: Result) -> Conversation:
+        """This conversation with the request's user turn and the answer appended.
+
+        What stages decided on the way (a summary, the first turn still sent) comes from the
+        request the answer carries, so the next turn goes on from it.
+        """
+        request = result.request
+        seen = request.conversation if request.conversation is not None else self
+        if seen.id != self.id:
+            raise ConfigError(
+                f"Result of request {request.id!r} belongs to conversation {seen.id!r}, not "
+                f"{self.id!r}."
+            )
+        turns = (
+            *self.turns,
+            Turn("user", request.text, request.intent, request.id),
+            Turn("assistant", result.text, request_id=request.id),
+        )
+        return dataclasses.replace(
+            self,
+            turns=turns,
+            summary=seen.summary,
+            summarised=min(seen.summarised, len(self.turns)),
+            start=min(seen.start, len(self.turns)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +669,7 @@ def state_to_json(state: Request | Result, *, given: str | None = None) -> str:
             "slots": dict(r.slots),
             "facts": list(r.facts),
             "summary": r.summary,
+            **({} if r.conversation is None else {"conversation": _conversation_json(r)}),
         }
 
     if isinstance(state, Result):
@@ -538,11 +682,29 @@ def state_to_json(state: Request | Result, *, given: str | None = None) -> str:
     return json.dumps({"request": request(state)})
 
 
+def _conversation_json(r: Request) -> dict[str, Any]:
+    c = r.conversation
+    assert c is not None
+    return {
+        "id": c.id,
+        "turns": [[t.role, t.text, t.intent, t.request_id] for t in c.turns],
+        "tags": dict(c.tags),
+        "keep_text": c.keep_text,
+        "summary": c.summary,
+        "summarised": c.summarised,
+        "start": c.start,
+    }
+
+
 def state_from_json(text: str, *, given: str | None = None) -> Request | Result:
     """The request or result :func:`state_to_json` saved (``given``: the document passed in)."""
     data = json.loads(text)
     fields = data["request"]
     fields["facts"] = tuple(fields["facts"])
+    if fields.get("conversation") is not None:
+        c = fields["conversation"]
+        c["turns"] = tuple(Turn(*t) for t in c["turns"])
+        fields["conversation"] = Conversation(**c)
     if fields.pop("document_given", False):
         fields["document"] = given
     request = Request(**fields)

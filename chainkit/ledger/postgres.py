@@ -20,11 +20,11 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import SQLLedger
+from chainkit.ledger.sql import CONVERSATION_DDL, SQLLedger
 
 __all__ = ["PostgresLedger"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What takes a store of each older version to the next (the current DDL makes new ones).
 _UPGRADES: dict[int, list[str]] = {
     1: [
@@ -35,6 +35,7 @@ _UPGRADES: dict[int, list[str]] = {
         "ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX IF NOT EXISTS entries_request ON entries (request_id)",
     ],
+    2: list(CONVERSATION_DDL),
 }
 _ABANDONED: list[Any] = []  # a forked child's inherited connections (see _abandon_connections)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -86,6 +87,7 @@ _DDL = [
     "CREATE TABLE budget_events (budget TEXT NOT NULL, period TEXT NOT NULL, "
     "threshold TEXT NOT NULL, spent TEXT NOT NULL, limit_usd TEXT NOT NULL, "
     "time TEXT NOT NULL, PRIMARY KEY (budget, period, threshold))",
+    *CONVERSATION_DDL,
 ]
 
 

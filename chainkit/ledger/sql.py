@@ -70,7 +70,24 @@ from chainkit.records import (
     state_to_json,
 )
 
-__all__ = ["Progress", "SQLLedger"]
+__all__ = ["CONVERSATION_DDL", "Progress", "SQLLedger"]
+
+# Conversations (chainkit.ledger.conversations): metadata always, texts only when opted in, in
+# their own table so that a purge deletes rows rather than blanking columns.
+CONVERSATION_DDL = (
+    "CREATE TABLE conversations (id TEXT PRIMARY KEY, tags TEXT NOT NULL, "
+    "created TEXT NOT NULL, updated TEXT NOT NULL, summarised BIGINT NOT NULL DEFAULT 0, "
+    "summary_digest TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX conversations_updated ON conversations (updated)",
+    "CREATE TABLE conversation_turns (conversation_id TEXT NOT NULL, position BIGINT NOT NULL, "
+    "role TEXT NOT NULL, turn BIGINT NOT NULL, request_id TEXT NOT NULL, "
+    "tokens BIGINT NOT NULL, digest TEXT NOT NULL, history_tokens BIGINT NOT NULL, "
+    "trimmed_tokens BIGINT NOT NULL, time TEXT NOT NULL, "
+    "PRIMARY KEY (conversation_id, position))",
+    "CREATE INDEX conversation_turns_request ON conversation_turns (request_id)",
+    "CREATE TABLE conversation_texts (conversation_id TEXT NOT NULL, position BIGINT NOT NULL, "
+    "text TEXT NOT NULL, PRIMARY KEY (conversation_id, position))",
+)
 
 _PICO = 12  # money is also kept as an integer count of 10^-12 USD, which SQL sums exactly
 _UNITS_PER_PICO = 10 ** (-MIN_EXPONENT - _PICO)  # picodollars to chainkit's 1e-24 USD units
@@ -172,7 +189,10 @@ def _to_sql(e: Entry) -> tuple[Any, ...]:
 
 def _must_land(w: _Write) -> bool:
     """Whether a write that failed on an unwell store is kept to be retried (see ``_serve``)."""
-    return bool(w.entries or w.settle or w.release or w.save or w.reply or w.job or w.release_claim)
+    return bool(
+        w.entries or w.settle or w.release or w.save or w.reply or w.job or w.release_claim
+        or w.run
+    )  # fmt: skip
 
 
 def _save(db: Any, save: _Save) -> None:
@@ -583,6 +603,10 @@ class _Write:
     purge: str | None = None  # progress and replies written before this time go
     purged: tuple[int, int] = (0, 0)  # (progress rows, replies) the purge removed
     job: tuple[str, str] | None = None
+    # Statements of another part of chainkit (conversations), run in this transaction; ``ran``
+    # is what the function returned.
+    run: Callable[[Any], object] | None = None
+    ran: object = None
 
 
 @dataclass(slots=True)
@@ -786,6 +810,9 @@ class SQLLedger(Ledger):
             return
         self._purged_at = time.monotonic()
         self.purge(self.clock() - self.retention)
+        from chainkit.ledger.conversations import conversations  # it builds on this module
+
+        conversations(self).purge(self.clock() - self.retention)
 
     # -- what a store says about itself -----------------------------------------------------
 
@@ -1312,6 +1339,8 @@ class SQLLedger(Ledger):
                         "job = excluded.job",
                         w.job,
                     )
+                if w.run is not None:
+                    w.ran = w.run(db)
             folded = 0
             if fold is None or fold > 0:
                 folded = _fold(db, self._cells_cache, fold)

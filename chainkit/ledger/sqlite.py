@@ -22,7 +22,7 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import SQLLedger, _pico
+from chainkit.ledger.sql import CONVERSATION_DDL, SQLLedger, _pico
 from chainkit.records import Tags
 
 __all__ = ["SQLiteLedger"]
@@ -185,6 +185,12 @@ def _m007_progress(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''")
 
 
+def _m008_conversations(db: sqlite3.Connection) -> None:
+    """Conversations: which request was which turn, its tokens, digests, and opted-in texts."""
+    for statement in CONVERSATION_DDL:
+        db.execute(statement)
+
+
 # Migrations run in order; the database's user_version counts those already applied.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_entries,
@@ -194,6 +200,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m005_ids_and_cells,
     _m006_budgets,
     _m007_progress,
+    _m008_conversations,
 ]
 
 
@@ -363,13 +370,17 @@ class SQLiteLedger(SQLLedger):
     def purge(self, before: datetime) -> tuple[int, int]:
         """Delete saved progress and replies (see ``SQLLedger.purge``), from the -wal file too."""
         purged = super().purge(before)
+        self._truncate_wal()
+        return purged
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the -wal file, so that deleted texts leave it too."""
         self._reopen_after_fork()
         with self._gate:  # the writer's connection, between two of its transactions
             if self._db is not None:
                 # Copies the pages into the file (where secure_delete zeroed what went) and
                 # empties the -wal file, which still held the deleted texts.
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return purged
 
     def _check_file(self) -> None:
         """Refuse to write if the file was deleted or replaced since it was opened.

@@ -389,7 +389,7 @@ class BedrockModel:
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
             "modelId": self.invoke_id,
-            "messages": [{"role": "user", "content": [{"text": prompt.user}]}],
+            "messages": _messages(prompt),
             "inferenceConfig": {"maxTokens": max_tokens},
         }
         if prompt.system:
@@ -537,9 +537,7 @@ class BedrockModel:
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """Prompt tokens (by CountTokens where supported, else offline) plus the output budget."""
         if self.count_tokens and not self._count_tokens_unsupported:
-            body: dict[str, Any] = {
-                "messages": [{"role": "user", "content": [{"text": prompt.user}]}]
-            }
+            body: dict[str, Any] = {"messages": _messages(prompt)}
             if prompt.system:
                 body["system"] = [{"text": prompt.system}]
             try:
@@ -558,7 +556,13 @@ class BedrockModel:
         inputs = count_tokens(prompt.system, self.model_id) + count_tokens(
             prompt.user, self.model_id
         )
+        inputs += sum(count_tokens(t.text, self.model_id) for t in prompt.history)
         return Usage(inputs, max_tokens)
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """Converse ``messages``: a conversation's earlier turns with their roles, then the ask."""
+    return [{"role": role, "content": [{"text": text}]} for role, text in prompt.messages()]
 
 
 def _no_botocore_retries(client: Any) -> None:

@@ -204,6 +204,13 @@ def _mistral_prompt(prompt: Prompt) -> str:
 
 
 def _body(family: Family, prompt: Prompt, max_tokens: int) -> dict[str, Any]:
+    if prompt.history:
+        # Batch jobs answer single prompts (documents); dropping the turns would answer
+        # another question than the one asked.
+        raise ConfigError(
+            f"A batch record carries {len(prompt.history)} conversation turns; batch inference "
+            "takes single prompts here. Run conversations on demand (BedrockModel)."
+        )
     if family == "anthropic":
         body: dict[str, Any] = {"anthropic_version": ANTHROPIC_VERSION, "max_tokens": max_tokens}
         if prompt.system:

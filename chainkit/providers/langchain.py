@@ -147,12 +147,13 @@ class LangChainModel:
 
         Tags in ``private_tags`` are left out of it; chainkit's ``stage`` and ``request_id`` stay.
         """
-        from langchain_core.messages import HumanMessage, SystemMessage
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         messages: list[Any] = []
         if prompt.system:
             messages.append(SystemMessage(prompt.system))
-        messages.append(HumanMessage(prompt.user))
+        for role, text in prompt.messages():  # earlier turns with their roles, then the ask
+            messages.append(HumanMessage(text) if role == "user" else AIMessage(text))
         private = self.private_tags
         sent = {
             key: value
@@ -192,4 +193,5 @@ class LangChainModel:
         inputs = count_tokens(prompt.system, self.model_id) + count_tokens(
             prompt.user, self.model_id
         )
+        inputs += sum(count_tokens(t.text, self.model_id) for t in prompt.history)
         return Usage(inputs, max_tokens)

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from chainkit.errors import ConfigError
 from chainkit.pricing import Tier
-from chainkit.records import Usage
+from chainkit.records import Turn, Usage
 
 __all__ = ["METADATA_KEYS", "Completion", "Model", "Prompt", "check_private_tags"]
 
@@ -18,10 +18,20 @@ METADATA_KEYS = ("stage", "request_id")
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """What a model is asked: a system instruction and one user message."""
+    """What a model is asked: a system instruction, earlier turns, and the user's message.
+
+    ``history`` holds a conversation's earlier turns, oldest first, sent as messages with their
+    roles before ``user`` (Bedrock Converse and LangChain take them as such); it starts with a
+    user turn and alternates, as :class:`~chainkit.stages.history.History` keeps it.
+    """
 
     system: str
     user: str
+    history: tuple[Turn, ...] = ()
+
+    def messages(self) -> list[tuple[str, str]]:
+        """``(role, text)`` of every message after the system prompt, the user's last."""
+        return [*((t.role, t.text) for t in self.history), ("user", self.user)]
 
 
 @dataclass(frozen=True, slots=True)

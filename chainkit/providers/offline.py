@@ -113,7 +113,8 @@ def _fill(text: str, budget: int, model_id: str) -> str:
 
 
 def _count_prompt(prompt: Prompt, model_id: str) -> int:
-    return count_tokens(prompt.system, model_id) + count_tokens(prompt.user, model_id)
+    history = sum(count_tokens(t.text, model_id) for t in prompt.history)
+    return count_tokens(prompt.system, model_id) + count_tokens(prompt.user, model_id) + history
 
 
 @dataclass(kw_only=True)

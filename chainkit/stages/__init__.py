@@ -4,6 +4,7 @@ from chainkit.stages.answering import CostEstimator, EarlyAnswer
 from chainkit.stages.canned import Canned
 from chainkit.stages.compress import Compress
 from chainkit.stages.generate import Generate
+from chainkit.stages.history import History
 from chainkit.stages.intent_scan import (
     Cascade,
     Classifier,
@@ -26,6 +27,7 @@ __all__ = [
     "EarlyAnswer",
     "FactRule",
     "Generate",
+    "History",
     "IntentScan",
     "KeywordClassifier",
     "LLMClassifier",

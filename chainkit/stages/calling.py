@@ -126,10 +126,11 @@ def input_bound(model: Model, prompt: Prompt) -> tuple[int, bool]:
         exact = count(prompt)
         if isinstance(exact, int) and not isinstance(exact, bool) and exact >= 0:
             return exact, True
-    messages = 2 if prompt.system else 1
+    messages = (2 if prompt.system else 1) + len(prompt.history)
     size = len(prompt.system.encode("utf-8", "surrogatepass")) + len(
         prompt.user.encode("utf-8", "surrogatepass")
     )
+    size += sum(len(t.text.encode("utf-8", "surrogatepass")) for t in prompt.history)
     return size + messages * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_CALL, False
 
 
@@ -163,6 +164,8 @@ def _encodes(text: str) -> bool:
 def _digest(model_id: str, prompt: Prompt, max_tokens: int) -> str:
     # ASCII escapes: any string digests, lone surrogates included, and distinct ones differ.
     body = json.dumps([model_id, prompt.system, prompt.user, max_tokens], ensure_ascii=True)
+    if prompt.history:  # a conversation's turns are part of what was asked
+        body += json.dumps([[t.role, t.text] for t in prompt.history], ensure_ascii=True)
     return hashlib.sha256(body.encode("ascii")).hexdigest()
 
 

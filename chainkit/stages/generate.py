@@ -11,6 +11,7 @@ from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, Result, check_text
 from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+from chainkit.stages.history import sendable, summary_system
 
 __all__ = ["Generate"]
 
@@ -43,7 +44,10 @@ class Generate:
         check_model(self.model, self.catalogue, self.name)
 
     def prompt(self, request: Request) -> Prompt:
-        """The prompt for ``request``: facts, then the summary (or the document), then the ask."""
+        """The prompt for ``request``: facts, then the summary (or the document), then the ask.
+
+        A request in a conversation also carries its earlier turns (from ``start``) as messages.
+        """
         parts: list[str] = []
         if request.facts:
             parts.append("Facts:\n" + "\n".join(f"- {fact}" for fact in request.facts))
@@ -52,7 +56,16 @@ class Generate:
         elif request.document is not None:
             parts.append("Document:\n" + request.document)
         parts.append(request.text)
-        return Prompt(self.system, "\n\n".join(parts))
+        conversation = request.conversation
+        if conversation is None:
+            return Prompt(self.system, "\n\n".join(parts))
+        # A conversation's earlier turns go as messages (what History left of them), and its
+        # running summary in the system prompt.
+        return Prompt(
+            summary_system(self.system, conversation),
+            "\n\n".join(parts),
+            history=sendable(conversation.sent),
+        )
 
     def estimate_cost(self, request: Request) -> Decimal | None:
         """What answering ``request`` would cost at a typical output length."""

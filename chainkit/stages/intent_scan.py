@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
@@ -16,6 +16,7 @@ from chainkit.providers.model import Model, Prompt
 from chainkit.records import Request, check_text
 from chainkit.stages.answering import record_free
 from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+from chainkit.stages.history import sendable
 
 __all__ = [
     "Cascade",
@@ -164,11 +165,28 @@ class IntentScan:
     (``None``), so no canned or precomputed reply answers it and it goes on to the model; the
     label is kept on the entry for analysis. Labels in ``trusted`` (such as an out-of-scope label
     that a classifier assigns *because* it is unsure) are never unset.
+
+    In a conversation the latest turn is classified with context, since a follow-up ("and the
+    second one?") names no intent of its own. A model classifier is sent the last
+    ``context_turns`` earlier turns as messages. A free classifier whose prediction is less
+    confident than ``follow_up_below`` classifies the latest turn joined to the previous user
+    turn (``follow_up="join"``, the default), keeping the more confident of the two; with
+    ``"inherit"`` a turn still unsure takes the previous user turn's intent (at confidence
+    ``follow_up_below``); ``"off"`` classifies the latest turn alone. ``follow_up_words`` (6
+    by default; ``None``: any length) limits that to turns of at most so many words, since a
+    follow-up is short and context also makes an out-of-scope turn look like the one before it:
+    on Bitext follow-ups and CLINC150 out-of-scope turns, ``"join"`` classifies 0.761 of
+    follow-ups right and keeps 0.804 out-of-scope recall (0.818 and 0.492 without the limit;
+    ``"off"``: 0.000 and 0.991; ``benchmarks/results/followups.md``).
     """
 
     classifier: Classifier | PromptClassifier | Cascade
     min_confidence: float = 0.0
     trusted: tuple[str, ...] = ()
+    follow_up: Literal["off", "join", "inherit"] = "join"
+    follow_up_below: float = 0.5
+    follow_up_words: int | None = 6
+    context_turns: int = 2
     catalogue: Catalogue = field(default_factory=Catalogue.load)
     name: str = "intent_scan"
     timeout_s: float | None = DEFAULT_TIMEOUT_S
@@ -177,6 +195,23 @@ class IntentScan:
     def __post_init__(self) -> None:
         check_text(self.name, "stage name")
         check_timeout(self.timeout_s, self.name)
+        if self.follow_up not in ("off", "join", "inherit"):
+            raise ConfigError(
+                f"IntentScan follow_up must be 'off', 'join' or 'inherit', got {self.follow_up!r}."
+            )
+        if not 0.0 <= self.follow_up_below <= 1.0:
+            raise ConfigError(
+                f"IntentScan follow_up_below must be within [0, 1], got {self.follow_up_below!r}."
+            )
+        words = self.follow_up_words
+        if words is not None and (type(words) is not int or words < 1):
+            raise ConfigError(
+                f"IntentScan follow_up_words must be a positive int or None, got {words!r}."
+            )
+        if type(self.context_turns) is not int or self.context_turns < 0:
+            raise ConfigError(
+                f"IntentScan context_turns must be a non-negative int, got {self.context_turns!r}."
+            )
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(
                 f"IntentScan min_confidence must be within [0, 1], got {self.min_confidence!r}."
@@ -201,7 +236,7 @@ class IntentScan:
             stage=self.name,
             model=classifier.model,
             catalogue=self.catalogue,
-            prompt=classifier.prompt(request.text),
+            prompt=self._with_context(classifier.prompt(request.text), request),
             max_tokens=classifier.max_tokens,
             request=request,
             ledger=ledger,
@@ -212,9 +247,45 @@ class IntentScan:
             call.record("passed", intent=prediction.label)
         return prediction
 
+    def _with_context(self, prompt: Prompt, request: Request) -> Prompt:
+        """``prompt`` with the conversation's last ``context_turns`` turns as messages."""
+        conversation = request.conversation
+        if conversation is None or not self.context_turns or self.follow_up == "off":
+            return prompt
+        earlier = sendable(conversation.turns[-self.context_turns :])
+        return dataclasses.replace(prompt, history=earlier) if earlier else prompt
+
+    def _free(self, classifier: Classifier, request: Request) -> Prediction:
+        """A free classifier's label for the latest turn, with context when it is unsure."""
+        prediction = classifier.predict(request.text)
+        conversation = request.conversation
+        if (
+            conversation is None
+            or self.follow_up == "off"
+            or prediction.confidence >= self.follow_up_below
+            or (
+                self.follow_up_words is not None
+                and len(request.text.split()) > self.follow_up_words
+            )
+        ):
+            return prediction
+        previous = next((t for t in reversed(conversation.turns) if t.role == "user"), None)
+        if previous is None:
+            return prediction
+        joined = classifier.predict(f"{previous.text}\n{request.text}")
+        if joined.confidence > prediction.confidence:
+            prediction = joined
+        if (
+            self.follow_up == "inherit"
+            and prediction.confidence < self.follow_up_below
+            and previous.intent is not None
+        ):
+            prediction = Prediction(previous.intent, self.follow_up_below)
+        return prediction
+
     def _predict(self, classifier: Classifier, request: Request, ledger: Ledger) -> Prediction:
         started = time.perf_counter()
-        prediction = classifier.predict(request.text)
+        prediction = self._free(classifier, request)
         record_free(self.name, request, ledger, started=started, intent=prediction.label)
         return prediction
 
@@ -225,7 +296,7 @@ class IntentScan:
             # Only the free classifier's entry is written when it is confident; otherwise the
             # model's entry is the stage's one entry, so the stage never writes two.
             started = time.perf_counter()
-            prediction = classifier.first.predict(request.text)
+            prediction = self._free(classifier.first, request)
             if prediction.confidence < classifier.min_confidence:
                 prediction = self._ask(classifier.then, request, ledger)
             else:
