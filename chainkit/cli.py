@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from chainkit.errors import ChainkitError
+from chainkit.finops.export_command import add_export_command
 from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
 from chainkit.pricing import (
@@ -414,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
+    add_export_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:
