@@ -33,8 +33,9 @@ How each number is known:
   priority prices are published rates); chainkit's own tier is ``x_PricingTier``. A commitment
   (provisioned throughput) is not visible in a token ledger, so ``Committed`` never appears.
 
-The validator's CSV and Parquet loaders read decimals as binary floats: some exact rows then fail
-its float comparison of unit price times quantity with the cost by one unit in the last place.
+The FinOps Foundation's validator (focus-validator 2.0.1, FOCUS 1.2 rules) accepts the files,
+CSV and Parquet; a reader that multiplies the columns as binary floats may see the last digit
+differ, so compare them as decimals.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ from chainkit.records import Entry, Tags, Usage
 
 __all__ = [
     "FOCUS_COLUMNS",
-    "FocusRow",
     "FocusSummary",
     "Period",
     "UnknownCosts",
@@ -236,7 +236,7 @@ class _Pricing:
 
 @dataclass(slots=True)
 class FocusRow:
-    """One FOCUS row while it is summed: quantities and exact costs, facts in ``x_`` columns."""
+    """One FOCUS row while it is summed: quantities, exact costs, facts for ``x_`` columns."""
 
     key: tuple[Any, ...]
     fixed: dict[str, Any]
@@ -534,8 +534,8 @@ def focus_rows(
         raise ConfigError(
             f"{unknown_count} ledger entries have unknown cost (at most "
             f"{'unknown' if bound is None else f'${bound}'} in all); FOCUS needs a cost on "
-            "every row. Export with --unknown omit to leave them out, or --unknown bound to "
-            "write them at their bound."
+            "every row. Export with --unknown omit (unknown='omit') to leave them out, or "
+            "--unknown bound (unknown='bound') to write them at their bound."
         )
     out = [r.as_dict() for r in sorted(rows.values(), key=_order)]
     billed = exact_sum(r["BilledCost"] for r in out)
