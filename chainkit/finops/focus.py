@@ -85,7 +85,7 @@ _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)
 _TIERS: tuple[Tier, ...] = ("on_demand", "batch", "flex", "priority")
 
-# Token class -> (SkuMeter, the Usage fields it counts).
+# Token class -> SkuMeter, the name of what is metered.
 _CLASSES: dict[str, str] = {
     "input": "Input Tokens",
     "output": "Output Tokens",
@@ -95,6 +95,9 @@ _CLASSES: dict[str, str] = {
     "queries": "Queries",
     "requests": "Requests",
 }
+
+# Token class -> its unit, in FOCUS's UnitFormat (one plural noun; the class is in SkuMeter).
+_UNITS = {klass: "Tokens" for klass in _CLASSES} | {"queries": "Queries", "requests": "Requests"}
 
 # Regions AWS names (RegionName); an id not listed is its own name.
 _REGION_NAMES = {
@@ -636,12 +639,12 @@ def _add(
                     # Null: no commitment applies. Present because the validator's rules for
                     # ConsumedQuantity read it even when commitments are not supported.
                     "CommitmentDiscountStatus": None,
-                    "ConsumedUnit": consumed_unit or meter.removesuffix(" (1 hour)"),
+                    "ConsumedUnit": consumed_unit or _UNITS[klass],
                     "InvoiceId": None,
                     "InvoiceIssuerName": provider,
                     "PricingCategory": "Standard",
                     "PricingCurrency": "USD",
-                    "PricingUnit": meter.removesuffix(" (1 hour)") if not per_call else "Requests",
+                    "PricingUnit": _UNITS[klass] if not per_call else "Requests",
                     "ProviderName": provider,
                     "PublisherName": publisher,
                     "RegionId": pricing.region,

@@ -161,8 +161,8 @@ def test_an_entry_is_split_into_its_token_classes_at_catalogue_prices() -> None:
         r = by_class[klass]
         assert r["PricingQuantity"] == r["ConsumedQuantity"] == tokens
         assert r["ListUnitPrice"] * 1_000_000 == per_million
-        assert r["PricingUnit"] == r["ConsumedUnit"]
-        assert r["PricingUnit"].endswith("Tokens")
+        assert r["PricingUnit"] == r["ConsumedUnit"] == "Tokens"  # FOCUS UnitFormat: one noun
+        assert r["SkuMeter"].endswith("Tokens") and r["SkuMeter"] != "Tokens"
     assert sum(r["BilledCost"] for r in rows) == CATALOGUE.cost(SONNET, usage)
     # The cache read is priced at its own (discounted) rate, never at $0 nor the input rate.
     assert 0 < by_class["cache_read"]["ListUnitPrice"] < by_class["input"]["ListUnitPrice"]
