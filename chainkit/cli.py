@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from chainkit.errors import ChainkitError
+from chainkit.finops.export_command import add_export_command
 from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
 from chainkit.pricing import (
@@ -435,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # functions of the same names).
     for module in ("reprice", "commitments", "reconcile"):
         importlib.import_module(f"chainkit.finops.{module}").add_command(sub)
+    add_export_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:
