@@ -592,6 +592,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[False] = ...,
     ) -> list[Result]: ...
@@ -603,6 +604,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = ...,
+        progress: bool | float | None = ...,
         resume: bool | Resume = ...,
         return_exceptions: Literal[True],
     ) -> list[Result | Exception]: ...
@@ -613,6 +615,7 @@ class Pipeline:
         ledger: Ledger,
         *,
         concurrency: int = 8,
+        progress: bool | float | None = None,
         resume: bool | Resume = False,
         return_exceptions: bool = False,
     ) -> list[Result] | list[Result | Exception]:
@@ -622,11 +625,13 @@ class Pipeline:
         exception in its place; otherwise the first failure stops new work and is raised once
         the requests already running have finished (their entries are in the ledger either
         way). Requests are read lazily. Cancelling it cancels the requests under way, each of
-        which records what it sent.
+        which records what it sent. ``progress`` is as for :meth:`stream`.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
         _check_resume(resume)
+        total = len(requests) if isinstance(requests, Sequence) else None
+        bar = _display(progress, self.name, total, "requests")
         numbered = enumerate(requests)
         outcomes: dict[int, Result | Exception] = {}
         failed: list[int] = []
@@ -645,10 +650,14 @@ class Pipeline:
                     if not return_exceptions:
                         failed.append(index)
                         errors[index] = exc
+                bar.update()
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(concurrency):
+                    group.create_task(worker())
+        finally:
+            bar.close()
         if failed:
             raise errors[min(errors)]
         return [outcomes[i] for i in range(len(outcomes))]

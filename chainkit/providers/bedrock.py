@@ -21,9 +21,10 @@ or merged; tags named in ``private_tags`` stay in the ledger and are never sent.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ from tenacity.stop import stop_base
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled, Timeout
 from chainkit.pricing import Tier, base_model_id
-from chainkit.providers.model import METADATA_KEYS, Completion, Prompt, check_private_tags
+from chainkit.providers.model import METADATA_KEYS, Chunk, Completion, Prompt, check_private_tags
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -497,24 +498,14 @@ class BedrockModel:
             parts: list[str] = []
             usage: Usage | None = None
             for event in reply["stream"]:
-                if "contentBlockDelta" in event:
-                    text = event["contentBlockDelta"].get("delta", {}).get("text")
-                    if text:
-                        parts.append(text)
-                        yield text
-                elif "metadata" in event:
-                    usage = usage_from_bedrock(event["metadata"].get("usage"), self.invoke_id)
-                else:
-                    for name, body in event.items():
-                        if name.endswith("Exception"):
-                            cls = Throttled if name == "throttlingException" else ProviderError
-                            raise cls(
-                                f"Bedrock stream for model {self.invoke_id!r} failed with "
-                                f"{name}: {body.get('message', '')}",
-                                code=name,
-                                model_id=self.invoke_id,
-                                attempts=attempts,
-                            )
+                chunk = self._chunk(event, attempts)
+                if chunk is None:
+                    continue
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
             if usage is None:
                 raise BadResponse(
                     f"Bedrock stream for model {self.invoke_id!r} ended without a metadata "
@@ -533,6 +524,71 @@ class BedrockModel:
 
         result.chunks = chunks()
         return result
+
+    def _chunk(self, event: Any, attempts: int) -> Chunk | None:
+        """One ConverseStream event as a chunk: text, usage, or nothing (start and stop events).
+
+        ``contentBlockDelta`` carries text (tool-use and reasoning deltas carry none that
+        chainkit passes on; their tokens are in the usage); ``metadata`` carries the usage;
+        an exception event (``throttlingException``, ``modelStreamErrorException``...) ends
+        the stream as a chainkit error.
+        """
+        if not isinstance(event, Mapping):
+            raise BadResponse(
+                f"Bedrock stream for model {self.invoke_id!r} sent {event!r:.80}, not an event.",
+                code="MalformedEvent",
+                model_id=self.invoke_id,
+                attempts=attempts,
+            )
+        if "contentBlockDelta" in event:
+            delta = (event["contentBlockDelta"] or {}).get("delta") or {}
+            text = delta.get("text")
+            return Chunk(text) if isinstance(text, str) and text else None
+        if "metadata" in event:
+            try:
+                usage = usage_from_bedrock((event["metadata"] or {}).get("usage"), self.invoke_id)
+            except BadResponse as exc:
+                exc.attempts = attempts
+                raise
+            return Chunk(usage=usage, model_id=self.model_id, attempts=attempts)
+        for name, body in event.items():
+            if name.endswith("Exception"):
+                cls = Throttled if name == "throttlingException" else ProviderError
+                message = body.get("message", "") if isinstance(body, Mapping) else ""
+                raise cls(
+                    f"Bedrock stream for model {self.invoke_id!r} failed with {name}: {message}",
+                    code=name,
+                    model_id=self.invoke_id,
+                    attempts=attempts,
+                )
+        return None  # messageStart, contentBlockStart/Stop, messageStop: nothing to pass on
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """ConverseStream for the event loop: text chunks as they come, then the usage.
+
+        boto3 is synchronous, so the request and each read of the event stream run in a worker
+        thread (measured against the alternatives in ``benchmarks/bench_async.py``). Closing
+        this generator closes the HTTP stream, so that Bedrock stops generating. A stream that
+        ends without a ``metadata`` event simply ends: the caller records its upper bound.
+        """
+        request = self._request(prompt, max_tokens, metadata)
+        reply, attempts = await asyncio.to_thread(self._call, "converse_stream", None, **request)
+        stream = reply["stream"]
+        events = iter(stream)
+        try:
+            while True:
+                event = await asyncio.to_thread(next, events, None)
+                if event is None:
+                    return
+                chunk = self._chunk(event, attempts)
+                if chunk is not None:
+                    yield chunk
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """Prompt tokens (by CountTokens where supported, else offline) plus the output budget."""
