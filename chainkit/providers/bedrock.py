@@ -579,7 +579,12 @@ class BedrockModel:
         events = iter(stream)
         try:
             while True:
-                event = await asyncio.to_thread(next, events, None)
+                try:
+                    event = await asyncio.to_thread(next, events, None)
+                except Exception as exc:
+                    # An exception message in the stream (botocore's EventStreamError, a
+                    # ClientError) or a broken connection: a chainkit error, as from Converse.
+                    raise self._map(exc, attempts) from exc
                 if event is None:
                     return
                 chunk = self._chunk(event, attempts)
