@@ -35,6 +35,7 @@ from chainkit.providers.offline import pieces
 from chainkit.stages.calling import input_bound
 
 SEED = Catalogue.load("seed-2024")
+USAGE = Usage(40, 20)
 MODEL = "generic.powerful"  # seed prices: $60 per million tokens, in or out
 REPLY = "Your order 10234 ships today from Lyon. Tracking follows by email. 東京 🚚"
 
@@ -50,7 +51,7 @@ class StreamingModel:
     def __init__(
         self,
         reply: str = REPLY,
-        usage: Usage | None = Usage(40, 20),
+        usage: Usage | None = USAGE,
         *,
         usage_after: int | None = None,
         fail_after: int | None = None,

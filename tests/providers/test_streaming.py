@@ -36,7 +36,7 @@ from chainkit.pipeline import Answered, TextDelta
 from chainkit.providers.bedrock import BedrockModel
 from chainkit.providers.langchain import LangChainModel
 from chainkit.stages.calling import input_bound
-from tests.providers.bedrock_http import _header, encode_event, stream_reply
+from tests.providers.bedrock_http import _header, stream_reply
 
 SONNET4 = "anthropic.claude-sonnet-4-20250514-v1:0"
 CATALOGUE = Catalogue.load("bedrock-2026-11")
@@ -195,7 +195,7 @@ class StreamingFake(GenericFakeChatModel):
 
     def _stream(
         self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
-    ) -> Iterator[ChatGenerationChunk]:  # type: ignore[override]  # noqa: E501
+    ) -> Iterator[ChatGenerationChunk]:  # type: ignore[override]
         message = next(self.messages)
         words = str(message.content).split(" ")
         for i, word in enumerate(words):
@@ -209,7 +209,7 @@ class StreamingFake(GenericFakeChatModel):
 
     async def _astream(
         self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
-    ) -> AsyncIterator[ChatGenerationChunk]:  # type: ignore[override]  # noqa: E501
+    ) -> AsyncIterator[ChatGenerationChunk]:  # type: ignore[override]
         for chunk in self._stream(messages, stop, run_manager, **kwargs):
             await asyncio.sleep(0)
             yield chunk
