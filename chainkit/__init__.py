@@ -26,7 +26,7 @@ from chainkit.errors import (
     Throttled,
 )
 from chainkit.ledger import Budget, Ledger, PostgresLedger, SQLiteLedger, Totals
-from chainkit.pipeline import Pipeline, Resume, Stage
+from chainkit.pipeline import Answered, Pipeline, Resume, Stage, TextDelta
 from chainkit.pricing import Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
 from chainkit.records import Entry, Request, Result, Usage
@@ -55,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyAnswered",
+    "Answered",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -96,6 +97,7 @@ __all__ = [
     "ScriptedModel",
     "Stage",
     "Summarise",
+    "TextDelta",
     "Throttled",
     "Tier",
     "Totals",

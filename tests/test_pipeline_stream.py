@@ -377,3 +377,18 @@ def test_stream_answer_inside_an_event_loop_is_refused() -> None:
 def test_astream_takes_only_a_request() -> None:
     with pytest.raises(ConfigError, match="takes a Request"):
         asyncio.run(collect(bot(StreamingModel()), "hi", Ledger()))  # type: ignore[arg-type]
+
+
+def test_the_readme_async_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Async and streaming", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    ledger = namespace["ledger"]
+    assert capsys.readouterr().out.startswith("This is an offline stand-in reply")
+    assert len(ledger.entries()) == 2 + 200 * 3 + 3
+    assert [e.stage for e in ledger.entries()[:2]] == ["intent_scan", "canned"]
