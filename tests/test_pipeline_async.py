@@ -383,3 +383,26 @@ def test_requests_on_one_loop_keep_their_resume_steps_apart(tmp_path: Path) -> N
         asyncio.run(bot(small, big).arun(requests[0], ledger, resume=True))
     assert len(ledger.entries()) == 18
     ledger.close()
+
+
+def test_a_subclass_overriding_complete_is_called_the_same_way_on_both_paths() -> None:
+    from chainkit import ScriptedModel
+
+    class Refusing(ScriptedModel):
+        def complete(self, prompt: Prompt, *, max_tokens: int, metadata: Any = None) -> Any:
+            raise RuntimeError("this provider is down")
+
+    for run in ("sync", "async", "stream"):
+        ledger = Ledger()
+        model = Refusing(model_id="generic.powerful", reply="never", usage=Usage(5, 5))
+        pipeline = Pipeline([Generate(model=model, catalogue=SEED)])
+        request = Request("q", id=run)
+        with pytest.raises(BadResponse, match="this provider is down"):
+            if run == "sync":
+                pipeline.run(request, ledger)
+            elif run == "async":
+                asyncio.run(pipeline.arun(request, ledger))
+            else:
+                list(pipeline.stream_answer(request, ledger))
+        assert model.prompts == []  # ScriptedModel's own acomplete/astream were not used
+        assert [(e.outcome, e.cost) for e in ledger.entries()] == [("failed", None)]
