@@ -869,7 +869,9 @@ class ModelCall:
         except BaseException as exc:
             if sent and not self._recorded and not self._replayed:
                 self._record_stopped(exc, parts, last, started)
-            if sent and not isinstance(exc, ProviderError) and isinstance(exc, Exception):
+            # A provider's own exception is a malformed reply; chainkit's errors (a ledger that
+            # could not write, say) and cancellations go out as they are.
+            if sent and isinstance(exc, Exception) and not isinstance(exc, ChainkitError):
                 raise self._malformed(exc) from exc
             raise
         finally:
