@@ -19,9 +19,10 @@ workload; ``--results-dir`` where the results go.
    Three ways for the async path to make the blocking boto3 call: a daemon thread per call (what
    ``ModelCall`` does for a model without ``acomplete``; chosen), the loop's default executor (a
    shared pool of ``min(32, cpus + 4)`` threads), and for reference the sync ``run_batch``.
-   aiobotocore, the third candidate, is not measured: its releases pin botocore below the one
-   boto3 needs here (``pip install --dry-run aiobotocore`` would downgrade botocore to
-   1.43.117 under boto3 1.44.8), so it cannot share an environment with chainkit's bedrock extra.
+   aiobotocore, the third candidate, is measured by ``bench_bedrock_transport.py`` in a scratch
+   venv: its releases pin botocore below the one boto3 needs here (``pip install --dry-run
+   aiobotocore`` would downgrade botocore to 1.43.117 under boto3 1.44.8), so it cannot share an
+   environment with chainkit's bedrock extra.
 """
 
 from __future__ import annotations
