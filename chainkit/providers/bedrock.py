@@ -22,7 +22,9 @@ or merged; tags named in ``private_tags`` stay in the ledger and are never sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -568,32 +570,63 @@ class BedrockModel:
     ) -> AsyncGenerator[Chunk, None]:
         """ConverseStream for the event loop: text chunks as they come, then the usage.
 
-        boto3 is synchronous, so the request and each read of the event stream run in a worker
-        thread (measured against the alternatives in ``benchmarks/bench_async.py``). Closing
-        this generator closes the HTTP stream, so that Bedrock stops generating. A stream that
-        ends without a ``metadata`` event simply ends: the caller records its upper bound.
+        boto3 is synchronous, so a daemon thread of this stream's own makes the request and
+        reads the event stream, handing each event to the loop (in a shared pool, a few streams
+        waiting on tokens would hold every thread and stall the others). Closing this
+        generator closes the HTTP stream, so that Bedrock stops generating, and ends the
+        thread. A stream that ends without a ``metadata`` event simply ends: the caller records
+        its upper bound.
         """
         request = self._request(prompt, max_tokens, metadata)
-        reply, attempts = await asyncio.to_thread(self._call, "converse_stream", None, **request)
-        stream = reply["stream"]
-        events = iter(stream)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        opened: list[Any] = []
+
+        def put(kind: str, value: Any) -> None:
+            # A closed loop: the reader is gone and has recorded the call already.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def pump() -> None:
+            try:
+                reply, attempts = self._call("converse_stream", None, **request)
+                opened.append(reply["stream"])
+                put("start", attempts)
+                for event in reply["stream"]:
+                    if stop.is_set():
+                        break
+                    put("event", event)
+                put("end", None)
+            except BaseException as exc:
+                put("error", exc)
+            finally:
+                if stop.is_set() and opened:
+                    _close_quietly(opened[0])
+
+        threading.Thread(target=pump, name="chainkit-stream", daemon=True).start()
+        attempts = 1
         try:
             while True:
-                try:
-                    event = await asyncio.to_thread(next, events, None)
-                except Exception as exc:
+                kind, value = await queue.get()
+                if kind == "start":
+                    attempts = value
+                elif kind == "event":
+                    chunk = self._chunk(value, attempts)
+                    if chunk is not None:
+                        yield chunk
+                elif kind == "end":
+                    return
+                elif isinstance(value, ProviderError):
+                    raise value
+                else:
                     # An exception message in the stream (botocore's EventStreamError, a
                     # ClientError) or a broken connection: a chainkit error, as from Converse.
-                    raise self._map(exc, attempts) from exc
-                if event is None:
-                    return
-                chunk = self._chunk(event, attempts)
-                if chunk is not None:
-                    yield chunk
+                    raise self._map(value, attempts) from value
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            stop.set()
+            if opened:
+                _close_quietly(opened[0])
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """Prompt tokens (by CountTokens where supported, else offline) plus the output budget."""
@@ -620,6 +653,14 @@ class BedrockModel:
             prompt.user, self.model_id
         )
         return Usage(inputs, max_tokens)
+
+
+def _close_quietly(stream: Any) -> None:
+    """Close a botocore event stream (and its HTTP body); one already closed is fine."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 def _no_botocore_retries(client: Any) -> None:
