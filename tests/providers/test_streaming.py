@@ -264,3 +264,41 @@ def test_langchain_arun_goes_through_ainvoke_and_records_what_run_records() -> N
     [s], [a] = sync_ledger.entries(), async_ledger.entries()
     assert (a.usage, a.cost, a.outcome) == (s.usage, s.cost, s.outcome)
     assert a.cost == Decimal("0.00921")
+
+
+def test_bedrock_streams_on_one_loop_read_concurrently(client: Any, bedrock_reply: Any) -> None:
+    """Twelve streams all reading at once (a barrier they must all reach), more than a shared
+    pool of worker threads would let through: each stream has a reading thread of its own."""
+    import threading
+
+    from botocore.awsrequest import AWSResponse
+    from moto.core.models import botocore_stubber
+
+    from tests.providers.bedrock_http import _Raw
+
+    streams = 12
+    barrier = threading.Barrier(streams, timeout=20)
+
+    class Trickle(_Raw):
+        def stream(self, amt: int = 1024, decode_content: bool = True) -> Iterator[bytes]:
+            barrier.wait()  # every stream is being read before any gets its events
+            yield from super().stream(amt, decode_content)
+
+    def respond(request: Any, **_: Any) -> AWSResponse:
+        body = stream_reply(bedrock_reply("converse_stream")).raw._data
+        headers = {"content-type": "application/vnd.amazon.eventstream"}
+        return AWSResponse("https://bedrock-runtime", 200, headers, Trickle(body))
+
+    client.meta.events.unregister("before-send", botocore_stubber)
+    client.meta.events.register_first("before-send.bedrock-runtime.ConverseStream", respond)
+    ledger = Ledger()
+    bot = pipeline(bedrock(client))
+
+    async def main() -> list[list[Any]]:
+        return await asyncio.gather(
+            *(collect(bot, Request("Where?", id=f"s{i}"), ledger) for i in range(streams))
+        )
+
+    results = asyncio.run(main())
+    assert all(r[-1].result.text == "Your order ships today." for r in results)
+    assert [e.cost for e in ledger.entries()] == [Decimal("0.000561")] * streams
