@@ -26,7 +26,7 @@ from chainkit.errors import (
     Throttled,
 )
 from chainkit.ledger import Budget, Ledger, PostgresLedger, SQLiteLedger, Totals
-from chainkit.pipeline import Pipeline, Resume, Stage
+from chainkit.pipeline import Answered, Pipeline, Resume, Stage, TextDelta
 from chainkit.pricing import Catalogue, ModelCard, Price, Tier
 from chainkit.providers import Completion, Model, OfflineModel, Prompt, ScriptedModel
 from chainkit.records import Conversation, Entry, Request, Result, Turn, Usage
@@ -56,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyAnswered",
+    "Answered",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -99,6 +100,7 @@ __all__ = [
     "ScriptedModel",
     "Stage",
     "Summarise",
+    "TextDelta",
     "Throttled",
     "Tier",
     "Totals",

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import difflib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
@@ -27,13 +38,16 @@ from chainkit.records import (
     state_from_json,
 )
 from chainkit.stages.answering import CostEstimator, EarlyAnswer
+from chainkit.stages.calling import run_to_end
 
 __all__ = [
     "PROGRESS_EVERY_S",
+    "Answered",
     "Pipeline",
     "Resume",
     "ResumePoint",
     "Stage",
+    "TextDelta",
     "resume_point",
     "with_progress",
 ]
@@ -185,6 +199,38 @@ class Stage(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the answer's text, as :meth:`Pipeline.astream` yields it.
+
+    A stage that answers early yields its whole reply as one delta; the final model stage
+    yields the text as the provider sends it.
+    """
+
+    stage: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The last event of :meth:`Pipeline.astream`: the whole answer, as ``run`` returns it."""
+
+    result: Result
+
+
+async def _arun_stage(stage: Stage, request: Request, ledger: Ledger) -> Request | Result:
+    """A stage on the event loop: its ``arun`` if it has one, else ``run`` in a worker thread.
+
+    A stage's ``run`` in a thread is run to its end even if the caller is cancelled (its
+    entries then land before the cancellation goes on; see ``run_to_end``).
+    """
+    arun = getattr(stage, "arun", None)
+    if arun is not None:
+        out: Awaitable[Request | Result] = arun(request, ledger)
+        return await out
+    return await run_to_end(stage.run, request, ledger)
+
+
+@dataclass(frozen=True, slots=True)
 class ResumePoint:
     """Where a resumed request goes on, and the claim this run holds on it (see ``resume_point``).
 
@@ -327,6 +373,19 @@ def _check_intents(stages: Sequence[Stage]) -> None:
                 )
 
 
+def _check_resume(resume: object) -> None:
+    if resume is not False and resume is not True and not isinstance(resume, Resume):
+        raise ConfigError(f"resume takes True, False or a Resume(...), got {resume!r}.")
+
+
+def _check_request(request: object, method: str) -> None:
+    if type(request) is not Request:
+        raise ConfigError(
+            f"Pipeline.{method} takes a Request, got {type(request).__name__} {request!r:.60}; "
+            "wrap text as Request(text)."
+        )
+
+
 class Pipeline:
     """Stages in order; the first to return a ``Result`` answers.
 
@@ -383,13 +442,8 @@ class Pipeline:
         same in every run (from your data); a saved request is recognised by its id *and* what
         it asks (text, document, tags). ``True`` keeps no text; :class:`Resume` says more.
         """
-        if resume is not False and resume is not True and not isinstance(resume, Resume):
-            raise ConfigError(f"resume takes True, False or a Resume(...), got {resume!r}.")
-        if type(request) is not Request:
-            raise ConfigError(
-                f"Pipeline.run takes a Request, got {type(request).__name__} {request!r:.60}; "
-                "wrap text as Request(text)."
-            )
+        _check_resume(resume)
+        _check_request(request, "run")
         # A request's free entries are committed with its next paid one, or when it ends.
         with ledger.deferring():
             if resume:
@@ -425,6 +479,234 @@ class Pipeline:
             current = out
         ledger.unclaim(request.id, point.owner)  # unanswered: the next run may try again
         raise self._no_answer(request)
+
+    async def arun(
+        self, request: Request, ledger: Ledger, *, resume: bool | Resume = False
+    ) -> Result:
+        """:meth:`run` as a coroutine: the same stages, entries, costs and budgets.
+
+        Model stages await their provider (its ``acomplete``, or ``complete`` in a worker
+        thread); a stage without ``arun`` runs in a worker thread. Commits to a durable ledger
+        are made in worker threads, so the loop serves other requests meanwhile; the entry of
+        a call that fails or is cancelled is written on the loop's thread, where nothing can
+        interrupt it. A cancelled request records every call it sent (flagged ``cancelled``,
+        cost unknown) and gives back the budget it held for calls it never sent.
+        """
+        _check_resume(resume)
+        _check_request(request, "arun")
+        async with ledger.adeferring():
+            if resume:
+                return await self._aresume(request, ledger, Resume() if resume is True else resume)
+            current = request
+            for stage in self.stages:
+                out = await _arun_stage(stage, current, ledger)
+                if isinstance(out, Result):
+                    return out
+                current = out
+            raise self._no_answer(request)
+
+    async def _aresume(self, request: Request, ledger: Ledger, how: Resume) -> Result:
+        point = await run_to_end(resume_point, request, ledger, how)
+        if isinstance(point.state, Result):
+            return point.state
+        assert isinstance(ledger, SQLLedger)
+        current = point.state
+        for index in range(point.start, len(self.stages)):
+            # The step is this task's (a context variable), so concurrent requests on one loop
+            # never share one; its checkpoint is written on the loop's thread when it ends.
+            with ledger.step(
+                request.id,
+                index,
+                given=request.document,
+                fingerprint=point.fingerprint,
+                keep_text=point.keep_text,
+                keep_answer=how.keep_text,
+                claimed=True,
+            ) as save:
+                out = await _arun_stage(self.stages[index], current, ledger)
+                save(out)
+            if isinstance(out, Result):
+                return out
+            current = out
+        ledger.unclaim(request.id, point.owner)
+        raise self._no_answer(request)
+
+    async def astream(
+        self, request: Request, ledger: Ledger
+    ) -> AsyncGenerator[TextDelta | Answered, None]:
+        """Answer ``request`` as a stream of :class:`TextDelta` events, then :class:`Answered`.
+
+        The stages run as in :meth:`arun`; a stage that answers early yields its whole reply
+        as one delta, and the final model stage (one with ``astream``, such as ``Generate``)
+        yields the text as its provider sends it. Its entry is recorded when the stream ends,
+        with the usage the provider reported. A reader that stops early (``break`` inside
+        ``async with contextlib.aclosing(...)``, a cancelled task, a client gone) closes the
+        provider's stream, and the entry records what was generated: the usage if the provider
+        had reported it, else the call's upper bound marked estimated, flagged ``cancelled``.
+
+        >>> import asyncio
+        >>> from chainkit import Generate, Ledger, OfflineModel, Request
+        >>> bot = Pipeline([Generate(model=OfflineModel(model_id="amazon.nova-micro-v1:0"))])
+        >>> async def main() -> str:
+        ...     return "".join([e.text async for e in bot.astream(Request("Hi?"), Ledger())
+        ...                     if isinstance(e, TextDelta)])
+        >>> asyncio.run(main())[:33]
+        'This is an offline stand-in reply'
+        """
+        _check_request(request, "astream")
+        current = request
+        answered: Result | None = None
+        streaming: Any = None
+        async with ledger.adeferring():
+            for stage in self.stages:
+                if getattr(stage, "astream", None) is not None:
+                    streaming = stage
+                    break
+                out = await _arun_stage(stage, current, ledger)
+                if isinstance(out, Result):
+                    answered = out
+                    break
+                current = out
+        # The free entries are committed before the stream starts: nothing of this request
+        # stays open in the reader's context while it reads.
+        if answered is None and streaming is not None:
+            async with aclosing(streaming.astream(current, ledger)) as events:
+                async for item in events:
+                    if isinstance(item, Result):
+                        answered = item
+                    elif item:
+                        yield TextDelta(streaming.name, item)
+            if answered is None:
+                raise self._no_answer(request)
+            yield Answered(answered)
+            return
+        if answered is None:
+            raise self._no_answer(request)
+        yield TextDelta(answered.stage, answered.text)
+        yield Answered(answered)
+
+    def stream_answer(self, request: Request, ledger: Ledger) -> Iterator[TextDelta | Answered]:
+        """:meth:`astream` for code without an event loop: a generator of the same events.
+
+        It runs its own event loop, one step per event; closing it early (``break``) closes
+        the stream and records the call as :meth:`astream` does. From async code, use
+        :meth:`astream`.
+        """
+        _check_request(request, "stream_answer")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigError(
+                "Pipeline.stream_answer runs its own event loop, and this thread is running "
+                "one already; use `async for event in pipeline.astream(request, ledger)`."
+            )
+        return self._stream_answer(request, ledger)
+
+    def _stream_answer(self, request: Request, ledger: Ledger) -> Iterator[TextDelta | Answered]:
+        loop = asyncio.new_event_loop()
+        # One context for every step, as one task would have: what a step sets, the next sees.
+        context = contextvars.copy_context()
+        events = self.astream(request, ledger)
+
+        async def step() -> TextDelta | Answered:
+            return await anext(events)
+
+        async def close() -> None:
+            await events.aclose()
+
+        try:
+            while True:
+                try:
+                    event = loop.run_until_complete(loop.create_task(step(), context=context))
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            try:
+                loop.run_until_complete(loop.create_task(close(), context=context))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    @overload
+    async def arun_many(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | float | None = ...,
+        resume: bool | Resume = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[Result]: ...
+
+    @overload
+    async def arun_many(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = ...,
+        progress: bool | float | None = ...,
+        resume: bool | Resume = ...,
+        return_exceptions: Literal[True],
+    ) -> list[Result | Exception]: ...
+
+    async def arun_many(
+        self,
+        requests: Iterable[Request],
+        ledger: Ledger,
+        *,
+        concurrency: int = 8,
+        progress: bool | float | None = None,
+        resume: bool | Resume = False,
+        return_exceptions: bool = False,
+    ) -> list[Result] | list[Result | Exception]:
+        """:meth:`run_batch` on the event loop: at most ``concurrency`` requests at once.
+
+        Results come in input order. With ``return_exceptions`` a failed request gives its
+        exception in its place; otherwise the first failure stops new work and is raised once
+        the requests already running have finished (their entries are in the ledger either
+        way). Requests are read lazily. Cancelling it cancels the requests under way, each of
+        which records what it sent. ``progress`` is as for :meth:`stream`.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
+        _check_resume(resume)
+        total = len(requests) if isinstance(requests, Sequence) else None
+        bar = _display(progress, self.name, total, "requests")
+        numbered = enumerate(requests)
+        outcomes: dict[int, Result | Exception] = {}
+        failed: list[int] = []
+        errors: dict[int, Exception] = {}
+
+        async def worker() -> None:
+            while not failed:
+                try:
+                    index, request = next(numbered)
+                except StopIteration:
+                    return
+                try:
+                    outcomes[index] = await self.arun(request, ledger, resume=resume)
+                except Exception as exc:
+                    outcomes[index] = exc
+                    if not return_exceptions:
+                        failed.append(index)
+                        errors[index] = exc
+                bar.update()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(concurrency):
+                    group.create_task(worker())
+        finally:
+            bar.close()
+        if failed:
+            raise errors[min(errors)]
+        return [outcomes[i] for i in range(len(outcomes))]
 
     def _no_answer(self, request: Request) -> NoAnswer:
         return NoAnswer(

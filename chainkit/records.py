@@ -56,6 +56,7 @@ FLAGS: frozenset[str] = frozenset(
         "lease_expired",  # the holder vanished: recorded at its bound until reconciled
         "reconciled",  # an entry of unknown cost whose real usage arrived later
         "timeout",  # the call passed its deadline; it may still have been billed
+        "cancelled",  # stopped before its end (a task cancelled, a stream's reader gone)
         "retried_after_timeout",  # an earlier attempt timed out and may have been billed too
     )
 )

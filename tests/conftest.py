@@ -68,3 +68,52 @@ def pg_schema(pg_dsn: str) -> Iterator[str]:
     yield schema
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sync", "async"])
+def both_ways(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test as written, then again with every pipeline run going through the async path.
+
+    In the async round ``Pipeline.run`` is ``asyncio.run(pipeline.arun(...))``, ``run_batch``
+    is ``arun_many``, and the model stages' ``run`` is their ``arun``: the test's assertions
+    (entries, costs, budgets, what the model was asked) then check the async path too.
+    """
+    if request.param == "async":
+        import asyncio
+        from typing import Any
+
+        from chainkit.pipeline import Pipeline
+        from chainkit.stages import Generate, IntentScan, Summarise
+
+        def run(self: Pipeline, item: Any, ledger: Any, *, resume: Any = False) -> Any:
+            return asyncio.run(self.arun(item, ledger, resume=resume))
+
+        def run_batch(
+            self: Pipeline,
+            items: Any,
+            ledger: Any,
+            *,
+            concurrency: int = 8,
+            progress: Any = None,
+            resume: Any = False,
+            return_exceptions: bool = False,
+        ) -> Any:
+            return asyncio.run(
+                self.arun_many(
+                    items,
+                    ledger,
+                    concurrency=concurrency,
+                    progress=progress,
+                    resume=resume,
+                    return_exceptions=return_exceptions,  # type: ignore[call-overload]
+                )
+            )
+
+        def stage_run(self: Any, item: Any, ledger: Any) -> Any:
+            return asyncio.run(self.arun(item, ledger))
+
+        monkeypatch.setattr(Pipeline, "run", run)
+        monkeypatch.setattr(Pipeline, "run_batch", run_batch)
+        for stage in (Generate, IntentScan, Summarise):
+            monkeypatch.setattr(stage, "run", stage_run)
+    return str(request.param)

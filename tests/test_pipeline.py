@@ -34,6 +34,9 @@ from chainkit import (
 from chainkit.errors import Timeout
 from chainkit.pipeline import with_progress
 
+# Every test here runs twice: through Pipeline.run, then through Pipeline.arun (both_ways).
+pytestmark = pytest.mark.usefixtures("both_ways")
+
 SEED = Catalogue.load("seed-2024")
 RULES = KeywordClassifier(
     {"greeting": ["hi", "hello"], "delivery_options": ["deliver", "shipping"]}

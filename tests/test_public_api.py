@@ -2,6 +2,7 @@ import chainkit
 
 EXPECTED = [
     "AlreadyAnswered",
+    "Answered",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -45,6 +46,7 @@ EXPECTED = [
     "ScriptedModel",
     "Stage",
     "Summarise",
+    "TextDelta",
     "Throttled",
     "Tier",
     "Totals",

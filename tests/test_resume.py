@@ -26,6 +26,9 @@ from chainkit import (
     Usage,
 )
 
+# Every test here runs twice: through Pipeline.run, then through Pipeline.arun (both_ways).
+pytestmark = pytest.mark.usefixtures("both_ways")
+
 SEED = Catalogue.load("seed-2024")
 SONNET = "anthropic.claude-3-sonnet-20240229-v1:0"
 MIXTRAL = "mistral.mixtral-8x7b-instruct-v0:1"

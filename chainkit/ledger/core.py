@@ -14,8 +14,16 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -577,6 +585,11 @@ class Ledger:
     @contextmanager
     def deferring(self) -> Iterator[None]:
         """Let a durable ledger write a request's free entries together (no-op in memory)."""
+        yield
+
+    @asynccontextmanager
+    async def adeferring(self) -> AsyncIterator[None]:
+        """:meth:`deferring` for a coroutine (no-op in memory)."""
         yield
 
     def in_step(self) -> bool:

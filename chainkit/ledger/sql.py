@@ -26,8 +26,17 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -706,6 +715,13 @@ class _Step:
 
 # -- the ledger ----------------------------------------------------------------------------------
 
+# What a request being run has open on each ledger (its deferred free entries, its resumable
+# step), by ledger id. A context variable rather than a thread-local: each thread has its own
+# context, as before, and so does each asyncio task, so that requests run concurrently on one
+# event loop never write into each other's step. A worker thread started by asyncio.to_thread
+# runs in a copy of its task's context and so sees (and appends to) the same step.
+_OPEN_SCOPES: ContextVar[Mapping[tuple[int, str], Any]] = ContextVar("chainkit_ledger_scopes")
+
 _OPEN: weakref.WeakSet[SQLLedger] = weakref.WeakSet()
 
 
@@ -763,7 +779,6 @@ class SQLLedger(Ledger):
         self._idle = False
         self._unfolded = 1  # about how many entries wait to be folded into the cells
         self._writer: threading.Thread | None = None
-        self._local = threading.local()
         self._read_lock = threading.Lock()
         self._gate = threading.Lock()  # held by the writer while it writes (see _before_fork)
         self._forking: list[threading.Lock] = []
@@ -890,6 +905,19 @@ class SQLLedger(Ledger):
             lock.release()
         self._forking = []
 
+    def _scope(self, name: str) -> Any:
+        """What this context has open on this ledger under ``name`` (None if nothing)."""
+        return _OPEN_SCOPES.get({}).get((id(self), name))
+
+    def _set_scope(self, name: str, value: Any) -> None:
+        # A new mapping each time: a context copied from this one keeps what it was given.
+        scopes = dict(_OPEN_SCOPES.get({}))
+        if value is None:
+            scopes.pop((id(self), name), None)
+        else:
+            scopes[(id(self), name)] = value
+        _OPEN_SCOPES.set(scopes)
+
     # -- writing -----------------------------------------------------------------------------
 
     def record(
@@ -909,9 +937,8 @@ class SQLLedger(Ledger):
         """
         if type(entry) is not Entry:
             raise ConfigError(f"Ledger.record takes an Entry, got {type(entry).__name__}.")
-        local = self._local
-        step: _Step | None = getattr(local, "step", None)
-        deferred: list[Entry] | None = getattr(local, "deferred", None)
+        step: _Step | None = self._scope("step")
+        deferred: list[Entry] | None = self._scope("deferred")
         free = entry.model is None and hold is None and entry.cost == 0
         if free and step is not None:
             step.free.append(entry)
@@ -1586,17 +1613,43 @@ class SQLLedger(Ledger):
         ``Pipeline.run`` wraps each request in it: a request commits once per model call (and
         once at the end) rather than once per stage. Entries of model calls never wait.
         """
-        if getattr(self._local, "deferred", None) is not None:
+        if self._scope("deferred") is not None:
             yield  # already inside one: the outer block writes
             return
         deferred: list[Entry] = []
-        self._local.deferred = deferred
+        self._set_scope("deferred", deferred)
         try:
             yield
         finally:
-            self._local.deferred = None
+            self._set_scope("deferred", None)
             if deferred:
                 self._write(_Write(entries=deferred))
+
+    @asynccontextmanager
+    async def adeferring(self) -> AsyncIterator[None]:
+        """:meth:`deferring` for a coroutine: the block's last write runs in a worker thread.
+
+        The event loop goes on serving other requests during that commit. A block left by an
+        exception or a cancellation writes on the loop's own thread instead: that write must
+        happen, and an await there could be cancelled again.
+        """
+        if self._scope("deferred") is not None:
+            yield
+            return
+        deferred: list[Entry] = []
+        self._set_scope("deferred", deferred)
+        try:
+            yield
+        except BaseException:
+            self._set_scope("deferred", None)
+            if deferred:
+                self._write(_Write(entries=deferred))
+            raise
+        self._set_scope("deferred", None)
+        if deferred:
+            import asyncio
+
+            await asyncio.to_thread(self._write, _Write(entries=deferred))
 
     # -- checkpoints: resuming a run without paying twice ------------------------------------
 
@@ -1628,14 +1681,15 @@ class SQLLedger(Ledger):
         ``claimed``: the request was claimed (:meth:`claim`); its progress is then only ever
         updated, and a step that fails lets go of the claim.
         """
-        self._local.step = step = _Step(request_id, stage, fingerprint, claimed=claimed)
+        step = _Step(request_id, stage, fingerprint, claimed=claimed)
+        self._set_scope("step", step)
         saved: list[Request | Result] = []
         failed = True
         try:
             yield saved.append
             failed = False
         finally:
-            self._local.step = None
+            self._set_scope("step", None)
             save = _Save(request_id, fingerprint, self._now_text(), claimed=claimed)
             save.release = claimed and failed
             if saved:
@@ -1715,14 +1769,14 @@ class SQLLedger(Ledger):
 
     def in_step(self) -> bool:
         """Whether this thread is inside a resumable step."""
-        return getattr(self._local, "step", None) is not None
+        return self._scope("step") is not None
 
     def replay(self, digest: str) -> str | None:
         """The saved reply of the next model call in this thread's step, if it matches ``digest``.
 
         Outside a step, or when the call was not made before, ``None``: the call is made.
         """
-        step: _Step | None = getattr(self._local, "step", None)
+        step: _Step | None = self._scope("step")
         if step is None:
             return None
         ordinal = step.calls

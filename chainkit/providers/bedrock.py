@@ -21,9 +21,12 @@ or merged; tags named in ``private_tags`` stay in the ledger and are never sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +42,7 @@ from tenacity.stop import stop_base
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled, Timeout
 from chainkit.pricing import Tier, base_model_id
-from chainkit.providers.model import METADATA_KEYS, Completion, Prompt, check_private_tags
+from chainkit.providers.model import METADATA_KEYS, Chunk, Completion, Prompt, check_private_tags
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -497,24 +500,14 @@ class BedrockModel:
             parts: list[str] = []
             usage: Usage | None = None
             for event in reply["stream"]:
-                if "contentBlockDelta" in event:
-                    text = event["contentBlockDelta"].get("delta", {}).get("text")
-                    if text:
-                        parts.append(text)
-                        yield text
-                elif "metadata" in event:
-                    usage = usage_from_bedrock(event["metadata"].get("usage"), self.invoke_id)
-                else:
-                    for name, body in event.items():
-                        if name.endswith("Exception"):
-                            cls = Throttled if name == "throttlingException" else ProviderError
-                            raise cls(
-                                f"Bedrock stream for model {self.invoke_id!r} failed with "
-                                f"{name}: {body.get('message', '')}",
-                                code=name,
-                                model_id=self.invoke_id,
-                                attempts=attempts,
-                            )
+                chunk = self._chunk(event, attempts)
+                if chunk is None:
+                    continue
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
             if usage is None:
                 raise BadResponse(
                     f"Bedrock stream for model {self.invoke_id!r} ended without a metadata "
@@ -533,6 +526,107 @@ class BedrockModel:
 
         result.chunks = chunks()
         return result
+
+    def _chunk(self, event: Any, attempts: int) -> Chunk | None:
+        """One ConverseStream event as a chunk: text, usage, or nothing (start and stop events).
+
+        ``contentBlockDelta`` carries text (tool-use and reasoning deltas carry none that
+        chainkit passes on; their tokens are in the usage); ``metadata`` carries the usage;
+        an exception event (``throttlingException``, ``modelStreamErrorException``...) ends
+        the stream as a chainkit error.
+        """
+        if not isinstance(event, Mapping):
+            raise BadResponse(
+                f"Bedrock stream for model {self.invoke_id!r} sent {event!r:.80}, not an event.",
+                code="MalformedEvent",
+                model_id=self.invoke_id,
+                attempts=attempts,
+            )
+        if "contentBlockDelta" in event:
+            delta = (event["contentBlockDelta"] or {}).get("delta") or {}
+            text = delta.get("text")
+            return Chunk(text) if isinstance(text, str) and text else None
+        if "metadata" in event:
+            try:
+                usage = usage_from_bedrock((event["metadata"] or {}).get("usage"), self.invoke_id)
+            except BadResponse as exc:
+                exc.attempts = attempts
+                raise
+            return Chunk(usage=usage, model_id=self.model_id, attempts=attempts)
+        for name, body in event.items():
+            if name.endswith("Exception"):
+                cls = Throttled if name == "throttlingException" else ProviderError
+                message = body.get("message", "") if isinstance(body, Mapping) else ""
+                raise cls(
+                    f"Bedrock stream for model {self.invoke_id!r} failed with {name}: {message}",
+                    code=name,
+                    model_id=self.invoke_id,
+                    attempts=attempts,
+                )
+        return None  # messageStart, contentBlockStart/Stop, messageStop: nothing to pass on
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """ConverseStream for the event loop: text chunks as they come, then the usage.
+
+        boto3 is synchronous, so a daemon thread of this stream's own makes the request and
+        reads the event stream, handing each event to the loop (in a shared pool, a few streams
+        waiting on tokens would hold every thread and stall the others). Closing this
+        generator closes the HTTP stream, so that Bedrock stops generating, and ends the
+        thread. A stream that ends without a ``metadata`` event simply ends: the caller records
+        its upper bound.
+        """
+        request = self._request(prompt, max_tokens, metadata)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        opened: list[Any] = []
+
+        def put(kind: str, value: Any) -> None:
+            # A closed loop: the reader is gone and has recorded the call already.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def pump() -> None:
+            try:
+                reply, attempts = self._call("converse_stream", None, **request)
+                opened.append(reply["stream"])
+                put("start", attempts)
+                for event in reply["stream"]:
+                    if stop.is_set():
+                        break
+                    put("event", event)
+                put("end", None)
+            except BaseException as exc:
+                put("error", exc)
+            finally:
+                if stop.is_set() and opened:
+                    _close_quietly(opened[0])
+
+        threading.Thread(target=pump, name="chainkit-stream", daemon=True).start()
+        attempts = 1
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "start":
+                    attempts = value
+                elif kind == "event":
+                    chunk = self._chunk(value, attempts)
+                    if chunk is not None:
+                        yield chunk
+                elif kind == "end":
+                    return
+                elif isinstance(value, ProviderError):
+                    raise value
+                else:
+                    # An exception message in the stream (botocore's EventStreamError, a
+                    # ClientError) or a broken connection: a chainkit error, as from Converse.
+                    raise self._map(value, attempts) from value
+        finally:
+            stop.set()
+            if opened:
+                _close_quietly(opened[0])
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """Prompt tokens (by CountTokens where supported, else offline) plus the output budget."""
@@ -563,6 +657,14 @@ class BedrockModel:
 def _messages(prompt: Prompt) -> list[dict[str, Any]]:
     """Converse ``messages``: a conversation's earlier turns with their roles, then the ask."""
     return [{"role": role, "content": [{"text": text}]} for role, text in prompt.messages()]
+
+
+def _close_quietly(stream: Any) -> None:
+    """Close a botocore event stream (and its HTTP body); one already closed is fine."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 def _no_botocore_retries(client: Any) -> None:

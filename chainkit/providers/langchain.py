@@ -12,12 +12,18 @@ price.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from chainkit.errors import BadResponse, ConfigError, ProviderError, Throttled
 from chainkit.pricing import Catalogue, Tier
-from chainkit.providers.model import METADATA_KEYS, Completion, Prompt, check_private_tags
+from chainkit.providers.model import (
+    METADATA_KEYS,
+    Chunk,
+    Completion,
+    Prompt,
+    check_private_tags,
+)
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens
 
@@ -54,6 +60,16 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
         )
     output = int(usage.get("output_tokens") or 0)
     return Usage(uncached, output, cache_read, cache_write, one_hour)
+
+
+def _text_of(message: Any) -> str:
+    """The text of a message chunk: its content, or the text blocks of a list content."""
+    content = getattr(message, "content", "")
+    if isinstance(content, str):
+        return content
+    text = getattr(message, "text", "")
+    text = text() if callable(text) else text
+    return text if isinstance(text, str) else ""
 
 
 def provider_of(chat_model: Any) -> str | None:
@@ -137,6 +153,8 @@ class LangChainModel:
         self.region = region or (region_name if isinstance(region_name, str) else None)
         self.tier: Tier = tier
 
+    estimates_locally = True  # estimate() counts offline: the async path need not leave the loop
+
     def __repr__(self) -> str:
         return f"LangChainModel({type(self.chat_model).__name__}, model_id={self.model_id!r})"
 
@@ -147,6 +165,56 @@ class LangChainModel:
 
         Tags in ``private_tags`` are left out of it; chainkit's ``stage`` and ``request_id`` stay.
         """
+        messages, config = self._input(prompt, metadata)
+        started = time.perf_counter()
+        try:
+            reply = self.chat_model.invoke(messages, config=config, max_tokens=max_tokens)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self._completion(reply, started)
+
+    async def acomplete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """:meth:`complete` through the chat model's ``ainvoke``."""
+        messages, config = self._input(prompt, metadata)
+        started = time.perf_counter()
+        try:
+            reply = await self.chat_model.ainvoke(messages, config=config, max_tokens=max_tokens)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return self._completion(reply, started)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The chat model's ``astream``: text chunks, then the usage its chunks reported.
+
+        Usage arrives on the chunks (usually the last; integrations that split it are summed,
+        as LangChain adds message chunks). A model that reports none in its stream (some need
+        ``stream_usage=True``) ends without usage: the call is then recorded at its upper
+        bound, marked estimated.
+        """
+        messages, config = self._input(prompt, metadata)
+        total: Any = None
+        try:
+            async for piece in self.chat_model.astream(
+                messages, config=config, max_tokens=max_tokens
+            ):
+                total = piece if total is None else total + piece
+                text = _text_of(piece)
+                if text:
+                    yield Chunk(text)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        usage = getattr(total, "usage_metadata", None)
+        if usage:
+            reported = self._reported(getattr(total, "response_metadata", {}))
+            yield Chunk(usage=usage_from_langchain(usage, self.model_id), model_id=reported)
+
+    def _input(
+        self, prompt: Prompt, metadata: Mapping[str, str] | None
+    ) -> tuple[list[Any], dict[str, Any]]:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         messages: list[Any] = []
@@ -160,31 +228,33 @@ class LangChainModel:
             for key, value in (metadata or {}).items()
             if key not in private or key in METADATA_KEYS
         }
-        started = time.perf_counter()
-        try:
-            reply = self.chat_model.invoke(
-                messages, config={"metadata": sent}, max_tokens=max_tokens
-            )
-        except Exception as exc:
-            name = type(exc).__name__
-            throttled = "RateLimit" in name or "Throttl" in name or "Throttl" in str(exc)
-            cls = Throttled if throttled else ProviderError
-            raise cls(
-                f"LangChain model {self.model_id!r} failed with {name}: {exc}",
-                code=name,
-                model_id=self.model_id,
-            ) from exc
-        usage = usage_from_langchain(getattr(reply, "usage_metadata", None), self.model_id)
-        content = reply.content
-        text = content if isinstance(content, str) else str(getattr(reply, "text", content))
-        reported = model_id_of(getattr(reply, "response_metadata", {}))
+        return messages, {"metadata": sent}
+
+    def _failed(self, exc: Exception) -> ProviderError:
+        name = type(exc).__name__
+        throttled = "RateLimit" in name or "Throttl" in name or "Throttl" in str(exc)
+        cls = Throttled if throttled else ProviderError
+        return cls(
+            f"LangChain model {self.model_id!r} failed with {name}: {exc}",
+            code=name,
+            model_id=self.model_id,
+        )
+
+    def _reported(self, response_metadata: Any) -> str:
+        reported = model_id_of(response_metadata)
         if reported is not None and ":" in self.model_id and ":" not in reported:
             # The catalogue names models provider:model; the reply names only the model.
             reported = f"{self.model_id.partition(':')[0]}:{reported}"
+        return reported or self.model_id
+
+    def _completion(self, reply: Any, started: float) -> Completion:
+        usage = usage_from_langchain(getattr(reply, "usage_metadata", None), self.model_id)
+        content = reply.content
+        text = content if isinstance(content, str) else str(getattr(reply, "text", content))
         return Completion(
             text=text,
             usage=usage,
-            model_id=reported or self.model_id,
+            model_id=self._reported(getattr(reply, "response_metadata", {})),
             latency_s=time.perf_counter() - started,
         )
 

@@ -10,7 +10,14 @@ from chainkit.errors import ConfigError
 from chainkit.pricing import Tier
 from chainkit.records import Turn, Usage
 
-__all__ = ["METADATA_KEYS", "Completion", "Model", "Prompt", "check_private_tags"]
+__all__ = [
+    "METADATA_KEYS",
+    "Chunk",
+    "Completion",
+    "Model",
+    "Prompt",
+    "check_private_tags",
+]
 
 METADATA_KEYS = ("stage", "request_id")
 """The keys chainkit puts in every call's metadata beside the tags; a tag cannot replace them."""
@@ -46,6 +53,25 @@ class Completion:
     attempts: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a streamed reply: text as the provider sends it, and at the end its usage.
+
+    A provider's ``astream(prompt, *, max_tokens, metadata)`` yields these (an async iterator):
+    text deltas, then one chunk with the ``usage`` it reported (``model_id``, ``attempts`` and
+    ``estimated`` ride along with it). A stream that ends without usage was cut before the
+    provider said what it billed; chainkit then records the call's upper bound, marked
+    estimated. Optional for a provider: a model without ``astream`` streams its whole reply
+    as one piece.
+    """
+
+    text: str = ""
+    usage: Usage | None = None
+    model_id: str | None = None
+    estimated: bool = False
+    attempts: int = 1
+
+
 @runtime_checkable
 class Model(Protocol):
     """A transport that completes a prompt and reports usage.
@@ -67,6 +93,10 @@ class Model(Protocol):
         its ``private_tags`` (a frozenset of keys), and may have ``check_metadata(metadata)``,
         which raises ``ConfigError`` for metadata it could not send: chainkit asks before it
         reserves or sends anything, so such a call is refused at $0.
+
+        A provider may also have ``async def acomplete(...)`` with the same arguments, which
+        the async path (``Pipeline.arun``) awaits; without it, ``complete`` runs in a worker
+        thread. ``astream`` (see :class:`Chunk`) streams a reply.
         """
         ...
 

@@ -13,20 +13,21 @@ reproducing published figures and for tests.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from chainkit.errors import Timeout
 from chainkit.pricing import Tier
-from chainkit.providers.model import Completion, Prompt
+from chainkit.providers.model import Chunk, Completion, Prompt
 from chainkit.records import Usage
 from chainkit.tokens import count_tokens, is_exact
 
-__all__ = ["OfflineModel", "ScriptedModel", "extract"]
+__all__ = ["OfflineModel", "ScriptedModel", "extract", "pieces"]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -112,6 +113,20 @@ def _fill(text: str, budget: int, model_id: str) -> str:
     return " ".join(out)
 
 
+_PIECE = re.compile(r"\S+\s*|\s+")
+
+
+def pieces(text: str, size: int = 1) -> Iterator[str]:
+    """``text`` in pieces of ``size`` words (their trailing space kept), as a stream sends it.
+
+    >>> list(pieces("one two  three", 2))
+    ['one two  ', 'three']
+    """
+    words = _PIECE.findall(text)
+    for at in range(0, len(words), size):
+        yield "".join(words[at : at + size])
+
+
 def _count_prompt(prompt: Prompt, model_id: str) -> int:
     history = sum(count_tokens(t.text, model_id) for t in prompt.history)
     return count_tokens(prompt.system, model_id) + count_tokens(prompt.user, model_id) + history
@@ -139,6 +154,7 @@ class OfflineModel:
     region: str | None = None
     tier: Tier = "on_demand"
     keeps_deadline = True  # it answers or raises Timeout within timeout_s (see complete)
+    estimates_locally = True  # estimate() counts offline: the async path need not leave the loop
 
     def _budget(self, max_tokens: int) -> int:
         return max_tokens if self.output_tokens is None else min(max_tokens, self.output_tokens)
@@ -159,20 +175,60 @@ class OfflineModel:
         started = time.perf_counter()
         if timeout_s is not None and self.latency_s > timeout_s:
             time.sleep(timeout_s)
-            raise Timeout(
-                f"Offline model {self.model_id!r} (latency {self.latency_s} s) did not answer "
-                f"within {timeout_s} s.",
-                code="Timeout",
-                model_id=self.model_id,
-            )
+            raise self._too_slow(timeout_s)
+        text, usage = self._reply(prompt, max_tokens)
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return self._completion(text, usage, started)
+
+    async def acomplete(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
+        """:meth:`complete` for the event loop: the latency is awaited, not slept."""
+        started = time.perf_counter()
+        if timeout_s is not None and self.latency_s > timeout_s:
+            await asyncio.sleep(timeout_s)
+            raise self._too_slow(timeout_s)
+        text, usage = self._reply(prompt, max_tokens)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return self._completion(text, usage, started)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Chunk]:
+        """Stream the reply a word at a time, the latency spread over the words; usage last."""
+        text, usage = self._reply(prompt, max_tokens)
+        words = list(pieces(text)) or [""]
+        for word in words:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s / len(words))
+            if word:
+                yield Chunk(word)
+        yield Chunk(usage=usage, model_id=self.model_id, estimated=not is_exact(self.model_id))
+
+    def _too_slow(self, timeout_s: float) -> Timeout:
+        return Timeout(
+            f"Offline model {self.model_id!r} (latency {self.latency_s} s) did not answer "
+            f"within {timeout_s} s.",
+            code="Timeout",
+            model_id=self.model_id,
+        )
+
+    def _reply(self, prompt: Prompt, max_tokens: int) -> tuple[str, Usage]:
         budget = self._budget(max_tokens)
         source = _answer_source(prompt.user) if self.answer is None else self.answer(prompt, budget)
         text = extract(source, budget, self.model_id)
         if self.output_tokens is not None and text:
             text = _fill(text, budget, self.model_id)
-        usage = Usage(_count_prompt(prompt, self.model_id), count_tokens(text, self.model_id))
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        return text, Usage(_count_prompt(prompt, self.model_id), count_tokens(text, self.model_id))
+
+    def _completion(self, text: str, usage: Usage, started: float) -> Completion:
         return Completion(
             text=text,
             usage=usage,
@@ -213,17 +269,47 @@ class ScriptedModel:
     prompts: list[Prompt] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    estimates_locally = True  # estimate() counts offline: the async path need not leave the loop
 
     def complete(
         self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
     ) -> Completion:
         """Return the scripted reply and usage, and remember the prompt and metadata."""
+        text = self._asked(prompt, metadata)
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return self._completion(prompt, text)
+
+    async def acomplete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        """:meth:`complete` for the event loop (the latency awaited)."""
+        text = self._asked(prompt, metadata)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return self._completion(prompt, text)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The scripted reply a word at a time (the latency spread over them), then its usage."""
+        text = self._asked(prompt, metadata)
+        words = list(pieces(text)) or [""]
+        for word in words:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s / len(words))
+            if word:
+                yield Chunk(word)
+        done = self._completion(prompt, text)
+        yield Chunk(usage=done.usage, model_id=self.model_id, estimated=done.estimated)
+
+    def _asked(self, prompt: Prompt, metadata: Mapping[str, str] | None) -> str:
         with self._lock:
             self.prompts.append(prompt)
             self.metadata.append(dict(metadata or {}))
-        text = self.reply(prompt) if callable(self.reply) else self.reply
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        return self.reply(prompt) if callable(self.reply) else self.reply
+
+    def _completion(self, prompt: Prompt, text: str) -> Completion:
         usage = self.usage or Usage(
             _count_prompt(prompt, self.model_id), count_tokens(text, self.model_id)
         )

@@ -10,18 +10,22 @@ errors leave a call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from chainkit.errors import (
     BadResponse,
@@ -34,7 +38,7 @@ from chainkit.errors import (
 )
 from chainkit.ledger import Hold, Ledger
 from chainkit.pricing import Catalogue
-from chainkit.providers.model import METADATA_KEYS, Completion, Model, Prompt
+from chainkit.providers.model import METADATA_KEYS, Chunk, Completion, Model, Prompt
 from chainkit.records import _USAGE_FIELDS, Entry, Outcome, Phase, Request, Usage, new_entry_id
 
 __all__ = [
@@ -44,7 +48,10 @@ __all__ = [
     "check_timeout",
     "cost_bound",
     "input_bound",
+    "run_to_end",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 120.0
 """A model stage's deadline unless told otherwise: long enough for a long answer, not forever."""
@@ -75,7 +82,32 @@ def check_timeout(timeout_s: float | None, stage: str) -> None:
         )
 
 
-_TAKES_TIMEOUT: dict[type, bool] = {}
+_TAKES_TIMEOUT: dict[tuple[type, str], bool] = {}
+
+
+async def run_to_end(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a worker thread, in this task's context, awaited to its end.
+
+    For the sync work of the async path that may block (a ledger commit, a reservation, a
+    CountTokens request). A cancellation does not abandon it: the work goes on in its thread
+    (a thread cannot be stopped), so this waits for it to finish, and only then lets the
+    cancellation through. A write that was started has landed before the caller learns that it
+    was cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    future = loop.run_in_executor(None, functools.partial(context.run, fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait, the work cannot be stopped
+            except BaseException:
+                break  # it failed: the cancellation goes through all the same
+        raise
 
 
 def _lease(timeout_s: float | None) -> float:
@@ -83,16 +115,42 @@ def _lease(timeout_s: float | None) -> float:
     return 3600.0 if timeout_s is None else timeout_s + 60.0
 
 
-def _takes_timeout(model: Model) -> bool:
-    """Whether ``model.complete`` takes ``timeout_s`` (to bound its retries, say)."""
+_OWN_ASYNC: dict[tuple[type, str], bool] = {}
+
+
+def _async_method(model: Model, name: str) -> Any:
+    """``model.<name>`` (``acomplete``, ``astream``) if it speaks for the model, else ``None``.
+
+    A subclass that overrides ``complete`` but inherits ``acomplete`` (a test's model that
+    fails on purpose, say) would be bypassed by the inherited async method: then the async
+    path calls ``complete`` in a thread instead, so that both paths make the same call.
+    """
+    method = getattr(model, name, None)
+    own_attrs = getattr(model, "__dict__", {})
+    if method is None or name in own_attrs:
+        return method
+    if "complete" in own_attrs:
+        return None  # complete() replaced on this very object: call that one
     kind = type(model)
-    takes = _TAKES_TIMEOUT.get(kind)
+    own = _OWN_ASYNC.get((kind, name))
+    if own is None:
+        mro = kind.__mro__
+        sync = next((i for i, c in enumerate(mro) if "complete" in c.__dict__), len(mro))
+        found = next((i for i, c in enumerate(mro) if name in c.__dict__), len(mro))
+        own = _OWN_ASYNC[kind, name] = found <= sync
+    return method if own else None
+
+
+def _takes_timeout(model: Model, method: str = "complete") -> bool:
+    """Whether ``model.complete`` (or ``method``) takes ``timeout_s`` (to bound its retries)."""
+    key = (type(model), method)
+    takes = _TAKES_TIMEOUT.get(key)
     if takes is None:
         try:
-            params = inspect.signature(model.complete).parameters
+            params = inspect.signature(getattr(model, method)).parameters
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
-        takes = _TAKES_TIMEOUT[kind] = "timeout_s" in params
+        takes = _TAKES_TIMEOUT[key] = "timeout_s" in params
     return takes
 
 
@@ -325,19 +383,32 @@ class ModelCall:
         self.ledger.start_call()
         self._started = True
         try:
-            if self.ledger.pending:
-                self.ledger.flush()
-            return self._enter()
+            prepared = self._prepare()
+            if isinstance(prepared, Completion):
+                return prepared
+            return self._call(prepared)
         except BaseException:
+            self._release_unused()
             self._end()
             raise
+
+    def _release_unused(self) -> None:
+        """Give back a hold whose call was never sent (interrupted while it was prepared)."""
+        if self._hold is not None and not self._recorded and self.completion is None:
+            self.ledger.release(self._hold)
 
     def _end(self) -> None:
         if self._started:
             self._started = False
             self.ledger.end_call()
 
-    def _enter(self) -> Completion:
+    def _prepare(self) -> Completion | Usage:
+        """Everything before sending: checks, estimate, reservation; a replayed reply if any.
+
+        Returns the replayed completion, or the estimate of the call to make.
+        """
+        if self.ledger.pending:
+            self.ledger.flush()
         model, request, prompt = self.model, self.request, self.prompt
         card = self.catalogue.card(model.model_id)
         self._metadata = self._check_metadata()
@@ -388,7 +459,7 @@ class ModelCall:
             if self._hold is not None:
                 self.ledger.release(self._hold)
             return replayed
-        return self._call(estimate)
+        return estimate
 
     def _check_metadata(self) -> dict[str, str]:
         """The metadata the model is sent; refused at $0 now if it cannot be sent as it is."""
@@ -451,7 +522,7 @@ class ModelCall:
         return self.completion
 
     def _call(self, estimate: Usage) -> Completion:
-        model, request = self.model, self.request
+        model = self.model
         started = time.perf_counter()
         try:
             reply = self._complete(self._metadata)
@@ -460,13 +531,20 @@ class ModelCall:
             self._record_failure(exc, time.perf_counter() - started)
             if isinstance(exc, ProviderError) or not isinstance(exc, Exception):
                 raise
-            raise BadResponse(
-                f"Model {model.model_id!r} raised {type(exc).__name__} while answering request "
-                f"{request.id!r}: {_safe_text(exc, 300)}. Treated as a malformed reply; the call "
-                "is recorded with its cost unknown.",
-                code=type(exc).__name__,
-                model_id=model.model_id,
-            ) from exc
+            raise self._malformed(exc) from exc
+        return self._priced(completion)
+
+    def _malformed(self, exc: BaseException) -> BadResponse:
+        """What a model that raised something other than a chainkit error is reported as."""
+        return BadResponse(
+            f"Model {self.model.model_id!r} raised {type(exc).__name__} while answering request "
+            f"{self.request.id!r}: {_safe_text(exc, 300)}. Treated as a malformed reply; the call "
+            "is recorded with its cost unknown.",
+            code=type(exc).__name__,
+            model_id=self.model.model_id,
+        )
+
+    def _priced(self, completion: Completion) -> Completion:
         self.completion = completion
         try:
             self._price(completion)
@@ -536,6 +614,7 @@ class ModelCall:
         # A throttled call was refused before it ran: not billed. Anything else may have been.
         throttled = isinstance(exc, Throttled)
         timed_out = isinstance(exc, Timeout)
+        cancelled = isinstance(exc, asyncio.CancelledError | GeneratorExit)
         attempts = getattr(exc, "attempts", 1)
         if type(attempts) is not int or attempts < 1:
             attempts = 1
@@ -546,7 +625,7 @@ class ModelCall:
             intent=self.request.intent,
             latency_s=latency_s,
             attempts=attempts,
-            flags=("timeout",) if timed_out else (),
+            flags=("timeout",) if timed_out else ("cancelled",) if cancelled else (),
             note=f"{self.note + '; ' if self.note else ''}{type(exc).__name__}: {_safe_text(exc)}",
         )
         self._recorded = True
@@ -554,9 +633,28 @@ class ModelCall:
 
     def record(self, outcome: Outcome, *, intent: str | None = None) -> None:
         """Record the call's entry with the stage's ``outcome``; settle its budget hold."""
+        final = self._final(outcome, intent)
+        if final is not None:
+            entry, reply = final
+            self.ledger.record(entry, hold=self._hold, reply=reply)
+
+    async def arecord(self, outcome: Outcome, *, intent: str | None = None) -> None:
+        """:meth:`record` from a coroutine: a durable ledger commits in a worker thread."""
+        final = self._final(outcome, intent)
+        if final is not None:
+            entry, reply = final
+            if self.ledger.durable:
+                await run_to_end(self.ledger.record, entry, hold=self._hold, reply=reply)
+            else:
+                self.ledger.record(entry, hold=self._hold, reply=reply)
+
+    def _final(
+        self, outcome: Outcome, intent: str | None
+    ) -> tuple[Entry, tuple[str, str] | None] | None:
+        """The call's entry and saved reply, marked recorded (None if replayed: nothing to do)."""
         completion = self.completion
         if self._replayed:  # recorded by the run that paid for it
-            return
+            return None
         if completion is None or self._recorded:
             raise RuntimeError("ModelCall.record() belongs inside the `with` block, once.")
         entry = self._entry(
@@ -596,7 +694,7 @@ class ModelCall:
         # Marked first: if the write fails the entry stays pending in the ledger, and __exit__
         # must not record the same call again as failed.
         self._recorded = True
-        self.ledger.record(entry, hold=self._hold, reply=reply)
+        return entry, reply
 
     def __exit__(
         self,
@@ -610,3 +708,253 @@ class ModelCall:
         finally:
             self._end()
         return False
+
+    # -- the async path ------------------------------------------------------------------------
+    #
+    # The same steps as the sync path, in the same order, so that a call records the same entry
+    # and holds the same budget whichever path made it. What may block goes to a worker thread
+    # (run_to_end: a commit to a durable ledger, a reservation, CountTokens); what must happen
+    # whatever comes (the entry of a failed or cancelled call) runs on the loop's own thread,
+    # where no further cancellation can interrupt it: one commit, on a path that is rare.
+
+    def _blocking(self) -> bool:
+        """Whether preparing may block the loop (a file or server ledger, a remote count)."""
+        return self.ledger.durable or not getattr(self.model, "estimates_locally", False)
+
+    async def _aprepare(self) -> Completion | Usage:
+        if self._blocking():
+            return await run_to_end(self._prepare)
+        return self._prepare()
+
+    async def __aenter__(self) -> Completion:
+        self.ledger.start_call()
+        self._started = True
+        try:
+            prepared = await self._aprepare()
+            if isinstance(prepared, Completion):
+                return prepared
+            return await self._acall()
+        except BaseException:
+            self._release_unused()
+            self._end()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        return self.__exit__(exc_type, exc, tb)
+
+    async def _acall(self) -> Completion:
+        started = time.perf_counter()
+        try:
+            reply = await self._acomplete()
+            completion = _check_completion(reply, self.model, getattr(reply, "attempts", 1))
+        except BaseException as exc:
+            self._record_failure(exc, time.perf_counter() - started)
+            if isinstance(exc, ProviderError) or not isinstance(exc, Exception):
+                raise
+            raise self._malformed(exc) from exc
+        return self._priced(completion)
+
+    def _timeout(self) -> Timeout:
+        return Timeout(
+            f"Model {self.model.model_id!r} did not answer request {self.request.id!r} within "
+            f"{self.timeout_s} s (stage {self.stage!r}). It may still have been billed: the entry "
+            "records its cost as unknown, at most the amount reserved for it. Raise timeout_s "
+            "or check the provider.",
+            code="Timeout",
+            model_id=self.model.model_id,
+        )
+
+    async def _acomplete(self) -> Completion:
+        model, timeout_s = self.model, self.timeout_s
+        kwargs: dict[str, Any] = {"max_tokens": self.max_tokens, "metadata": self._metadata}
+        acomplete: Any = _async_method(model, "acomplete")
+        if acomplete is not None:
+            if timeout_s is not None and _takes_timeout(model, "acomplete"):
+                kwargs["timeout_s"] = timeout_s
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await acomplete(self.prompt, **kwargs)  # type: ignore[no-any-return]
+            except TimeoutError as exc:
+                raise self._timeout() from exc
+        if timeout_s is not None and _takes_timeout(model):
+            kwargs["timeout_s"] = timeout_s
+        # A sync model runs in a daemon thread, as on the sync path without a kept deadline: a
+        # hung call costs one idle thread, never the caller's wait nor the interpreter's exit.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Completion] = loop.create_future()
+        complete: Any = model.complete
+        prompt = self.prompt
+
+        def settle(value: Any, failed: bool) -> None:
+            if not future.done():
+                if failed:
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+
+        def run() -> None:
+            try:
+                value, failed = complete(prompt, **kwargs), False
+            except BaseException as exc:
+                value, failed = exc, True
+            # A closed loop: whoever waited has recorded the call already.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, value, failed)
+
+        threading.Thread(target=run, name="chainkit-call", daemon=True).start()
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            if future.done() and not future.cancelled() and future.exception() is exc:
+                raise  # the model itself raised TimeoutError: a malformed reply
+            raise self._timeout() from exc
+
+    def _bound_usage(self) -> Usage:
+        """The most the call can have used: its input bound and ``max_tokens`` of output."""
+        tokens, _ = input_bound(self.model, self.prompt)
+        return Usage(tokens, self.max_tokens)
+
+    async def astream(
+        self, outcome: Outcome = "answered", *, intent: str | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Send the call as a stream and yield its text as it comes; record it however it ends.
+
+        Ended by the provider: recorded with ``outcome`` and the usage it reported (its upper
+        bound, marked estimated, if the stream stopped before saying). Stopped by the reader
+        (``aclose``, a cancellation, a generator dropped): ``failed`` and flagged ``cancelled``,
+        with the usage reported if it came, else the upper bound marked estimated. A provider
+        error: ``failed`` as on the non-streaming path. The provider's stream is closed either
+        way. ``timeout_s`` bounds each wait for the provider's next piece. Close this
+        generator (``contextlib.aclosing``) rather than leave it to the garbage collector: the
+        entry is recorded when it is closed.
+        """
+        self.ledger.start_call()
+        self._started = True
+        parts: list[str] = []
+        last: Chunk | None = None
+        source: Any = None
+        sent = False
+        started = time.perf_counter()
+        try:
+            prepared = await self._aprepare()
+            if isinstance(prepared, Completion):  # replayed in a resumed step: paid before
+                yield prepared.text
+                return
+            sent = True
+            source = self._open_stream()
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise self._timeout() from exc
+                if not isinstance(chunk, Chunk) or not isinstance(chunk.text, str):
+                    raise BadResponse(
+                        f"Model {self.model.model_id!r} streamed {chunk!r:.80}, not a Chunk.",
+                        code="MalformedChunk",
+                        model_id=self.model.model_id,
+                    )
+                if chunk.usage is not None:
+                    last = chunk
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
+            completion = self._streamed(parts, last, started)
+            self._priced(completion)
+            await self.arecord(outcome, intent=intent)
+        except BaseException as exc:
+            if sent and not self._recorded and not self._replayed:
+                self._record_stopped(exc, parts, last, started)
+            # A provider's own exception is a malformed reply; chainkit's errors (a ledger that
+            # could not write, say) and cancellations go out as they are.
+            if sent and isinstance(exc, Exception) and not isinstance(exc, ChainkitError):
+                raise self._malformed(exc) from exc
+            raise
+        finally:
+            try:
+                if source is not None:
+                    await _close(source)
+            finally:
+                self._release_unused()
+                self._end()
+
+    def _open_stream(self) -> AsyncIterator[Chunk]:
+        astream: Any = _async_method(self.model, "astream")
+        if astream is not None:
+            return astream(  # type: ignore[no-any-return]
+                self.prompt, max_tokens=self.max_tokens, metadata=self._metadata
+            )
+        return self._whole()
+
+    async def _whole(self) -> AsyncIterator[Chunk]:
+        """A model that cannot stream: its whole reply as one piece."""
+        reply = await self._acomplete()
+        checked = _check_completion(reply, self.model, getattr(reply, "attempts", 1))
+        yield Chunk(
+            checked.text,
+            checked.usage,
+            checked.model_id,
+            checked.estimated,
+            checked.attempts,
+        )
+
+    def _streamed(self, parts: list[str], last: Chunk | None, started: float) -> Completion:
+        """The completion of a stream read to its end (or as far as it went)."""
+        text = "".join(parts)
+        if _SURROGATE.search(text):
+            text = _SURROGATE.sub("\ufffd", text)
+        if last is None or last.usage is None:
+            # Cut before the provider said what it billed: its upper bound, marked estimated.
+            return Completion(
+                text,
+                self._bound_usage(),
+                self.model.model_id,
+                estimated=True,
+                latency_s=time.perf_counter() - started,
+            )
+        reply = Completion(
+            text,
+            last.usage,
+            last.model_id or self.model.model_id,
+            estimated=last.estimated,
+            latency_s=time.perf_counter() - started,
+            attempts=last.attempts,
+        )
+        return _check_completion(reply, self.model, last.attempts)
+
+    def _record_stopped(
+        self, exc: BaseException, parts: list[str], last: Chunk | None, started: float
+    ) -> None:
+        """Record a stream that did not reach its end: what it generated and was billed."""
+        stopped = isinstance(exc, GeneratorExit | asyncio.CancelledError)
+        if not stopped and last is None:
+            self._record_failure(exc, time.perf_counter() - started)  # as a call that failed
+            return
+        try:
+            completion = self._streamed(parts, last, started)
+            self._price(completion)
+        except BaseException:
+            self._record_failure(exc, time.perf_counter() - started)
+            return
+        self.completion = completion
+        how = "stopped by its reader" if stopped else f"{type(exc).__name__}: {_safe_text(exc)}"
+        self.note = f"{self.note + '; ' if self.note else ''}{how} after {len(parts)} pieces"
+        self._flags = tuple(sorted({*self._flags, "cancelled"})) if stopped else self._flags
+        self.record("failed")
+
+
+async def _close(source: Any) -> None:
+    """Close a provider's stream (so that it stops generating); a failure to close is moot."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is None:
+        return
+    # The call is recorded; a stream that fails to close changes nothing.
+    with contextlib.suppress(Exception):
+        await aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -76,9 +78,8 @@ class Generate:
             self.model.model_id, usage, region=self.model.region, tier=self.model.tier
         )
 
-    def run(self, request: Request, ledger: Ledger) -> Result:
-        """Call the model and answer."""
-        call = ModelCall(
+    def _model_call(self, request: Request, ledger: Ledger) -> ModelCall:
+        return ModelCall(
             stage=self.name,
             model=self.model,
             catalogue=self.catalogue,
@@ -88,8 +89,37 @@ class Generate:
             ledger=ledger,
             timeout_s=self.timeout_s,
         )
+
+    def run(self, request: Request, ledger: Ledger) -> Result:
+        """Call the model and answer."""
+        call = self._model_call(request, ledger)
         with call as completion:
             call.record("answered")
         return Result(
             request=request, text=completion.text, stage=self.name, model=self.model.model_id
+        )
+
+    async def arun(self, request: Request, ledger: Ledger) -> Result:
+        """:meth:`run` on the event loop (the model's ``acomplete``, else a worker thread)."""
+        call = self._model_call(request, ledger)
+        async with call as completion:
+            await call.arecord("answered")
+        return Result(
+            request=request, text=completion.text, stage=self.name, model=self.model.model_id
+        )
+
+    async def astream(self, request: Request, ledger: Ledger) -> AsyncGenerator[str | Result, None]:
+        """Answer as a stream: the reply's text as the model sends it, then the ``Result``.
+
+        The call's entry is recorded when the stream ends, or when this generator is closed
+        early (see :meth:`ModelCall.astream`).
+        """
+        call = self._model_call(request, ledger)
+        parts: list[str] = []
+        async with aclosing(call.astream("answered")) as deltas:
+            async for text in deltas:
+                parts.append(text)
+                yield text
+        yield Result(
+            request=request, text="".join(parts), stage=self.name, model=self.model.model_id
         )

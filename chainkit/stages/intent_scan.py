@@ -283,6 +283,46 @@ class IntentScan:
             prediction = Prediction(previous.intent, self.follow_up_below)
         return prediction
 
+    async def _aask(
+        self, classifier: PromptClassifier, request: Request, ledger: Ledger
+    ) -> Prediction:
+        call = ModelCall(
+            stage=self.name,
+            model=classifier.model,
+            catalogue=self.catalogue,
+            prompt=self._with_context(classifier.prompt(request.text), request),
+            max_tokens=classifier.max_tokens,
+            request=request,
+            ledger=ledger,
+            timeout_s=self.timeout_s,
+        )
+        async with call as completion:
+            prediction = classifier.parse(completion.text)
+            await call.arecord("passed", intent=prediction.label)
+        return prediction
+
+    async def arun(self, request: Request, ledger: Ledger) -> Request:
+        """:meth:`run` on the event loop: a model is awaited, a local classifier runs inline."""
+        classifier = self.classifier
+        if isinstance(classifier, Cascade):
+            started = time.perf_counter()
+            prediction = self._free(classifier.first, request)
+            if prediction.confidence < classifier.min_confidence:
+                prediction = await self._aask(classifier.then, request, ledger)
+            else:
+                record_free(self.name, request, ledger, started=started, intent=prediction.label)
+        elif self._asks_model:
+            prediction = await self._aask(cast(PromptClassifier, classifier), request, ledger)
+        else:
+            prediction = self._predict(cast(Classifier, classifier), request, ledger)
+        return self._labelled(request, prediction)
+
+    def _labelled(self, request: Request, prediction: Prediction) -> Request:
+        intent: str | None = prediction.label
+        if prediction.confidence < self.min_confidence and intent not in self.trusted:
+            intent = None
+        return dataclasses.replace(request, intent=intent, confidence=prediction.confidence)
+
     def _predict(self, classifier: Classifier, request: Request, ledger: Ledger) -> Prediction:
         started = time.perf_counter()
         prediction = self._free(classifier, request)
@@ -305,10 +345,7 @@ class IntentScan:
             prediction = self._ask(cast(PromptClassifier, classifier), request, ledger)
         else:
             prediction = self._predict(cast(Classifier, classifier), request, ledger)
-        intent: str | None = prediction.label
-        if prediction.confidence < self.min_confidence and intent not in self.trusted:
-            intent = None
-        return dataclasses.replace(request, intent=intent, confidence=prediction.confidence)
+        return self._labelled(request, prediction)
 
 
 def _labels_of(classifier: object) -> frozenset[str] | None:

@@ -23,7 +23,13 @@ from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import MAX_TAG_KEY, Request, Result, Tags, check_text
 from chainkit.stages.answering import CostEstimator, record_early
-from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+from chainkit.stages.calling import (
+    DEFAULT_TIMEOUT_S,
+    ModelCall,
+    check_model,
+    check_timeout,
+    run_to_end,
+)
 
 if TYPE_CHECKING:
     from chainkit.pipeline import ResumePoint
@@ -235,6 +241,10 @@ class Precomputed:
             if reply is None:
                 reply = self.store.get(intent, slots)
         return record_early(self.name, self.fallback, request, ledger, reply, started)
+
+    async def arun(self, request: Request, ledger: Ledger) -> Request | Result:
+        """:meth:`run` in a worker thread: the store is read from disk."""
+        return await run_to_end(self.run, request, ledger)
 
 
 def precompute(

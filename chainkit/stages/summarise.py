@@ -101,6 +101,53 @@ class Summarise:
             call.record("passed")
         return completion.text
 
+    async def _acall(
+        self, request: Request, ledger: Ledger, prompt: Prompt, chunk: str | None
+    ) -> str:
+        call = ModelCall(
+            stage=self.name,
+            model=self.model,
+            catalogue=self.catalogue,
+            prompt=prompt,
+            max_tokens=self.max_tokens,
+            request=request,
+            ledger=ledger,
+            timeout_s=self.timeout_s,
+            note="" if chunk is None else f"chunk {chunk}",
+        )
+        async with call as completion:
+            await call.arecord("passed")
+        return completion.text
+
+    async def asummarise(self, request: Request, ledger: Ledger, document: str) -> str:
+        """:meth:`summarise` on the event loop: the same calls, one after another."""
+        room = self.room
+        model_id = self.model.model_id
+        if count_tokens(document, model_id) <= room:
+            return await self._acall(request, ledger, self.prompt(document), None)
+        text, level = document, 1
+        while True:
+            chunks = split_document(text, room, model_id)
+            # In order, as run() makes them: the same entries in the same order either way.
+            partials = [
+                await self._acall(request, ledger, self.prompt(chunk), f"{level}.{i}/{len(chunks)}")
+                for i, chunk in enumerate(chunks, start=1)
+            ]
+            text = "\n\n".join(partials)
+            if count_tokens(text, model_id) <= room:
+                combine = Prompt(self.combine.format(max_tokens=self.max_tokens), text)
+                return await self._acall(request, ledger, combine, "reduce")
+            level += 1
+
+    async def arun(self, request: Request, ledger: Ledger) -> Request:
+        """:meth:`run` on the event loop."""
+        if request.document is None:
+            record_free(self.name, request, ledger)
+            return request
+        return dataclasses.replace(
+            request, summary=await self.asummarise(request, ledger, request.document)
+        )
+
     def summarise(self, request: Request, ledger: Ledger, document: str) -> str:
         """Summarise ``document`` for ``request``, map-reduce style if it does not fit."""
         room = self.room

@@ -1,0 +1,394 @@
+"""Streaming through the pipeline: deltas as the provider sends them, one entry however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import aclosing
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chainkit import (
+    Budget,
+    Canned,
+    Catalogue,
+    ConfigError,
+    Entry,
+    Generate,
+    IntentScan,
+    KeywordClassifier,
+    Ledger,
+    Pipeline,
+    PostgresLedger,
+    ProviderError,
+    Request,
+    SQLiteLedger,
+    Usage,
+)
+from chainkit.pipeline import Answered, TextDelta
+from chainkit.providers.model import Chunk, Completion, Prompt
+from chainkit.providers.offline import pieces
+from chainkit.stages.calling import input_bound
+
+SEED = Catalogue.load("seed-2024")
+USAGE = Usage(40, 20)
+MODEL = "generic.powerful"  # seed prices: $60 per million tokens, in or out
+REPLY = "Your order 10234 ships today from Lyon. Tracking follows by email. 東京 🚚"
+
+
+class StreamingModel:
+    """A provider that streams a scripted reply, reports usage where told, and notes closing."""
+
+    model_id = MODEL
+    region = None
+    tier = "on_demand"
+    estimates_locally = True
+
+    def __init__(
+        self,
+        reply: str = REPLY,
+        usage: Usage | None = USAGE,
+        *,
+        usage_after: int | None = None,
+        fail_after: int | None = None,
+    ) -> None:
+        self.reply, self.usage = reply, usage
+        self.usage_after = usage_after  # report usage after this many pieces (default: last)
+        self.fail_after = fail_after  # raise a provider error after this many pieces
+        self.sent: list[str] = []
+        self.closed = 0
+        self.asked: list[Prompt] = []
+
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        self.asked.append(prompt)
+        return Completion(self.reply, self.usage or Usage(1, 1), self.model_id)
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        return Usage(40, max_tokens)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        self.asked.append(prompt)
+        words = list(pieces(self.reply))
+        try:
+            for i, word in enumerate(words):
+                if self.usage is not None and self.usage_after == i:
+                    yield Chunk(usage=self.usage, model_id=self.model_id)
+                if self.fail_after == i:
+                    raise ProviderError("modelStreamErrorException: the model stopped", code="x")
+                await asyncio.sleep(0)
+                self.sent.append(word)
+                yield Chunk(word)
+            if self.usage is not None and self.usage_after is None:
+                yield Chunk(usage=self.usage, model_id=self.model_id)
+        finally:
+            self.closed += 1
+
+
+def bot(model: Any, **generate: Any) -> Pipeline:
+    return Pipeline(
+        [
+            IntentScan(classifier=KeywordClassifier({"greeting": ["hi", "hello"]})),
+            Canned(replies={"greeting": "Hello! How can I help?"}),
+            Generate(model=model, max_tokens=100, catalogue=SEED, **generate),
+        ]
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
+    """Ledgers of every kind, closed after the test."""
+    made: list[Ledger] = []
+
+    def make(**kwargs: Any) -> Ledger:
+        if request.param == "memory":
+            ledger = Ledger(**kwargs)
+        elif request.param == "sqlite":
+            ledger = SQLiteLedger(tmp_path / f"l{len(made)}.db", **kwargs)
+        else:
+            dsn = request.getfixturevalue("pg_dsn")
+            schema = request.getfixturevalue("pg_schema")
+            ledger = PostgresLedger(dsn, schema=f"{schema}_{len(made)}", **kwargs)
+        made.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in made:
+        ledger.close()
+
+
+def key(e: Entry) -> tuple[Any, ...]:
+    """What an entry says, without what differs between runs (id, time, latency)."""
+    return (
+        e.request_id,
+        e.stage,
+        e.outcome,
+        e.model,
+        e.usage,
+        e.cost,
+        e.avoided_cost,
+        e.estimated,
+        e.intent,
+        e.flags,
+        e.bound,
+    )
+
+
+async def collect(pipeline: Pipeline, request: Request, ledger: Ledger) -> list[Any]:
+    return [event async for event in pipeline.astream(request, ledger)]
+
+
+def bound_of(model: Any, text: str = "Where?", max_tokens: int = 100) -> tuple[Usage, Decimal]:
+    """The upper bound a call about ``text`` holds: input bound and max_tokens output, priced."""
+    tokens, _ = input_bound(model, Generate(model=model, catalogue=SEED).prompt(Request(text)))
+    usage = Usage(tokens, max_tokens)
+    return usage, SEED.cost(MODEL, usage)
+
+
+def test_deltas_come_as_the_provider_sends_them_and_the_entry_is_the_same_as_arun(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()
+    streamed, ran = make_ledger(), make_ledger()
+    events = asyncio.run(collect(bot(model), Request("Where is my order?", id="q"), streamed))
+    asyncio.run(bot(StreamingModel()).arun(Request("Where is my order?", id="q"), ran))
+
+    *deltas, last = events
+    assert [d.text for d in deltas] == list(pieces(REPLY))
+    assert {d.stage for d in deltas} == {"generate"}
+    assert isinstance(last, Answered)
+    assert last.result.text == REPLY == "".join(d.text for d in deltas)
+    assert [key(e) for e in streamed.entries()] == [key(e) for e in ran.entries()]
+    generate = streamed.entries()[-1]
+    assert (generate.outcome, generate.usage, generate.estimated) == (
+        "answered",
+        Usage(40, 20),
+        False,
+    )
+    assert generate.cost == Decimal("0.0036")  # 60 tokens at $60 per million
+    assert model.closed == 1
+
+
+def test_an_early_answer_is_one_delta_with_the_whole_reply(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()
+    ledger, ran = make_ledger(), make_ledger()
+    events = asyncio.run(collect(bot(model), Request("hello there", id="g"), ledger))
+    bot(StreamingModel()).run(Request("hello there", id="g"), ran)
+
+    assert events == [
+        TextDelta("canned", "Hello! How can I help?"),
+        Answered(events[-1].result),
+    ]
+    assert events[-1].result.stage == "canned"
+    assert model.asked == []
+    assert [key(e) for e in ledger.entries()] == [key(e) for e in ran.entries()]
+
+
+def test_a_reader_that_stops_early_closes_the_stream_and_records_the_upper_bound(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()
+    ledger = make_ledger(budgets=[Budget(Decimal("1.00"), name="all")])
+
+    async def read_two() -> list[str]:
+        got: list[str] = []
+        async with aclosing(bot(model).astream(Request("Where?", id="d"), ledger)) as events:
+            async for event in events:
+                got.append(event.text)
+                if len(got) == 2:
+                    break  # the client went away
+        return got
+
+    got = asyncio.run(read_two())
+
+    assert got == list(pieces(REPLY))[:2]
+    assert model.closed == 1
+    assert len(model.sent) < len(list(pieces(REPLY)))
+    entry = ledger.entries()[-1]
+    usage, cost = bound_of(model)
+    assert (entry.stage, entry.outcome, entry.flags) == ("generate", "failed", ("cancelled",))
+    assert (entry.usage, entry.cost, entry.estimated) == (usage, cost, True)
+    assert "stopped by its reader after 2 pieces" in entry.note
+    [state] = ledger.status()
+    assert (state.spent, state.held) == (cost, Decimal(0))
+
+
+def test_a_reader_that_stops_after_the_usage_came_records_the_usage(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel(usage=Usage(40, 7), usage_after=3)
+    ledger = make_ledger()
+
+    async def read_four() -> None:
+        async with aclosing(bot(model).astream(Request("Where?", id="u"), ledger)) as events:
+            n = 0
+            async for _ in events:
+                n += 1
+                if n == 4:
+                    break
+
+    asyncio.run(read_four())
+
+    entry = ledger.entries()[-1]
+    assert (entry.outcome, entry.flags, entry.estimated) == ("failed", ("cancelled",), False)
+    assert (entry.usage, entry.cost) == (Usage(40, 7), Decimal("0.00282"))
+
+
+def test_a_stream_dropped_without_aclose_is_recorded_when_collected(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()
+    ledger = make_ledger()
+
+    async def drop() -> None:
+        events = bot(model).astream(Request("Where?", id="gc"), ledger)
+        await anext(events)
+        del events
+        gc.collect()
+        for _ in range(20):  # the loop's finaliser closes it in a task of its own
+            await asyncio.sleep(0.01)
+            if len(ledger.entries()) == 3:
+                break
+
+    asyncio.run(drop())
+
+    entry = ledger.entries()[-1]
+    assert (entry.stage, entry.outcome, entry.flags) == ("generate", "failed", ("cancelled",))
+    assert model.closed == 1
+
+
+def test_a_cancelled_reader_task_records_the_call_once(make_ledger: Callable[..., Ledger]) -> None:
+    model = StreamingModel()
+    ledger = make_ledger(budgets=[Budget(Decimal("1.00"), name="all")])
+
+    async def reader(seen: asyncio.Event) -> None:
+        async for _ in bot(model).astream(Request("Where?", id="c"), ledger):
+            seen.set()
+            await asyncio.sleep(10)  # a slow client
+
+    async def main() -> None:
+        seen = asyncio.Event()
+        task = asyncio.create_task(reader(seen))
+        await seen.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+    paid = [e for e in ledger.entries() if e.model]
+    assert len(paid) == 1
+    assert paid[0].flags == ("cancelled",)
+    assert ledger.status()[0].held == Decimal(0)
+    assert model.closed == 1
+
+
+def test_a_stream_cut_before_its_usage_answers_at_the_upper_bound_marked_estimated(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel(usage=None)
+    ledger = make_ledger()
+    events = asyncio.run(collect(bot(model), Request("Where?", id="cut"), ledger))
+
+    assert events[-1].result.text == REPLY
+    entry = ledger.entries()[-1]
+    usage, cost = bound_of(model)
+    assert (entry.outcome, entry.usage, entry.cost, entry.estimated) == (
+        "answered",
+        usage,
+        cost,
+        True,
+    )
+
+
+def test_a_provider_error_mid_stream_is_a_failed_call_of_unknown_cost(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel(fail_after=3)
+    ledger = make_ledger(budgets=[Budget(Decimal("1.00"), name="all")])
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in bot(model).astream(Request("Where?", id="e"), ledger):
+            got.append(event)
+
+    with pytest.raises(ProviderError, match="modelStreamErrorException"):
+        asyncio.run(read())
+
+    assert len(got) == 3
+    entry = ledger.entries()[-1]
+    _, cost = bound_of(model)
+    assert (entry.outcome, entry.cost, entry.bound) == ("failed", None, cost)
+    [state] = ledger.status()
+    assert (state.spent, state.held) == (cost, Decimal(0))  # unknown counts at its bound
+
+
+def test_a_model_that_cannot_stream_yields_its_whole_reply_once(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    from chainkit import ScriptedModel
+
+    model = ScriptedModel(model_id=MODEL, reply="Thirty days.", usage=Usage(30, 3))
+    del_stream = type("NoStream", (), {})  # a plain object with only complete() and estimate()
+    plain = del_stream()
+    plain.model_id, plain.region, plain.tier = MODEL, None, "on_demand"  # type: ignore[attr-defined]
+    plain.complete = model.complete  # type: ignore[attr-defined]
+    plain.estimate = model.estimate  # type: ignore[attr-defined]
+    ledger = make_ledger()
+    events = asyncio.run(collect(bot(plain), Request("Returns?", id="w"), ledger))
+
+    assert events[0] == TextDelta("generate", "Thirty days.")
+    assert ledger.entries()[-1].cost == Decimal("0.00198")
+
+
+def test_stream_answer_yields_the_same_events_without_an_event_loop(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    ledger = make_ledger()
+    events = list(bot(StreamingModel()).stream_answer(Request("Where?", id="s"), ledger))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == REPLY
+    assert ledger.entries()[-1].outcome == "answered"
+
+    model = StreamingModel()
+    for _event in bot(model).stream_answer(Request("Where?", id="s2"), ledger):
+        break
+    assert model.closed == 1
+    entry = ledger.entries()[-1]
+    assert (entry.request_id, entry.flags, entry.estimated) == ("s2", ("cancelled",), True)
+
+
+def test_stream_answer_inside_an_event_loop_is_refused() -> None:
+    async def main() -> None:
+        bot(StreamingModel()).stream_answer(Request("q"), Ledger())
+
+    with pytest.raises(ConfigError, match="astream"):
+        asyncio.run(main())
+
+
+def test_astream_takes_only_a_request() -> None:
+    with pytest.raises(ConfigError, match="takes a Request"):
+        asyncio.run(collect(bot(StreamingModel()), "hi", Ledger()))  # type: ignore[arg-type]
+
+
+def test_the_readme_async_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Async and streaming", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    ledger = namespace["ledger"]
+    assert capsys.readouterr().out.startswith("This is an offline stand-in reply")
+    assert len(ledger.entries()) == 2 + 200 * 3 + 3
+    assert [e.stage for e in ledger.entries()[:2]] == ["intent_scan", "canned"]
