@@ -32,6 +32,7 @@ from chainkit.providers import Completion, Model, OfflineModel, Prompt, Scripted
 from chainkit.records import Entry, Request, Result, Usage
 from chainkit.report import Report
 from chainkit.stages import (
+    AnswerStore,
     Canned,
     Cascade,
     Classifier,
@@ -46,6 +47,7 @@ from chainkit.stages import (
     Prediction,
     PromptClassifier,
     ReplyStore,
+    SemanticCache,
     Summarise,
     precompute,
 )
@@ -55,6 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyAnswered",
+    "AnswerStore",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -94,6 +97,7 @@ __all__ = [
     "Resume",
     "SQLiteLedger",
     "ScriptedModel",
+    "SemanticCache",
     "Stage",
     "Summarise",
     "Throttled",

@@ -2,6 +2,7 @@ import chainkit
 
 EXPECTED = [
     "AlreadyAnswered",
+    "AnswerStore",
     "BadResponse",
     "Budget",
     "BudgetExceeded",
@@ -41,6 +42,7 @@ EXPECTED = [
     "Resume",
     "SQLiteLedger",
     "ScriptedModel",
+    "SemanticCache",
     "Stage",
     "Summarise",
     "Throttled",
