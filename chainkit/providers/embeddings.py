@@ -19,6 +19,8 @@ kept and for how long.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -26,8 +28,8 @@ import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
@@ -121,8 +123,9 @@ class HashedEmbedder:
     one of ``dimension`` columns and a sign, weighted ``1 + log(count)``; the word block and the
     character block are each scaled to unit length, weighted by ``word_weight`` and
     ``1 - word_weight``, and the sum scaled to unit length. Cosine similarity of two such
-    vectors is then a TF (no IDF) similarity over both kinds of n-grams, which is what tells
-    paraphrases apart from other questions without a trained model.
+    vectors is then a TF similarity over both kinds of n-grams; :meth:`fit` adds IDF weights
+    learnt from a corpus (the questions already answered), so that words every question shares
+    ("my", "order") count for less.
 
     >>> e = HashedEmbedder()
     >>> a, b, c = e.embed("Where is my parcel?"), e.embed("where's my parcel"), e.embed("refund")
@@ -133,6 +136,9 @@ class HashedEmbedder:
     dimension: int = 512
     word_weight: float = 0.5
     model_id: str = "local.hashed-ngrams"
+    idf: tuple[NDArray[np.float64], NDArray[np.float64]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if type(self.dimension) is not int or not 16 <= self.dimension <= 65_536:
@@ -145,18 +151,7 @@ class HashedEmbedder:
                 f"HashedEmbedder word_weight must be in [0, 1], got {self.word_weight!r}."
             )
 
-    def _block(self, features: Counter[str]) -> NDArray[np.float64]:
-        block = np.zeros(self.dimension, dtype=np.float64)
-        for feature, count in features.items():
-            # surrogatepass: any str hashes, a lone surrogate included.
-            h = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
-            sign = 1.0 if h & 0x80000000 else -1.0
-            block[h % self.dimension] += sign * (1.0 + math.log(count))
-        norm = float(np.linalg.norm(block))
-        return block / norm if norm > 0 else block
-
-    def embed(self, text: str) -> Vector:
-        """The embedding of ``text`` (a zero vector when it has no word at all)."""
+    def _features(self, text: str) -> tuple[Counter[str], Counter[str]]:
         words = _WORD.findall(text.lower())
         grams: Counter[str] = Counter(words)
         grams.update(f"{a} {b}" for a, b in itertools.pairwise(words))
@@ -165,8 +160,52 @@ class HashedEmbedder:
             padded = f" {word} "
             for n in (3, 4, 5):
                 chars.update(padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
-        vector = self.word_weight * self._block(grams) + (1 - self.word_weight) * self._block(chars)
+        return grams, chars
+
+    def _column(self, feature: str) -> tuple[int, float]:
+        # surrogatepass: any str hashes, a lone surrogate included.
+        h = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
+        return h % self.dimension, 1.0 if h & 0x80000000 else -1.0
+
+    def _block(self, features: Counter[str], idf: NDArray[np.float64] | None) -> Vector:
+        block = np.zeros(self.dimension, dtype=np.float64)
+        for feature, count in features.items():
+            column, sign = self._column(feature)
+            block[column] += sign * (1.0 + math.log(count))
+        if idf is not None:
+            block *= idf
+        norm = float(np.linalg.norm(block))
+        return block / norm if norm > 0 else block  # type: ignore[return-value]
+
+    def embed(self, text: str) -> Vector:
+        """The embedding of ``text`` (a zero vector when it has no word at all)."""
+        grams, chars = self._features(text)
+        word_idf, char_idf = (None, None) if self.idf is None else self.idf
+        vector = self.word_weight * self._block(grams, word_idf) + (
+            1 - self.word_weight
+        ) * self._block(chars, char_idf)
         return _unit(vector)
+
+    def fit(self, texts: Iterable[str]) -> HashedEmbedder:
+        """A copy that weighs each hashed column by its inverse document frequency in ``texts``.
+
+        Smoothed as scikit-learn's TF-IDF is (``log((1 + n) / (1 + df)) + 1``). The copy's
+        ``model_id`` names a digest of the weights: vectors of different fits never share a
+        partition of an :class:`~chainkit.AnswerStore`.
+        """
+        counts = np.zeros((2, self.dimension), dtype=np.float64)
+        n = 0
+        for text in texts:
+            n += 1
+            for block, features in enumerate(self._features(text)):
+                columns = {self._column(f)[0] for f in features}
+                counts[block, list(columns)] += 1
+        if n == 0:
+            raise ConfigError("HashedEmbedder.fit needs at least one text.")
+        idf = np.log((1.0 + n) / (1.0 + counts)) + 1.0
+        digest = hashlib.sha256(idf.tobytes()).hexdigest()[:12]
+        base = self.model_id.split("+idf-", 1)[0]
+        return dataclasses.replace(self, idf=(idf[0], idf[1]), model_id=f"{base}+idf-{digest}")
 
 
 def _map_error(exc: Exception, attempts: int, model_id: str) -> ProviderError:
