@@ -529,3 +529,40 @@ def test_hashed_embeddings_are_the_same_in_another_process() -> None:
         [sys.executable, "-c", code, text], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
     assert bytes.fromhex(there) == here.tobytes()
+
+
+def test_idf_weights_change_the_space_and_its_name() -> None:
+    texts = ["where is my order", "where is my refund", "cancel my order", "my account"]
+    plain = HashedEmbedder()
+    fitted = plain.fit(texts)
+    assert fitted.model_id.startswith("local.hashed-ngrams+idf-")
+    assert fitted.model_id != plain.model_id
+    assert plain.fit(texts).model_id == fitted.model_id  # the same fit, the same space
+    assert plain.fit([*texts, "refund"]).model_id != fitted.model_id
+    assert fitted.fit(texts).model_id == fitted.model_id  # refitting names the base once
+    # "my", shared by every text, weighs less once fitted: the two orders' questions differ more.
+    a, b = "where is my order", "where is my refund"
+    assert float(fitted.embed(a) @ fitted.embed(b)) < float(plain.embed(a) @ plain.embed(b))
+    with pytest.raises(ConfigError, match="at least one text"):
+        plain.fit([])
+    # A store keeps each space apart: a plain vector never meets a fitted one.
+    store = AnswerStore()
+    store.add(plain.embed(a), "plain", intent="faq", scope=None, embedder=plain.model_id)
+    assert (
+        store.nearest(fitted.embed(a), intent="faq", scope=None, embedder=fitted.model_id) is None
+    )
+
+
+def test_the_readme_example_runs_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Semantic cache", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    assert capsys.readouterr().out == "generate\nsemantic_cache\n"
+    assert (tmp_path / "answers.db").is_file()
