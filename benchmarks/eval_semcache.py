@@ -20,7 +20,8 @@ threshold alone):
 A *hit* is a lookup at or above the threshold. A *false hit* answers with another intent's
 answer: for an in-scope question, a stored answer whose intent is not the question's; for a
 CLINC150 out-of-scope question, any hit. The threshold is chosen on dev as the one with the most
-hits among those whose false hits are at most ``--max-false`` (1%) of hits; test is reported
+hits among those whose false hits are at most a target share of hits (1%, 2% and 5%; CLINC150
+has questions labelled with two intents, so its dev data cannot meet 1%); test is reported
 at that threshold, with every false-hit kind beside the hit rate.
 
 Cost: the test split is then run through the real stage in a pipeline at the chosen threshold,
@@ -79,6 +80,7 @@ CLINC = DATA / "clinc150" / "clinc150_full.jsonl"
 OOS = "oos"
 TENANT = {"tenant": "shop"}
 GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+TARGETS = (0.01, 0.02, 0.05)  # false hits as a share of hits, at most, on dev
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,15 @@ def unscoped_lookups(
     )
 
 
-def choose(dev: Lookups, max_false: float) -> dict[str, float]:
-    """The threshold with the most dev hits whose false hits are at most ``max_false`` of hits."""
+def choose(dev: Lookups, max_false: float) -> dict[str, float] | None:
+    """The threshold with the most dev hits whose false hits are at most ``max_false`` of hits.
+
+    ``None`` when no threshold with a hit keeps false hits that low on dev.
+    """
     points = [dev.at(float(t)) for t in GRID]
     feasible = [p for p in points if p["false_share"] <= max_false and p["hits"]]
     if not feasible:
-        return max(points, key=lambda p: p["threshold"])
+        return None
     return max(feasible, key=lambda p: (p["hit_rate"], -p["threshold"]))
 
 
@@ -305,12 +310,12 @@ def evaluate(
     )
     lines += [
         "",
-        "| mode | embedding | threshold (dev) | dev hit rate | dev false / hits | test hit rate "
-        "| test right hits | test false hits / in-scope queries | test false / hits "
-        "| test oos false-hit rate |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | embedding | false-hit target | threshold (dev) | dev hit rate "
+        "| dev false / hits | test hit rate | test right hits "
+        "| test false hits / in-scope queries | test false / hits | test oos false-hit rate |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    chosen: tuple[float, float, str] = (-1.0, 0.0, "hashed")
+    chosen: tuple[tuple[float, float], float, str, float] = ((-1.0, -1.0), 1.0, "hashed", 1.0)
     curves: dict[str, list[dict[str, float]]] = {}
     for mode in ("intent-scoped", "unscoped"):
         for label, embedder in embedders.items():
@@ -320,19 +325,26 @@ def evaluate(
             else:
                 dev_l = unscoped_lookups(embedder, train, dev)
                 test_l = unscoped_lookups(embedder, train, test)
-            best = choose(dev_l, args.max_false)
-            t = test_l.at(best["threshold"])
-            oos = "n/a" if np.isnan(t["oos_false"]) else f"{t['oos_false']:.4f}"
-            lines.append(
-                f"| {mode} | {label} | {best['threshold']:.2f} | {best['hit_rate']:.3f} | "
-                f"{best['false_share']:.4f} | {t['hit_rate']:.3f} | {t['right_hit_rate']:.3f} | "
-                f"{t['false_per_query']:.4f} | {t['false_share']:.4f} | {oos} |"
-            )
+            for target in TARGETS:
+                best = choose(dev_l, target)
+                if best is None:
+                    lines.append(f"| {mode} | {label} | {target:.0%} | none on dev | | | | | | | |")
+                    continue
+                t = test_l.at(best["threshold"])
+                oos = "n/a" if np.isnan(t["oos_false"]) else f"{t['oos_false']:.4f}"
+                lines.append(
+                    f"| {mode} | {label} | {target:.0%} | {best['threshold']:.2f} | "
+                    f"{best['hit_rate']:.3f} | {best['false_share']:.4f} | {t['hit_rate']:.3f} | "
+                    f"{t['right_hit_rate']:.3f} | {t['false_per_query']:.4f} | "
+                    f"{t['false_share']:.4f} | {oos} |"
+                )
+                # The cost run: intent-scoped, the lowest target dev can meet, most dev hits.
+                key = (-target, best["hit_rate"])
+                if mode == "intent-scoped" and key > chosen[0]:
+                    chosen = (key, best["threshold"], label, target)
             curves[f"{mode}, {label}"] = [
                 test_l.at(float(x)) for x in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
             ]
-            if mode == "intent-scoped" and best["hit_rate"] > chosen[0]:
-                chosen = (best["hit_rate"], best["threshold"], label)
     first = next(iter(curves.values()))
     lines += [
         "",
@@ -349,7 +361,7 @@ def evaluate(
             oos = "" if np.isnan(p["oos_false"]) else f" / {p['oos_false']:.3f}"
             cells.append(f"{p['hit_rate']:.3f} / {p['false_share']:.3f}{oos}")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    _, chosen_scoped, chosen_label = chosen
+    _, chosen_scoped, chosen_label, chosen_target = chosen
     intents = declared if declared is not None else {r.intent for r in train if r.intent != OOS}
     run = cost_run(train, test, predicted["test"], intents, chosen_scoped, embedders[chosen_label])
     which = (
@@ -359,7 +371,8 @@ def evaluate(
     )
     lines += [
         "",
-        f"Cost on test, the real stage (intent-scoped, `{chosen_label}`, the best on dev) at "
+        f"Cost on test, the real stage (intent-scoped, `{chosen_label}`: the most dev hits at "
+        f"the lowest false-hit target dev can meet, {chosen_target:.0%}) at "
         f"threshold {chosen_scoped:.2f} caching {which} "
         f"({len(intents)}), learning from misses:",
         "",
@@ -379,7 +392,6 @@ def evaluate(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--max-false", type=float, default=0.01)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--datasets", default="bitext,clinc150")
     args = parser.parse_args()
@@ -388,9 +400,9 @@ def main() -> int:
         return 2
     lines = header("Semantic cache: hit rate, false hits and cost saved", "eval_semcache.py")
     lines += [
-        f"Embedding: `HashedEmbedder()` (512 hashed word 1-2-gram and character 3-5-gram "
-        f"features, free, offline). Threshold chosen on dev: the most hits with false hits at "
-        f"most {args.max_false:.0%} of hits. Rates are shares of in-scope questions unless "
+        "Embedding: `HashedEmbedder()` (512 hashed word 1-2-gram and character 3-5-gram "
+        "features, free, offline). Threshold chosen on dev: the most hits with false hits at "
+        "most the target share of hits (1%, 2%, 5%). Rates are shares of in-scope questions unless "
         "named otherwise; the out-of-scope false-hit rate is the share of out-of-scope test "
         "questions answered from the cache.",
         "",
