@@ -358,6 +358,7 @@ class SemanticCache:
     name: str = "semantic_cache"
     _paid: bool = field(default=False, init=False, repr=False)
     _dimension: int = field(default=0, init=False, repr=False)
+    _window: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_text(self.name, "stage name")
@@ -396,6 +397,8 @@ class SemanticCache:
             catalogue = catalogue_for(self.embedder, self.catalogue)
             object.__setattr__(self, "catalogue", catalogue)
             check_model(self.embedder, catalogue, self.name)  # type: ignore[arg-type]
+            window = catalogue.card(self.embedder.model_id).context_window
+            object.__setattr__(self, "_window", window)
         elif not isinstance(self.embedder, Embedder):
             raise ConfigError(
                 f"SemanticCache embedder must have embed(text) (a local embedder such as "
@@ -436,11 +439,14 @@ class SemanticCache:
         if not self._paid:
             return embedder.embed(request.text)  # type: ignore[union-attr]
         assert self.catalogue is not None
+        prompt = Prompt("", request.text)
+        if embedder.estimate(prompt, max_tokens=1).input_tokens >= self._window:  # type: ignore[union-attr]
+            return None  # longer than the embedder takes: not cached, and nothing refused
         call = ModelCall(
             stage=f"{self.name}.embed",
             model=embedder,  # type: ignore[arg-type]
             catalogue=self.catalogue,
-            prompt=Prompt("", request.text),
+            prompt=prompt,
             max_tokens=1,  # embeddings have no output; 1 keeps the context check meaningful
             request=request,
             ledger=ledger,

@@ -566,3 +566,18 @@ def test_the_readme_example_runs_as_shown(
     exec(compile(code.group(1), "README.md", "exec"), {})
     assert capsys.readouterr().out == "generate\nsemantic_cache\n"
     assert (tmp_path / "answers.db").is_file()
+
+
+def test_a_question_longer_than_the_paid_embedder_takes_goes_on_unembedded(
+    titan: tuple[BedrockEmbedder, Stubber],
+) -> None:
+    embedder, _ = titan  # nothing queued: a call sent would fail the stubber
+    model = responder()
+    stage = cache(AnswerStore(), model, embedder=embedder, catalogue=BEDROCK)
+    ledger = Ledger()
+    out = stage.run(ask("word " * 8_000, id="long"), ledger)  # ~10,000 tokens > 8,192
+    assert isinstance(out, Result) and out.stage == "generate"
+    assert [(e.stage, e.outcome) for e in ledger] == [
+        ("semantic_cache", "passed"),
+        ("generate", "answered"),
+    ]
