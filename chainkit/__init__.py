@@ -32,6 +32,7 @@ from chainkit.providers import Completion, Model, OfflineModel, Prompt, Scripted
 from chainkit.records import Conversation, Entry, Request, Result, Turn, Usage
 from chainkit.report import Report
 from chainkit.stages import (
+    AnswerStore,
     Canned,
     Cascade,
     Classifier,
@@ -47,6 +48,7 @@ from chainkit.stages import (
     Prediction,
     PromptClassifier,
     ReplyStore,
+    SemanticCache,
     Summarise,
     precompute,
 )
@@ -56,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyAnswered",
+    "AnswerStore",
     "Answered",
     "BadResponse",
     "Budget",
@@ -98,6 +101,7 @@ __all__ = [
     "Resume",
     "SQLiteLedger",
     "ScriptedModel",
+    "SemanticCache",
     "Stage",
     "Summarise",
     "TextDelta",

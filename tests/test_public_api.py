@@ -2,6 +2,7 @@ import chainkit
 
 EXPECTED = [
     "AlreadyAnswered",
+    "AnswerStore",
     "Answered",
     "BadResponse",
     "Budget",
@@ -44,6 +45,7 @@ EXPECTED = [
     "Resume",
     "SQLiteLedger",
     "ScriptedModel",
+    "SemanticCache",
     "Stage",
     "Summarise",
     "TextDelta",

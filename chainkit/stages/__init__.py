@@ -16,9 +16,11 @@ from chainkit.stages.intent_scan import (
 )
 from chainkit.stages.lookup import FactRule, Lookup
 from chainkit.stages.precomputed import Precomputed, ReplyStore, precompute
+from chainkit.stages.semantic_cache import AnswerStore, SemanticCache
 from chainkit.stages.summarise import Summarise
 
 __all__ = [
+    "AnswerStore",
     "Canned",
     "Cascade",
     "Classifier",
@@ -36,6 +38,7 @@ __all__ = [
     "Prediction",
     "PromptClassifier",
     "ReplyStore",
+    "SemanticCache",
     "Summarise",
     "precompute",
 ]
