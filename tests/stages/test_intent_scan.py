@@ -1,10 +1,13 @@
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainkit import (
     Catalogue,
     ConfigError,
+    Conversation,
     IntentScan,
     KeywordClassifier,
     Ledger,
@@ -12,8 +15,10 @@ from chainkit import (
     Prompt,
     Request,
     ScriptedModel,
+    Turn,
     Usage,
 )
+from chainkit.stages.intent_scan import Prediction, _at_most_words, _twelfths
 
 SEED = Catalogue.load("seed-2024")
 RULES = KeywordClassifier({"greeting": ["hi", "hello"], "track_order": ["where is"]})
@@ -165,3 +170,90 @@ def test_llm_classifier_prompt_lists_labels_in_order() -> None:
         "'unknown' if none fits. Answer with the intent name only.\nIntents: b, a",
         "text",
     )
+
+
+# -- how many words a turn holds, whatever its script (the follow-up gate) -------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "twelfths"),
+    [
+        ("and the second one?", 48),  # spaced scripts: whitespace-separated words, as before
+        ("et pour l'autre ?", 36),  # a lone "?" is no word
+        ("?! …", 0),
+        ("", 0),
+        ("2つ目はどうですか？", 12 + 8 + 7 * 6),  # "2", one Han character, seven kana  # noqa: RUF001
+        ("先週注文した商品がまだ届いていないのですが、どうなっていますか", 7 * 8 + 23 * 6),
+        ("那另一个呢？", 5 * 8),  # noqa: RUF001
+        ("我想取消我昨天下的订单，请帮我处理一下", 18 * 8),  # noqa: RUF001
+        ("iPhoneの画面が割れた", 12 + 3 * 8 + 4 * 6),  # mixed scripts: Latin word, Han, kana
+        ("注文12345と67890", 2 * 8 + 12 + 6 + 12),
+        ("주문 취소 해주세요", 36),  # Hangul is written with spaces
+        ("ขอบคุณครับ", 10 * 3),  # Thai: no spaces, a quarter word per character
+        ("same question 😅", 36),  # an emoji is a word of its own
+        ("👍👍👍", 12),
+        ("👍 👍 👍", 36),
+        ("👨‍👩‍👧 ❤️", 24),  # ZWJ sequence, variation selector
+        ("\ud83d and \udfff", 36),  # lone surrogates count as a word each, never raise
+    ],
+)
+def test_words_are_counted_by_script(text: str, twelfths: int) -> None:
+    assert _twelfths(text) == twelfths
+    assert _at_most_words(text, 6) is (twelfths <= 72)
+
+
+ANY_CHAR = st.one_of(
+    st.characters(),
+    st.sampled_from("日本語のテキスト中文한국어ไทย😅👍❤️\u200d？、。 \t\n"),  # noqa: RUF001
+    st.integers(0xD800, 0xDFFF).map(chr),  # lone surrogates
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(ANY_CHAR, max_size=40), st.text(ANY_CHAR, max_size=40), st.integers(1, 12))
+def test_word_counts_add_up_across_a_space_and_the_gate_agrees(a: str, b: str, limit: int) -> None:
+    # A space ends every word, so two texts joined by one hold the words of both.
+    assert _twelfths(f"{a} {b}") == _twelfths(a) + _twelfths(b)
+    assert _at_most_words(a, limit) is (_twelfths(a) <= 12 * limit)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9']{0,7}", fullmatch=True), max_size=12))
+def test_spaced_words_count_one_each(words: list[str]) -> None:
+    assert _twelfths(" ".join(words)) == 12 * len(words)
+
+
+class Asked:
+    """A free classifier that is never sure and remembers every text it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def predict(self, text: str) -> Prediction:
+        self.asked.append(text)
+        return Prediction("track_order" if "order" in text else "unknown", 0.9 * ("order" in text))
+
+
+@pytest.mark.parametrize(
+    ("turn", "joined"),
+    [
+        ("2つ目はどうですか？", True),  # noqa: RUF001
+        ("那另一个呢？", True),  # noqa: RUF001
+        ("and this one? 🙏", True),
+        ("先週注文した商品がまだ届いていないのですが、どうなっていますか", False),
+        ("我想取消我昨天下的订单，请帮我处理一下", False),  # noqa: RUF001
+        ("can you recommend a good italian restaurant near the station", False),
+    ],
+)
+def test_only_short_turns_are_joined_to_the_previous_one_in_any_script(
+    turn: str, joined: bool
+) -> None:
+    clf = Asked()
+    conversation = Conversation("c", turns=(Turn("user", "where is my order", "track_order"),))
+    ledger = Ledger()
+    stage = IntentScan(classifier=clf, follow_up="join", follow_up_words=6)
+    out = stage.run(conversation.request(turn, id="r"), ledger)
+    assert clf.asked == [turn, *([f"where is my order\n{turn}"] if joined else [])]
+    assert out.intent == ("track_order" if joined else "unknown")
+    [entry] = ledger.entries()
+    assert entry.intent == out.intent and entry.cost == Decimal(0)
