@@ -380,6 +380,13 @@ def _time_chart(
             lo, mid, hi = (float(v) for v in b.future)
             band_pts.append((cx, y(lo), y(mid), y(hi)))
     if band_pts:
+        # Where the forecast starts: a dashed rule at the edge of its first day.
+        edge = band_pts[0][0] - slot / 2
+        parts.append(
+            f'<line x1="{_f(edge)}" x2="{_f(edge)}" y1="{top}" y2="{_f(y(0))}" stroke="{MUTED}" '
+            f'stroke-dasharray="3 3"/><text x="{_f(edge + 6)}" y="{top + 10}" class="tick">'
+            "forecast</text>"
+        )
         upper = " ".join(f"{_f(x)},{_f(hi)}" for x, _, _, hi in band_pts)
         lower = " ".join(f"{_f(x)},{_f(lo)}" for x, lo, _, _ in reversed(band_pts))
         middle = " ".join(f"{_f(x)},{_f(mid)}" for x, _, mid, _ in band_pts)
@@ -552,7 +559,7 @@ def _kpis(
 ) -> str:
     spend = usd(t.cost) if t.cost is not None else f"at least {usd(known)}"
     cards = [
-        ("Spend", spend, f"{t.calls:,} calls over {days} day{'s' * (days != 1)}"),
+        ("Spend", spend, f"{_calls(t.calls)} over {days} day{'s' * (days != 1)}"),
         ("Avoided", usd(t.avoided_cost), "what the final model would have cost"),
         ("Requests", f"{t.requests:,}", _per_request(t)),
     ]
@@ -563,7 +570,7 @@ def _kpis(
     cards.append(
         (
             "Unknown cost",
-            f"{t.unknown:,} calls",
+            _calls(t.unknown),
             "none: every cost is known"
             if not t.unknown
             else ("no bound" if t.cost_bound is None else f"spend at most {usd(t.cost_bound)}"),
@@ -583,6 +590,10 @@ def _kpis(
         )
         + "</section>"
     )
+
+
+def _calls(n: int) -> str:
+    return f"{n:,} call{'' if n == 1 else 's'}"
 
 
 def _per_request(t: Totals) -> str:
@@ -771,23 +782,22 @@ def _budgets_section(states: Sequence[BudgetState], events: Sequence[BudgetEvent
         '<p class="muted">Spend in each budget\'s current period (unknown costs counted at their '
         "bound), money held for calls under way, and the thresholds whose crossing is recorded."
         f'</p><div class="budgets">{"".join(cards)}</div>'
-        + (table if events else '<p class="muted">No threshold has been crossed.</p>')
+        + (table if events else '<p class="muted">No threshold crossing is recorded.</p>')
         + "</section>"
     )
 
 
-def _variants_section(report: Report) -> str:
+def _variants_section(report: Report, unknown: Mapping[str, int]) -> str:
     variants = report.variants
     if not variants:
         return ""
-    rows = [
-        _Row(
-            v.name,
-            _Amount.exact(v.cost_per_request),
-            "" if v.savings_pct is None or v is variants[0] else f"{v.savings_pct}% saved",
-        )
-        for v in variants
-    ]
+
+    def note(v: VariantReport) -> str:
+        if v.cost_per_request is None and unknown.get(v.name):
+            return f"{_calls(unknown[v.name])} of unknown cost"
+        return "" if v.savings_pct is None or v is variants[0] else f"{v.savings_pct}% saved"
+
+    rows = [_Row(v.name, _Amount.exact(v.cost_per_request), note(v)) for v in variants]
     svg = _bar_chart("variants", "Cost per request by variant", rows, SPEND, width=1000)
     head = ["variant", "requests", "total", "per request", "p50", "p90"]
     if report.traffic_per_day is not None:
@@ -937,11 +947,11 @@ footer{max-width:1120px;margin:0 auto;padding:0 24px 32px;color:var(--muted);fon
 @media print{details{display:none}body{background:#fff}}
 """
 
-# Click a column heading to sort by it (numbers by value, "$1,234.5" included); nothing else.
+# Click a column heading to sort by it: amounts ("$1,234.5", "12%") by value, before text.
 _SCRIPT = """
 (function(){
   function key(cell){
-    var t=cell.textContent.trim(), n=parseFloat(t.replace(/[$,%]/g,""));
+    var t=cell.textContent.trim(), c=t.replace(/[$,%]/g,""), n=c===""?NaN:Number(c);
     return isNaN(n)?t.toLowerCase():n;
   }
   document.querySelectorAll("table.sortable thead th").forEach(function(th, col){
@@ -953,8 +963,8 @@ _SCRIPT = """
       var rows=Array.prototype.slice.call(body.rows);
       rows.sort(function(a,b){
         var x=key(a.cells[col]), y=key(b.cells[col]);
-        if(typeof x!==typeof y){x=String(x);y=String(y);}
-        return (x<y?-1:x>y?1:0)*(up?1:-1);
+        var order=typeof x!==typeof y?(typeof x==="number"?-1:1):(x<y?-1:x>y?1:0);
+        return order*(up?1:-1);
       });
       rows.forEach(function(r){body.appendChild(r);});
     });
@@ -1022,6 +1032,11 @@ def html_report(
         report = Report.from_ledger(ledger, tag=variant_tag)
     total = ledger.totals()
     known = _known_parts(ledger, tags) if total.unknown else {}
+    unknown_by_variant = (
+        {"all" if k is None else k: t.unknown for k, t in ledger.by_tag(variant_tag).items()}
+        if total.unknown
+        else {}
+    )
     days = ledger.by_day()
     states = ledger.status()
     events = ledger.events()
@@ -1062,7 +1077,7 @@ def html_report(
         f'<section id="breakdown"><h2>Where the money goes</h2><div class="grid">'
         f"{''.join(breakdowns)}{_savings_section(stages, total)}</div></section>",
         _budgets_section(states, events),
-        _variants_section(report),
+        _variants_section(report, unknown_by_variant),
         _anomalies_section(marks),
     ]
     unknown_note = (

@@ -241,6 +241,8 @@ def test_variants_match_the_report(ledger: Ledger) -> None:
     assert [r[0] for r in rows] == ["A", "B"]
     assert rows[0][2] == "$0.012" and rows[0][3] == "$0.012"
     assert rows[1][2] == "unknown"  # r4's unknown cost makes B's total unknown, not smaller
+    bars = figure(dom, "chart-variants").one("svg").text
+    assert "unknown · 1 call of unknown cost" in bars
 
 
 def test_forecast_band_and_anomalies_plug_in(ledger: Ledger) -> None:
