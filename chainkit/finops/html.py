@@ -320,9 +320,7 @@ def _time_chart(
     width, height, left, right, top, bottom = 1000, 300, 74, 16, 18, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max(
-        [b.amount.height for b in buckets]
-        + [float(b.future[2]) for b in buckets if b.future]
-        + [float(a.observed) for group in marks.values() for a in group],
+        [b.amount.height for b in buckets] + [float(b.future[2]) for b in buckets if b.future],
         default=0.0,
     )
     ticks = _ticks(peak)
@@ -401,7 +399,7 @@ def _time_chart(
             parts.append(f'<circle cx="{_f(x)}" cy="{_f(mid)}" r="2.5" fill="{BAND}"/>')
     for i, group in sorted(marks.items()):
         cx = left + (i + 0.5) * slot
-        value = max(float(a.observed) for a in group)
+        value = buckets[i].amount.height  # over the bar, whatever scope was unusual
         tips = "; ".join(
             f"{' '.join(a.scope)}: {a.kind}, {usd(a.observed)} vs {usd(a.expected)} expected"
             for a in group
@@ -555,9 +553,8 @@ def _lookup(groups: Mapping[str | None, Totals], label: str, missing: str) -> To
 
 
 def _kpis(
-    t: Totals, known: Decimal, days: int, budgets: Sequence[BudgetState], n_anomalies: int
+    t: Totals, spend: str, days: int, budgets: Sequence[BudgetState], n_anomalies: int
 ) -> str:
-    spend = usd(t.cost) if t.cost is not None else f"at least {usd(known)}"
     cards = [
         ("Spend", spend, f"{_calls(t.calls)} over {days} day{'s' * (days != 1)}"),
         ("Avoided", usd(t.avoided_cost), "what the final model would have cost"),
@@ -637,7 +634,7 @@ def _spend_section(
     svg = _time_chart("spend", unit, buckets, marks, forecast.level if forecast else None)
     legend = [f'<span class="key" data-c="spend"></span>spend per {unit} (UTC)']
     if any(b.amount.cost is None for b in buckets):
-        legend.append('<span class="key" data-c="unknown"></span>unknown cost, drawn at its bound')
+        legend.append('<span class="key" data-c="unknown"></span>unknown cost, up to its bound')
     if forecast is not None:
         legend.append(
             f'<span class="key" data-c="band"></span>forecast, {round(forecast.level * 100)}% '
@@ -669,15 +666,17 @@ def _spend_section(
     )
 
 
-def _savings_section(stages: Mapping[str, Totals], total: Totals) -> str:
+def _savings_section(stages: Mapping[str, Totals], total: Totals, spent: str) -> str:
     rows = [_Row(name, _Amount.exact(t.avoided_cost)) for name, t in stages.items()]
     rows = sorted(
         (r for r in rows if r.amount.height or r.amount.cost is None),
         key=lambda r: (-r.amount.height, r.label),
     )
     if not rows:
-        body = '<p class="empty">No stage avoided a model call.</p>'
-        return f'<section id="savings"><h2>Savings by stage</h2>{body}</section>'
+        return (
+            '<figure class="chart" id="chart-savings"><figcaption><h3>Savings by stage</h3>'
+            '<p class="empty">No stage avoided a model call.</p></figcaption></figure>'
+        )
     svg = _bar_chart("savings", "Avoided cost by stage", rows, SAVED)
     table = _table(
         ["stage", "calls", "avoided cost", "cost"],
@@ -693,13 +692,9 @@ def _savings_section(stages: Mapping[str, Totals], total: Totals) -> str:
     )
     caption = (
         "What the final model would have cost for the requests each stage answered without it: "
-        f"{usd(total.avoided_cost)} in all, against {usd(total.cost)} spent."
+        f"{usd(total.avoided_cost)} in all, against {spent} spent."
     )
-    return (
-        '<section id="savings" class="panel">'
-        + _figure("chart-savings", "Savings by stage (avoided cost)", svg, _text(caption), table)
-        + "</section>"
-    )
+    return _figure("chart-savings", "Savings by stage (avoided cost)", svg, _text(caption), table)
 
 
 def _budget_bar(state: BudgetState) -> str:
@@ -1001,7 +996,8 @@ def html_report(
     """The ledger as one self-contained HTML page (a ``str``; write it as UTF-8).
 
     Args:
-        ledger: any ledger (in memory, SQLite, PostgreSQL); only read.
+        ledger: any ledger (in memory, SQLite, PostgreSQL). It is only read, but for what its
+            ``status()`` does on a writable ledger: holds whose lease ended become entries.
         report: the variant comparison to show; by default ``Report.from_ledger`` on
             ``variant_tag``.
         forecast: a daily forecast to draw as a band after the observed spend.
@@ -1071,11 +1067,12 @@ def html_report(
         )
     with localcontext(CONTEXT):
         known_total = sum(known.get("day", {}).values(), Decimal(0))
+    spent = usd(total.cost) if total.cost is not None else f"at least {usd(known_total)}"
     body = [
-        _kpis(total, known_total, len(days), states, len(marks)),
+        _kpis(total, spent, len(days), states, len(marks)),
         _spend_section(ledger, forecast, marks, known.get("day", {})),
         f'<section id="breakdown"><h2>Where the money goes</h2><div class="grid">'
-        f"{''.join(breakdowns)}{_savings_section(stages, total)}</div></section>",
+        f"{''.join(breakdowns)}{_savings_section(stages, total, spent)}</div></section>",
         _budgets_section(states, events),
         _variants_section(report, unknown_by_variant),
         _anomalies_section(marks),

@@ -299,6 +299,7 @@ def test_empty_ledger() -> None:
     assert "No entries." in dom.one("section", id="spend").text
     assert "No budgets are defined" in dom.one("section", id="budgets").text
     assert dom.all("figure", id="chart-stage")  # an empty chart, not an error
+    assert "No stage avoided a model call." in figure(dom, "chart-savings").text
 
 
 # -- text is text -------------------------------------------------------------------------------
