@@ -23,7 +23,7 @@ from PIL import Image
 
 from chainkit import Budget, Entry, Ledger, SQLiteLedger, Usage
 from chainkit.cli import main
-from chainkit.finops.html import CSP
+from chainkit.finops.html import CSP, html_report
 from tests.finops.browser import render
 from tests.finops.test_html import JAPANESE, SCRIPT_TENANT, Anomaly, Forecast, parse
 
@@ -153,8 +153,6 @@ def page(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     with Ledger(clock=lambda: NOW) as ledger:
         three_weeks(ledger)
         forecast, anomalies = extras(ledger)
-        from chainkit.finops.html import html_report
-
         text = html_report(ledger, forecast=forecast, anomalies=anomalies, source="three weeks",
                            generated=NOW)  # fmt: skip
     path = tmp_path / "report.html"
