@@ -258,10 +258,12 @@ def _known_parts(ledger: Ledger, tags: Sequence[str]) -> dict[str, dict[object, 
 
 
 def _series(
-    ledger: Ledger, forecast: ForecastLike | None, known: Mapping[object, Decimal]
+    ledger: Ledger,
+    days: Mapping[date, Totals],
+    forecast: ForecastLike | None,
+    known: Mapping[object, Decimal],
 ) -> tuple[str, list[_Bucket]]:
     """Spend per UTC day (or hour, for a short ledger without a forecast), gaps filled with $0."""
-    days = ledger.by_day()
     band = {d: (lo, mid, hi) for d, lo, mid, hi in forecast.band} if forecast else {}
     if forecast is None and days and (max(days) - min(days)).days < HOURLY_UP_TO_DAYS:
         hours: dict[datetime, _HourSum] = {}
@@ -621,11 +623,12 @@ def _anomaly_slots(
 
 def _spend_section(
     ledger: Ledger,
+    days: Mapping[date, Totals],
     forecast: ForecastLike | None,
     anomalies: Sequence[AnomalyLike],
     known: Mapping[object, Decimal],
 ) -> str:
-    unit, buckets = _series(ledger, forecast, known)
+    unit, buckets = _series(ledger, days, forecast, known)
     if not buckets:
         return (
             '<section id="spend"><h2>Spend over time</h2><p class="empty">No entries.</p></section>'
@@ -1070,7 +1073,7 @@ def html_report(
     spent = usd(total.cost) if total.cost is not None else f"at least {usd(known_total)}"
     body = [
         _kpis(total, spent, len(days), states, len(marks)),
-        _spend_section(ledger, forecast, marks, known.get("day", {})),
+        _spend_section(ledger, days, forecast, marks, known.get("day", {})),
         f'<section id="breakdown"><h2>Where the money goes</h2><div class="grid">'
         f"{''.join(breakdowns)}{_savings_section(stages, total, spent)}</div></section>",
         _budgets_section(states, events),
