@@ -44,6 +44,9 @@ from chainkit.report import Report, VariantReport, money
 
 __all__ = ["AnomalyLike", "ForecastLike", "html_report"]
 
+MAX_BARS = 12
+"""A breakdown chart shows at most this many bars: the dearest, then one for all the others."""
+
 HOURLY_UP_TO_DAYS = 2
 """A ledger spanning this many UTC days or fewer is charted by hour (one bar a day says little)."""
 
@@ -503,15 +506,27 @@ def _figure(
 
 def _breakdown_rows(
     groups: Mapping[str | None, Totals], missing: str, known: Mapping[object, Decimal]
-) -> list[_Row]:
+) -> list[tuple[_Row, Totals]]:
     with localcontext(CONTEXT):
         total = sum((t.cost for t in groups.values() if t.cost is not None), Decimal(0))
     rows = []
     for key, t in groups.items():
         a = _Amount.of(t, known.get(key))
         note = _pct(t.cost, total) if t.cost is not None and total else ""
-        rows.append(_Row(missing if key is None else key, a, note))
-    return sorted(rows, key=lambda r: (-r.amount.height, r.label))
+        rows.append((_Row(missing if key is None else key, a, note), t))
+    return sorted(rows, key=lambda r: (-r[0].amount.height, r[0].label))
+
+
+def _others(rows: Sequence[_Row]) -> _Row:
+    """The rows a chart has no room for, as one bar (the table keeps each of them)."""
+    with localcontext(CONTEXT):
+        known = sum((r.amount.known for r in rows), Decimal(0))
+        costs = [r.amount.cost for r in rows]
+        bounds = [r.amount.bound for r in rows]
+        cost = None if None in costs else sum((c for c in costs if c is not None), Decimal(0))
+        bound = None if None in bounds else sum((b for b in bounds if b is not None), Decimal(0))
+    unknown = sum(r.amount.unknown for r in rows)
+    return _Row(f"{len(rows):,} others", _Amount(cost, known, bound, unknown))
 
 
 def _breakdown(
@@ -523,7 +538,10 @@ def _breakdown(
     known: Mapping[object, Decimal],
 ) -> str:
     rows = _breakdown_rows(groups, missing, known)
-    svg = _bar_chart(uid, heading, rows, SPEND)
+    bars = [r for r, _ in rows]
+    if len(bars) > MAX_BARS:
+        bars = [*bars[: MAX_BARS - 1], _others(bars[MAX_BARS - 1 :])]
+    svg = _bar_chart(uid, heading, bars, SPEND)
     table = _table(
         [what, "calls", "requests", "input tokens", "output tokens", "cost", "unknown-cost calls"],
         (
@@ -536,19 +554,15 @@ def _breakdown(
                 _exact(t.cost),
                 f"{t.unknown:,}",
             ]
-            for r, t in ((r, _lookup(groups, r.label, missing)) for r in rows)
+            for r, t in rows
         ),
     )
+    shown = "" if len(bars) == len(rows) else f" (the chart shows the {MAX_BARS - 1} dearest)"
     caption = (
-        f"{len(rows)} {what}{'' if len(rows) == 1 else 's'}, dearest first; share of known spend."
+        f"{len(rows):,} {what}{'' if len(rows) == 1 else 's'}{shown}, dearest first; share of "
+        "known spend."
     )
     return _figure(uid, heading, svg, _text(caption), table)
-
-
-def _lookup(groups: Mapping[str | None, Totals], label: str, missing: str) -> Totals:
-    if label in groups:
-        return groups[label]
-    return groups[None] if label == missing and None in groups else Totals()
 
 
 # -- sections -------------------------------------------------------------------------------------

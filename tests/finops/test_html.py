@@ -425,3 +425,36 @@ def test_cli_out_for_other_formats_and_a_bad_folder(
     assert main(["report", str(path), "--format", "html", "--out", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(missing) in err and "Check the path" in err
+
+
+def test_many_tenants_chart_the_dearest_and_the_rest_as_one_bar() -> None:
+    ledger = Ledger()
+    for i in range(30):
+        ledger.record(Entry(request_id=f"r{i}", stage="generate", outcome="answered",
+                            cost=Decimal(i + 1) / 100, tags={"tenant": f"t{i:02d}"},
+                            time=_at(1)))  # fmt: skip
+    ledger.record(Entry(request_id="u", stage="generate", outcome="answered", cost=None,
+                        bound=Decimal("0.05"), tags={"tenant": "t00"}, time=_at(1)))  # fmt: skip
+    fig = figure(parse(html_report(ledger)), "chart-tag-0")
+    labels = [t.text for t in fig.one("svg").all("text") if t.attrs.get("class") == "label"]
+    assert len(labels) == 12 and labels[0].startswith("t29") and labels[10].startswith("t19")
+    assert labels[11].startswith("19 others")
+    # t00..t18 cost $0.01 + ... + $0.19 = $1.90 known, one unknown up to $0.05 more.
+    assert "$1.90 to $1.95 (1 unknown)" in fig.one("svg").text
+    assert len(rows_of(fig)) == 30 and "the chart shows the 11 dearest" in fig.text
+
+
+def test_unknown_costs_without_a_bound() -> None:
+    ledger = Ledger()
+    for day in (1, 2, 3):
+        ledger.record(Entry(request_id=f"r{day}", stage="generate", outcome="answered",
+                            cost=None if day == 2 else Decimal("0.25"), model="m",
+                            time=_at(day)))  # fmt: skip
+    dom = parse(html_report(ledger))
+    svg = figure(dom, "chart-spend").one("svg")
+    assert [t.text for t in svg.all("text") if t.attrs.get("class") == "unknown"] == [
+        "?2026-11-02: cost unknown, no bound"
+    ]
+    assert "at least $0.50 (1 unknown, no bound)" in figure(dom, "chart-model").one("svg").text
+    kpis = dom.one("section", **{"aria-label": "Summary"}).text
+    assert "Spendat least $0.50" in kpis and "Unknown cost1 callno bound" in kpis
