@@ -10,8 +10,10 @@ hash), so the page can load nothing from a network and no text from the ledger c
 script even if it were not escaped (it is: every tag, stage, model and name goes through
 :func:`_text`).
 
-Unknown costs are never drawn as $0: a bar or day whose cost is unknown is hatched up to its
-bound (the most it can have cost) when the ledger knows one, and says "unknown" otherwise.
+Unknown costs are never drawn as $0: a bar or day whose cost is unknown is solid up to what its
+known entries cost and hatched from there up to its bound (the most it can have cost); without a
+bound it says so. Finding the known part takes one more pass over the entries, made only when
+some cost is unknown (:class:`Totals` keeps no known part).
 
 Forecasts and anomalies come from elsewhere (``chainkit.finops.forecast`` and ``anomalies``);
 anything shaped like :class:`ForecastLike` and :class:`AnomalyLike` plugs in.
