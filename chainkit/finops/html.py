@@ -304,6 +304,7 @@ SAVED = "#23966b"
 BAND = "#e8a33d"
 ANOMALY = "#d03b3b"
 GRID = "#e3e7ee"
+OTHERS = "#9aa4b2"
 INK = "#1d2433"
 MUTED = "#667085"
 
@@ -429,6 +430,7 @@ class _Row:
     label: str
     amount: _Amount
     note: str = ""
+    colour: str | None = None  # the chart's colour unless given
 
 
 def _bar_chart(uid: str, title: str, rows: Sequence[_Row], colour: str, *, width: int = 560) -> str:
@@ -460,7 +462,7 @@ def _bar_chart(uid: str, title: str, rows: Sequence[_Row], colour: str, *, width
         if solid > 0:
             parts.append(
                 f'<rect class="bar" x="{label_w}" y="{y + 4}" width="{_f(max(solid, 1.5))}" '
-                f'height="{row_h - 8}" rx="2" fill="{colour}">{tip}</rect>'
+                f'height="{row_h - 8}" rx="2" fill="{r.colour or colour}">{tip}</rect>'
             )
         parts.append(
             f'<text x="{_f(label_w + max(w, 0) + 6)}" y="{y + 17}" class="value">'
@@ -528,7 +530,7 @@ def _others(rows: Sequence[_Row]) -> _Row:
         cost = None if None in costs else sum((c for c in costs if c is not None), Decimal(0))
         bound = None if None in bounds else sum((b for b in bounds if b is not None), Decimal(0))
     unknown = sum(r.amount.unknown for r in rows)
-    return _Row(f"{len(rows):,} others", _Amount(cost, known, bound, unknown))
+    return _Row(f"{len(rows):,} others", _Amount(cost, known, bound, unknown), colour=OTHERS)
 
 
 def _breakdown(

@@ -439,6 +439,7 @@ def test_many_tenants_chart_the_dearest_and_the_rest_as_one_bar() -> None:
     labels = [t.text for t in fig.one("svg").all("text") if t.attrs.get("class") == "label"]
     assert len(labels) == 12 and labels[0].startswith("t29") and labels[10].startswith("t19")
     assert labels[11].startswith("19 others")
+    assert len(fig.one("svg").all("rect", fill="#9aa4b2")) == 1  # the others' bar is grey
     # t00..t18 cost $0.01 + ... + $0.19 = $1.90 known, one unknown up to $0.05 more.
     assert "$1.90 to $1.95 (1 unknown)" in fig.one("svg").text
     assert len(rows_of(fig)) == 30 and "the chart shows the 11 dearest" in fig.text
