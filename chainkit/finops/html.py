@@ -107,8 +107,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def _text(value: object) -> str:
     r"""``value`` as HTML text: escaped, lone surrogates and control characters as U+FFFD.
 
-    >>> _text('<script>"x"</script>'), _text("\ud800 ok"), _text("日本 🚚")
-    ('&lt;script&gt;&quot;x&quot;&lt;/script&gt;', '\ufffd ok', '日本 🚚')
+    >>> _text('<script>"x"</script>'), _text("日本 🚚")
+    ('&lt;script&gt;&quot;x&quot;&lt;/script&gt;', '日本 🚚')
+    >>> _text("\ud800 ok\x07") == "\ufffd ok\ufffd"
+    True
     """
     text = str(value)
     if not text.isascii():
