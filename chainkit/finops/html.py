@@ -1102,7 +1102,8 @@ def html_report(
     ]
     unknown_note = (
         f"{total.unknown:,} calls have an unknown cost: every sum that includes one is shown as "
-        "unknown (never $0), and charts draw it hatched at its bound, the most it can have cost."
+        "unknown (never $0); charts draw what is known solid and hatch the rest up to its bound, "
+        "the most it can have cost."
         if total.unknown
         else "Every cost in this ledger is known."
     )
