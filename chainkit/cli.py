@@ -297,6 +297,11 @@ def _report(args: argparse.Namespace) -> str:
             report = Report.from_ledger(
                 ledger, tag=args.variant_tag, traffic_per_day=args.traffic, baseline=args.baseline
             )
+            if args.format == "html":
+                from chainkit.finops.html import html_report
+
+                page = html_report(ledger, report=report, tags=args.by_tag or ["tenant"],
+                                   source=str(path))  # fmt: skip
     except sqlite3.Error as exc:
         raise ChainkitError(
             f"Cannot read ledger {path}: SQLite says {exc}. Is it a ledger a recipe wrote with "
@@ -307,8 +312,14 @@ def _report(args: argparse.Namespace) -> str:
         "markdown": report.to_markdown,
         "csv": report.to_csv,
         "table": report.to_table,
+        "html": lambda: page.rstrip("\n"),
     }
-    return render[args.format]()
+    text = render[args.format]()
+    if args.out is None:
+        return text
+    out = Path(args.out)
+    out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return f"Wrote {out} ({out.stat().st_size:,} bytes, {args.format})."
 
 
 def _open_writable(where: str, schema: str) -> SQLLedger:
@@ -401,10 +412,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.add_argument(
         "--format",
-        choices=["table", "markdown", "json", "csv"],
+        choices=["table", "markdown", "json", "csv", "html"],
         default="table",
         help="table (default); markdown: the same tables to paste; json: exact figures; csv: "
-        "a row per variant and per variant and stage",
+        "a row per variant and per variant and stage; html: one self-contained page with charts "
+        "(spend per day, cost by stage, model and tag, savings, budgets, variants)",
+    )
+    report.add_argument("--out", default=None, help="write the report to this file, not stdout")
+    report.add_argument(
+        "--by-tag",
+        action="append",
+        metavar="KEY",
+        help="html: chart cost by this tag (repeat for several; default tenant)",
     )
     report.add_argument(
         "--by",

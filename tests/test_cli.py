@@ -476,7 +476,7 @@ def test_help_texts_are_clean() -> None:
     prices = _cli("prices", "--help").stdout
     assert "with their prices per million tokens" in prices  # a description, not just usage
     report = _cli("report", "--help").stdout
-    assert "{table,markdown,json,csv}" in report
+    assert "{table,markdown,json,csv,html}" in report
 
 
 def test_known_aws_and_sqlite_errors_are_explained_in_one_line() -> None:
