@@ -284,6 +284,10 @@ def _prices(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> str:
+    if args.by is not None:
+        from chainkit.finops.commands import report_by
+
+        return report_by(args)
     path = Path(args.ledger)
     # Read-only: a report never changes the file (nor creates one at a mistyped path).
     try:
@@ -394,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="table (default); markdown: the same tables to paste; json: exact figures; csv: "
         "a row per variant and per variant and stage",
     )
+    report.add_argument(
+        "--by",
+        default=None,
+        help="showback by tag instead (e.g. tenant, or tenant,feature): cost with one-off spend "
+        "amortised, and unit costs",
+    )
     report.set_defaults(run=_report)
     ledger = sub.add_parser(
         "ledger",
@@ -414,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     purge.set_defaults(run=_purge)
+    from chainkit.finops.commands import add_commands
+
+    add_commands(sub)  # forecast, anomalies
     args = parser.parse_args(argv)
 
     def work() -> int:

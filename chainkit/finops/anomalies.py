@@ -53,7 +53,7 @@ Kind = Literal["spike", "deflection_drop", "unit_cost_jump"]
 KINDS: tuple[str, ...] = ("spike", "deflection_drop", "unit_cost_jump")
 TAGS = ("tenant", "feature", "team", "environment")
 """The tags whose values' spend is watched by default (ids such as ``user`` would be noise)."""
-_MICRO = Decimal("0.000001")
+_MONEY = Decimal("1E-9")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,10 @@ class Anomaly:
     expected: Decimal
     score: float
 
+    def __post_init__(self) -> None:
+        # Three decimals: what is recorded reads back equal to what was found.
+        object.__setattr__(self, "score", round(float(self.score), 3))
+
     @property
     def key(self) -> str:
         """The event key it is recorded under: one event per kind, scope and time."""
@@ -86,7 +90,7 @@ class Anomaly:
             "kind": self.kind,
             "observed": str(self.observed),
             "expected": str(self.expected),
-            "score": round(self.score, 3),
+            "score": self.score,
         }
 
     @classmethod
@@ -152,7 +156,7 @@ class _Bucket:
 
 
 def _money(x: float) -> Decimal:
-    return Decimal(repr(float(x))).quantize(_MICRO)
+    return Decimal(repr(float(x))).quantize(_MONEY)
 
 
 def _share(x: float) -> Decimal:
@@ -187,6 +191,7 @@ def anomalies_of(
     if unknown:
         raise ConfigError(f"Unknown anomaly kinds {sorted(unknown)}; known: {list(KINDS)}.")
     buckets: dict[datetime, _Bucket] = {}
+    paid: dict[tuple[str, str], tuple[float, int]] = {}  # scope -> (spend, paid entries)
     for e in entries:
         t = e.time.astimezone(UTC)
         at = (
@@ -202,6 +207,9 @@ def anomalies_of(
         scopes = [("total", "all")] + [(k, e.tags[k]) for k in tags if k in e.tags]
         for s in scopes:
             b.spend[s] = b.spend.get(s, 0.0) + amount
+            if amount > 0:
+                total, n = paid.get(s, (0.0, 0))
+                paid[s] = (total + amount, n + 1)
         if e.phase != "serve":
             continue
         b.requests.add(e.request_id)
@@ -230,6 +238,7 @@ def anomalies_of(
 
     if "spike" in kinds:
         scopes = sorted({s for r in rows for s in r.spend})
+        typical = {s: paid[s][0] / paid[s][1] if paid.get(s, (0, 0))[1] else 0.0 for s in scopes}
         for s in scopes:
             series = [r.spend.get(s, 0.0) for r in rows]
             for i in range(need, len(rows)):
@@ -246,8 +255,14 @@ def anomalies_of(
                     sd = float(f.prediction_sd([times[i].date()])[0])
                     score = (float(np.log(y + f.offset)) - mean) / sd
                 else:
-                    med, spread = _robust([series[j] for j in past(i)])
-                    expected, score = med, (y - med) / spread
+                    hist = [series[j] for j in past(i)]
+                    expected = float(np.mean(hist))
+                    # Spend in an hour is a sum of few calls' costs (compound Poisson): its
+                    # spread is at least that of one call more than the mean, whatever the
+                    # MAD of seven hours says.
+                    poisson = float(np.sqrt((expected + typical[s]) * typical[s]))
+                    _, spread = _robust(hist, poisson)
+                    score = (y - expected) / spread
                 if (
                     score >= th.z
                     and y >= th.spike_ratio * expected

@@ -36,7 +36,7 @@ __all__ = [
     "forecast_series",
 ]
 
-_MICRO = Decimal("0.000001")
+_MONEY = Decimal("1E-9")  # a billionth of a dollar: small daily spends keep their digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,7 @@ class Forecast:
 
 
 def _money(x: float) -> Decimal:
-    return Decimal(repr(float(x))).quantize(_MICRO)
+    return Decimal(repr(float(x))).quantize(_MONEY)
 
 
 def _month_end(d: date) -> date:
@@ -117,10 +117,15 @@ def forecast_series(
     through: date | None = None,
     scope: tuple[str, str] | None = None,
     limit: Decimal | None = None,
+    one_off: dict[date, Decimal | None] | None = None,
     paths: int = 4000,
     seed: int = 0,
 ) -> Forecast:
-    """Forecast a daily series (see :func:`forecast`)."""
+    """Forecast a daily series of recurring spend (see :func:`forecast`).
+
+    ``one_off`` is spend that will not recur (setup: precomputing, a batch's set-up): it is
+    part of the observed days and of the month to date, but not of the fit.
+    """
     if not 0 < level < 1:
         raise ConfigError(f"Forecast level {level!r} is not a share in (0, 1); try 0.8 or 0.95.")
     if through is not None:
@@ -137,6 +142,11 @@ def forecast_series(
         )
     f = fit(series)
     last = max(series)
+    extra = {d: v for d, v in (one_off or {}).items() if d <= last}
+    observed = dict(series)
+    for d, v in extra.items():
+        before = observed.get(d, Decimal(0))
+        observed[d] = None if before is None or v is None else before + v
     horizon_end = _month_end(_month_end(last) + timedelta(days=1))
     future = [last + timedelta(days=i) for i in range(1, (horizon_end - last).days + 1)]
     sims = f.paths(future, n=paths, seed=seed)
@@ -150,7 +160,7 @@ def forecast_series(
     n_rest = (this_end - last).days
     month_to_date = exact_sum(
         v if v is not None else Decimal(0)
-        for d, v in series.items()
+        for d, v in observed.items()
         if (d.year, d.month) == (last.year, last.month)
     )
     assert month_to_date is not None
@@ -165,7 +175,7 @@ def forecast_series(
     p_over = None if limit is None else float(np.mean(month_totals > float(limit)))
     return Forecast(
         scope=scope,
-        observed=tuple(sorted(series.items())),
+        observed=tuple(sorted(observed.items())),
         bands=bands,
         month_end=band(this_end, rest, month_to_date),
         next_month=band(horizon_end, nxt),
@@ -196,13 +206,19 @@ def forecast(
         through: the last complete day (default: the last day with entries).
     """
     if tag is None:
-        series = daily_spend(ledger).get("all", {})
+        grouped = daily_spend(ledger, _phase)
     else:
         key, value = tag
-        series = daily_spend(ledger, lambda e: "x" if e.tags.get(key) == value else None).get(
-            "x", {}
-        )
-    return forecast_series(series, level=level, through=through, scope=tag)
+        grouped = daily_spend(ledger, lambda e: _phase(e) if e.tags.get(key) == value else None)
+    return forecast_series(
+        grouped.get("serve", {}), level=level, through=through, scope=tag,
+        one_off=grouped.get("setup"),
+    )  # fmt: skip
+
+
+def _phase(e: Entry) -> str:
+    # Setup spend is one-off: counted in the month it was paid, never projected forward.
+    return "setup" if e.phase == "setup" else "serve"
 
 
 def forecast_by(
@@ -214,13 +230,18 @@ def forecast_by(
     min_days: int = 3,
 ) -> dict[str, Forecast]:
     """A forecast per value of tag ``tag`` (values with fewer than ``min_days`` known days skipped)."""
-    series = daily_spend(ledger, lambda e: e.tags.get(tag))
+    series = daily_spend(
+        ledger, lambda e: None if (v := e.tags.get(tag)) is None else (v, _phase(e))
+    )
     out: dict[str, Forecast] = {}
-    for value, days in sorted(series.items(), key=lambda kv: str(kv[0])):
+    values = sorted({str(k[0]) for k in series if isinstance(k, tuple)})
+    for value in values:
+        days = series.get((value, "serve"), {})
         if sum(v is not None for v in days.values()) >= max(min_days, 3):
-            out[str(value)] = forecast_series(
-                days, level=level, through=through, scope=(tag, str(value))
-            )
+            out[value] = forecast_series(
+                days, level=level, through=through, scope=(tag, value),
+                one_off=series.get((value, "setup")),
+            )  # fmt: skip
     return out
 
 
@@ -237,25 +258,29 @@ def forecast_budgets(
         return {}
 
     def key(e: Entry) -> Hashable:
-        return tuple(b.name for b in budgets if b.applies(e.tags))
+        return (tuple(b.name for b in budgets if b.applies(e.tags)), _phase(e))
 
     grouped = daily_spend(ledger, key)
     out: dict[str, Forecast] = {}
     for b in budgets:
-        days: dict[date, Decimal | None] = {}
-        for names, series in grouped.items():
-            if isinstance(names, tuple) and b.name in names:
+        parts: dict[str, dict[date, Decimal | None]] = {"serve": {}, "setup": {}}
+        for k, series in grouped.items():
+            assert isinstance(k, tuple)
+            names, phase = k
+            if b.name in names:
+                days = parts[phase]
                 for d, v in series.items():
                     before = days.get(d, Decimal(0))
                     days[d] = None if before is None or v is None else before + v
-        if sum(v is not None for v in days.values()) < 3:
+        if sum(v is not None for v in parts["serve"].values()) < 3:
             continue
         out[b.name] = forecast_series(
-            days,
+            parts["serve"],
             level=level,
             through=through,
             scope=("budget", b.name),
             limit=b.limit if b.period == "month" else None,
+            one_off=parts["setup"],
         )
     return out
 

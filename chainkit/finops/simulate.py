@@ -107,8 +107,9 @@ class Injection:
 
     ``spike``: tenant ``tenant`` sends ``size`` times its usual traffic. ``deflection_drop``:
     the precomputed stage answers ``1 / size`` of what it usually does (the rest goes to the
-    generator). ``unit_cost_jump``: the generator's model costs ``size`` times as much per
-    call (a longer prompt).
+    generator). ``unit_cost_jump``: the generator's calls read and write ``size`` times the
+    tokens, so each costs ``size`` times as much (a prompt template that grew, a cache that
+    stopped hitting).
     """
 
     kind: str
@@ -187,7 +188,7 @@ def synthetic_entries(
                 out.append(_answered(rid, "precomputed", tags, when))
             else:
                 inp = max(1, round(rng.gauss(900, 120) * cost_factor))
-                outp = max(1, round(rng.gauss(150, 40)))
+                outp = max(1, round(rng.gauss(150, 40) * cost_factor))
                 cost = (inp * mix.price_in + outp * mix.price_out) / million
                 out.append(
                     Entry(
