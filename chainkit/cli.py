@@ -404,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="showback by tag instead (e.g. tenant, or tenant,feature): cost with one-off spend "
         "amortised, and unit costs",
     )
+    report.add_argument("--schema", default="chainkit", help="--by on PostgreSQL: the schema")
     report.set_defaults(run=_report)
     ledger = sub.add_parser(
         "ledger",

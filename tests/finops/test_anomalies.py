@@ -23,6 +23,7 @@ from chainkit.finops import (
 from .conftest import MakeLedger
 
 TRAFFIC = Traffic(days=45, per_day=300, seed=5)
+SMALL = Traffic(days=36, per_day=150, seed=5)  # what the tests write to SQL ledgers
 
 
 def day(i: int) -> date:
@@ -83,7 +84,7 @@ def test_hourly_detection_finds_the_day_of_a_collapse() -> None:
 
 def test_detect_records_events_once_and_calls_the_hook_once(make_ledger: MakeLedger) -> None:
     ledger = make_ledger()
-    ledger.record_many(synthetic_entries(TRAFFIC, [Injection("spike", 30, 3.0)]))
+    ledger.record_many(synthetic_entries(SMALL, [Injection("spike", 30, 4.0)]))
     heard: list[Anomaly] = []
     first = detect(ledger, on_anomaly=heard.append)
     assert first and heard == first
@@ -102,7 +103,7 @@ def test_events_outlive_the_process_in_a_durable_ledger(tmp_path: object) -> Non
 
     path = Path(str(tmp_path)) / "a.db"
     with SQLiteLedger(path) as ledger:
-        ledger.record_many(synthetic_entries(TRAFFIC, [Injection("spike", 30, 3.0)]))
+        ledger.record_many(synthetic_entries(SMALL, [Injection("spike", 30, 4.0)]))
         found = detect(ledger)
     with SQLiteLedger(path, read_only=True) as again:
         assert recorded(again) == found
