@@ -142,8 +142,12 @@ def anomaly_eval(quick: bool) -> dict[str, Any]:
         for size in sizes:
             for seed in seeds:
                 traffic = Traffic(days=60, per_day=300, seed=1000 + seed)
-                inj = Injection(kind, day=rng.randint(30, 59), size=size,
-                                tenant=rng.choice(["acme", "globex", "initech"]))  # fmt: skip
+                inj = Injection(
+                    kind,
+                    day=rng.randint(30, 59),
+                    size=size,
+                    tenant=rng.choice(["acme", "globex", "initech"]),
+                )
                 found = anomalies_of(synthetic_entries(traffic, [inj], seed=seed), thresholds=low)
                 when = traffic.start + timedelta(days=inj.day)
                 injected.append((f"{kind} x{size}", [(when, kind)], found))
@@ -179,9 +183,12 @@ def anomaly_eval(quick: bool) -> dict[str, Any]:
 def commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
             check=True,
-        ).stdout.strip()  # fmt: skip
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
 
@@ -204,12 +211,19 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for h in ("1-1", "1-7"):
         s = f["summary"][h]
-        out.append(f"| {h} days | {s['forecasts']:.0f} | {s['0.8']:.1%} | {s['0.95']:.1%} | "
-                   f"{s['mape']:.1%} |")  # fmt: skip
+        out.append(
+            f"| {h} days | {s['forecasts']:.0f} | {s['0.8']:.1%} | {s['0.95']:.1%} | "
+            f"{s['mape']:.1%} |"
+        )
     m = f["summary"]["month_end"]
     out.append(f"| month-end total | {m['forecasts']} | {m['0.8']:.1%} | {m['0.95']:.1%} | |")
-    out += ["", "Coverage 1-7 days ahead by growth per day:", "",
-            "| growth | 80% band | 95% band |", "| --- | ---: | ---: |"]  # fmt: skip
+    out += [
+        "",
+        "Coverage 1-7 days ahead by growth per day:",
+        "",
+        "| growth | 80% band | 95% band |",
+        "| --- | ---: | ---: |",
+    ]
     for g, s in f["by_growth_1_7"].items():
         out.append(f"| {float(g):.0%} | {s['0.8']:.1%} | {s['0.95']:.1%} |")
     o = a["overall"]
@@ -223,19 +237,31 @@ def markdown(result: dict[str, Any]) -> str:
         f"{a['false_alarms_per_clean_series']:.2f} false alarms per 60-day series "
         f"({a['clean_series']} series).",
     ]
-    out += ["", "The same detections at other score thresholds (z):", "",
-            "| z | precision | recall | false alarms per clean series |",
-            "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    out += [
+        "",
+        "The same detections at other score thresholds (z):",
+        "",
+        "| z | precision | recall | false alarms per clean series |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for z, s in a["by_z"].items():
-        out.append(f"| {z} | {s['precision']:.1%} | {s['recall']:.1%} | "
-                   f"{s['false_alarms_per_clean_series']:.2f} |")  # fmt: skip
-    out += ["", "Per injection at the default z = 4:", "",
-            "| injection | series | recall | precision | detections |",
-            "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        out.append(
+            f"| {z} | {s['precision']:.1%} | {s['recall']:.1%} | "
+            f"{s['false_alarms_per_clean_series']:.2f} |"
+        )
+    out += [
+        "",
+        "Per injection at the default z = 4:",
+        "",
+        "| injection | series | recall | precision | detections |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, s in a["cells"].items():
         prec = "n/a" if s["detections"] == 0 else f"{s['precision']:.0%}"
-        out.append(f"| {name} | {s['injections']:.0f} | {s['recall']:.0%} | {prec} | "
-                   f"{s['detections']:.0f} |")  # fmt: skip
+        out.append(
+            f"| {name} | {s['injections']:.0f} | {s['recall']:.0%} | {prec} | "
+            f"{s['detections']:.0f} |"
+        )
     return "\n".join(out) + "\n"
 
 

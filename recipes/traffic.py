@@ -173,7 +173,7 @@ def simulate(
                 time=e.time.replace(
                     year=start_of_run.year, month=start_of_run.month, day=start_of_run.day
                 ),
-            )  # fmt: skip
+            )
             for e in scratch.entries()
         ]
         ledger.record_many(setup)
@@ -201,7 +201,7 @@ def simulate(
                         request_id=rid,
                         time=when + (e.time - base),
                         tags={**e.tags, "tenant": tenant},
-                    )  # fmt: skip
+                    )
                     for e in entries
                 ]
             ledger.record_many(batch)
@@ -301,7 +301,7 @@ def render(result: SimulatedRun, fmt: str) -> str:
                 usd(r.cost),
                 usd(r.per_request),
                 usd(r.per_1k_tokens),
-            ]  # fmt: skip
+            ]
             for r in alloc.rows
         ],
         md,
@@ -328,7 +328,7 @@ def render(result: SimulatedRun, fmt: str) -> str:
                 str(a.observed),
                 str(a.expected),
                 f"{a.score:.1f}",
-            ]  # fmt: skip
+            ]
             for a in result.anomalies
         ],
         md,
@@ -393,8 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         traffic = Traffic(days=args.days, per_day=args.per_day, seed=args.seed)
         ledger = open_ledger(args.ledger)
         try:
-            result = run(args.data_dir, ledger, traffic, anomaly_day=args.anomaly_day,
-                         progress=sys.stderr.isatty())  # fmt: skip
+            result = run(
+                args.data_dir,
+                ledger,
+                traffic,
+                anomaly_day=args.anomaly_day,
+                progress=sys.stderr.isatty(),
+            )
         finally:
             if isinstance(ledger, SQLLedger):
                 ledger.close()

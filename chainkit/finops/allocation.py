@@ -26,8 +26,8 @@ from decimal import Decimal, localcontext
 from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.money import CONTEXT
-from chainkit.report import QUOTIENT
 from chainkit.records import Entry
+from chainkit.report import QUOTIENT
 
 __all__ = ["SERVED_BY", "Allocation", "AllocationRow", "allocate"]
 

@@ -283,13 +283,9 @@ def anomalies_of(
                 hist = [v for j in past(i) if (v := shares[j]) is not None]
                 if len(hist) < 3:
                     continue
-                n_req = len(rows[i].requests)
-                med, spread = _robust(
-                    hist,
-                    float(
-                        np.sqrt(max(np.median(hist), 0.0) * (1 - min(np.median(hist), 1.0)) / n_req)
-                    ),
-                )
+                # A share of n requests wobbles by sqrt(p(1-p)/n) however steady the past was.
+                p = min(max(float(np.median(hist)), 0.0), 1.0)
+                med, spread = _robust(hist, float(np.sqrt(p * (1 - p) / len(rows[i].requests))))
                 if med < 0.02:
                     continue  # a stage that hardly answers cannot collapse
                 score = (med - share) / spread
@@ -302,7 +298,7 @@ def anomalies_of(
                             _share(share),
                             _share(med),
                             score,
-                        )  # fmt: skip
+                        )
                     )
     if "unit_cost_jump" in kinds:
         models = sorted({m for r in rows for m in r.model_calls})
@@ -331,7 +327,7 @@ def anomalies_of(
                             Decimal(repr(u)),
                             Decimal(repr(med)),
                             score,
-                        )  # fmt: skip
+                        )
                     )
     found.sort(key=lambda a: (a.when.isoformat(), a.kind, a.scope))
     return found

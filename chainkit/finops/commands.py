@@ -53,6 +53,7 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
         writer.writerows(rows)
         return out.getvalue().rstrip("\n")
     if fmt == "markdown":
+
         def cell(text: str) -> str:
             return text.replace("|", "\\|")
 
@@ -75,7 +76,9 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
 def _tags(text: str) -> list[str]:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise ConfigError(f"--by {text!r} names no tag; give one such as tenant, or tenant,feature.")
+        raise ConfigError(
+            f"--by {text!r} names no tag; give one such as tenant, or tenant,feature."
+        )
     return keys
 
 
@@ -91,15 +94,30 @@ def render_allocation(a: Allocation, fmt: str) -> str:
         return usd(v)
 
     head = [
-        *a.by, "requests", "direct", "amortised", "cost", "per request", "per conversation",
-        "per resolved", "per 1K tokens", "unknown",
-    ]  # fmt: skip
+        *a.by,
+        "requests",
+        "direct",
+        "amortised",
+        "cost",
+        "per request",
+        "per conversation",
+        "per resolved",
+        "per 1K tokens",
+        "unknown",
+    ]
     rows = [
         [
             *("(none)" if k is None else k for k in r.key),
-            str(r.requests), m(r.direct), m(r.amortised), m(r.cost), m(r.per_request),
-            m(r.per_conversation), m(r.per_resolved), m(r.per_1k_tokens), str(r.unknown),
-        ]  # fmt: skip
+            str(r.requests),
+            m(r.direct),
+            m(r.amortised),
+            m(r.cost),
+            m(r.per_request),
+            m(r.per_conversation),
+            m(r.per_resolved),
+            m(r.per_1k_tokens),
+            str(r.unknown),
+        ]
         for r in a.rows
     ]
     title = (
@@ -127,24 +145,41 @@ def render_forecasts(forecasts: Sequence[Forecast], fmt: str) -> str:
     if fmt == "csv":
         rows = []
         for f in forecasts:
-            rows += [[name(f), d.isoformat(), "observed", "" if v is None else str(v), "", ""]
-                     for d, v in f.observed]  # fmt: skip
-            rows += [[name(f), b.day.isoformat(), "forecast", str(b.mid), str(b.low), str(b.high)]
-                     for b in f.bands]  # fmt: skip
-            rows += [[name(f), b.day.isoformat(), which, str(b.mid), str(b.low), str(b.high)]
-                     for which, b in (("month_end", f.month_end), ("next_month", f.next_month))]  # fmt: skip
+            rows += [
+                [name(f), d.isoformat(), "observed", "" if v is None else str(v), "", ""]
+                for d, v in f.observed
+            ]
+            rows += [
+                [name(f), b.day.isoformat(), "forecast", str(b.mid), str(b.low), str(b.high)]
+                for b in f.bands
+            ]
+            rows += [
+                [name(f), b.day.isoformat(), which, str(b.mid), str(b.low), str(b.high)]
+                for which, b in (("month_end", f.month_end), ("next_month", f.next_month))
+            ]
         return _render(["scope", "date", "kind", "usd", "low", "high"], rows, fmt, "")
     level = forecasts[0].level if forecasts else 0.8
-    head = ["scope", "month end", "mid", f"{level:.0%} band", "next month", f"{level:.0%} band",
-            "limit", "P(over)"]  # fmt: skip
+    head = [
+        "scope",
+        "month end",
+        "mid",
+        f"{level:.0%} band",
+        "next month",
+        f"{level:.0%} band",
+        "limit",
+        "P(over)",
+    ]
     rows = [
         [
-            name(f), f.month_end.day.isoformat(), usd(f.month_end.mid),
-            f"{usd(f.month_end.low)} - {usd(f.month_end.high)}", usd(f.next_month.mid),
+            name(f),
+            f.month_end.day.isoformat(),
+            usd(f.month_end.mid),
+            f"{usd(f.month_end.low)} - {usd(f.month_end.high)}",
+            usd(f.next_month.mid),
             f"{usd(f.next_month.low)} - {usd(f.next_month.high)}",
             "" if f.limit is None else usd(f.limit),
             "" if f.p_over_limit is None else f"{f.p_over_limit:.0%}",
-        ]  # fmt: skip
+        ]
         for f in forecasts
     ]
     method = forecasts[0].method if forecasts else "no series with 3 known days"
@@ -193,8 +228,14 @@ def render_anomalies(found: Sequence[Anomaly], fmt: str, title: str) -> str:
         return json.dumps([a.to_dict() for a in found], ensure_ascii=False, indent=2)
     head = ["when", "scope", "kind", "observed", "expected", "score"]
     rows = [
-        [a.when.isoformat(), f"{a.scope[0]}={a.scope[1]}", a.kind, str(a.observed),
-         str(a.expected), f"{a.score:.2f}"]  # fmt: skip
+        [
+            a.when.isoformat(),
+            f"{a.scope[0]}={a.scope[1]}",
+            a.kind,
+            str(a.observed),
+            str(a.expected),
+            f"{a.score:.2f}",
+        ]
         for a in found
     ]
     return _render(head, rows, fmt, title)
@@ -213,9 +254,12 @@ def _anomalies(args: argparse.Namespace) -> str:
     tags = _tags(args.tags) if args.tags else list(TAGS)
     with open_ledger(args.ledger, args.schema, writable=not args.no_record) as ledger:
         found = detect(
-            ledger, every=args.every, tags=tags, thresholds=Thresholds(z=z),
+            ledger,
+            every=args.every,
+            tags=tags,
+            thresholds=Thresholds(z=z),
             record=not args.no_record,
-        )  # fmt: skip
+        )
     kept = "" if args.no_record else " (recorded in the ledger)"
     return render_anomalies(found, args.format, f"Anomalies per {args.every}{kept}")
 

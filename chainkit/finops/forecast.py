@@ -211,9 +211,12 @@ def forecast(
         key, value = tag
         grouped = daily_spend(ledger, lambda e: _phase(e) if e.tags.get(key) == value else None)
     return forecast_series(
-        grouped.get("serve", {}), level=level, through=through, scope=tag,
+        grouped.get("serve", {}),
+        level=level,
+        through=through,
+        scope=tag,
         one_off=grouped.get("setup"),
-    )  # fmt: skip
+    )
 
 
 def _phase(e: Entry) -> str:
@@ -229,7 +232,7 @@ def forecast_by(
     through: date | None = None,
     min_days: int = 3,
 ) -> dict[str, Forecast]:
-    """A forecast per value of tag ``tag`` (values with fewer than ``min_days`` known days skipped)."""
+    """A forecast per value of tag ``tag`` (values with under ``min_days`` known days skipped)."""
     series = daily_spend(
         ledger, lambda e: None if (v := e.tags.get(tag)) is None else (v, _phase(e))
     )
@@ -239,9 +242,12 @@ def forecast_by(
         days = series.get((value, "serve"), {})
         if sum(v is not None for v in days.values()) >= max(min_days, 3):
             out[value] = forecast_series(
-                days, level=level, through=through, scope=(tag, value),
+                days,
+                level=level,
+                through=through,
+                scope=(tag, value),
                 one_off=series.get((value, "setup")),
-            )  # fmt: skip
+            )
     return out
 
 

@@ -12,7 +12,7 @@ total has an honest band, not a sum of daily bands.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,7 +32,7 @@ WINDOW = 56
 
 
 def spend_of(e: Entry) -> Decimal | None:
-    """What an entry counts for in a spend series: its cost, or its bound if unknown (as budgets)."""
+    """What an entry counts for in a spend series: its cost, else its bound (as budgets count)."""
     return e.cost if e.cost is not None else e.bound
 
 
@@ -141,7 +141,7 @@ def _design(days: list[date], start: date, seasonal: int, trend: bool) -> Floats
     return np.column_stack(cols)
 
 
-def fit(series: dict[date, Decimal | None], window: int = WINDOW) -> Fit:
+def fit(series: Mapping[date, Decimal | None], window: int = WINDOW) -> Fit:
     """Fit the model on the last ``window`` days of ``series`` (days of unknown spend left out).
 
     Needs at least 3 known days: fewer than 7 fit a level only; fewer than 14 a line without

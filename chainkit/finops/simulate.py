@@ -180,7 +180,7 @@ def synthetic_entries(
                     avoided_cost=Decimal(0),
                     tags=tags,
                     time=when,
-                )  # fmt: skip
+                )
             )
             if roll < mix.canned:
                 out.append(_answered(rid, "canned", tags, when))
@@ -201,7 +201,7 @@ def synthetic_entries(
                         avoided_cost=Decimal(0),
                         tags=tags,
                         time=when + timedelta(seconds=1),
-                    )  # fmt: skip
+                    )
                 )
     return out
 

@@ -37,8 +37,14 @@ def shop() -> list[Entry]:
         serve("a3", "generate", "answered", Decimal("0.30"), tenant="acme", conversation="c2"),
         serve("g1", "precomputed", "passed", Decimal(0), tenant="globex"),
         serve("g1", "generate", "failed", Decimal("0.10"), tenant="globex"),
-        Entry(request_id="setup", stage="precompute", outcome="answered", cost=Decimal("0.09"),
-              phase="setup", time=T),  # fmt: skip
+        Entry(
+            request_id="setup",
+            stage="precompute",
+            outcome="answered",
+            cost=Decimal("0.09"),
+            phase="setup",
+            time=T,
+        ),
     ]
 
 
@@ -69,8 +75,14 @@ def test_setup_without_a_served_stage_spreads_over_every_matching_request() -> N
         serve("r1", "generate", "answered", Decimal("0.01"), tenant="a"),
         serve("r2", "generate", "answered", Decimal("0.01"), tenant="b"),
         serve("r3", "generate", "answered", Decimal("0.01"), tenant="b"),
-        Entry(request_id="s", stage="batch_setup", outcome="answered", cost=Decimal("1"),
-              phase="setup", time=T),  # fmt: skip
+        Entry(
+            request_id="s",
+            stage="batch_setup",
+            outcome="answered",
+            cost=Decimal("1"),
+            phase="setup",
+            time=T,
+        ),
     ]
     a = allocate(entries, "tenant")
     rows = {r.key: r for r in a.rows}
@@ -83,8 +95,15 @@ def test_setup_without_a_served_stage_spreads_over_every_matching_request() -> N
 def test_setup_of_a_tenant_no_request_has_is_unallocated_not_dropped() -> None:
     entries = [
         serve("r1", "generate", "answered", Decimal("0.01"), tenant="a"),
-        Entry(request_id="s", stage="precompute", outcome="answered", cost=Decimal("0.5"),
-              phase="setup", tags={"tenant": "gone"}, time=T),  # fmt: skip
+        Entry(
+            request_id="s",
+            stage="precompute",
+            outcome="answered",
+            cost=Decimal("0.5"),
+            phase="setup",
+            tags={"tenant": "gone"},
+            time=T,
+        ),
     ]
     a = allocate(entries, "tenant")
     assert a.unallocated == Decimal("0.5") and a.total == Decimal("0.51")
@@ -93,8 +112,15 @@ def test_setup_of_a_tenant_no_request_has_is_unallocated_not_dropped() -> None:
 def test_unknown_cost_stays_unknown_with_its_bound() -> None:
     entries = [
         serve("r1", "generate", "answered", Decimal("0.01"), tenant="a"),
-        Entry(request_id="r2", stage="generate", outcome="answered", cost=None,
-              bound=Decimal("0.05"), tags={"tenant": "a"}, time=T),  # fmt: skip
+        Entry(
+            request_id="r2",
+            stage="generate",
+            outcome="answered",
+            cost=None,
+            bound=Decimal("0.05"),
+            tags={"tenant": "a"},
+            time=T,
+        ),
     ]
     a = allocate(entries, "tenant")
     (row,) = a.rows
@@ -141,8 +167,14 @@ def test_allocated_totals_equal_the_ledgers_total(
         serve(f"r{i}", stage, "answered", cost, tenant=t)
         for i, (t, stage, cost) in enumerate(serves)
     ] + [
-        Entry(request_id=f"s{i}", stage="precompute", outcome="answered", cost=c,
-              phase="setup", time=T)  # fmt: skip
+        Entry(
+            request_id=f"s{i}",
+            stage="precompute",
+            outcome="answered",
+            cost=c,
+            phase="setup",
+            time=T,
+        )
         for i, c in enumerate(setups)
     ]
     a = allocate(entries, "tenant")

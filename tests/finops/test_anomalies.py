@@ -74,8 +74,9 @@ def test_score_detections_counts_true_false_and_recalled() -> None:
 
 
 def test_hourly_detection_finds_the_day_of_a_collapse() -> None:
-    entries = synthetic_entries(Traffic(days=16, per_day=2000, seed=2),
-                                [Injection("deflection_drop", 15, 4.0)])  # fmt: skip
+    entries = synthetic_entries(
+        Traffic(days=16, per_day=2000, seed=2), [Injection("deflection_drop", 15, 4.0)]
+    )
     found = anomalies_of(entries, every="hour")
     assert found and all(isinstance(a.when, datetime) for a in found)
     drops = [a for a in found if a.kind == "deflection_drop"]
@@ -159,15 +160,28 @@ def test_empty_ledgers_short_series_and_bad_arguments() -> None:
 
 
 def test_round_trip_of_an_anomaly() -> None:
-    a = Anomaly(datetime(2026, 9, 1, 13, tzinfo=UTC), ("model", "m:1"), "unit_cost_jump",
-                Decimal("0.002"), Decimal("0.001"), 7.25)  # fmt: skip
+    a = Anomaly(
+        datetime(2026, 9, 1, 13, tzinfo=UTC),
+        ("model", "m:1"),
+        "unit_cost_jump",
+        Decimal("0.002"),
+        Decimal("0.001"),
+        7.25,
+    )
     assert Anomaly.from_dict(json.loads(json.dumps(a.to_dict()))) == a
 
 
 def test_unknown_costs_count_at_their_bound_in_spend() -> None:
     entries = synthetic_entries(TRAFFIC)
     t = datetime.combine(day(40), datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
-    big = Entry(request_id="u", stage="generate", outcome="answered", cost=None,
-                bound=Decimal(5), tags={"tenant": "acme"}, time=t)  # fmt: skip
+    big = Entry(
+        request_id="u",
+        stage="generate",
+        outcome="answered",
+        cost=None,
+        bound=Decimal(5),
+        tags={"tenant": "acme"},
+        time=t,
+    )
     found = anomalies_of([*entries, big])
     assert {(a.when, a.scope) for a in found} >= {(day(40), ("tenant", "acme"))}

@@ -78,8 +78,9 @@ def test_anomalies_command_records_then_lists(db: Path, capsys: pytest.CaptureFi
     code, found, _ = run(capsys, "anomalies", str(db), "--format", "json")
     code, listed, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
     assert json.loads(listed) == json.loads(found)
-    assert any(a["scope"] == ["tenant", "acme"] and a["when"] == "2026-10-01"
-               for a in json.loads(found))  # fmt: skip
+    assert any(
+        a["scope"] == ["tenant", "acme"] and a["when"] == "2026-10-01" for a in json.loads(found)
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,10 @@ def test_errors_are_one_line_and_exit_2(
 
 
 def test_commands_read_a_postgres_ledger(
-    pg_dsn: str, pg_schema: str, entries: list, capsys: pytest.CaptureFixture[str]  # type: ignore[type-arg]
+    pg_dsn: str,
+    pg_schema: str,
+    entries: list,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[type-arg]
 ) -> None:
     with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
         ledger.record_many(entries)

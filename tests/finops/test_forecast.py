@@ -31,9 +31,14 @@ def day_entries(days: int, *, tenant: str = "acme", scale: float = 1.0) -> list[
         level = 10 * scale * 1.01**i * (0.5 if d.weekday() >= 5 else 1.0)
         wobble = 1 + 0.03 * math.sin(i * 2.1)
         out.append(
-            Entry(request_id=f"{tenant}{i}", stage="generate", outcome="answered",
-                  cost=Decimal(f"{level * wobble:.6f}"), tags={"tenant": tenant},
-                  time=datetime(d.year, d.month, d.day, 12, tzinfo=UTC))  # fmt: skip
+            Entry(
+                request_id=f"{tenant}{i}",
+                stage="generate",
+                outcome="answered",
+                cost=Decimal(f"{level * wobble:.6f}"),
+                tags={"tenant": tenant},
+                time=datetime(d.year, d.month, d.day, 12, tzinfo=UTC),
+            )
         )
     return out
 
@@ -83,17 +88,28 @@ def test_a_month_already_over_has_an_exact_month_end() -> None:
 def test_wider_level_gives_a_wider_band() -> None:
     entries = day_entries(40)
     narrow, wide = forecast(entries, level=0.8), forecast(entries, level=0.95)
-    assert wide.next_month.high - wide.next_month.low > narrow.next_month.high - narrow.next_month.low
+    assert (
+        wide.next_month.high - wide.next_month.low > narrow.next_month.high - narrow.next_month.low
+    )
 
 
 def test_one_off_setup_spend_counts_this_month_but_is_not_projected() -> None:
     entries = day_entries(40)
-    setup = Entry(request_id="s", stage="precompute", outcome="answered", cost=Decimal(500),
-                  phase="setup", time=datetime(2026, 10, 3, tzinfo=UTC))  # fmt: skip
+    setup = Entry(
+        request_id="s",
+        stage="precompute",
+        outcome="answered",
+        cost=Decimal(500),
+        phase="setup",
+        time=datetime(2026, 10, 3, tzinfo=UTC),
+    )
     plain, with_setup = forecast(entries), forecast([*entries, setup])
     assert with_setup.month_end.mid == plain.month_end.mid + 500
     assert with_setup.next_month == plain.next_month
-    assert dict(with_setup.observed)[date(2026, 10, 3)] == dict(plain.observed)[date(2026, 10, 3)] + 500
+    assert (
+        dict(with_setup.observed)[date(2026, 10, 3)]
+        == dict(plain.observed)[date(2026, 10, 3)] + 500
+    )
 
 
 def test_per_tag_and_per_budget() -> None:
@@ -138,10 +154,17 @@ def test_too_little_history_and_bad_levels() -> None:
 
 def test_unknown_costs_count_at_their_bound_and_unbounded_days_are_left_out() -> None:
     entries = day_entries(20)
-    bounded = Entry(request_id="u", stage="generate", outcome="answered", cost=None,
-                    bound=Decimal(3), time=entries[5].time)  # fmt: skip
-    unbounded = Entry(request_id="v", stage="generate", outcome="answered", cost=None,
-                      time=entries[6].time)  # fmt: skip
+    bounded = Entry(
+        request_id="u",
+        stage="generate",
+        outcome="answered",
+        cost=None,
+        bound=Decimal(3),
+        time=entries[5].time,
+    )
+    unbounded = Entry(
+        request_id="v", stage="generate", outcome="answered", cost=None, time=entries[6].time
+    )
     series = daily_spend([*entries, bounded, unbounded])["all"]
     assert series[START + timedelta(days=5)] == entries[5].cost + 3  # type: ignore[operator]
     assert series[START + timedelta(days=6)] is None

@@ -19,8 +19,18 @@ def test_simulated_days_give_forecast_anomaly_and_measured_figures(
 ) -> None:
     path = tmp_path / "run.db"
     code = recipe.main(
-        ["--days", "28", "--per-day", "150", "--data-dir", str(shared_data), "--ledger",
-         str(path), "--format", "json"]  # fmt: skip
+        [
+            "--days",
+            "28",
+            "--per-day",
+            "150",
+            "--data-dir",
+            str(shared_data),
+            "--ledger",
+            str(path),
+            "--format",
+            "json",
+        ]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
