@@ -4,10 +4,11 @@ The model (documented in the README under "Allocation, forecast and anomalies"):
 of a day's spend is a straight line in time plus a weekday effect,
 ``log(y + c) = a + b*t + s[weekday] + e``, fitted by least squares on the last ``window`` days,
 refitted once without the days whose residual is beyond 3.5 robust standard deviations (so a
-past spike neither drags the line nor widens the band). ``c`` is 1% of the mean daily spend,
-so a day of no spend has a finite logarithm. Intervals come from simulated paths that carry
-both the noise and the uncertainty of the fitted line (a t-distributed scale), so a month's
-total has an honest band, not a sum of daily bands.
+past spike neither drags the line nor widens the band); the noise is the larger of the
+refit's residual spread and the robust spread of every day's residual. ``c`` is 1% of the
+mean daily spend, so a day of no spend has a finite logarithm. Intervals come from simulated
+paths that carry both the noise and the uncertainty of the fitted line (a t-distributed
+scale), so a month's total has an honest band, not a sum of daily bands.
 """
 
 from __future__ import annotations
@@ -160,21 +161,20 @@ def fit(series: Mapping[date, Decimal | None], window: int = WINDOW) -> Fit:
     seasonal = 7 if span >= 42 else 2 if span >= 14 else 0
     start = days[0]
     x = _design(days, start, seasonal, trend)
-    keep = np.ones(len(days), dtype=bool)
-    for _ in range(2):
-        beta, *_ = np.linalg.lstsq(x[keep], z[keep], rcond=None)
-        resid = z - x @ beta
-        mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
-        robust = 1.4826 * mad
-        if robust <= 0:
-            break
-        new_keep = np.abs(resid) <= 3.5 * robust
-        if new_keep.sum() < x.shape[1] + 2 or (new_keep == keep).all():
-            break
-        keep = new_keep
+    # One trimming pass, judged by the spread of the first fit's residuals: trimming again by
+    # the spread of what is left shrinks the spread each pass until normal days look like
+    # outliers and the band is far too narrow.
+    beta, *_ = np.linalg.lstsq(x, z, rcond=None)
+    first = z - x @ beta
+    robust = 1.4826 * float(np.median(np.abs(first - np.median(first))))
+    keep = np.abs(first - np.median(first)) <= 3.5 * robust
+    if robust <= 0 or keep.sum() < x.shape[1] + 2:
+        keep = np.ones(len(days), dtype=bool)
     beta, *_ = np.linalg.lstsq(x[keep], z[keep], rcond=None)
     resid = z[keep] - x[keep] @ beta
     df = int(keep.sum()) - x.shape[1]
     s2 = float(resid @ resid / df) if df > 0 else float(np.var(z))
+    # Never below the robust spread of all days: a lucky run of calm days is not a promise.
+    s2 = max(s2, robust**2)
     cov = np.linalg.pinv(x[keep].T @ x[keep])
     return Fit(beta, cov, s2, max(df, 0), offset, start, seasonal, trend, int(keep.sum()))
