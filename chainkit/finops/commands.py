@@ -131,7 +131,18 @@ def report_by(args: argparse.Namespace) -> str:
     """``chainkit report LEDGER --by TAG``: showback by tag, with unit costs."""
     with open_ledger(args.ledger, getattr(args, "schema", "chainkit")) as ledger:
         a = allocate(ledger, _tags(args.by))
-    return render_allocation(a, args.format)
+        found = recorded(ledger)
+    # The anomalies recorded in the ledger (chainkit anomalies) are part of its report.
+    if args.format == "json":
+        return json.dumps(
+            {**a.to_dict(), "anomalies": [x.to_dict() for x in found]},
+            ensure_ascii=False,
+            indent=2,
+        )
+    text = render_allocation(a, args.format)
+    if found and args.format in ("table", "markdown"):
+        text += "\n\n" + render_anomalies(found, args.format, "Anomalies recorded")
+    return text
 
 
 def render_forecasts(forecasts: Sequence[Forecast], fmt: str) -> str:

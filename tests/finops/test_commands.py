@@ -78,6 +78,11 @@ def test_anomalies_command_records_then_lists(db: Path, capsys: pytest.CaptureFi
     code, found, _ = run(capsys, "anomalies", str(db), "--format", "json")
     code, listed, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
     assert json.loads(listed) == json.loads(found)
+    # The showback report shows what was recorded.
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant", "--format", "json")
+    assert json.loads(out)["anomalies"] == json.loads(found)
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant")
+    assert "Anomalies recorded" in out and "tenant=acme" in out
     assert any(
         a["scope"] == ["tenant", "acme"] and a["when"] == "2026-10-01" for a in json.loads(found)
     )
