@@ -286,6 +286,10 @@ def _prices(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> str:
+    if args.by is not None and args.by not in ("conversation", "turn"):
+        from chainkit.finops.commands import report_by
+
+        return report_by(args)
     path = Path(args.ledger)
     # Read-only: a report never changes the file (nor creates one at a mistyped path).
     try:
@@ -427,10 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.add_argument(
         "--by",
-        choices=["conversation", "turn"],
         default=None,
-        help="cost per conversation, or per turn index (turns the History stage recorded)",
+        help="conversation or turn: cost per conversation, or per turn index (turns the History "
+        "stage recorded); a tag (e.g. tenant, or tenant,feature): showback, with one-off spend "
+        "amortised, and unit costs",
     )
+    report.add_argument("--schema", default="chainkit", help="--by on PostgreSQL: the schema")
     report.set_defaults(run=_report)
     ledger = sub.add_parser(
         "ledger",
@@ -456,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for module in ("reprice", "commitments", "reconcile"):
         importlib.import_module(f"chainkit.finops.{module}").add_command(sub)
     add_export_command(sub)
+    importlib.import_module("chainkit.finops.commands").add_commands(sub)  # forecast, anomalies
     args = parser.parse_args(argv)
 
     def work() -> int:

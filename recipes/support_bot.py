@@ -1,6 +1,8 @@
 """The support chatbot on real traffic: variants, their pipelines, and their quality.
 
 Used by ``python -m recipes.chatbot --data-dir ../shared/data`` and by the notebook.
+``python -m recipes.support_bot --days 60 --ledger run.db`` simulates days of its traffic and
+reports showback, forecast and anomalies (:mod:`recipes.traffic`).
 """
 
 from __future__ import annotations
@@ -387,3 +389,9 @@ def run(
             else "Models called on Amazon Bedrock; usage as Bedrock reported it.",
         ),
     )
+
+
+if __name__ == "__main__":
+    from recipes.traffic import main
+
+    raise SystemExit(main())

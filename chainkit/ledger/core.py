@@ -47,7 +47,7 @@ from chainkit.ledger.budgets import (
 )
 from chainkit.ledger.budgets import hold as hold_states
 from chainkit.money import CONTEXT, exact_sum, from_units, to_units
-from chainkit.records import Entry, Tags, new_entry_id
+from chainkit.records import Entry, Tags, check_text, new_entry_id
 
 _log = logging.getLogger("chainkit")
 
@@ -451,6 +451,7 @@ class Ledger:
         self._holds: dict[str, Hold] = {}
         self._next_expiry: datetime | None = None  # no hold's lease ends before this
         self._events: list[BudgetEvent] = []
+        self._notes: dict[str, str] = {}  # record_event: key -> body
         self.clock: Callable[[], datetime] = clock or _utcnow
         """Now, for budget periods and hold leases (inject one to test a month's turn)."""
         self.on_threshold = on_threshold
@@ -574,6 +575,24 @@ class Ledger:
 
     def check_writable(self) -> None:
         """Raise ``ConfigError`` if this ledger cannot record now (closed, read-only)."""
+
+    # -- events other than budgets' (detected anomalies) ---------------------------------------
+
+    def record_event(self, key: str, body: str) -> None:
+        """Keep an event about the entries (a detected anomaly, as JSON) under ``key``.
+
+        Recording the same key again replaces its body: an analysis run twice keeps one event.
+        """
+        check_text(key, "Event key", max_len=1000)
+        check_text(body, "Event body", max_len=1_000_000, empty=True)
+        self.check_writable()
+        with self._lock:
+            self._notes[key] = body
+
+    def recorded_events(self, prefix: str = "") -> dict[str, str]:
+        """The events recorded under keys that start with ``prefix``, by key."""
+        with self._lock:
+            return {k: v for k, v in sorted(self._notes.items()) if k.startswith(prefix)}
 
     def start_call(self) -> None:
         """A model call is about to spend: refuse if the ledger cannot record its entry."""

@@ -74,6 +74,7 @@ from chainkit.records import (
     Result,
     Tags,
     Usage,
+    check_text,
     new_entry_id,
     state_from_json,
     state_to_json,
@@ -1813,6 +1814,24 @@ class SQLLedger(Ledger):
         """The job saved under ``key``, or ``None``."""
         rows = self._read("SELECT job FROM jobs WHERE key = ?", (key,))
         return None if not rows else str(rows[0][0])
+
+    _EVENT = "event:"  # events share the jobs table (no migration): keys apart by this prefix
+
+    def record_event(self, key: str, body: str) -> None:
+        """Keep an event about the entries under ``key``, durably (the same key replaces it)."""
+        check_text(key, "Event key", max_len=1000)
+        check_text(body, "Event body", max_len=1_000_000, empty=True)
+        self.check_writable()
+        self._write(_Write(job=(self._EVENT + key, body)))
+
+    def recorded_events(self, prefix: str = "") -> dict[str, str]:
+        """The events recorded under keys that start with ``prefix``, by key."""
+        start = self._EVENT + prefix
+        rows = self._read(
+            "SELECT key, job FROM jobs WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(start), start),
+        )
+        return {str(k)[len(self._EVENT) :]: str(v) for k, v in rows}
 
     # -- reading -----------------------------------------------------------------------------
 

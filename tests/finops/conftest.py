@@ -1,4 +1,4 @@
-"""A ledger of each kind (memory, SQLite, PostgreSQL) for the FinOps what-ifs."""
+"""A ledger of each kind (memory, SQLite, PostgreSQL) for the FinOps tests."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 
 from chainkit import Entry, Ledger, PostgresLedger, SQLiteLedger
 
+MakeLedger = Callable[[], Ledger]
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
-    """A factory for an empty ledger of one kind; PostgreSQL skips when no server runs."""
+
+def _ledgers(
+    request: pytest.FixtureRequest, tmp_path: Path, *, new_file: bool
+) -> Iterator[MakeLedger]:
+    """Yield a factory of ledgers of ``request.param``'s kind; close them all afterwards.
+
+    ``new_file``: each SQLite ledger in a file of its own (else every call opens the same one).
+    """
     made: list[Ledger] = []
     if request.param == "postgres":
         # Asked for before the ledgers are made, so the schema is dropped after they are closed
@@ -24,7 +30,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
         if request.param == "memory":
             ledger: Ledger = Ledger()
         elif request.param == "sqlite":
-            ledger = SQLiteLedger(tmp_path / "ledger.db")
+            ledger = SQLiteLedger(tmp_path / (f"l{len(made)}.db" if new_file else "ledger.db"))
         else:
             ledger = PostgresLedger(dsn, schema=schema)
         made.append(ledger)
@@ -35,7 +41,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
         ledger.close()
 
 
-def filled(make: Callable[[], Ledger], entries: Iterable[Entry]) -> Ledger:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLedger]:
+    """A factory for an empty ledger of one kind (SQLite: the same file each call)."""
+    yield from _ledgers(request, tmp_path, new_file=False)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLedger]:
+    """A factory for empty ledgers of one kind (SQLite: a new file each call)."""
+    yield from _ledgers(request, tmp_path, new_file=True)
+
+
+def filled(make: MakeLedger, entries: Iterable[Entry]) -> Ledger:
     """A new ledger holding ``entries``."""
     ledger = make()
     for entry in entries:

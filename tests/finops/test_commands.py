@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from chainkit import PostgresLedger, SQLiteLedger
+from chainkit.cli import main
+from chainkit.finops import Injection, Traffic, synthetic_entries
+
+TRAFFIC = Traffic(days=36, per_day=150, seed=5)
+
+
+@pytest.fixture(scope="module")
+def entries() -> list:  # type: ignore[type-arg]
+    return synthetic_entries(TRAFFIC, [Injection("spike", 30, 4.0)])
+
+
+@pytest.fixture
+def db(tmp_path: Path, entries: list) -> Path:  # type: ignore[type-arg]
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as ledger:
+        ledger.record_many(entries)
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_report_by_tenant_in_every_format(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    with SQLiteLedger(db, read_only=True) as ledger:
+        assert Decimal(data["total_usd"]) == ledger.cost
+        requests = len({e.request_id for e in ledger.iter_entries()})
+    assert {r["tenant"] for r in data["rows"]} == {"acme", "globex", "initech"}
+    assert sum(r["requests"] for r in data["rows"]) == requests
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sum(Decimal(r["cost"]) for r in rows) == Decimal(data["total_usd"])
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant")
+    assert out.startswith("Cost by tenant") and "acme" in out and "per request" in out
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant", "--format", "markdown")
+    assert "| tenant | requests |" in out
+
+
+def test_forecast_command(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "forecast", str(db), "--format", "json", "--level", "0.95")
+    assert code == 0
+    (f,) = json.loads(out)
+    assert f["level"] == 0.95 and len(f["observed"]) == 36
+    assert f["month_end"]["date"] == "2026-10-31"
+    assert Decimal(f["month_end"]["low"]) <= Decimal(f["month_end"]["mid"])
+    code, out, _ = run(capsys, "forecast", str(db), "--by", "tenant")
+    assert "tenant=acme" in out and "tenant=initech" in out
+    code, out, _ = run(capsys, "forecast", str(db), "--tag", "tenant=globex", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["kind"] for r in rows} == {"observed", "forecast", "month_end", "next_month"}
+    assert {r["scope"] for r in rows} == {"tenant=globex"}
+
+
+def test_anomalies_command_records_then_lists(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "anomalies", str(db), "--no-record", "--format", "json")
+    assert code == 0 and json.loads(out)
+    code, out, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
+    assert json.loads(out) == []  # --no-record recorded nothing
+    code, found, _ = run(capsys, "anomalies", str(db), "--format", "json")
+    code, listed, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
+    assert json.loads(listed) == json.loads(found)
+    # The showback report shows what was recorded.
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant", "--format", "json")
+    assert json.loads(out)["anomalies"] == json.loads(found)
+    code, out, _ = run(capsys, "report", str(db), "--by", "tenant")
+    assert "Anomalies recorded" in out and "tenant=acme" in out
+    assert any(
+        a["scope"] == ["tenant", "acme"] and a["when"] == "2026-10-01" for a in json.loads(found)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["forecast", "{missing}"], "No ledger at"),
+        (["forecast", "{db}", "--level", "95"], "--level '95' is not a share"),
+        (["forecast", "{db}", "--tag", "acme"], "give KEY=VALUE"),
+        (["forecast", "{db}", "--through", "yesterday"], "is not a date"),
+        (["forecast", "{db}", "--tag", "tenant=nobody"], "at least 3 days"),
+        (["anomalies", "{db}", "--z", "-1"], "positive number"),
+        (["report", "{db}", "--by", ","], "names no tag"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    argv = [a.format(db=db, missing=tmp_path / "nope.db") for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_commands_read_a_postgres_ledger(
+    pg_dsn: str,
+    pg_schema: str,
+    entries: list,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[type-arg]
+) -> None:
+    with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
+        ledger.record_many(entries)
+        cost = ledger.cost
+    code, out, _ = run(
+        capsys, "report", pg_dsn, "--schema", pg_schema, "--by", "tenant", "--format", "json"
+    )
+    assert code == 0 and Decimal(json.loads(out)["total_usd"]) == cost
+    code, out, _ = run(capsys, "forecast", pg_dsn, "--schema", pg_schema, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["month_end"]["date"] == "2026-10-31"
+    code, out, _ = run(capsys, "anomalies", pg_dsn, "--schema", pg_schema, "--format", "json")
+    assert code == 0 and json.loads(out)
+    with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
+        assert ledger.recorded_events("anomaly:") and ledger.cost == cost
