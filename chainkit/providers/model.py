@@ -44,6 +44,9 @@ class Completion:
     estimated: bool = False
     latency_s: float = 0.0
     attempts: int = 1
+    unpriced: str = ""
+    """Why the call cannot be priced exactly (audio tokens, a service tier it was not priced
+    for); the entry then records its cost as unknown (``None``) with this note."""
 
 
 @runtime_checkable

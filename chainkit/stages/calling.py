@@ -481,13 +481,18 @@ class ModelCall:
         model = self.model
         # The reply may name a model version the catalogue lacks; the configured id is priced.
         priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
-        try:
-            self.cost = self.catalogue.cost(
-                priced, completion.usage, region=model.region, tier=model.tier
-            )
-        except ChainkitError:
-            # Already paid for: record it as unknown (None), never as $0, and carry on.
+        if completion.unpriced:
+            # The model says part of the call cannot be priced exactly: unknown, never a guess.
             self.cost = None
+            self.note = f"{self.note}; {completion.unpriced}" if self.note else completion.unpriced
+        else:
+            try:
+                self.cost = self.catalogue.cost(
+                    priced, completion.usage, region=model.region, tier=model.tier, at=self._when
+                )
+            except ChainkitError:
+                # Already paid for: record it as unknown (None), never as $0, and carry on.
+                self.cost = None
         if (
             self.cost is not None and self.bound is not None and self.cost > self.bound
         ) or completion.usage.output_tokens > self.max_tokens:
