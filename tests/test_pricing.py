@@ -705,3 +705,14 @@ def test_chainkit_prices_refuses_an_overflowing_price_file_in_one_line(
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and "1E+999999" in err
+
+
+@pytest.mark.parametrize("name", [n for n in Catalogue.names() if not n.startswith("genai")])
+def test_a_catalogue_claims_rerank_prices_only_if_it_has_them(name: str) -> None:
+    catalogue = Catalogue.load(name)
+    priced = [c.id for c in catalogue for p in c.prices if p.per_1k_queries is not None]
+    claims = "rerank per" in catalogue.description.lower()
+    assert claims == bool(priced), (name, priced)
+    if not priced:
+        with pytest.raises(ConfigError, match="Unknown model"):
+            catalogue.cost("amazon.rerank-v1:0", Usage(queries=1_000))
