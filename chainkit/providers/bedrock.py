@@ -130,6 +130,24 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
         ) from exc
 
 
+def _unknown_ttls(usage: Any) -> str:
+    """Why a Converse ``usage`` cannot be priced exactly: cache writes of a TTL with no price.
+
+    Bedrock documents ``5m`` and ``1h``; a write of any other TTL (``30m``, ``1H``) is not priced
+    at either rate: the call's cost is unknown (``""``: every write has a known TTL).
+    """
+    details = usage.get("cacheDetails") if isinstance(usage, Mapping) else None
+    if not isinstance(details, list | tuple):
+        return ""
+    odd = sorted({repr(d.get("ttl")) for d in details if isinstance(d, Mapping)} - {"'5m'", "'1h'"})
+    if not odd:
+        return ""
+    return (
+        f"The reply reports cache writes with TTL {', '.join(odd)}, which chainkit has no price "
+        "for (Bedrock prices '5m' and '1h' writes); the call's cost is unknown."
+    )
+
+
 def _escape(match: re.Match[str]) -> str:
     return "".join(f"={byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
@@ -481,6 +499,7 @@ class BedrockModel:
             estimated=False,
             latency_s=time.perf_counter() - started,
             attempts=attempts,
+            unpriced=_unknown_ttls(reply.get("usage")),
         )
 
     def stream(
@@ -496,6 +515,7 @@ class BedrockModel:
         def chunks() -> Iterator[str]:
             parts: list[str] = []
             usage: Usage | None = None
+            unpriced = ""
             for event in reply["stream"]:
                 if "contentBlockDelta" in event:
                     text = event["contentBlockDelta"].get("delta", {}).get("text")
@@ -504,6 +524,7 @@ class BedrockModel:
                         yield text
                 elif "metadata" in event:
                     usage = usage_from_bedrock(event["metadata"].get("usage"), self.invoke_id)
+                    unpriced = _unknown_ttls(event["metadata"].get("usage"))
                 else:
                     for name, body in event.items():
                         if name.endswith("Exception"):
@@ -529,6 +550,7 @@ class BedrockModel:
                 model_id=self.model_id,
                 latency_s=time.perf_counter() - started,
                 attempts=attempts,
+                unpriced=unpriced,
             )
 
         result.chunks = chunks()

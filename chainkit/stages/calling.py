@@ -190,6 +190,8 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned attempts {reply.attempts!r:.40}"
     elif type(reply.estimated) is not bool:
         problem = f"returned estimated {reply.estimated!r:.40}"
+    elif not isinstance(reply.unpriced, str):
+        problem = f"returned unpriced {reply.unpriced!r:.40} that is not a str"
     if problem is None and isinstance(reply, Completion) and not _encodes(reply.text):
         # Lone surrogates cannot be stored, sent on or shown: U+FFFD in their place, as a
         # decoder would have put there (the call was paid; its reply is kept, repaired).
