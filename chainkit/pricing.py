@@ -442,6 +442,9 @@ class Catalogue:
         description: where the prices come from.
         resolver: maps an id that is neither a card id nor an alias to a card id (or ``None``),
             for catalogues whose source matches model names by rule (genai-prices).
+        profiles: whether ids may carry a Bedrock cross-region profile prefix (``us.``,
+            ``global.``...); a catalogue of other providers' ids (genai-prices) has none, and
+            ``eu.openai:gpt-4o-mini`` is not ``openai:gpt-4o-mini``.
     """
 
     def __init__(
@@ -451,10 +454,12 @@ class Catalogue:
         description: str = "",
         *,
         resolver: Callable[[str], str | None] | None = None,
+        profiles: bool = True,
     ) -> None:
         self.name = name
         self.description = description
         self._resolver = resolver
+        self._profiles = profiles
         self._cards = {card.id: card for card in cards}
         self._index: dict[str, ModelCard] = {}
         self._prices: dict[tuple[str, str | None, Tier], tuple[str, Price]] = {}
@@ -543,7 +548,7 @@ class Catalogue:
 
     def _find(self, model_id: str) -> ModelCard | None:
         card = self._index.get(model_id)
-        if card is None:
+        if card is None and self._profiles:
             card = self._index.get(base_model_id(model_id))
         if card is None and self._resolver is not None:
             resolved = self._resolver(model_id)
@@ -578,7 +583,7 @@ class Catalogue:
         if found is None:
             # Resolved once per model, region and tier: every priced call comes through here.
             card = self.card(model_id)
-            profile = profile_of(model_id) or profile_of(card.id)
+            profile = (profile_of(model_id) or profile_of(card.id)) if self._profiles else None
             found = self._prices[key] = (card.id, card.price(region, tier, profile=profile))
         return found
 

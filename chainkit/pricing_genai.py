@@ -30,7 +30,15 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from chainkit.errors import ConfigError
-from chainkit.pricing import ANY_REGION, UNKNOWN_CONTEXT_WINDOW, Catalogue, ModelCard, Price, Tier
+from chainkit.pricing import (
+    ANY_REGION,
+    UNKNOWN_CONTEXT_WINDOW,
+    Catalogue,
+    ModelCard,
+    Price,
+    Tier,
+    profile_of,
+)
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, ModelPrice, Provider
@@ -139,6 +147,7 @@ class _Current(Catalogue):
                     day = _catalogue(today)
                     self.name, self.description = day.name, day.description
                     self._resolver, self._cards = day._resolver, day._cards
+                    self._profiles = day._profiles
                     self._index, self._prices = day._index, day._prices
                     self._day = today
 
@@ -202,7 +211,11 @@ def _catalogue(on: date) -> Catalogue:
     )
 
     return Catalogue(
-        f"{GENAI_PRICES}-{version}@{on.isoformat()}", cards, description, resolver=_resolve
+        f"{GENAI_PRICES}-{version}@{on.isoformat()}",
+        cards,
+        description,
+        resolver=_resolve,
+        profiles=False,
     )
 
 
@@ -221,7 +234,13 @@ def _start_dates() -> list[date]:
 
 
 def _resolve(model_id: str) -> str | None:
-    """The card id genai-prices' own matching gives ``model_id`` (``provider:ref`` or ``ref``)."""
+    """The card id genai-prices' own matching gives ``model_id`` (``provider:ref`` or ``ref``).
+
+    A Bedrock cross-region profile prefix (``eu.openai:...``, ``jp.claude-...``) names no
+    genai-prices model: genai-prices would match it loosely to the plain model, at the plain price.
+    """
+    if profile_of(model_id) is not None:
+        return None
     provider_id, sep, ref = model_id.partition(":")
     try:
         if sep:

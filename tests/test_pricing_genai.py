@@ -235,3 +235,20 @@ def test_the_current_catalogue_follows_the_date(monkeypatch: pytest.MonkeyPatch)
     assert current.name.endswith("@2026-12-01")
     assert after == Catalogue.load("genai-prices@2026-12-01").cost("google:gemini-4-argon", usage)
     assert after != before
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "eu.openai:gpt-4o-mini",
+        "us.anthropic:claude-sonnet-4-5",
+        "global.anthropic:claude-sonnet-4-5",
+        "jp.claude-sonnet-4-5",
+    ],
+)
+def test_a_bedrock_profile_prefix_names_no_genai_prices_model(
+    genai: Catalogue, model_id: str
+) -> None:
+    assert model_id not in genai
+    with pytest.raises(ConfigError, match="Unknown model"):
+        genai.cost(model_id, Usage(1_000, 0))
