@@ -105,7 +105,7 @@ def _providers() -> list[Provider]:
 def parse_name(name: str) -> date | None:
     """The day a ``genai-prices[-<version>][@<YYYY-MM-DD>]`` name asks for (``None``: today)."""
     rest = name.removeprefix(GENAI_PRICES)
-    rest, _, day = rest.partition("@")
+    rest, at, day = rest.partition("@")
     version = _version()
     if rest and rest != f"-{version}":
         raise ConfigError(
@@ -113,6 +113,11 @@ def parse_name(name: str) -> date | None:
             f"installed; load 'genai-prices' or 'genai-prices-{version}'."
         )
     if not day:
+        if at:  # "genai-prices@": a date was meant and left out; today is a guess
+            raise ConfigError(
+                f"Catalogue {name!r} names no date after '@'; write genai-prices@YYYY-MM-DD, or "
+                "'genai-prices' for today's prices."
+            )
         return None
     try:
         return date.fromisoformat(day)
