@@ -244,6 +244,13 @@ class ModelCard:
         that geography; with no region, the geography's price, if all its priced regions agree. A
         region asked for by name is never silently priced as another, nor a geography as another.
         """
+        if region is not None and (not region or region != region.strip()):
+            # "" would be priced as us-east-1 in-region and refused through a profile: a region
+            # left empty (an unset variable) is a mistake to report, never a price to guess.
+            raise ConfigError(
+                f"Region {region!r} is not an AWS region name; pass the region the call is made "
+                "from (such as 'eu-west-1'), or None for the catalogue's default."
+            )
         candidates = [p for p in self.prices if p.tier == tier]
         if not candidates:
             tiers = sorted({p.tier for p in self.prices})

@@ -716,3 +716,19 @@ def test_a_catalogue_claims_rerank_prices_only_if_it_has_them(name: str) -> None
     if not priced:
         with pytest.raises(ConfigError, match="Unknown model"):
             catalogue.cost("amazon.rerank-v1:0", Usage(queries=1_000))
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "meta.llama3-8b-instruct-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ],
+)
+@pytest.mark.parametrize("region", ["", " ", "eu-west-1 "])
+def test_an_empty_or_padded_region_is_refused_the_same_way_everywhere(
+    model_id: str, region: str
+) -> None:
+    with pytest.raises(ConfigError, match="is not an AWS region name"):
+        Catalogue.load().cost(model_id, Usage(1_000, 0), region=region)
