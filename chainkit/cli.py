@@ -177,6 +177,47 @@ _HEAD = (
 )
 
 
+# CSV keeps each price in a column of its own (the table folds them into a few for reading);
+# the first five and last three columns match the table's.
+_CSV_HEAD = (
+    *_HEAD[:5],
+    "cache read $/Mtok",
+    "cache write $/Mtok",
+    "cache write 1h $/Mtok",
+    "$/1k queries",
+    "$/1k requests",
+    "long-context tiers",
+    "context",
+    *_HEAD[-3:],
+)
+
+
+def _csv_cells(card: ModelCard, p: Price) -> tuple[str, ...]:
+    unknown = card.context_window == UNKNOWN_CONTEXT_WINDOW
+    return (
+        card.id,
+        p.region,
+        p.tier,
+        *(
+            money(v) or ""
+            for v in (
+                p.input,
+                p.output,
+                p.cache_read,
+                p.cache_write,
+                p.cache_write_1h,
+                p.per_1k_queries,
+                p.per_1k_requests,
+            )
+        ),
+        str(len(p.tiers)),
+        "" if unknown else str(card.context_window),
+        p.effective_date.isoformat(),
+        p.confidence,
+        p.source_url,
+    )
+
+
 def _cards(args: argparse.Namespace) -> tuple[Catalogue, list[ModelCard]]:
     catalogue = Catalogue.load(args.catalogue)
     cards = list(catalogue)
@@ -260,13 +301,13 @@ def _prices(args: argparse.Namespace) -> str:
             {"catalogue": catalogue.name, "description": catalogue.description, "models": rows},
             indent=2,
         )
-    cells = [_price_cells(card, p) for card in cards for p in card.prices]
     if args.format == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(_HEAD)
-        writer.writerows(cells)
+        writer.writerow(_CSV_HEAD)
+        writer.writerows(_csv_cells(card, p) for card in cards for p in card.prices)
         return out.getvalue().rstrip("\n")
+    cells = [_price_cells(card, p) for card in cards for p in card.prices]
     low = sum(1 for c in cells if c[8])
     legend = (
         f"{low} row(s) marked low: undated or unchecked transcriptions, or prices derived by "

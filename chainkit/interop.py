@@ -14,9 +14,10 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -26,8 +27,14 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from chainkit.errors import BudgetExceeded, ChainkitError, ConfigError
 from chainkit.ledger import Hold, Ledger
 from chainkit.pipeline import Pipeline
-from chainkit.pricing import Catalogue, Tier
-from chainkit.providers.langchain import model_id_of, usage_from_langchain
+from chainkit.pricing import Catalogue, Tier, in_geography, profile_of
+from chainkit.providers.langchain import (
+    catalogue_for_provider,
+    model_id_of,
+    service_tier_of,
+    unpriced,
+    usage_from_langchain,
+)
 from chainkit.records import Entry, Request, Tags, Usage, check_text, new_entry_id
 from chainkit.stages.calling import TEMPLATE_TOKENS_PER_CALL, TEMPLATE_TOKENS_PER_MESSAGE
 
@@ -90,6 +97,45 @@ def _bound(
             return None
 
 
+_TIERS: frozenset[str] = frozenset(("on_demand", "batch", "flex", "priority"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """What the handler knows of a chat call from its start."""
+
+    clock: float
+    hint: str | None
+    provider: str | None
+    hold: Hold | None
+    region: str | None
+    asked: str | None  # the service tier the call asked for, if it named one
+    when: datetime
+
+
+def _region(
+    serialized: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+) -> str | None:
+    """The AWS region a chat model says it calls (langchain-aws's ``region_name``), if any."""
+    places: list[Any] = [params]
+    if isinstance(serialized, Mapping):
+        places.append(serialized.get("kwargs"))
+    if isinstance(metadata, Mapping):
+        places.append(metadata.get("ls_invocation_params"))
+    for place in places:
+        region = place.get("region_name") if isinstance(place, Mapping) else None
+        if isinstance(region, str) and region:
+            return region
+    return None
+
+
+def _safe(note: str) -> str:
+    """A note any store takes: no NUL, no lone surrogate."""
+    return note.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", " ")
+
+
 def _model_name(name: str | None) -> str | None:
     """A model name fit for an entry; a name no store can take is dropped, not the entry."""
     try:
@@ -129,8 +175,16 @@ class LedgerCallbackHandler(BaseCallbackHandler):
     """Record every chat-model call of a LangChain chain into a chainkit ledger, priced.
 
     Calls made within one chain invocation share a request id (the id of the outermost run), so
-    reports count requests, not calls. A model the catalogue does not know is recorded with cost
-    ``None`` (unknown) rather than breaking the user's chain.
+    reports count requests, not calls. One call is one entry, however many choices (``n``) it
+    returned: LangChain integrations put the call's usage on every choice. A model the catalogue
+    does not know, usage that is missing or malformed, or a part of a call chainkit cannot price
+    (audio tokens, a service tier without a price) is recorded with cost ``None`` (unknown) and a
+    note, rather than breaking the user's chain.
+
+    The region is the chat model's own (``region_name``, as LangChain serialises it), else
+    ``region``; the service tier is the one the reply names (OpenAI's ``service_tier``), else the
+    one the call asked for, else ``tier``. A cross-region profile the chat model's region cannot
+    call (``us.`` from eu-west-1) is refused before the call, as a ``ConfigError``.
 
     Args:
         ledger: where the entries go.
@@ -139,7 +193,10 @@ class LedgerCallbackHandler(BaseCallbackHandler):
             for OpenAI, Anthropic, Vertex, Azure and the other providers it knows.
         stage: the stage name the entries carry.
         tags: tags put on every entry (tenant, feature, ...).
-        model_ids: map from the names LangChain reports to catalogue ids.
+        model_ids: map from the names LangChain reports to catalogue ids (Bedrock ids, or
+            genai-prices ids for the providers it knows: ``gpt-4o-mini``, ``openai:gpt-4o-mini``).
+        region: the AWS region of chat models that do not name theirs.
+        tier: the service tier of calls whose reply and request do not name theirs.
     """
 
     # Errors propagate: a BudgetExceeded from on_chat_model_start must stop the call before the
@@ -172,7 +229,7 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         self.tier: Tier = tier
         self._lock = threading.Lock()
         self._roots: dict[UUID, UUID] = {}
-        self._started: dict[UUID, tuple[float, str | None, str | None, Hold | None]] = {}
+        self._started: dict[UUID, _Started] = {}
 
     def _enter(self, run_id: UUID, parent_run_id: UUID | None) -> None:
         with self._lock:
@@ -221,16 +278,19 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         provider = (metadata or {}).get("ls_provider")
         hint = hint if isinstance(hint, str) else None
         provider = provider if isinstance(provider, str) else None
+        params = kwargs.get("invocation_params")
+        params = params if isinstance(params, Mapping) else {}
+        region = _region(serialized, metadata, params) or self.region
+        asked = service_tier_of(params)
         self._enter(run_id, parent_run_id)
+        with self._lock:
+            root = str(self._roots.get(run_id, run_id))
+        catalogue, model = self._pricing(hint, provider)
+        self._check_profile(catalogue, model, region, root)
         hold = None
         if self.ledger.budgets:
-            with self._lock:
-                root = str(self._roots.get(run_id, run_id))
-            catalogue, model = self._pricing(
-                _model_name(self.model_ids.get(hint or "", hint)), provider
-            )
-            amount = _bound(catalogue, model, messages, kwargs.get("invocation_params") or {},
-                            region=self.region, tier=self.tier)  # fmt: skip
+            tier = cast(Tier, asked) if asked in _TIERS else self.tier
+            amount = _bound(catalogue, model, messages, params, region=region, tier=tier)
             entry_id = new_entry_id()
             try:
                 hold = self.ledger.reserve(
@@ -244,39 +304,56 @@ class LedgerCallbackHandler(BaseCallbackHandler):
                 )  # fmt: skip
                 raise
         with self._lock:
-            self._started[run_id] = (time.perf_counter(), hint, provider, hold)
-
-    def _pricing(self, model: str | None, provider: str | None) -> tuple[Catalogue, str | None]:
-        """The catalogue for this call, and the model id as it names it."""
-        if not self._by_provider or model is None or model in self.model_ids.values():
-            return self.catalogue, model
-        try:
-            from chainkit.pricing_genai import genai_provider_for
-
-            genai = genai_provider_for(provider)
-        except ImportError:  # genai-prices not installed: the default catalogue only
-            genai = None
-        if genai is None:
-            return self.catalogue, model
-        return Catalogue.load("genai-prices"), model if ":" in model else f"{genai}:{model}"
-
-    def _price(self, catalogue: Catalogue, model: str | None, usage: Any) -> Decimal | None:
-        if model is None:
-            return None
-        try:
-            return catalogue.cost(model, usage, region=self.region, tier=self.tier)
-        except ChainkitError:
-            return None
-
-    def _finish(self, run_id: UUID) -> tuple[str, float, str | None, str | None, Hold | None]:
-        with self._lock:
-            started, hint, provider, hold = self._started.pop(
-                run_id, (time.perf_counter(), None, None, None)
+            self._started[run_id] = _Started(
+                time.perf_counter(), hint, provider, hold, region, asked, _now()
             )
+
+    def _check_profile(
+        self, catalogue: Catalogue, model: str | None, region: str | None, root: str
+    ) -> None:
+        """Refuse a geographic profile called from a region outside its geography."""
+        profile = None if model is None else profile_of(model)
+        if profile is None or region is None or profile == "global":
+            return
+        if in_geography(region, profile):
+            return
+        error = ConfigError(
+            f"The {profile}. cross-region profile {model!r} cannot be called from region "
+            f"{region!r}: it routes requests within the {profile!r} geography only, and "
+            "chainkit could not price the call. Use a region in that geography, or the profile "
+            f"of {region!r}'s own geography."
+        )
+        self.ledger.record(
+            Entry(request_id=root, stage=self.stage, outcome="refused", cost=Decimal(0),
+                  model=_model_name(model), estimated=True, tags=self.tags, note=str(error)[:1000])
+        )  # fmt: skip
+        raise error
+
+    def _pricing(self, name: str | None, provider: str | None) -> tuple[Catalogue, str | None]:
+        """The catalogue for this call, and the model id as it names it.
+
+        A name ``model_ids`` maps is priced as mapped: by genai-prices for a provider it knows
+        (``gpt-4o-mini`` and ``openai:gpt-4o-mini`` alike), unless only the handler's catalogue
+        knows the mapped id.
+        """
+        mapped = self.model_ids.get(name or "")
+        model = _model_name(mapped or name)
+        if not self._by_provider or model is None:
+            return self.catalogue, model
+        catalogue, priced = catalogue_for_provider(provider, model)
+        if mapped is not None and priced not in catalogue and model in self.catalogue:
+            return self.catalogue, model
+        return catalogue, _model_name(priced)
+
+    def _finish(self, run_id: UUID) -> tuple[str, float, _Started]:
+        with self._lock:
+            started = self._started.pop(run_id, None)
             root = self._roots.get(run_id, run_id)
             if root == run_id:  # a model called on its own, outside any chain
                 self._roots.pop(run_id, None)
-        return str(root), time.perf_counter() - started, hint, provider, hold
+        if started is None:
+            started = _Started(time.perf_counter(), None, None, None, self.region, None, _now())
+        return str(root), time.perf_counter() - started.clock, started
 
     def on_llm_end(
         self,
@@ -286,46 +363,102 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """Record one entry per generation, with reported usage and its price."""
-        request_id, latency, hint, provider, hold = self._finish(run_id)
-        llm_output = response.llm_output or {}
-        for generations in response.generations:
-            for generation in generations:
-                if not isinstance(generation, ChatGeneration):
-                    continue
-                message = generation.message
-                reported = model_id_of(getattr(message, "response_metadata", {}))
-                name = reported or model_id_of(llm_output) or hint
-                catalogue, model = self._pricing(
-                    _model_name(self.model_ids.get(name or "", name)), provider
-                )
-                try:
-                    usage = usage_from_langchain(
-                        getattr(message, "usage_metadata", None), str(model)
-                    )
-                except ChainkitError:
-                    usage = None
-                # The call's first generation settles its hold (and carries its id).
-                settles, hold = hold, None
-                self.ledger.record(
-                    Entry(
-                        request_id=request_id,
-                        stage=self.stage,
-                        outcome="answered",
-                        model=model,
-                        usage=usage,
-                        cost=None if usage is None else self._price(catalogue, model, usage),
-                        latency_s=latency,
-                        attempts=1,
-                        tags=self.tags,
-                        bound=None if settles is None else settles.amount,
-                        id=new_entry_id() if settles is None else settles.id,
-                        # When the call was held (and so in the period it was held for).
-                        time=_now() if settles is None else settles.created,
-                    ),
-                    hold=settles,
-                )
-        self.ledger.release(hold)  # a reply with no generation: nothing to settle it
+        """Record the call's one entry, with its reported usage and its price.
+
+        A call with several choices (``n``) is one entry: its integrations put the call's usage
+        on every choice, so it is counted once. Nothing here raises into the user's chain for a
+        reply it cannot read: the entry records an unknown cost (``None``) and says why.
+        """
+        request_id, latency, started = self._finish(run_id)
+        hold = started.hold
+        llm_output = response.llm_output if isinstance(response.llm_output, Mapping) else {}
+        messages = [
+            generation.message
+            for generations in response.generations
+            for generation in generations
+            if isinstance(generation, ChatGeneration)
+        ]
+        if not messages:
+            self.ledger.release(hold)  # a reply with no generation: nothing to settle it
+            return
+        first = messages[0]
+        metadata = getattr(first, "response_metadata", None)
+        reported = model_id_of(metadata) if isinstance(metadata, Mapping) else None
+        name = reported or model_id_of(llm_output) or started.hint
+        catalogue, model = self._pricing(name, started.provider)
+        usage, cost, note = self._priced(catalogue, model, messages, llm_output, started)
+        self.ledger.record(
+            Entry(
+                request_id=request_id,
+                stage=self.stage,
+                outcome="answered",
+                model=model,
+                usage=usage,
+                cost=cost,
+                latency_s=latency,
+                attempts=1,
+                tags=self.tags,
+                bound=None if hold is None else hold.amount,
+                note=note[:1000],
+                id=new_entry_id() if hold is None else hold.id,
+                # When the call was held (and so in the period it was held for).
+                time=_now() if hold is None else hold.created,
+            ),
+            hold=hold,
+        )
+
+    def _priced(
+        self,
+        catalogue: Catalogue,
+        model: str | None,
+        messages: list[Any],
+        llm_output: Mapping[str, Any],
+        started: _Started,
+    ) -> tuple[Usage | None, Decimal | None, str]:
+        """The call's usage, its cost, and why the cost is unknown when it is."""
+        reported = [getattr(m, "usage_metadata", None) for m in messages]
+        present = [u for u in reported if u]
+        if any(u != present[0] for u in present[1:]):
+            return (
+                None,
+                None,
+                (
+                    f"The call's {len(messages)} choices report different usage; chainkit cannot "
+                    "tell the call's usage from them, so its cost is unknown."
+                ),
+            )
+        raw = present[0] if present else None
+        try:
+            usage = usage_from_langchain(raw, str(model))
+        except ChainkitError as exc:
+            return None, None, _safe(str(exc))
+        except Exception as exc:  # a reply no integration should send: still never raised
+            return None, None, _safe(f"Unreadable usage ({type(exc).__name__}: {exc})")
+        why = unpriced(raw)
+        if why:
+            return usage, None, why
+        metadata = getattr(messages[0], "response_metadata", None)
+        tier = service_tier_of(metadata, raw) or service_tier_of(llm_output) or started.asked
+        if tier is None:
+            tier = self.tier
+        if tier not in _TIERS:
+            return (
+                usage,
+                None,
+                (
+                    f"The call ran at service tier {tier!r}, which chainkit has no prices for; its "
+                    "cost is unknown."
+                ),
+            )
+        if model is None:
+            return usage, None, "The reply names no model; the call's cost is unknown."
+        try:
+            cost = catalogue.cost(
+                model, usage, region=started.region, tier=cast(Tier, tier), at=started.when
+            )
+        except ChainkitError as exc:
+            return usage, None, _safe(str(exc))
+        return usage, cost, ""
 
     def on_llm_error(
         self,
@@ -336,7 +469,8 @@ class LedgerCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record the failed call; what it cost, if anything, is unknown."""
-        request_id, latency, hint, _, hold = self._finish(run_id)
+        request_id, latency, started = self._finish(run_id)
+        hint, hold = started.hint, started.hold
         self.ledger.record(
             Entry(
                 request_id=request_id,

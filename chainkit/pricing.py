@@ -20,7 +20,7 @@ import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, localcontext
 from importlib import resources
 from pathlib import Path
@@ -114,6 +114,8 @@ class Price:
     USD per 1,000. ``tiers`` are long-context prices: ``(threshold, price)`` pairs, ascending; a
     call whose prompt (input, cache read and cache write tokens) exceeds a threshold is priced
     entirely at that tier's price, as Anthropic, Google and OpenAI bill long prompts.
+    ``hours`` are time-of-day prices (DeepSeek's off-peak discount): ``(start, price)`` pairs
+    in UTC, ascending from 00:00; a call is priced at the price of the interval it was made in.
     """
 
     input: Decimal
@@ -130,6 +132,21 @@ class Price:
     tiers: tuple[tuple[int, Price], ...] = ()
     confidence: Confidence = "high"
     note: str = ""
+    hours: tuple[tuple[time, Price], ...] = ()
+
+    def at(self, moment: datetime | None = None) -> Price:
+        """The price in force at ``moment`` (default: now), for prices that vary by time of day."""
+        if not self.hours:
+            return self
+        moment = moment or datetime.now(UTC)
+        if moment.tzinfo is None:  # a naive time is UTC, as the ledger's are
+            moment = moment.replace(tzinfo=UTC)
+        clock = moment.astimezone(UTC).time().replace(tzinfo=None)
+        chosen = self.hours[0][1]
+        for start, price in self.hours:
+            if start <= clock:
+                chosen = price
+        return chosen
 
     def for_prompt(self, prompt_tokens: int) -> Price:
         """The price that applies to a call whose prompt has ``prompt_tokens`` tokens."""
@@ -138,8 +155,10 @@ class Price:
                 return price
         return self
 
-    def cost(self, usage: Usage, *, model_id: str = "?") -> Decimal:
-        """Return the exact cost of ``usage`` at this price."""
+    def cost(self, usage: Usage, *, model_id: str = "?", at: datetime | None = None) -> Decimal:
+        """Return the exact cost of ``usage`` at this price, for a call made at ``at`` (now)."""
+        if self.hours:
+            return self.at(at).cost(usage, model_id=model_id)
         # chainkit's own context: the caller's decimal precision must not change a price.
         with localcontext(CONTEXT):
             if self.tiers:
@@ -190,6 +209,7 @@ def _rates(price: Price) -> tuple[object, ...]:
         price.per_1k_queries,
         price.per_1k_requests,
         tuple((threshold, _rates(p)) for threshold, p in price.tiers),
+        tuple((start, _rates(p)) for start, p in price.hours),
     )
 
 
@@ -224,6 +244,13 @@ class ModelCard:
         that geography; with no region, the geography's price, if all its priced regions agree. A
         region asked for by name is never silently priced as another, nor a geography as another.
         """
+        if region is not None and (not region or region != region.strip()):
+            # "" would be priced as us-east-1 in-region and refused through a profile: a region
+            # left empty (an unset variable) is a mistake to report, never a price to guess.
+            raise ConfigError(
+                f"Region {region!r} is not an AWS region name; pass the region the call is made "
+                "from (such as 'eu-west-1'), or None for the catalogue's default."
+            )
         candidates = [p for p in self.prices if p.tier == tier]
         if not candidates:
             tiers = sorted({p.tier for p in self.prices})
@@ -293,27 +320,36 @@ class ModelCard:
         )
 
 
+# The most any price row may say, in its file's unit: far above any real price (USD 1,000,000 per
+# 1,000 or 1,000,000 tokens, per 1,000 queries or requests), low enough that no cost overflows.
+_MAX_PRICE = Decimal(1_000_000)
+
+
+def _rate(default: Any = ...) -> Any:
+    return Field(default=default, ge=0, le=_MAX_PRICE, allow_inf_nan=False)
+
+
 class _TierRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     above_prompt_tokens: int = Field(gt=0)
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-    cache_read: Decimal | None = Field(default=None, ge=0)
-    cache_write: Decimal | None = Field(default=None, ge=0)
-    cache_write_1h: Decimal | None = Field(default=None, ge=0)
+    input: Decimal = _rate()
+    output: Decimal = _rate()
+    cache_read: Decimal | None = _rate(None)
+    cache_write: Decimal | None = _rate(None)
+    cache_write_1h: Decimal | None = _rate(None)
 
 
 class _PriceRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     region: str
     tier: Tier
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-    cache_read: Decimal | None = Field(default=None, ge=0)
-    cache_write: Decimal | None = Field(default=None, ge=0)
-    cache_write_1h: Decimal | None = Field(default=None, ge=0)
-    per_1k_queries: Decimal | None = Field(default=None, ge=0)
-    per_1k_requests: Decimal | None = Field(default=None, ge=0)
+    input: Decimal = _rate()
+    output: Decimal = _rate()
+    cache_read: Decimal | None = _rate(None)
+    cache_write: Decimal | None = _rate(None)
+    cache_write_1h: Decimal | None = _rate(None)
+    per_1k_queries: Decimal | None = _rate(None)
+    per_1k_requests: Decimal | None = _rate(None)
     tiers: list[_TierRow] = []
     source_url: str = Field(pattern=r"^https?://")
     effective_date: date
@@ -413,6 +449,9 @@ class Catalogue:
         description: where the prices come from.
         resolver: maps an id that is neither a card id nor an alias to a card id (or ``None``),
             for catalogues whose source matches model names by rule (genai-prices).
+        profiles: whether ids may carry a Bedrock cross-region profile prefix (``us.``,
+            ``global.``...); a catalogue of other providers' ids (genai-prices) has none, and
+            ``eu.openai:gpt-4o-mini`` is not ``openai:gpt-4o-mini``.
     """
 
     def __init__(
@@ -422,10 +461,12 @@ class Catalogue:
         description: str = "",
         *,
         resolver: Callable[[str], str | None] | None = None,
+        profiles: bool = True,
     ) -> None:
         self.name = name
         self.description = description
         self._resolver = resolver
+        self._profiles = profiles
         self._cards = {card.id: card for card in cards}
         self._index: dict[str, ModelCard] = {}
         self._prices: dict[tuple[str, str | None, Tier], tuple[str, Price]] = {}
@@ -514,7 +555,7 @@ class Catalogue:
 
     def _find(self, model_id: str) -> ModelCard | None:
         card = self._index.get(model_id)
-        if card is None:
+        if card is None and self._profiles:
             card = self._index.get(base_model_id(model_id))
         if card is None and self._resolver is not None:
             resolved = self._resolver(model_id)
@@ -549,16 +590,26 @@ class Catalogue:
         if found is None:
             # Resolved once per model, region and tier: every priced call comes through here.
             card = self.card(model_id)
-            profile = profile_of(model_id) or profile_of(card.id)
+            profile = (profile_of(model_id) or profile_of(card.id)) if self._profiles else None
             found = self._prices[key] = (card.id, card.price(region, tier, profile=profile))
         return found
 
     def cost(
-        self, model_id: str, usage: Usage, *, region: str | None = None, tier: Tier = "on_demand"
+        self,
+        model_id: str,
+        usage: Usage,
+        *,
+        region: str | None = None,
+        tier: Tier = "on_demand",
+        at: datetime | None = None,
     ) -> Decimal:
-        """Return the exact USD cost of ``usage`` on ``model_id`` in ``region`` and ``tier``."""
+        """Return the exact USD cost of ``usage`` on ``model_id`` in ``region`` and ``tier``.
+
+        ``at`` is when the call was made (default: now); it matters only for prices that vary by
+        time of day.
+        """
         card_id, price = self._resolve(model_id, region, tier)
-        return price.cost(usage, model_id=card_id)
+        return price.cost(usage, model_id=card_id, at=at)
 
 
 def catalogue_for(model: object, catalogue: Catalogue | None = None) -> Catalogue:

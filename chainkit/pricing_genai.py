@@ -12,23 +12,44 @@ library installed applies.
 
 A catalogue is the prices in force on one day (default: today, UTC), chosen from genai-prices'
 price history; its long-context tiers, batch, flex and priority variants become chainkit tiers.
+Time-of-day prices (DeepSeek's off-peak discount) become a price's ``hours``: a call is priced
+at the price of the hour it was made in (``Catalogue.cost(..., at=)``, default now).
+:func:`current_genai_catalogue` follows the date: it prices each call at the prices of the day
+it is priced on, so a long-running process never keeps yesterday's prices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from chainkit.errors import ConfigError
-from chainkit.pricing import ANY_REGION, UNKNOWN_CONTEXT_WINDOW, Catalogue, ModelCard, Price, Tier
+from chainkit.pricing import (
+    ANY_REGION,
+    UNKNOWN_CONTEXT_WINDOW,
+    Catalogue,
+    ModelCard,
+    Price,
+    Tier,
+    profile_of,
+)
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-__all__ = ["GENAI_PRICES", "genai_prices_catalogue", "genai_provider_for"]
+__all__ = [
+    "GENAI_PRICES",
+    "current_genai_catalogue",
+    "genai_model_id",
+    "genai_prices_catalogue",
+    "genai_provider_for",
+]
 
 GENAI_PRICES = "genai-prices"
 # genai-prices price keys chainkit prices, and the Price field each becomes.
@@ -84,7 +105,7 @@ def _providers() -> list[Provider]:
 def parse_name(name: str) -> date | None:
     """The day a ``genai-prices[-<version>][@<YYYY-MM-DD>]`` name asks for (``None``: today)."""
     rest = name.removeprefix(GENAI_PRICES)
-    rest, _, day = rest.partition("@")
+    rest, at, day = rest.partition("@")
     version = _version()
     if rest and rest != f"-{version}":
         raise ConfigError(
@@ -92,6 +113,11 @@ def parse_name(name: str) -> date | None:
             f"installed; load 'genai-prices' or 'genai-prices-{version}'."
         )
     if not day:
+        if at:  # "genai-prices@": a date was meant and left out; today is a guess
+            raise ConfigError(
+                f"Catalogue {name!r} names no date after '@'; write genai-prices@YYYY-MM-DD, or "
+                "'genai-prices' for today's prices."
+            )
         return None
     try:
         return date.fromisoformat(day)
@@ -101,9 +127,72 @@ def parse_name(name: str) -> date | None:
         ) from exc
 
 
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
 def genai_prices_catalogue(on: date | None = None) -> Catalogue:
     """The genai-prices catalogue of the prices in force on day ``on`` (default: today, UTC)."""
-    return _catalogue(on or datetime.now(UTC).date())
+    return _catalogue(on or _today())
+
+
+class _Current(Catalogue):
+    """genai-prices' catalogue of the day each look-up is made on (UTC): it follows the date."""
+
+    def __init__(self) -> None:
+        self._day: date | None = None
+        self._switch = threading.Lock()
+        self._sync()
+
+    def _sync(self) -> None:
+        today = _today()
+        if today != self._day:
+            with self._switch:
+                if today != self._day:
+                    day = _catalogue(today)
+                    self.name, self.description = day.name, day.description
+                    self._resolver, self._cards = day._resolver, day._cards
+                    self._profiles = day._profiles
+                    self._index, self._prices = day._index, day._prices
+                    self._day = today
+
+    def __iter__(self) -> Iterator[ModelCard]:
+        self._sync()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._sync()
+        return super().__len__()
+
+    def _find(self, model_id: str) -> ModelCard | None:
+        self._sync()
+        return super()._find(model_id)
+
+    def _resolve(self, model_id: str, region: str | None, tier: Tier) -> tuple[str, Price]:
+        self._sync()
+        return super()._resolve(model_id, region, tier)
+
+
+@functools.cache
+def current_genai_catalogue() -> Catalogue:
+    """The genai-prices catalogue that follows the date: each call at its own day's prices (UTC).
+
+    Chat models priced by genai-prices use it, so a process that runs for days never keeps the
+    prices of the day it started.
+    """
+    return _Current()
+
+
+def genai_model_id(provider: str, model: str) -> str:
+    """``model`` as the genai-prices catalogue names it: ``provider:model``.
+
+    A name that already starts with a genai-prices provider is kept; one whose colons name no
+    provider (OpenAI's fine-tunes, ``ft:gpt-4o-mini-2024-07-18:acme::abc123``) gets one.
+    """
+    prefix, sep, _ = model.partition(":")
+    if sep and any(p.id == prefix.lower() for p in _providers()):
+        return model
+    return f"{provider}:{model}"
 
 
 @functools.cache
@@ -127,7 +216,11 @@ def _catalogue(on: date) -> Catalogue:
     )
 
     return Catalogue(
-        f"{GENAI_PRICES}-{version}@{on.isoformat()}", cards, description, resolver=_resolve
+        f"{GENAI_PRICES}-{version}@{on.isoformat()}",
+        cards,
+        description,
+        resolver=_resolve,
+        profiles=False,
     )
 
 
@@ -146,7 +239,13 @@ def _start_dates() -> list[date]:
 
 
 def _resolve(model_id: str) -> str | None:
-    """The card id genai-prices' own matching gives ``model_id`` (``provider:ref`` or ``ref``)."""
+    """The card id genai-prices' own matching gives ``model_id`` (``provider:ref`` or ``ref``).
+
+    A Bedrock cross-region profile prefix (``eu.openai:...``, ``jp.claude-...``) names no
+    genai-prices model: genai-prices would match it loosely to the plain model, at the plain price.
+    """
+    if profile_of(model_id) is not None:
+        return None
     provider_id, sep, ref = model_id.partition(":")
     try:
         if sep:
@@ -155,7 +254,10 @@ def _resolve(model_id: str) -> str | None:
             provider, model = _snapshot().find_provider_model(model_id, None, None, None)
     except LookupError:
         return None
-    return f"{provider.id}:{model.id}"
+    # A provider that resells another's models (Azure: OpenAI's) is priced, as genai-prices
+    # does, at the card of the provider the model belongs to.
+    owner = next((p for p in _providers() if any(m is model for m in p.models)), provider)
+    return f"{owner.id}:{model.id}"
 
 
 @functools.cache
@@ -184,13 +286,15 @@ def _active(model: ModelInfo, moment: datetime) -> tuple[ModelPrice, date | None
     return chosen, None, by_hour
 
 
-def _card(provider: Provider, model: ModelInfo, moment: datetime, source: str) -> ModelCard | None:
+def _prices_at(
+    model: ModelInfo, moment: datetime, source: str, skipped: set[str]
+) -> tuple[list[Price], bool]:
+    """The model's prices by tier at ``moment``, and whether they depend on the time of day."""
     standard, started, by_hour = _active(model, moment)
     on = moment.date()
-    skipped: set[str] = set()
     base = _price(standard, "on_demand", started or on, source, skipped)
     if base is None:
-        return None
+        return [], by_hour
     prices = [base]
     for variant in model.price_variants or ():
         tier = next((_VARIANT_TIERS.get(item) for item in variant.when.items()), None)
@@ -202,6 +306,46 @@ def _card(provider: Provider, model: ModelInfo, moment: datetime, source: str) -
         price = _price_from(merged, tier, started or on, source, skipped)
         if price is not None and all(p.tier != tier for p in prices):
             prices.append(price)
+    return prices, by_hour
+
+
+def _hourly(model: ModelInfo, moment: datetime, source: str, prices: list[Price]) -> list[Price]:
+    """``prices`` with their time-of-day prices: one per interval between constraint bounds."""
+    from genai_prices.types import TimeOfDateConstraint
+
+    bounds = {time(0)}
+    for conditional in model.prices if isinstance(model.prices, list) else ():
+        if isinstance(conditional.constraint, TimeOfDateConstraint):
+            for edge in (conditional.constraint.start_time, conditional.constraint.end_time):
+                if edge.tzinfo is not None:
+                    edge = datetime.combine(moment.date(), edge).astimezone(UTC).timetz()
+                bounds.add(edge.replace(tzinfo=None))
+    by_start = {
+        start: _prices_at(model, datetime.combine(moment.date(), start, tzinfo=UTC), source, set())[
+            0
+        ]
+        for start in sorted(bounds)
+    }
+    out = []
+    for price in prices:
+        hours = tuple(
+            (start, p)
+            for start, at_start in by_start.items()
+            for p in at_start
+            if p.tier == price.tier
+        )
+        complete = len(hours) == len(by_start)  # the tier is priced at every hour
+        out.append(dataclasses.replace(price, hours=hours) if complete else price)
+    return out
+
+
+def _card(provider: Provider, model: ModelInfo, moment: datetime, source: str) -> ModelCard | None:
+    skipped: set[str] = set()
+    prices, by_hour = _prices_at(model, moment, source, skipped)
+    if not prices:
+        return None
+    if by_hour:
+        prices = _hourly(model, moment, source, prices)
     notes = [model.description or ""]
     if skipped:
         notes.append(
@@ -210,8 +354,8 @@ def _card(provider: Provider, model: ModelInfo, moment: datetime, source: str) -
         )
     if by_hour:
         notes.append(
-            "genai-prices prices this model by time of day; this is the price at 12:00 UTC, "
-            "and its other hours' prices (such as an off-peak discount) are not applied."
+            "genai-prices prices this model by time of day: the price shown is the one at 12:00 "
+            "UTC; each call is priced at the price of the UTC time it was made."
         )
     if model.context_window is None:
         notes.append("genai-prices gives no context window, so none is checked.")

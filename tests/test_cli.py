@@ -513,3 +513,29 @@ def test_multi_line_messages_become_one_line(capsys: pytest.CaptureFixture[str])
 
     assert run_command(work, prog="chainkit") == 2
     assert capsys.readouterr().err == "chainkit: first line second line\n"
+
+
+def test_prices_csv_keeps_each_price_in_its_own_column(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = _run(capsys, "prices", "--catalogue", "genai-prices@2026-11-29", "--format",
+                        "csv")  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    money_columns = [c for c in rows[0] if "$/" in c]
+    assert len(money_columns) == 7
+    for row in rows:
+        for column in money_columns:  # a number or nothing, never "1.00 +$12.00/1k requests"
+            assert row[column] == "" or Decimal(row[column]) >= 0, (row["model id"], column)
+        assert row["long-context tiers"].isdigit()
+        assert row["context"] == "" or row["context"].isdigit()
+    priced = [r for r in rows if r["$/1k requests"]]
+    # Perplexity's sonar models charge per request besides their tokens.
+    assert {r["model id"] for r in priced} >= {"perplexity:sonar", "perplexity:sonar-pro"}
+
+
+def test_a_genai_prices_catalogue_name_with_an_empty_date_is_refused() -> None:
+    from chainkit import Catalogue
+
+    with pytest.raises(ConfigError, match="names no date after '@'"):
+        Catalogue.load("genai-prices@")

@@ -671,3 +671,64 @@ def test_every_row_of_the_dated_catalogue_has_source_date_and_confidence(
             assert price.confidence in ("high", "low")
             if "Aditya-Poddar" in price.source_url:
                 assert price.confidence == "low", card.id
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("input", "1E+999999", "less than or equal to 1000000"),
+        ("output", "NaN", "finite"),
+        ("cache_read", "Infinity", "finite"),
+        ("per_1k_requests", "1e7", "less than or equal to 1000000"),
+        ("input", "-1", "greater than or equal to 0"),
+    ],
+)
+def test_price_files_with_absurd_prices_are_refused_on_load(
+    tmp_path: Path, field: str, value: str, says: str
+) -> None:
+    path = _file(tmp_path, [_price(**{field: value})])
+    with pytest.raises(ConfigError, match=says) as caught:
+        Catalogue.from_file(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"field 'prices.0.{field}'" in message and "test.model-v1" in message
+
+
+def test_chainkit_prices_refuses_an_overflowing_price_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chainkit.cli import main
+
+    path = _file(tmp_path, [_price(input="1E+999999")])
+    code = main(["prices", "--catalogue", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "1E+999999" in err
+
+
+@pytest.mark.parametrize("name", [n for n in Catalogue.names() if not n.startswith("genai")])
+def test_a_catalogue_claims_rerank_prices_only_if_it_has_them(name: str) -> None:
+    catalogue = Catalogue.load(name)
+    priced = [c.id for c in catalogue for p in c.prices if p.per_1k_queries is not None]
+    claims = "rerank per" in catalogue.description.lower()
+    assert claims == bool(priced), (name, priced)
+    if not priced:
+        with pytest.raises(ConfigError, match="Unknown model"):
+            catalogue.cost("amazon.rerank-v1:0", Usage(queries=1_000))
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "meta.llama3-8b-instruct-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ],
+)
+@pytest.mark.parametrize("region", ["", " ", "eu-west-1 "])
+def test_an_empty_or_padded_region_is_refused_the_same_way_everywhere(
+    model_id: str, region: str
+) -> None:
+    with pytest.raises(ConfigError, match="is not an AWS region name"):
+        Catalogue.load().cost(model_id, Usage(1_000, 0), region=region)

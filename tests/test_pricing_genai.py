@@ -77,7 +77,7 @@ def test_every_model_agrees_with_calc_price(genai: Catalogue, usage: Usage) -> N
             theirs = their_price(usage, model, provider)
         except LookupError:
             continue  # an id genai-prices' own matching does not find (its regional.* entries)
-        assert genai.cost(card.id, usage) == theirs, card.id
+        assert genai.cost(card.id, usage, at=NOON) == theirs, card.id
         checked += 1
     assert checked > 2_000
 
@@ -173,3 +173,82 @@ def test_genai_prices_is_listed_and_lists_its_providers(capsys: pytest.CaptureFi
     assert rows
     assert all(r[0].startswith("openai:") for r in rows)
     assert any(r[0] == "openai:gpt-4o-mini" and r[3] == "0.15" for r in rows)
+
+
+@pytest.mark.parametrize("model", ["deepseek-chat", "deepseek-flash", "deepseek-reasoner"])
+def test_time_of_day_prices_follow_the_calls_utc_time(genai: Catalogue, model: str) -> None:
+    usage = Usage(999_000, 1_000_000, cache_read_tokens=1_000)
+    seen = set()
+    for hour in range(24):
+        for minute in (0, 29, 30, 59):
+            at = datetime(2026, 11, 29, hour, minute, tzinfo=UTC)
+            theirs = genai_prices.calc_price(
+                genai_prices.Usage(
+                    input_tokens=1_000_000, output_tokens=1_000_000, cache_read_tokens=1_000
+                ),
+                model,
+                provider_id="deepseek",
+                genai_request_timestamp=at,
+            ).total_price
+            assert genai.cost("deepseek:" + model, usage, at=at) == theirs, at
+            seen.add(theirs)
+    assert len(seen) == 2  # a peak and an off-peak price, both applied
+
+
+def test_a_time_of_day_price_takes_the_calls_zone_into_account(genai: Catalogue) -> None:
+    from datetime import timedelta, timezone
+
+    tokyo = timezone(timedelta(hours=9))
+    usage = Usage(1_000_000, 1_000_000)
+    # 01:00 in Tokyo is 16:00 UTC (peak, before 16:30), 02:00 is 17:00 UTC (off-peak).
+    peak = genai.cost("deepseek:deepseek-chat", usage, at=datetime(2026, 11, 30, 1, tzinfo=tokyo))
+    off = genai.cost("deepseek:deepseek-chat", usage, at=datetime(2026, 11, 30, 2, tzinfo=tokyo))
+    assert (peak, off) == (Decimal("1.37"), Decimal("0.685"))
+
+
+def test_azure_follows_genai_prices_fallback_to_openais_models(genai: Catalogue) -> None:
+    usage = Usage(2_000, 100)
+    theirs = their_price(usage, "gpt-4o-mini", "azure")
+    assert genai.cost("azure:gpt-4o-mini", usage) == theirs == Decimal("0.00036")
+    assert genai.card("azure:gpt-4o-mini-2024-07-18").id == "openai:gpt-4o-mini"
+
+
+def test_model_names_with_colons_get_their_provider() -> None:
+    from chainkit.pricing_genai import genai_model_id
+
+    fine_tune = "ft:gpt-4o-mini-2024-07-18:acme::abc123"
+    assert genai_model_id("openai", fine_tune) == "openai:" + fine_tune
+    assert genai_model_id("openai", "openai:gpt-4o-mini") == "openai:gpt-4o-mini"
+    assert genai_model_id("openai", "gpt-4o-mini") == "openai:gpt-4o-mini"
+
+
+def test_the_current_catalogue_follows_the_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainkit import pricing_genai
+
+    monkeypatch.setattr(pricing_genai, "_today", lambda: date(2026, 11, 30))
+    current = pricing_genai.current_genai_catalogue()
+    usage = Usage(400_000, 100_000)
+    before = current.cost("google:gemini-4-argon", usage)
+    assert current.name.endswith("@2026-11-30")
+    monkeypatch.setattr(pricing_genai, "_today", lambda: date(2026, 12, 1))
+    after = current.cost("google:gemini-4-argon", usage)
+    assert current.name.endswith("@2026-12-01")
+    assert after == Catalogue.load("genai-prices@2026-12-01").cost("google:gemini-4-argon", usage)
+    assert after != before
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "eu.openai:gpt-4o-mini",
+        "us.anthropic:claude-sonnet-4-5",
+        "global.anthropic:claude-sonnet-4-5",
+        "jp.claude-sonnet-4-5",
+    ],
+)
+def test_a_bedrock_profile_prefix_names_no_genai_prices_model(
+    genai: Catalogue, model_id: str
+) -> None:
+    assert model_id not in genai
+    with pytest.raises(ConfigError, match="Unknown model"):
+        genai.cost(model_id, Usage(1_000, 0))

@@ -545,7 +545,7 @@ def reprice(
         usage = entry.usage if swap is None else swap.scale(entry.usage)
         cost: Decimal | None = None
         try:
-            cost = cat.cost(priced_as, usage, region=region, tier=chosen)
+            cost = cat.cost(priced_as, usage, region=region, tier=chosen, at=entry.time)
         except ChainkitError as exc:
             group.reasons[" ".join(str(exc).split())] = None
         group.add(entry, usage, cost)

@@ -133,6 +133,24 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
         ) from exc
 
 
+def _unknown_ttls(usage: Any) -> str:
+    """Why a Converse ``usage`` cannot be priced exactly: cache writes of a TTL with no price.
+
+    Bedrock documents ``5m`` and ``1h``; a write of any other TTL (``30m``, ``1H``) is not priced
+    at either rate: the call's cost is unknown (``""``: every write has a known TTL).
+    """
+    details = usage.get("cacheDetails") if isinstance(usage, Mapping) else None
+    if not isinstance(details, list | tuple):
+        return ""
+    odd = sorted({repr(d.get("ttl")) for d in details if isinstance(d, Mapping)} - {"'5m'", "'1h'"})
+    if not odd:
+        return ""
+    return (
+        f"The reply reports cache writes with TTL {', '.join(odd)}, which chainkit has no price "
+        "for (Bedrock prices '5m' and '1h' writes); the call's cost is unknown."
+    )
+
+
 def _escape(match: re.Match[str]) -> str:
     return "".join(f"={byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
@@ -484,6 +502,7 @@ class BedrockModel:
             estimated=False,
             latency_s=time.perf_counter() - started,
             attempts=attempts,
+            unpriced=_unknown_ttls(reply.get("usage")),
         )
 
     def stream(
@@ -499,12 +518,13 @@ class BedrockModel:
         def chunks() -> Iterator[str]:
             parts: list[str] = []
             usage: Usage | None = None
+            unpriced = ""
             for event in reply["stream"]:
                 chunk = self._chunk(event, attempts)
                 if chunk is None:
                     continue
                 if chunk.usage is not None:
-                    usage = chunk.usage
+                    usage, unpriced = chunk.usage, chunk.unpriced
                 if chunk.text:
                     parts.append(chunk.text)
                     yield chunk.text
@@ -522,6 +542,7 @@ class BedrockModel:
                 model_id=self.model_id,
                 latency_s=time.perf_counter() - started,
                 attempts=attempts,
+                unpriced=unpriced,
             )
 
         result.chunks = chunks()
@@ -552,7 +573,8 @@ class BedrockModel:
             except BadResponse as exc:
                 exc.attempts = attempts
                 raise
-            return Chunk(usage=usage, model_id=self.model_id, attempts=attempts)
+            unpriced = _unknown_ttls((event["metadata"] or {}).get("usage"))
+            return Chunk(usage=usage, model_id=self.model_id, attempts=attempts, unpriced=unpriced)
         for name, body in event.items():
             if name.endswith("Exception"):
                 cls = Throttled if name == "throttlingException" else ProviderError

@@ -24,17 +24,61 @@ from chainkit.providers.model import (
     Prompt,
     check_private_tags,
 )
-from chainkit.records import Usage
+from chainkit.records import MAX_TOKENS, Usage
 from chainkit.tokens import count_tokens
 
-__all__ = ["LangChainModel", "model_id_of", "usage_from_langchain"]
+__all__ = ["LangChainModel", "model_id_of", "service_tier_of", "unpriced", "usage_from_langchain"]
 
 _MODEL_KEYS = ("model_id", "model_name", "model")
 
 
+_SERVICE_TIERS: dict[str, Tier] = {"default": "on_demand", "priority": "priority", "flex": "flex"}
+# Cache reads as langchain-openai names them for each OpenAI service tier.
+_CACHE_READ_KEYS = ("cache_read", "priority_cache_read", "flex_cache_read")
+
+
+def _count(value: Any, what: str, model_id: str, *, required: bool = False) -> int:
+    """A token count from LangChain usage; anything but a whole number is malformed."""
+    if value is None and not required:
+        return 0
+    count: int | None = None
+    if type(value) is int:
+        count = value
+    elif type(value) is float and value.is_integer():
+        count = int(value)
+    if count is None or count < 0 or count > MAX_TOKENS:
+        raise BadResponse(
+            f"LangChain usage from model {model_id!r} is malformed: {what} is {value!r:.40}, "
+            "not a whole number of tokens; chainkit cannot price the call (its cost is unknown).",
+            code="MalformedUsage",
+            model_id=model_id,
+        )
+    return count
+
+
+def _details(usage: Mapping[str, Any], key: str, model_id: str) -> Mapping[str, Any]:
+    details = usage.get(key)
+    if details is None:
+        return {}
+    if not isinstance(details, Mapping):
+        raise BadResponse(
+            f"LangChain usage from model {model_id!r} is malformed: {key} is "
+            f"{type(details).__name__} {details!r:.40}, not a mapping; chainkit cannot price the "
+            "call (its cost is unknown).",
+            code="MalformedUsage",
+            model_id=model_id,
+        )
+    return details
+
+
 def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usage:
-    """Usage from an ``AIMessage.usage_metadata``, cached tokens taken out of ``input_tokens``."""
-    if not usage:
+    """Usage from an ``AIMessage.usage_metadata``, cached tokens taken out of ``input_tokens``.
+
+    Raises ``BadResponse`` when there is no usage or it is malformed (a count that is not a whole
+    number, missing, negative, or details that are not a mapping). Parts of a call chainkit cannot
+    price (audio tokens) are counted here as the tokens they are; :func:`unpriced` names them.
+    """
+    if not usage or not isinstance(usage, Mapping):
         raise BadResponse(
             f"LangChain reply from model {model_id!r} has no usage_metadata; chainkit cannot "
             "price it. Use a chat model integration that reports usage (most do; streaming ones "
@@ -42,23 +86,43 @@ def usage_from_langchain(usage: Mapping[str, Any] | None, model_id: str) -> Usag
             code="MissingUsage",
             model_id=model_id,
         )
-    details = usage.get("input_token_details") or {}
-    cache_read = int(details.get("cache_read") or 0)
-    five_minutes = int(details.get("ephemeral_5m_input_tokens") or 0)
-    one_hour = int(details.get("ephemeral_1h_input_tokens") or 0)
+    details = _details(usage, "input_token_details", model_id)
+    _details(usage, "output_token_details", model_id)
+    reads = {
+        key: _count(details.get(key), f"input_token_details[{key!r}]", model_id)
+        for key in _CACHE_READ_KEYS
+    }
+    distinct = {n for n in reads.values() if n}
+    if len(distinct) > 1:
+        raise BadResponse(
+            f"LangChain usage from model {model_id!r} is ambiguous: it reports cache reads "
+            f"{reads}; chainkit cannot tell how many tokens were read from the cache.",
+            code="MalformedUsage",
+            model_id=model_id,
+        )
+    # langchain-openai reports a priority or flex call's cache reads under its tier's name.
+    cache_read = distinct.pop() if distinct else 0
+    five_minutes = _count(
+        details.get("ephemeral_5m_input_tokens"), "ephemeral_5m_input_tokens", model_id
+    )
+    one_hour = _count(
+        details.get("ephemeral_1h_input_tokens"), "ephemeral_1h_input_tokens", model_id
+    )
     # With a TTL split, cache_creation is 0 (langchain-aws, langchain-anthropic) so that nothing is
     # counted twice; an integration that leaves the total there as well is read the same way.
-    cache_write = max(int(details.get("cache_creation") or 0), five_minutes + one_hour)
-    uncached = int(usage.get("input_tokens") or 0) - cache_read - cache_write
+    creation = _count(details.get("cache_creation"), "cache_creation", model_id)
+    cache_write = max(creation, five_minutes + one_hour)
+    inputs = _count(usage.get("input_tokens"), "input_tokens", model_id, required=True)
+    uncached = inputs - cache_read - cache_write
     if uncached < 0:
         raise BadResponse(
             f"LangChain usage from model {model_id!r} is inconsistent: input_tokens "
-            f"{usage.get('input_tokens')} is less than its cached tokens "
+            f"{inputs} is less than its cached tokens "
             f"({cache_read} read + {cache_write} written).",
             code="MalformedUsage",
             model_id=model_id,
         )
-    output = int(usage.get("output_tokens") or 0)
+    output = _count(usage.get("output_tokens"), "output_tokens", model_id, required=True)
     return Usage(uncached, output, cache_read, cache_write, one_hour)
 
 
@@ -70,6 +134,45 @@ def _text_of(message: Any) -> str:
     text = getattr(message, "text", "")
     text = text() if callable(text) else text
     return text if isinstance(text, str) else ""
+
+
+def unpriced(usage: Mapping[str, Any] | None) -> str:
+    """What of a reply's ``usage_metadata`` chainkit cannot price (``""``: nothing).
+
+    Audio tokens are billed at their own rates, which chainkit's ``Usage`` does not carry:
+    pricing them as text would record a wrong amount, so such a call's cost is unknown.
+    """
+    if not isinstance(usage, Mapping):
+        return ""
+    parts = []
+    for key, side in (("input_token_details", "input"), ("output_token_details", "output")):
+        details = usage.get(key)
+        audio = details.get("audio") if isinstance(details, Mapping) else None
+        if audio:
+            parts.append(f"{audio!r:.20} {side} audio tokens")
+    if not parts:
+        return ""
+    return (
+        "The reply reports " + " and ".join(parts) + ", which are billed at audio rates "
+        "chainkit does not price; the call's cost is unknown."
+    )
+
+
+def service_tier_of(response_metadata: Any, usage: Any = None) -> Tier | str | None:
+    """The service tier a reply says it ran at (``priority``, ``flex``, ``on_demand``), if any.
+
+    A tier chainkit has no prices for (OpenAI's ``scale``) is returned as the reply names it.
+    """
+    if isinstance(response_metadata, Mapping):
+        tier = response_metadata.get("service_tier")
+        if isinstance(tier, str) and tier:
+            return _SERVICE_TIERS.get(tier, tier)
+    details = usage.get("input_token_details") if isinstance(usage, Mapping) else None
+    if isinstance(details, Mapping):
+        for name in ("priority", "flex"):
+            if details.get(name) or details.get(f"{name}_cache_read"):
+                return _SERVICE_TIERS[name]
+    return None
 
 
 def provider_of(chat_model: Any) -> str | None:
@@ -89,17 +192,28 @@ def catalogue_and_id(chat_model: Any, model_id: str) -> tuple[Catalogue, str]:
     knows (OpenAI, Anthropic, Google, Azure, Mistral...) by the genai-prices catalogue, under the
     id ``provider:model``; anything else by the default catalogue.
     """
-    provider = provider_of(chat_model)
+    return catalogue_for_provider(provider_of(chat_model), model_id)
+
+
+def catalogue_for_provider(provider: str | None, model_id: str) -> tuple[Catalogue, str]:
+    """The catalogue that prices LangChain provider ``provider``, and ``model_id`` as it names it.
+
+    genai-prices' catalogue is the one of the day each call is priced on, so a process that runs
+    for days prices each call at its own day's prices.
+    """
     try:
-        from chainkit.pricing_genai import genai_provider_for
+        from chainkit.pricing_genai import (
+            current_genai_catalogue,
+            genai_model_id,
+            genai_provider_for,
+        )
 
         genai = genai_provider_for(provider)
     except ImportError:  # genai-prices not installed: only the bundled catalogues
-        genai = None
+        return Catalogue.load(), model_id
     if genai is None:
         return Catalogue.load(), model_id
-    priced_as = model_id if ":" in model_id else f"{genai}:{model_id}"
-    return Catalogue.load("genai-prices"), priced_as
+    return current_genai_catalogue(), genai_model_id(genai, model_id)
 
 
 def model_id_of(source: Any) -> str | None:
@@ -146,6 +260,9 @@ class LangChainModel:
             )
         if catalogue is None:
             catalogue, resolved = catalogue_and_id(chat_model, resolved)
+        # An explicit id is what the caller says the calls cost: the reply's name never replaces
+        # it (langchain-aws names the base model of a global profile the reply went through).
+        self._explicit = model_id is not None
         self.chat_model = chat_model
         self.model_id = resolved
         self.catalogue = catalogue
@@ -209,8 +326,12 @@ class LangChainModel:
             raise self._failed(exc) from exc
         usage = getattr(total, "usage_metadata", None)
         if usage:
-            reported = self._reported(getattr(total, "response_metadata", {}))
-            yield Chunk(usage=usage_from_langchain(usage, self.model_id), model_id=reported)
+            metadata_ = getattr(total, "response_metadata", {})
+            yield Chunk(
+                usage=usage_from_langchain(usage, self.model_id),
+                model_id=self._reported(metadata_),
+                unpriced=self._unpriced(usage, metadata_),
+            )
 
     def _input(
         self, prompt: Prompt, metadata: Mapping[str, str] | None
@@ -241,21 +362,38 @@ class LangChainModel:
         )
 
     def _reported(self, response_metadata: Any) -> str:
-        reported = model_id_of(response_metadata)
+        """The id to price the call as: the one given, else the one the reply names."""
+        reported = None if self._explicit else model_id_of(response_metadata)
         if reported is not None and ":" in self.model_id and ":" not in reported:
             # The catalogue names models provider:model; the reply names only the model.
             reported = f"{self.model_id.partition(':')[0]}:{reported}"
         return reported or self.model_id
 
+    def _unpriced(self, usage: Any, response_metadata: Any) -> str:
+        """Why the reply cannot be priced exactly (audio tokens, another service tier), or ""."""
+        why = unpriced(usage)
+        tier = service_tier_of(response_metadata, usage)
+        if tier is not None and tier != self.tier:
+            why = (f"{why} " if why else "") + (
+                f"The reply says the call ran at service tier {tier!r} but the model is priced "
+                f"as {self.tier!r}; pass LangChainModel(..., tier={tier!r}) to price it. The "
+                "call's cost is unknown."
+            )
+        return why
+
     def _completion(self, reply: Any, started: float) -> Completion:
-        usage = usage_from_langchain(getattr(reply, "usage_metadata", None), self.model_id)
+        reported_usage = getattr(reply, "usage_metadata", None)
+        usage = usage_from_langchain(reported_usage, self.model_id)
         content = reply.content
         text = content if isinstance(content, str) else str(getattr(reply, "text", content))
+        metadata_ = getattr(reply, "response_metadata", {})
+        why = self._unpriced(reported_usage, metadata_)
         return Completion(
             text=text,
             usage=usage,
-            model_id=self._reported(getattr(reply, "response_metadata", {})),
+            model_id=self._reported(metadata_),
             latency_s=time.perf_counter() - started,
+            unpriced=why,
         )
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:

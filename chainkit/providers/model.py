@@ -51,6 +51,9 @@ class Completion:
     estimated: bool = False
     latency_s: float = 0.0
     attempts: int = 1
+    unpriced: str = ""
+    """Why the call cannot be priced exactly (audio tokens, a service tier it was not priced
+    for); the entry then records its cost as unknown (``None``) with this note."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Chunk:
     model_id: str | None = None
     estimated: bool = False
     attempts: int = 1
+    unpriced: str = ""  # as Completion.unpriced: why the usage cannot be priced exactly
 
 
 @runtime_checkable

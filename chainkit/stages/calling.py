@@ -248,6 +248,8 @@ def _check_completion(reply: object, model: Model, attempts: int) -> Completion:
         problem = f"returned attempts {reply.attempts!r:.40}"
     elif type(reply.estimated) is not bool:
         problem = f"returned estimated {reply.estimated!r:.40}"
+    elif not isinstance(reply.unpriced, str):
+        problem = f"returned unpriced {reply.unpriced!r:.40} that is not a str"
     if problem is None and isinstance(reply, Completion) and not _encodes(reply.text):
         # Lone surrogates cannot be stored, sent on or shown: U+FFFD in their place, as a
         # decoder would have put there (the call was paid; its reply is kept, repaired).
@@ -559,13 +561,18 @@ class ModelCall:
         model = self.model
         # The reply may name a model version the catalogue lacks; the configured id is priced.
         priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
-        try:
-            self.cost = self.catalogue.cost(
-                priced, completion.usage, region=model.region, tier=model.tier
-            )
-        except ChainkitError:
-            # Already paid for: record it as unknown (None), never as $0, and carry on.
+        if completion.unpriced:
+            # The model says part of the call cannot be priced exactly: unknown, never a guess.
             self.cost = None
+            self.note = f"{self.note}; {completion.unpriced}" if self.note else completion.unpriced
+        else:
+            try:
+                self.cost = self.catalogue.cost(
+                    priced, completion.usage, region=model.region, tier=model.tier, at=self._when
+                )
+            except ChainkitError:
+                # Already paid for: record it as unknown (None), never as $0, and carry on.
+                self.cost = None
         if (
             self.cost is not None and self.bound is not None and self.cost > self.bound
         ) or completion.usage.output_tokens > self.max_tokens:
@@ -903,6 +910,7 @@ class ModelCall:
             checked.model_id,
             checked.estimated,
             checked.attempts,
+            checked.unpriced,
         )
 
     def _streamed(self, parts: list[str], last: Chunk | None, started: float) -> Completion:
@@ -926,6 +934,7 @@ class ModelCall:
             estimated=last.estimated,
             latency_s=time.perf_counter() - started,
             attempts=last.attempts,
+            unpriced=last.unpriced,
         )
         return _check_completion(reply, self.model, last.attempts)
 

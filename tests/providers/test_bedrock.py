@@ -661,6 +661,32 @@ def test_cache_details_larger_than_the_write_total_is_a_bad_response() -> None:
         )
 
 
+@pytest.mark.parametrize("ttl", ["30m", "1H"])
+def test_cache_writes_of_an_unknown_ttl_are_unknown_cost_not_the_5_minute_rate(
+    client: Any, stub: Stubber, ttl: str
+) -> None:
+    reply = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+        "stopReason": "end_turn",
+        "usage": {
+            "inputTokens": 120,
+            "outputTokens": 30,
+            "totalTokens": 1150,
+            "cacheWriteInputTokens": 1000,
+            "cacheDetails": [{"ttl": ttl, "inputTokens": 400}, {"ttl": "5m", "inputTokens": 600}],
+        },
+        "metrics": {"latencyMs": 1},
+    }
+    stub.add_response("converse", reply, None)
+    ledger = Ledger()
+    stage = Generate(model=model(client, "us." + SONNET4), max_tokens=200, catalogue=CURRENT)
+    assert stage.run(Request("q"), ledger).text == "ok"
+    (entry,) = ledger.entries()
+    assert entry.usage is not None and entry.usage.cache_write_tokens == 1000
+    assert entry.cost is None
+    assert repr(ttl) in entry.note
+
+
 def test_botocore_does_not_retry_a_read_timeout_behind_chainkits_back() -> None:
     # A real HTTP server on loopback that answers too late, and a client made the way the README
     # makes one (botocore's default retries on). Before, the server saw two requests for one

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -65,12 +66,27 @@ def test_generate_through_a_langchain_model_is_priced_like_bedrock() -> None:
     assert entry.cost == Decimal("0.00921")  # the same call as Bedrock's cached reply
 
 
-def test_model_id_comes_from_the_reply_when_the_catalogue_knows_it() -> None:
+def test_model_id_comes_from_the_reply_when_none_is_given() -> None:
     usage = {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100}
     haiku = "anthropic.claude-3-haiku-20240307-v1:0"
-    model = LangChainModel(fake(reply("ok", usage, model_name=haiku)), model_id=SONNET4)
-    completion = model.complete(Prompt("", "q"), max_tokens=100)
+    chat = _Remembering()
+    chat.reply = reply("ok", usage, model_name=haiku)
+    completion = LangChainModel(chat).complete(Prompt("", "q"), max_tokens=100)
     assert completion.model_id == haiku
+
+
+def test_an_explicit_model_id_is_what_the_call_is_priced_as() -> None:
+    # langchain-aws names the base model of an application inference profile that routes through
+    # the global profile; the caller said "global.", and that is what AWS bills.
+    usage = {"input_tokens": 1_000_000, "output_tokens": 0, "total_tokens": 1_000_000}
+    s45 = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+    model = LangChainModel(fake(reply("ok", usage, model_name=s45)), model_id="global." + s45)
+    ledger = Ledger()
+    Generate(model=model, max_tokens=10).run(Request("hi"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.model == "global." + s45
+    assert entry.cost == Catalogue.load().cost("global." + s45, Usage(1_000_000, 0))
+    assert entry.cost == Decimal("3")  # the global rate, not the geographic 3.3
 
 
 def test_reply_without_usage_metadata_is_a_bad_response() -> None:
@@ -221,10 +237,11 @@ class _Remembering:
 
     def __init__(self) -> None:
         self.configs: list[dict[str, Any]] = []
+        self.reply = reply("ok", {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})
 
     def invoke(self, messages: Any, *, config: dict[str, Any], max_tokens: int) -> AIMessage:
         self.configs.append(config)
-        return reply("ok", {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})
+        return self.reply
 
 
 def test_private_tags_are_left_out_of_the_run_metadata() -> None:
@@ -240,3 +257,110 @@ def test_private_tags_are_left_out_of_the_run_metadata() -> None:
     assert ledger.entries()[0].tags == tags
     with pytest.raises(ConfigError, match="private_tags must be a collection"):
         LangChainModel(chat, private_tags="customer_email")
+
+
+# -- what cannot be priced exactly is unknown, never a guess --------------------------------------
+
+
+def _tiered(tier: str) -> AIMessage:
+    return reply(
+        "ok",
+        {
+            "input_tokens": 10_000,
+            "output_tokens": 500,
+            "total_tokens": 10_500,
+            "input_token_details": {f"{tier}_cache_read": 8_000, tier: 2_000},
+            "output_token_details": {tier: 500},
+        },
+        model_name="gpt-4o-mini-2024-07-18",
+        service_tier=tier,
+    )
+
+
+def test_openai_priority_cache_reads_are_cache_reads() -> None:
+    model = LangChainModel(FakeOpenAI(messages=iter([_tiered("priority")])), tier="priority")
+    ledger = Ledger()
+    Generate(model=model, max_tokens=500).run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.usage == Usage(2_000, 500, cache_read_tokens=8_000)
+    assert entry.cost == Decimal("0.002")  # 2,000 x 0.25 + 8,000 x 0.125 + 500 x 1.00 per million
+
+
+def test_a_reply_at_another_tier_than_the_model_is_priced_at_is_unknown() -> None:
+    model = LangChainModel(FakeOpenAI(messages=iter([_tiered("priority")])))
+    ledger = Ledger()
+    Generate(model=model, max_tokens=500).run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert entry.cost is None
+    assert "tier='priority'" in entry.note
+
+
+def test_audio_tokens_make_a_langchain_models_cost_unknown() -> None:
+    usage = {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "total_tokens": 1500,
+        "input_token_details": {"audio": 800},
+        "output_token_details": {"audio": 400},
+    }
+    model = LangChainModel(FakeOpenAI(messages=iter([reply("ok", usage)])))
+    ledger = Ledger()
+    Generate(model=model, max_tokens=500).run(Request("q"), ledger)
+    (entry,) = ledger.entries()
+    assert (entry.usage, entry.cost) == (Usage(1000, 500), None)
+    assert "audio" in entry.note
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": 1000.9, "output_tokens": 10},
+        {"input_tokens": None, "output_tokens": None},
+        {"output_tokens": 10},
+        {"input_tokens": "1000", "output_tokens": 10},
+        {"input_tokens": True, "output_tokens": 1},
+        {"input_tokens": 100, "output_tokens": 1, "input_token_details": [1, 2]},
+        {"input_tokens": 100, "output_tokens": 1, "output_token_details": "audio"},
+        {"input_tokens": 100, "output_tokens": 1, "input_token_details": {"cache_read": 1.5}},
+    ],
+)
+def test_malformed_usage_is_a_bad_response_not_a_guess(usage: dict[str, Any]) -> None:
+    with pytest.raises(BadResponse, match="malformed"):
+        usage_from_langchain(usage, SONNET4)
+
+
+def test_a_long_running_model_prices_each_call_at_its_own_days_prices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import genai_prices
+
+    from chainkit import pricing_genai
+
+    class FakeGemini(GenericFakeChatModel):
+        model_name: str = "gemini-4-argon"
+
+        def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+            params = super()._get_ls_params(stop=stop, **kwargs)
+            params["ls_provider"] = "google_genai"
+            return params
+
+    usage = {"input_tokens": 400_000, "output_tokens": 100_000, "total_tokens": 500_000}
+    monkeypatch.setattr(pricing_genai, "_today", lambda: date(2026, 11, 30))
+    stage = Generate(model=LangChainModel(FakeGemini(messages=iter([reply("ok", usage)]))),
+                     max_tokens=100_000)  # fmt: skip
+    monkeypatch.setattr(pricing_genai, "_today", lambda: date(2026, 12, 1))  # the next morning
+    ledger = Ledger()
+    stage.run(Request("q"), ledger)
+    prices = {
+        day: genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=400_000, output_tokens=100_000),
+            "gemini-4-argon",
+            provider_id="google",
+            genai_request_timestamp=datetime(2026, 12, day, 12, tzinfo=UTC)
+            if day == 1
+            else datetime(2026, 11, 30, 12, tzinfo=UTC),
+        ).total_price
+        for day in (30, 1)
+    }
+    assert prices[1] != prices[30]  # genai-prices changes this model's price on 2026-12-01
+    assert ledger.entries()[0].cost == prices[1]
