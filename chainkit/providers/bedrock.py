@@ -116,13 +116,17 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
         )
     try:
         details = usage.get("cacheDetails") or ()
-        one_hour = sum(int(d["inputTokens"]) for d in details if d.get("ttl") == "1h")
-        split = sum(int(d["inputTokens"]) for d in details)
+        if not isinstance(details, list | tuple) or not all(
+            isinstance(d, Mapping) for d in details
+        ):
+            raise TypeError("cacheDetails is not a list of objects")
+        one_hour = sum(_tokens(d["inputTokens"]) for d in details if d.get("ttl") == "1h")
+        split = sum(_tokens(d["inputTokens"]) for d in details)
         return Usage(
-            input_tokens=int(usage["inputTokens"]),
-            output_tokens=int(usage["outputTokens"]),
-            cache_read_tokens=int(usage.get("cacheReadInputTokens", 0)),
-            cache_write_tokens=int(usage.get("cacheWriteInputTokens", split)),
+            input_tokens=_tokens(usage["inputTokens"]),
+            output_tokens=_tokens(usage["outputTokens"]),
+            cache_read_tokens=_tokens(usage.get("cacheReadInputTokens", 0)),
+            cache_write_tokens=_tokens(usage.get("cacheWriteInputTokens", split)),
             cache_write_1h_tokens=one_hour,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -131,6 +135,15 @@ def usage_from_bedrock(usage: Any, model_id: str) -> Usage:
             code="MalformedUsage",
             model_id=model_id,
         ) from exc
+
+
+def _tokens(value: Any) -> int:
+    """A token count as Bedrock sends it (a JSON integer); 1.9 or "5" is malformed, not rounded."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise ValueError(f"token count {value!r:.40} is not a whole number")
 
 
 def _unknown_ttls(usage: Any) -> str:

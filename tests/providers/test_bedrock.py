@@ -661,6 +661,26 @@ def test_cache_details_larger_than_the_write_total_is_a_bad_response() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"inputTokens": 1.9, "outputTokens": 1},
+        {"inputTokens": "5", "outputTokens": 1},
+        {"inputTokens": True, "outputTokens": 1},
+        {"inputTokens": 1, "outputTokens": 1, "cacheDetails": [None]},
+        {"inputTokens": 1, "outputTokens": 1, "cacheDetails": {"ttl": "1h"}},
+        {"inputTokens": 1, "outputTokens": 1, "cacheReadInputTokens": 2.5},
+    ],
+)
+def test_usage_that_is_not_whole_token_counts_is_a_bad_response_never_rounded(
+    usage: dict[str, object],
+) -> None:
+    from chainkit.providers.bedrock import usage_from_bedrock
+
+    with pytest.raises(BadResponse, match="malformed usage"):
+        usage_from_bedrock(usage, SONNET4)
+
+
 @pytest.mark.parametrize("ttl", ["30m", "1H"])
 def test_cache_writes_of_an_unknown_ttl_are_unknown_cost_not_the_5_minute_rate(
     client: Any, stub: Stubber, ttl: str
