@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
-from chainkit.errors import ChainkitError
+from chainkit.errors import ChainkitError, ConfigError
 from chainkit.finops.export_command import add_export_command
 from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
@@ -345,8 +345,10 @@ def _report(args: argparse.Namespace) -> str:
             if args.format == "html":
                 from chainkit.finops.html import html_report
 
+                outlook, marked = _outlook(ledger)
                 page = html_report(ledger, report=report, tags=args.by_tag or ["tenant"],
-                                   source=str(path))  # fmt: skip
+                                   source=str(path), forecast=outlook,
+                                   anomalies=marked)  # fmt: skip
     except sqlite3.Error as exc:
         raise ChainkitError(
             f"Cannot read ledger {path}: SQLite says {exc}. Is it a ledger a recipe wrote with "
@@ -365,6 +367,21 @@ def _report(args: argparse.Namespace) -> str:
     out = Path(args.out)
     out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     return f"Wrote {out} ({out.stat().st_size:,} bytes, {args.format})."
+
+
+def _outlook(ledger: SQLLedger) -> tuple[Any, list[Any]]:
+    """The HTML report's forecast and the anomalies recorded in the ledger.
+
+    The forecast is None for a ledger too short to fit one; ``chainkit anomalies`` records them.
+    """
+    from chainkit.finops.anomalies import recorded
+    from chainkit.finops.forecast import forecast
+
+    try:
+        outlook: Any = forecast(ledger)
+    except ConfigError:  # too few days of spend to fit: the page shows spend alone
+        outlook = None
+    return outlook, list(recorded(ledger))
 
 
 def _open_writable(where: str, schema: str) -> SQLLedger:

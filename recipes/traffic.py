@@ -48,6 +48,9 @@ from chainkit.finops import (
     times_in_day,
 )
 from chainkit.finops.anomalies import anomalies_of
+from chainkit.finops.commitments import Commitments, commitments
+from chainkit.finops.html import html_report
+from chainkit.finops.reprice import Repricing, reprice
 from chainkit.finops.series import daily_spend
 from chainkit.ledger.sql import SQLLedger
 from chainkit.money import usd
@@ -74,6 +77,8 @@ class SimulatedRun:
     run_precision: float | None
     run_recall: float
     synthetic: dict[str, float]
+    repricing: Repricing
+    options: Commitments
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: money as exact strings."""
@@ -99,6 +104,8 @@ class SimulatedRun:
             "run_precision": self.run_precision,
             "run_recall": self.run_recall,
             "synthetic_detection": self.synthetic,
+            "repricing_batch": self.repricing.to_dict(),
+            "commitments": self.options.to_dict(),
         }
 
 
@@ -234,6 +241,10 @@ def run(
     precision = None if not found else len(hits) / len(found)
     recall = 1.0 if any(a.kind == "deflection_drop" for a in hits) else 0.0
     synthetic = _synthetic_scores(synthetic_seeds)
+    # The same recorded usage at batch prices, and what the traffic would cost on each pricing
+    # option (Provisioned Throughput only where a sourced price exists).
+    what_if = reprice(ledger, tier="batch")
+    options = commitments(ledger)
     return SimulatedRun(
         traffic=traffic,
         interactions=interactions,
@@ -247,6 +258,8 @@ def run(
         run_precision=precision,
         run_recall=recall,
         synthetic=synthetic,
+        repricing=what_if,
+        options=options,
     )
 
 
@@ -334,6 +347,10 @@ def render(result: SimulatedRun, fmt: str) -> str:
         ],
         md,
     )
+    lines += ["", "What if: the same recorded usage at batch prices"]
+    lines += (result.repricing.to_markdown() if md else result.repricing.to_table()).split("\n")
+    lines += [""]
+    lines += (result.options.to_markdown() if md else result.options.to_table()).split("\n")
     cov = result.coverage
     syn = result.synthetic
     prec = "n/a" if result.run_precision is None else f"{result.run_precision:.2f}"
@@ -383,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the traffic")
     parser.add_argument("--format", choices=["table", "markdown", "json", "csv"], default="table")
     parser.add_argument("--ledger", default=None, help="a new SQLite file or postgresql:// URI")
+    parser.add_argument(
+        "--html",
+        default=None,
+        metavar="FILE",
+        help="also write the HTML report (spend, forecast band, anomalies marked) to FILE",
+    )
     args = parser.parse_args(argv)
 
     def work() -> int:
@@ -401,6 +424,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 anomaly_day=args.anomaly_day,
                 progress=sys.stderr.isatty(),
             )
+            if args.html is not None:
+                page = html_report(
+                    ledger,
+                    forecast=result.forecast,
+                    anomalies=result.anomalies,
+                    title=f"Support bot, {args.days} simulated days",
+                    source=args.ledger or "in memory",
+                )
+                Path(args.html).write_text(page, encoding="utf-8")
+                print(f"Wrote {args.html} ({len(page.encode()):,} bytes).", file=sys.stderr)
         finally:
             if isinstance(ledger, SQLLedger):
                 ledger.close()

@@ -77,6 +77,11 @@ class Forecast:
     limit: Decimal | None = None
     p_over_limit: float | None = None
 
+    @property
+    def band(self) -> tuple[tuple[date, Decimal, Decimal, Decimal], ...]:
+        """``(day, low, mid, high)`` per future day: the shape the HTML report draws."""
+        return tuple((b.day, b.low, b.mid, b.high) for b in self.bands)
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: money as exact decimal strings, ``None`` for unknown."""
         return {

@@ -128,3 +128,31 @@ def test_commands_read_a_postgres_ledger(
     assert code == 0 and json.loads(out)
     with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
         assert ledger.recorded_events("anomaly:") and ledger.cost == cost
+
+
+def test_the_html_report_draws_the_forecast_and_the_recorded_anomalies(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", str(db), "--format", "html", "--out", str(page))
+    before = page.read_text(encoding="utf-8")
+    assert code == 0 and 'class="forecast"' in before and 'class="anomaly"' not in before
+    code, _, _ = run(capsys, "anomalies", str(db), "--format", "json")  # records them
+    assert code == 0
+    code, _, _ = run(capsys, "report", str(db), "--format", "html", "--out", str(page))
+    after = page.read_text(encoding="utf-8")
+    # The injected spike (day 30) is marked on the spend chart.
+    assert code == 0 and after.count('class="anomaly"') >= 1
+
+
+def test_the_html_report_of_a_ledger_too_short_to_forecast_has_no_band(
+    tmp_path: Path, entries: list, capsys: pytest.CaptureFixture[str]  # type: ignore[type-arg]
+) -> None:
+    path = tmp_path / "short.db"
+    first = min(e.time.date() for e in entries)
+    with SQLiteLedger(path) as ledger:
+        ledger.record_many(e for e in entries if e.time.date() == first)
+    page = tmp_path / "report.html"
+    code, _, err = run(capsys, "report", str(path), "--format", "html", "--out", str(page))
+    assert code == 0, err
+    assert 'class="forecast"' not in page.read_text(encoding="utf-8")
