@@ -146,7 +146,9 @@ def test_the_html_report_draws_the_forecast_and_the_recorded_anomalies(
 
 
 def test_the_html_report_of_a_ledger_too_short_to_forecast_has_no_band(
-    tmp_path: Path, entries: list, capsys: pytest.CaptureFixture[str]  # type: ignore[type-arg]
+    tmp_path: Path,
+    entries: list,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[type-arg]
 ) -> None:
     path = tmp_path / "short.db"
     first = min(e.time.date() for e in entries)
