@@ -2,7 +2,8 @@
 
 No model is called. Every entry with token usage is priced again, one entry at a time (long
 context tiers and per-call fees depend on the call), at a catalogue, region and service tier of
-the caller's choosing; entries are then summed. Repricing a run at the prices it was recorded
+the caller's choosing (by default each entry's recorded tier: its ``tier`` tag, else
+on-demand); entries are then summed. Repricing a run at the prices it was recorded
 at gives back its recorded cost exactly (a property the tests state with hypothesis).
 
 A model swap (``OLD=NEW``) prices ``OLD``'s calls as ``NEW``'s. The ledger keeps token counts,
@@ -35,11 +36,11 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, Inexact, localcontext
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chainkit.errors import ChainkitError, ConfigError
 from chainkit.ledger.core import Ledger
@@ -55,6 +56,7 @@ __all__ = [
     "Swap",
     "measure_swap",
     "parse_swap",
+    "recorded_tier",
     "reference_corpus",
     "reprice",
 ]
@@ -224,9 +226,11 @@ class Repricing:
 
     catalogue: str
     region: str | None
-    tier: Tier
+    tier: Tier | Literal["recorded"]
     rows: tuple[Repriced, ...]
     swaps: tuple[Swap, ...] = ()
+    tiers: Mapping[str, int] = field(default_factory=dict)
+    """With ``tier="recorded"``: how many entries were priced at each tier."""
 
     @property
     def entries(self) -> int:
@@ -274,6 +278,7 @@ class Repricing:
             "catalogue": self.catalogue,
             "region": self.region,
             "tier": self.tier,
+            "tiers": dict(self.tiers),
             "entries": self.entries,
             "recorded_cost": money(self.recorded_cost),
             "cost": money(self.cost),
@@ -355,10 +360,18 @@ class Repricing:
 
     def _title(self) -> str:
         where = self.region or "us-east-1 (default)"
+        if self.tier == "recorded":
+            return (
+                f"Repriced at {self.catalogue}, {where}, each entry at the tier it recorded "
+                "(its tier tag; on-demand without one)"
+            )
         return f"Repriced at {self.catalogue}, {where}, tier {self.tier.replace('_', '-')}"
 
     def _notes(self) -> list[str]:
         notes = []
+        if self.tiers:
+            counts = ", ".join(f"{n:,} {t.replace('_', '-')}" for t, n in sorted(self.tiers.items()))
+            notes.append(f"entries by tier: {counts}")
         for s in self.swaps:
             line = f"swap {s.old} -> {s.new}: token counts x{s.ratio} ({s.method}"
             line += f"; corpus {s.corpus}, {s.corpus_chars:,} chars)" if s.corpus else ")"
@@ -505,7 +518,7 @@ def reprice(
     *,
     catalogue: Catalogue | str = DEFAULT_CATALOGUE,
     region: str | None = None,
-    tier: Tier | str = "on_demand",
+    tier: Tier | str | None = None,
     swaps: Mapping[str, str] | Sequence[Swap] = (),
     corpus: tuple[str, Sequence[str]] | None = None,
     tags: Mapping[str, str] | None = None,
@@ -516,14 +529,18 @@ def reprice(
         ledger: any ledger (in memory, SQLite, PostgreSQL) or entries.
         catalogue: a :class:`Catalogue` or a name :meth:`Catalogue.load` takes.
         region: the AWS region to price in (``None``: each card's default, us-east-1 first).
-        tier: ``on_demand`` (or ``on-demand``), ``batch``, ``flex`` or ``priority``.
+        tier: ``on_demand`` (or ``on-demand``), ``batch``, ``flex`` or ``priority`` for every
+            entry; ``None`` (the default): each entry at the tier it was recorded at, its
+            ``tier`` tag (chainkit tags batch jobs' entries ``tier=batch``), on-demand without
+            one, so that repricing at the recorded prices gives back the recorded cost.
         swaps: ``{old: new}`` model ids (or :class:`Swap` records already measured).
         corpus: ``(name, texts)`` the token-count ratios of swaps are measured on
             (:func:`reference_corpus` by default).
         tags: only the entries carrying all these tags (e.g. ``{"variant": "single-llm"}``).
     """
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.load(catalogue)
-    chosen = check_tier(tier)
+    chosen = None if tier is None else check_tier(tier)
+    tiers: dict[str, int] = {}
     measured = _swaps(cat, swaps, corpus)
     groups: dict[tuple[str | None, str | None], _Group] = {}
     resolved: dict[str | None, Swap | None] = {}
@@ -544,8 +561,11 @@ def reprice(
             continue
         usage = entry.usage if swap is None else swap.scale(entry.usage)
         cost: Decimal | None = None
+        at = chosen if chosen is not None else recorded_tier(entry)
+        if chosen is None:
+            tiers[at] = tiers.get(at, 0) + 1
         try:
-            cost = cat.cost(priced_as, usage, region=region, tier=chosen)
+            cost = cat.cost(priced_as, usage, region=region, tier=at)
         except ChainkitError as exc:
             group.reasons[" ".join(str(exc).split())] = None
         group.add(entry, usage, cost)
@@ -568,7 +588,15 @@ def reprice(
             groups.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1] or "")
         )
     )
-    return Repricing(cat.name, region, chosen, rows, measured)
+    return Repricing(cat.name, region, chosen or "recorded", rows, measured, tiers)
+
+
+def recorded_tier(entry: Entry) -> Tier:
+    """The service tier ``entry`` was priced at: its ``tier`` tag if that names one, else on-demand.
+
+    A ``tier`` tag that names no service tier (an application's own "tier=gold") is not one.
+    """
+    return TIERS.get(entry.tags.get("tier", ""), "on_demand")
 
 
 def tagged(ledger: Ledger | Iterable[Entry], tags: Mapping[str, str] | None) -> Iterator[Entry]:
@@ -752,7 +780,8 @@ def add_command(sub: Any) -> None:
     parser.add_argument(
         "--tier",
         choices=["on-demand", "batch", "flex", "priority"],
-        default="on-demand",
-        help="service tier to price at (default on-demand)",
+        default=None,
+        help="service tier to price every entry at (default: each entry at the tier it "
+        "recorded: its tier tag, else on-demand)",
     )
     parser.set_defaults(run=_run)

@@ -363,3 +363,33 @@ def test_tags_select_one_variant(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert json.loads(capsys.readouterr().out)["entries"] == 1
     assert main(["reprice", str(path), "--tag", "variant"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_default_reprices_each_entry_at_its_recorded_tier_tag(
+    store: Callable[[], Ledger], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A batch job's entries carry tier=batch (recipes/long_docs.py writes it): with no --tier the
+    # run reprices to exactly its recorded cost; an application's own "tier=gold" is no tier.
+    usage = Usage(1_000_000, 100_000)
+    od = recorded(MICRO, usage, request="od")
+    batch = Entry(
+        "bj", "generate", "answered", CAT.cost(MICRO, usage, tier="batch"),
+        model=MICRO, usage=usage, tags={"tier": "batch"}, time=T0,
+    )  # fmt: skip
+    gold = Entry(
+        "g", "generate", "answered", CAT.cost(MICRO, usage), model=MICRO, usage=usage,
+        tags={"tier": "gold"}, time=T0,
+    )  # fmt: skip
+    ledger = filled(store, [od, batch, gold])
+    result = reprice(ledger)
+    assert result.recorded_cost == Decimal("0.1225")  # 0.049 + 0.0245 + 0.049
+    assert result.cost == result.recorded_cost and result.delta == 0
+    assert result.tier == "recorded" and dict(result.tiers) == {"on_demand": 2, "batch": 1}
+    assert reprice(ledger, tier="batch").cost == Decimal("0.0735")
+    path = tmp_path / "tiers.db"
+    with SQLiteLedger(path) as saved:
+        for e in (od, batch):
+            saved.record(e)
+    assert main(["reprice", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["tier"] == "recorded" and data["cost"] == data["recorded_cost"] == "0.0735"
