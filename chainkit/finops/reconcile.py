@@ -55,11 +55,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 from chainkit.errors import ConfigError
-from chainkit.money import ROUNDING, usd
+from chainkit.money import ROUNDING, from_units, to_units, usd
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
 from chainkit.records import Entry, Usage
@@ -93,6 +94,11 @@ TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
 Format = Literal["table", "markdown", "json", "csv"]
 DiffKind = Literal["missing_in_ledger", "missing_in_logs", "mismatch"]
 
+# Bill amounts are summed exactly: a cost is refused at reading if it has more digits than any
+# bill carries, so 300 digits hold any sum of them.
+_EXACT = decimal.Context(
+    prec=300, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow]
+)
 _SLACK = timedelta(minutes=5)  # a ledger entry's time is taken before the call is sent
 _BILLABLE = frozenset({"answered", "passed"})
 
@@ -376,7 +382,9 @@ def _differing(ledger: Usage | None, logged: Usage) -> tuple[str, ...]:
 
 def _default_where(catalogue: Catalogue) -> Callable[[Entry], bool]:
     def bedrock(entry: Entry) -> bool:
-        return entry.model is not None and entry.model in catalogue
+        # A model the catalogue lacks (a new one) is still a Bedrock call when it is spelled as
+        # one: leaving it out would show its day as $0 in the ledger.
+        return entry.model is not None and (entry.model in catalogue or _bedrock_like(entry.model))
 
     return bedrock
 
@@ -695,6 +703,8 @@ class BillExport:
     skipped: Mapping[str, int]
     problems: tuple[Problem, ...]
     files: int
+    duplicates: tuple[Problem, ...] = ()
+    """Lines identical to one read before (the same export under two prefixes): ignored."""
 
 
 _CUR_COLUMNS = {
@@ -1008,28 +1018,43 @@ class BillRow:
     """One UTC day, model and token class: what the ledger recorded and what AWS billed.
 
     ``ledger_cost`` is the ledger's cost of those tokens: each entry's cost shared among its
-    token classes in proportion to the catalogue's rates (so a day's classes add up to exactly
-    what its entries cost). It is ``None`` when an entry of that day and model has an unknown
-    cost. ``difference`` is billed less ledger (``None`` when the ledger's cost is unknown).
+    token classes in proportion to the catalogue's rates (in whole 1e-24 USD, so a day's rows add
+    up to exactly what its entries cost). An entry whose cost cannot be shared (it has no token
+    usage, or its model is not in the catalogue) has its cost in the day and model's
+    ``unclassified`` row. ``ledger_cost`` is ``None`` when an entry of that day and model has an
+    unknown cost, or when the bill's model label is not placed (``mapped`` false): chainkit then
+    does not know what the ledger holds against it. ``ledger_tokens`` is ``None`` when unknown
+    (an unplaced label, the ``unclassified`` row). ``difference`` is billed less ledger
+    (``None`` when the ledger's cost is unknown).
     """
 
     day: date
     model: str
     usage_type: str
-    ledger_tokens: int
+    ledger_tokens: int | None
     billed_tokens: int | None
     ledger_cost: Decimal | None
     billed_cost: Decimal
     unknown_entries: int = 0
     mapped: bool = True
+    billed_lines: int = 0
+    unclassified_entries: int = 0
+    no_usage_entries: int = 0
 
     @property
     def difference(self) -> Decimal | None:
         """Billed less recorded; ``None`` when the ledger's cost is unknown."""
         if self.ledger_cost is None:
             return None
-        with decimal.localcontext(ROUNDING):
+        with decimal.localcontext(_EXACT):
             return self.billed_cost - self.ledger_cost
+
+    @property
+    def token_difference(self) -> int | None:
+        """Billed less recorded tokens; ``None`` when either count is unknown."""
+        if self.ledger_tokens is None or self.billed_tokens is None:
+            return None
+        return self.billed_tokens - self.ledger_tokens
 
     def note(self) -> str:
         """Why the row is listed, for people."""
@@ -1037,16 +1062,36 @@ class BillRow:
         if not self.mapped:
             parts.append(
                 f"model label {self.model!r} is not in the catalogue: map it with --model-map "
-                f"'{self.model}=<model id>'"
+                f"'{self.model}=<model id>'; the ledger's side is unknown"
             )
         if self.unknown_entries:
             parts.append(
                 f"{self.unknown_entries} ledger entries of unknown cost on this day and model; "
                 f"AWS billed {usd(self.billed_cost)}"
             )
-        if self.billed_tokens is not None and self.billed_tokens != self.ledger_tokens:
-            parts.append(f"tokens differ by {self.billed_tokens - self.ledger_tokens:+,}")
+        if self.usage_type == "unclassified":
+            parts.append(
+                f"{self.unclassified_entries} ledger entries whose cost cannot be placed in a "
+                "token class (no token usage, or a model the catalogue cannot price): compare "
+                "this model's day as a whole"
+            )
+        elif self.unclassified_entries:
+            parts.append(
+                f"{self.unclassified_entries} entries of this day and model are in its "
+                "'unclassified' row"
+            )
+        if self.no_usage_entries and self.usage_type != "unclassified":
+            parts.append(
+                f"{self.no_usage_entries} entries of this day and model recorded no token "
+                "usage: the ledger's tokens are a lower bound"
+            )
+        diff = self.token_difference
+        if diff:
+            parts.append(f"tokens differ by {diff:+,}")
         return "; ".join(parts)
+
+
+BillDiffKind = Literal["unknown", "difference", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -1062,19 +1107,30 @@ class BillReconciliation:
     problems: tuple[Problem, ...]
     ledger_cost: Decimal | None
     billed_cost: Decimal
+    duplicates: tuple[Problem, ...] = ()
+
+    def kind_of(self, row: BillRow) -> BillDiffKind | None:
+        """Why ``row`` is listed, or ``None`` if it is not.
+
+        ``unknown``: the ledger's cost is unknown and AWS billed a line there (or the tokens
+        differ); ``difference``: the costs differ by more than the threshold; ``tokens``: the
+        token counts differ (whatever the costs do: tokens billed at no extra cost are still
+        tokens the ledger did not record).
+        """
+        diff = row.difference
+        tokens = row.token_difference
+        if diff is None:
+            return "unknown" if row.billed_lines or tokens else None
+        if abs(diff) > self.threshold:
+            return "difference"
+        if tokens:
+            return "tokens"
+        return None
 
     @property
     def discrepancies(self) -> tuple[BillRow, ...]:
-        """Rows whose difference exceeds the threshold, or whose ledger cost is unknown."""
-        out = []
-        for row in self.rows:
-            diff = row.difference
-            if diff is None:
-                if row.billed_cost > self.threshold:
-                    out.append(row)
-            elif abs(diff) > self.threshold:
-                out.append(row)
-        return tuple(out)
+        """Rows listed: see :meth:`kind_of`."""
+        return tuple(row for row in self.rows if self.kind_of(row) is not None)
 
     @property
     def ok(self) -> bool:
@@ -1088,23 +1144,28 @@ class BillReconciliation:
             if self.first_day and self.last_day
             else "no days"
         )
+        kinds: dict[str, int] = defaultdict(int)
+        for row in self.rows:
+            kinds[str(self.kind_of(row))] += 1
+        dupes = f"; {len(self.duplicates)} duplicate lines ignored" if self.duplicates else ""
         return (
             f"Bill ({self.kind}, {period}): AWS billed {usd(self.billed_cost)} for Bedrock, the "
-            f"ledger recorded {usd(self.ledger_cost)}; {len(self.discrepancies)} of "
-            f"{len(self.rows)} day x model x usage rows differ by more than "
-            f"{usd(self.threshold)}; {len(self.problems)} unreadable lines."
+            f"ledger recorded {usd(self.ledger_cost)}; of {len(self.rows)} day x model x usage "
+            f"rows, {kinds['difference']} differ by more than {usd(self.threshold)}, "
+            f"{kinds['tokens']} in tokens only, {kinds['unknown']} with the ledger's cost "
+            f"unknown; {len(self.problems)} unreadable lines{dupes}."
         )
 
     def to_rows(self) -> list[dict[str, str]]:
-        """One row per discrepancy and per unreadable line (the CSV columns)."""
+        """One row per discrepancy, unreadable and duplicate line (the CSV columns)."""
         rows = [
             _row(
                 section="bill",
-                kind="unknown" if r.difference is None else "difference",
+                kind=str(self.kind_of(r)),
                 when=r.day.isoformat(),
                 model=r.model,
                 usage_type=r.usage_type,
-                ledger_tokens=str(r.ledger_tokens),
+                ledger_tokens="" if r.ledger_tokens is None else str(r.ledger_tokens),
                 aws_tokens="" if r.billed_tokens is None else str(r.billed_tokens),
                 ledger_cost=_exact(r.ledger_cost),
                 aws_cost=_exact(r.billed_cost),
@@ -1117,6 +1178,10 @@ class BillReconciliation:
             _row(section="bill", kind="unreadable", source=p.source, note=p.reason)
             for p in self.problems
         )
+        rows.extend(
+            _row(section="bill", kind="duplicate", source=p.source, note=p.reason)
+            for p in self.duplicates
+        )
         return rows
 
     def to_json_data(self) -> dict[str, Any]:
@@ -1127,6 +1192,7 @@ class BillReconciliation:
                 "day": r.day.isoformat(),
                 "model": r.model,
                 "usage_type": r.usage_type,
+                "kind": self.kind_of(r),
                 "ledger_tokens": r.ledger_tokens,
                 "billed_tokens": r.billed_tokens,
                 "ledger_cost": _exact(r.ledger_cost) or None,
@@ -1148,6 +1214,7 @@ class BillReconciliation:
             "discrepancies": [row(r) for r in self.discrepancies],
             "rows": [row(r) for r in self.rows],
             "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+            "duplicates": [{"source": p.source, "reason": p.reason} for p in self.duplicates],
         }
 
 
@@ -1164,28 +1231,46 @@ def _class_tokens(usage: Usage) -> dict[str, int]:
     }
 
 
-def _split_cost(entry: Entry, catalogue: Catalogue) -> dict[str, Decimal]:
-    """``entry.cost`` shared among its token classes in proportion to their list cost."""
-    assert entry.cost is not None and entry.usage is not None and entry.model is not None
+def _split_units(entry: Entry, catalogue: Catalogue) -> dict[str, int] | None:
+    """``entry.cost`` in whole 1e-24 USD shared among its token classes by their list cost.
+
+    ``None`` when it cannot be shared: no usage, no priced tokens, or no catalogue price.
+    Every class but the heaviest takes the floor of its exact share and the heaviest the rest,
+    so the shares are never negative and add up to the entry's cost exactly.
+    """
+    assert entry.cost is not None and entry.model is not None
+    if entry.usage is None:
+        return None
+    units = to_units(entry.cost)
+    try:
+        price = catalogue.price(entry.model)
+    except ConfigError:
+        return None
     tokens = _class_tokens(entry.usage)
-    price = catalogue.price(entry.model)
     rates = {
         "input": price.input,
         "output": price.output,
         "cache_read": price.cache_read if price.cache_read is not None else price.input,
         "cache_write": price.cache_write if price.cache_write is not None else price.input,
     }
-    with decimal.localcontext(ROUNDING):
-        weights = {c: tokens[c] * rates[c] for c in TOKEN_CLASSES if tokens[c]}
-        total = sum(weights.values(), Decimal(0))
-        if not total:
-            # No priced tokens (a per-request fee alone): it is billed with the input.
-            return {"input": entry.cost}
-        shares = {c: entry.cost * w / total for c, w in weights.items()}
-        # The last class takes the remainder, so the shares add up to the entry's cost exactly.
-        *rest, final = shares
-        shares[final] = entry.cost - sum((shares[c] for c in rest), Decimal(0))
-        return shares
+    weights = {c: Fraction(tokens[c]) * Fraction(rates[c]) for c in TOKEN_CLASSES if tokens[c]}
+    total = sum(weights.values(), Fraction(0))
+    if not total:
+        return None
+    heaviest = max(weights, key=lambda c: weights[c])
+    shares = {c: int(units * w // total) for c, w in weights.items() if c != heaviest}
+    shares[heaviest] = units - sum(shares.values())
+    return shares
+
+
+def _bedrock_like(model: str) -> bool:
+    """Whether ``model`` is spelled as a Bedrock model id or ARN (``provider.name...``)."""
+    return bool(_BEDROCK_ID.match(model))
+
+
+# A Bedrock model id is "<provider>.<name>", maybe behind a geography prefix ("us.", "global.")
+# or inside an ARN; "gpt-4.1" and "claude-3-haiku" (other vendors' own APIs) are not.
+_BEDROCK_ID = re.compile(r"^(?:arn:aws[\w-]*:bedrock:|(?:[a-z]{2,6}\.)?[a-z][a-z0-9]*\.[a-z0-9])")
 
 
 def reconcile_bill(
@@ -1203,12 +1288,14 @@ def reconcile_bill(
     Args:
         ledger: any chainkit ledger (read with ``iter_entries``) or entries.
         export: what :func:`read_bill` read.
-        threshold: list rows whose billed and recorded costs differ by more than this (USD).
+        threshold: list rows whose billed and recorded costs differ by more than this (USD);
+            rows whose token counts differ, or whose ledger cost is unknown where AWS billed,
+            are listed whatever the threshold.
         since: first day compared; by default the export's first day (any service's).
         until: last day compared; by default the export's last day: AWS bills a day late, so
             later entries are not yet on the bill.
         where: which entries are Bedrock calls; by default those whose model the Bedrock
-            catalogue knows.
+            catalogue knows or whose id is spelled as a Bedrock model id.
         catalogue: resolves model ids and shares an entry's cost among its token classes.
     """
     threshold = _decimal(threshold, "threshold")
@@ -1220,8 +1307,12 @@ def reconcile_bill(
     first = since or export.first_day
     last = until or export.last_day
     tokens: dict[tuple[date, str, str], int] = defaultdict(int)
-    costs: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    units: dict[tuple[date, str, str], int] = defaultdict(int)
     unknown: dict[tuple[date, str], int] = defaultdict(int)
+    unclassified: dict[tuple[date, str], int] = defaultdict(int)
+    no_usage: dict[tuple[date, str], int] = defaultdict(int)
+    ledger_units = 0
+    ledger_unknown = False
     for entry in _entries(ledger):
         if entry.model is None or not where(entry):
             continue
@@ -1229,53 +1320,70 @@ def reconcile_bill(
         if (first and day < first) or (last and day > last):
             continue
         model = models.canonical(entry.model)
+        if entry.usage is None:
+            no_usage[(day, model)] += 1
+        else:
+            for cls, count in _class_tokens(entry.usage).items():
+                if count:
+                    tokens[(day, model, cls)] += count
         if entry.cost is None:
             unknown[(day, model)] += 1
-        if entry.usage is None:
+            ledger_unknown = True
             continue
-        for cls, count in _class_tokens(entry.usage).items():
-            if count:
-                tokens[(day, model, cls)] += count
-        if entry.cost is not None and entry.cost:
-            for cls, share in _split_cost(entry, catalogue).items():
-                with decimal.localcontext(ROUNDING):
-                    costs[(day, model, cls)] += share
+        ledger_units += to_units(entry.cost)
+        if not entry.cost:
+            continue
+        shares = _split_units(entry, catalogue)
+        if shares is None:
+            # Counted, never dropped: the cost is the ledger's even where no class can hold it.
+            unclassified[(day, model)] += 1
+            units[(day, model, "unclassified")] += to_units(entry.cost)
+            continue
+        for cls, share in shares.items():
+            units[(day, model, cls)] += share
     billed_tokens: dict[tuple[date, str, str], int | None] = {}
     billed: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    lines: dict[tuple[date, str, str], int] = defaultdict(int)
     mapped: dict[tuple[date, str, str], bool] = {}
     for line in export.lines:
         if (first and line.day < first) or (last and line.day > last):
             continue
         key = (line.day, line.model, line.usage_type)
-        with decimal.localcontext(ROUNDING):
+        with decimal.localcontext(_EXACT):
             billed[key] += line.cost
+        lines[key] += 1
         before = billed_tokens.get(key, 0)
         billed_tokens[key] = None if before is None or line.tokens is None else before + line.tokens
         mapped[key] = line.mapped
-    keys = sorted(set(tokens) | set(costs) | set(billed))
+    keys = sorted(set(tokens) | set(units) | set(billed))
     rows = []
     for key in keys:
         day, model, cls = key
         n_unknown = unknown.get((day, model), 0)
+        placed = mapped.get(key, True)
+        known_side = placed or key in tokens or key in units
+        ledger_tokens: int | None = tokens.get(key, 0)
+        if cls == "unclassified" or not known_side:
+            ledger_tokens = None
         rows.append(
             BillRow(
                 day=day,
                 model=model,
                 usage_type=cls,
-                ledger_tokens=tokens.get(key, 0),
+                ledger_tokens=ledger_tokens,
                 billed_tokens=billed_tokens.get(key, 0 if key not in billed else None),
-                ledger_cost=None if n_unknown else costs.get(key, Decimal(0)),
+                ledger_cost=None
+                if n_unknown or not known_side
+                else from_units(units.get(key, 0)),
                 billed_cost=billed.get(key, Decimal(0)),
                 unknown_entries=n_unknown,
-                mapped=mapped.get(key, True),
+                mapped=placed,
+                billed_lines=lines.get(key, 0),
+                unclassified_entries=unclassified.get((day, model), 0),
+                no_usage_entries=no_usage.get((day, model), 0),
             )
         )
-    with decimal.localcontext(ROUNDING):
-        ledger_total = (
-            None
-            if any(r.ledger_cost is None for r in rows)
-            else sum((r.ledger_cost or Decimal(0) for r in rows), Decimal(0))
-        )
+    with decimal.localcontext(_EXACT):
         billed_total = sum((r.billed_cost for r in rows), Decimal(0))
     return BillReconciliation(
         rows=tuple(rows),
@@ -1285,8 +1393,9 @@ def reconcile_bill(
         last_day=last,
         skipped=export.skipped,
         problems=export.problems,
-        ledger_cost=ledger_total,
+        ledger_cost=None if ledger_unknown else from_units(ledger_units),
         billed_cost=billed_total,
+        duplicates=export.duplicates,
     )
 
 
@@ -1389,7 +1498,7 @@ def render(
                 r.day.isoformat(),
                 r.model,
                 r.usage_type,
-                f"{r.ledger_tokens:,}",
+                "unknown" if r.ledger_tokens is None else f"{r.ledger_tokens:,}",
                 "unknown" if r.billed_tokens is None else f"{r.billed_tokens:,}",
                 usd(r.ledger_cost),
                 usd(r.billed_cost),
