@@ -46,6 +46,7 @@ import csv
 import decimal
 import functools
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -57,7 +58,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from chainkit.errors import ConfigError
 from chainkit.money import ROUNDING, from_units, to_units, usd
@@ -127,8 +128,8 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 def _sources(
     where: str | Path, suffixes: tuple[str, ...], s3_client: Any | None
-) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """``(name, read)`` for every object or file under ``where`` whose name ends in a suffix."""
+) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
+    """``(name, open)`` for every object or file under ``where`` whose name ends in a suffix."""
     if _is_s3(where):
         assert isinstance(where, str)
         bucket, prefix = _split_s3(where)
@@ -144,9 +145,10 @@ def _sources(
         for key in sorted(keys):
             if key.lower().endswith(suffixes):
 
-                def read(key: str = key) -> bytes:
+                def read(key: str = key) -> BinaryIO:
+                    # The object as stored (compressed): its decompressed lines are streamed.
                     body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-                    return body
+                    return io.BytesIO(body)
 
                 yield f"s3://{bucket}/{key}", read
         return
@@ -156,7 +158,7 @@ def _sources(
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if path.is_file() or file.name.lower().endswith(suffixes):
-            yield str(file), file.read_bytes
+            yield str(file), functools.partial(file.open, "rb")
 
 
 def _s3() -> Any:
@@ -167,21 +169,95 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
-def _lines(name: str, data: bytes, problems: list[Problem]) -> Iterator[tuple[int, bytes]]:
-    """Numbered lines of ``data``, gunzipped if it is gzip; a truncated stream is a problem."""
-    if data[:2] != b"\x1f\x8b":
-        yield from enumerate(data.splitlines(), 1)
+_CHUNK = 1 << 16
+LINE_LIMIT = 1 << 20
+"""The longest bill line or log record read (bytes); a longer one is reported, not read.
+
+A Bedrock bill line is a few kilobytes and a log record stores bodies over 100 KB apart, so a
+longer line is damage or a decompression bomb: reading stays within this much memory.
+"""
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """``stream`` a chunk at a time, gunzipped if it starts with gzip's magic bytes.
+
+    Decompressed here rather than by ``gzip.GzipFile``, which loses what it decompressed in a
+    read that meets the end of a stream cut short: every byte before the break is yielded, then
+    ``EOFError``. Each chunk is at most 64 KiB, whatever the compression ratio.
+    """
+    head = stream.read(2)
+    stream.seek(0)
+    if head != b"\x1f\x8b":
+        while chunk := stream.read(_CHUNK):
+            yield chunk
         return
+    inflate = zlib.decompressobj(31)
+    fresh = True
+    pending = b""
+    while True:
+        if not pending:
+            pending = stream.read(_CHUNK)
+            if not pending:
+                break
+        fresh = False
+        out = inflate.decompress(pending, _CHUNK)
+        if inflate.eof:  # a member ends; concatenated members follow (gzip allows it)
+            pending = inflate.unused_data
+            inflate, fresh = zlib.decompressobj(31), True
+        else:
+            pending = inflate.unconsumed_tail
+        if out:
+            yield out
+    if not fresh and not inflate.eof:
+        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+
+
+def _lines(
+    name: str, stream: BinaryIO, problems: list[Problem], limit: int = LINE_LIMIT
+) -> Iterator[tuple[int, bytes | None]]:
+    """Numbered lines of ``stream`` (gunzipped if gzip), read a chunk at a time.
+
+    A line longer than ``limit`` bytes is reported and yielded as ``None`` without being held
+    in memory; a gzip stream cut short keeps the lines before the break and reports the rest.
+    """
     number = 0
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            for number, line in enumerate(stream, 1):
-                yield number, line
-    except (EOFError, OSError, zlib.error) as exc:
-        # Records before the break were read; the rest of the object is lost.
-        problems.append(
-            Problem(name, f"gzip stream broken after line {number} ({exc}); the rest is unread")
-        )
+    pending = bytearray()
+    skipping = False
+
+    def finish(tail: bytes) -> tuple[int, bytes | None]:
+        nonlocal skipping
+        if skipping or len(pending) + len(tail) > limit:
+            skipping = False
+            problems.append(
+                Problem(f"{name}:{number}", f"line longer than {limit:,} bytes: not read")
+            )
+            return number, None
+        line = bytes(pending) + tail
+        return number, line[:-1] if line.endswith(b"\r") else line
+
+    with stream:
+        try:
+            for chunk in _chunks(stream):
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    number += 1
+                    yield finish(chunk[start:end])
+                    pending.clear()
+                    start = end + 1
+                if not skipping:
+                    pending += chunk[start:]
+                    if len(pending) > limit:
+                        skipping = True  # the rest of this line is dropped as it arrives
+                        pending.clear()
+        except (EOFError, OSError, zlib.error) as exc:
+            # Records before the break were read; the rest of the object is lost.
+            problems.append(
+                Problem(name, f"gzip stream broken after line {number} ({exc}); the rest is unread")
+            )
+            return
+    if pending or skipping:
+        number += 1
+        yield finish(b"")
 
 
 # -- invocation logs ----------------------------------------------------------------------------
@@ -317,7 +393,7 @@ def read_invocation_logs(where: str | Path, *, s3_client: Any | None = None) -> 
     for name, read in _sources(where, (".json.gz", ".json", ".jsonl", ".jsonl.gz"), s3_client):
         files += 1
         for number, raw in _lines(name, read(), problems):
-            if not raw.strip():
+            if raw is None or not raw.strip():
                 continue
             source = f"{name}:{number}"
             try:
@@ -718,6 +794,7 @@ _CUR_COLUMNS = {
     "unit": ("pricing_unit",),
     "cost": ("line_item_unblended_cost",),
     "resource": ("line_item_resource_id",),
+    "currency": ("line_item_currency_code",),
 }
 _FOCUS_COLUMNS = {
     "start": ("ChargePeriodStart",),
@@ -730,6 +807,7 @@ _FOCUS_COLUMNS = {
     "unit": ("PricingUnit", "ConsumedUnit"),
     "cost": ("BilledCost",),
     "resource": ("ResourceId",),
+    "currency": ("BillingCurrency",),
 }
 # CUR line item types that are usage (the rest are credits, taxes, fees, refunds...).
 _CUR_USAGE = frozenset({"Usage", "DiscountedUsage", "SavingsPlanCoveredUsage"})
@@ -851,6 +929,15 @@ def _decimal(value: object, what: str) -> Decimal:
     return number
 
 
+def _bill_amount(value: object) -> Decimal:
+    """A bill line's cost; more digits than a bill carries is damage, not money."""
+    cost = _decimal(value, "cost")
+    exponent = cost.as_tuple().exponent
+    if cost and (cost.adjusted() > 14 or (isinstance(exponent, int) and exponent < -40)):
+        raise ValueError(f"cost is {value!r}: not an amount a bill carries")
+    return cost
+
+
 def _tokens(amount: Decimal, unit: object) -> int | None:
     match = _UNIT.match(str(unit or ""))
     if match is None:
@@ -863,20 +950,81 @@ def _tokens(amount: Decimal, unit: object) -> int | None:
         return int((amount * scale).to_integral_value())
 
 
-def _rows(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _rows(
+    name: str, stream: BinaryIO, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line or row number, row)`` of a CSV (gzip or not) or Parquet bill, streamed.
+
+    A CSV line that is not UTF-8, is longer than :data:`LINE_LIMIT`, has a field over the csv
+    module's limit or a number of fields other than the header's is reported with its line and
+    the rest is read; a Parquet file is read a batch of rows at a time.
+    """
     if name.lower().endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise ConfigError(
-                f"{name} is Parquet, which needs pyarrow: pip install 'chainkit[finops]' (or "
-                "export the bill as CSV)."
-            ) from exc
-        yield from pq.read_table(io.BytesIO(data)).to_pylist()
+        yield from _parquet_rows(name, stream, problems)
         return
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    yield from csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+
+    def text(lines: Iterator[tuple[int, bytes | None]]) -> Iterator[str]:
+        for number, raw in lines:
+            if raw is None:
+                yield "\n"  # reported by _lines; an empty line is skipped below
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(
+                    Problem(f"{name}:{number}", f"not UTF-8 (byte {exc.start + 1}): not read")
+                )
+                yield "\n"
+                continue
+            yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
+
+    reader = csv.reader(text(_lines(name, stream, problems)))
+    header: list[str] | None = None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(Problem(f"{name}:{reader.line_num}", f"unreadable CSV: {exc}"[:300]))
+            continue
+        if not fields:
+            continue
+        if header is None:
+            header = fields
+        elif len(fields) != len(header):
+            problems.append(
+                Problem(
+                    f"{name}:{reader.line_num}",
+                    f"{len(fields)} fields where the header has {len(header)}: not read",
+                )
+            )
+        else:
+            yield reader.line_num, dict(zip(header, fields, strict=True))
+
+
+def _parquet_rows(
+    name: str, stream: BinaryIO, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise ConfigError(
+            f"{name} is Parquet, which needs pyarrow: pip install 'chainkit[finops]' (or "
+            "export the bill as CSV)."
+        ) from exc
+    number = 0
+    with stream:
+        try:
+            for batch in pq.ParquetFile(stream).iter_batches(batch_size=10_000):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        except Exception as exc:  # pyarrow's errors: not a Parquet file, truncated
+            if type(exc).__module__.split(".")[0] != "pyarrow":
+                raise
+            where = name if not number else f"{name} after row {number}"
+            problems.append(Problem(where, f"unreadable Parquet: {exc}"[:300]))
 
 
 def read_bill(
@@ -907,29 +1055,21 @@ def read_bill(
     last: date | None = None
     kind: Literal["cur2", "focus"] | None = None
     files = 0
+    seen: dict[str, str] = {}
+    duplicates: list[Problem] = []
     for name, read in _sources(where, (".csv", ".csv.gz", ".parquet", ".gz"), s3_client):
         files += 1
-        try:
-            rows = list(_rows(name, read()))
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
-            problems.append(Problem(name, f"unreadable: {exc}"[:300]))
-            continue
-        except Exception as exc:  # pyarrow's errors: not a Parquet file, truncated
-            if isinstance(exc, ConfigError) or type(exc).__module__.split(".")[0] != "pyarrow":
-                raise
-            problems.append(Problem(name, f"unreadable Parquet: {exc}"[:300]))
-            continue
-        if not rows:
-            continue
-        this = _kind(rows[0], name)
-        if kind is not None and this != kind:
-            raise ConfigError(
-                f"{name} is a {this} export but earlier files were {kind}: point --bill at one "
-                "export's folder."
-            )
-        kind = this
-        columns = _CUR_COLUMNS if kind == "cur2" else _FOCUS_COLUMNS
-        for number, row in enumerate(rows, 2):  # CSV line numbers: the header is line 1
+        columns: Mapping[str, tuple[str, ...]] | None = None
+        for number, row in _rows(name, read(), problems):
+            if columns is None:
+                this = _kind(row, name)
+                if kind is not None and this != kind:
+                    raise ConfigError(
+                        f"{name} is a {this} export but earlier files were {kind}: point --bill "
+                        "at one export's folder."
+                    )
+                kind = this
+                columns = _CUR_COLUMNS if kind == "cur2" else _FOCUS_COLUMNS
             source = f"{name}:{number}"
             try:
                 start = _timestamp(_cell(row, columns["start"]), "usage start")
@@ -956,8 +1096,16 @@ def read_bill(
                 ):
                     skipped[f"Bedrock {line_type or 'untyped'} lines"] += 1
                     continue
+                currency = str(_cell(row, columns["currency"]) or "USD").strip().upper()
+                if currency != "USD":
+                    # The ledger is in USD; a rate chainkit guessed would be a wrong amount.
+                    raise ConfigError(
+                        f"{source}: the bill's costs are in {currency}, the ledger's in USD; "
+                        "chainkit converts no currency. Reconcile an export whose costs are in "
+                        f"USD ({columns['currency'][0]} USD)."
+                    )
                 raw_type = str(_cell(row, columns["usage_type"]) or "")
-                cost = _decimal(_cell(row, columns["cost"]), "cost")
+                cost = _bill_amount(_cell(row, columns["cost"]))
                 amount = _cell(row, columns["amount"])
                 tokens = (
                     None
@@ -972,6 +1120,15 @@ def read_bill(
             except ValueError as exc:
                 problems.append(Problem(source, str(exc)[:300]))
                 continue
+            # The same export under two prefixes (or delivered twice) would bill its lines twice:
+            # a line identical in every column to one read before is a duplicate.
+            digest = hashlib.blake2b(
+                json.dumps(row, sort_keys=True, default=str).encode(), digest_size=16
+            ).hexdigest()
+            if digest in seen:
+                duplicates.append(Problem(source, f"identical to {seen[digest]}: not counted"))
+                continue
+            seen[digest] = source
             cls = usage_class(raw_type)
             lines.append(
                 BillLine(
@@ -998,6 +1155,7 @@ def read_bill(
         skipped=dict(skipped),
         problems=tuple(problems),
         files=files,
+        duplicates=tuple(duplicates),
     )
 
 
@@ -1006,9 +1164,10 @@ def _kind(row: Mapping[str, Any], name: str) -> Literal["cur2", "focus"]:
         return "cur2"
     if "ChargePeriodStart" in row:
         return "focus"
+    # The columns are not named: a file without a header would show its first record's values.
     raise ConfigError(
         f"{name} is neither a CUR 2.0 export (no line_item_usage_type column) nor a FOCUS 1.2 "
-        f"one (no ChargePeriodStart); its columns start {sorted(row)[:6]}. Export CUR 2.0 or "
+        f"one (no ChargePeriodStart column) among its {len(row)} columns. Export CUR 2.0 or "
         "FOCUS 1.2 from AWS Data Exports."
     )
 

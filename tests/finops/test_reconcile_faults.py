@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import decimal
 import gzip
+import io
 import json
+import zlib
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainkit import Entry, Usage
-from chainkit.finops.reconcile import BillExport, read_bill, reconcile_bill
+from chainkit import ConfigError, Entry, Usage
+from chainkit.finops.reconcile import (
+    BillExport,
+    read_bill,
+    read_invocation_logs,
+    reconcile_bill,
+)
 from tests.finops.test_reconcile import (
     CATALOGUE,
     DAY1,
@@ -27,6 +35,7 @@ from tests.finops.test_reconcile import (
     SONNET4,
     Line,
     cur_csv_gz,
+    focus_parquet,
 )
 
 
@@ -180,3 +189,95 @@ def test_token_differences_are_listed_even_when_the_cost_agrees(tmp_path: Path) 
     assert (row.usage_type, row.token_difference, row.difference) == ("input", 5_000, 0)
     assert bill.kind_of(row) == "tokens" and not bill.ok
     assert "1 in tokens only" in bill.summary()
+
+
+# -- another currency, duplicates -----------------------------------------------------------------
+
+
+def test_a_bill_in_another_currency_is_refused_not_summed_as_usd(tmp_path: Path) -> None:
+    ok = priced("r1", NOVA, Usage(1_000, 200))
+    text = gzip.decompress(cur_csv_gz(bill_of([ok]))).decode()
+    (tmp_path / "jpy.csv").write_text(text.replace(",USD,", ",JPY,"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"jpy\.csv:2: the bill's costs are in JPY"):
+        read_bill(tmp_path / "jpy.csv")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(io.BytesIO(focus_parquet(bill_of([ok]))))
+    column = table.schema.get_field_index("BillingCurrency")
+    euros = table.set_column(column, "BillingCurrency", pa.array(["EUR"] * table.num_rows))
+    pq.write_table(euros, tmp_path / "eur.parquet")
+    with pytest.raises(ConfigError, match="in EUR, the ledger's in USD"):
+        read_bill(tmp_path / "eur.parquet")
+
+
+def test_the_same_export_under_two_prefixes_is_counted_once(tmp_path: Path) -> None:
+    ok = priced("r1", NOVA, Usage(1_000, 200))
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "x.csv.gz").write_bytes(cur_csv_gz(bill_of([ok])))
+    export = read_bill(tmp_path)
+    assert len(export.lines) == 2 and len(export.duplicates) == 2
+    assert "identical to" in export.duplicates[0].reason
+    bill = reconcile_bill([ok], export, "0")
+    assert bill.ok and bill.billed_cost == ok.cost
+    assert "2 duplicate lines ignored" in bill.summary()
+
+
+# -- unreadable input -----------------------------------------------------------------------------
+
+
+def test_a_bad_line_costs_that_line_only_with_its_number(tmp_path: Path) -> None:
+    entries = [priced(f"r{n}", NOVA, Usage(1_000 + n, 200)) for n in range(3)]
+    text = gzip.decompress(cur_csv_gz(bill_of(entries))).decode()
+    head, *rows = text.splitlines()
+    latin = "\n".join([head, *rows]).encode("utf-8").split(b"\n")
+    latin[1] = latin[1].replace(b"li-0", b"caf\xe9")  # one Latin-1 byte on line 2
+    latin[3] = latin[3][:-5] + b',"' + b"x" * 200_000 + b'"'  # a field over csv's 128 KB
+    (tmp_path / "a.csv").write_bytes(b"\n".join(latin) + b"\n")
+    export = read_bill(tmp_path / "a.csv")
+    reasons = {p.source.rsplit("/", 1)[-1]: p.reason for p in export.problems}
+    assert set(reasons) == {"a.csv:2", "a.csv:4"}
+    assert "not UTF-8" in reasons["a.csv:2"]
+    assert len(export.lines) == 4  # six lines, two unreadable
+
+    whole = cur_csv_gz(bill_of(entries) * 300)
+    (tmp_path / "b.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    cut = read_bill(tmp_path / "b.csv.gz")
+    assert len(cut.lines) > 100  # what came before the break is read
+    [problem] = cut.problems
+    assert problem.source.endswith("b.csv.gz") and "gzip stream broken after line" in problem.reason
+
+
+def test_an_endless_line_is_reported_and_reading_stays_bounded(tmp_path: Path) -> None:
+    ok = priced("r1", NOVA, Usage(1_000, 200))
+    text = gzip.decompress(cur_csv_gz(bill_of([ok]))).decode()
+    head, *rows = text.splitlines()
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with (tmp_path / "bomb.csv.gz").open("wb") as out:
+        out.write(deflate.compress(f"{head}\n{rows[0]}\nx,".encode()))
+        for _ in range(8):  # 8 MiB of one line from a few KiB on disk
+            out.write(deflate.compress(b"a" * (1 << 20)))
+        out.write(deflate.compress(f"\n{rows[1]}\n".encode()) + deflate.flush())
+    export = read_bill(tmp_path / "bomb.csv.gz")
+    [problem] = export.problems
+    assert problem.source.endswith("bomb.csv.gz:3") and "longer than 1,048,576 bytes" in (
+        problem.reason
+    )
+    assert reconcile_bill([ok], export, "0").rows[0].billed_tokens == 1_000  # lines 2 and 4 read
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with (logs / "a.json.gz").open("wb") as out:
+        out.write(deflate.compress(b'{"requestId": "'))
+        for _ in range(8):
+            out.write(deflate.compress(b"a" * (1 << 20)))
+        out.write(deflate.flush())
+    read = read_invocation_logs(logs)
+    assert not read.invocations and "longer than" in read.problems[0].reason
+
+
+def test_a_file_that_is_not_a_bill_is_refused_without_its_contents(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_text("Jane Doe,jane@example.com,+44 20 7946 0000\n1,2,3\n")
+    with pytest.raises(ConfigError) as exc:
+        read_bill(tmp_path / "x.csv")
+    assert "jane" not in str(exc.value).lower() and "among its 3 columns" in str(exc.value)
