@@ -477,6 +477,11 @@ class InvocationReconciliation:
     problems: tuple[Problem, ...]
     since: datetime | None
     until: datetime | None
+    duplicates: tuple[Problem, ...] = ()
+    """Records whose AWS ``requestId`` was read before (delivered twice): counted once."""
+    failed_attempts: int = 0
+    """Records of failed attempts (``errorCode``: throttled, refused) of calls the ledger has:
+    AWS does not bill them, and the ledger's entry for the call stands for them."""
 
     @property
     def ok(self) -> bool:
@@ -507,6 +512,10 @@ class InvocationReconciliation:
             _row(section="invocations", kind="unreadable", source=p.source, note=p.reason)
             for p in self.problems
         )
+        rows.extend(
+            _row(section="invocations", kind="duplicate", source=p.source, note=p.reason)
+            for p in self.duplicates
+        )
         return rows
 
     def to_json_data(self) -> dict[str, Any]:
@@ -535,6 +544,8 @@ class InvocationReconciliation:
                 for d in self.differences
             ],
             "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+            "duplicates": [{"source": p.source, "reason": p.reason} for p in self.duplicates],
+            "failed_attempts": self.failed_attempts,
         }
 
     def summary(self) -> str:
@@ -552,7 +563,10 @@ class InvocationReconciliation:
             f"{self.ledger_entries} ledger calls{window}; {self.matched} matched, "
             f"{kinds['missing_in_ledger']} logged but not in the ledger, "
             f"{kinds['missing_in_logs']} in the ledger but not logged, {kinds['mismatch']} "
-            f"with different tokens; {len(self.problems)} unreadable records."
+            f"with different tokens; {len(self.problems)} unreadable records"
+            + (f"; {self.failed_attempts} failed attempts (not billed)" if self.failed_attempts else "")
+            + (f"; {len(self.duplicates)} duplicate records ignored" if self.duplicates else "")
+            + "."
         )
 
 
@@ -596,12 +610,39 @@ def reconcile_invocations(
     unknown cost (the call may have run) is matched if a record has it, and a match is reported
     with the logged tokens, but its absence is not a difference. Log records without chainkit's
     ``request_id`` come from other applications: counted in ``not_chainkit``, never a difference.
-    Within one request id and stage, entries and records are paired by model, then in time order.
+    Within one request id and stage, entries and records are paired so that the pairs differ
+    least (model, then tokens, then time: :func:`_pair`); failed attempts (``errorCode``) pair
+    only with failed entries, and are otherwise counted in ``failed_attempts`` when the ledger
+    has the call. A record whose AWS ``requestId`` was read before is counted once
+    (``duplicates``). Entries of models the catalogue lacks are joined when a record names them.
     Entries of Bedrock batch jobs (tagged ``tier=batch``) are left out: a batch record is sent
     without ``requestMetadata``, so nothing joins it; the bill still counts them.
     """
-    invocations = list(logs.invocations if isinstance(logs, InvocationLogs) else logs)
     problems = logs.problems if isinstance(logs, InvocationLogs) else ()
+    invocations = []
+    duplicates = []
+    first_seen: dict[str, Invocation] = {}
+    for inv in logs.invocations if isinstance(logs, InvocationLogs) else logs:
+        # Log delivery can repeat an object (or a record): one requestId is one invocation.
+        before = first_seen.get(inv.aws_request_id)
+        if before is None:
+            first_seen[inv.aws_request_id] = inv
+        else:
+            same = (before.usage, before.model_id, before.metadata) == (
+                inv.usage,
+                inv.model_id,
+                inv.metadata,
+            )
+            duplicates.append(
+                Problem(
+                    inv.source or inv.aws_request_id,
+                    f"requestId {inv.aws_request_id} already read at {before.source}"
+                    + ("" if same else " with other contents")
+                    + ": counted once",
+                )
+            )
+            continue
+        invocations.append(inv)
     where = where or _default_where(catalogue or Catalogue.load())
     if invocations:
         since = since or min(i.time for i in invocations) - _SLACK
@@ -628,19 +669,23 @@ def reconcile_invocations(
     counted = 0
     for entry in _entries(ledger):
         # A batch job's records carry no requestMetadata (chainkit tags their entries
-        # tier=batch): no log record can be joined to them.
-        if not where(entry) or entry.tags.get("tier") == "batch":
+        # tier=batch): no log record can be joined to them. An entry a record names by its
+        # request id and stage is a Bedrock call whatever its model.
+        key = (entry.request_id, entry.stage)
+        if entry.tags.get("tier") == "batch" or not (where(entry) or key in ours):
             continue
         if not inside(entry.time, low, high):
             continue
         billable = entry.outcome in _BILLABLE
         maybe = entry.outcome == "failed" and entry.cost is None
         if billable or maybe:
-            entries[(entry.request_id, entry.stage)].append(entry)
-            counted += billable
+            entries[key].append(entry)
+            # Counted over the window reported, not the margin read around it.
+            counted += billable and inside(entry.time, since, until)
 
     differences: list[InvocationDifference] = []
     matched = 0
+    failed_attempts = 0
     for key in sorted(set(ours) | set(entries)):
         logged = sorted(ours.get(key, ()), key=lambda i: i.time)
         recorded = sorted(entries.get(key, ()), key=lambda e: e.time)
@@ -665,6 +710,11 @@ def reconcile_invocations(
                     )
                 continue
             if maybe_entry is None:
+                if rec.error_code is not None and recorded:
+                    # A throttled or refused attempt of a call the ledger has: not billed, and
+                    # the ledger's entry (with its attempts) stands for the call.
+                    failed_attempts += inside(rec.time, since, until)
+                    continue
                 differences.append(
                     InvocationDifference(
                         "missing_in_ledger",
@@ -683,6 +733,8 @@ def reconcile_invocations(
             matched += 1
             entry = maybe_entry
             assert entry is not None and entry.model is not None
+            if rec.error_code is not None:
+                continue  # a failed entry and a failed attempt: both say the call failed
             fields = _differing(entry.usage, rec.usage)
             if not _same_model(entry.model, rec.model_id):
                 fields = ("model", *fields)
@@ -718,6 +770,8 @@ def reconcile_invocations(
         problems=tuple(problems),
         since=since,
         until=until,
+        duplicates=tuple(duplicates),
+        failed_attempts=failed_attempts,
     )
 
 
@@ -729,21 +783,131 @@ def _entries(ledger: Iterable[Entry] | Any) -> Iterator[Entry]:
 def _pair(
     entries: Sequence[Entry], logged: Sequence[Invocation]
 ) -> Iterator[tuple[Entry | None, Invocation | None]]:
-    """Pair entries with records of the same model in time order; leftovers pair with None."""
-    free = list(logged)
-    for entry in entries:
-        assert entry.model is not None
-        same = [i for i in free if _same_model(entry.model, i.model_id)]
-        pool = same or free
-        if pool:
-            # The record closest in time: retries and reruns put several calls under one key.
-            best = min(pool, key=lambda i: abs((i.time - entry.time).total_seconds()))
-            free.remove(best)
-            yield entry, best
-        else:
+    """Pair entries with records of one request id and stage; leftovers pair with ``None``.
+
+    Successful records are paired first, as many as can be, choosing the pairing that differs
+    least: in model first, then in tokens, then in time (a rerun or a retry puts several calls
+    under one key, and a long call's record can come after a later short one's). Failed
+    attempts (``errorCode``) are then paired only with failed entries: a throttled attempt is
+    never the record of a call that was answered.
+    """
+    succeeded = [i for i in logged if i.error_code is None]
+    attempts = [i for i in logged if i.error_code is not None]
+    pairs = _assign(entries, succeeded)
+    left = [e for n, e in enumerate(entries) if n not in pairs]
+    failed = [e for e in left if e.outcome == "failed"]
+    second = _assign(failed, attempts)
+    used = set(pairs.values())
+    for n, entry in enumerate(entries):
+        if n in pairs:
+            yield entry, succeeded[pairs[n]]
+    for n, entry in enumerate(failed):
+        if n in second:
+            yield entry, attempts[second[n]]
+    paired_failed = {id(failed[n]) for n in second}
+    for entry in left:
+        if id(entry) not in paired_failed:
             yield entry, None
-    for inv in free:
-        yield None, inv
+    for n, inv in enumerate(succeeded):
+        if n not in used:
+            yield None, inv
+    used_attempts = set(second.values())
+    for n, inv in enumerate(attempts):
+        if n not in used_attempts:
+            yield None, inv
+
+
+_ASSIGN_LIMIT = 40_000  # entries x records under one key: beyond it, a cheaper pairing
+_INFINITE = 1 << 400  # above any pairing's cost (a cost is under 2**202)
+
+
+def _cost(entry: Entry, inv: Invocation) -> int:
+    """How much pairing ``entry`` with ``inv`` differs: model, then tokens, then time (ms)."""
+    assert entry.model is not None
+    model = 0 if _same_model(entry.model, inv.model_id) else 1
+    usage = entry.usage
+    tokens = (
+        1 << 62
+        if usage is None
+        else sum(abs(getattr(usage, f) - getattr(inv.usage, f)) for f in _USAGE_FIELDS)
+    )
+    ms = int(abs((inv.time - entry.time).total_seconds()) * 1000)
+    return (model << 200) + (min(tokens, (1 << 62)) << 100) + min(ms, 1 << 90)
+
+
+def _assign(entries: Sequence[Entry], logged: Sequence[Invocation]) -> dict[int, int]:
+    """The pairing of entries to records (indices) of least total :func:`_cost`, as many as can be.
+
+    The Hungarian method (exact) up to :data:`_ASSIGN_LIMIT` candidate pairs; past it, calls
+    with identical model and tokens pair in time order, the rest in time order.
+    """
+    if not entries or not logged:
+        return {}
+    if len(entries) * len(logged) > _ASSIGN_LIMIT:
+        return _assign_large(entries, logged)
+    if len(entries) <= len(logged):
+        rows = _hungarian([[_cost(e, i) for i in logged] for e in entries])
+        return {r: c for r, c in enumerate(rows)}
+    cols = _hungarian([[_cost(e, i) for e in entries] for i in logged])
+    return {c: r for r, c in enumerate(cols)}
+
+
+def _hungarian(cost: list[list[int]]) -> list[int]:
+    """For an n x m matrix (n <= m), the column of each row in a least-cost assignment."""
+    n, m = len(cost), len(cost[0])
+    u, v = [0] * (n + 1), [0] * (m + 1)
+    way, match = [0] * (m + 1), [0] * (m + 1)  # match[j]: the row (1-based) column j holds
+    for i in range(1, n + 1):
+        match[0] = i
+        j0 = 0
+        least = [_INFINITE] * (m + 1)
+        done = [False] * (m + 1)
+        while True:
+            done[j0] = True
+            i0, delta, j1 = match[j0], _INFINITE, 0
+            for j in range(1, m + 1):
+                if done[j]:
+                    continue
+                cur = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                if cur < least[j]:
+                    least[j], way[j] = cur, j0
+                if least[j] < delta:
+                    delta, j1 = least[j], j
+            for j in range(m + 1):
+                if done[j]:
+                    u[match[j]] += delta
+                    v[j] -= delta
+                else:
+                    least[j] -= delta
+            j0 = j1
+            if match[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            match[j0] = match[j1]
+            j0 = j1
+    out = [0] * n
+    for j in range(1, m + 1):
+        if match[j]:
+            out[match[j] - 1] = j - 1
+    return out
+
+
+def _assign_large(entries: Sequence[Entry], logged: Sequence[Invocation]) -> dict[int, int]:
+    buckets: dict[tuple[str, Usage | None], list[int]] = defaultdict(list)
+    for n in sorted(range(len(logged)), key=lambda n: logged[n].time):
+        buckets[(_model_key(logged[n].model_id), logged[n].usage)].append(n)
+    pairs: dict[int, int] = {}
+    order = sorted(range(len(entries)), key=lambda n: entries[n].time)
+    for n in order:
+        model = entries[n].model
+        bucket = buckets.get((_model_key(model or ""), entries[n].usage))
+        if bucket:
+            pairs[n] = bucket.pop(0)
+    rest = sorted({k for b in buckets.values() for k in b}, key=lambda k: logged[k].time)
+    for n, k in zip((n for n in order if n not in pairs), rest, strict=False):
+        pairs[n] = k
+    return pairs
 
 
 # -- the bill -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import zlib
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,9 +24,11 @@ from hypothesis import strategies as st
 from chainkit import ConfigError, Entry, Usage
 from chainkit.finops.reconcile import (
     BillExport,
+    Invocation,
     read_bill,
     read_invocation_logs,
     reconcile_bill,
+    reconcile_invocations,
 )
 from tests.finops.test_reconcile import (
     CATALOGUE,
@@ -281,3 +284,84 @@ def test_a_file_that_is_not_a_bill_is_refused_without_its_contents(tmp_path: Pat
     with pytest.raises(ConfigError) as exc:
         read_bill(tmp_path / "x.csv")
     assert "jane" not in str(exc.value).lower() and "among its 3 columns" in str(exc.value)
+
+
+# -- the join with the invocation logs ------------------------------------------------------------
+
+
+def logged(entry: Entry, seconds: float, usage: Usage | None = None, **extra: Any) -> Invocation:
+    """The record Bedrock logs of ``entry``'s call, ``seconds`` after the entry's time."""
+    assert entry.model is not None
+    used = usage if usage is not None else entry.usage
+    assert used is not None
+    return Invocation(
+        extra.pop("aws", f"aws-{entry.request_id}-{seconds}"),
+        entry.time + timedelta(seconds=seconds),
+        entry.model,
+        used,
+        {"request_id": entry.request_id, "stage": entry.stage},
+        **extra,
+    )
+
+
+def test_a_model_the_catalogue_lacks_is_joined_not_missing() -> None:
+    known = priced("r1", NOVA, Usage(100, 10))
+    new = Entry("r2", "generate", "answered", None, model="amazon.nova-9-ultra-v1:0",
+                usage=Usage(50, 5), time=DAY1 + timedelta(seconds=30))  # fmt: skip
+    result = reconcile_invocations([known, new], [logged(known, 1), logged(new, 1)])
+    assert result.ok and result.matched == 2 and result.ledger_entries == 2
+
+
+def test_calls_under_one_key_pair_by_tokens_not_greedily_by_time() -> None:
+    # A rerun under the same request id and stage: the long first call's record is logged after
+    # the short second call's. Pairing by time alone would report two false mismatches.
+    first = priced("r1", NOVA, Usage(100, 10))
+    second = Entry("r1", "generate", "answered", first.cost, model=NOVA, usage=Usage(300, 30),
+                   time=DAY1 + timedelta(seconds=10))  # fmt: skip
+    records = [logged(first, 20), logged(second, 2)]
+    result = reconcile_invocations([first, second], records)
+    assert result.ok and result.matched == 2
+    # Three of each, shuffled in time: still exactly paired.
+    third = Entry("r1", "generate", "answered", first.cost, model=NOVA, usage=Usage(7, 1),
+                  time=DAY1 + timedelta(seconds=11))  # fmt: skip
+    records = [logged(first, 40), logged(second, -5), logged(third, 0.5)]
+    assert reconcile_invocations([first, second, third], records).ok
+
+
+def test_throttled_attempts_are_not_the_call_and_not_missing() -> None:
+    u = Usage(1_000, 200)
+    call = Entry("r1", "generate", "answered", CATALOGUE.cost(NOVA, u), model=NOVA, usage=u,
+                 time=DAY1, attempts=3)  # fmt: skip
+    throttled = [
+        logged(call, s, Usage(1_000, 0), error_code="ThrottlingException", aws=f"t{s}")
+        for s in (0, 2)
+    ]
+    result = reconcile_invocations([call], [*throttled, logged(call, 5)])
+    assert result.ok and result.matched == 1 and result.failed_attempts == 2
+    # The answered call's own record missing: the throttled attempts do not stand in for it.
+    alone = reconcile_invocations([call], throttled)
+    assert [d.kind for d in alone.differences] == ["missing_in_logs"]
+    # Nothing in the ledger for the request: its failed attempt is listed, with its error.
+    stranger = logged(priced("r9", NOVA, u), 1, error_code="ThrottlingException")
+    [missing] = reconcile_invocations([call], [logged(call, 5), stranger]).differences
+    assert missing.kind == "missing_in_ledger" and "ThrottlingException" in missing.note
+
+
+def test_a_record_delivered_twice_counts_once(tmp_path: Path) -> None:
+    call = priced("r1", NOVA, Usage(1_000, 200))
+    record = logged(call, 1, aws="same-aws-id")
+    result = reconcile_invocations([call], [record, record])
+    assert result.ok and result.matched == 1 and len(result.duplicates) == 1
+    assert "duplicate records ignored" in result.summary()
+
+
+def test_the_ledger_calls_counted_are_those_of_the_window_shown() -> None:
+    inside = priced("r1", NOVA, Usage(100, 10))
+    edge = Entry("r2", "generate", "answered", inside.cost, model=NOVA, usage=Usage(100, 10),
+                 time=DAY1 + timedelta(minutes=8))  # fmt: skip
+    result = reconcile_invocations(
+        [inside, edge], [logged(inside, 1)], since=DAY1 - timedelta(minutes=1),
+        until=DAY1 + timedelta(minutes=5),
+    )  # fmt: skip
+    # r2 is read (within the margin around the window) but not in the window itself.
+    assert result.ledger_entries == 1 and result.ok
