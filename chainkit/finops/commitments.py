@@ -23,15 +23,15 @@ The options, per model and per month (730 hours, AWS's convention for a month):
 Break-even: at the same traffic shape scaled by ``k``, on-demand costs ``k`` times what it costs
 now, and one model unit costs its monthly price. PT breaks even at ``k = unit price / on-demand
 monthly cost``; the break-even traffic is ``k`` times the mean tokens per minute. When capacity
-is known, that is only reachable if one unit serves the busy minutes' p95 of the scaled traffic; if not,
-provisioned throughput never pays off for this traffic shape, and the report says so plainly. A
+is known, that is only reachable if one unit serves the busy minutes' p95 of the scaled
+traffic; if not, provisioned throughput never pays off for this traffic shape, and the report
+says so plainly. A
 provisioned model past its capacity throttles requests (they do not spill over to on-demand),
 so a busiest minute above capacity is reported too.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -51,6 +51,7 @@ from chainkit.finops.reprice import (
     Swap,
     _grid,
     _markdown,
+    _SafeWriter,
     _swap_for,
     _swaps,
     check_format,
@@ -439,7 +440,7 @@ class Commitments:
     def to_csv(self) -> str:
         """A row per model and option; money as exact decimal strings."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = _SafeWriter(out)
         writer.writerow(
             [
                 "model",
@@ -672,7 +673,11 @@ def _size(
     if in_cap is None or out_cap is None:
         if units is None:
             return None, None, ["capacity not given: units not sized, peak not checked"]
-        return units, None, [f"capacity not given: whether {units} unit(s) serve the peak is unknown"]
+        return (
+            units,
+            None,
+            [f"capacity not given: whether {units} unit(s) serve the peak is unknown"],
+        )
     peak_prompt, peak_output = profile.p95_active_prompt_tpm, profile.p95_active_output_tpm
     needed = max(1, math.ceil(peak_prompt / in_cap), math.ceil(peak_output / out_cap))
     count = needed if units is None else units

@@ -45,11 +45,11 @@ import argparse
 import csv
 import decimal
 import functools
-import gzip
 import hashlib
 import io
 import json
 import re
+import sys
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from chainkit.errors import ConfigError
+from chainkit.finops.reprice import csv_safe
 from chainkit.money import ROUNDING, from_units, to_units, usd
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
@@ -158,7 +159,11 @@ def _sources(
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if path.is_file() or file.name.lower().endswith(suffixes):
-            yield str(file), functools.partial(file.open, "rb")
+
+            def opened(file: Path = file) -> BinaryIO:
+                return file.open("rb")
+
+            yield str(file), opened
 
 
 def _s3() -> Any:
@@ -501,8 +506,8 @@ class InvocationReconciliation:
                     stage=d.stage or "",
                     model=d.model or "",
                     usage_type=",".join(d.fields),
-                    ledger_tokens=_usage_text(d.ledger),
-                    aws_tokens=_usage_text(d.logged),
+                    **_usage_cells("ledger", d.ledger),
+                    **_usage_cells("aws", d.logged),
                     aws_id=d.aws_request_id or "",
                     entry_id=d.entry_id or "",
                     note=d.note,
@@ -564,10 +569,21 @@ class InvocationReconciliation:
             f"{kinds['missing_in_ledger']} logged but not in the ledger, "
             f"{kinds['missing_in_logs']} in the ledger but not logged, {kinds['mismatch']} "
             f"with different tokens; {len(self.problems)} unreadable records"
-            + (f"; {self.failed_attempts} failed attempts (not billed)" if self.failed_attempts else "")
+            + (
+                f"; {self.failed_attempts} failed attempts (not billed)"
+                if self.failed_attempts
+                else ""
+            )
             + (f"; {len(self.duplicates)} duplicate records ignored" if self.duplicates else "")
             + "."
         )
+
+
+def _usage_cells(side: str, usage: Usage | None) -> dict[str, str]:
+    """A call's token counts as the CSV's numeric columns (``ledger_input_tokens``...)."""
+    if usage is None:
+        return {}
+    return {f"{side}_{f}": str(getattr(usage, f)) for f in _USAGE_FIELDS}
 
 
 def _usage_text(usage: Usage | None) -> str:
@@ -1695,9 +1711,7 @@ def reconcile_bill(
                 usage_type=cls,
                 ledger_tokens=ledger_tokens,
                 billed_tokens=billed_tokens.get(key, 0 if key not in billed else None),
-                ledger_cost=None
-                if n_unknown or not known_side
-                else from_units(units.get(key, 0)),
+                ledger_cost=None if n_unknown or not known_side else from_units(units.get(key, 0)),
                 billed_cost=billed.get(key, Decimal(0)),
                 unknown_entries=n_unknown,
                 mapped=placed,
@@ -1734,6 +1748,14 @@ CSV_COLUMNS = (
     "usage_type",
     "ledger_tokens",
     "aws_tokens",
+    "ledger_input_tokens",
+    "ledger_output_tokens",
+    "ledger_cache_read_tokens",
+    "ledger_cache_write_tokens",
+    "aws_input_tokens",
+    "aws_output_tokens",
+    "aws_cache_read_tokens",
+    "aws_cache_write_tokens",
     "ledger_cost",
     "aws_cost",
     "difference",
@@ -1742,11 +1764,15 @@ CSV_COLUMNS = (
     "source",
     "note",
 )
-"""The columns of ``chainkit reconcile --format csv``: one row per difference found."""
+"""The columns of ``chainkit reconcile --format csv``: one row per difference found.
+
+Token counts are numbers: ``ledger_tokens``/``aws_tokens`` for a bill row's token class,
+``ledger_input_tokens``... ``aws_cache_write_tokens`` for a call of the invocation logs.
+"""
 
 
 def _row(**cells: str) -> dict[str, str]:
-    return {column: cells.get(column, "") for column in CSV_COLUMNS}
+    return {column: csv_safe(cells.get(column, "")) for column in CSV_COLUMNS}
 
 
 def render(
@@ -1838,9 +1864,14 @@ def render(
     return "\n\n".join(parts)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _table(title: str, head: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool) -> str:
     if not cells:
         return f"{title}\nNo differences."
+    # Ids, stages and notes come from the ledger and the logs: a newline in one would forge rows.
+    cells = [[c.translate(_CONTROL) for c in row] for row in cells]
     if markdown:
 
         def esc(text: str) -> str:
@@ -1905,7 +1936,33 @@ def _run(args: argparse.Namespace) -> tuple[str, int]:
         raise ConfigError(f"{exc}: give an amount in USD, such as --threshold 0.01.") from None
     since = _day(args.since, "--since") if args.since else None
     until = _day(args.until, "--until") if args.until else None
+    if since and until and since > until:
+        raise ConfigError(
+            f"--since {since} is after --until {until}: give the first day, then the last."
+        )
     catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.load()
+    try:
+        return _reconcile(args, since, until, threshold, catalogue)
+    except Exception as exc:
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is not None and isinstance(
+            exc, boto.NoCredentialsError | boto.PartialCredentialsError
+        ):
+            raise ConfigError(
+                f"No AWS credentials to read from S3 ({exc}): set AWS_PROFILE to a configured "
+                "profile, run `aws configure` or `aws sso login`, or download the objects "
+                "(aws s3 cp --recursive) and give their local folder."
+            ) from exc
+        raise
+
+
+def _reconcile(
+    args: argparse.Namespace,
+    since: date | None,
+    until: date | None,
+    threshold: Decimal,
+    catalogue: Catalogue,
+) -> tuple[str, int]:
     invocations = bill = None
     with _open_ledger(args.ledger, args.schema) as ledger:
         if args.invocation_logs:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, Inexact, localcontext
@@ -54,6 +55,7 @@ __all__ = [
     "Repriced",
     "Repricing",
     "Swap",
+    "csv_safe",
     "measure_swap",
     "parse_swap",
     "recorded_tier",
@@ -71,6 +73,8 @@ TIERS: dict[str, Tier] = {
 """Tier names as the command line spells them (``on-demand``) and as the catalogue does."""
 
 FORMATS = ("table", "markdown", "json", "csv")
+MIN_CORPUS_CHARS = 1_000
+"""Below this many characters a measured token-count ratio rests on too little text: a warning."""
 _RATIO_DIGITS = Decimal("0.000001")
 
 
@@ -286,6 +290,7 @@ class Repricing:
             "delta": money(self.delta),
             "unknown_entries": self.unknown,
             "estimated": self.estimated,
+            "warnings": self.warnings,
             "swaps": [
                 {
                     "old": s.old,
@@ -367,10 +372,23 @@ class Repricing:
             )
         return f"Repriced at {self.catalogue}, {where}, tier {self.tier.replace('_', '-')}"
 
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the figures rough: a swap ratio measured on a tiny corpus."""
+        return [
+            f"WARNING: swap {s.old} -> {s.new}: the ratio was measured on {s.corpus_chars:,} "
+            f"characters of {s.corpus}; give a corpus of {MIN_CORPUS_CHARS:,} or more "
+            "(--corpus) for a ratio worth the name."
+            for s in self.swaps
+            if s.corpus and s.corpus_chars < MIN_CORPUS_CHARS
+        ]
+
     def _notes(self) -> list[str]:
-        notes = []
+        notes = list(self.warnings)
         if self.tiers:
-            counts = ", ".join(f"{n:,} {t.replace('_', '-')}" for t, n in sorted(self.tiers.items()))
+            counts = ", ".join(
+                f"{n:,} {t.replace('_', '-')}" for t, n in sorted(self.tiers.items())
+            )
             notes.append(f"entries by tier: {counts}")
         for s in self.swaps:
             line = f"swap {s.old} -> {s.new}: token counts x{s.ratio} ({s.method}"
@@ -401,7 +419,7 @@ class Repricing:
     def to_csv(self) -> str:
         """A row per recorded model, then a total row; money as exact decimal strings."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = _SafeWriter(out)
         writer.writerow(
             [
                 "model",
@@ -455,6 +473,16 @@ class Repricing:
             "json": self.to_json,
             "csv": self.to_csv,
         }[check_format(fmt)]()
+
+
+class _SafeWriter:
+    """``csv.writer`` whose cells pass through :func:`csv_safe`."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self._writer = csv.writer(out, lineterminator="\n")
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_safe(c) for c in row])
 
 
 def check_format(fmt: str) -> str:
@@ -645,13 +673,38 @@ def _swap_for(model: str | None, swaps: Sequence[Swap], cat: Catalogue) -> Swap 
     return None
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def csv_safe(cell: object) -> str:
+    """A CSV cell a spreadsheet will not run: text starting ``= + - @`` gets a leading ``'``.
+
+    Numbers (``-0.25``) are left as they are; model ids, tags and notes come from a ledger or a
+    log anyone may have written to, and a spreadsheet would take ``=HYPERLINK(...)`` for a formula
+    (OWASP, "CSV Injection").
+
+    >>> csv_safe("=1+1"), csv_safe("-0.25"), csv_safe("amazon.nova-micro-v1:0")
+    ("'=1+1", '-0.25', 'amazon.nova-micro-v1:0')
+    """
+    text = str(cell)
+    if text.startswith(_FORMULA) and not _NUMBER.match(text):
+        return "'" + text
+    return text
+
+
 def _signed(amount: Decimal | None) -> str:
     if amount is None:
         return "-"
     return ("+" if amount > 0 else "-" if amount < 0 else "") + usd(abs(amount))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _grid(head: list[str], rows: list[list[str]]) -> str:
+    # Model ids come from the ledger: a newline in one would forge a row of the table.
+    rows = [[c.translate(_CONTROL) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
@@ -664,7 +717,10 @@ def _grid(head: list[str], rows: list[list[str]]) -> str:
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(c.translate(_CONTROL).replace("|", "\\|") for c in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

@@ -272,16 +272,26 @@ def bursts(days: int = 2) -> list[Entry]:
     cost = CAT.cost(EXPRESS, usage)
     return [
         Entry(
-            f"b{d}-{m}", "generate", "answered", cost, model=EXPRESS, usage=usage,
+            f"b{d}-{m}",
+            "generate",
+            "answered",
+            cost,
+            model=EXPRESS,
+            usage=usage,
             time=datetime(2026, 11, 2 + d, 0, m, tzinfo=UTC),
-        )  # fmt: skip
+        )
         for d in range(days)
         for m in range(60)
     ] + [
         Entry(
-            "end", "generate", "answered", CAT.cost(EXPRESS, Usage(1, 1)), model=EXPRESS,
-            usage=Usage(1, 1), time=datetime(2026, 11, 2 + days - 1, 23, 59, tzinfo=UTC),
-        )  # fmt: skip
+            "end",
+            "generate",
+            "answered",
+            CAT.cost(EXPRESS, Usage(1, 1)),
+            model=EXPRESS,
+            usage=Usage(1, 1),
+            time=datetime(2026, 11, 2 + days - 1, 23, 59, tzinfo=UTC),
+        )
     ]
 
 

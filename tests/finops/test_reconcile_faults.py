@@ -7,6 +7,7 @@ invocation logs).
 
 from __future__ import annotations
 
+import csv
 import decimal
 import gzip
 import io
@@ -21,7 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainkit import ConfigError, Entry, Usage
+from chainkit import ConfigError, Entry, SQLiteLedger, Usage
+from chainkit.cli import main
 from chainkit.finops.reconcile import (
     BillExport,
     Invocation,
@@ -30,6 +32,7 @@ from chainkit.finops.reconcile import (
     reconcile_bill,
     reconcile_invocations,
 )
+from chainkit.providers.bedrock import request_metadata
 from tests.finops.test_reconcile import (
     CATALOGUE,
     DAY1,
@@ -106,10 +109,18 @@ def test_a_cost_without_usage_counts_in_the_ledgers_total(tmp_path: Path) -> Non
 
 def test_a_model_the_catalogue_lacks_is_unknown_never_zero(tmp_path: Path) -> None:
     ok = priced("r1", NOVA, Usage(1_000, 200))
-    new = Entry("r4", "generate", "answered", None, model="amazon.nova-9-ultra-v1:0",
-                usage=Usage(1_000, 1_000), time=DAY1)  # fmt: skip
-    text = gzip.decompress(cur_csv_gz([*bill_of([ok]), Line(DAY1, NOVA, "input", 1_000,
-                                                            cost=Decimal(7))])).decode()  # fmt: skip
+    new = Entry(
+        "r4",
+        "generate",
+        "answered",
+        None,
+        model="amazon.nova-9-ultra-v1:0",
+        usage=Usage(1_000, 1_000),
+        time=DAY1,
+    )
+    text = gzip.decompress(
+        cur_csv_gz([*bill_of([ok]), Line(DAY1, NOVA, "input", 1_000, cost=Decimal(7))])
+    ).decode()
     # The last line is the new model's: relabel its usage type.
     head, *rows = text.splitlines()
     rows[-1] = rows[-1].replace("NovaMicro", "Nova9Ultra")
@@ -125,12 +136,22 @@ def test_a_model_the_catalogue_lacks_is_unknown_never_zero(tmp_path: Path) -> No
         ("output", 1_000, None),
     }
     mapped = read_bill(tmp_path / "b.csv", model_map={"Nova9Ultra": "amazon.nova-9-ultra-v1:0"})
-    row = next(r for r in reconcile_bill([ok, new], mapped).rows if r.usage_type == "input"
-               and r.model == "amazon.nova-9-ultra-v1:0")  # fmt: skip
+    row = next(
+        r
+        for r in reconcile_bill([ok, new], mapped).rows
+        if r.usage_type == "input" and r.model == "amazon.nova-9-ultra-v1:0"
+    )
     assert (row.ledger_tokens, row.billed_tokens, row.ledger_cost) == (1_000, 1_000, None)
     # A known cost of a model the catalogue cannot price is counted, in no token class.
-    priced_new = Entry("r5", "generate", "answered", Decimal("0.02"),
-                       model="amazon.nova-9-ultra-v1:0", usage=Usage(10, 10), time=DAY1)  # fmt: skip
+    priced_new = Entry(
+        "r5",
+        "generate",
+        "answered",
+        Decimal("0.02"),
+        model="amazon.nova-9-ultra-v1:0",
+        usage=Usage(10, 10),
+        time=DAY1,
+    )
     known = reconcile_bill([ok, priced_new], mapped)
     assert known.ledger_cost == ok.cost + Decimal("0.02")  # type: ignore[operator]
 
@@ -156,9 +177,15 @@ def test_sums_and_shares_are_exact_to_the_24th_place(
     calls: list[tuple[str, int, int, int, Decimal]],
 ) -> None:
     entries = [
-        Entry(f"r{n}", "generate", "answered", cost, model=model,
-              usage=Usage(inp, out, cache_read_tokens=0 if model == HAIKU else cached),
-              time=DAY1 + timedelta(minutes=n))  # fmt: skip
+        Entry(
+            f"r{n}",
+            "generate",
+            "answered",
+            cost,
+            model=model,
+            usage=Usage(inp, out, cache_read_tokens=0 if model == HAIKU else cached),
+            time=DAY1 + timedelta(minutes=n),
+        )
         for n, (model, inp, out, cached, cost) in enumerate(calls)
     ]
     bill = reconcile_bill(entries, BillExport("cur2", (), None, None, {}, (), 0), "0")
@@ -306,8 +333,15 @@ def logged(entry: Entry, seconds: float, usage: Usage | None = None, **extra: An
 
 def test_a_model_the_catalogue_lacks_is_joined_not_missing() -> None:
     known = priced("r1", NOVA, Usage(100, 10))
-    new = Entry("r2", "generate", "answered", None, model="amazon.nova-9-ultra-v1:0",
-                usage=Usage(50, 5), time=DAY1 + timedelta(seconds=30))  # fmt: skip
+    new = Entry(
+        "r2",
+        "generate",
+        "answered",
+        None,
+        model="amazon.nova-9-ultra-v1:0",
+        usage=Usage(50, 5),
+        time=DAY1 + timedelta(seconds=30),
+    )
     result = reconcile_invocations([known, new], [logged(known, 1), logged(new, 1)])
     assert result.ok and result.matched == 2 and result.ledger_entries == 2
 
@@ -316,22 +350,44 @@ def test_calls_under_one_key_pair_by_tokens_not_greedily_by_time() -> None:
     # A rerun under the same request id and stage: the long first call's record is logged after
     # the short second call's. Pairing by time alone would report two false mismatches.
     first = priced("r1", NOVA, Usage(100, 10))
-    second = Entry("r1", "generate", "answered", first.cost, model=NOVA, usage=Usage(300, 30),
-                   time=DAY1 + timedelta(seconds=10))  # fmt: skip
+    second = Entry(
+        "r1",
+        "generate",
+        "answered",
+        first.cost,
+        model=NOVA,
+        usage=Usage(300, 30),
+        time=DAY1 + timedelta(seconds=10),
+    )
     records = [logged(first, 20), logged(second, 2)]
     result = reconcile_invocations([first, second], records)
     assert result.ok and result.matched == 2
     # Three of each, shuffled in time: still exactly paired.
-    third = Entry("r1", "generate", "answered", first.cost, model=NOVA, usage=Usage(7, 1),
-                  time=DAY1 + timedelta(seconds=11))  # fmt: skip
+    third = Entry(
+        "r1",
+        "generate",
+        "answered",
+        first.cost,
+        model=NOVA,
+        usage=Usage(7, 1),
+        time=DAY1 + timedelta(seconds=11),
+    )
     records = [logged(first, 40), logged(second, -5), logged(third, 0.5)]
     assert reconcile_invocations([first, second, third], records).ok
 
 
 def test_throttled_attempts_are_not_the_call_and_not_missing() -> None:
     u = Usage(1_000, 200)
-    call = Entry("r1", "generate", "answered", CATALOGUE.cost(NOVA, u), model=NOVA, usage=u,
-                 time=DAY1, attempts=3)  # fmt: skip
+    call = Entry(
+        "r1",
+        "generate",
+        "answered",
+        CATALOGUE.cost(NOVA, u),
+        model=NOVA,
+        usage=u,
+        time=DAY1,
+        attempts=3,
+    )
     throttled = [
         logged(call, s, Usage(1_000, 0), error_code="ThrottlingException", aws=f"t{s}")
         for s in (0, 2)
@@ -357,11 +413,91 @@ def test_a_record_delivered_twice_counts_once(tmp_path: Path) -> None:
 
 def test_the_ledger_calls_counted_are_those_of_the_window_shown() -> None:
     inside = priced("r1", NOVA, Usage(100, 10))
-    edge = Entry("r2", "generate", "answered", inside.cost, model=NOVA, usage=Usage(100, 10),
-                 time=DAY1 + timedelta(minutes=8))  # fmt: skip
+    edge = Entry(
+        "r2",
+        "generate",
+        "answered",
+        inside.cost,
+        model=NOVA,
+        usage=Usage(100, 10),
+        time=DAY1 + timedelta(minutes=8),
+    )
     result = reconcile_invocations(
-        [inside, edge], [logged(inside, 1)], since=DAY1 - timedelta(minutes=1),
+        [inside, edge],
+        [logged(inside, 1)],
+        since=DAY1 - timedelta(minutes=1),
         until=DAY1 + timedelta(minutes=5),
-    )  # fmt: skip
+    )
     # r2 is read (within the margin around the window) but not in the window itself.
     assert result.ledger_entries == 1 and result.ok
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def saved(tmp_path: Path, entries: list[Entry]) -> str:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as ledger:
+        for entry in entries:
+            ledger.record(entry)
+    return str(path)
+
+
+def test_cli_refuses_since_after_until(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = saved(tmp_path, [])
+    (tmp_path / "b.csv.gz").write_bytes(cur_csv_gz([Line(DAY1, NOVA, "input", 1)]))
+    args = ["reconcile", db, "--bill", str(tmp_path / "b.csv.gz")]
+    assert main([*args, "--since", "2026-11-28", "--until", "2026-11-27"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--since 2026-11-28 is after --until 2026-11-27" in err
+
+
+def test_cli_csv_has_numeric_token_columns_and_no_formulas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = Entry(
+        '=HYPERLINK("http://x")',
+        "gen\nerate",
+        "answered",
+        Decimal(0),
+        model=NOVA,
+        usage=Usage(100, 10),
+        time=DAY1,
+    )
+    db = saved(tmp_path, [hostile])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    record = {
+        "requestId": "a1",
+        "timestamp": "2026-11-27T10:00:01Z",
+        "modelId": NOVA,
+        "input": {"inputTokenCount": 100},
+        "output": {"outputTokenCount": 12},
+        "requestMetadata": request_metadata(
+            {"request_id": hostile.request_id, "stage": hostile.stage}
+        ),
+    }
+    (logs / "a.json.gz").write_bytes(gzip.compress(json.dumps(record).encode() + b"\n"))
+    args = ["reconcile", db, "--invocation-logs", str(logs)]
+    assert main([*args, "--format", "csv"]) == 1
+    [row] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["kind"] == "mismatch" and row["request_id"] == '\'=HYPERLINK("http://x")'
+    assert (row["ledger_input_tokens"], row["ledger_output_tokens"]) == ("100", "10")
+    assert (row["aws_input_tokens"], row["aws_output_tokens"]) == ("100", "12")
+    assert main(args) == 1
+    table = capsys.readouterr().out
+    assert "gen\\nerate" in table and len(table.strip().splitlines()) == 3  # title, head, row
+
+
+def test_cli_without_aws_credentials_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    db = saved(tmp_path, [])
+    assert main(["reconcile", db, "--bill", "s3://finops/cur/"]) == 2
+    err = capsys.readouterr().err
+    assert "No AWS credentials to read from S3" in err and "--provider" not in err

@@ -373,13 +373,25 @@ def test_default_reprices_each_entry_at_its_recorded_tier_tag(
     usage = Usage(1_000_000, 100_000)
     od = recorded(MICRO, usage, request="od")
     batch = Entry(
-        "bj", "generate", "answered", CAT.cost(MICRO, usage, tier="batch"),
-        model=MICRO, usage=usage, tags={"tier": "batch"}, time=T0,
-    )  # fmt: skip
+        "bj",
+        "generate",
+        "answered",
+        CAT.cost(MICRO, usage, tier="batch"),
+        model=MICRO,
+        usage=usage,
+        tags={"tier": "batch"},
+        time=T0,
+    )
     gold = Entry(
-        "g", "generate", "answered", CAT.cost(MICRO, usage), model=MICRO, usage=usage,
-        tags={"tier": "gold"}, time=T0,
-    )  # fmt: skip
+        "g",
+        "generate",
+        "answered",
+        CAT.cost(MICRO, usage),
+        model=MICRO,
+        usage=usage,
+        tags={"tier": "gold"},
+        time=T0,
+    )
     ledger = filled(store, [od, batch, gold])
     result = reprice(ledger)
     assert result.recorded_cost == Decimal("0.1225")  # 0.049 + 0.0245 + 0.049
@@ -393,3 +405,17 @@ def test_default_reprices_each_entry_at_its_recorded_tier_tag(
     assert main(["reprice", str(path), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["tier"] == "recorded" and data["cost"] == data["recorded_cost"] == "0.0735"
+
+
+def test_a_tiny_corpus_warns_and_csv_cells_cannot_be_formulas() -> None:
+    entry = recorded(SONNET4, Usage(1_000, 100))
+    result = reprice([entry], swaps={SONNET4: LARGE}, corpus=("tiny.txt", ["Hello there."]))
+    assert result.warnings and "measured on 12 characters of tiny.txt" in result.warnings[0]
+    assert result.warnings[0] in result.to_table()
+    assert json.loads(result.to_json())["warnings"] == result.warnings
+    assert not reprice([entry], swaps={SONNET4: LARGE}).warnings  # the demo traffic is ample
+    hostile = Entry(
+        "r", "generate", "answered", None, model="=cmd|' /C calc'!A0", usage=Usage(1, 1), time=T0
+    )
+    lines = reprice([hostile]).to_csv().splitlines()
+    assert lines[1].startswith("'=cmd|")
