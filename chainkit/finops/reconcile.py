@@ -56,13 +56,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from chainkit.errors import ConfigError
 from chainkit.finops.reprice import csv_safe
-from chainkit.money import ROUNDING, from_units, to_units, usd
+from chainkit.money import CONTEXT, ROUNDING, from_units, to_units, usd
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
 from chainkit.records import Entry, Usage
@@ -859,6 +858,8 @@ def _assign(entries: Sequence[Entry], logged: Sequence[Invocation]) -> dict[int,
     """
     if not entries or not logged:
         return {}
+    if len(entries) == 1 and len(logged) == 1:
+        return {0: 0}  # the common case: one call, one record
     if len(entries) * len(logged) > _ASSIGN_LIMIT:
         return _assign_large(entries, logged)
     if len(entries) <= len(logged):
@@ -1570,7 +1571,29 @@ def _class_tokens(usage: Usage) -> dict[str, int]:
     }
 
 
-def _split_units(entry: Entry, catalogue: Catalogue) -> dict[str, int] | None:
+def _int_rates(catalogue: Catalogue, model: str) -> dict[str, int] | None:
+    """The catalogue's per-class rates of ``model`` as integers in one common scale.
+
+    Shares are proportional to tokens x rate: scaling every rate alike changes no share, and
+    integers make the split exact and fast. ``None`` if the catalogue has no price for it.
+    """
+    try:
+        price = catalogue.price(model)
+    except ConfigError:
+        return None
+    rates = {
+        "input": price.input,
+        "output": price.output,
+        "cache_read": price.cache_read if price.cache_read is not None else price.input,
+        "cache_write": price.cache_write if price.cache_write is not None else price.input,
+    }
+    places = max(-min(0, int(r.as_tuple().exponent)) for r in rates.values())
+    return {c: int(r.scaleb(places, CONTEXT)) for c, r in rates.items()}
+
+
+def _split_units(
+    entry: Entry, catalogue: Catalogue, cache: dict[str, dict[str, int] | None] | None = None
+) -> dict[str, int] | None:
     """``entry.cost`` in whole 1e-24 USD shared among its token classes by their list cost.
 
     ``None`` when it cannot be shared: no usage, no priced tokens, or no catalogue price.
@@ -1580,20 +1603,16 @@ def _split_units(entry: Entry, catalogue: Catalogue) -> dict[str, int] | None:
     assert entry.cost is not None and entry.model is not None
     if entry.usage is None:
         return None
-    units = to_units(entry.cost)
-    try:
-        price = catalogue.price(entry.model)
-    except ConfigError:
+    cache = {} if cache is None else cache
+    if entry.model not in cache:
+        cache[entry.model] = _int_rates(catalogue, entry.model)
+    rates = cache[entry.model]
+    if rates is None:
         return None
+    units = to_units(entry.cost)
     tokens = _class_tokens(entry.usage)
-    rates = {
-        "input": price.input,
-        "output": price.output,
-        "cache_read": price.cache_read if price.cache_read is not None else price.input,
-        "cache_write": price.cache_write if price.cache_write is not None else price.input,
-    }
-    weights = {c: Fraction(tokens[c]) * Fraction(rates[c]) for c in TOKEN_CLASSES if tokens[c]}
-    total = sum(weights.values(), Fraction(0))
+    weights = {c: tokens[c] * rates[c] for c in TOKEN_CLASSES if tokens[c]}
+    total = sum(weights.values())
     if not total:
         return None
     heaviest = max(weights, key=lambda c: weights[c])
@@ -1652,6 +1671,7 @@ def reconcile_bill(
     no_usage: dict[tuple[date, str], int] = defaultdict(int)
     ledger_units = 0
     ledger_unknown = False
+    rate_cache: dict[str, dict[str, int] | None] = {}
     for entry in _entries(ledger):
         if entry.model is None or not where(entry):
             continue
@@ -1672,7 +1692,7 @@ def reconcile_bill(
         ledger_units += to_units(entry.cost)
         if not entry.cost:
             continue
-        shares = _split_units(entry, catalogue)
+        shares = _split_units(entry, catalogue, rate_cache)
         if shares is None:
             # Counted, never dropped: the cost is the ledger's even where no class can hold it.
             unclassified[(day, model)] += 1
