@@ -34,9 +34,11 @@ Two sources, two questions:
   ("Understanding your Amazon Bedrock Cost and Usage Report data",
   https://docs.aws.amazon.com/bedrock/latest/userguide/cost-mgmt-understanding-cur-data.html).
 
-Money is ``Decimal``. A ledger entry whose cost is unknown (``None``) is never counted as $0:
-the day and model it falls in shows the ledger's cost as unknown, and the row is listed whenever
-AWS billed anything there, so the bill tells what the call really cost.
+Money is ``Decimal``, summed exactly. A ledger entry whose cost is unknown (``None``) is never
+counted as $0: the day and model it falls in shows the ledger's cost as unknown, and the row is
+listed whenever AWS billed anything there, so the bill tells what the call really cost. A known
+cost no token class can hold (no usage recorded, a model the catalogue cannot price) is counted
+in its day and model's ``unclassified`` row. Token differences are listed whatever they cost.
 """
 
 from __future__ import annotations
@@ -1622,13 +1624,20 @@ def _split_units(
 
 
 def _bedrock_like(model: str) -> bool:
-    """Whether ``model`` is spelled as a Bedrock model id or ARN (``provider.name...``)."""
+    """Whether ``model`` is spelled as a Bedrock model id or ARN (``provider.name...``).
+
+    >>> [_bedrock_like(m) for m in ("amazon.nova-9-v1:0", "eu.ai21.jamba-2", "gpt-4.1")]
+    [True, True, False]
+    >>> [_bedrock_like(m) for m in ("llama3.2", "claude-3-haiku", "qwen2.5:7b")]
+    [False, False, False]
+    """
     return bool(_BEDROCK_ID.match(model))
 
 
 # A Bedrock model id is "<provider>.<name>", maybe behind a geography prefix ("us.", "global.")
-# or inside an ARN; "gpt-4.1" and "claude-3-haiku" (other vendors' own APIs) are not.
-_BEDROCK_ID = re.compile(r"^(?:arn:aws[\w-]*:bedrock:|(?:[a-z]{2,6}\.)?[a-z][a-z0-9]*\.[a-z0-9])")
+# or inside an ARN; "gpt-4.1", "claude-3-haiku" (other vendors' own APIs) and "llama3.2" (a
+# local model's tag) are not.
+_BEDROCK_ID = re.compile(r"^(?:arn:aws[\w-]*:bedrock:|(?:[a-z]{2,6}\.)?[a-z][a-z0-9]+\.[a-z])")
 
 
 def reconcile_bill(
