@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -419,3 +420,25 @@ def test_a_tiny_corpus_warns_and_csv_cells_cannot_be_formulas() -> None:
     )
     lines = reprice([hostile]).to_csv().splitlines()
     assert lines[1].startswith("'=cmd|")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(MODELS), usages, st.sampled_from(TIERS)), min_size=1, max_size=20
+    ),
+    region=st.sampled_from(REGIONS),
+)
+def test_a_ledger_of_mixed_tiers_reprices_to_its_recorded_cost_without_a_tier(
+    calls: list[tuple[str, Usage, str]], region: str | None
+) -> None:
+    entries = []
+    for model, usage, tier in calls:
+        entry = recorded(model, usage, region=region, tier=tier)
+        # As chainkit records them: a batch (or flex, priority) call carries its tier as a tag.
+        tags = {} if tier == "on_demand" else {"tier": tier}
+        entries.append(dataclasses.replace(entry, tags=tags))
+    result = reprice(entries, region=region)
+    assert [r.cost for r in result.rows] == [r.recorded_cost for r in result.rows]
+    assert result.cost == result.recorded_cost
+    assert sum(result.tiers.values()) == len(entries)
