@@ -302,6 +302,7 @@ class Commitments:
             "input_tpm_per_unit": self.input_tpm_per_unit,
             "output_tpm_per_unit": self.output_tpm_per_unit,
             "units": self.units,
+            "warnings": self.warnings,
             "swaps": [
                 {"old": s.old, "new": s.new, "token_ratio": str(s.ratio)} for s in self.swaps
             ],
@@ -391,15 +392,20 @@ class Commitments:
             else f"{m.model}: no calls"
         )
 
-    def _legend(self) -> list[str]:
-        out = []
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the monthly figures rough: a ledger spanning less than a day."""
         short = [m for m in self.models if 0 < m.profile.minutes < SHORT_SPAN_MINUTES]
-        if short:
-            spans = ", ".join(f"{m.model} {m.profile.minutes:,} min" for m in short)
-            out.append(
-                f"WARNING: the ledger spans less than a day ({spans}): scaling it to a month "
-                "assumes that stretch repeats all month; record a day or more of traffic."
-            )
+        if not short:
+            return []
+        spans = ", ".join(f"{m.model} {m.profile.minutes:,} min" for m in short)
+        return [
+            f"WARNING: the ledger spans less than a day ({spans}): scaling it to a month "
+            "assumes that stretch repeats all month; record a day or more of traffic."
+        ]
+
+    def _legend(self) -> list[str]:
+        out = self.warnings
         if self.input_tpm_per_unit is None:
             what = (
                 "PT rows show the price of one unit."

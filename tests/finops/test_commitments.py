@@ -327,4 +327,5 @@ def test_short_spans_warn_and_unchecked_units_say_so() -> None:
     assert "PT rows price the 3 unit(s) given, unchecked" in table
     assert "show one unit" not in table
     assert "WARNING: the ledger spans less than a day" in table  # 100 minutes
+    assert json.loads(result.to_json())["warnings"] == result.warnings != []
     assert "WARNING" not in commitments(bursts()).to_table()
