@@ -2,7 +2,9 @@
 
 For each model the ledger called (after any ``--swap``), the traffic profile is read from the
 entries' times: tokens per minute over the ledger's span (first to last minute, idle minutes
-included), its mean, p95 and busiest minute, and the mean by hour of day (UTC). Prompt tokens
+included), its mean, p95 and busiest minute, the p95 of the busy minutes (those with calls: the
+peak capacity must serve, which idle minutes would hide in a burst), and the mean by hour of day
+(UTC). Prompt tokens
 (input, cache read and cache write) and output tokens are kept apart, as a model unit's capacity
 is stated for each.
 
@@ -21,15 +23,15 @@ The options, per model and per month (730 hours, AWS's convention for a month):
 Break-even: at the same traffic shape scaled by ``k``, on-demand costs ``k`` times what it costs
 now, and one model unit costs its monthly price. PT breaks even at ``k = unit price / on-demand
 monthly cost``; the break-even traffic is ``k`` times the mean tokens per minute. When capacity
-is known, that is only reachable if one unit serves the p95 peak of the scaled traffic; if not,
-provisioned throughput never pays off for this traffic shape, and the report says so plainly. A
+is known, that is only reachable if one unit serves the busy minutes' p95 of the scaled
+traffic; if not, provisioned throughput never pays off for this traffic shape, and the report
+says so plainly. A
 provisioned model past its capacity throttles requests (they do not spill over to on-demand),
 so a busiest minute above capacity is reported too.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -49,6 +51,7 @@ from chainkit.finops.reprice import (
     Swap,
     _grid,
     _markdown,
+    _SafeWriter,
     _swap_for,
     _swaps,
     check_format,
@@ -75,6 +78,7 @@ __all__ = [
 Term = Literal["none", "1-month", "6-month"]
 HOURS_PER_MONTH = 730
 MINUTES_PER_MONTH = HOURS_PER_MONTH * 60
+SHORT_SPAN_MINUTES = 24 * 60  # under a day, a month's figures rest on one stretch of traffic
 TIER_OPTIONS: tuple[Tier, ...] = ("on_demand", "batch", "flex", "priority")
 
 
@@ -168,6 +172,16 @@ class TrafficProfile:
     max_prompt_tpm: int
     max_output_tpm: int
     by_hour: Mapping[int, Decimal]
+    active_minutes: int = 0
+    """Minutes with at least one call."""
+    p95_active_prompt_tpm: int = 0
+    """The p95 of prompt tokens per minute over the active minutes only: the peak to serve.
+
+    Over the whole span a bursty profile's p95 is 0 (most minutes idle); capacity must still
+    serve the busy minutes, so units are sized and checked against this.
+    """
+    p95_active_output_tpm: int = 0
+    """The p95 of output tokens per minute over the active minutes."""
 
     @property
     def tokens(self) -> int:
@@ -219,6 +233,9 @@ def traffic_profile(model: str, usage_at: Iterable[tuple[datetime, int, int]]) -
         max_prompt_tpm=max(prompt.values()),
         max_output_tpm=max(output.values()),
         by_hour=by_hour,
+        active_minutes=len(totals),
+        p95_active_prompt_tpm=_p95(prompt.values(), len(prompt)),
+        p95_active_output_tpm=_p95(output.values(), len(output)),
     )
 
 
@@ -285,6 +302,7 @@ class Commitments:
             "input_tpm_per_unit": self.input_tpm_per_unit,
             "output_tpm_per_unit": self.output_tpm_per_unit,
             "units": self.units,
+            "warnings": self.warnings,
             "swaps": [
                 {"old": s.old, "new": s.new, "token_ratio": str(s.ratio)} for s in self.swaps
             ],
@@ -302,6 +320,9 @@ class Commitments:
                         "max_tpm": m.profile.max_tpm,
                         "p95_prompt_tpm": m.profile.p95_prompt_tpm,
                         "p95_output_tpm": m.profile.p95_output_tpm,
+                        "active_minutes": m.profile.active_minutes,
+                        "p95_active_prompt_tpm": m.profile.p95_active_prompt_tpm,
+                        "p95_active_output_tpm": m.profile.p95_active_output_tpm,
                         "max_prompt_tpm": m.profile.max_prompt_tpm,
                         "max_output_tpm": m.profile.max_output_tpm,
                         "mean_tpm_by_hour_utc": {
@@ -340,7 +361,9 @@ class Commitments:
         rows = []
         for o in m.options:
             vs = "-"
-            if o.monthly is not None and m.on_demand:
+            if o.serves_peak is False:
+                vs = "cannot serve"  # a saving the units cannot deliver is no saving
+            elif o.monthly is not None and m.on_demand:
                 with localcontext(QUOTIENT):
                     vs = f"{100 * (o.monthly - m.on_demand) / m.on_demand:+.1f}%"
             rows.append(
@@ -361,23 +384,45 @@ class Commitments:
         hours = ", ".join(f"{h:02d}h {v:,.0f}" for h, v in peak_hours)
         return (
             f"{m.model}{' (estimated tokens)' if m.estimated else ''}: {p.minutes:,} min from "
-            f"{p.start:%Y-%m-%d %H:%M} UTC; tokens/min mean {p.mean_tpm:,.1f}, p95 {p.p95_tpm:,} "
-            f"(prompt {p.p95_prompt_tpm:,}, output {p.p95_output_tpm:,}), busiest minute "
+            f"{p.start:%Y-%m-%d %H:%M} UTC ({p.active_minutes:,} with calls); tokens/min mean "
+            f"{p.mean_tpm:,.1f}, p95 {p.p95_tpm:,}, p95 of the busy minutes prompt "
+            f"{p.p95_active_prompt_tpm:,} output {p.p95_active_output_tpm:,}, busiest minute "
             f"{p.max_tpm:,}; busiest hours of day (mean TPM): {hours}"
             if p.start is not None
             else f"{m.model}: no calls"
         )
 
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the monthly figures rough: a ledger spanning less than a day."""
+        short = [m for m in self.models if 0 < m.profile.minutes < SHORT_SPAN_MINUTES]
+        if not short:
+            return []
+        spans = ", ".join(f"{m.model} {m.profile.minutes:,} min" for m in short)
+        return [
+            f"WARNING: the ledger spans less than a day ({spans}): scaling it to a month "
+            "assumes that stretch repeats all month; record a day or more of traffic."
+        ]
+
     def _legend(self) -> list[str]:
+        out = self.warnings
         if self.input_tpm_per_unit is None:
+            what = (
+                "PT rows show the price of one unit."
+                if self.units is None
+                else f"PT rows price the {self.units} unit(s) given, unchecked."
+            )
             return [
+                *out,
                 "Model-unit capacity: not given. AWS does not publish the tokens per minute a "
                 "model unit serves; give --input-tpm-per-unit and --output-tpm-per-unit (from "
-                "your AWS account team) to size units and check the peak. PT rows show one unit."
+                f"your AWS account team) to size units and check the peak. {what}",
             ]
         return [
+            *out,
             f"Model-unit capacity (given): {self.input_tpm_per_unit:,} prompt and "
-            f"{self.output_tpm_per_unit:,} output tokens per minute."
+            f"{self.output_tpm_per_unit:,} output tokens per minute; units are sized for the p95 "
+            "of the busy minutes (minutes with calls).",
         ]
 
     def to_table(self) -> str:
@@ -401,7 +446,7 @@ class Commitments:
     def to_csv(self) -> str:
         """A row per model and option; money as exact decimal strings."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = _SafeWriter(out)
         writer.writerow(
             [
                 "model",
@@ -589,7 +634,7 @@ def _provisioned(
         count, serves, notes = _size(profile, in_cap, out_cap, units)
         monthly = None if count is None else unit_month * count
         if count is None:
-            notes.insert(0, f"one unit ${money(unit_month)}/month")
+            notes.insert(0, f"one unit {usd(unit_month)}/month")
         break_even = None
         if on_demand is not None and on_demand > 0 and profile.mean_tpm > 0:
             with localcontext(QUOTIENT):
@@ -597,13 +642,13 @@ def _provisioned(
                 break_even = +(scale * profile.mean_tpm)
             if in_cap is not None and out_cap is not None:
                 need = max(
-                    scale * profile.p95_prompt_tpm / in_cap,
-                    scale * profile.p95_output_tpm / out_cap,
+                    scale * profile.p95_active_prompt_tpm / in_cap,
+                    scale * profile.p95_active_output_tpm / out_cap,
                 )
                 if need > 1:
                     notes.append(
                         "never pays off for this traffic shape: at break-even one unit cannot "
-                        "serve the p95 peak"
+                        "serve the p95 of the busy minutes"
                     )
         elif on_demand is None:
             notes.append("on-demand cost unknown: no break-even")
@@ -626,22 +671,29 @@ def _provisioned(
 def _size(
     profile: TrafficProfile, in_cap: int | None, out_cap: int | None, units: int | None
 ) -> tuple[int | None, bool | None, list[str]]:
-    """Units to buy, whether they serve the p95 peak, and what to say about it."""
+    """Units to buy, whether they serve the p95 peak, and what to say about it.
+
+    The peak is the p95 of the active minutes (minutes with calls): idle minutes need no
+    capacity, and counting them would let a burst's p95 fall to 0.
+    """
     if in_cap is None or out_cap is None:
-        return units, None, ["capacity not given: peak not checked"]
-    needed = max(
-        1,
-        math.ceil(profile.p95_prompt_tpm / in_cap),
-        math.ceil(profile.p95_output_tpm / out_cap),
-    )
+        if units is None:
+            return None, None, ["capacity not given: units not sized, peak not checked"]
+        return (
+            units,
+            None,
+            [f"capacity not given: whether {units} unit(s) serve the peak is unknown"],
+        )
+    peak_prompt, peak_output = profile.p95_active_prompt_tpm, profile.p95_active_output_tpm
+    needed = max(1, math.ceil(peak_prompt / in_cap), math.ceil(peak_output / out_cap))
     count = needed if units is None else units
     notes = []
-    serves = count * in_cap >= profile.p95_prompt_tpm and count * out_cap >= profile.p95_output_tpm
+    serves = count * in_cap >= peak_prompt and count * out_cap >= peak_output
     if not serves:
         notes.append(
             f"CANNOT serve the p95 peak: {count} unit(s) give {count * in_cap:,} prompt and "
-            f"{count * out_cap:,} output TPM; the p95 peak is {profile.p95_prompt_tpm:,} prompt "
-            f"and {profile.p95_output_tpm:,} output TPM; {needed} unit(s) needed"
+            f"{count * out_cap:,} output TPM; the p95 of the busy minutes is {peak_prompt:,} "
+            f"prompt and {peak_output:,} output TPM; {needed} unit(s) needed"
         )
     elif count * in_cap < profile.max_prompt_tpm or count * out_cap < profile.max_output_tpm:
         notes.append(

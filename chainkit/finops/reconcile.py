@@ -34,9 +34,11 @@ Two sources, two questions:
   ("Understanding your Amazon Bedrock Cost and Usage Report data",
   https://docs.aws.amazon.com/bedrock/latest/userguide/cost-mgmt-understanding-cur-data.html).
 
-Money is ``Decimal``. A ledger entry whose cost is unknown (``None``) is never counted as $0:
-the day and model it falls in shows the ledger's cost as unknown, and the row is listed whenever
-AWS billed anything there, so the bill tells what the call really cost.
+Money is ``Decimal``, summed exactly. A ledger entry whose cost is unknown (``None``) is never
+counted as $0: the day and model it falls in shows the ledger's cost as unknown, and the row is
+listed whenever AWS billed anything there, so the bill tells what the call really cost. A known
+cost no token class can hold (no usage recorded, a model the catalogue cannot price) is counted
+in its day and model's ``unclassified`` row. Token differences are listed whatever they cost.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ import argparse
 import csv
 import decimal
 import functools
-import gzip
+import hashlib
 import io
 import json
 import re
+import sys
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -56,10 +59,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from chainkit.errors import ConfigError
-from chainkit.money import ROUNDING, usd
+from chainkit.finops.reprice import csv_safe
+from chainkit.money import CONTEXT, ROUNDING, from_units, to_units, usd
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
 from chainkit.records import Entry, Usage
@@ -93,6 +97,11 @@ TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
 Format = Literal["table", "markdown", "json", "csv"]
 DiffKind = Literal["missing_in_ledger", "missing_in_logs", "mismatch"]
 
+# Bill amounts are summed exactly: a cost is refused at reading if it has more digits than any
+# bill carries, so 300 digits hold any sum of them.
+_EXACT = decimal.Context(
+    prec=300, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow]
+)
 _SLACK = timedelta(minutes=5)  # a ledger entry's time is taken before the call is sent
 _BILLABLE = frozenset({"answered", "passed"})
 
@@ -121,8 +130,8 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 def _sources(
     where: str | Path, suffixes: tuple[str, ...], s3_client: Any | None
-) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """``(name, read)`` for every object or file under ``where`` whose name ends in a suffix."""
+) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
+    """``(name, open)`` for every object or file under ``where`` whose name ends in a suffix."""
     if _is_s3(where):
         assert isinstance(where, str)
         bucket, prefix = _split_s3(where)
@@ -138,9 +147,10 @@ def _sources(
         for key in sorted(keys):
             if key.lower().endswith(suffixes):
 
-                def read(key: str = key) -> bytes:
+                def read(key: str = key) -> BinaryIO:
+                    # The object as stored (compressed): its decompressed lines are streamed.
                     body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-                    return body
+                    return io.BytesIO(body)
 
                 yield f"s3://{bucket}/{key}", read
         return
@@ -150,7 +160,11 @@ def _sources(
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if path.is_file() or file.name.lower().endswith(suffixes):
-            yield str(file), file.read_bytes
+
+            def opened(file: Path = file) -> BinaryIO:
+                return file.open("rb")
+
+            yield str(file), opened
 
 
 def _s3() -> Any:
@@ -161,21 +175,95 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
-def _lines(name: str, data: bytes, problems: list[Problem]) -> Iterator[tuple[int, bytes]]:
-    """Numbered lines of ``data``, gunzipped if it is gzip; a truncated stream is a problem."""
-    if data[:2] != b"\x1f\x8b":
-        yield from enumerate(data.splitlines(), 1)
+_CHUNK = 1 << 16
+LINE_LIMIT = 1 << 20
+"""The longest bill line or log record read (bytes); a longer one is reported, not read.
+
+A Bedrock bill line is a few kilobytes and a log record stores bodies over 100 KB apart, so a
+longer line is damage or a decompression bomb: reading stays within this much memory.
+"""
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """``stream`` a chunk at a time, gunzipped if it starts with gzip's magic bytes.
+
+    Decompressed here rather than by ``gzip.GzipFile``, which loses what it decompressed in a
+    read that meets the end of a stream cut short: every byte before the break is yielded, then
+    ``EOFError``. Each chunk is at most 64 KiB, whatever the compression ratio.
+    """
+    head = stream.read(2)
+    stream.seek(0)
+    if head != b"\x1f\x8b":
+        while chunk := stream.read(_CHUNK):
+            yield chunk
         return
+    inflate = zlib.decompressobj(31)
+    fresh = True
+    pending = b""
+    while True:
+        if not pending:
+            pending = stream.read(_CHUNK)
+            if not pending:
+                break
+        fresh = False
+        out = inflate.decompress(pending, _CHUNK)
+        if inflate.eof:  # a member ends; concatenated members follow (gzip allows it)
+            pending = inflate.unused_data
+            inflate, fresh = zlib.decompressobj(31), True
+        else:
+            pending = inflate.unconsumed_tail
+        if out:
+            yield out
+    if not fresh and not inflate.eof:
+        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+
+
+def _lines(
+    name: str, stream: BinaryIO, problems: list[Problem], limit: int = LINE_LIMIT
+) -> Iterator[tuple[int, bytes | None]]:
+    """Numbered lines of ``stream`` (gunzipped if gzip), read a chunk at a time.
+
+    A line longer than ``limit`` bytes is reported and yielded as ``None`` without being held
+    in memory; a gzip stream cut short keeps the lines before the break and reports the rest.
+    """
     number = 0
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            for number, line in enumerate(stream, 1):
-                yield number, line
-    except (EOFError, OSError, zlib.error) as exc:
-        # Records before the break were read; the rest of the object is lost.
-        problems.append(
-            Problem(name, f"gzip stream broken after line {number} ({exc}); the rest is unread")
-        )
+    pending = bytearray()
+    skipping = False
+
+    def finish(tail: bytes) -> tuple[int, bytes | None]:
+        nonlocal skipping
+        if skipping or len(pending) + len(tail) > limit:
+            skipping = False
+            problems.append(
+                Problem(f"{name}:{number}", f"line longer than {limit:,} bytes: not read")
+            )
+            return number, None
+        line = bytes(pending) + tail
+        return number, line[:-1] if line.endswith(b"\r") else line
+
+    with stream:
+        try:
+            for chunk in _chunks(stream):
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    number += 1
+                    yield finish(chunk[start:end])
+                    pending.clear()
+                    start = end + 1
+                if not skipping:
+                    pending += chunk[start:]
+                    if len(pending) > limit:
+                        skipping = True  # the rest of this line is dropped as it arrives
+                        pending.clear()
+        except (EOFError, OSError, zlib.error) as exc:
+            # Records before the break were read; the rest of the object is lost.
+            problems.append(
+                Problem(name, f"gzip stream broken after line {number} ({exc}); the rest is unread")
+            )
+            return
+    if pending or skipping:
+        number += 1
+        yield finish(b"")
 
 
 # -- invocation logs ----------------------------------------------------------------------------
@@ -311,7 +399,7 @@ def read_invocation_logs(where: str | Path, *, s3_client: Any | None = None) -> 
     for name, read in _sources(where, (".json.gz", ".json", ".jsonl", ".jsonl.gz"), s3_client):
         files += 1
         for number, raw in _lines(name, read(), problems):
-            if not raw.strip():
+            if raw is None or not raw.strip():
                 continue
             source = f"{name}:{number}"
             try:
@@ -376,7 +464,9 @@ def _differing(ledger: Usage | None, logged: Usage) -> tuple[str, ...]:
 
 def _default_where(catalogue: Catalogue) -> Callable[[Entry], bool]:
     def bedrock(entry: Entry) -> bool:
-        return entry.model is not None and entry.model in catalogue
+        # A model the catalogue lacks (a new one) is still a Bedrock call when it is spelled as
+        # one: leaving it out would show its day as $0 in the ledger.
+        return entry.model is not None and (entry.model in catalogue or _bedrock_like(entry.model))
 
     return bedrock
 
@@ -393,6 +483,11 @@ class InvocationReconciliation:
     problems: tuple[Problem, ...]
     since: datetime | None
     until: datetime | None
+    duplicates: tuple[Problem, ...] = ()
+    """Records whose AWS ``requestId`` was read before (delivered twice): counted once."""
+    failed_attempts: int = 0
+    """Records of failed attempts (``errorCode``: throttled, refused) of calls the ledger has:
+    AWS does not bill them, and the ledger's entry for the call stands for them."""
 
     @property
     def ok(self) -> bool:
@@ -412,8 +507,8 @@ class InvocationReconciliation:
                     stage=d.stage or "",
                     model=d.model or "",
                     usage_type=",".join(d.fields),
-                    ledger_tokens=_usage_text(d.ledger),
-                    aws_tokens=_usage_text(d.logged),
+                    **_usage_cells("ledger", d.ledger),
+                    **_usage_cells("aws", d.logged),
                     aws_id=d.aws_request_id or "",
                     entry_id=d.entry_id or "",
                     note=d.note,
@@ -422,6 +517,10 @@ class InvocationReconciliation:
         rows.extend(
             _row(section="invocations", kind="unreadable", source=p.source, note=p.reason)
             for p in self.problems
+        )
+        rows.extend(
+            _row(section="invocations", kind="duplicate", source=p.source, note=p.reason)
+            for p in self.duplicates
         )
         return rows
 
@@ -451,6 +550,8 @@ class InvocationReconciliation:
                 for d in self.differences
             ],
             "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+            "duplicates": [{"source": p.source, "reason": p.reason} for p in self.duplicates],
+            "failed_attempts": self.failed_attempts,
         }
 
     def summary(self) -> str:
@@ -468,8 +569,22 @@ class InvocationReconciliation:
             f"{self.ledger_entries} ledger calls{window}; {self.matched} matched, "
             f"{kinds['missing_in_ledger']} logged but not in the ledger, "
             f"{kinds['missing_in_logs']} in the ledger but not logged, {kinds['mismatch']} "
-            f"with different tokens; {len(self.problems)} unreadable records."
+            f"with different tokens; {len(self.problems)} unreadable records"
+            + (
+                f"; {self.failed_attempts} failed attempts (not billed)"
+                if self.failed_attempts
+                else ""
+            )
+            + (f"; {len(self.duplicates)} duplicate records ignored" if self.duplicates else "")
+            + "."
         )
+
+
+def _usage_cells(side: str, usage: Usage | None) -> dict[str, str]:
+    """A call's token counts as the CSV's numeric columns (``ledger_input_tokens``...)."""
+    if usage is None:
+        return {}
+    return {f"{side}_{f}": str(getattr(usage, f)) for f in _USAGE_FIELDS}
 
 
 def _usage_text(usage: Usage | None) -> str:
@@ -512,12 +627,39 @@ def reconcile_invocations(
     unknown cost (the call may have run) is matched if a record has it, and a match is reported
     with the logged tokens, but its absence is not a difference. Log records without chainkit's
     ``request_id`` come from other applications: counted in ``not_chainkit``, never a difference.
-    Within one request id and stage, entries and records are paired by model, then in time order.
+    Within one request id and stage, entries and records are paired so that the pairs differ
+    least (model, then tokens, then time: :func:`_pair`); failed attempts (``errorCode``) pair
+    only with failed entries, and are otherwise counted in ``failed_attempts`` when the ledger
+    has the call. A record whose AWS ``requestId`` was read before is counted once
+    (``duplicates``). Entries of models the catalogue lacks are joined when a record names them.
     Entries of Bedrock batch jobs (tagged ``tier=batch``) are left out: a batch record is sent
     without ``requestMetadata``, so nothing joins it; the bill still counts them.
     """
-    invocations = list(logs.invocations if isinstance(logs, InvocationLogs) else logs)
     problems = logs.problems if isinstance(logs, InvocationLogs) else ()
+    invocations = []
+    duplicates = []
+    first_seen: dict[str, Invocation] = {}
+    for inv in logs.invocations if isinstance(logs, InvocationLogs) else logs:
+        # Log delivery can repeat an object (or a record): one requestId is one invocation.
+        before = first_seen.get(inv.aws_request_id)
+        if before is None:
+            first_seen[inv.aws_request_id] = inv
+        else:
+            same = (before.usage, before.model_id, before.metadata) == (
+                inv.usage,
+                inv.model_id,
+                inv.metadata,
+            )
+            duplicates.append(
+                Problem(
+                    inv.source or inv.aws_request_id,
+                    f"requestId {inv.aws_request_id} already read at {before.source}"
+                    + ("" if same else " with other contents")
+                    + ": counted once",
+                )
+            )
+            continue
+        invocations.append(inv)
     where = where or _default_where(catalogue or Catalogue.load())
     if invocations:
         since = since or min(i.time for i in invocations) - _SLACK
@@ -544,19 +686,23 @@ def reconcile_invocations(
     counted = 0
     for entry in _entries(ledger):
         # A batch job's records carry no requestMetadata (chainkit tags their entries
-        # tier=batch): no log record can be joined to them.
-        if not where(entry) or entry.tags.get("tier") == "batch":
+        # tier=batch): no log record can be joined to them. An entry a record names by its
+        # request id and stage is a Bedrock call whatever its model.
+        key = (entry.request_id, entry.stage)
+        if entry.tags.get("tier") == "batch" or not (where(entry) or key in ours):
             continue
         if not inside(entry.time, low, high):
             continue
         billable = entry.outcome in _BILLABLE
         maybe = entry.outcome == "failed" and entry.cost is None
         if billable or maybe:
-            entries[(entry.request_id, entry.stage)].append(entry)
-            counted += billable
+            entries[key].append(entry)
+            # Counted over the window reported, not the margin read around it.
+            counted += billable and inside(entry.time, since, until)
 
     differences: list[InvocationDifference] = []
     matched = 0
+    failed_attempts = 0
     for key in sorted(set(ours) | set(entries)):
         logged = sorted(ours.get(key, ()), key=lambda i: i.time)
         recorded = sorted(entries.get(key, ()), key=lambda e: e.time)
@@ -581,6 +727,11 @@ def reconcile_invocations(
                     )
                 continue
             if maybe_entry is None:
+                if rec.error_code is not None and recorded:
+                    # A throttled or refused attempt of a call the ledger has: not billed, and
+                    # the ledger's entry (with its attempts) stands for the call.
+                    failed_attempts += inside(rec.time, since, until)
+                    continue
                 differences.append(
                     InvocationDifference(
                         "missing_in_ledger",
@@ -599,6 +750,8 @@ def reconcile_invocations(
             matched += 1
             entry = maybe_entry
             assert entry is not None and entry.model is not None
+            if rec.error_code is not None:
+                continue  # a failed entry and a failed attempt: both say the call failed
             fields = _differing(entry.usage, rec.usage)
             if not _same_model(entry.model, rec.model_id):
                 fields = ("model", *fields)
@@ -634,6 +787,8 @@ def reconcile_invocations(
         problems=tuple(problems),
         since=since,
         until=until,
+        duplicates=tuple(duplicates),
+        failed_attempts=failed_attempts,
     )
 
 
@@ -645,21 +800,133 @@ def _entries(ledger: Iterable[Entry] | Any) -> Iterator[Entry]:
 def _pair(
     entries: Sequence[Entry], logged: Sequence[Invocation]
 ) -> Iterator[tuple[Entry | None, Invocation | None]]:
-    """Pair entries with records of the same model in time order; leftovers pair with None."""
-    free = list(logged)
-    for entry in entries:
-        assert entry.model is not None
-        same = [i for i in free if _same_model(entry.model, i.model_id)]
-        pool = same or free
-        if pool:
-            # The record closest in time: retries and reruns put several calls under one key.
-            best = min(pool, key=lambda i: abs((i.time - entry.time).total_seconds()))
-            free.remove(best)
-            yield entry, best
-        else:
+    """Pair entries with records of one request id and stage; leftovers pair with ``None``.
+
+    Successful records are paired first, as many as can be, choosing the pairing that differs
+    least: in model first, then in tokens, then in time (a rerun or a retry puts several calls
+    under one key, and a long call's record can come after a later short one's). Failed
+    attempts (``errorCode``) are then paired only with failed entries: a throttled attempt is
+    never the record of a call that was answered.
+    """
+    succeeded = [i for i in logged if i.error_code is None]
+    attempts = [i for i in logged if i.error_code is not None]
+    pairs = _assign(entries, succeeded)
+    left = [e for n, e in enumerate(entries) if n not in pairs]
+    failed = [e for e in left if e.outcome == "failed"]
+    second = _assign(failed, attempts)
+    used = set(pairs.values())
+    for n, entry in enumerate(entries):
+        if n in pairs:
+            yield entry, succeeded[pairs[n]]
+    for n, entry in enumerate(failed):
+        if n in second:
+            yield entry, attempts[second[n]]
+    paired_failed = {id(failed[n]) for n in second}
+    for entry in left:
+        if id(entry) not in paired_failed:
             yield entry, None
-    for inv in free:
-        yield None, inv
+    for n, inv in enumerate(succeeded):
+        if n not in used:
+            yield None, inv
+    used_attempts = set(second.values())
+    for n, inv in enumerate(attempts):
+        if n not in used_attempts:
+            yield None, inv
+
+
+_ASSIGN_LIMIT = 40_000  # entries x records under one key: beyond it, a cheaper pairing
+_INFINITE = 1 << 400  # above any pairing's cost (a cost is under 2**202)
+
+
+def _cost(entry: Entry, inv: Invocation) -> int:
+    """How much pairing ``entry`` with ``inv`` differs: model, then tokens, then time (ms)."""
+    assert entry.model is not None
+    model = 0 if _same_model(entry.model, inv.model_id) else 1
+    usage = entry.usage
+    tokens = (
+        1 << 62
+        if usage is None
+        else sum(abs(getattr(usage, f) - getattr(inv.usage, f)) for f in _USAGE_FIELDS)
+    )
+    ms = int(abs((inv.time - entry.time).total_seconds()) * 1000)
+    return (model << 200) + (min(tokens, (1 << 62)) << 100) + min(ms, 1 << 90)
+
+
+def _assign(entries: Sequence[Entry], logged: Sequence[Invocation]) -> dict[int, int]:
+    """The pairing of entries to records (indices) of least total :func:`_cost`, as many as can be.
+
+    The Hungarian method (exact) up to :data:`_ASSIGN_LIMIT` candidate pairs; past it, calls
+    with identical model and tokens pair in time order, the rest in time order.
+    """
+    if not entries or not logged:
+        return {}
+    if len(entries) == 1 and len(logged) == 1:
+        return {0: 0}  # the common case: one call, one record
+    if len(entries) * len(logged) > _ASSIGN_LIMIT:
+        return _assign_large(entries, logged)
+    if len(entries) <= len(logged):
+        rows = _hungarian([[_cost(e, i) for i in logged] for e in entries])
+        return {r: c for r, c in enumerate(rows)}
+    cols = _hungarian([[_cost(e, i) for e in entries] for i in logged])
+    return {c: r for r, c in enumerate(cols)}
+
+
+def _hungarian(cost: list[list[int]]) -> list[int]:
+    """For an n x m matrix (n <= m), the column of each row in a least-cost assignment."""
+    n, m = len(cost), len(cost[0])
+    u, v = [0] * (n + 1), [0] * (m + 1)
+    way, match = [0] * (m + 1), [0] * (m + 1)  # match[j]: the row (1-based) column j holds
+    for i in range(1, n + 1):
+        match[0] = i
+        j0 = 0
+        least = [_INFINITE] * (m + 1)
+        done = [False] * (m + 1)
+        while True:
+            done[j0] = True
+            i0, delta, j1 = match[j0], _INFINITE, 0
+            for j in range(1, m + 1):
+                if done[j]:
+                    continue
+                cur = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                if cur < least[j]:
+                    least[j], way[j] = cur, j0
+                if least[j] < delta:
+                    delta, j1 = least[j], j
+            for j in range(m + 1):
+                if done[j]:
+                    u[match[j]] += delta
+                    v[j] -= delta
+                else:
+                    least[j] -= delta
+            j0 = j1
+            if match[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            match[j0] = match[j1]
+            j0 = j1
+    out = [0] * n
+    for j in range(1, m + 1):
+        if match[j]:
+            out[match[j] - 1] = j - 1
+    return out
+
+
+def _assign_large(entries: Sequence[Entry], logged: Sequence[Invocation]) -> dict[int, int]:
+    buckets: dict[tuple[str, Usage | None], list[int]] = defaultdict(list)
+    for n in sorted(range(len(logged)), key=lambda n: logged[n].time):
+        buckets[(_model_key(logged[n].model_id), logged[n].usage)].append(n)
+    pairs: dict[int, int] = {}
+    order = sorted(range(len(entries)), key=lambda n: entries[n].time)
+    for n in order:
+        model = entries[n].model
+        bucket = buckets.get((_model_key(model or ""), entries[n].usage))
+        if bucket:
+            pairs[n] = bucket.pop(0)
+    rest = sorted({k for b in buckets.values() for k in b}, key=lambda k: logged[k].time)
+    for n, k in zip((n for n in order if n not in pairs), rest, strict=False):
+        pairs[n] = k
+    return pairs
 
 
 # -- the bill -----------------------------------------------------------------------------------
@@ -695,6 +962,8 @@ class BillExport:
     skipped: Mapping[str, int]
     problems: tuple[Problem, ...]
     files: int
+    duplicates: tuple[Problem, ...] = ()
+    """Lines identical to one read before (the same export under two prefixes): ignored."""
 
 
 _CUR_COLUMNS = {
@@ -708,6 +977,7 @@ _CUR_COLUMNS = {
     "unit": ("pricing_unit",),
     "cost": ("line_item_unblended_cost",),
     "resource": ("line_item_resource_id",),
+    "currency": ("line_item_currency_code",),
 }
 _FOCUS_COLUMNS = {
     "start": ("ChargePeriodStart",),
@@ -720,6 +990,7 @@ _FOCUS_COLUMNS = {
     "unit": ("PricingUnit", "ConsumedUnit"),
     "cost": ("BilledCost",),
     "resource": ("ResourceId",),
+    "currency": ("BillingCurrency",),
 }
 # CUR line item types that are usage (the rest are credits, taxes, fees, refunds...).
 _CUR_USAGE = frozenset({"Usage", "DiscountedUsage", "SavingsPlanCoveredUsage"})
@@ -841,6 +1112,15 @@ def _decimal(value: object, what: str) -> Decimal:
     return number
 
 
+def _bill_amount(value: object) -> Decimal:
+    """A bill line's cost; more digits than a bill carries is damage, not money."""
+    cost = _decimal(value, "cost")
+    exponent = cost.as_tuple().exponent
+    if cost and (cost.adjusted() > 14 or (isinstance(exponent, int) and exponent < -40)):
+        raise ValueError(f"cost is {value!r}: not an amount a bill carries")
+    return cost
+
+
 def _tokens(amount: Decimal, unit: object) -> int | None:
     match = _UNIT.match(str(unit or ""))
     if match is None:
@@ -853,20 +1133,81 @@ def _tokens(amount: Decimal, unit: object) -> int | None:
         return int((amount * scale).to_integral_value())
 
 
-def _rows(name: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _rows(
+    name: str, stream: BinaryIO, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line or row number, row)`` of a CSV (gzip or not) or Parquet bill, streamed.
+
+    A CSV line that is not UTF-8, is longer than :data:`LINE_LIMIT`, has a field over the csv
+    module's limit or a number of fields other than the header's is reported with its line and
+    the rest is read; a Parquet file is read a batch of rows at a time.
+    """
     if name.lower().endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise ConfigError(
-                f"{name} is Parquet, which needs pyarrow: pip install 'chainkit[finops]' (or "
-                "export the bill as CSV)."
-            ) from exc
-        yield from pq.read_table(io.BytesIO(data)).to_pylist()
+        yield from _parquet_rows(name, stream, problems)
         return
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    yield from csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+
+    def text(lines: Iterator[tuple[int, bytes | None]]) -> Iterator[str]:
+        for number, raw in lines:
+            if raw is None:
+                yield "\n"  # reported by _lines; an empty line is skipped below
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(
+                    Problem(f"{name}:{number}", f"not UTF-8 (byte {exc.start + 1}): not read")
+                )
+                yield "\n"
+                continue
+            yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
+
+    reader = csv.reader(text(_lines(name, stream, problems)))
+    header: list[str] | None = None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(Problem(f"{name}:{reader.line_num}", f"unreadable CSV: {exc}"[:300]))
+            continue
+        if not fields:
+            continue
+        if header is None:
+            header = fields
+        elif len(fields) != len(header):
+            problems.append(
+                Problem(
+                    f"{name}:{reader.line_num}",
+                    f"{len(fields)} fields where the header has {len(header)}: not read",
+                )
+            )
+        else:
+            yield reader.line_num, dict(zip(header, fields, strict=True))
+
+
+def _parquet_rows(
+    name: str, stream: BinaryIO, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise ConfigError(
+            f"{name} is Parquet, which needs pyarrow: pip install 'chainkit[finops]' (or "
+            "export the bill as CSV)."
+        ) from exc
+    number = 0
+    with stream:
+        try:
+            for batch in pq.ParquetFile(stream).iter_batches(batch_size=10_000):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        except Exception as exc:  # pyarrow's errors: not a Parquet file, truncated
+            if type(exc).__module__.split(".")[0] != "pyarrow":
+                raise
+            where = name if not number else f"{name} after row {number}"
+            problems.append(Problem(where, f"unreadable Parquet: {exc}"[:300]))
 
 
 def read_bill(
@@ -897,29 +1238,21 @@ def read_bill(
     last: date | None = None
     kind: Literal["cur2", "focus"] | None = None
     files = 0
+    seen: dict[str, str] = {}
+    duplicates: list[Problem] = []
     for name, read in _sources(where, (".csv", ".csv.gz", ".parquet", ".gz"), s3_client):
         files += 1
-        try:
-            rows = list(_rows(name, read()))
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
-            problems.append(Problem(name, f"unreadable: {exc}"[:300]))
-            continue
-        except Exception as exc:  # pyarrow's errors: not a Parquet file, truncated
-            if isinstance(exc, ConfigError) or type(exc).__module__.split(".")[0] != "pyarrow":
-                raise
-            problems.append(Problem(name, f"unreadable Parquet: {exc}"[:300]))
-            continue
-        if not rows:
-            continue
-        this = _kind(rows[0], name)
-        if kind is not None and this != kind:
-            raise ConfigError(
-                f"{name} is a {this} export but earlier files were {kind}: point --bill at one "
-                "export's folder."
-            )
-        kind = this
-        columns = _CUR_COLUMNS if kind == "cur2" else _FOCUS_COLUMNS
-        for number, row in enumerate(rows, 2):  # CSV line numbers: the header is line 1
+        columns: Mapping[str, tuple[str, ...]] | None = None
+        for number, row in _rows(name, read(), problems):
+            if columns is None:
+                this = _kind(row, name)
+                if kind is not None and this != kind:
+                    raise ConfigError(
+                        f"{name} is a {this} export but earlier files were {kind}: point --bill "
+                        "at one export's folder."
+                    )
+                kind = this
+                columns = _CUR_COLUMNS if kind == "cur2" else _FOCUS_COLUMNS
             source = f"{name}:{number}"
             try:
                 start = _timestamp(_cell(row, columns["start"]), "usage start")
@@ -946,8 +1279,16 @@ def read_bill(
                 ):
                     skipped[f"Bedrock {line_type or 'untyped'} lines"] += 1
                     continue
+                currency = str(_cell(row, columns["currency"]) or "USD").strip().upper()
+                if currency != "USD":
+                    # The ledger is in USD; a rate chainkit guessed would be a wrong amount.
+                    raise ConfigError(
+                        f"{source}: the bill's costs are in {currency}, the ledger's in USD; "
+                        "chainkit converts no currency. Reconcile an export whose costs are in "
+                        f"USD ({columns['currency'][0]} USD)."
+                    )
                 raw_type = str(_cell(row, columns["usage_type"]) or "")
-                cost = _decimal(_cell(row, columns["cost"]), "cost")
+                cost = _bill_amount(_cell(row, columns["cost"]))
                 amount = _cell(row, columns["amount"])
                 tokens = (
                     None
@@ -962,6 +1303,15 @@ def read_bill(
             except ValueError as exc:
                 problems.append(Problem(source, str(exc)[:300]))
                 continue
+            # The same export under two prefixes (or delivered twice) would bill its lines twice:
+            # a line identical in every column to one read before is a duplicate.
+            digest = hashlib.blake2b(
+                json.dumps(row, sort_keys=True, default=str).encode(), digest_size=16
+            ).hexdigest()
+            if digest in seen:
+                duplicates.append(Problem(source, f"identical to {seen[digest]}: not counted"))
+                continue
+            seen[digest] = source
             cls = usage_class(raw_type)
             lines.append(
                 BillLine(
@@ -988,6 +1338,7 @@ def read_bill(
         skipped=dict(skipped),
         problems=tuple(problems),
         files=files,
+        duplicates=tuple(duplicates),
     )
 
 
@@ -996,9 +1347,10 @@ def _kind(row: Mapping[str, Any], name: str) -> Literal["cur2", "focus"]:
         return "cur2"
     if "ChargePeriodStart" in row:
         return "focus"
+    # The columns are not named: a file without a header would show its first record's values.
     raise ConfigError(
         f"{name} is neither a CUR 2.0 export (no line_item_usage_type column) nor a FOCUS 1.2 "
-        f"one (no ChargePeriodStart); its columns start {sorted(row)[:6]}. Export CUR 2.0 or "
+        f"one (no ChargePeriodStart column) among its {len(row)} columns. Export CUR 2.0 or "
         "FOCUS 1.2 from AWS Data Exports."
     )
 
@@ -1008,28 +1360,43 @@ class BillRow:
     """One UTC day, model and token class: what the ledger recorded and what AWS billed.
 
     ``ledger_cost`` is the ledger's cost of those tokens: each entry's cost shared among its
-    token classes in proportion to the catalogue's rates (so a day's classes add up to exactly
-    what its entries cost). It is ``None`` when an entry of that day and model has an unknown
-    cost. ``difference`` is billed less ledger (``None`` when the ledger's cost is unknown).
+    token classes in proportion to the catalogue's rates (in whole 1e-24 USD, so a day's rows add
+    up to exactly what its entries cost). An entry whose cost cannot be shared (it has no token
+    usage, or its model is not in the catalogue) has its cost in the day and model's
+    ``unclassified`` row. ``ledger_cost`` is ``None`` when an entry of that day and model has an
+    unknown cost, or when the bill's model label is not placed (``mapped`` false): chainkit then
+    does not know what the ledger holds against it. ``ledger_tokens`` is ``None`` when unknown
+    (an unplaced label, the ``unclassified`` row). ``difference`` is billed less ledger
+    (``None`` when the ledger's cost is unknown).
     """
 
     day: date
     model: str
     usage_type: str
-    ledger_tokens: int
+    ledger_tokens: int | None
     billed_tokens: int | None
     ledger_cost: Decimal | None
     billed_cost: Decimal
     unknown_entries: int = 0
     mapped: bool = True
+    billed_lines: int = 0
+    unclassified_entries: int = 0
+    no_usage_entries: int = 0
 
     @property
     def difference(self) -> Decimal | None:
         """Billed less recorded; ``None`` when the ledger's cost is unknown."""
         if self.ledger_cost is None:
             return None
-        with decimal.localcontext(ROUNDING):
+        with decimal.localcontext(_EXACT):
             return self.billed_cost - self.ledger_cost
+
+    @property
+    def token_difference(self) -> int | None:
+        """Billed less recorded tokens; ``None`` when either count is unknown."""
+        if self.ledger_tokens is None or self.billed_tokens is None:
+            return None
+        return self.billed_tokens - self.ledger_tokens
 
     def note(self) -> str:
         """Why the row is listed, for people."""
@@ -1037,16 +1404,36 @@ class BillRow:
         if not self.mapped:
             parts.append(
                 f"model label {self.model!r} is not in the catalogue: map it with --model-map "
-                f"'{self.model}=<model id>'"
+                f"'{self.model}=<model id>'; the ledger's side is unknown"
             )
         if self.unknown_entries:
             parts.append(
                 f"{self.unknown_entries} ledger entries of unknown cost on this day and model; "
                 f"AWS billed {usd(self.billed_cost)}"
             )
-        if self.billed_tokens is not None and self.billed_tokens != self.ledger_tokens:
-            parts.append(f"tokens differ by {self.billed_tokens - self.ledger_tokens:+,}")
+        if self.usage_type == "unclassified":
+            parts.append(
+                f"{self.unclassified_entries} ledger entries whose cost cannot be placed in a "
+                "token class (no token usage, or a model the catalogue cannot price): compare "
+                "this model's day as a whole"
+            )
+        elif self.unclassified_entries:
+            parts.append(
+                f"{self.unclassified_entries} entries of this day and model are in its "
+                "'unclassified' row"
+            )
+        if self.no_usage_entries and self.usage_type != "unclassified":
+            parts.append(
+                f"{self.no_usage_entries} entries of this day and model recorded no token "
+                "usage: the ledger's tokens are a lower bound"
+            )
+        diff = self.token_difference
+        if diff:
+            parts.append(f"tokens differ by {diff:+,}")
         return "; ".join(parts)
+
+
+BillDiffKind = Literal["unknown", "difference", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -1062,19 +1449,30 @@ class BillReconciliation:
     problems: tuple[Problem, ...]
     ledger_cost: Decimal | None
     billed_cost: Decimal
+    duplicates: tuple[Problem, ...] = ()
+
+    def kind_of(self, row: BillRow) -> BillDiffKind | None:
+        """Why ``row`` is listed, or ``None`` if it is not.
+
+        ``unknown``: the ledger's cost is unknown and AWS billed a line there (or the tokens
+        differ); ``difference``: the costs differ by more than the threshold; ``tokens``: the
+        token counts differ (whatever the costs do: tokens billed at no extra cost are still
+        tokens the ledger did not record).
+        """
+        diff = row.difference
+        tokens = row.token_difference
+        if diff is None:
+            return "unknown" if row.billed_lines or tokens else None
+        if abs(diff) > self.threshold:
+            return "difference"
+        if tokens:
+            return "tokens"
+        return None
 
     @property
     def discrepancies(self) -> tuple[BillRow, ...]:
-        """Rows whose difference exceeds the threshold, or whose ledger cost is unknown."""
-        out = []
-        for row in self.rows:
-            diff = row.difference
-            if diff is None:
-                if row.billed_cost > self.threshold:
-                    out.append(row)
-            elif abs(diff) > self.threshold:
-                out.append(row)
-        return tuple(out)
+        """Rows listed: see :meth:`kind_of`."""
+        return tuple(row for row in self.rows if self.kind_of(row) is not None)
 
     @property
     def ok(self) -> bool:
@@ -1088,23 +1486,28 @@ class BillReconciliation:
             if self.first_day and self.last_day
             else "no days"
         )
+        kinds: dict[str, int] = defaultdict(int)
+        for row in self.rows:
+            kinds[str(self.kind_of(row))] += 1
+        dupes = f"; {len(self.duplicates)} duplicate lines ignored" if self.duplicates else ""
         return (
             f"Bill ({self.kind}, {period}): AWS billed {usd(self.billed_cost)} for Bedrock, the "
-            f"ledger recorded {usd(self.ledger_cost)}; {len(self.discrepancies)} of "
-            f"{len(self.rows)} day x model x usage rows differ by more than "
-            f"{usd(self.threshold)}; {len(self.problems)} unreadable lines."
+            f"ledger recorded {usd(self.ledger_cost)}; of {len(self.rows)} day x model x usage "
+            f"rows, {kinds['difference']} differ by more than {usd(self.threshold)}, "
+            f"{kinds['tokens']} in tokens only, {kinds['unknown']} with the ledger's cost "
+            f"unknown; {len(self.problems)} unreadable lines{dupes}."
         )
 
     def to_rows(self) -> list[dict[str, str]]:
-        """One row per discrepancy and per unreadable line (the CSV columns)."""
+        """One row per discrepancy, unreadable and duplicate line (the CSV columns)."""
         rows = [
             _row(
                 section="bill",
-                kind="unknown" if r.difference is None else "difference",
+                kind=str(self.kind_of(r)),
                 when=r.day.isoformat(),
                 model=r.model,
                 usage_type=r.usage_type,
-                ledger_tokens=str(r.ledger_tokens),
+                ledger_tokens="" if r.ledger_tokens is None else str(r.ledger_tokens),
                 aws_tokens="" if r.billed_tokens is None else str(r.billed_tokens),
                 ledger_cost=_exact(r.ledger_cost),
                 aws_cost=_exact(r.billed_cost),
@@ -1117,6 +1520,10 @@ class BillReconciliation:
             _row(section="bill", kind="unreadable", source=p.source, note=p.reason)
             for p in self.problems
         )
+        rows.extend(
+            _row(section="bill", kind="duplicate", source=p.source, note=p.reason)
+            for p in self.duplicates
+        )
         return rows
 
     def to_json_data(self) -> dict[str, Any]:
@@ -1127,6 +1534,7 @@ class BillReconciliation:
                 "day": r.day.isoformat(),
                 "model": r.model,
                 "usage_type": r.usage_type,
+                "kind": self.kind_of(r),
                 "ledger_tokens": r.ledger_tokens,
                 "billed_tokens": r.billed_tokens,
                 "ledger_cost": _exact(r.ledger_cost) or None,
@@ -1148,6 +1556,7 @@ class BillReconciliation:
             "discrepancies": [row(r) for r in self.discrepancies],
             "rows": [row(r) for r in self.rows],
             "problems": [{"source": p.source, "reason": p.reason} for p in self.problems],
+            "duplicates": [{"source": p.source, "reason": p.reason} for p in self.duplicates],
         }
 
 
@@ -1164,28 +1573,71 @@ def _class_tokens(usage: Usage) -> dict[str, int]:
     }
 
 
-def _split_cost(entry: Entry, catalogue: Catalogue) -> dict[str, Decimal]:
-    """``entry.cost`` shared among its token classes in proportion to their list cost."""
-    assert entry.cost is not None and entry.usage is not None and entry.model is not None
-    tokens = _class_tokens(entry.usage)
-    price = catalogue.price(entry.model)
+def _int_rates(catalogue: Catalogue, model: str) -> dict[str, int] | None:
+    """The catalogue's per-class rates of ``model`` as integers in one common scale.
+
+    Shares are proportional to tokens x rate: scaling every rate alike changes no share, and
+    integers make the split exact and fast. ``None`` if the catalogue has no price for it.
+    """
+    try:
+        price = catalogue.price(model)
+    except ConfigError:
+        return None
     rates = {
         "input": price.input,
         "output": price.output,
         "cache_read": price.cache_read if price.cache_read is not None else price.input,
         "cache_write": price.cache_write if price.cache_write is not None else price.input,
     }
-    with decimal.localcontext(ROUNDING):
-        weights = {c: tokens[c] * rates[c] for c in TOKEN_CLASSES if tokens[c]}
-        total = sum(weights.values(), Decimal(0))
-        if not total:
-            # No priced tokens (a per-request fee alone): it is billed with the input.
-            return {"input": entry.cost}
-        shares = {c: entry.cost * w / total for c, w in weights.items()}
-        # The last class takes the remainder, so the shares add up to the entry's cost exactly.
-        *rest, final = shares
-        shares[final] = entry.cost - sum((shares[c] for c in rest), Decimal(0))
-        return shares
+    places = max(-min(0, int(r.as_tuple().exponent)) for r in rates.values())
+    return {c: int(r.scaleb(places, CONTEXT)) for c, r in rates.items()}
+
+
+def _split_units(
+    entry: Entry, catalogue: Catalogue, cache: dict[str, dict[str, int] | None] | None = None
+) -> dict[str, int] | None:
+    """``entry.cost`` in whole 1e-24 USD shared among its token classes by their list cost.
+
+    ``None`` when it cannot be shared: no usage, no priced tokens, or no catalogue price.
+    Every class but the heaviest takes the floor of its exact share and the heaviest the rest,
+    so the shares are never negative and add up to the entry's cost exactly.
+    """
+    assert entry.cost is not None and entry.model is not None
+    if entry.usage is None:
+        return None
+    cache = {} if cache is None else cache
+    if entry.model not in cache:
+        cache[entry.model] = _int_rates(catalogue, entry.model)
+    rates = cache[entry.model]
+    if rates is None:
+        return None
+    units = to_units(entry.cost)
+    tokens = _class_tokens(entry.usage)
+    weights = {c: tokens[c] * rates[c] for c in TOKEN_CLASSES if tokens[c]}
+    total = sum(weights.values())
+    if not total:
+        return None
+    heaviest = max(weights, key=lambda c: weights[c])
+    shares = {c: int(units * w // total) for c, w in weights.items() if c != heaviest}
+    shares[heaviest] = units - sum(shares.values())
+    return shares
+
+
+def _bedrock_like(model: str) -> bool:
+    """Whether ``model`` is spelled as a Bedrock model id or ARN (``provider.name...``).
+
+    >>> [_bedrock_like(m) for m in ("amazon.nova-9-v1:0", "eu.ai21.jamba-2", "gpt-4.1")]
+    [True, True, False]
+    >>> [_bedrock_like(m) for m in ("llama3.2", "claude-3-haiku", "qwen2.5:7b")]
+    [False, False, False]
+    """
+    return bool(_BEDROCK_ID.match(model))
+
+
+# A Bedrock model id is "<provider>.<name>", maybe behind a geography prefix ("us.", "global.")
+# or inside an ARN; "gpt-4.1", "claude-3-haiku" (other vendors' own APIs) and "llama3.2" (a
+# local model's tag) are not.
+_BEDROCK_ID = re.compile(r"^(?:arn:aws[\w-]*:bedrock:|(?:[a-z]{2,6}\.)?[a-z][a-z0-9]+\.[a-z])")
 
 
 def reconcile_bill(
@@ -1203,12 +1655,14 @@ def reconcile_bill(
     Args:
         ledger: any chainkit ledger (read with ``iter_entries``) or entries.
         export: what :func:`read_bill` read.
-        threshold: list rows whose billed and recorded costs differ by more than this (USD).
+        threshold: list rows whose billed and recorded costs differ by more than this (USD);
+            rows whose token counts differ, or whose ledger cost is unknown where AWS billed,
+            are listed whatever the threshold.
         since: first day compared; by default the export's first day (any service's).
         until: last day compared; by default the export's last day: AWS bills a day late, so
             later entries are not yet on the bill.
         where: which entries are Bedrock calls; by default those whose model the Bedrock
-            catalogue knows.
+            catalogue knows or whose id is spelled as a Bedrock model id.
         catalogue: resolves model ids and shares an entry's cost among its token classes.
     """
     threshold = _decimal(threshold, "threshold")
@@ -1220,8 +1674,13 @@ def reconcile_bill(
     first = since or export.first_day
     last = until or export.last_day
     tokens: dict[tuple[date, str, str], int] = defaultdict(int)
-    costs: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    units: dict[tuple[date, str, str], int] = defaultdict(int)
     unknown: dict[tuple[date, str], int] = defaultdict(int)
+    unclassified: dict[tuple[date, str], int] = defaultdict(int)
+    no_usage: dict[tuple[date, str], int] = defaultdict(int)
+    ledger_units = 0
+    ledger_unknown = False
+    rate_cache: dict[str, dict[str, int] | None] = {}
     for entry in _entries(ledger):
         if entry.model is None or not where(entry):
             continue
@@ -1229,53 +1688,68 @@ def reconcile_bill(
         if (first and day < first) or (last and day > last):
             continue
         model = models.canonical(entry.model)
+        if entry.usage is None:
+            no_usage[(day, model)] += 1
+        else:
+            for cls, count in _class_tokens(entry.usage).items():
+                if count:
+                    tokens[(day, model, cls)] += count
         if entry.cost is None:
             unknown[(day, model)] += 1
-        if entry.usage is None:
+            ledger_unknown = True
             continue
-        for cls, count in _class_tokens(entry.usage).items():
-            if count:
-                tokens[(day, model, cls)] += count
-        if entry.cost is not None and entry.cost:
-            for cls, share in _split_cost(entry, catalogue).items():
-                with decimal.localcontext(ROUNDING):
-                    costs[(day, model, cls)] += share
+        ledger_units += to_units(entry.cost)
+        if not entry.cost:
+            continue
+        shares = _split_units(entry, catalogue, rate_cache)
+        if shares is None:
+            # Counted, never dropped: the cost is the ledger's even where no class can hold it.
+            unclassified[(day, model)] += 1
+            units[(day, model, "unclassified")] += to_units(entry.cost)
+            continue
+        for cls, share in shares.items():
+            units[(day, model, cls)] += share
     billed_tokens: dict[tuple[date, str, str], int | None] = {}
     billed: dict[tuple[date, str, str], Decimal] = defaultdict(Decimal)
+    lines: dict[tuple[date, str, str], int] = defaultdict(int)
     mapped: dict[tuple[date, str, str], bool] = {}
     for line in export.lines:
         if (first and line.day < first) or (last and line.day > last):
             continue
         key = (line.day, line.model, line.usage_type)
-        with decimal.localcontext(ROUNDING):
+        with decimal.localcontext(_EXACT):
             billed[key] += line.cost
+        lines[key] += 1
         before = billed_tokens.get(key, 0)
         billed_tokens[key] = None if before is None or line.tokens is None else before + line.tokens
         mapped[key] = line.mapped
-    keys = sorted(set(tokens) | set(costs) | set(billed))
+    keys = sorted(set(tokens) | set(units) | set(billed))
     rows = []
     for key in keys:
         day, model, cls = key
         n_unknown = unknown.get((day, model), 0)
+        placed = mapped.get(key, True)
+        known_side = placed or key in tokens or key in units
+        ledger_tokens: int | None = tokens.get(key, 0)
+        if cls == "unclassified" or not known_side:
+            ledger_tokens = None
         rows.append(
             BillRow(
                 day=day,
                 model=model,
                 usage_type=cls,
-                ledger_tokens=tokens.get(key, 0),
+                ledger_tokens=ledger_tokens,
                 billed_tokens=billed_tokens.get(key, 0 if key not in billed else None),
-                ledger_cost=None if n_unknown else costs.get(key, Decimal(0)),
+                ledger_cost=None if n_unknown or not known_side else from_units(units.get(key, 0)),
                 billed_cost=billed.get(key, Decimal(0)),
                 unknown_entries=n_unknown,
-                mapped=mapped.get(key, True),
+                mapped=placed,
+                billed_lines=lines.get(key, 0),
+                unclassified_entries=unclassified.get((day, model), 0),
+                no_usage_entries=no_usage.get((day, model), 0),
             )
         )
-    with decimal.localcontext(ROUNDING):
-        ledger_total = (
-            None
-            if any(r.ledger_cost is None for r in rows)
-            else sum((r.ledger_cost or Decimal(0) for r in rows), Decimal(0))
-        )
+    with decimal.localcontext(_EXACT):
         billed_total = sum((r.billed_cost for r in rows), Decimal(0))
     return BillReconciliation(
         rows=tuple(rows),
@@ -1285,8 +1759,9 @@ def reconcile_bill(
         last_day=last,
         skipped=export.skipped,
         problems=export.problems,
-        ledger_cost=ledger_total,
+        ledger_cost=None if ledger_unknown else from_units(ledger_units),
         billed_cost=billed_total,
+        duplicates=export.duplicates,
     )
 
 
@@ -1302,6 +1777,14 @@ CSV_COLUMNS = (
     "usage_type",
     "ledger_tokens",
     "aws_tokens",
+    "ledger_input_tokens",
+    "ledger_output_tokens",
+    "ledger_cache_read_tokens",
+    "ledger_cache_write_tokens",
+    "aws_input_tokens",
+    "aws_output_tokens",
+    "aws_cache_read_tokens",
+    "aws_cache_write_tokens",
     "ledger_cost",
     "aws_cost",
     "difference",
@@ -1310,11 +1793,15 @@ CSV_COLUMNS = (
     "source",
     "note",
 )
-"""The columns of ``chainkit reconcile --format csv``: one row per difference found."""
+"""The columns of ``chainkit reconcile --format csv``: one row per difference found.
+
+Token counts are numbers: ``ledger_tokens``/``aws_tokens`` for a bill row's token class,
+``ledger_input_tokens``... ``aws_cache_write_tokens`` for a call of the invocation logs.
+"""
 
 
 def _row(**cells: str) -> dict[str, str]:
-    return {column: cells.get(column, "") for column in CSV_COLUMNS}
+    return {column: csv_safe(cells.get(column, "")) for column in CSV_COLUMNS}
 
 
 def render(
@@ -1389,7 +1876,7 @@ def render(
                 r.day.isoformat(),
                 r.model,
                 r.usage_type,
-                f"{r.ledger_tokens:,}",
+                "unknown" if r.ledger_tokens is None else f"{r.ledger_tokens:,}",
                 "unknown" if r.billed_tokens is None else f"{r.billed_tokens:,}",
                 usd(r.ledger_cost),
                 usd(r.billed_cost),
@@ -1406,9 +1893,14 @@ def render(
     return "\n\n".join(parts)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _table(title: str, head: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool) -> str:
     if not cells:
         return f"{title}\nNo differences."
+    # Ids, stages and notes come from the ledger and the logs: a newline in one would forge rows.
+    cells = [[c.translate(_CONTROL) for c in row] for row in cells]
     if markdown:
 
         def esc(text: str) -> str:
@@ -1473,7 +1965,33 @@ def _run(args: argparse.Namespace) -> tuple[str, int]:
         raise ConfigError(f"{exc}: give an amount in USD, such as --threshold 0.01.") from None
     since = _day(args.since, "--since") if args.since else None
     until = _day(args.until, "--until") if args.until else None
+    if since and until and since > until:
+        raise ConfigError(
+            f"--since {since} is after --until {until}: give the first day, then the last."
+        )
     catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.load()
+    try:
+        return _reconcile(args, since, until, threshold, catalogue)
+    except Exception as exc:
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is not None and isinstance(
+            exc, boto.NoCredentialsError | boto.PartialCredentialsError
+        ):
+            raise ConfigError(
+                f"No AWS credentials to read from S3 ({exc}): set AWS_PROFILE to a configured "
+                "profile, run `aws configure` or `aws sso login`, or download the objects "
+                "(aws s3 cp --recursive) and give their local folder."
+            ) from exc
+        raise
+
+
+def _reconcile(
+    args: argparse.Namespace,
+    since: date | None,
+    until: date | None,
+    threshold: Decimal,
+    catalogue: Catalogue,
+) -> tuple[str, int]:
     invocations = bill = None
     with _open_ledger(args.ledger, args.schema) as ledger:
         if args.invocation_logs:

@@ -2,7 +2,8 @@
 
 No model is called. Every entry with token usage is priced again, one entry at a time (long
 context tiers and per-call fees depend on the call), at a catalogue, region and service tier of
-the caller's choosing; entries are then summed. Repricing a run at the prices it was recorded
+the caller's choosing (by default each entry's recorded tier: its ``tier`` tag, else
+on-demand); entries are then summed. Repricing a run at the prices it was recorded
 at gives back its recorded cost exactly (a property the tests state with hypothesis).
 
 A model swap (``OLD=NEW``) prices ``OLD``'s calls as ``NEW``'s. The ledger keeps token counts,
@@ -34,12 +35,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, Inexact, localcontext
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chainkit.errors import ChainkitError, ConfigError
 from chainkit.ledger.core import Ledger
@@ -53,8 +55,10 @@ __all__ = [
     "Repriced",
     "Repricing",
     "Swap",
+    "csv_safe",
     "measure_swap",
     "parse_swap",
+    "recorded_tier",
     "reference_corpus",
     "reprice",
 ]
@@ -69,6 +73,8 @@ TIERS: dict[str, Tier] = {
 """Tier names as the command line spells them (``on-demand``) and as the catalogue does."""
 
 FORMATS = ("table", "markdown", "json", "csv")
+MIN_CORPUS_CHARS = 1_000
+"""Below this many characters a measured token-count ratio rests on too little text: a warning."""
 _RATIO_DIGITS = Decimal("0.000001")
 
 
@@ -224,9 +230,11 @@ class Repricing:
 
     catalogue: str
     region: str | None
-    tier: Tier
+    tier: Tier | Literal["recorded"]
     rows: tuple[Repriced, ...]
     swaps: tuple[Swap, ...] = ()
+    tiers: Mapping[str, int] = field(default_factory=dict)
+    """With ``tier="recorded"``: how many entries were priced at each tier."""
 
     @property
     def entries(self) -> int:
@@ -274,6 +282,7 @@ class Repricing:
             "catalogue": self.catalogue,
             "region": self.region,
             "tier": self.tier,
+            "tiers": dict(self.tiers),
             "entries": self.entries,
             "recorded_cost": money(self.recorded_cost),
             "cost": money(self.cost),
@@ -281,6 +290,7 @@ class Repricing:
             "delta": money(self.delta),
             "unknown_entries": self.unknown,
             "estimated": self.estimated,
+            "warnings": self.warnings,
             "swaps": [
                 {
                     "old": s.old,
@@ -355,10 +365,31 @@ class Repricing:
 
     def _title(self) -> str:
         where = self.region or "us-east-1 (default)"
+        if self.tier == "recorded":
+            return (
+                f"Repriced at {self.catalogue}, {where}, each entry at the tier it recorded "
+                "(its tier tag; on-demand without one)"
+            )
         return f"Repriced at {self.catalogue}, {where}, tier {self.tier.replace('_', '-')}"
 
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the figures rough: a swap ratio measured on a tiny corpus."""
+        return [
+            f"WARNING: swap {s.old} -> {s.new}: the ratio was measured on {s.corpus_chars:,} "
+            f"characters of {s.corpus}; give a corpus of {MIN_CORPUS_CHARS:,} or more "
+            "(--corpus) for a ratio worth the name."
+            for s in self.swaps
+            if s.corpus and s.corpus_chars < MIN_CORPUS_CHARS
+        ]
+
     def _notes(self) -> list[str]:
-        notes = []
+        notes = list(self.warnings)
+        if self.tiers:
+            counts = ", ".join(
+                f"{n:,} {t.replace('_', '-')}" for t, n in sorted(self.tiers.items())
+            )
+            notes.append(f"entries by tier: {counts}")
         for s in self.swaps:
             line = f"swap {s.old} -> {s.new}: token counts x{s.ratio} ({s.method}"
             line += f"; corpus {s.corpus}, {s.corpus_chars:,} chars)" if s.corpus else ")"
@@ -388,7 +419,7 @@ class Repricing:
     def to_csv(self) -> str:
         """A row per recorded model, then a total row; money as exact decimal strings."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = _SafeWriter(out)
         writer.writerow(
             [
                 "model",
@@ -442,6 +473,16 @@ class Repricing:
             "json": self.to_json,
             "csv": self.to_csv,
         }[check_format(fmt)]()
+
+
+class _SafeWriter:
+    """``csv.writer`` whose cells pass through :func:`csv_safe`."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self._writer = csv.writer(out, lineterminator="\n")
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_safe(c) for c in row])
 
 
 def check_format(fmt: str) -> str:
@@ -505,7 +546,7 @@ def reprice(
     *,
     catalogue: Catalogue | str = DEFAULT_CATALOGUE,
     region: str | None = None,
-    tier: Tier | str = "on_demand",
+    tier: Tier | str | None = None,
     swaps: Mapping[str, str] | Sequence[Swap] = (),
     corpus: tuple[str, Sequence[str]] | None = None,
     tags: Mapping[str, str] | None = None,
@@ -516,14 +557,18 @@ def reprice(
         ledger: any ledger (in memory, SQLite, PostgreSQL) or entries.
         catalogue: a :class:`Catalogue` or a name :meth:`Catalogue.load` takes.
         region: the AWS region to price in (``None``: each card's default, us-east-1 first).
-        tier: ``on_demand`` (or ``on-demand``), ``batch``, ``flex`` or ``priority``.
+        tier: ``on_demand`` (or ``on-demand``), ``batch``, ``flex`` or ``priority`` for every
+            entry; ``None`` (the default): each entry at the tier it was recorded at, its
+            ``tier`` tag (chainkit tags batch jobs' entries ``tier=batch``), on-demand without
+            one, so that repricing at the recorded prices gives back the recorded cost.
         swaps: ``{old: new}`` model ids (or :class:`Swap` records already measured).
         corpus: ``(name, texts)`` the token-count ratios of swaps are measured on
             (:func:`reference_corpus` by default).
         tags: only the entries carrying all these tags (e.g. ``{"variant": "single-llm"}``).
     """
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.load(catalogue)
-    chosen = check_tier(tier)
+    chosen = None if tier is None else check_tier(tier)
+    tiers: dict[str, int] = {}
     measured = _swaps(cat, swaps, corpus)
     groups: dict[tuple[str | None, str | None], _Group] = {}
     resolved: dict[str | None, Swap | None] = {}
@@ -544,8 +589,11 @@ def reprice(
             continue
         usage = entry.usage if swap is None else swap.scale(entry.usage)
         cost: Decimal | None = None
+        used = chosen if chosen is not None else recorded_tier(entry)
+        if chosen is None:
+            tiers[used] = tiers.get(used, 0) + 1
         try:
-            cost = cat.cost(priced_as, usage, region=region, tier=chosen, at=entry.time)
+            cost = cat.cost(priced_as, usage, region=region, tier=used, at=entry.time)
         except ChainkitError as exc:
             group.reasons[" ".join(str(exc).split())] = None
         group.add(entry, usage, cost)
@@ -568,7 +616,15 @@ def reprice(
             groups.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1] or "")
         )
     )
-    return Repricing(cat.name, region, chosen, rows, measured)
+    return Repricing(cat.name, region, chosen or "recorded", rows, measured, tiers)
+
+
+def recorded_tier(entry: Entry) -> Tier:
+    """The service tier ``entry`` was priced at: its ``tier`` tag if that names one, else on-demand.
+
+    A ``tier`` tag that names no service tier (an application's own "tier=gold") is not one.
+    """
+    return TIERS.get(entry.tags.get("tier", ""), "on_demand")
 
 
 def tagged(ledger: Ledger | Iterable[Entry], tags: Mapping[str, str] | None) -> Iterator[Entry]:
@@ -617,13 +673,38 @@ def _swap_for(model: str | None, swaps: Sequence[Swap], cat: Catalogue) -> Swap 
     return None
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def csv_safe(cell: object) -> str:
+    """A CSV cell a spreadsheet will not run: text starting ``= + - @`` gets a leading ``'``.
+
+    Numbers (``-0.25``) are left as they are; model ids, tags and notes come from a ledger or a
+    log anyone may have written to, and a spreadsheet would take ``=HYPERLINK(...)`` for a formula
+    (OWASP, "CSV Injection").
+
+    >>> csv_safe("=1+1"), csv_safe("-0.25"), csv_safe("amazon.nova-micro-v1:0")
+    ("'=1+1", '-0.25', 'amazon.nova-micro-v1:0')
+    """
+    text = str(cell)
+    if text.startswith(_FORMULA) and not _NUMBER.match(text):
+        return "'" + text
+    return text
+
+
 def _signed(amount: Decimal | None) -> str:
     if amount is None:
         return "-"
     return ("+" if amount > 0 else "-" if amount < 0 else "") + usd(abs(amount))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _grid(head: list[str], rows: list[list[str]]) -> str:
+    # Model ids come from the ledger: a newline in one would forge a row of the table.
+    rows = [[c.translate(_CONTROL) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
@@ -636,7 +717,10 @@ def _grid(head: list[str], rows: list[list[str]]) -> str:
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(c.translate(_CONTROL).replace("|", "\\|") for c in row) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -752,7 +836,8 @@ def add_command(sub: Any) -> None:
     parser.add_argument(
         "--tier",
         choices=["on-demand", "batch", "flex", "priority"],
-        default="on-demand",
-        help="service tier to price at (default on-demand)",
+        default=None,
+        help="service tier to price every entry at (default: each entry at the tier it "
+        "recorded: its tier tag, else on-demand)",
     )
     parser.set_defaults(run=_run)

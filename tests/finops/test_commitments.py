@@ -139,7 +139,7 @@ def test_without_capacity_units_are_not_guessed() -> None:
     result = commitments(ramp())
     month = next(o for o in options(result, EXPRESS).options if o.name == "PT 1-month commitment")
     assert month.units is None and month.monthly is None and month.serves_peak is None
-    assert "one unit $13432.00/month" in month.note
+    assert "one unit $13,432.00/month" in month.note
     assert month.break_even_tpm is not None  # the unit price alone gives the break-even traffic
     assert "AWS does not publish" in result.to_table()
     with pytest.raises(ConfigError, match="Give both"):
@@ -264,3 +264,68 @@ def test_tags_select_the_traffic_profiled() -> None:
     assert options(only_a, EXPRESS).profile.prompt_tokens == sum(
         1_000 * (m + 1) for m in range(1, 100, 2)
     )
+
+
+def bursts(days: int = 2) -> list[Entry]:
+    """Titan Express: a day's 45.6M tokens in its first hour (760K a minute), idle otherwise."""
+    usage = Usage(720_000, 40_000)
+    cost = CAT.cost(EXPRESS, usage)
+    return [
+        Entry(
+            f"b{d}-{m}",
+            "generate",
+            "answered",
+            cost,
+            model=EXPRESS,
+            usage=usage,
+            time=datetime(2026, 11, 2 + d, 0, m, tzinfo=UTC),
+        )
+        for d in range(days)
+        for m in range(60)
+    ] + [
+        Entry(
+            "end",
+            "generate",
+            "answered",
+            CAT.cost(EXPRESS, Usage(1, 1)),
+            model=EXPRESS,
+            usage=Usage(1, 1),
+            time=datetime(2026, 11, 2 + days - 1, 23, 59, tzinfo=UTC),
+        )
+    ]
+
+
+def test_bursty_traffic_is_sized_for_its_busy_minutes_not_shown_as_a_saving() -> None:
+    # 120 busy minutes of 2,880: the p95 over the whole span is 0, yet one unit of 20,000 TPM
+    # cannot serve 720,000 prompt tokens a minute. PT must not be shown as saving money.
+    result = commitments(bursts(), input_tpm_per_unit=20_000, output_tpm_per_unit=20_000)
+    express = options(result, EXPRESS)
+    p = express.profile
+    assert p.p95_tpm == 0 and p.active_minutes == 121
+    assert (p.p95_active_prompt_tpm, p.p95_active_output_tpm) == (720_000, 40_000)
+    on_demand = express.on_demand
+    assert on_demand is not None
+    for o in express.options:
+        if o.name.startswith("PT"):
+            assert o.units == 36 and o.serves_peak is True  # ceil(720,000 / 20,000)
+            assert o.monthly is not None and o.monthly > on_demand
+            assert "never pays off" in o.note
+    one = commitments(bursts(), input_tpm_per_unit=20_000, output_tpm_per_unit=20_000, units=1)
+    for o in options(one, EXPRESS).options:
+        if o.name.startswith("PT"):
+            assert o.serves_peak is False and "CANNOT serve the p95 peak" in o.note
+    table = one.to_table()
+    assert "cannot serve" in table and "-18.7%" not in table and "%" in table
+
+
+def test_short_spans_warn_and_unchecked_units_say_so() -> None:
+    result = commitments(ramp(), units=3)
+    month = next(o for o in options(result, EXPRESS).options if o.name == "PT 1-month commitment")
+    assert month.units == 3 and month.monthly == Decimal("18.40") * 730 * 3
+    assert "whether 3 unit(s) serve the peak is unknown" in month.note
+    table = result.to_table()
+    assert "PT rows price the 3 unit(s) given, unchecked" in table
+    assert "show one unit" not in table
+    assert "WARNING: the ledger spans less than a day" in table  # 100 minutes
+    assert json.loads(result.to_json())["warnings"] == result.warnings != []
+    assert "WARNING" not in commitments(bursts()).to_table()

@@ -478,7 +478,14 @@ def test_planted_differences_are_found_and_nothing_else(
     assert result.matched == 5 and result.not_chainkit == 1 and result.ledger_entries == 5
 
     bill = reconcile_bill(ledger, read_bill(planted.cur), Decimal("0.01"))
-    [row] = bill.discrepancies
+    # Differences in cost over the threshold, and in tokens whatever they cost (r2's 7 output
+    # tokens, r9's 300 input tokens: cheaper than the threshold, still not in the ledger).
+    assert {(r.day, r.usage_type): bill.kind_of(r) for r in bill.discrepancies} == {
+        (DAY1.date(), "output"): "tokens",
+        (DAY2.date(), "input"): "tokens",
+        (DAY2.date(), "output"): "difference",
+    }
+    [row] = [r for r in bill.discrepancies if bill.kind_of(r) == "difference"]
     assert (row.day, row.model, row.usage_type) == (DAY2.date(), HAIKU, "output")
     assert row.difference == DAY2_OUTPUT_DIFFERENCE
     assert (row.ledger_tokens, row.billed_tokens) == (120, 120 + 40 + 200_000)
@@ -494,9 +501,11 @@ def test_focus_parquet_bill_finds_the_same_day(s3: Any) -> None:
     export = read_bill(planted.focus)
     assert export.kind == "focus" and not export.problems
     bill = reconcile_bill(ledger, export, "0.01")
-    assert [(r.day, r.model, r.usage_type, r.difference) for r in bill.discrepancies] == [
-        (DAY2.date(), HAIKU, "output", DAY2_OUTPUT_DIFFERENCE)
-    ]
+    assert [
+        (r.day, r.model, r.usage_type, r.difference)
+        for r in bill.discrepancies
+        if bill.kind_of(r) == "difference"
+    ] == [(DAY2.date(), HAIKU, "output", DAY2_OUTPUT_DIFFERENCE)]
     cur = reconcile_bill(ledger, read_bill(planted.cur), "0.01")
     assert [r.billed_cost for r in bill.rows] == [r.billed_cost for r in cur.rows]
 
@@ -546,7 +555,7 @@ def test_cli_reports_the_planted_differences_and_exits_1(
         "mismatch",
         "missing_in_ledger",
     ]
-    [row] = data["bill"]["discrepancies"]
+    [row] = [r for r in data["bill"]["discrepancies"] if r["kind"] == "difference"]
     assert row["difference"] == "0.25005" and row["day"] == "2026-11-28"
     assert row["billed_cost"] == "0.2502"  # 120 + 40 + 200,000 output tokens at $1.25/M
 
@@ -555,9 +564,11 @@ def test_cli_reports_the_planted_differences_and_exits_1(
     assert [(r["section"], r["kind"]) for r in rows] == [
         ("invocations", "mismatch"),
         ("invocations", "missing_in_ledger"),
+        ("bill", "tokens"),
+        ("bill", "tokens"),
         ("bill", "difference"),
     ]
-    assert rows[0]["request_id"] == "r2" and rows[2]["difference"] == "0.25005"
+    assert rows[0]["request_id"] == "r2" and rows[4]["difference"] == "0.25005"
 
     assert main([*args]) == 1
     table = capsys.readouterr().out
@@ -896,8 +907,12 @@ def test_since_and_until_choose_the_days_on_both_sides(
         calls = sorted((d["kind"], d["request_id"]) for d in data["invocations"]["differences"])
         return calls, [r["day"] for r in data["bill"]["discrepancies"]]
 
-    assert found("--until", "2026-11-27") == ([("mismatch", "r2")], [])
-    assert found("--since", "2026-11-28") == ([("missing_in_ledger", "r9")], ["2026-11-28"])
+    # r2's 7 output tokens on the 27th; r9's tokens and the $0.25 on the 28th.
+    assert found("--until", "2026-11-27") == ([("mismatch", "r2")], ["2026-11-27"])
+    assert found("--since", "2026-11-28") == (
+        [("missing_in_ledger", "r9")],
+        ["2026-11-28", "2026-11-28"],
+    )
     assert main([*args, "--since", "28 Nov"]) == 2
     assert "'28 Nov' is not a date" in capsys.readouterr().err
 

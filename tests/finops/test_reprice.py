@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -363,3 +364,81 @@ def test_tags_select_one_variant(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert json.loads(capsys.readouterr().out)["entries"] == 1
     assert main(["reprice", str(path), "--tag", "variant"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_default_reprices_each_entry_at_its_recorded_tier_tag(
+    store: Callable[[], Ledger], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A batch job's entries carry tier=batch (recipes/long_docs.py writes it): with no --tier the
+    # run reprices to exactly its recorded cost; an application's own "tier=gold" is no tier.
+    usage = Usage(1_000_000, 100_000)
+    od = recorded(MICRO, usage, request="od")
+    batch = Entry(
+        "bj",
+        "generate",
+        "answered",
+        CAT.cost(MICRO, usage, tier="batch"),
+        model=MICRO,
+        usage=usage,
+        tags={"tier": "batch"},
+        time=T0,
+    )
+    gold = Entry(
+        "g",
+        "generate",
+        "answered",
+        CAT.cost(MICRO, usage),
+        model=MICRO,
+        usage=usage,
+        tags={"tier": "gold"},
+        time=T0,
+    )
+    ledger = filled(store, [od, batch, gold])
+    result = reprice(ledger)
+    assert result.recorded_cost == Decimal("0.1225")  # 0.049 + 0.0245 + 0.049
+    assert result.cost == result.recorded_cost and result.delta == 0
+    assert result.tier == "recorded" and dict(result.tiers) == {"on_demand": 2, "batch": 1}
+    assert reprice(ledger, tier="batch").cost == Decimal("0.0735")
+    path = tmp_path / "tiers.db"
+    with SQLiteLedger(path) as saved:
+        for e in (od, batch):
+            saved.record(e)
+    assert main(["reprice", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["tier"] == "recorded" and data["cost"] == data["recorded_cost"] == "0.0735"
+
+
+def test_a_tiny_corpus_warns_and_csv_cells_cannot_be_formulas() -> None:
+    entry = recorded(SONNET4, Usage(1_000, 100))
+    result = reprice([entry], swaps={SONNET4: LARGE}, corpus=("tiny.txt", ["Hello there."]))
+    assert result.warnings and "measured on 12 characters of tiny.txt" in result.warnings[0]
+    assert result.warnings[0] in result.to_table()
+    assert json.loads(result.to_json())["warnings"] == result.warnings
+    assert not reprice([entry], swaps={SONNET4: LARGE}).warnings  # the demo traffic is ample
+    hostile = Entry(
+        "r", "generate", "answered", None, model="=cmd|' /C calc'!A0", usage=Usage(1, 1), time=T0
+    )
+    lines = reprice([hostile]).to_csv().splitlines()
+    assert lines[1].startswith("'=cmd|")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(MODELS), usages, st.sampled_from(TIERS)), min_size=1, max_size=20
+    ),
+    region=st.sampled_from(REGIONS),
+)
+def test_a_ledger_of_mixed_tiers_reprices_to_its_recorded_cost_without_a_tier(
+    calls: list[tuple[str, Usage, str]], region: str | None
+) -> None:
+    entries = []
+    for model, usage, tier in calls:
+        entry = recorded(model, usage, region=region, tier=tier)
+        # As chainkit records them: a batch (or flex, priority) call carries its tier as a tag.
+        tags = {} if tier == "on_demand" else {"tier": tier}
+        entries.append(dataclasses.replace(entry, tags=tags))
+    result = reprice(entries, region=region)
+    assert [r.cost for r in result.rows] == [r.recorded_cost for r in result.rows]
+    assert result.cost == result.recorded_cost
+    assert sum(result.tiers.values()) == len(entries)
