@@ -437,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for module in ("reprice", "commitments", "reconcile"):
         importlib.import_module(f"chainkit.finops.{module}").add_command(sub)
     add_export_command(sub)
+    importlib.import_module("chainkit.serve.command").add_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:
