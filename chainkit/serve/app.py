@@ -19,6 +19,7 @@ from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
@@ -395,13 +396,15 @@ class _EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, source: AsyncGenerator[bytes, None]) -> None:
+    def __init__(self, source: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
         """Stream ``source``'s chunks as they come."""
         super().__init__(
             content=None,
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+            headers={"cache-control": "no-store", "x-accel-buffering": "no", **headers},
             media_type=self.media_type,
         )
+        # Response sets Content-Length for its empty body; a stream has none (chunked).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -533,7 +536,7 @@ def create_app(
             body = service.answer_body(result, slot.conversation, entries)
         service.observe("chat", result.stage, time.perf_counter() - started, entries)
         service.status_of(result.stage, 200)
-        return JSONResponse(body)
+        return JSONResponse(body, headers=_ids(body["request_id"], cid))
 
     async def chat_stream(request: HTTPRequest) -> Response:
         started = time.perf_counter()
@@ -611,7 +614,7 @@ def create_app(
                 service.observe("stream", path, time.perf_counter() - started, entries)
                 service.status_of(path, 200)
 
-        return _EventStream(source())
+        return _EventStream(source(), _ids(ask.id, cid))
 
     async def healthz(request: HTTPRequest) -> Response:
         return JSONResponse(
@@ -679,6 +682,14 @@ def create_app(
     )
     app.state.service = service
     return app
+
+
+def _ids(request_id: str, conversation_id: str) -> dict[str, str]:
+    # Header values are Latin-1: ids outside it are sent percent-encoded (RFC 3986), as UTF-8.
+    return {
+        "x-request-id": quote(request_id, safe="/-._~"),
+        "x-conversation-id": quote(conversation_id, safe="/-._~"),
+    }
 
 
 def _decrement(service: Service) -> None:
