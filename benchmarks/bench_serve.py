@@ -84,6 +84,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -256,7 +262,9 @@ def render(result: dict[str, Any]) -> str:
         f"**{run['answered']} requests answered of {run['requests']} in {run['wall_s']} s: "
         f"{run['requests_per_s']} req/s.** Paths: "
         + ", ".join(f"{k} {v}" for k, v in sorted(run["paths"].items()))
-        + f". Errors: {run['errors'] or 'none'}.",
+        + f". Errors: {run['errors'] or 'none'}. CPU used during the run: server "
+        f"{run['server_cpu_s']} s, clients {run['client_cpu_s']} s (of {run['wall_s']} s wall "
+        "on 2 cores).",
         "",
         "| path (endpoint) | requests | p50 ms | p99 ms | mean ms |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -325,7 +333,11 @@ def main() -> int:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.2)
+            server_cpu = cpu_seconds(server.pid)
+            client_cpu = time.process_time()
             samples, wall = asyncio.run(load(url, args))
+            client_cpu = time.process_time() - client_cpu
+            server_cpu = cpu_seconds(server.pid) - server_cpu
             metrics = httpx.get(f"{url}/metrics", timeout=30).text
         finally:
             server.send_signal(signal.SIGINT)
@@ -341,8 +353,12 @@ def main() -> int:
             "load_start": load_start,
             "load_end": os.getloadavg()[0],
         },
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "run": summarise(samples, wall),
+        "args": {k: v for k, v in vars(args).items() if k != "results_dir"},
+        "run": {
+            **summarise(samples, wall),
+            "server_cpu_s": round(server_cpu, 2),
+            "client_cpu_s": round(client_cpu, 2),
+        },
         "ledger": ledger,
         "server_traceback": traceback,
         "metrics_lines": len(metrics.splitlines()),

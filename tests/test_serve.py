@@ -575,3 +575,51 @@ def test_real_server_streams_and_a_client_that_leaves_closes_the_model_stream(
         assert [k for k, _ in events(full.text)] == ["delta", "answer"]
         metrics = parse_metrics(client.get("/metrics").text)
         assert metrics["chainkit_in_flight_requests", ()] == "0"
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--bot", "no_such_module_here:make"], "cannot import 'no_such_module_here'"),
+        (["--bot", "recipes.serve"], "is not module:function"),
+        (["--bot", "recipes.serve:nothing"], "has no function 'nothing'"),
+        (["--port", "70000"], "--port 70000 is not a port"),
+    ],
+)
+def test_serve_refuses_bad_options_in_one_line(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chainkit.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chainkit: ") and says in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["acme", "acme=five", "=5", "acme=-1", "acme=nan"])
+def test_serve_budget_option_wants_tenant_and_amount(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chainkit.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--budget", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --budget" in err and ("TENANT=USD" in err or "amount of USD" in err)
+
+
+def test_the_readme_serve_command_parses() -> None:
+    import argparse
+
+    from chainkit.serve.command import add_arguments
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("chainkit serve "))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(line.split("#")[0].split()[2:])
+    assert (args.ledger, args.port, args.tenant_limit) == ("serve.db", 8000, Decimal("5.00"))
