@@ -623,3 +623,14 @@ def test_the_readme_serve_command_parses() -> None:
     add_arguments(parser)
     args = parser.parse_args(line.split("#")[0].split()[2:])
     assert (args.ledger, args.port, args.tenant_limit) == ("serve.db", 8000, Decimal("5.00"))
+
+
+def test_service_limits_are_checked_where_they_are_given() -> None:
+    from chainkit import ConfigError
+
+    with pytest.raises(ConfigError, match="float"):
+        create_app(make_bot(), Ledger(), tenant_limit=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_turns must be a positive int"):
+        create_app(make_bot(), Ledger(), max_turns=0)
+    with pytest.raises(ConfigError, match="tenant header"):
+        create_app(make_bot(), Ledger(), tenant_header="")

@@ -14,11 +14,11 @@ import collections
 import json
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, Collection, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -89,7 +89,7 @@ class Service:
     tenant_header: str = "X-Tenant"
     default_tenant: str | None = None
     tenants: Collection[str] | None = None
-    tenant_limit: Decimal | None = None
+    tenant_limit: Decimal | int | str | None = None
     tenant_period: Period | None = "month"
     keep_text: bool = False
     max_conversations: int = 10_000
@@ -120,8 +120,10 @@ class Service:
         if self.default_tenant is not None:
             check_text(self.default_tenant, "default tenant")
         if self.tenant_limit is not None:
-            # Checked as a Budget checks it (a float refused, a Decimal kept exactly).
-            self.tenant_limit = Budget(self.tenant_limit, name="tenant limit").limit
+            # Checked as a Budget checks it (a float refused, a str or Decimal kept exactly).
+            # (Budget takes a str or an int too, and converts it; its field is typed Decimal.)
+            limit = cast(Decimal, self.tenant_limit)
+            self.tenant_limit = Budget(limit, name="tenant limit").limit
         for name in ("max_conversations", "max_turns", "max_body_bytes", "max_message_chars"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
@@ -245,7 +247,8 @@ class Service:
         """Give ``tenant`` the per-tenant budget on first sight (kept by the ledger's store)."""
         if self.tenant_limit is None or tenant in self._budgeted:
             return
-        budget = Budget(self.tenant_limit, period=self.tenant_period, tag=("tenant", tenant))
+        limit = cast(Decimal, self.tenant_limit)  # made a Decimal in __post_init__
+        budget = Budget(limit, period=self.tenant_period, tag=("tenant", tenant))
         await asyncio.to_thread(self.ledger.add_budget, budget)
         self._budgeted.add(tenant)
 
@@ -449,7 +452,6 @@ def create_app(
     max_turns: int = 50,
     max_body_bytes: int = 16_384,
     max_message_chars: int = 4_000,
-    on_shutdown: Callable[[], Awaitable[None] | None] | None = None,
 ) -> Starlette:
     """An ASGI app serving ``pipeline`` and recording into ``ledger``.
 
@@ -471,7 +473,6 @@ def create_app(
         max_turns: user turns per conversation; a longer one is refused (409).
         max_body_bytes: the largest request body taken (413 beyond).
         max_message_chars: the longest message taken (422 beyond).
-        on_shutdown: called when the app stops (closing what the caller opened).
     """
     service = Service(
         pipeline,
@@ -479,11 +480,7 @@ def create_app(
         tenant_header=tenant_header,
         default_tenant=default_tenant,
         tenants=None if tenants is None else frozenset(tenants),
-        tenant_limit=None
-        if tenant_limit is None
-        else Decimal(str(tenant_limit))
-        if not isinstance(tenant_limit, Decimal)
-        else tenant_limit,
+        tenant_limit=tenant_limit,
         tenant_period=tenant_period,
         keep_text=keep_text,
         max_conversations=max_conversations,
@@ -662,14 +659,6 @@ def create_app(
             status_code=404,
         )
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if on_shutdown is not None:
-            out = on_shutdown()
-            if out is not None:
-                await out
-
     app = Starlette(
         routes=[
             Route("/v1/chat", chat, methods=["POST"]),
@@ -678,7 +667,6 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
-        lifespan=lifespan,
     )
     app.state.service = service
     return app
