@@ -587,6 +587,7 @@ def test_real_server_streams_and_a_client_that_leaves_closes_the_model_stream(
         (["--bot", "recipes.serve"], "is not module:function"),
         (["--bot", "recipes.serve:nothing"], "has no function 'nothing'"),
         (["--port", "70000"], "--port 70000 is not a port"),
+        (["--threads", "0"], "--threads 0 must be 1 or more"),
     ],
 )
 def test_serve_refuses_bad_options_in_one_line(

@@ -14,9 +14,11 @@ default, ``recipes.serve:support_bot``, is the offline support bot: nothing reac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-turns", type=int, default=50)
     parser.add_argument("--replies", default=None, help="folder of the precomputed replies")
     parser.add_argument("--no-access-log", action="store_true", help="no line per request")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=64,
+        help="worker threads for ledger writes (64): about the requests in flight at once",
+    )
 
 
 def open_ledger(where: str | None, schema: str = "chainkit") -> Ledger:
@@ -132,6 +140,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65_535:
         raise ConfigError(f"--port {args.port} is not a port: give 0 to 65535.")
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be 1 or more.")
     factory = _factory(args.bot)
     period = None if args.tenant_period == "all" else args.tenant_period
     with contextlib.ExitStack() as stack:
@@ -159,14 +169,28 @@ def serve(args: argparse.Namespace) -> int:
             max_conversations=args.max_conversations,
             max_turns=args.max_turns,
         )
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
             access_log=not args.no_access_log,
             log_level="info",
         )
+        # uvicorn re-raises the SIGINT it handled once it has shut down (as uvicorn.run does,
+        # that is the normal way out).
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(uvicorn.Server(config), args.threads))
     return 0
+
+
+async def _serve(server: Any, threads: int) -> None:
+    # Ledger commits, reservations and conversation writes run in the loop's default executor
+    # (asyncio.to_thread): its default of min(32, cpus + 4) threads queues them behind each
+    # other under load, so it gets one thread per request that may be in flight.
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(threads, thread_name_prefix="chainkit-serve") as pool:
+        loop.set_default_executor(pool)
+        await server.serve()
 
 
 def add_command(sub: Any) -> None:
