@@ -521,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module(f"chainkit.finops.{module}").add_command(sub)
     add_export_command(sub)
     importlib.import_module("chainkit.finops.commands").add_commands(sub)  # forecast, anomalies
+    importlib.import_module("chainkit.serve.command").add_command(sub)
     args = parser.parse_args(argv)
 
     def work() -> int:

@@ -19,6 +19,8 @@ Every message says what happened, with the values, and what to do next.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "AlreadyAnswered",
     "BadResponse",
@@ -47,7 +49,19 @@ class ConfigError(ChainkitError, ValueError):
 
 
 class BudgetExceeded(ChainkitError):
-    """A model call was refused before it was made because a budget would be exceeded."""
+    """A model call was refused before it was made because a budget would be exceeded.
+
+    Besides its message it carries the figures, for code that reports them (an HTTP 429 body):
+    the budget's name and period, what it had spent and held, its limit, and what the call
+    needed (``Decimal``; ``needed`` is ``None`` for a call whose price is unknown).
+    """
+
+    budget: str | None = None
+    period: str | None = None
+    spent: Decimal | None = None
+    held: Decimal | None = None
+    limit: Decimal | None = None
+    needed: Decimal | None = None
 
 
 class NoAnswer(ChainkitError):

@@ -296,10 +296,12 @@ def check(
         for state in states:
             budget = state.budget
             if amount is None:
-                raise BudgetExceeded(
+                raise _refusal(
+                    state,
+                    amount,
                     f"Budget {budget.name!r} cannot be kept on a call whose price is unknown "
                     f"(model {model!r}, stage {stage!r}): nothing was sent. Price the model in the "
-                    "catalogue (or pass catalogue=), or set max_tokens so the call has a bound."
+                    "catalogue (or pass catalogue=), or set max_tokens so the call has a bound.",
                 )
             if state.spent + state.held + amount > budget.limit:
                 held = f" ({usd(state.held, digits=8)} more in flight)" if state.held else ""
@@ -307,12 +309,22 @@ def check(
                 if spent == limit and state.spent != budget.limit:
                     # Rounded alike ($50.00 of $50.00): show the exact amounts instead.
                     spent, limit = f"${_plain(state.spent)}", f"${_plain(budget.limit)}"
-                raise BudgetExceeded(
+                raise _refusal(
+                    state,
+                    amount,
                     f"Budget {budget.name!r} ({state.period}) would be exceeded: spent "
                     f"{spent}{held} of {limit}, this "
                     f"call needs up to {usd(amount, digits=8)} (stage {stage!r}, model "
-                    f"{model!r}); nothing was sent. Raise the limit or route to a cheaper model."
+                    f"{model!r}); nothing was sent. Raise the limit or route to a cheaper model.",
                 )
+
+
+def _refusal(state: BudgetState, amount: Decimal | None, message: str) -> BudgetExceeded:
+    """``BudgetExceeded`` with ``message`` and the figures behind it, for callers to report."""
+    exc = BudgetExceeded(message)
+    exc.budget, exc.period, exc.limit = state.budget.name, state.period, state.budget.limit
+    exc.spent, exc.held, exc.needed = state.spent, state.held, amount
+    return exc
 
 
 def hold(states: Sequence[BudgetState], amount: Decimal) -> None:

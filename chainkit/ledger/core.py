@@ -60,7 +60,41 @@ __all__ = [
     "VariantSums",
     "latency_quantile",
     "totals",
+    "watch",
 ]
+
+# Entries recorded for watched request ids (`watch`), by request id: a service reads back what
+# one request recorded without querying the store (whose entries have no request-id index).
+_WATCHED: dict[str, list[Entry]] = {}
+
+
+@contextmanager
+def watch(request_id: str) -> Iterator[list[Entry]]:
+    """Collect every entry any ledger in this process records for ``request_id`` while open.
+
+    The list fills as entries are recorded (by any thread or task), including entries a stream
+    records when it is closed early; it is yours to read during and after the block.
+
+    >>> with watch("r1") as seen:
+    ...     Ledger().record(Entry("r1", stage="canned", outcome="answered", cost=Decimal(0)))
+    >>> [e.stage for e in seen]
+    ['canned']
+    """
+    seen: list[Entry] = []
+    if _WATCHED.setdefault(request_id, seen) is not seen:
+        raise ConfigError(f"Request {request_id!r} is watched already; give each request its id.")
+    try:
+        yield seen
+    finally:
+        del _WATCHED[request_id]
+
+
+def observed(entry: Entry) -> None:
+    """Add ``entry`` to its request's watch list, if its request is watched."""
+    if _WATCHED:
+        seen = _WATCHED.get(entry.request_id)
+        if seen is not None:
+            seen.append(entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +511,7 @@ class Ledger:
             raise ConfigError(f"Ledger.record takes an Entry, got {type(entry).__name__}.")
         with self._lock:
             events = self._keep(entry, hold)
+        observed(entry)
         self._notify(events)
 
     def record_many(self, entries: Iterable[Entry]) -> None:

@@ -64,6 +64,7 @@ from chainkit.ledger.core import (
     fold,
     fold_groups,
     latency_bucket,
+    observed,
     variant_sums,
 )
 from chainkit.ledger.sqlbook import SQLBook, define, events_of, read_budgets
@@ -943,9 +944,11 @@ class SQLLedger(Ledger):
         free = entry.model is None and hold is None and entry.cost == 0
         if free and step is not None:
             step.free.append(entry)
+            observed(entry)
             return
         if free and deferred is not None:
             deferred.append(entry)
+            observed(entry)
             return
         write = _Write(entries=[entry], settle=hold)
         if step is None and deferred:
@@ -962,6 +965,7 @@ class SQLLedger(Ledger):
         finally:
             if hold is not None:
                 hold.open = False
+        observed(entry)
         self._notify(write.events)
 
     def record_many(self, entries: Iterable[Entry]) -> None:
@@ -972,6 +976,8 @@ class SQLLedger(Ledger):
                 raise ConfigError(f"Ledger.record takes an Entry, got {type(e).__name__}.")
         write = _Write(entries=batch)
         self._write(write)
+        for e in batch:
+            observed(e)
         self._notify(write.events)
 
     # -- budgets, kept in the file for every process -----------------------------------------
