@@ -13,11 +13,12 @@ Where the vectors and answers are kept (:class:`AnswerStore`):
 - an SQLite file (or memory), one row per stored answer: the question's embedding, the answer
   text, its intent, its scope (``{"tenant": ...}`` or none), the embedder's id and the time;
   never the question's text. Processes that open the same file share it.
-- A lookup only ever reads the rows of the request's own scope, intent and embedder (one
-  partition, keyed by a SHA-256 of the three): no tenant's answer can reach another tenant, nor
-  an untagged request, nor a tenant's request an untagged one's.
+- A lookup only ever reads the rows of the request's own scope, intent and embedding space
+  (one partition, keyed by a SHA-256 of the three): no tenant's answer can reach another
+  tenant, nor an untagged request, nor a tenant's request an untagged one's.
 - Rows are deleted by :meth:`AnswerStore.purge` (older than a date, or one tenant's) and, with
-  ``retention=``, on opening and hourly; SQLite overwrites deleted rows (``secure_delete``).
+  ``retention=``, on opening and hourly; SQLite overwrites deleted rows (``secure_delete``) and
+  the purge empties the -wal file (unless a reader holds it: then a warning is logged).
 
 The search is exact brute force over the partition (one matrix-vector product): scoped by
 tenant and intent, partitions hold hundreds to thousands of vectors, where
@@ -142,6 +143,7 @@ class AnswerStore:
     ``path=None`` keeps them in memory, for one process; a file is shared by every process that
     opens it (WAL), each keeping the partitions it has searched in memory and reading only the
     rows added since. ``retention`` deletes rows older than it on opening and hourly after.
+    ``timeout_s`` is how long to wait for another connection's lock before an operation fails.
 
     >>> import numpy as np
     >>> store = AnswerStore()
