@@ -177,6 +177,22 @@ class HashedEmbedder:
         norm = float(np.linalg.norm(block))
         return block / norm if norm > 0 else block  # type: ignore[return-value]
 
+    @property
+    def space(self) -> str:
+        """Every setting that shapes the vectors: equal only for embedders of the same space.
+
+        A store partitions its vectors by it, so changing the dimension, the word weight or the
+        IDF weights starts a new partition instead of comparing vectors of different spaces.
+        """
+        digest = "none"
+        if self.idf is not None:
+            weights = np.concatenate([np.asarray(w, dtype="<f8") for w in self.idf])
+            digest = hashlib.sha256(weights.tobytes()).hexdigest()[:12]
+        return (
+            f"{self.model_id}|dim={self.dimension}|word_weight={float(self.word_weight)!r}"
+            f"|idf={digest}"
+        )
+
     def embed(self, text: str) -> Vector:
         """The embedding of ``text`` (a zero vector when it has no word at all)."""
         grams, chars = self._features(text)
@@ -275,6 +291,11 @@ class BedrockEmbedder:
 
     def __repr__(self) -> str:
         return f"BedrockEmbedder({self.model_id!r}, dimension={self.dimension})"
+
+    @property
+    def space(self) -> str:
+        """The settings that shape the vectors (model, dimensions, normalised), for partitions."""
+        return f"{self.model_id}|dim={self.dimension}|normalize=true"
 
     def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
         """The input tokens the text will be billed as, estimated; no output tokens."""

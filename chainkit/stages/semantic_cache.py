@@ -13,11 +13,12 @@ Where the vectors and answers are kept (:class:`AnswerStore`):
 - an SQLite file (or memory), one row per stored answer: the question's embedding, the answer
   text, its intent, its scope (``{"tenant": ...}`` or none), the embedder's id and the time;
   never the question's text. Processes that open the same file share it.
-- A lookup only ever reads the rows of the request's own scope, intent and embedder (one
-  partition, keyed by a SHA-256 of the three): no tenant's answer can reach another tenant, nor
-  an untagged request, nor a tenant's request an untagged one's.
+- A lookup only ever reads the rows of the request's own scope, intent and embedding space
+  (one partition, keyed by a SHA-256 of the three): no tenant's answer can reach another
+  tenant, nor an untagged request, nor a tenant's request an untagged one's.
 - Rows are deleted by :meth:`AnswerStore.purge` (older than a date, or one tenant's) and, with
-  ``retention=``, on opening and hourly; SQLite overwrites deleted rows (``secure_delete``).
+  ``retention=``, on opening and hourly; SQLite overwrites deleted rows (``secure_delete``) and
+  the purge empties the -wal file (unless a reader holds it: then a warning is logged).
 
 The search is exact brute force over the partition (one matrix-vector product): scoped by
 tenant and intent, partitions hold hundreds to thousands of vectors, where
@@ -29,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -49,7 +52,14 @@ from chainkit.providers.embeddings import Embedder, Vector, decode_vector
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import MAX_TAG_KEY, Request, Result, check_text
 from chainkit.stages.answering import CostEstimator, record_early
-from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+from chainkit.stages.calling import (
+    DEFAULT_TIMEOUT_S,
+    ModelCall,
+    check_model,
+    check_timeout,
+    run_to_end,
+)
+from chainkit.stages.lookup import Lookup
 
 if TYPE_CHECKING:
     from chainkit.pipeline import Stage  # the pipeline imports the stages
@@ -72,6 +82,7 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO meta VALUES ('generation', 0)",
 )
+_log = logging.getLogger("chainkit")
 _PURGE_EVERY_S: Final = 3600.0
 # Titan v2's limit; longer texts are not cached (a question is far shorter).
 _MAX_CHARS: Final = 50_000
@@ -132,6 +143,7 @@ class AnswerStore:
     ``path=None`` keeps them in memory, for one process; a file is shared by every process that
     opens it (WAL), each keeping the partitions it has searched in memory and reading only the
     rows added since. ``retention`` deletes rows older than it on opening and hourly after.
+    ``timeout_s`` is how long to wait for another connection's lock before an operation fails.
 
     >>> import numpy as np
     >>> store = AnswerStore()
@@ -145,8 +157,21 @@ class AnswerStore:
     """
 
     def __init__(
-        self, path: str | Path | None = None, *, retention: timedelta | None = None
+        self,
+        path: str | Path | None = None,
+        *,
+        retention: timedelta | None = None,
+        timeout_s: float = 10.0,
     ) -> None:
+        if (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not 0 <= timeout_s <= 3600
+        ):
+            raise ConfigError(
+                f"AnswerStore timeout_s is how long to wait for another connection's lock, in "
+                f"seconds within [0, 3600]; got {timeout_s!r}."
+            )
         if retention is not None and (
             not isinstance(retention, timedelta) or retention <= timedelta(0)
         ):
@@ -159,10 +184,13 @@ class AnswerStore:
         target = ":memory:" if path is None else str(path)
         try:
             self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._db.execute("PRAGMA secure_delete = ON")
             if path is not None:
                 self._db.execute("PRAGMA journal_mode = WAL")
+                # The -wal file is cut back to nothing when SQLite restarts it after a
+                # checkpoint, so copies of deleted answers do not linger in its tail.
+                self._db.execute("PRAGMA journal_size_limit = 0")
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 for statement in _SCHEMA:
@@ -179,7 +207,8 @@ class AnswerStore:
                 f"{sorted(columns)}); use another file."
             )
         self._lock = threading.RLock()
-        self._partitions: dict[str, _Partition] = {}
+        # By partition and vector size: a stored vector of another size is never compared.
+        self._partitions: dict[tuple[str, int], _Partition] = {}
         self._generation = self._read_generation()
         self._purged_at = 0.0
         self._expire()
@@ -238,7 +267,7 @@ class AnswerStore:
         if generation != self._generation:  # a purge somewhere: read everything again
             self._partitions.clear()
             self._generation = generation
-        part = self._partitions.setdefault(key, _Partition())
+        part = self._partitions.setdefault((key, dimension), _Partition())
         rows = self._db.execute(
             "SELECT id, vector, answer FROM answers WHERE partition = ? AND id > ? ORDER BY id",
             (key, part.last_id),
@@ -272,8 +301,10 @@ class AnswerStore:
         query = np.asarray(vector, dtype=np.float32)
         with self._lock:
             self._expire()
+            if query.ndim != 1 or not query.size:
+                return None
             part = self._load(_partition(scope, intent, embedder), query.size)
-            if part.matrix is None or not part.ids:
+            if part.matrix is None or not part.ids or part.matrix.shape[1] != query.size:
                 return None
             scores = part.matrix @ query
             best = int(scores.argmax())
@@ -283,6 +314,10 @@ class AnswerStore:
         """Delete answers stored before ``before``, or one ``scope``'s, or both; return how many.
 
         ``purge(scope={"tenant": "acme"})`` forgets a tenant; at least one argument is needed.
+        The -wal file of a store on disk is then checkpointed and emptied, so that the deleted
+        answers leave it too; if another connection is reading at that moment (for longer than
+        the store's ``timeout_s``) the copies stay in the -wal file until the next checkpoint,
+        and a warning is logged (logger ``chainkit``).
         """
         if before is None and scope is None:
             raise ConfigError(
@@ -308,7 +343,25 @@ class AnswerStore:
             ).rowcount
             if deleted:
                 self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+        if deleted:
+            self._truncate_wal()
         return int(deleted)
+
+    def _truncate_wal(self) -> None:
+        """Copy the -wal file into the database (zeroed where deleted) and empty it."""
+        if self.path is None:
+            return
+        with self._lock:
+            # TRUNCATE waits (busy_timeout) for readers of older snapshots; it says busy if
+            # one still holds the -wal file after that.
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            _log.warning(
+                "AnswerStore %s: purged answers may remain in %s-wal until the next "
+                "checkpoint: another connection was reading it. Purge again once it is idle.",
+                self.path,
+                self.path.name,
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -326,9 +379,21 @@ class SemanticCache:
 
     ``intents`` declares the intents whose answers hold for every customer of a tenant (the
     rule of :class:`~chainkit.Precomputed`): only those are looked up and stored. A request
-    with another intent, no intent, looked-up facts, slots or a document passes straight to
-    ``then`` with nothing embedded, and its answer is never stored: it may hold one customer's
-    data.
+    with another intent, no intent, looked-up facts, slots or a document, or that carries a
+    conversation with earlier turns (a follow-up: its meaning and its answer depend on what that
+    customer said before), passes straight to ``then`` with nothing embedded, and its answer is
+    never stored: it may hold one customer's data. The same holds for what ``then`` learns on
+    the way: an answer whose request gained facts, slots, a document, a summary or a history
+    inside ``then`` is not stored, and a ``then`` holding a :class:`~chainkit.Lookup` is
+    refused. Empty or blank answers are never stored.
+
+    The store is an optimisation: if it cannot be read (a miss) or written (not stored), the
+    request is still answered and the failure is logged (logger ``chainkit``). Vectors are
+    partitioned by the embedder's whole space (``embedder.space`` where it has one: model,
+    dimension, weights), so changing a setting starts afresh rather than mixing spaces.
+
+    ``arun`` and ``astream`` use ``then``'s own: a miss streams ``then``'s reply as it comes
+    and stores it once complete; a hit yields the stored answer at once.
 
     A request tagged ``scope_tag`` (``tenant``) is matched only against answers stored for that
     tenant; one without the tag only against answers stored for requests without it.
@@ -359,6 +424,7 @@ class SemanticCache:
     _paid: bool = field(default=False, init=False, repr=False)
     _dimension: int = field(default=0, init=False, repr=False)
     _window: int = field(default=0, init=False, repr=False)
+    _space: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_text(self.name, "stage name")
@@ -392,6 +458,14 @@ class SemanticCache:
                 f"SemanticCache then= must be a stage (with run(request, ledger)), got "
                 f"{type(self.then).__name__}."
             )
+        looks_up = _lookup_in(self.then)
+        if looks_up is not None:
+            raise ConfigError(
+                f"SemanticCache then= holds a Lookup stage ({looks_up!r}): its facts are one "
+                "customer's, and an answer built from them must never be served to another. "
+                "Put the Lookup before the SemanticCache: a request with facts is then never "
+                "cached."
+            )
         paid = isinstance(self.embedder, Model)
         if paid:
             catalogue = catalogue_for(self.embedder, self.catalogue)
@@ -412,6 +486,11 @@ class SemanticCache:
             )
         object.__setattr__(self, "_paid", paid)
         object.__setattr__(self, "_dimension", dimension)
+        space = getattr(self.embedder, "space", None)
+        if not isinstance(space, str) or not space:
+            space = f"{self.embedder.model_id}|dim={dimension}"
+        check_text(space, "Embedder space")
+        object.__setattr__(self, "_space", space)
 
     def estimate_cost(self, request: Request) -> Decimal | None:
         """What ``then`` would cost for ``request`` (so an earlier stage's answer avoids it)."""
@@ -427,22 +506,18 @@ class SemanticCache:
         return (
             request.intent is not None
             and request.intent in self.intents
-            and not request.facts
-            and not request.slots
-            and request.document is None
+            and _independent(request)
             and len(request.text) <= _MAX_CHARS
         )
 
-    def _embed(self, request: Request, ledger: Ledger) -> Vector | None:
-        """The request's embedding; a paid embedder's call is recorded as its own entry."""
+    def _embed_call(self, request: Request, ledger: Ledger) -> ModelCall | None:
+        """The paid embedder's call for ``request``; ``None`` if the text is too long for it."""
         embedder = self.embedder
-        if not self._paid:
-            return embedder.embed(request.text)  # type: ignore[union-attr]
         assert self.catalogue is not None
         prompt = Prompt("", request.text)
         if embedder.estimate(prompt, max_tokens=1).input_tokens >= self._window:  # type: ignore[union-attr]
             return None  # longer than the embedder takes: not cached, and nothing refused
-        call = ModelCall(
+        return ModelCall(
             stage=f"{self.name}.embed",
             model=embedder,  # type: ignore[arg-type]
             catalogue=self.catalogue,
@@ -452,18 +527,91 @@ class SemanticCache:
             ledger=ledger,
             timeout_s=self.timeout_s,
         )
+
+    def _decode(self, text: str) -> Vector | None:
+        try:
+            return decode_vector(text, self._dimension)
+        except ValueError:
+            return None  # paid for, unusable: recorded, and the request goes on
+
+    def _embed(self, request: Request, ledger: Ledger) -> Vector | None:
+        """The request's embedding; a paid embedder's call is recorded as its own entry."""
+        if not self._paid:
+            return self.embedder.embed(request.text)  # type: ignore[union-attr]
+        call = self._embed_call(request, ledger)
+        if call is None:
+            return None
         try:
             with call as completion:
-                try:
-                    vector = decode_vector(completion.text, self._dimension)
-                except ValueError:
-                    vector = None  # paid for, unusable: recorded, and the request goes on
+                vector = self._decode(completion.text)
                 call.record("passed")
         except ProviderError:
             # Recorded by the call (failed, cost unknown or $0 if throttled). A cache that cannot
             # embed is a cache miss, not an outage: the wrapped stage still answers.
             return None
         return vector
+
+    async def _aembed(self, request: Request, ledger: Ledger) -> Vector | None:
+        """:meth:`_embed` on the event loop."""
+        if not self._paid:
+            return await run_to_end(self.embedder.embed, request.text)  # type: ignore[union-attr]
+        call = await run_to_end(self._embed_call, request, ledger)
+        if call is None:
+            return None
+        try:
+            async with call as completion:
+                vector = self._decode(completion.text)
+                await call.arecord("passed")
+        except ProviderError:
+            return None  # recorded by the call; a miss, as in _embed
+        return vector
+
+    def _lookup(
+        self, request: Request, ledger: Ledger, vector: Vector | None, started: float
+    ) -> Result | None:
+        """The stored answer (recorded as answered), or ``None`` (recorded as passed)."""
+        match = None
+        if request.intent is not None and vector is not None and _usable(vector):
+            try:
+                match = self.store.nearest(
+                    vector, intent=request.intent, scope=self._scope(request), embedder=self._space
+                )
+            except Exception:
+                # A store that cannot be read is a miss: the request is still answered.
+                _log.warning(
+                    "SemanticCache %r: reading the answer store failed", self.name, exc_info=True
+                )
+        if match is not None and match.similarity >= self.threshold and match.answer.strip():
+            out = record_early(self.name, self, request, ledger, match.answer, started)
+            assert isinstance(out, Result)
+            return out
+        record_early(self.name, None, request, ledger, None, started)
+        return None
+
+    def _keep(self, request: Request, vector: Vector | None, out: Request | Result) -> None:
+        """Store ``then``'s answer if it holds for every customer of the tenant."""
+        if (
+            not isinstance(out, Result)
+            or request.intent is None
+            or vector is None
+            or not _usable(vector)
+            or not out.text.strip()  # an empty reply is a failure, not an answer to serve
+            or not _encodes(out.text)
+            or not _independent(out.request)  # then looked up facts, or saw a history
+        ):
+            return
+        try:
+            self.store.add(
+                vector,
+                out.text,
+                intent=request.intent,
+                scope=self._scope(request),
+                embedder=self._space,
+            )
+        except Exception:
+            # The answer was paid for and recorded: losing it to a locked store would be worse
+            # than not caching it.
+            _log.warning("SemanticCache %r: storing an answer failed", self.name, exc_info=True)
 
     def run(self, request: Request, ledger: Ledger) -> Request | Result:
         """Answer from the store, or pass to ``then`` and store its answer.
@@ -475,29 +623,99 @@ class SemanticCache:
         if not self._eligible(request):
             record_early(self.name, None, request, ledger, None, started)
             return self.then.run(request, ledger)
-        assert request.intent is not None
-        scope = self._scope(request)
         vector = self._embed(request, ledger)
-        match = None
-        if vector is not None and float(np.linalg.norm(vector)) > 0:
-            match = self.store.nearest(
-                vector, intent=request.intent, scope=scope, embedder=self.embedder.model_id
-            )
-        if match is not None and match.similarity >= self.threshold:
-            return record_early(self.name, self, request, ledger, match.answer, started)
-        record_early(self.name, None, request, ledger, None, started)
+        hit = self._lookup(request, ledger, vector, started)
+        if hit is not None:
+            return hit
         out = self.then.run(request, ledger)
-        if (
-            isinstance(out, Result)
-            and vector is not None
-            and float(np.linalg.norm(vector)) > 0
-            and _encodes(out.text)
-        ):
-            self.store.add(
-                vector,
-                out.text,
-                intent=request.intent,
-                scope=scope,
-                embedder=self.embedder.model_id,
-            )
+        self._keep(request, vector, out)
         return out
+
+    async def _athen(self, request: Request, ledger: Ledger) -> Request | Result:
+        arun = getattr(self.then, "arun", None)
+        if arun is not None:
+            out: Request | Result = await arun(request, ledger)
+            return out
+        return await run_to_end(self.then.run, request, ledger)
+
+    async def _abefore(self, request: Request, ledger: Ledger) -> tuple[bool, Any]:
+        """(eligible, the hit or the vector) for the async paths."""
+        started = time.perf_counter()
+        if not self._eligible(request):
+            await run_to_end(record_early, self.name, None, request, ledger, None, started)
+            return False, None
+        vector = await self._aembed(request, ledger)
+        hit = await run_to_end(self._lookup, request, ledger, vector, started)
+        return True, (vector if hit is None else hit)
+
+    async def arun(self, request: Request, ledger: Ledger) -> Request | Result:
+        """:meth:`run` on the event loop: ``then``'s ``arun`` (else its ``run`` in a thread)."""
+        eligible, found = await self._abefore(request, ledger)
+        if isinstance(found, Result):
+            return found
+        out = await self._athen(request, ledger)
+        if eligible:
+            await run_to_end(self._keep, request, found, out)
+        return out
+
+    async def astream(self, request: Request, ledger: Ledger) -> AsyncGenerator[str | Result, None]:
+        """Answer as a stream: a hit's whole answer at once, else ``then``'s text as it comes.
+
+        Then the ``Result``. ``then``'s answer is stored only once its stream has ended; a
+        reader that stops early leaves nothing stored.
+        """
+        eligible, found = await self._abefore(request, ledger)
+        if isinstance(found, Result):
+            yield found.text
+            yield found
+            return
+        answered: Request | Result | None = None
+        stream = getattr(self.then, "astream", None)
+        if stream is None:
+            answered = await self._athen(request, ledger)
+            if isinstance(answered, Result):
+                yield answered.text
+        else:
+            async with aclosing(stream(request, ledger)) as events:
+                async for item in events:
+                    if isinstance(item, Result):
+                        answered = item
+                    elif isinstance(item, str):
+                        if item:
+                            yield item
+                    elif isinstance(getattr(item, "result", None), Result):
+                        answered = item.result  # a Pipeline's Answered
+                    elif isinstance(getattr(item, "text", None), str) and item.text:
+                        yield item.text  # a Pipeline's TextDelta
+        if eligible and answered is not None:
+            await run_to_end(self._keep, request, found, answered)
+        if isinstance(answered, Result):
+            yield answered
+
+
+def _usable(vector: Vector) -> bool:
+    return float(np.linalg.norm(vector)) > 0
+
+
+def _independent(request: Request) -> bool:
+    """Whether nothing of one customer's shapes the answer (the rule of ``Precomputed``)."""
+    conversation = request.conversation
+    return (
+        not request.facts
+        and not request.slots
+        and request.document is None
+        and request.summary is None
+        and (conversation is None or (not conversation.turns and conversation.summary is None))
+    )
+
+
+def _lookup_in(stage: object) -> Lookup | None:
+    """A Lookup inside ``stage`` (itself, or any stage of a pipeline within it), if any."""
+    if isinstance(stage, Lookup):
+        return stage
+    for inner in getattr(stage, "stages", ()) or ():
+        found = _lookup_in(inner)
+        if found is not None:
+            return found
+    then = getattr(stage, "then", None)
+    return None if then is None or then is stage else _lookup_in(then)

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import json
+import logging
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,10 +30,13 @@ from chainkit import (
     Canned,
     Catalogue,
     ConfigError,
+    Conversation,
+    FactRule,
     Generate,
     IntentScan,
     KeywordClassifier,
     Ledger,
+    Lookup,
     Pipeline,
     Request,
     Result,
@@ -37,6 +45,7 @@ from chainkit import (
     SQLiteLedger,
     Usage,
 )
+from chainkit.pipeline import Answered, TextDelta
 from chainkit.providers.embeddings import (
     TITAN_EMBED_V2,
     BedrockEmbedder,
@@ -44,6 +53,8 @@ from chainkit.providers.embeddings import (
     decode_vector,
     encode_vector,
 )
+from chainkit.providers.model import Chunk, Completion, Prompt
+from chainkit.stages.semantic_cache import Match
 
 SEED = Catalogue.load("seed-2024")
 BEDROCK = Catalogue.load("bedrock-2026-11-29")
@@ -581,3 +592,300 @@ def test_a_question_longer_than_the_paid_embedder_takes_goes_on_unembedded(
         ("semantic_cache", "passed"),
         ("generate", "answered"),
     ]
+
+
+# -- defects found by adversarial testing: each test failed before its fix ------------------
+
+
+def remembering(prompts: list[Prompt]) -> ScriptedModel:
+    """A model that answers from the conversation it is sent, as a real one would."""
+
+    def reply(prompt: Prompt) -> str:
+        prompts.append(prompt)
+        context = " ".join(turn.text for turn in prompt.history)
+        return f"About {prompt.user!r}, given: {context}"
+
+    return ScriptedModel(model_id="generic.responder", reply=reply, usage=Usage(100, 50))
+
+
+def test_answers_to_follow_up_turns_are_never_stored_nor_served_from_the_store(
+    store: AnswerStore,
+) -> None:
+    prompts: list[Prompt] = []
+    stage = SemanticCache(
+        store=store,
+        embedder=HashedEmbedder(),
+        then=Generate(model=remembering(prompts), max_tokens=200, catalogue=SEED),
+        intents=INTENTS,
+    )
+    ledger = Ledger()
+    alice = Conversation("alice", tags={"tenant": "acme"})
+    first = alice.request("My name is Alice Smith, I live at 1 Secret Lane 🏠", id="a/0")
+    alice = alice.after(Result(first, "Noted, Alice.", "generate"))
+    asked = dataclasses.replace(
+        alice.request("Do you ship to Canada?", id="a/1"), intent="delivery_options"
+    )
+    out = stage.run(asked, ledger)
+    assert isinstance(out, Result) and "Secret Lane" in out.text and out.stage == "generate"
+    assert len(store) == 0  # built from Alice's history: never stored
+
+    # Bob, same tenant, no conversation: asks the model, never gets Alice's answer.
+    bob = stage.run(ask("do you ship to canada", id="b/0"), ledger)
+    assert isinstance(bob, Result) and bob.stage == "generate" and "Secret" not in bob.text
+    assert len(store) == 1
+
+    # A follow-up that reads the same is not served Bob's stored answer: it means something else.
+    carol = Conversation("carol", tags={"tenant": "acme"})
+    carol = carol.after(
+        Result(carol.request("Do you ship to Japan?", id="c/0"), "Yes.", "generate")
+    )
+    follow = dataclasses.replace(
+        carol.request("do you ship to canada", id="c/1"), intent="delivery_options"
+    )
+    out = stage.run(follow, ledger)
+    assert isinstance(out, Result) and out.stage == "generate" and "Japan" in out.text
+    # A conversation's first turn has no history: it is cached like any request.
+    dave = Conversation("dave", tags={"tenant": "acme"})
+    first_turn = dataclasses.replace(
+        dave.request("do you ship to canada?", id="d/0"), intent="delivery_options"
+    )
+    out = stage.run(first_turn, ledger)
+    assert isinstance(out, Result) and out.stage == "semantic_cache"
+    assert [p.user for p in prompts] == [
+        "Do you ship to Canada?",
+        "do you ship to canada",
+        "do you ship to canada",
+    ]
+    assert [e.outcome for e in ledger if e.request_id == "c/1"] == ["passed", "answered"]
+
+
+@dataclass(frozen=True)
+class AddFacts:
+    """A stage inside ``then`` that learns one customer's facts (as a lookup would)."""
+
+    name: str = "add_facts"
+
+    def run(self, request: Request, ledger: Ledger) -> Request:
+        return dataclasses.replace(request, facts=("Customer Alice lives at 1 Secret Lane.",))
+
+
+def test_a_then_that_looks_up_facts_is_refused_and_facts_gained_inside_then_are_not_stored(
+    store: AnswerStore, tmp_path: Path
+) -> None:
+    sqlite3.connect(tmp_path / "customers.db").close()
+    look = Lookup(
+        tmp_path / "customers.db",
+        [FactRule(slot="email", pattern=r"(\S+@\S+)", sql="select 1 where ? = ''", fact="x")],
+    )
+    model = responder("We ship to 1 Secret Lane.")
+    generate = Generate(model=model, max_tokens=200, catalogue=SEED)
+    for then in (look, Pipeline([look, generate]), Pipeline([Pipeline([look, generate])])):
+        with pytest.raises(ConfigError, match="holds a Lookup stage"):
+            SemanticCache(store=store, embedder=HashedEmbedder(), then=then, intents=INTENTS)
+
+    stage = SemanticCache(
+        store=store,
+        embedder=HashedEmbedder(),
+        then=Pipeline([AddFacts(), generate]),
+        intents=INTENTS,
+    )
+    ledger = Ledger()
+    for text in ("do you ship to my address?", "do you ship to my address"):
+        out = stage.run(ask(text), ledger)
+        assert isinstance(out, Result) and out.stage == "generate"
+    assert len(store) == 0
+    assert len(model.prompts) == 2
+
+
+def test_a_locked_or_broken_store_never_fails_the_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "answers.db"
+    store = AnswerStore(path, timeout_s=0.05)
+    model = responder()
+    stage = cache(store, model)
+    ledger = Ledger()
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock (a backup, a purge)
+    with caplog.at_level(logging.WARNING, logger="chainkit"):
+        out = stage.run(ask("What delivery options do you have?", id="r1"), ledger)
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert isinstance(out, Result) and out.text == "We ship by courier in 2 days."
+    assert "storing an answer failed" in caplog.text
+    assert [(e.stage, e.outcome) for e in ledger] == [
+        ("semantic_cache", "passed"),
+        ("generate", "answered"),
+    ]
+    assert len(store) == 0
+    # A store that cannot be read at all is a miss: the model answers.
+    store.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="chainkit"):
+        out = stage.run(ask("What delivery options do you have?", id="r2"), ledger)
+    assert isinstance(out, Result) and out.stage == "generate"
+    assert "reading the answer store failed" in caplog.text
+    assert len(model.prompts) == 2
+    with pytest.raises(ConfigError, match="timeout_s"):
+        AnswerStore(timeout_s=-1)
+
+
+def test_every_setting_of_the_embedder_has_its_own_partition_and_no_size_mismatch_crashes(
+    store: AnswerStore,
+) -> None:
+    ledger = Ledger()
+    runs = []
+    for embedder in (
+        HashedEmbedder(),
+        HashedEmbedder(),
+        HashedEmbedder(dimension=256),
+        HashedEmbedder(word_weight=0.9),
+    ):
+        out = cache(store, responder(), embedder=embedder).run(ask("do you ship to canada"), ledger)
+        assert isinstance(out, Result)
+        runs.append(out.stage)
+    assert runs == ["generate", "semantic_cache", "generate", "generate"]
+    assert len(store) == 3
+    spaces = {
+        HashedEmbedder().space,
+        HashedEmbedder(dimension=256).space,
+        HashedEmbedder(word_weight=0.9).space,
+        HashedEmbedder().fit(["a b", "c"]).space,
+        HashedEmbedder(idf=HashedEmbedder().fit(["a b"]).idf).space,  # fitted, default id
+    }
+    assert len(spaces) == 5
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    titan = {BedrockEmbedder(client=client, dimension=d).space for d in (256, 512, 1024)}
+    assert len(titan) == 3
+    # The store itself never compares vectors of different sizes in one partition.
+    two, three = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0, 0.0], np.float32)
+    store.add(two, "two", intent="faq", scope=None, embedder="same-id")
+    assert store.nearest(two, intent="faq", scope=None, embedder="same-id") == Match("two", 1.0)
+    store.add(three, "three", intent="faq", scope=None, embedder="same-id")
+    assert store.nearest(three, intent="faq", scope=None, embedder="same-id") == Match("three", 1.0)
+    assert store.nearest(two, intent="faq", scope=None, embedder="same-id") == Match("two", 1.0)
+    assert store.nearest(np.ones(5), intent="faq", scope=None, embedder="same-id") is None
+
+
+def test_purge_empties_the_wal_file_of_the_purged_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "answers.db"
+    store = AnswerStore(path, timeout_s=0.05)
+    other = AnswerStore(path)  # another worker keeps the store open
+    v = np.ones(8, dtype=np.float32)
+    for i in range(5):
+        store.add(v, f"PURGEME {i} 東京", intent="faq", scope={"tenant": "acme"}, embedder="e")
+    store.add(v, "KEEP", intent="faq", scope={"tenant": "globex"}, embedder="e")
+    wal = Path(f"{path}-wal")
+    assert b"PURGEME" in wal.read_bytes()
+    assert store.purge(scope={"tenant": "acme"}) == 5
+    assert b"PURGEME" not in wal.read_bytes() + path.read_bytes()
+    assert other.nearest(v, intent="faq", scope={"tenant": "globex"}, embedder="e") is not None
+
+    # A reader in the middle of a read keeps the -wal file: the purge says so, and succeeds.
+    store.add(v, "PURGEME again", intent="faq", scope={"tenant": "acme"}, embedder="e")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM answers").fetchone()
+    with caplog.at_level(logging.WARNING, logger="chainkit"):
+        assert store.purge(scope={"tenant": "acme"}) == 1
+    assert "may remain" in caplog.text
+    reader.execute("COMMIT")
+    reader.close()
+    other.close()
+    store.close()
+
+
+@pytest.mark.parametrize("reply", ["", "   \n\t"])
+def test_empty_or_blank_answers_are_never_stored(store: AnswerStore, reply: str) -> None:
+    model = responder(reply)
+    stage = cache(store, model, threshold=-1.0)
+    ledger = Ledger()
+    for text in ("Do you ship to Canada?", "Do you ship to Canada?"):
+        out = stage.run(ask(text), ledger)
+        assert isinstance(out, Result) and out.stage == "generate"
+    assert len(store) == 0
+    assert [e.avoided_cost for e in ledger if e.stage == "semantic_cache"] == [Decimal(0)] * 2
+
+
+class Streaming:
+    """A provider that streams its reply word by word, then reports its usage."""
+
+    model_id = "generic.responder"
+    region = None
+    tier = "on_demand"
+    estimates_locally = True
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.asked = 0
+
+    def complete(self, prompt: Prompt, *, max_tokens: int, metadata: Any = None) -> Completion:
+        self.asked += 1
+        return Completion(self.reply, Usage(100, 50), self.model_id)
+
+    def estimate(self, prompt: Prompt, *, max_tokens: int) -> Usage:
+        return Usage(100, max_tokens)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Any = None
+    ) -> AsyncGenerator[Chunk, None]:
+        self.asked += 1
+        for word in self.reply.split(" "):
+            await asyncio.sleep(0)
+            yield Chunk(word + " ")
+        yield Chunk(usage=Usage(100, 50), model_id=self.model_id)
+
+
+def test_astream_streams_thens_deltas_on_a_miss_and_stores_the_answer_at_the_end(
+    store: AnswerStore,
+) -> None:
+    model = Streaming("We ship by courier in 2 days 🚚")
+    bot = Pipeline(
+        [
+            IntentScan(classifier=KeywordClassifier({"delivery_options": ["ship"]})),
+            SemanticCache(
+                store=store,
+                embedder=HashedEmbedder(),
+                then=Generate(model=model, max_tokens=200, catalogue=SEED),
+                intents=INTENTS,
+            ),
+        ]
+    )
+    ledger = Ledger()
+
+    async def events(text: str, stop: int | None = None) -> list[Any]:
+        seen: list[Any] = []
+        async with aclosing(bot.astream(Request(text, tags={"tenant": "acme"}), ledger)) as it:
+            async for event in it:
+                seen.append(event)
+                if stop is not None and len(seen) == stop:
+                    break
+        return seen
+
+    # A reader that stops early leaves nothing stored.
+    assert len(asyncio.run(events("Do you ship to Canada?", stop=2))) == 2
+    assert len(store) == 0
+    miss = asyncio.run(events("Do you ship to Canada?"))
+    deltas = [e for e in miss if isinstance(e, TextDelta)]
+    assert [d.text for d in deltas] == [
+        "We ",
+        "ship ",
+        "by ",
+        "courier ",
+        "in ",
+        "2 ",
+        "days ",
+        "🚚 ",
+    ]
+    assert {d.stage for d in deltas} == {"semantic_cache"}
+    assert isinstance(miss[-1], Answered) and miss[-1].result.stage == "generate"
+    assert len(store) == 1
+    hit = asyncio.run(events("do you ship to canada"))
+    assert [type(e) for e in hit] == [TextDelta, Answered]
+    assert hit[0].text == "We ship by courier in 2 days 🚚 " == hit[1].result.text
+    assert hit[1].result.stage == "semantic_cache"
+    out = asyncio.run(bot.arun(Request("Do you ship to Canada", tags={"tenant": "acme"}), ledger))
+    assert out.stage == "semantic_cache"
+    assert model.asked == 2
