@@ -132,6 +132,13 @@ def report_by(args: argparse.Namespace) -> str:
     with open_ledger(args.ledger, getattr(args, "schema", "chainkit")) as ledger:
         a = allocate(ledger, _tags(args.by))
         found = recorded(ledger)
+    # A tag no entry carries is a typo far more often than a question (every row "(none)").
+    absent = [key for i, key in enumerate(a.by) if a.rows and all(r.key[i] is None for r in a.rows)]
+    if absent:
+        raise ConfigError(
+            f"--by {args.by!r}: no entry in the ledger has the tag {absent[0]!r}. Give a tag key "
+            "the entries carry (e.g. tenant), or conversation or turn for cost per conversation."
+        )
     # The anomalies recorded in the ledger (chainkit anomalies) are part of its report.
     if args.format == "json":
         return json.dumps(
