@@ -189,8 +189,13 @@ class PostgresLedger(SQLLedger):
                 "PostgresLedger needs psycopg 3: pip install 'chainkit[postgres]'."
             ) from exc
         try:
+            # Named after the ledger, so an operator sees in pg_stat_activity whose sessions
+            # these are (a DSN's own application_name wins).
+            extra: dict[str, Any] = {}
+            if "application_name" not in self.dsn:
+                extra["application_name"] = f"chainkit:{self.schema}"[:63]
             conn = psycopg.connect(
-                self.dsn, autocommit=True, connect_timeout=max(1, int(self._timeout_s))
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self._timeout_s)), **extra
             )
         except psycopg.Error as exc:
             raise ConfigError(f"Cannot connect to {self.where}: {exc}".strip()) from exc
