@@ -327,14 +327,25 @@ def _prices(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> str:
+    if args.out is not None:
+        check_out(args.out, args.ledger)
+    text = _report_text(args)
+    if args.out is None:
+        return text
+    size = write_out(args.out, text if text.endswith("\n") else text + "\n")
+    return f"Wrote {args.out} ({size:,} bytes, {args.format})."
+
+
+def _report_text(args: argparse.Namespace) -> str:
     if args.by is not None and args.by not in ("conversation", "turn"):
         from chainkit.finops.commands import report_by
 
         return report_by(args)
-    path = Path(args.ledger)
-    # Read-only: a report never changes the file (nor creates one at a mistyped path).
+    from chainkit.finops.commands import open_ledger
+
+    # Read-only: a report never changes the ledger (nor creates a file at a mistyped path).
     try:
-        with SQLiteLedger(path, read_only=True) as ledger:
+        with open_ledger(args.ledger, args.schema) as ledger:
             if args.by is not None:  # cost per conversation or per turn index
                 from chainkit.finops.conversations import conversation_report
 
@@ -346,27 +357,63 @@ def _report(args: argparse.Namespace) -> str:
                 from chainkit.finops.html import html_report
 
                 outlook, marked = _outlook(ledger)
-                page = html_report(ledger, report=report, tags=args.by_tag or ["tenant"],
-                                   source=str(path), forecast=outlook,
-                                   anomalies=marked)  # fmt: skip
+                return html_report(ledger, report=report, tags=args.by_tag or ["tenant"],
+                                   source=ledger.where, forecast=outlook,
+                                   anomalies=marked).rstrip("\n")  # fmt: skip
     except sqlite3.Error as exc:
         raise ChainkitError(
-            f"Cannot read ledger {path}: SQLite says {exc}. Is it a ledger a recipe wrote with "
-            "--ledger, and not damaged?"
+            f"Cannot read ledger {args.ledger}: SQLite says {exc}. Is it a ledger a recipe wrote "
+            "with --ledger, and not damaged?"
         ) from exc
     render: dict[str, Callable[[], str]] = {
         "json": report.to_json,
         "markdown": report.to_markdown,
         "csv": report.to_csv,
         "table": report.to_table,
-        "html": lambda: page.rstrip("\n"),
     }
-    text = render[args.format]()
-    if args.out is None:
-        return text
-    out = Path(args.out)
-    out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    return f"Wrote {out} ({out.stat().st_size:,} bytes, {args.format})."
+    return render[args.format]()
+
+
+def check_out(out: str | os.PathLike[str], ledger: str) -> None:
+    """Refuse an output file that is the ledger itself (or its -wal, -shm or -journal).
+
+    Writing a report over the ledger it reads would destroy the ledger: a typo away.
+    """
+    if ledger.startswith(("postgresql://", "postgres://")):
+        return
+    target = Path(out)
+    if not target.exists():
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        source = Path(ledger + suffix)
+        if source.exists() and os.path.samefile(target, source):
+            raise ChainkitError(
+                f"--out {out} is the ledger {source.name} itself: writing there would destroy "
+                "the ledger. Give another file name."
+            )
+
+
+def write_out(out: str | os.PathLike[str], text: str) -> int:
+    """Write ``text`` to ``out`` whole or not at all (a full disk leaves the old file); its size.
+
+    The text goes to a temporary file beside ``out``, is flushed to disk, then renamed over it.
+    """
+    target = Path(out)
+    data = text.encode("utf-8")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ChainkitError(
+            f"Cannot write {out}: {exc.strerror or exc}. Check the folder exists, is writable and "
+            "has space."
+        ) from exc
+    return len(data)
 
 
 def _outlook(ledger: SQLLedger) -> tuple[Any, list[Any]]:
@@ -494,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stage recorded); a tag (e.g. tenant, or tenant,feature): showback, with one-off spend "
         "amortised, and unit costs",
     )
-    report.add_argument("--schema", default="chainkit", help="--by on PostgreSQL: the schema")
+    report.add_argument("--schema", default="chainkit", help="PostgreSQL: the ledger's schema")
     report.set_defaults(run=_report)
     ledger = sub.add_parser(
         "ledger",

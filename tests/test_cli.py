@@ -273,7 +273,7 @@ def test_report_missing_file_exits_2_naming_path(
     assert code == 2
     assert out == ""
     assert str(path) in err
-    assert f"--ledger {path}" in err
+    assert "a recipe wrote with --ledger" in err
     assert not path.exists()
 
 
@@ -539,3 +539,26 @@ def test_a_genai_prices_catalogue_name_with_an_empty_date_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="names no date after '@'"):
         Catalogue.load("genai-prices@")
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "html"])
+def test_report_out_never_writes_over_the_ledger_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as ledger:
+        ledger.record(
+            Entry(request_id="r", stage="generate", outcome="answered", cost=Decimal("0.01"))
+        )
+    before = path.read_bytes()
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    for out in (path, link, tmp_path / "." / "run.db"):
+        code, _, err = _run(capsys, "report", str(path), "--format", fmt, "--out", str(out))
+        assert code == 2 and "would destroy the ledger" in err
+    assert path.read_bytes() == before
+    # --by writes to --out too.
+    other = tmp_path / "by.csv"
+    code, _, _ = _run(capsys, "report", str(path), "--by", "conversation", "--format", "csv",
+                      "--out", str(other))  # fmt: skip
+    assert code == 0 and other.exists()

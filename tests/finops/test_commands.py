@@ -158,3 +158,20 @@ def test_the_html_report_of_a_ledger_too_short_to_forecast_has_no_band(
     code, _, err = run(capsys, "report", str(path), "--format", "html", "--out", str(page))
     assert code == 0, err
     assert 'class="forecast"' not in page.read_text(encoding="utf-8")
+
+
+def test_every_report_format_reads_a_postgres_ledger(
+    pg_dsn: str, pg_schema: str, entries: list, tmp_path: Path,  # type: ignore[type-arg]
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    with PostgresLedger(pg_dsn, schema=pg_schema) as ledger:
+        ledger.record_many(entries[:500])
+        cost = ledger.cost
+    code, out, err = run(capsys, "report", pg_dsn, "--schema", pg_schema, "--format", "json")
+    assert code == 0, err
+    assert sum(Decimal(v["total_cost_usd"]) for v in json.loads(out)["variants"]) == cost
+    page = tmp_path / "r.html"
+    code, _, err = run(capsys, "report", pg_dsn, "--schema", pg_schema, "--format", "html",
+                       "--out", str(page))  # fmt: skip
+    assert code == 0, err
+    assert "<svg" in page.read_text(encoding="utf-8")
