@@ -199,6 +199,8 @@ class History:
         if conversation is None:
             self._record(request, ledger, started, Decimal(0), "")
             return request
+        store = conversations(ledger)
+        store.check(request)  # a reused request id is refused before anything is spent
         model_id = self.priced_as
         # Without the policy every earlier turn would be sent as it is, summarised ones too.
         full = _tokens(sendable(conversation.turns), model_id)
@@ -223,8 +225,7 @@ class History:
             f"turn {conversation.turn_index}: sent {kept} earlier turns; {sent} history tokens "
             f"sent, {trimmed} trimmed"
         )
-        self._record(request, ledger, started, avoided, note)
-        conversations(ledger).record(
+        store.record(
             conversation,
             turn_records(
                 request,
@@ -234,6 +235,7 @@ class History:
                 now=ledger.clock(),
             ),
         )
+        self._record(request, ledger, started, avoided, note)
         return request
 
     def _record(
