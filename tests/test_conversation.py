@@ -516,3 +516,15 @@ def test_history_on_the_async_path_awaits_the_summarisers_async_call() -> None:
     paid = [e for e in ledger if e.stage == "history" and e.model == CHEAP]
     assert [e.cost for e in paid] == [CATALOGUE.cost(CHEAP, Usage(60, 9))]
     assert model.prompts[-1].system.endswith(SUMMARY_HEADER + "Orders 1-2.")
+
+
+def test_by_default_a_follow_up_of_a_follow_up_keeps_the_first_turns_intent() -> None:
+    texts = ["Where is my order 10234?", "and the second one?", "and the third one?", "and 2つ目は？"]
+    ledger = Ledger()
+    chat(scan(), ledger, texts)
+    assert intents(ledger) == ["track_order"] * 4
+    # "join" only joins the previous user turn's text: after one follow-up there is nothing
+    # left to join with, so the chain breaks (README, Conversations).
+    ledger = Ledger()
+    chat(scan(follow_up="join"), ledger, texts)
+    assert intents(ledger) == ["track_order", "track_order", "unknown", "unknown"]
