@@ -519,7 +519,7 @@ def test_history_on_the_async_path_awaits_the_summarisers_async_call() -> None:
 
 
 def test_by_default_a_follow_up_of_a_follow_up_keeps_the_first_turns_intent() -> None:
-    texts = ["Where is my order 10234?", "and the second one?", "and the third one?", "and 2つ目は？"]
+    texts = ["Where is my order 10234?", "and the second one?", "and the third one?", "2つ目は？"]  # noqa: RUF001
     ledger = Ledger()
     chat(scan(), ledger, texts)
     assert intents(ledger) == ["track_order"] * 4
