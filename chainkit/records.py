@@ -441,6 +441,11 @@ class Turn:
     text: str
     intent: str | None = None
     request_id: str | None = None
+    # Token counts of the text by model id, computed once: a History stage reads every kept
+    # turn's count on every request of the conversation.
+    counts: dict[str, int] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.role not in ("user", "assistant"):
@@ -476,6 +481,11 @@ class Conversation:
     summary: str | None = None
     summarised: int = 0
     start: int = 0
+    # Model id -> (number of leading turns, their tokens): a History stage adds only the turns
+    # after them, so a long conversation is not recounted on every request.
+    totals: dict[str, tuple[int, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         check_text(self.id, "Conversation id")
@@ -541,13 +551,15 @@ class Conversation:
             Turn("user", request.text, request.intent, request.id),
             Turn("assistant", result.text, request_id=request.id),
         )
-        return dataclasses.replace(
+        out = dataclasses.replace(
             self,
             turns=turns,
             summary=seen.summary,
             summarised=min(seen.summarised, len(self.turns)),
             start=min(seen.start, len(self.turns)),
         )
+        out.totals.update(self.totals)  # its turns begin with these
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,3 +401,130 @@ def test_only_short_turns_are_read_as_follow_ups() -> None:
         IntentScan(classifier=RULES, follow_up_words=0)
     with pytest.raises(ConfigError, match="follow_up must be"):
         IntentScan(classifier=RULES, follow_up="always")  # type: ignore[arg-type]
+
+
+# -- History after an adversarial review --------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.tuples(turn_text, turn_text), min_size=0, max_size=8),
+    last_turns=st.none() | st.integers(min_value=0, max_value=5),
+    budget=st.none() | st.integers(min_value=0, max_value=80),
+    folded=st.integers(min_value=0, max_value=8),
+)
+def test_the_window_is_the_earliest_user_turn_within_both_limits(
+    texts: list[tuple[str, str]], last_turns: int | None, budget: int | None, folded: int
+) -> None:
+    turns = tuple(t for q, a in texts for t in (Turn("user", q), Turn("assistant", a)))
+    summarised = min(2 * folded, len(turns))
+    conversation = Conversation(
+        "c", turns=turns, summary="s" if summarised else None, summarised=summarised,
+        start=summarised,
+    )  # fmt: skip
+    history = History(priced_as=GEN, last_turns=last_turns, max_tokens=budget)
+    room = None if budget is None else budget - (count_tokens("s", GEN) if summarised else 0)
+
+    def fits(i: int) -> bool:
+        users = sum(1 for t in turns[i:] if t.role == "user")
+        size = sum(count_tokens(t.text, GEN) for t in turns[i:])
+        return (last_turns is None or users <= last_turns) and (room is None or size <= room)
+
+    starts = [i for i in range(summarised, len(turns)) if turns[i].role == "user" and fits(i)]
+    assert history.window(conversation) == (starts[0] if starts else len(turns))
+
+
+def test_history_counts_each_turn_once_so_a_long_chat_costs_its_kept_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chainkit.stages import history as module
+
+    counted: list[str] = []
+
+    def counting(text: str, model_id: str = "") -> int:
+        counted.append(text)
+        return count_tokens(text, model_id)
+
+    monkeypatch.setattr(module, "count_tokens", counting)
+    turns = tuple(
+        t for i in range(1000) for t in (Turn("user", f"question {i} 🚚"), Turn("assistant", "ok"))
+    )
+    conversation = Conversation("long", turns=turns)
+    bot = Pipeline([History(priced_as=GEN, max_tokens=60), Generate(model=ScriptedModel(
+        model_id=GEN, reply="ok"), max_tokens=10)])  # fmt: skip
+    result = bot.run(conversation.request("q0", id="r0"), Ledger())
+    assert len(counted) <= len(turns) + 2  # every turn once, the first time
+    for i in range(1, 20):
+        counted.clear()
+        conversation = conversation.after(result)
+        result = bot.run(conversation.request(f"q{i}", id=f"r{i}"), Ledger())
+        assert len(counted) <= 4, counted  # the two new turns (and the request's texts)
+    sent = result.request.conversation
+    assert sent is not None and 0 < len(sent.sent) < 100  # 60 tokens of short turns
+
+
+def failing_summariser_bot(summariser: ScriptedModel) -> tuple[Pipeline, ScriptedModel]:
+    model = ScriptedModel(model_id=GEN, reply="Noted.", usage=Usage(30, 5))
+    history = History(priced_as=GEN, last_turns=1, summarise_with=summariser, summary_tokens=50)
+    return Pipeline([history, Generate(model=model, max_tokens=20)]), model
+
+
+def broken(prompt: object) -> str:
+    raise RuntimeError("summariser down")
+
+
+def test_a_failing_summariser_falls_back_to_the_window_and_the_chat_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bot, model = failing_summariser_bot(ScriptedModel(model_id=CHEAP, reply=broken))
+    ledger = Ledger()
+    conversation, results = chat(bot, ledger, ["order 1?", "order 2?", "order 3?", "order 4?"])
+    assert [r.text for r in results] == ["Noted."] * 4  # every turn answered
+    failed = [e for e in ledger if e.stage == "history" and e.model == CHEAP]
+    assert [(e.outcome, e.cost) for e in failed] == [("failed", None)] * 2  # unknown, not $0
+    notes = [e.note for e in ledger if e.stage == "history" and e.model is None]
+    assert "summariser failed (BadResponse); turns 0-1 neither summarised nor sent" in notes[2]
+    assert "turns 0-3 neither summarised nor sent" in notes[3]  # tried again, with turn 1
+    assert [t.text for t in model.prompts[-1].history] == ["order 3?", "Noted."]
+    assert "summariser failed" in caplog.text
+    assert conversation.summary is None and conversation.summarised == 0
+
+
+def test_history_on_the_async_path_awaits_the_summarisers_async_call() -> None:
+    import asyncio
+
+    class AsyncOnly(ScriptedModel):
+        def complete(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise AssertionError("the async path must not block on complete()")
+
+        async def acomplete(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            return await ScriptedModel.acomplete(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    summariser = AsyncOnly(model_id=CHEAP, reply="Orders 1-2.", usage=Usage(60, 9))
+    bot, model = failing_summariser_bot(summariser)
+    ledger = Ledger()
+
+    async def go() -> Conversation:
+        conversation = Conversation("a")
+        for i, text in enumerate(["order 1?", "order 2?", "order 3?"]):
+            result = await bot.arun(conversation.request(text, id=f"a/{i}"), ledger)
+            conversation = conversation.after(result)
+        return conversation
+
+    conversation = asyncio.run(go())
+    assert conversation.summary == "Orders 1-2." and conversation.summarised == 2
+    paid = [e for e in ledger if e.stage == "history" and e.model == CHEAP]
+    assert [e.cost for e in paid] == [CATALOGUE.cost(CHEAP, Usage(60, 9))]
+    assert model.prompts[-1].system.endswith(SUMMARY_HEADER + "Orders 1-2.")
+
+
+def test_by_default_a_follow_up_of_a_follow_up_keeps_the_first_turns_intent() -> None:
+    texts = ["Where is my order 10234?", "and the second one?", "and the third one?", "2つ目は？"]  # noqa: RUF001
+    ledger = Ledger()
+    chat(scan(), ledger, texts)
+    assert intents(ledger) == ["track_order"] * 4
+    # "join" only joins the previous user turn's text: after one follow-up there is nothing
+    # left to join with, so the chain breaks (README, Conversations).
+    ledger = Ledger()
+    chat(scan(follow_up="join"), ledger, texts)
+    assert intents(ledger) == ["track_order", "track_order", "unknown", "unknown"]

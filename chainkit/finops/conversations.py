@@ -24,7 +24,7 @@ from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.ledger.conversations import TurnCost, conversations
 from chainkit.money import exact_sum, usd
-from chainkit.report import QUOTIENT
+from chainkit.report import QUOTIENT, money
 
 __all__ = ["ConversationLine", "ConversationReport", "TurnLine", "conversation_report"]
 
@@ -39,12 +39,31 @@ def _mean(amount: Decimal | None, n: int) -> Decimal | None:
 
 
 def _text(amount: Decimal | None) -> str | None:
-    return None if amount is None else str(amount)
+    # Plain decimal digits ("0.000000105", never "1.05E-7"): what spreadsheets and JSON readers
+    # take as a number.
+    return money(amount)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
+def _shown(text: str) -> str:
+    """A conversation id or tenant for a table: control characters escaped (one line a row)."""
+    return text.translate(_CONTROL)
+
+
+def _cell(text: str) -> str:
+    """A text cell for CSV that a spreadsheet shows as text, never runs as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationLine:
-    """One conversation: its turns, what they cost in all, and its costliest turn."""
+    """One conversation (of one tenant): its turns, what they cost in all, and its last turn's."""
 
     conversation_id: str
     turns: int
@@ -56,6 +75,7 @@ class ConversationLine:
     trimmed_tokens: int
     unknown_turns: int
     last_turn_cost: Decimal | None
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +104,7 @@ class ConversationReport:
         if by == "conversation":
             return [
                 {
+                    "tenant": c.tenant,
                     "conversation": c.conversation_id,
                     "turns": c.turns,
                     "cost": _text(c.cost),
@@ -119,8 +140,16 @@ class ConversationReport:
         return json.dumps(self.rows(by), ensure_ascii=False, indent=1)
 
     def to_csv(self, by: By = "conversation") -> str:
-        """The lines as CSV with a header row; amounts exact, unknown ones empty."""
-        rows = self.rows(by)
+        """The lines as CSV with a header row; amounts exact, unknown ones empty.
+
+        A tenant or conversation id that starts with ``=``, ``+``, ``-`` or ``@`` is written
+        with a leading ``'``, so that a spreadsheet shows it rather than runs it.
+        """
+        rows = [
+            {k: _cell(v) if k in ("tenant", "conversation") and isinstance(v, str) else v
+             for k, v in row.items()}
+            for row in self.rows(by)
+        ]  # fmt: skip
         out = io.StringIO()
         fields = list(rows[0]) if rows else _HEADERS[by]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
@@ -130,11 +159,12 @@ class ConversationReport:
 
     def _cells(self, by: By) -> tuple[list[str], list[list[str]]]:
         if by == "conversation":
-            head = ["conversation", "turns", "cost", "per turn", "last turn", "avoided",
+            head = ["tenant", "conversation", "turns", "cost", "per turn", "last turn", "avoided",
                     "input tok", "history tok", "trimmed tok"]  # fmt: skip
             body = [
                 [
-                    c.conversation_id,
+                    _shown(c.tenant) or "-",
+                    _shown(c.conversation_id),
                     f"{c.turns:,}",
                     usd(c.cost),
                     usd(_mean(c.cost, c.turns)),
@@ -175,9 +205,10 @@ class ConversationReport:
             return empty
         head, body = self._cells(by)
         widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
+        texts = 2 if by == "conversation" else 1  # names left, figures right
         lines = [
             "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
+                c.ljust(w) if i < texts else c.rjust(w)
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             ).rstrip()
             for r in (head, *body)
@@ -191,7 +222,7 @@ class ConversationReport:
             return empty
         head, body = self._cells(by)
         lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
         return "\n".join(lines + self._notes())
 
     def _notes(self) -> list[str]:
@@ -206,6 +237,7 @@ class ConversationReport:
 
 _HEADERS: dict[str, list[str]] = {
     "conversation": [
+        "tenant",
         "conversation",
         "turns",
         "cost",
@@ -236,15 +268,19 @@ def _tokens(mean: Decimal | None) -> str:
 
 
 def conversation_report(ledger: Ledger) -> ConversationReport:
-    """Cost per conversation (in order of id) and per turn index, from any ledger."""
+    """Cost per conversation (by tenant, then id) and per turn index, from any ledger.
+
+    A conversation is its tenant tag and its id: two tenants' conversations ``"1"`` are two
+    lines.
+    """
     costs = conversations(ledger).costs()
-    by_conversation: dict[str, list[TurnCost]] = {}
+    by_conversation: dict[tuple[str, str], list[TurnCost]] = {}
     by_turn: dict[int, list[TurnCost]] = {}
     for c in costs:
-        by_conversation.setdefault(c.conversation_id, []).append(c)
+        by_conversation.setdefault((c.tenant, c.conversation_id), []).append(c)
         by_turn.setdefault(c.turn, []).append(c)
     lines = []
-    for cid, turns in sorted(by_conversation.items()):
+    for (tenant, cid), turns in sorted(by_conversation.items()):
         turns.sort(key=lambda t: t.turn)
         lines.append(
             ConversationLine(
@@ -258,6 +294,7 @@ def conversation_report(ledger: Ledger) -> ConversationReport:
                 sum(t.trimmed_tokens for t in turns),
                 sum(1 for t in turns if t.cost is None),
                 turns[-1].cost,
+                tenant,
             )
         )
     per_turn = []

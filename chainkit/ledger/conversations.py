@@ -8,6 +8,18 @@ service can load it back (:meth:`ConversationStore.load`); those texts go with
 ``ledger.purge(before)``, ``chainkit ledger purge`` and a ledger's ``retention``, by the
 conversation's last activity, as saved progress does.
 
+A conversation is known by its ``tenant`` tag and its id: tenants ``acme`` and ``globex`` may
+both have a conversation ``"1"``, and each is stored, loaded and reported apart (a conversation
+without a tenant tag has the tenant ``""``). A turn's cost is every serving entry with its
+request id and its tenant tag; a request id names one turn of one conversation per tenant, and a
+turn that reuses another turn's request id is refused (``ConfigError``) before anything is spent,
+so that no entry is counted for two turns.
+
+After a purge, texts the service still holds in memory are not written back: a turn's text is
+kept only when the turn is new to the ledger (its user message, or its answer the first time
+it is recorded), and the running summary only while no turn of the conversation was purged
+(it folds purged turns).
+
 The in-memory :class:`~chainkit.ledger.Ledger` keeps the same records in the process;
 :class:`~chainkit.ledger.SQLiteLedger` and :class:`~chainkit.ledger.PostgresLedger` keep them in
 three tables (``conversations``, ``conversation_turns``, ``conversation_texts``) written in the
@@ -16,9 +28,11 @@ ledger's own transactions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +46,15 @@ from chainkit.ledger.sql import SQLLedger, _Write
 from chainkit.money import CONTEXT
 from chainkit.records import Conversation, Entry, Request, Result, Role, Tags, Turn
 
-__all__ = ["ConversationStore", "TurnCost", "TurnRecord", "conversations", "digest"]
+__all__ = [
+    "ConversationStore",
+    "PurgeIncomplete",
+    "TurnCost",
+    "TurnRecord",
+    "conversations",
+    "digest",
+    "tenant_of",
+]
 
 SUMMARY_POSITION = -1
 """Where a conversation's running summary is kept among its texts."""
@@ -69,6 +91,7 @@ class TurnRecord:
     history_tokens: int = 0
     trimmed_tokens: int = 0
     text: str | None = None
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +112,12 @@ class TurnCost:
     unknown: int
     history_tokens: int
     trimmed_tokens: int
+    tenant: str = ""
+
+
+def tenant_of(tags: Tags | dict[str, str] | Any) -> str:
+    """The tenant a conversation (or an entry) belongs to: its ``tenant`` tag, or ``""``."""
+    return str(tags.get("tenant", ""))
 
 
 @dataclass(slots=True)
@@ -96,9 +125,12 @@ class _Memory:
     """The in-memory ledger's conversations (kept beside it, for the life of the process)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    meta: dict[str, tuple[Tags, int, str, datetime]] = field(default_factory=dict)
-    turns: dict[tuple[str, int], TurnRecord] = field(default_factory=dict)
-    texts: dict[tuple[str, int], str] = field(default_factory=dict)
+    # (tenant, id) -> tags, summarised, summary digest, last activity
+    meta: dict[tuple[str, str], tuple[Tags, int, str, datetime]] = field(default_factory=dict)
+    turns: dict[tuple[str, str, int], TurnRecord] = field(default_factory=dict)
+    texts: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    # (tenant, request id) -> (conversation id, turn): which turn a request id names
+    requests: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 _MEMORY: weakref.WeakKeyDictionary[Ledger, _Memory] = weakref.WeakKeyDictionary()
@@ -131,65 +163,147 @@ class ConversationStore:
     def record(self, conversation: Conversation, records: Iterable[TurnRecord]) -> None:
         """Keep ``records`` (a turn's messages) and the conversation's tags and summary state.
 
-        Texts are kept only if ``conversation.keep_text``; a record written again replaces the
-        earlier one (a rerun of the same turn).
+        Texts are kept only if ``conversation.keep_text``, and only for a message new to the
+        ledger or one whose text is still kept (a rerun of the same turn replaces it): texts a
+        purge removed are not written back. The running summary is kept only while every
+        earlier message's text is.
+
+        Raises:
+            ConfigError: a user turn reuses the request id of another turn of this tenant (its
+                entries could not be told apart); nothing is written.
         """
         rows = list(records)
         now = self.ledger.clock().astimezone(UTC)
         keep = conversation.keep_text
         summary = conversation.summary
         summary_digest = "" if summary is None else digest(summary)
+        tenant = tenant_of(conversation.tags)
+        cid = conversation.id
         for r in rows:
-            if r.conversation_id != conversation.id:
+            if r.conversation_id != cid:
                 raise ConfigError(
                     f"Turn record of conversation {r.conversation_id!r} given with conversation "
-                    f"{conversation.id!r}."
+                    f"{cid!r}."
                 )
+        rows = [dataclasses.replace(r, tenant=tenant) for r in rows]
+        users = [(r.request_id, r.turn) for r in rows if r.role == "user"]
         if self._sql is None:
             m = self._memory
             with m.lock:
-                m.meta[conversation.id] = (
+                for rid, turn in users:
+                    _refuse_reuse(tenant, cid, rid, turn, m.requests.get((tenant, rid)))
+                for rid, turn in users:
+                    m.requests[tenant, rid] = (cid, turn)
+                for r in rows:
+                    key = (tenant, cid, r.position)
+                    new = key not in m.turns
+                    m.turns[key] = dataclasses.replace(r, text=None)
+                    if keep and r.text is not None and (new or key in m.texts):
+                        m.texts[key] = r.text
+                whole = all(
+                    (tenant, cid, t.position) in m.texts
+                    for t in m.turns.values()
+                    if t.tenant == tenant and t.conversation_id == cid
+                )
+                if keep and summary is not None and whole:
+                    m.texts[tenant, cid, SUMMARY_POSITION] = summary
+                m.meta[tenant, cid] = (
                     Tags.of(conversation.tags),
                     conversation.summarised,
                     summary_digest,
                     now,
                 )
-                for r in rows:
-                    m.turns[r.conversation_id, r.position] = r
-                    if keep and r.text is not None:
-                        m.texts[r.conversation_id, r.position] = r.text
-                if keep and summary is not None:
-                    m.texts[conversation.id, SUMMARY_POSITION] = summary
             return
         stamp = now.isoformat()
         tags = Tags.of(conversation.tags).json
 
-        def write(db: Any) -> None:
+        def write(db: Any) -> object:
+            for rid, turn in users:
+                found = db.execute(
+                    "SELECT conversation_id, turn FROM conversation_turns WHERE tenant = ? AND "
+                    "request_id = ? AND role = 'user' AND NOT (conversation_id = ? AND turn = ?)",
+                    (tenant, rid, cid, turn),
+                ).fetchone()
+                if found is not None:
+                    return (rid, turn, (str(found[0]), int(found[1])))  # refused: nothing written
             db.execute(
-                "INSERT INTO conversations (id, tags, created, updated, summarised, "
-                "summary_digest) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "tags = excluded.tags, updated = excluded.updated, "
+                "INSERT INTO conversations (tenant, id, tags, created, updated, summarised, "
+                "summary_digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id) DO "
+                "UPDATE SET tags = excluded.tags, updated = excluded.updated, "
                 "summarised = excluded.summarised, summary_digest = excluded.summary_digest",
-                (conversation.id, tags, stamp, stamp, conversation.summarised, summary_digest),
+                (tenant, cid, tags, stamp, stamp, conversation.summarised, summary_digest),
             )
             for r in rows:
+                new = (
+                    db.execute(
+                        "SELECT 1 FROM conversation_turns WHERE tenant = ? AND "
+                        "conversation_id = ? AND position = ?",
+                        (tenant, cid, r.position),
+                    ).fetchone()
+                    is None
+                )
                 db.execute(
-                    f"INSERT INTO conversation_turns ({_TURN_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id, position) DO "
-                    "UPDATE SET role = excluded.role, turn = excluded.turn, "
+                    f"INSERT INTO conversation_turns (tenant, {_TURN_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, conversation_id, "
+                    "position) DO UPDATE SET role = excluded.role, turn = excluded.turn, "
                     "request_id = excluded.request_id, tokens = excluded.tokens, "
                     "digest = excluded.digest, history_tokens = excluded.history_tokens, "
                     "trimmed_tokens = excluded.trimmed_tokens, time = excluded.time",
-                    (r.conversation_id, r.position, r.role, r.turn, r.request_id, r.tokens,
-                     r.digest, r.history_tokens, r.trimmed_tokens, r.time.astimezone(UTC)
-                     .isoformat()),
+                    (tenant, r.conversation_id, r.position, r.role, r.turn, r.request_id,
+                     r.tokens, r.digest, r.history_tokens, r.trimmed_tokens,
+                     r.time.astimezone(UTC).isoformat()),
                 )  # fmt: skip
                 if keep and r.text is not None:
-                    _put_text(db, r.conversation_id, r.position, r.text)
+                    if new:
+                        _put_text(db, tenant, cid, r.position, r.text)
+                    else:  # a rerun replaces a kept text; a purged one stays purged
+                        db.execute(
+                            "UPDATE conversation_texts SET text = ? WHERE tenant = ? AND "
+                            "conversation_id = ? AND position = ?",
+                            (r.text, tenant, cid, r.position),
+                        )
             if keep and summary is not None:
-                _put_text(db, conversation.id, SUMMARY_POSITION, summary)
+                lost = db.execute(
+                    "SELECT 1 FROM conversation_turns t WHERE t.tenant = ? AND "
+                    "t.conversation_id = ? AND NOT EXISTS (SELECT 1 FROM conversation_texts x "
+                    "WHERE x.tenant = t.tenant AND x.conversation_id = t.conversation_id AND "
+                    "x.position = t.position) LIMIT 1",
+                    (tenant, cid),
+                ).fetchone()
+                if lost is None:
+                    _put_text(db, tenant, cid, SUMMARY_POSITION, summary)
+            return None
 
-        self._sql._write(_Write(run=write))
+        unit = _Write(run=write)
+        self._sql._write(unit)
+        if isinstance(unit.ran, tuple):
+            rid, turn, other = unit.ran
+            _refuse_reuse(tenant, cid, rid, turn, other)
+
+    def check(self, request: Request) -> None:
+        """Refuse ``request`` before it spends if its id names another turn of its tenant.
+
+        Raises:
+            ConfigError: the request id is already the id of another conversation's turn (or
+                of another turn of this one) of the same tenant.
+        """
+        conversation = request.conversation
+        if conversation is None:
+            return
+        tenant = tenant_of(conversation.tags)
+        turn = conversation.turn_index
+        other: tuple[str, int] | None
+        if self._sql is None:
+            with self._memory.lock:
+                other = self._memory.requests.get((tenant, request.id))
+        else:
+            found = self._sql._read(
+                "SELECT conversation_id, turn FROM conversation_turns WHERE tenant = ? AND "
+                "request_id = ? AND role = 'user' AND NOT (conversation_id = ? AND turn = ?)",
+                (tenant, request.id, conversation.id, turn),
+            )
+            other = (str(found[0][0]), int(found[0][1])) if found else None
+        _refuse_reuse(tenant, conversation.id, request.id, turn, other)
 
     def record_reply(self, result: Result) -> None:
         """Keep the answer to a conversation's turn now (``History`` keeps it with the next turn).
@@ -213,7 +327,9 @@ class ConversationStore:
     def purge(self, before: datetime) -> int:
         """Delete the kept texts of conversations last active before ``before``; return how many.
 
-        Ids, turn numbers, token counts and digests stay: they are what cost reports read.
+        Ids, turn numbers, token counts and digests stay: they are what cost reports read. On
+        SQLite the -wal file is then checkpointed and emptied; ``wal_clear`` says whether that
+        could be done (a read in another connection that outlasts the wait holds it back).
         """
         if not isinstance(before, datetime) or before.tzinfo is None:
             raise ConfigError(
@@ -223,8 +339,8 @@ class ConversationStore:
         if self._sql is None:
             m = self._memory
             with m.lock:
-                old = {cid for cid, meta in m.meta.items() if meta[3] < before}
-                gone = [key for key in m.texts if key[0] in old]
+                old = {key for key, meta in m.meta.items() if meta[3] < before}
+                gone = [key for key in m.texts if (key[0], key[1]) in old]
                 for key in gone:
                     del m.texts[key]
             return len(gone)
@@ -232,69 +348,102 @@ class ConversationStore:
         write = _Write(
             run=lambda db: int(
                 db.execute(
-                    "DELETE FROM conversation_texts WHERE conversation_id IN (SELECT id FROM "
-                    "conversations WHERE updated < ?)",
+                    "DELETE FROM conversation_texts WHERE EXISTS (SELECT 1 FROM conversations c "
+                    "WHERE c.tenant = conversation_texts.tenant AND "
+                    "c.id = conversation_texts.conversation_id AND c.updated < ?)",
                     (stamp,),
                 ).rowcount
             )
         )
         self._sql._write(write)
-        truncate = getattr(self._sql, "_truncate_wal", None)
-        if truncate is not None:  # SQLite: the -wal file still holds the deleted texts
-            truncate()
+        self.wal_clear = _clear_wal(self._sql)
+        if not self.wal_clear:
+            warnings.warn(
+                f"Purged conversation texts from {self._sql.where}, but its -wal file still "
+                f"holds copies: another connection kept reading for over {WAL_WAIT_S:g} s. "
+                "They go at the next purge or when the last connection closes; end long reads "
+                "and purge again.",
+                PurgeIncomplete,
+                stacklevel=2,
+            )
         return write.ran if isinstance(write.ran, int) else 0
+
+    wal_clear: bool = True
+    """After :meth:`purge`: whether no copy of the deleted texts is left in a -wal file."""
 
     # -- reading -----------------------------------------------------------------------------
 
-    def turns(self, conversation_id: str | None = None) -> list[TurnRecord]:
-        """Every kept message (of one conversation, or all), by conversation and position."""
+    def turns(
+        self, conversation_id: str | None = None, *, tenant: str | None = None
+    ) -> list[TurnRecord]:
+        """Every kept message, by tenant, conversation and position.
+
+        Args:
+            conversation_id: only conversations with this id (``None``: every one).
+            tenant: only this tenant's (``""``: conversations without a tenant tag; ``None``:
+                every tenant's, each record naming its ``tenant``).
+        """
         if self._sql is None:
             m = self._memory
             with m.lock:
                 rows = [
-                    _with_text(r, m.texts.get((r.conversation_id, r.position)))
-                    for r in m.turns.values()
-                    if conversation_id is None or r.conversation_id == conversation_id
+                    dataclasses.replace(r, text=m.texts.get(key))
+                    for key, r in m.turns.items()
+                    if (conversation_id is None or r.conversation_id == conversation_id)
+                    and (tenant is None or r.tenant == tenant)
                 ]
-            return sorted(rows, key=lambda r: (r.conversation_id, r.position))
-        where, params = ("", ()) if conversation_id is None else (
-            " WHERE t.conversation_id = ?", (conversation_id,))  # fmt: skip
+            return sorted(rows, key=lambda r: (r.tenant, r.conversation_id, r.position))
+        clauses, params = [], []
+        if tenant is not None:
+            clauses.append("t.tenant = ?")
+            params.append(tenant)
+        if conversation_id is not None:
+            clauses.append("t.conversation_id = ?")
+            params.append(conversation_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         found = self._sql._read(
-            f"SELECT {', '.join('t.' + c for c in _TURN_COLUMNS.split(', '))}, x.text FROM "
-            "conversation_turns t LEFT JOIN conversation_texts x ON "
+            f"SELECT {', '.join('t.' + c for c in _TURN_COLUMNS.split(', '))}, x.text, t.tenant "
+            "FROM conversation_turns t LEFT JOIN conversation_texts x ON x.tenant = t.tenant AND "
             f"x.conversation_id = t.conversation_id AND x.position = t.position{where} "
-            "ORDER BY t.conversation_id, t.position",
-            params,
+            "ORDER BY t.tenant, t.conversation_id, t.position",
+            tuple(params),
         )
         return [_turn_row(row) for row in found]
 
-    def load(self, conversation_id: str) -> Conversation | None:
+    def load(self, conversation_id: str, *, tenant: str = "") -> Conversation | None:
         """The conversation as kept (texts, tags, summary), or ``None`` if the ledger has none.
+
+        Args:
+            conversation_id: the conversation's id.
+            tenant: its ``tenant`` tag (``""``, the default: a conversation without one); a
+                conversation of another tenant with the same id is never returned.
 
         Raises ``ConfigError`` if it was kept without its texts, or they were purged: there is
         nothing to send a model.
         """
-        turns = self.turns(conversation_id)
+        turns = self.turns(conversation_id, tenant=tenant)
         if self._sql is None:
             m = self._memory
             with m.lock:
-                meta = m.meta.get(conversation_id)
-                summary = m.texts.get((conversation_id, SUMMARY_POSITION))
+                meta = m.meta.get((tenant, conversation_id))
+                summary = m.texts.get((tenant, conversation_id, SUMMARY_POSITION))
             if meta is None:
                 return None
             tags, summarised, summary_digest = meta[0], meta[1], meta[2]
         else:
             rows = self._sql._read(
-                "SELECT tags, summarised, summary_digest FROM conversations WHERE id = ?",
-                (conversation_id,),
+                "SELECT tags, summarised, summary_digest FROM conversations WHERE tenant = ? "
+                "AND id = ?",
+                (tenant, conversation_id),
             )
             if not rows:
                 return None
             tags = Tags.of(_json_tags(rows[0][0]))
             summarised, summary_digest = int(rows[0][1]), str(rows[0][2])
             found = self._sql._read(
-                "SELECT text FROM conversation_texts WHERE conversation_id = ? AND position = ?",
-                (conversation_id, SUMMARY_POSITION),
+                "SELECT text FROM conversation_texts WHERE tenant = ? AND conversation_id = ? "
+                "AND position = ?",
+                (tenant, conversation_id, SUMMARY_POSITION),
             )
             summary = str(found[0][0]) if found else None
         missing = [r.position for r in turns if r.text is None]
@@ -320,32 +469,75 @@ class ConversationStore:
         )
 
     def costs(self) -> list[TurnCost]:
-        """Each user turn's cost (every serving entry of its request), by conversation and turn."""
+        """Each user turn's cost: the serving entries of its request id and tenant tag.
+
+        Every entry counts for one turn at most, so these costs sum to the ledger's cost of the
+        entries they cover (were a request id shared, as a ledger written before reuse was
+        refused may hold, its entries go to the first turn that has it).
+        """
         users = [r for r in self.turns() if r.role == "user"]
+        wanted = {(r.tenant, r.request_id) for r in users}
+        grouped: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
         if self._sql is None:
-            wanted = {r.request_id for r in users}
-            by_request: dict[str, list[Entry]] = {}
             for e in self.ledger.iter_entries():
-                if e.request_id in wanted and e.phase == "serve":
-                    by_request.setdefault(e.request_id, []).append(e)
-            return [_cost(r, _sums(by_request.get(r.request_id, ()))) for r in users]
-        rows = self._sql._read(
-            "SELECT t.request_id, e.cost, e.avoided_cost, e.input_tokens, e.output_tokens, "
-            "e.cache_read_tokens, e.cache_write_tokens FROM conversation_turns t "
-            "JOIN entries e ON e.request_id = t.request_id "
-            "WHERE t.role = 'user' AND e.phase = 'serve'"
-        )
-        grouped: dict[str, list[tuple[Any, ...]]] = {}
-        for row in rows:
-            grouped.setdefault(str(row[0]), []).append(row[1:])
-        return [_cost(r, _sums_rows(grouped.get(r.request_id, ()))) for r in users]
+                key = (tenant_of(e.tags), e.request_id)
+                if e.phase == "serve" and key in wanted:
+                    grouped.setdefault(key, []).append(_entry_row(e))
+        else:
+            rows = self._sql._read(
+                "SELECT e.request_id, e.tags, e.cost, e.avoided_cost, e.input_tokens, "
+                "e.output_tokens, e.cache_read_tokens, e.cache_write_tokens FROM entries e "
+                "WHERE e.phase = 'serve' AND e.request_id IN (SELECT t.request_id FROM "
+                "conversation_turns t WHERE t.role = 'user')"
+            )
+            for row in rows:
+                key = (tenant_of(_json_tags(row[1])), str(row[0]))
+                if key in wanted:
+                    grouped.setdefault(key, []).append(tuple(row[2:]))
+        out = []
+        for r in users:
+            # The first turn with a (tenant, request id) takes its entries; a later one none.
+            entries = grouped.pop((r.tenant, r.request_id), [])
+            out.append(_cost(r, _sums_rows(entries)))
+        return out
 
 
-def _put_text(db: Any, conversation_id: str, position: int, text: str) -> None:
+class PurgeIncomplete(UserWarning):
+    """A purge deleted texts that an SQLite -wal file still holds (a reader held it back)."""
+
+
+def _refuse_reuse(
+    tenant: str, cid: str, request_id: str, turn: int, other: tuple[str, int] | None
+) -> None:
+    if other is None or other == (cid, turn):
+        return
+    whose = f" of tenant {tenant!r}" if tenant else ""
+    raise ConfigError(
+        f"Request id {request_id!r} of turn {turn} of conversation {cid!r} is already the id of "
+        f"turn {other[1]} of conversation {other[0]!r}{whose}: a turn's cost is the entries of "
+        "its request id, so each turn needs its own. Give each request a unique id, e.g. "
+        "id=f'{conversation.id}/{turn}'."
+    )
+
+
+def _clear_wal(ledger: SQLLedger) -> bool:
+    """Empty an SQLite ledger's -wal file after a purge; whether it was (True: no -wal)."""
+    truncate = getattr(ledger, "_truncate_wal", None)
+    if truncate is None:
+        return True
+    return bool(truncate(wait_s=WAL_WAIT_S))
+
+
+WAL_WAIT_S = 5.0
+"""How long a purge waits for reads of an SQLite ledger to end before leaving the -wal as is."""
+
+
+def _put_text(db: Any, tenant: str, conversation_id: str, position: int, text: str) -> None:
     db.execute(
-        "INSERT INTO conversation_texts (conversation_id, position, text) VALUES (?, ?, ?) "
-        "ON CONFLICT (conversation_id, position) DO UPDATE SET text = excluded.text",
-        (conversation_id, position, text),
+        "INSERT INTO conversation_texts (tenant, conversation_id, position, text) VALUES "
+        "(?, ?, ?, ?) ON CONFLICT (tenant, conversation_id, position) DO UPDATE SET "
+        "text = excluded.text",
+        (tenant, conversation_id, position, text),
     )
 
 
@@ -357,38 +549,27 @@ def _gaps(turns: list[TurnRecord]) -> list[int]:
     return [i for i, r in enumerate(turns) if r.position != i]
 
 
-def _with_text(r: TurnRecord, text: str | None) -> TurnRecord:
-    return TurnRecord(
-        r.conversation_id, r.position, r.role, r.turn, r.request_id, r.tokens, r.digest,
-        r.time, r.history_tokens, r.trimmed_tokens, text,
-    )  # fmt: skip
-
-
 def _turn_row(row: Any) -> TurnRecord:
-    (cid, position, role, turn, rid, tokens, dig, history, trimmed, when, text) = row
+    (cid, position, role, turn, rid, tokens, dig, history, trimmed, when, text, tenant) = row
     return TurnRecord(
         str(cid), int(position), role, int(turn), str(rid), int(tokens), str(dig),
         datetime.fromisoformat(when), int(history), int(trimmed),
-        None if text is None else str(text),
+        None if text is None else str(text), str(tenant),
     )  # fmt: skip
 
 
 _Sums = tuple[Decimal | None, Decimal | None, int, int, int, int]
 
 
-def _sums(entries: Iterable[Entry]) -> _Sums:
-    rows = [
-        (
-            None if e.cost is None else str(e.cost),
-            None if e.avoided_cost is None else str(e.avoided_cost),
-            None if e.usage is None else e.usage.input_tokens,
-            None if e.usage is None else e.usage.output_tokens,
-            None if e.usage is None else e.usage.cache_read_tokens,
-            None if e.usage is None else e.usage.cache_write_tokens,
-        )
-        for e in entries
-    ]
-    return _sums_rows(rows)
+def _entry_row(e: Entry) -> tuple[Any, ...]:
+    return (
+        None if e.cost is None else str(e.cost),
+        None if e.avoided_cost is None else str(e.avoided_cost),
+        None if e.usage is None else e.usage.input_tokens,
+        None if e.usage is None else e.usage.output_tokens,
+        None if e.usage is None else e.usage.cache_read_tokens,
+        None if e.usage is None else e.usage.cache_write_tokens,
+    )
 
 
 def _sums_rows(rows: Iterable[tuple[Any, ...]]) -> _Sums:
@@ -413,7 +594,7 @@ def _cost(r: TurnRecord, sums: _Sums) -> TurnCost:
     cost, avoided, inputs, outputs, calls, unknown = sums
     return TurnCost(
         r.conversation_id, r.turn, r.request_id, cost, avoided, inputs, outputs, calls, unknown,
-        r.history_tokens, r.trimmed_tokens,
+        r.history_tokens, r.trimmed_tokens, r.tenant,
     )  # fmt: skip
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import CONVERSATION_DDL, SQLLedger
+from chainkit.ledger.sql import CONVERSATION_DDL, CONVERSATION_DDL_1, SQLLedger
 
 __all__ = ["PostgresLedger"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What takes a store of each older version to the next (the current DDL makes new ones).
 _UPGRADES: dict[int, list[str]] = {
     1: [
@@ -35,7 +35,27 @@ _UPGRADES: dict[int, list[str]] = {
         "ALTER TABLE replies ADD COLUMN created TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX IF NOT EXISTS entries_request ON entries (request_id)",
     ],
-    2: list(CONVERSATION_DDL),
+    2: list(CONVERSATION_DDL_1),
+    # Conversations keyed by (tenant tag, id): each row takes its conversation's tenant.
+    3: [
+        *(
+            f"ALTER TABLE {table} ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"
+            for table in ("conversations", "conversation_turns", "conversation_texts")
+        ),
+        "UPDATE conversations SET tenant = COALESCE(tags::json ->> 'tenant', '')",
+        "UPDATE conversation_turns t SET tenant = c.tenant FROM conversations c "
+        "WHERE c.id = t.conversation_id",
+        "UPDATE conversation_texts t SET tenant = c.tenant FROM conversations c "
+        "WHERE c.id = t.conversation_id",
+        "ALTER TABLE conversations DROP CONSTRAINT conversations_pkey, "
+        "ADD PRIMARY KEY (tenant, id)",
+        "ALTER TABLE conversation_turns DROP CONSTRAINT conversation_turns_pkey, "
+        "ADD PRIMARY KEY (tenant, conversation_id, position)",
+        "ALTER TABLE conversation_texts DROP CONSTRAINT conversation_texts_pkey, "
+        "ADD PRIMARY KEY (tenant, conversation_id, position)",
+        "DROP INDEX conversation_turns_request",
+        "CREATE INDEX conversation_turns_request ON conversation_turns (tenant, request_id)",
+    ],
 }
 _ABANDONED: list[Any] = []  # a forked child's inherited connections (see _abandon_connections)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

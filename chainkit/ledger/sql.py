@@ -81,11 +81,31 @@ from chainkit.records import (
     state_to_json,
 )
 
-__all__ = ["CONVERSATION_DDL", "Progress", "SQLLedger"]
+__all__ = ["CONVERSATION_DDL", "CONVERSATION_DDL_1", "Progress", "SQLLedger"]
 
 # Conversations (chainkit.ledger.conversations): metadata always, texts only when opted in, in
-# their own table so that a purge deletes rows rather than blanking columns.
+# their own table so that a purge deletes rows rather than blanking columns. A conversation is
+# keyed by its tenant tag and its id: two tenants may both have a conversation "1".
 CONVERSATION_DDL = (
+    "CREATE TABLE conversations (tenant TEXT NOT NULL DEFAULT '', id TEXT NOT NULL, "
+    "tags TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, "
+    "summarised BIGINT NOT NULL DEFAULT 0, summary_digest TEXT NOT NULL DEFAULT '', "
+    "PRIMARY KEY (tenant, id))",
+    "CREATE INDEX conversations_updated ON conversations (updated)",
+    "CREATE TABLE conversation_turns (tenant TEXT NOT NULL DEFAULT '', "
+    "conversation_id TEXT NOT NULL, position BIGINT NOT NULL, "
+    "role TEXT NOT NULL, turn BIGINT NOT NULL, request_id TEXT NOT NULL, "
+    "tokens BIGINT NOT NULL, digest TEXT NOT NULL, history_tokens BIGINT NOT NULL, "
+    "trimmed_tokens BIGINT NOT NULL, time TEXT NOT NULL, "
+    "PRIMARY KEY (tenant, conversation_id, position))",
+    "CREATE INDEX conversation_turns_request ON conversation_turns (tenant, request_id)",
+    "CREATE TABLE conversation_texts (tenant TEXT NOT NULL DEFAULT '', "
+    "conversation_id TEXT NOT NULL, position BIGINT NOT NULL, text TEXT NOT NULL, "
+    "PRIMARY KEY (tenant, conversation_id, position))",
+)
+
+# The first form of those tables (keyed by id alone), as the migrations that made it ran.
+CONVERSATION_DDL_1 = (
     "CREATE TABLE conversations (id TEXT PRIMARY KEY, tags TEXT NOT NULL, "
     "created TEXT NOT NULL, updated TEXT NOT NULL, summarised BIGINT NOT NULL DEFAULT 0, "
     "summary_digest TEXT NOT NULL DEFAULT '')",

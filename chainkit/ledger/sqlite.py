@@ -22,7 +22,7 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import CONVERSATION_DDL, SQLLedger, _pico
+from chainkit.ledger.sql import CONVERSATION_DDL, CONVERSATION_DDL_1, SQLLedger, _pico
 from chainkit.records import Tags
 
 __all__ = ["SQLiteLedger"]
@@ -187,8 +187,43 @@ def _m007_progress(db: sqlite3.Connection) -> None:
 
 def _m008_conversations(db: sqlite3.Connection) -> None:
     """Conversations: which request was which turn, its tokens, digests, and opted-in texts."""
+    for statement in CONVERSATION_DDL_1:
+        db.execute(statement)
+
+
+_TURN_COLUMNS = (
+    "conversation_id, position, role, turn, request_id, tokens, digest, history_tokens, "
+    "trimmed_tokens, time"
+)
+
+
+def _m009_conversation_tenants(db: sqlite3.Connection) -> None:
+    """Conversations keyed by (tenant tag, id): two tenants' conversation "1" are two."""
+    # SQLite cannot change a primary key in place: rebuild the three tables, each row taking
+    # its conversation's tenant tag (tags are JSON).
+    db.execute("DROP INDEX conversations_updated")
+    db.execute("DROP INDEX conversation_turns_request")
+    for table in ("conversations", "conversation_turns", "conversation_texts"):
+        db.execute(f"ALTER TABLE {table} RENAME TO {table}_1")
     for statement in CONVERSATION_DDL:
         db.execute(statement)
+    db.execute(
+        "INSERT INTO conversations (tenant, id, tags, created, updated, summarised, "
+        "summary_digest) SELECT COALESCE(json_extract(tags, '$.tenant'), ''), id, tags, "
+        "created, updated, summarised, summary_digest FROM conversations_1"
+    )
+    tenant = "COALESCE((SELECT c.tenant FROM conversations c WHERE c.id = t.conversation_id), '')"
+    db.execute(
+        f"INSERT INTO conversation_turns (tenant, {_TURN_COLUMNS}) SELECT {tenant}, "
+        + ", ".join(f"t.{c}" for c in _TURN_COLUMNS.split(", "))
+        + " FROM conversation_turns_1 t"
+    )
+    db.execute(
+        "INSERT INTO conversation_texts (tenant, conversation_id, position, text) SELECT "
+        f"{tenant}, t.conversation_id, t.position, t.text FROM conversation_texts_1 t"
+    )
+    for table in ("conversations", "conversation_turns", "conversation_texts"):
+        db.execute(f"DROP TABLE {table}_1")
 
 
 # Migrations run in order; the database's user_version counts those already applied.
@@ -201,6 +236,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m006_budgets,
     _m007_progress,
     _m008_conversations,
+    _m009_conversation_tenants,
 ]
 
 
@@ -373,14 +409,33 @@ class SQLiteLedger(SQLLedger):
         self._truncate_wal()
         return purged
 
-    def _truncate_wal(self) -> None:
-        """Checkpoint and empty the -wal file, so that deleted texts leave it too."""
+    def _truncate_wal(self, wait_s: float = 0.0) -> bool:
+        """Checkpoint and empty the -wal file, so that deleted texts leave it too.
+
+        A read in another connection keeps the pages it may see: the checkpoint is retried until
+        such reads end, for up to ``wait_s`` seconds. Return whether the file was emptied.
+        """
         self._reopen_after_fork()
-        with self._gate:  # the writer's connection, between two of its transactions
-            if self._db is not None:
+        deadline = time.monotonic() + wait_s
+        pause = 0.005
+        while True:
+            with self._gate:  # the writer's connection, between two of its transactions
+                if self._db is None:
+                    return True
                 # Copies the pages into the file (where secure_delete zeroed what went) and
-                # empties the -wal file, which still held the deleted texts.
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # empties the -wal file, which still held the deleted texts. Each try returns
+                # at once (no busy handler): this loop, not SQLite's, bounds the wait.
+                self._db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout_s * 1000)}")
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.2)
 
     def _check_file(self) -> None:
         """Refuse to write if the file was deleted or replaced since it was opened.

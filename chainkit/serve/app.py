@@ -283,12 +283,12 @@ class Service:
             return
         store = conversations(self.ledger)
         if not new:
-            known = await asyncio.to_thread(store.turns, cid)
+            known = await asyncio.to_thread(store.turns, cid, tenant=tenant)
             if known:
                 loaded: Conversation | None = None
                 if self.keep_text:
                     try:
-                        loaded = await asyncio.to_thread(store.load, cid)
+                        loaded = await asyncio.to_thread(store.load, cid, tenant=tenant)
                     except ConfigError:
                         loaded = None
                 if loaded is not None and loaded.tags.get("tenant") != tenant:

@@ -21,6 +21,7 @@ keeps it) is kept in the ledger's conversations (:mod:`chainkit.ledger.conversat
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,12 +33,20 @@ from chainkit.ledger.conversations import conversations, turn_records
 from chainkit.pricing import Catalogue, catalogue_for
 from chainkit.providers.model import Model, Prompt
 from chainkit.records import Conversation, Entry, Request, Turn, Usage, check_text
-from chainkit.stages.calling import DEFAULT_TIMEOUT_S, ModelCall, check_model, check_timeout
+from chainkit.stages.calling import (
+    DEFAULT_TIMEOUT_S,
+    ModelCall,
+    check_model,
+    check_timeout,
+    run_to_end,
+)
 from chainkit.tokens import count_tokens, is_exact
 
 __all__ = ["History", "render_turns", "sendable", "summary_system"]
 
 SUMMARY_HEADER = "Summary of the earlier conversation:\n"
+
+_log = logging.getLogger(__name__)
 
 
 def summary_system(system: str, conversation: Conversation | None) -> str:
@@ -71,8 +80,34 @@ def render_turns(turns: Sequence[Turn]) -> str:
     return "\n".join(f"{'User' if t.role == 'user' else 'Assistant'}: {t.text}" for t in turns)
 
 
+def _count(turn: Turn, model_id: str) -> int:
+    """The tokens of one turn's text, counted once per turn and model (kept on the turn)."""
+    n = turn.counts.get(model_id)
+    if n is None:
+        n = turn.counts[model_id] = count_tokens(turn.text, model_id)
+    return n
+
+
 def _tokens(turns: Sequence[Turn], model_id: str) -> int:
-    return sum(count_tokens(t.text, model_id) for t in turns)
+    return sum(_count(t, model_id) for t in turns)
+
+
+def _full(conversation: Conversation, model_id: str) -> int:
+    """The tokens of every turn that would be sent without a policy (from the first question).
+
+    Counted on from the last request's total (carried by ``Conversation.after``), so each
+    request counts only its new turns.
+    """
+    turns = conversation.turns
+    done, total = conversation.totals.get(model_id, (0, 0))
+    if done > len(turns):
+        done, total = 0, 0
+    if done == 0:  # leading answers are never sent (see ``sendable``)
+        while done < len(turns) and turns[done].role != "user":
+            done += 1
+    total += _tokens(turns[done:], model_id)
+    conversation.totals[model_id] = (len(turns), total)
+    return total
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,35 +173,38 @@ class History:
             self.catalogue.card(self.priced_as)  # an error naming the closest ids
 
     def window(self, conversation: Conversation) -> int:
-        """The first turn the models are sent verbatim under this policy (a user turn)."""
+        """The first turn the models are sent verbatim under this policy (a user turn).
+
+        Walks back from the newest turn, so a request costs the turns it keeps, not all of them.
+        """
         turns = conversation.turns
         n = len(turns)
-        # Only the start of a user turn may open what is sent (answers stay with questions).
-        starts = [
-            i for i, t in enumerate(turns) if t.role == "user" and i >= conversation.summarised
-        ]
-        start = starts[0] if starts else n
         if self.last_turns == 0:
-            start = n
-        elif self.last_turns is not None and self.last_turns < len(starts):
-            start = max(start, starts[-self.last_turns])
-        if self.max_tokens is not None:
-            budget = self.max_tokens
+            return n
+        budget = self.max_tokens
+        if budget is not None:
             if self.summarise_with is not None:
                 budget -= self.summary_tokens  # the summary may grow to its limit
             elif conversation.summary is not None:
                 budget -= count_tokens(conversation.summary, self.priced_as)
-            later = [i for i in starts if i >= start] + [n]
-            for i in later:
-                if _tokens(turns[i:], self.priced_as) <= budget:
-                    start = i
-                    break
+        start, users, tokens = n, 0, 0
+        # Only the start of a user turn may open what is sent (answers stay with questions).
+        for i in range(n - 1, conversation.summarised - 1, -1):
+            if budget is not None:
+                tokens += _count(turns[i], self.priced_as)
+            if turns[i].role != "user":
+                continue
+            if budget is not None and tokens > budget:
+                break
+            start, users = i, users + 1
+            if self.last_turns is not None and users >= self.last_turns:
+                break
         return start
 
-    def _summarise(
+    def _summary_call(
         self, request: Request, ledger: Ledger, conversation: Conversation, upto: int
-    ) -> Conversation:
-        """Fold turns ``summarised..upto`` into the running summary (one cheap call)."""
+    ) -> ModelCall:
+        """The cheap call that folds turns ``summarised..upto`` into the running summary."""
         model = self.summarise_with
         assert model is not None
         new = conversation.turns[conversation.summarised : upto]
@@ -175,7 +213,7 @@ class History:
             parts.append("Summary so far:\n" + conversation.summary)
         parts.append("New turns:\n" + render_turns(new))
         prompt = Prompt(self.instruction.format(max_tokens=self.summary_tokens), "\n\n".join(parts))
-        call = ModelCall(
+        return ModelCall(
             stage=self.name,
             model=model,
             catalogue=self.catalogue,
@@ -186,11 +224,60 @@ class History:
             timeout_s=self.timeout_s,
             note=f"summary of turns {conversation.summarised}-{upto - 1}",
         )
-        with call as completion:
-            call.record("passed")
-        return dataclasses.replace(
-            conversation, summary=completion.text, summarised=upto, start=upto
+
+    def _summarise(
+        self, request: Request, ledger: Ledger, conversation: Conversation, upto: int
+    ) -> tuple[Conversation, str]:
+        """Fold turns ``summarised..upto`` into the running summary (one cheap call).
+
+        Returns the conversation and, if the summariser failed, why (see ``_fallback``).
+        """
+        call = self._summary_call(request, ledger, conversation, upto)
+        try:
+            with call as completion:
+                call.record("passed")
+        except ConfigError:
+            raise
+        except ChainkitError as exc:
+            return conversation, self._fallback(conversation, upto, exc)
+        return self._folded(conversation, completion.text, upto), ""
+
+    async def _asummarise(
+        self, request: Request, ledger: Ledger, conversation: Conversation, upto: int
+    ) -> tuple[Conversation, str]:
+        """:meth:`_summarise` on the event loop: the summariser's async call is awaited."""
+        call = self._summary_call(request, ledger, conversation, upto)
+        try:
+            async with call as completion:
+                await call.arecord("passed")
+        except ConfigError:
+            raise
+        except ChainkitError as exc:
+            return conversation, self._fallback(conversation, upto, exc)
+        return self._folded(conversation, completion.text, upto), ""
+
+    @staticmethod
+    def _folded(conversation: Conversation, summary: str, upto: int) -> Conversation:
+        return dataclasses.replace(conversation, summary=summary, summarised=upto, start=upto)
+
+    def _fallback(self, conversation: Conversation, upto: int, exc: ChainkitError) -> str:
+        # The failed call is in the ledger (failed, its cost unknown). The conversation goes
+        # on with the window alone: the turns that were to be folded are not sent this time,
+        # and the next request tries to fold them again (the summary stays as it was).
+        why = (
+            f"summariser failed ({type(exc).__name__}); turns {conversation.summarised}-"
+            f"{upto - 1} neither summarised nor sent"
         )
+        _log.warning("History %r, conversation %r: %s: %s", self.name, conversation.id, why, exc)
+        return why
+
+    def _prepare(self, request: Request, ledger: Ledger) -> tuple[int, int]:
+        """Refuse a reused request id; the tokens of every earlier turn and the window's start."""
+        conversation = request.conversation
+        assert conversation is not None
+        conversations(ledger).check(request)  # a reused request id is refused before spending
+        # Without the policy every earlier turn would be sent as it is, summarised ones too.
+        return _full(conversation, self.priced_as), self.window(conversation)
 
     def run(self, request: Request, ledger: Ledger) -> Request:
         """Return the request with its conversation's window (and summary) set; record the turn."""
@@ -199,12 +286,41 @@ class History:
         if conversation is None:
             self._record(request, ledger, started, Decimal(0), "")
             return request
-        model_id = self.priced_as
-        # Without the policy every earlier turn would be sent as it is, summarised ones too.
-        full = _tokens(sendable(conversation.turns), model_id)
-        start = self.window(conversation)
+        full, start = self._prepare(request, ledger)
+        failed = ""
         if self.summarise_with is not None and start > conversation.summarised:
-            conversation = self._summarise(request, ledger, conversation, start)
+            conversation, failed = self._summarise(request, ledger, conversation, start)
+        return self._finish(request, ledger, conversation, started, full, start, failed)
+
+    async def arun(self, request: Request, ledger: Ledger) -> Request:
+        """:meth:`run` on the event loop: the summariser's async call is awaited.
+
+        The ledger's writes (and reads, on a durable ledger) run in a worker thread.
+        """
+        conversation = request.conversation
+        if conversation is None or self.summarise_with is None:
+            return await run_to_end(self.run, request, ledger)
+        started = time.perf_counter()
+        full, start = await run_to_end(self._prepare, request, ledger)
+        failed = ""
+        if start > conversation.summarised:
+            conversation, failed = await self._asummarise(request, ledger, conversation, start)
+        return await run_to_end(
+            self._finish, request, ledger, conversation, started, full, start, failed
+        )
+
+    def _finish(
+        self,
+        request: Request,
+        ledger: Ledger,
+        conversation: Conversation,
+        started: float,
+        full: int,
+        start: int,
+        failed: str,
+    ) -> Request:
+        """Set the window on the request; record the turn and this stage's entry."""
+        model_id = self.priced_as
         conversation = dataclasses.replace(conversation, start=max(start, conversation.summarised))
         request = dataclasses.replace(request, conversation=conversation)
         sent = _tokens(sendable(conversation.sent), model_id)
@@ -223,7 +339,8 @@ class History:
             f"turn {conversation.turn_index}: sent {kept} earlier turns; {sent} history tokens "
             f"sent, {trimmed} trimmed"
         )
-        self._record(request, ledger, started, avoided, note)
+        if failed:
+            note += f"; {failed}"
         conversations(ledger).record(
             conversation,
             turn_records(
@@ -234,6 +351,7 @@ class History:
                 now=ledger.clock(),
             ),
         )
+        self._record(request, ledger, started, avoided, note)
         return request
 
     def _record(
