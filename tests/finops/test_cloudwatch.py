@@ -16,6 +16,8 @@ from chainkit import ConfigError, Entry, Ledger, PostgresLedger, SQLiteLedger, U
 from chainkit.cli import main
 from chainkit.finops.cloudwatch import (
     METRICS,
+    PartialPublish,
+    dimension_value,
     emf_records,
     is_deflection,
     metric_points,
@@ -26,6 +28,7 @@ NOW = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 SONNET = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 NOVA = "amazon.nova-micro-v1:0"
 JP = "日本の店 🚚"
+JP_VALUE = dimension_value(JP)  # CloudWatch takes ASCII dimension values only
 
 
 def entries() -> list[Entry]:
@@ -96,10 +99,10 @@ def test_spend_calls_avoided_and_deflections_reach_cloudwatch(ledger: Ledger) ->
     assert stat(client, "AvoidedCost", {"Stage": "canned"}) == pytest.approx(0.004)
     assert stat(client, "Deflections", {"Stage": "canned"}) == 2
     assert stat(client, "Deflections", {"Stage": "generate"}) == 0
-    # Per model and per tenant (a Japanese and emoji tag value as it is).
+    # Per model and per tenant (a Japanese and emoji tag value, escaped as CloudWatch needs).
     assert stat(client, "Spend", {"Model": SONNET}) == pytest.approx(0.0123)
-    assert stat(client, "Calls", {"Model": "none"}) == 3
-    assert stat(client, "Spend", {"Tenant": JP}) == pytest.approx(0.0124)
+    assert stat(client, "Calls", {"Model": "=none"}) == 3
+    assert stat(client, "Spend", {"Tenant": JP_VALUE}) == pytest.approx(0.0124)
     assert stat(client, "Requests", {"Tenant": "acme"}) == 3
     names = {m["MetricName"] for m in client.list_metrics(Namespace="chainkit")["Metrics"]}
     assert names == set(METRICS)
@@ -119,8 +122,8 @@ def test_points_are_exact_per_minute_and_rollup() -> None:
     }
     assert spend == {
         (NOW, (("Stage", "intent"), ("Tenant", "acme"))): Decimal("0.0001"),
-        (NOW, (("Stage", "intent"), ("Tenant", JP))): Decimal("0.0001"),
-        (NOW, (("Stage", "generate"), ("Tenant", JP))): Decimal("0.0123"),
+        (NOW, (("Stage", "intent"), ("Tenant", JP_VALUE))): Decimal("0.0001"),
+        (NOW, (("Stage", "generate"), ("Tenant", JP_VALUE))): Decimal("0.0123"),
         (NOW + timedelta(minutes=1), (("Stage", "intent"), ("Tenant", "acme"))): Decimal("0.0001"),
     }
     hourly = metric_points(entries(), rollups=[()], resolution="hour")
@@ -195,7 +198,7 @@ def test_embedded_metric_format_records() -> None:
         for metric in directive["Metrics"]:
             assert isinstance(record[metric["Name"]], float)
         assert record["_aws"]["Timestamp"] % 60_000 == 0
-    tenant = [r for r in records if r.get("Tenant") == JP]
+    tenant = [r for r in records if r.get("Tenant") == JP_VALUE]
     assert sum(r["Spend"] for r in tenant) == pytest.approx(0.0124)
 
 
@@ -215,7 +218,7 @@ def test_chainkit_export_cloudwatch_and_emf(
     out = tmp_path / "m.jsonl"
     assert main(["export", db, "--format", "emf", "--out", str(out), "--resolution", "hour"]) == 0
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert JP in out.read_text(encoding="utf-8")
+    assert JP_VALUE in out.read_text(encoding="utf-8")
     assert len(lines) == len(metric_points(entries(), resolution="hour")) // len(METRICS)
     assert main(["export", db, "--format", "cloudwatch", "--namespace", "AWS/x"]) == 2
     assert "reserved" in capsys.readouterr().err

@@ -193,8 +193,12 @@ def test_the_tier_and_region_are_found_from_the_price_that_reproduces_the_cost()
 def test_a_region_given_settles_prices_many_regions_share() -> None:
     usage = Usage(1000, 100)
     plain, _ = focus_rows([entry(HAIKU, usage)])
-    # Without a region, chainkit prices at us-east-1 (as the pipeline did); with one, there.
-    assert {r["RegionId"] for r in plain} == {"us-east-1"}
+    # Without a region, a price three regions share tells none of them: RegionId stays empty
+    # and SkuId names every region the price is (the ledger does not record the region).
+    assert {(r["RegionId"], r["RegionName"], r["x_RegionSource"]) for r in plain} == {
+        (None, None, "unknown")
+    }
+    assert {r["SkuId"].split("|")[2] for r in plain} == {"eu-central-1+us-east-1+us-west-2"}
     given, _ = focus_rows([entry(HAIKU, usage)], region="us-west-2")
     assert {r["RegionId"] for r in given} == {"us-west-2"}
     assert {r["SkuId"].split("|")[2] for r in given} == {"us-west-2"}
@@ -329,12 +333,18 @@ def test_billing_periods_are_calendar_months_in_utc() -> None:
     ]
 
 
-def test_an_empty_ledger_is_a_header_and_zero(make_ledger: Any, tmp_path: Path) -> None:
-    summary = write_focus(make_ledger([]), tmp_path / "f.csv")
-    assert (tmp_path / "f.csv").read_text(encoding="utf-8").splitlines() == [
-        ",".join(FOCUS_COLUMNS)
-    ]
+def test_an_empty_ledger_has_no_rows_and_no_file_is_written(
+    make_ledger: Any, tmp_path: Path
+) -> None:
+    rows, summary = focus_rows(make_ledger([]))
+    assert rows == []
     assert (summary.rows, summary.billed_cost, summary.ledger_cost) == (0, 0, 0)
+    # A header-only file fails the FinOps validator (its rules need a row), so it is refused.
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="Nothing to write .* 0 entries"):
+        write_focus(make_ledger([]), out / "f.csv")
+    assert list(out.iterdir()) == []  # no file, and no temporary file left behind
 
 
 def test_bad_arguments_are_config_errors() -> None:
@@ -428,7 +438,8 @@ def test_every_row_follows_the_spec_rules(tmp_path: Path) -> None:
 def test_sku_ids_are_stable_per_model_region_and_token_class() -> None:
     rows, _ = focus_rows(
         [entry(NOVA, Usage(10, 1), stage="intent", minutes=m, tags={"t": str(m)}) for m in (0, 90)]
-        + [entry(NOVA, Usage(10, 1), tier="batch", stage="intent")]
+        + [entry(NOVA, Usage(10, 1), tier="batch", stage="intent")],
+        region="us-east-1",
     )
     skus = {(r["ChargePeriodStart"], r["x_TokenClass"], r["x_PricingTier"]): r for r in rows}
     assert (
