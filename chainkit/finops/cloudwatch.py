@@ -104,8 +104,8 @@ def _escape(match: re.Match[str]) -> str:
 def dimension_value(text: str) -> str:
     """``text`` as a valid CloudWatch dimension value, reversibly where it fits (see module doc).
 
-    >>> dimension_value("acme"), dimension_value("日本"), dimension_value("a=b"), dimension_value(" ")
-    ('acme', '=E6=97=A5=E6=9C=AC', 'a=3Db', '=20')
+    >>> [dimension_value(text) for text in ("acme", "日本", "a=b", " ")]
+    ['acme', '=E6=97=A5=E6=9C=AC', 'a=3Db', '=20']
     """
     value = _ESCAPE.sub(_escape, text)
     if not value.strip(" "):
@@ -261,7 +261,7 @@ def metric_points(
     return points
 
 
-class PartialPublish(ChainkitError):  # noqa: N818 - it names what happened, like NoAnswer
+class PartialPublish(ChainkitError):
     """CloudWatch refused a PutMetricData batch after earlier ones were accepted.
 
     ``sent`` values (buckets up to ``last``) are in CloudWatch; ``resume`` is the ``--since``
@@ -277,8 +277,8 @@ class PartialPublish(ChainkitError):  # noqa: N818 - it names what happened, lik
     def as_dict(self) -> dict[str, Any]:
         """What was published and where to resume, for the command's summary."""
         return {
-            "published_through": self.last.isoformat(),
-            "resume_since": self.resume.isoformat(),
+            "published_through": f"{self.last:%Y-%m-%dT%H:%M}Z",
+            "resume_since": f"{self.resume:%Y-%m-%dT%H:%M}Z",
         }
 
 

@@ -20,11 +20,13 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from chainkit.errors import ConfigError
 from chainkit.ledger.core import Ledger
+from chainkit.money import usd
 
 __all__ = ["add_export_command"]
 
@@ -257,17 +259,25 @@ def _render(rows: dict[str, Any], fmt: str) -> str:
         "csv": lambda: _csv(rows),
         "markdown": lambda: "\n".join(
             ["| what | value |", "| --- | --- |"]
-            + [f"| {k} | {_cell(v)} |" for k, v in rows.items()]
+            + [f"| {k} | {_cell(k, v)} |" for k, v in rows.items()]
         ),
         "table": lambda: "\n".join(
-            f"{k:<{max(map(len, rows))}}  {_cell(v)}" for k, v in rows.items()
+            f"{k:<{max(map(len, rows))}}  {_cell(k, v)}" for k, v in rows.items()
         ),
     }
     return render[fmt]()
 
 
-def _cell(value: Any) -> str:
-    return "unknown" if value is None else str(value)
+# Summary keys that are money: exact decimal strings in JSON and CSV, dollars for people.
+_MONEY = frozenset({"billed_cost", "ledger_cost", "unknown_bound"})
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "unknown"
+    if key in _MONEY:
+        return usd(Decimal(value), digits=8)
+    return str(value)
 
 
 def _csv(rows: dict[str, Any]) -> str:

@@ -162,6 +162,7 @@ def check_region(region: str) -> str:
         )
     return region
 
+
 # Providers of genai-prices ids (``provider:model``) as they name themselves.
 _PROVIDERS = {
     "openai": ("OpenAI", "OpenAI API"),
@@ -438,6 +439,7 @@ class _Resolver:
         # reproduces the cost applies there. A given region no such price applies in contradicts
         # the cost: the price's region stays (or none), flagged "conflict", never the given one.
         only = regions[0] if len(regions) == 1 and _is_region(regions[0]) else None
+        region: str | None
         if given is not None and any(_applies(r, given) for r in regions):
             region, source = given, "given"
         elif given is not None:
@@ -458,7 +460,7 @@ class _Resolver:
 
 
 def _applies(price_region: str, region: str) -> bool:
-    """Whether a price of ``price_region`` (a region, a geography, ``*``, global) applies in ``region``."""
+    """Whether a price of ``price_region`` (region, geography, ``*``, global) holds in ``region``."""
     if price_region in (ANY_REGION, GLOBAL_REGION, region):
         return True
     return not _is_region(price_region) and in_geography(region, price_region)
@@ -642,7 +644,8 @@ def _plain(amount: Decimal) -> Decimal:
     """``amount`` without trailing zeros, never in exponent form for whole numbers."""
     with localcontext(CONTEXT):
         reduced = amount.normalize()
-        return reduced if reduced.as_tuple().exponent <= 0 else reduced.quantize(Decimal(1))
+        exponent = reduced.as_tuple().exponent
+        return reduced if isinstance(exponent, int) and exponent <= 0 else reduced.quantize(1)
 
 
 def _order(row: FocusRow) -> tuple[str, ...]:
