@@ -460,7 +460,7 @@ class _Resolver:
 
 
 def _applies(price_region: str, region: str) -> bool:
-    """Whether a price of ``price_region`` (region, geography, ``*``, global) holds in ``region``."""
+    """Whether a price of ``price_region`` (region, geography, ``*``, global) holds there."""
     if price_region in (ANY_REGION, GLOBAL_REGION, region):
         return True
     return not _is_region(price_region) and in_geography(region, price_region)
