@@ -46,6 +46,7 @@ import functools
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -250,6 +251,20 @@ _DECIMAL_COLUMNS = frozenset(
     }
 )
 _INT_COLUMNS = frozenset({"x_Calls", "x_RequestCount", "x_Answered", "x_AvoidedCostUnknown"})
+# Columns a row knows when it is made (the others are sums): kept per row as a tuple.
+_FIXED_COLUMNS = tuple(
+    c for c in FOCUS_COLUMNS if c not in _DECIMAL_COLUMNS | _INT_COLUMNS | {"BilledCost"}
+)
+
+
+_CONSUMED_UNIT = _FIXED_COLUMNS.index("ConsumedUnit")
+
+
+def _pack(fixed: dict[str, Any]) -> tuple[Any, ...]:
+    # Interned: many rows share a description, SKU or tag set, and 300,000 rows add up.
+    return tuple(
+        sys.intern(v) if isinstance(v, str) else v for v in (fixed[c] for c in _FIXED_COLUMNS)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +286,7 @@ class FocusRow:
     """One FOCUS row while it is summed: quantities, exact costs, facts for ``x_`` columns."""
 
     key: tuple[Any, ...]
-    fixed: dict[str, Any]
+    fixed: tuple[Any, ...]  # the values of _FIXED_COLUMNS: a tuple is a fifth of a dict's size
     unit_price: Decimal
     quantity: int = 0
     consumed: int = 0
@@ -284,7 +299,7 @@ class FocusRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The row as FOCUS column -> value (``Decimal``, ``int``, ``str`` or ``None``)."""
-        row = dict(self.fixed)
+        row = dict(zip(_FIXED_COLUMNS, self.fixed, strict=True))
         cost = self.cost
         row.update(
             BilledCost=cost,
@@ -566,6 +581,33 @@ def focus_rows(
         until: only entries recorded before this time. Charge periods stay whole UTC hours or
             days: a period cut by ``since`` or ``until`` holds only the entries inside them.
     """
+    out, summary = _aggregate(
+        entries,
+        period=period,
+        unknown=unknown,
+        region=region,
+        catalogues=catalogues,
+        billing_account_id=billing_account_id,
+        billing_account_name=billing_account_name,
+        since=since,
+        until=until,
+    )
+    return [r.as_dict() for r in out], summary
+
+
+def _aggregate(
+    entries: Iterable[Entry] | Ledger,
+    *,
+    period: Period = "hour",
+    unknown: UnknownCosts = "error",
+    region: str | None = None,
+    catalogues: Sequence[Catalogue] | None = None,
+    billing_account_id: str = "chainkit",
+    billing_account_name: str = "chainkit ledger",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[FocusRow], FocusSummary]:
+    """:func:`focus_rows`'s rows while summed, in file order, and the summary."""
     if region is not None:
         check_region(region)
     for what, when in (("since", since), ("until", until)):
@@ -624,8 +666,8 @@ def focus_rows(
             "every row. Export with --unknown omit (unknown='omit') to leave them out, or "
             "--unknown bound (unknown='bound') to write them at their bound."
         )
-    out = [r.as_dict() for r in sorted(rows.values(), key=_order)]
-    billed = exact_sum(r["BilledCost"] for r in out)
+    out = sorted(rows.values(), key=_order)
+    billed = exact_sum(r.cost for r in out)
     assert billed is not None
     summary = FocusSummary(
         rows=len(out),
@@ -721,7 +763,7 @@ def _add(
             row = rows[key] = FocusRow(
                 key=key,
                 unit_price=unit_price,
-                fixed={
+                fixed=_pack({
                     "BillingAccountId": account_id,
                     "BillingAccountName": account_name,
                     "BillingCurrency": "USD",
@@ -764,13 +806,16 @@ def _add(
                     "x_RegionSource": pricing.region_source,
                     "x_CostSource": pricing.source,
                     "x_CostStatus": status,
-                },
-            )
+                }),
+            )  # fmt: skip
         row.quantity += quantity
         row.cost += quantity * unit_price
         if per_call and usage is not None and e.model is not None:
             row.consumed += usage.total_tokens
-            row.fixed["ConsumedUnit"] = "Tokens"
+            if row.fixed[_CONSUMED_UNIT] != "Tokens":
+                fixed = list(row.fixed)
+                fixed[_CONSUMED_UNIT] = "Tokens"
+                row.fixed = tuple(fixed)
         else:
             row.consumed += quantity
         row.requests.add(e.request_id)
@@ -832,7 +877,7 @@ def write_focus(
         for flag, value in (("--billing-account-id", billing_account_id),
                             ("--billing-account-name", billing_account_name)):  # fmt: skip
             _check_not_numeric(flag, value)
-    rows, summary = focus_rows(
+    rows, summary = _aggregate(
         entries,
         period=period,
         unknown=unknown,
@@ -857,13 +902,14 @@ def write_focus(
         )
     if parquet:
         with write_atomically(path, binary=True) as f:
-            _write_parquet(rows, f)
+            _write_parquet([r.as_dict() for r in rows], f)
     else:
         with write_atomically(path) as f:
             writer = csv.DictWriter(f, fieldnames=FOCUS_COLUMNS, lineterminator="\n")
             writer.writeheader()
+            # One row's dict at a time: a list of them all would double the peak memory.
             for row in rows:
-                writer.writerow({k: _text(v) for k, v in row.items()})
+                writer.writerow({k: _text(v) for k, v in row.as_dict().items()})
     return summary
 
 
