@@ -347,6 +347,8 @@ def publish_metrics(
         try:
             client.put_metric_data(Namespace=namespace, MetricData=[p.as_datum() for p in batch])
         except Exception as exc:
+            if not sent and not isinstance(getattr(exc, "response", None), dict):
+                raise  # not a refusal (no credentials, no network): the caller explains it
             raise _refused(exc, number, len(batches), sent, batch, points) from exc
         sent += len(batch)
     return sent

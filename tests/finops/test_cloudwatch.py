@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -429,3 +429,21 @@ def test_an_answer_of_unknown_avoided_cost_is_not_a_deflection() -> None:
     assert not is_deflection(final)
     points = metric_points([final], rollups=[()])
     assert {p.name: p.value for p in points}["Deflections"] == 0
+
+
+def test_missing_credentials_say_what_to_do_for_cloudwatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SQLiteLedger(tmp_path / "l.db") as ledger:
+        ledger.record_many(entries())
+
+    class NoCredentials:
+        meta = boto3.client("cloudwatch", region_name="us-east-1").meta
+
+        def put_metric_data(self, **kw: Any) -> None:
+            raise NoCredentialsError()
+
+    monkeypatch.setattr(boto3, "client", lambda *a, **kw: NoCredentials())
+    assert main(["export", str(tmp_path / "l.db"), "--format", "cloudwatch"]) == 2
+    err = capsys.readouterr().err
+    assert "No AWS credentials" in err and "--provider" not in err and "--format emf" in err
