@@ -11,7 +11,16 @@ Every metric is published per time bucket (a minute by default) for each *rollup
 dimensions: the whole application (no dimension), and each of ``Stage``, ``Model`` and
 ``Tenant`` alone, so an alarm on one tenant's spend or one stage's deflections needs no metric
 math. ``Tenant`` is the value of a tag (``tenant`` unless ``tenant_tag`` says otherwise);
-entries without it, or without a model, are published as ``none``.
+entries without it, or without a model, are published as ``=none`` (which no value can be:
+see :func:`dimension_value`).
+
+CloudWatch takes dimension values of 1 to 1,024 printable ASCII characters, not all
+whitespace, and refuses a whole PutMetricData batch for one that is not. :func:`dimension_value`
+makes every value valid, deterministically: printable ASCII stays as it is, except ``=``; every
+other character (and ``=``, and the spaces of an all-space value) becomes ``=XX`` per UTF-8
+byte, the escape of Bedrock's ``requestMetadata`` (``chainkit.providers.bedrock.decode_metadata``
+reads it back). A value still longer than 1,024 characters is cut and ends in ``~`` and 16 hex
+digits of its SHA-256, so two long values stay apart (that one is not reversible).
 
 The metrics:
 
@@ -22,8 +31,10 @@ The metrics:
 ``Answered``         Count   entries that answered their request
 ``Deflections``      Count   answered without the final model: a free stage (canned,
                              precomputed, lookup) or one that recorded an avoided cost
+                             (an unknown avoided cost is not one)
 ``AvoidedCost``      None    USD the final model would have cost, where it is known
-``Requests``         Count   distinct request ids
+``Requests``         Count   distinct request ids, each counted once, in the bucket of its
+                             first entry (of that dimension value)
 ==================== ======= ===========================================================
 
 ``Deflections / Answered`` (CloudWatch metric math) is the deflection rate. CloudWatch stores
@@ -33,14 +44,16 @@ the way (a relative error below 1e-15); the ledger stays the exact record.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any, Literal
 
-from chainkit.errors import ConfigError
+from chainkit.errors import ChainkitError, ConfigError
 from chainkit.ledger.core import Ledger
 from chainkit.money import CONTEXT
 from chainkit.records import Entry
@@ -49,6 +62,8 @@ __all__ = [
     "DEFAULT_ROLLUPS",
     "METRICS",
     "MetricPoint",
+    "PartialPublish",
+    "dimension_value",
     "emf_records",
     "is_deflection",
     "metric_points",
@@ -74,7 +89,34 @@ DEFAULT_ROLLUPS: tuple[tuple[Dimension, ...], ...] = ((), ("Stage",), ("Model",)
 """Dimension sets published by default: the whole app, and each dimension alone."""
 
 _BATCH = 1000  # PutMetricData takes at most 1,000 values per call
-_NONE = "none"
+# No value encodes to it: every "=" of a value is escaped, and "no" is not hex.
+_NONE = "=none"
+_MAX_VALUE = 1024
+_ESCAPE = re.compile(r"[^\x21-\x3c\x3e-\x7e ]")  # all but printable ASCII (and "=")
+# CloudWatch refuses timestamps more than two weeks old; a few minutes' margin for the call.
+_MAX_AGE = timedelta(days=14) - timedelta(minutes=5)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"={b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
+
+
+def dimension_value(text: str) -> str:
+    """``text`` as a valid CloudWatch dimension value, reversibly where it fits (see module doc).
+
+    >>> [dimension_value(text) for text in ("acme", "日本", "a=b", " ")]
+    ['acme', '=E6=97=A5=E6=9C=AC', 'a=3Db', '=20']
+    """
+    value = _ESCAPE.sub(_escape, text)
+    if not value.strip(" "):
+        value = "=20" * len(value) if value else _NONE
+    if len(value) > _MAX_VALUE:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        head = value[: _MAX_VALUE - 17]
+        # Never cut an escape in two: drop a partial "=X" at the end.
+        cut = head.rfind("=", len(head) - 2)
+        value = (head[:cut] if cut >= 0 else head) + "~" + digest
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +148,7 @@ class _Sums:
     answered: int = 0
     deflections: int = 0
     avoided: Decimal = Decimal(0)
-    requests: set[str] = field(default_factory=set)
+    requests: int = 0
 
     def values(self) -> dict[str, Decimal]:
         return {
@@ -116,7 +158,7 @@ class _Sums:
             "Answered": Decimal(self.answered),
             "Deflections": Decimal(self.deflections),
             "AvoidedCost": self.avoided,
-            "Requests": Decimal(len(self.requests)),
+            "Requests": Decimal(self.requests),
         }
 
 
@@ -129,15 +171,18 @@ def _bucket(when: datetime, resolution: Resolution) -> datetime:
 
 def _dimension(e: Entry, name: Dimension, tenant_tag: str) -> str:
     if name == "Stage":
-        return e.stage
-    if name == "Model":
-        return e.model or _NONE
-    return e.tags.get(tenant_tag) or _NONE
+        return dimension_value(e.stage)
+    value = e.model if name == "Model" else e.tags.get(tenant_tag)
+    return dimension_value(value) if value else _NONE
 
 
 def is_deflection(e: Entry) -> bool:
     """Whether ``e`` answered its request without the pipeline's final model."""
-    return e.outcome == "answered" and (e.model is None or e.avoided_cost != 0)
+    if e.outcome != "answered":
+        return False
+    # A model's answer deflects only when it recorded what the final model would have cost: an
+    # unknown avoided cost (None) is no evidence of one.
+    return e.model is None or (e.avoided_cost is not None and e.avoided_cost != 0)
 
 
 def metric_points(
@@ -175,13 +220,24 @@ def metric_points(
             raise ConfigError(f"{what} {when!r} must be timezone-aware (UTC).")
     source = entries.iter_entries() if isinstance(entries, Ledger) else entries
     sums: dict[tuple[datetime, tuple[tuple[str, str], ...]], _Sums] = {}
+    # (dimensions, request id) -> the time of the request's first entry: a request is counted
+    # once, in that entry's bucket, however many buckets its entries span. Entries outside
+    # [since, until) count here too, so a request begun before ``since`` is not counted again.
+    first: dict[tuple[tuple[tuple[str, str], ...], str], datetime] = {}
     with localcontext(CONTEXT):
         for e in source:
-            if (since is not None and e.time < since) or (until is not None and e.time >= until):
-                continue
+            inside = not (
+                (since is not None and e.time < since) or (until is not None and e.time >= until)
+            )
             bucket = _bucket(e.time, resolution)
             for names in sets:
-                key = (bucket, tuple((str(n), _dimension(e, n, tenant_tag)) for n in names))
+                dims = tuple((str(n), _dimension(e, n, tenant_tag)) for n in names)
+                seen = first.get((dims, e.request_id))
+                if seen is None or e.time < seen:
+                    first[(dims, e.request_id)] = e.time
+                if not inside:
+                    continue
+                key = (bucket, dims)
                 s = sums.get(key)
                 if s is None:
                     s = sums[key] = _Sums()
@@ -195,7 +251,9 @@ def metric_points(
                     s.deflections += is_deflection(e)
                 if e.avoided_cost is not None:
                     s.avoided += e.avoided_cost
-                s.requests.add(e.request_id)
+    for (dims, _), when in first.items():
+        if (since is None or when >= since) and (until is None or when < until):
+            sums[(_bucket(when, resolution), dims)].requests += 1
     points = []
     for (bucket, dims), sums_of in sorted(sums.items(), key=lambda kv: kv[0]):
         for name, value in sums_of.values().items():
@@ -203,24 +261,139 @@ def metric_points(
     return points
 
 
+class PartialPublish(ChainkitError):
+    """CloudWatch refused a PutMetricData batch after earlier ones were accepted.
+
+    ``sent`` values (buckets up to ``last``) are in CloudWatch; ``resume`` is the ``--since``
+    that sends the rest without sending any of them again.
+    """
+
+    def __init__(self, message: str, *, sent: int, last: datetime, resume: datetime) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.last = last
+        self.resume = resume
+
+    def as_dict(self) -> dict[str, Any]:
+        """What was published and where to resume, for the command's summary."""
+        return {
+            "published_through": f"{self.last:%Y-%m-%dT%H:%M}Z",
+            "resume_since": f"{self.resume:%Y-%m-%dT%H:%M}Z",
+        }
+
+
+def _batches(points: list[MetricPoint]) -> list[list[MetricPoint]]:
+    """Batches of at most 1,000 points that never split a bucket unless it alone is larger.
+
+    A refused batch then starts at a bucket boundary: ``--since`` that bucket resends nothing
+    CloudWatch already has (PutMetricData adds; a value sent twice counts twice).
+    """
+    batches: list[list[MetricPoint]] = []
+    current: list[MetricPoint] = []
+    i = 0
+    while i < len(points):
+        j = i
+        while j < len(points) and points[j].timestamp == points[i].timestamp:
+            j += 1
+        bucket = points[i:j]
+        if current and len(current) + len(bucket) > _BATCH:
+            batches.append(current)
+            current = []
+        for start in range(0, len(bucket), _BATCH):
+            part = bucket[start : start + _BATCH]
+            if current and len(current) + len(part) > _BATCH:
+                batches.append(current)
+                current = []
+            current.extend(part)
+        i = j
+    if current:
+        batches.append(current)
+    return batches
+
+
 def publish_metrics(
     entries: Iterable[Entry] | Ledger,
     client: Any,
     *,
     namespace: str = "chainkit",
+    now: datetime | None = None,
+    notes: Callable[[str], None] | None = None,
     **options: Any,
 ) -> int:
     """Send the metrics of ``entries`` to CloudWatch with PutMetricData; return how many values.
 
-    ``client`` is a boto3 ``cloudwatch`` client; ``options`` are :func:`metric_points`'s. A
-    refusal from AWS (an access error, a timestamp older than two weeks) raises botocore's
-    ``ClientError``, after the batches before it were sent.
+    ``client`` is a boto3 ``cloudwatch`` client; ``options`` are :func:`metric_points`'s. Values
+    older than two weeks (before ``now`` minus 14 days: CloudWatch refuses them) are skipped,
+    and ``notes`` (if given) is told how many. A refusal of the first batch is a ConfigError
+    (nothing was published); of a later one, :class:`PartialPublish`, saying what was
+    published and the ``since`` to resume with.
     """
     _check_namespace(namespace)
-    data = [p.as_datum() for p in metric_points(entries, **options)]
-    for start in range(0, len(data), _BATCH):
-        client.put_metric_data(Namespace=namespace, MetricData=data[start : start + _BATCH])
-    return len(data)
+    points = metric_points(entries, **options)
+    oldest = (now or datetime.now(UTC)) - _MAX_AGE
+    old = [p for p in points if p.timestamp < oldest]
+    if old:
+        points = [p for p in points if p.timestamp >= oldest]
+        if notes is not None:
+            since = _bucket(oldest, "hour") + timedelta(hours=1)
+            first = f"{old[0].timestamp:%Y-%m-%d %H:%M}"
+            notes(
+                f"skipped {len(old)} values older than two weeks (from {first} UTC; CloudWatch "
+                f"refuses them): publish with --since {since:%Y-%m-%dT%H:%M}Z to leave them out."
+            )
+    sent = 0
+    batches = _batches(points)
+    for number, batch in enumerate(batches, 1):
+        try:
+            client.put_metric_data(Namespace=namespace, MetricData=[p.as_datum() for p in batch])
+        except Exception as exc:
+            if not sent and not isinstance(getattr(exc, "response", None), dict):
+                raise  # not a refusal (no credentials, no network): the caller explains it
+            raise _refused(exc, number, len(batches), sent, batch, points) from exc
+        sent += len(batch)
+    return sent
+
+
+def _refused(
+    exc: Exception,
+    number: int,
+    total: int,
+    sent: int,
+    batch: list[MetricPoint],
+    points: list[MetricPoint],
+) -> ChainkitError:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        why = f"{error.get('Code', '?')}: {error.get('Message', exc)}"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    if not sent:
+        return ConfigError(
+            f"CloudWatch refused PutMetricData ({why}); nothing was published. Check --region, "
+            "--namespace and that your credentials may call cloudwatch:PutMetricData."
+        )
+    start = batch[0].timestamp
+    last = points[sent - 1].timestamp
+    # A bucket larger than one batch may have been split: its accepted part cannot be resent.
+    resume, lost = start, ""
+    if last == start:
+        later = [p.timestamp for p in points[sent:] if p.timestamp > start]
+        resume = later[0] if later else start
+        lost = (
+            f" The bucket {start:%Y-%m-%d %H:%M} UTC was split across batches and only partly "
+            "published: its other values are not in CloudWatch and resending it would count "
+            "the published ones twice."
+        )
+    return PartialPublish(
+        f"CloudWatch refused PutMetricData batch {number} of {total} ({why}) after {sent} "
+        f"values were published, through the bucket of {last:%Y-%m-%d %H:%M} UTC. Do not send "
+        f"those again: fix the cause and resume with --since {resume:%Y-%m-%dT%H:%M}Z (and the "
+        f"same --resolution).{lost}",
+        sent=sent,
+        last=last,
+        resume=resume,
+    )
 
 
 def emf_records(

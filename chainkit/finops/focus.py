@@ -40,15 +40,20 @@ differ, so compare them as decimals.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
-from collections.abc import Iterable, Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from chainkit.errors import ConfigError
 from chainkit.ledger.core import Ledger
@@ -61,6 +66,7 @@ from chainkit.pricing import (
     ModelCard,
     Price,
     Tier,
+    in_geography,
     profile_of,
 )
 from chainkit.records import Entry, Tags, Usage
@@ -70,7 +76,9 @@ __all__ = [
     "FocusSummary",
     "Period",
     "UnknownCosts",
+    "check_region",
     "focus_rows",
+    "write_atomically",
     "write_focus",
 ]
 
@@ -133,7 +141,28 @@ _REGION_NAMES = {
     "me-central-1": "Middle East (UAE)",
     "il-central-1": "Israel (Tel Aviv)",
     "mx-central-1": "Mexico (Central)",
+    "af-south-1": "Africa (Cape Town)",
+    "ap-east-1": "Asia Pacific (Hong Kong)",
+    "ap-southeast-6": "Asia Pacific (New Zealand)",
+    "me-south-1": "Middle East (Bahrain)",
 }
+_REGION_SHAPE = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
+
+
+def check_region(region: str) -> str:
+    """``region`` if it is an AWS region chainkit knows (``eu-west-1``); else a ConfigError."""
+    if not isinstance(region, str) or not _REGION_SHAPE.fullmatch(region):
+        raise ConfigError(
+            f"Region {region!r} is not an AWS region name: give one such as 'us-east-1' or "
+            "'eu-west-1' (lower case; not a geography such as 'eu', nor 'global')."
+        )
+    if region not in _REGION_NAMES:
+        raise ConfigError(
+            f"Region {region!r} is not an AWS region chainkit knows; known regions: "
+            f"{', '.join(sorted(_REGION_NAMES))}. Check the spelling."
+        )
+    return region
+
 
 # Providers of genai-prices ids (``provider:model``) as they name themselves.
 _PROVIDERS = {
@@ -222,6 +251,20 @@ _DECIMAL_COLUMNS = frozenset(
     }
 )
 _INT_COLUMNS = frozenset({"x_Calls", "x_RequestCount", "x_Answered", "x_AvoidedCostUnknown"})
+# Columns a row knows when it is made (the others are sums): kept per row as a tuple.
+_FIXED_COLUMNS = tuple(
+    c for c in FOCUS_COLUMNS if c not in _DECIMAL_COLUMNS | _INT_COLUMNS | {"BilledCost"}
+)
+
+
+_CONSUMED_UNIT = _FIXED_COLUMNS.index("ConsumedUnit")
+
+
+def _pack(fixed: dict[str, Any]) -> tuple[Any, ...]:
+    # Interned: many rows share a description, SKU or tag set, and 300,000 rows add up.
+    return tuple(
+        sys.intern(v) if isinstance(v, str) else v for v in (fixed[c] for c in _FIXED_COLUMNS)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +275,10 @@ class _Pricing:
     card: ModelCard | None
     price: Price | None
     region: str | None  # a region id, or None when unknown
-    region_source: str  # "given", "price", "unknown"
+    region_source: str  # "given", "price", "unknown", "conflict"
     tier: str | None
     threshold: int | None = None  # the long-context tier's prompt threshold, if one applied
+    sku_region: str | None = None  # the region (or regions) of SkuId, when a price explains
 
 
 @dataclass(slots=True)
@@ -242,7 +286,7 @@ class FocusRow:
     """One FOCUS row while it is summed: quantities, exact costs, facts for ``x_`` columns."""
 
     key: tuple[Any, ...]
-    fixed: dict[str, Any]
+    fixed: tuple[Any, ...]  # the values of _FIXED_COLUMNS: a tuple is a fifth of a dict's size
     unit_price: Decimal
     quantity: int = 0
     consumed: int = 0
@@ -255,7 +299,7 @@ class FocusRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The row as FOCUS column -> value (``Decimal``, ``int``, ``str`` or ``None``)."""
-        row = dict(self.fixed)
+        row = dict(zip(_FIXED_COLUMNS, self.fixed, strict=True))
         cost = self.cost
         row.update(
             BilledCost=cost,
@@ -296,13 +340,18 @@ class FocusSummary:
         return {
             "rows": self.rows,
             "entries": self.entries,
-            "billed_cost": str(self.billed_cost),
-            "ledger_cost": None if self.ledger_cost is None else str(self.ledger_cost),
+            "billed_cost": _money(self.billed_cost),
+            "ledger_cost": _money(self.ledger_cost),
             "unknown_entries": self.unknown_entries,
-            "unknown_bound": None if self.unknown_bound is None else str(self.unknown_bound),
+            "unknown_bound": _money(self.unknown_bound),
             "unknown_handling": self.unknown_handling,
             "ledger_priced_entries": self.ledger_priced_entries,
         }
+
+
+def _money(amount: Decimal | None) -> str | None:
+    """An exact decimal string in plain notation (``0.00000049``, never ``4.9E-7``)."""
+    return None if amount is None else format(amount, "f")
 
 
 class _Resolver:
@@ -312,8 +361,10 @@ class _Resolver:
         self._given = list(catalogues) if catalogues is not None else None
         self._loaded: list[Catalogue] | None = self._given
         self.region = region
+        self._model = ""
         self._cards: dict[str, list[tuple[Catalogue, ModelCard]]] = {}
         self._first: dict[str, list[tuple[Catalogue, ModelCard, list[Price]]]] = {}
+        self._same: dict[int, list[Price]] = {}
 
     def _catalogues(self) -> list[Catalogue]:
         if self._loaded is None:
@@ -342,13 +393,14 @@ class _Resolver:
     def resolve(self, e: Entry, cost: Decimal) -> _Pricing:
         model, usage = e.model, e.usage
         assert model is not None and usage is not None
+        self._model = model
         for catalogue, card, first in self._candidates(model):
             # First what the pipeline itself would have priced (its region, each tier), then
             # every other price the card has.
             for price in first:
                 match = _explains(price, usage, cost)
                 if match is not None:
-                    return self._pricing(catalogue, card, price, match, [price])
+                    return self._pricing(catalogue, card, price, match, self._alike(card, price))
             matches = [(p, m) for p in card.prices if (m := _explains(p, usage, cost)) is not None]
             if matches:
                 price, match = matches[0]
@@ -373,6 +425,14 @@ class _Resolver:
             self._first[model] = found
         return found
 
+    def _alike(self, card: ModelCard, price: Price) -> list[Price]:
+        """The card's prices that charge exactly what ``price`` charges, in its tier."""
+        found = self._same.get(id(price))
+        if found is None:
+            found = [p for p in card.prices if p.tier == price.tier and p.same_rates(price)]
+            self._same[id(price)] = found
+        return found
+
     def unpriced(self) -> _Pricing:
         """An entry no catalogue price explains: in the given region, if any."""
         if self.region is None:
@@ -388,14 +448,37 @@ class _Resolver:
         alike: list[Price],
     ) -> _Pricing:
         threshold = next((t for t, p in price.tiers if p is applied), None)
-        regions = {p.region for p in alike}
-        if len(regions) == 1 and _is_region(price.region):
-            region, source = price.region, "price"
-        elif self.region is not None:
-            region, source = self.region, "given"
+        regions = sorted({p.region for p in alike})
+        given = self.region
+        # The price's own region when it is one region; else the region given, if a price that
+        # reproduces the cost applies there. A given region no such price applies in contradicts
+        # the cost: the price's region stays (or none), flagged "conflict", never the given one.
+        only = regions[0] if len(regions) == 1 and _is_region(regions[0]) else None
+        region: str | None
+        if given is not None and any(_applies(r, given) for r in regions):
+            region, source = given, "given"
+        elif given is not None:
+            region, source = only, "conflict"
+        elif only is not None:
+            region, source = only, "price"
         else:
             region, source = None, "unknown"
-        return _Pricing(catalogue.name, card, applied, region, source, price.tier, threshold)
+        if region is not None:
+            sku_region = region
+        elif (profile := profile_of(self._model)) is not None and profile in regions:
+            sku_region = profile  # an eu. profile's price is the eu price, whatever else shares it
+        else:
+            sku_region = "+".join(regions)
+        return _Pricing(
+            catalogue.name, card, applied, region, source, price.tier, threshold, sku_region
+        )
+
+
+def _applies(price_region: str, region: str) -> bool:
+    """Whether a price of ``price_region`` (region, geography, ``*``, global) holds there."""
+    if price_region in (ANY_REGION, GLOBAL_REGION, region):
+        return True
+    return not _is_region(price_region) and in_geography(region, price_region)
 
 
 def _is_region(region: str) -> bool:
@@ -479,6 +562,8 @@ def focus_rows(
     catalogues: Sequence[Catalogue] | None = None,
     billing_account_id: str = "chainkit",
     billing_account_name: str = "chainkit ledger",
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], FocusSummary]:
     """The FOCUS 1.2 rows of a ledger (or entries), and a summary of what they hold.
 
@@ -492,7 +577,42 @@ def focus_rows(
             first, and genai-prices for ``provider:model`` ids).
         billing_account_id: BillingAccountId (the AWS account, say); chainkit does not know it.
         billing_account_name: BillingAccountName.
+        since: only entries recorded at or after this time (timezone-aware).
+        until: only entries recorded before this time. Charge periods stay whole UTC hours or
+            days: a period cut by ``since`` or ``until`` holds only the entries inside them.
     """
+    out, summary = _aggregate(
+        entries,
+        period=period,
+        unknown=unknown,
+        region=region,
+        catalogues=catalogues,
+        billing_account_id=billing_account_id,
+        billing_account_name=billing_account_name,
+        since=since,
+        until=until,
+    )
+    return [r.as_dict() for r in out], summary
+
+
+def _aggregate(
+    entries: Iterable[Entry] | Ledger,
+    *,
+    period: Period = "hour",
+    unknown: UnknownCosts = "error",
+    region: str | None = None,
+    catalogues: Sequence[Catalogue] | None = None,
+    billing_account_id: str = "chainkit",
+    billing_account_name: str = "chainkit ledger",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[FocusRow], FocusSummary]:
+    """:func:`focus_rows`'s rows while summed, in file order, and the summary."""
+    if region is not None:
+        check_region(region)
+    for what, when in (("since", since), ("until", until)):
+        if when is not None and when.utcoffset() is None:
+            raise ConfigError(f"{what} {when!r} must be timezone-aware (UTC).")
     if period not in ("hour", "day"):
         raise ConfigError(f"period {period!r} is not 'hour' or 'day'.")
     if unknown not in ("error", "omit", "bound"):
@@ -511,6 +631,8 @@ def focus_rows(
     bounds: list[Decimal | None] = []
     with localcontext(CONTEXT):
         for e in source:
+            if (since is not None and e.time < since) or (until is not None and e.time >= until):
+                continue
             count += 1
             cost = e.cost
             status = "known"
@@ -534,14 +656,18 @@ def focus_rows(
                                   billing_account_id, billing_account_name)  # fmt: skip
     if unknown == "error" and unknown_count:
         bound = exact_sum(bounds)
+        most = (
+            "some have no bound, so the most they cost is unknown"
+            if bound is None
+            else f"at most ${bound:f} in all"
+        )
         raise ConfigError(
-            f"{unknown_count} ledger entries have unknown cost (at most "
-            f"{'unknown' if bound is None else f'${bound}'} in all); FOCUS needs a cost on "
+            f"{unknown_count} ledger entries have unknown cost ({most}); FOCUS needs a cost on "
             "every row. Export with --unknown omit (unknown='omit') to leave them out, or "
             "--unknown bound (unknown='bound') to write them at their bound."
         )
-    out = [r.as_dict() for r in sorted(rows.values(), key=_order)]
-    billed = exact_sum(r["BilledCost"] for r in out)
+    out = sorted(rows.values(), key=_order)
+    billed = exact_sum(r.cost for r in out)
     assert billed is not None
     summary = FocusSummary(
         rows=len(out),
@@ -554,6 +680,14 @@ def focus_rows(
         ledger_priced_entries=ledger_priced,
     )
     return out, summary
+
+
+def _plain(amount: Decimal) -> Decimal:
+    """``amount`` without trailing zeros, never in exponent form for whole numbers."""
+    with localcontext(CONTEXT):
+        reduced = amount.normalize()
+        exponent = reduced.as_tuple().exponent
+        return reduced if isinstance(exponent, int) and exponent <= 0 else reduced.quantize(1)
 
 
 def _order(row: FocusRow) -> tuple[str, ...]:
@@ -603,7 +737,7 @@ def _add(
             consumed_unit = "Requests"
     provider, service, publisher = _provider(e.model, pricing.card)
     sku_model = pricing.card.id if pricing.card is not None else (e.model or f"stage:{e.stage}")
-    price_region = pricing.price.region if pricing.price is not None else (pricing.region or "any")
+    price_region = pricing.sku_region or pricing.region or "any"
     for i, (klass, quantity, unit_price) in enumerate(parts):
         per_call = pricing.price is None
         sku = f"{provider}|{sku_model}|{price_region}|{klass}"
@@ -611,8 +745,10 @@ def _add(
         if pricing.threshold is not None:
             sku_price += f"|above-{pricing.threshold}-prompt-tokens"
         if per_call:
-            # One row per distinct cost of a call: the unit price is the call's cost, exactly.
-            sku_price += f"|{unit_price}"
+            # One row per distinct cost of a call: the unit price is the call's cost, exactly,
+            # written without trailing zeros (0.10000 and 0.1 are one price).
+            unit_price = _plain(unit_price)
+            sku_price += f"|{unit_price:f}"
         key = (
             period_start, provider, pricing.region, e.model, e.stage, e.phase, klass,
             pricing.tier, tags, sku_price, status, pricing.source,
@@ -620,11 +756,14 @@ def _add(
         row = rows.get(key)
         if row is None:
             meter = _CLASSES[klass]
-            what = "free stage" if e.model is None else e.model
+            if e.model is not None:
+                what = e.model
+            else:
+                what = "free stage" if cost == 0 else "a call with no model id"
             row = rows[key] = FocusRow(
                 key=key,
                 unit_price=unit_price,
-                fixed={
+                fixed=_pack({
                     "BillingAccountId": account_id,
                     "BillingAccountName": account_name,
                     "BillingCurrency": "USD",
@@ -667,13 +806,16 @@ def _add(
                     "x_RegionSource": pricing.region_source,
                     "x_CostSource": pricing.source,
                     "x_CostStatus": status,
-                },
-            )
+                }),
+            )  # fmt: skip
         row.quantity += quantity
         row.cost += quantity * unit_price
         if per_call and usage is not None and e.model is not None:
             row.consumed += usage.total_tokens
-            row.fixed["ConsumedUnit"] = "Tokens"
+            if row.fixed[_CONSUMED_UNIT] != "Tokens":
+                fixed = list(row.fixed)
+                fixed[_CONSUMED_UNIT] = "Tokens"
+                row.fixed = tuple(fixed)
         else:
             row.consumed += quantity
         row.requests.add(e.request_id)
@@ -717,17 +859,25 @@ def write_focus(
     catalogues: Sequence[Catalogue] | None = None,
     billing_account_id: str = "chainkit",
     billing_account_name: str = "chainkit ledger",
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> FocusSummary:
     """Write a ledger as a FOCUS 1.2 dataset: CSV, or Parquet if ``out`` ends in ``.parquet``.
 
     See :func:`focus_rows` for the arguments. Parquet needs pyarrow (``pip install
-    'chainkit[finops]'``); its decimal columns are exact ``decimal128``.
+    'chainkit[finops]'``); its decimal columns are exact ``decimal128``. The file is written
+    atomically (a file that exists is replaced only by a complete one); a dataset with no rows
+    is refused, as the validator fails a file with none (see README, FOCUS export).
     """
     path = Path(out)
     parquet = path.suffix.lower() == ".parquet"
     if parquet:
         _pyarrow()  # before any work: a missing extra is the first thing to learn
-    rows, summary = focus_rows(
+    else:
+        for flag, value in (("--billing-account-id", billing_account_id),
+                            ("--billing-account-name", billing_account_name)):  # fmt: skip
+            _check_not_numeric(flag, value)
+    rows, summary = _aggregate(
         entries,
         period=period,
         unknown=unknown,
@@ -735,16 +885,93 @@ def write_focus(
         catalogues=catalogues,
         billing_account_id=billing_account_id,
         billing_account_name=billing_account_name,
+        since=since,
+        until=until,
     )
+    if not rows:
+        left = (
+            f"; its {summary.unknown_entries} entries of unknown cost were left out "
+            "(--unknown omit): write them at their bound with --unknown bound"
+            if summary.unknown_entries
+            else ""
+        )
+        raise ConfigError(
+            f"Nothing to write to {str(out)!r}: the ledger has {summary.entries} entries"
+            f"{' in the --since/--until range' if since or until else ''}{left}. A FOCUS file "
+            "with no rows fails the FinOps validator, so none was written."
+        )
     if parquet:
-        _write_parquet(rows, path)
+        with write_atomically(path, binary=True) as f:
+            _write_parquet([r.as_dict() for r in rows], f)
     else:
-        with open(path, "w", encoding="utf-8", newline="") as f:
+        with write_atomically(path) as f:
             writer = csv.DictWriter(f, fieldnames=FOCUS_COLUMNS, lineterminator="\n")
             writer.writeheader()
+            # One row's dict at a time: a list of them all would double the peak memory.
             for row in rows:
-                writer.writerow({k: _text(v) for k, v in row.items()})
+                writer.writerow({k: _text(v) for k, v in row.as_dict().items()})
     return summary
+
+
+def _check_not_numeric(flag: str, value: str) -> None:
+    # CSV readers (and the validator) infer types: an identifier that reads as a number (an AWS
+    # account id, 1.5, 1e3, nan, true) becomes one and fails the string rules.
+    text = value.strip().lower() if isinstance(value, str) else ""
+    try:
+        float(text)
+        numeric = True
+    except ValueError:
+        numeric = text in ("true", "false")
+    if numeric:
+        raise ConfigError(
+            f"{flag} {value!r} reads as a number (or a boolean) in CSV, and FOCUS readers would "
+            f"take it for one: prefix it, e.g. 'aws-{value}', or write Parquet (--out *.parquet)."
+        )
+
+
+@contextlib.contextmanager
+def write_atomically(out: str | Path, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file to write ``out`` through: it replaces ``out`` only once complete and on disk.
+
+    The data goes to a temporary file beside ``out``, is flushed and fsynced, then renamed over
+    ``out`` (a reader never sees half a file; a failure leaves ``out`` as it was and no temporary
+    file). A device or pipe (``/dev/stdout``) is written directly. A write that fails (a full
+    disk) is a ConfigError naming the file.
+    """
+    path = Path(out)
+    mode = "wb" if binary else "w"
+    text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
+    try:
+        special = path.exists() and not path.is_file()
+        if special:
+            with open(path, mode, **text) as f:
+                yield f
+            return
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    try:
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file only
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _unwritable(path, exc) from None
+        raise
+
+
+def _unwritable(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"Could not write {str(path)!r}: {exc.strerror or exc}; nothing was written there. "
+        "Free space, or give another --out."
+    )
 
 
 def _pyarrow() -> Any:
@@ -759,7 +986,7 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_parquet(rows: list[dict[str, Any]], path: Path | IO[bytes]) -> None:
     pa = _pyarrow()
     import pyarrow.parquet as pq
 

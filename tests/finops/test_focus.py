@@ -193,8 +193,12 @@ def test_the_tier_and_region_are_found_from_the_price_that_reproduces_the_cost()
 def test_a_region_given_settles_prices_many_regions_share() -> None:
     usage = Usage(1000, 100)
     plain, _ = focus_rows([entry(HAIKU, usage)])
-    # Without a region, chainkit prices at us-east-1 (as the pipeline did); with one, there.
-    assert {r["RegionId"] for r in plain} == {"us-east-1"}
+    # Without a region, a price three regions share tells none of them: RegionId stays empty
+    # and SkuId names every region the price is (the ledger does not record the region).
+    assert {(r["RegionId"], r["RegionName"], r["x_RegionSource"]) for r in plain} == {
+        (None, None, "unknown")
+    }
+    assert {r["SkuId"].split("|")[2] for r in plain} == {"eu-central-1+us-east-1+us-west-2"}
     given, _ = focus_rows([entry(HAIKU, usage)], region="us-west-2")
     assert {r["RegionId"] for r in given} == {"us-west-2"}
     assert {r["SkuId"].split("|")[2] for r in given} == {"us-west-2"}
@@ -329,12 +333,18 @@ def test_billing_periods_are_calendar_months_in_utc() -> None:
     ]
 
 
-def test_an_empty_ledger_is_a_header_and_zero(make_ledger: Any, tmp_path: Path) -> None:
-    summary = write_focus(make_ledger([]), tmp_path / "f.csv")
-    assert (tmp_path / "f.csv").read_text(encoding="utf-8").splitlines() == [
-        ",".join(FOCUS_COLUMNS)
-    ]
+def test_an_empty_ledger_has_no_rows_and_no_file_is_written(
+    make_ledger: Any, tmp_path: Path
+) -> None:
+    rows, summary = focus_rows(make_ledger([]))
+    assert rows == []
     assert (summary.rows, summary.billed_cost, summary.ledger_cost) == (0, 0, 0)
+    # A header-only file fails the FinOps validator (its rules need a row), so it is refused.
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError, match=r"Nothing to write .* 0 entries"):
+        write_focus(make_ledger([]), out / "f.csv")
+    assert list(out.iterdir()) == []  # no file, and no temporary file left behind
 
 
 def test_bad_arguments_are_config_errors() -> None:
@@ -428,7 +438,8 @@ def test_every_row_follows_the_spec_rules(tmp_path: Path) -> None:
 def test_sku_ids_are_stable_per_model_region_and_token_class() -> None:
     rows, _ = focus_rows(
         [entry(NOVA, Usage(10, 1), stage="intent", minutes=m, tags={"t": str(m)}) for m in (0, 90)]
-        + [entry(NOVA, Usage(10, 1), tier="batch", stage="intent")]
+        + [entry(NOVA, Usage(10, 1), tier="batch", stage="intent")],
+        region="us-east-1",
     )
     skus = {(r["ChargePeriodStart"], r["x_TokenClass"], r["x_PricingTier"]): r for r in rows}
     assert (
@@ -637,3 +648,96 @@ def test_the_finops_foundation_validator_accepts_the_file(tmp_path: Path, suffix
     totals, failed = run_validator(path)
     assert failed <= VALIDATOR_CONTRADICTIONS, failed
     assert totals["pass"] > 200
+
+
+# -- regions, prices and periods, after an adversarial review -----------------------------------
+
+S45 = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+@pytest.mark.parametrize(
+    "bad", ["mars-1", "US-EAST-1", "eu", "global", "", " us-east-1", "us-east-9"]
+)
+def test_a_region_that_is_not_an_aws_region_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="not an AWS region"):
+        focus_rows([entry(NOVA, Usage(10, 1))], region=bad)
+
+
+def test_a_given_region_never_contradicts_the_price_that_reproduces_the_cost() -> None:
+    # Titan costs more in eu-central-1: an eu-central-1 cost exported "from us-east-1" keeps
+    # its price's region, flagged; a us-east-1 cost (us-east-1 and us-west-2 share the price)
+    # exported "from eu-central-1" cannot be placed: no RegionId, flagged.
+    eu, _ = focus_rows([entry(TITAN, Usage(1000, 100), region="eu-central-1")], region="us-east-1")
+    assert {(r["RegionId"], r["x_RegionSource"]) for r in eu} == {("eu-central-1", "conflict")}
+    us, _ = focus_rows([entry(TITAN, Usage(1000, 100))], region="eu-central-1")
+    assert {(r["RegionId"], r["RegionName"], r["x_RegionSource"]) for r in us} == {
+        (None, None, "conflict")
+    }
+    # The unit price stays the one that reproduces the cost.
+    assert {r["ListUnitPrice"] * 1_000_000 for r in us} == {
+        CATALOGUE.price(TITAN).input,
+        CATALOGUE.price(TITAN).output,
+    }
+    # A geography's price applies in each of its regions.
+    eu45, _ = focus_rows([entry(S45, Usage(1000, 100), region="eu")], region="eu-west-1")
+    assert {(r["RegionId"], r["x_RegionSource"]) for r in eu45} == {("eu-west-1", "given")}
+
+
+def test_without_a_region_a_shared_price_leaves_region_id_empty() -> None:
+    s35 = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+    # Priced for us-west-2, at the rate us-east-1 shares: the ledger cannot tell which.
+    rows, _ = focus_rows([entry(s35, Usage(1000, 100), region="us-west-2")])
+    assert {(r["RegionId"], r["x_RegionSource"]) for r in rows} == {(None, "unknown")}
+    assert {r["SkuId"].split("|")[2] for r in rows} == {"us-east-1+us-west-2"}
+
+
+def test_a_geographic_profile_price_is_never_a_us_sku() -> None:
+    for profile in ("eu", "jp"):
+        model = f"{profile}.{S45}"
+        rows, _ = focus_rows([entry(model, Usage(1000, 100))])
+        assert {r["SkuId"].split("|")[2] for r in rows} == {profile}, model
+        assert {r["RegionId"] for r in rows} == {None}
+    # The base model id priced at the eu rate, which four other geographies share: every one.
+    rows, _ = focus_rows([entry(S45, Usage(1000, 100), region="eu")])
+    assert {r["SkuId"].split("|")[2] for r in rows} == {"apac+au+eu+jp+us"}
+
+
+def test_equal_ledger_prices_are_one_sku_price_whatever_their_trailing_zeros(
+    make_ledger: Any,
+) -> None:
+    calls = [
+        entry(HAIKU, Usage(1, 1), cost=Decimal("0.10000"), request_id="a"),
+        entry(HAIKU, Usage(1, 1), cost=Decimal("0.1"), request_id="b"),
+        entry(HAIKU, Usage(1, 1), cost=Decimal("1E+1"), request_id="c"),
+    ]
+    rows, _ = focus_rows(make_ledger(calls))
+    assert sorted((r["SkuPriceId"].split("|")[-1], r["PricingQuantity"]) for r in rows) == [
+        ("0.1", 2),
+        ("10", 1),
+    ]
+
+
+def test_a_model_less_cost_is_not_called_free() -> None:
+    rows, _ = focus_rows(
+        [
+            entry(None, None, stage="canned", cost=Decimal(0)),
+            entry(None, None, stage="webhook", cost=Decimal("0.002")),
+        ]
+    )
+    described = {r["x_Stage"]: r["ChargeDescription"] for r in rows}
+    assert described["canned"] == "Requests of free stage (stage canned)"
+    assert "free" not in described["webhook"]
+
+
+def test_since_and_until_select_entries_and_keep_whole_charge_periods(make_ledger: Any) -> None:
+    calls = [entry(NOVA, Usage(10, m + 1), minutes=m) for m in (0, 40, 70, 130)]
+    since, until = T0 + timedelta(minutes=30), T0 + timedelta(minutes=100)
+    rows, summary = focus_rows(make_ledger(calls), since=since, until=until)
+    assert summary.entries == 2
+    assert summary.billed_cost == calls[1].cost + calls[2].cost  # type: ignore[operator]
+    assert {(r["ChargePeriodStart"], r["ChargePeriodEnd"]) for r in rows} == {
+        ("2026-11-03T09:00:00Z", "2026-11-03T10:00:00Z"),
+        ("2026-11-03T10:00:00Z", "2026-11-03T11:00:00Z"),
+    }
+    with pytest.raises(ConfigError, match="timezone"):
+        focus_rows([], since=datetime(2026, 1, 1))
