@@ -27,6 +27,7 @@ from chainkit.errors import ChainkitError, ConfigError
 from chainkit.finops.export_command import add_export_command
 from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
+from chainkit.outfiles import refuse_ledger_as_out, write_atomically
 from chainkit.pricing import (
     DEFAULT_CATALOGUE,
     UNKNOWN_CONTEXT_WINDOW,
@@ -328,12 +329,14 @@ def _prices(args: argparse.Namespace) -> str:
 
 def _report(args: argparse.Namespace) -> str:
     if args.out is not None:
-        check_out(args.out, args.ledger)
+        refuse_ledger_as_out(args.ledger, args.out)
     text = _report_text(args)
     if args.out is None:
         return text
-    size = write_out(args.out, text if text.endswith("\n") else text + "\n")
-    return f"Wrote {args.out} ({size:,} bytes, {args.format})."
+    data = (text if text.endswith("\n") else text + "\n").encode("utf-8")
+    with write_atomically(args.out, binary=True) as file:
+        file.write(data)
+    return f"Wrote {args.out} ({len(data):,} bytes, {args.format})."
 
 
 def _report_text(args: argparse.Namespace) -> str:
@@ -372,48 +375,6 @@ def _report_text(args: argparse.Namespace) -> str:
         "table": report.to_table,
     }
     return render[args.format]()
-
-
-def check_out(out: str | os.PathLike[str], ledger: str) -> None:
-    """Refuse an output file that is the ledger itself (or its -wal, -shm or -journal).
-
-    Writing a report over the ledger it reads would destroy the ledger: a typo away.
-    """
-    if ledger.startswith(("postgresql://", "postgres://")):
-        return
-    target = Path(out)
-    if not target.exists():
-        return
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        source = Path(ledger + suffix)
-        if source.exists() and os.path.samefile(target, source):
-            raise ChainkitError(
-                f"--out {out} is the ledger {source.name} itself: writing there would destroy "
-                "the ledger. Give another file name."
-            )
-
-
-def write_out(out: str | os.PathLike[str], text: str) -> int:
-    """Write ``text`` to ``out`` whole or not at all (a full disk leaves the old file); its size.
-
-    The text goes to a temporary file beside ``out``, is flushed to disk, then renamed over it.
-    """
-    target = Path(out)
-    data = text.encode("utf-8")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ChainkitError(
-            f"Cannot write {out}: {exc.strerror or exc}. Check the folder exists, is writable and "
-            "has space."
-        ) from exc
-    return len(data)
 
 
 def _outlook(ledger: SQLLedger) -> tuple[Any, list[Any]]:

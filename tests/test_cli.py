@@ -555,7 +555,7 @@ def test_report_out_never_writes_over_the_ledger_it_reads(
     link.symlink_to(path)
     for out in (path, link, tmp_path / "." / "run.db"):
         code, _, err = _run(capsys, "report", str(path), "--format", fmt, "--out", str(out))
-        assert code == 2 and "would destroy the ledger" in err
+        assert code == 2 and "would destroy it" in err
     assert path.read_bytes() == before
     # --by writes to --out too.
     other = tmp_path / "by.csv"

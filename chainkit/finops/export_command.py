@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from typing import Any
 from chainkit.errors import ConfigError
 from chainkit.ledger.core import Ledger
 from chainkit.money import usd
+from chainkit.outfiles import refuse_ledger_as_out, write_atomically
 
 __all__ = ["add_export_command"]
 
@@ -144,7 +144,7 @@ def _export(args: argparse.Namespace) -> tuple[str, int]:
     if args.format in ("focus", "emf") and not args.out:
         raise ConfigError(f"--format {args.format} writes a file: pass --out FILE.")
     if args.out:
-        _refuse_ledger_as_out(args.ledger, args.out)
+        refuse_ledger_as_out(args.ledger, args.out)
     if args.region is not None:
         from chainkit.finops.focus import check_region
 
@@ -162,32 +162,6 @@ def _export(args: argparse.Namespace) -> tuple[str, int]:
     finally:
         ledger.close()
     return _render(rows, args.summary_format), status
-
-
-def _refuse_ledger_as_out(ledger: str, out: str) -> None:
-    """Refuse an ``--out`` that is the ledger file or one of SQLite's files beside it."""
-    if ledger.startswith(("postgresql://", "postgres://")):
-        return
-    files = [Path(ledger), *(Path(f"{ledger}{suffix}") for suffix in ("-wal", "-shm", "-journal"))]
-    real = os.path.realpath(out)
-    try:
-        out_stat: os.stat_result | None = os.stat(out)
-    except OSError:
-        out_stat = None
-    for f in files:
-        same = os.path.realpath(f) == real
-        if not same and out_stat is not None:
-            try:
-                st = os.stat(f)
-            except OSError:
-                continue
-            # A hard link (or a bind mount) is the same file under another name.
-            same = (st.st_dev, st.st_ino) == (out_stat.st_dev, out_stat.st_ino)
-        if same:
-            raise ConfigError(
-                f"--out {out!r} is the ledger's own file ({f}): the export only reads the "
-                "ledger and writing there would destroy it; give another --out."
-            )
 
 
 def _run(
@@ -216,7 +190,6 @@ def _run(
     }
     if args.format == "emf":
         from chainkit.finops.cloudwatch import write_emf
-        from chainkit.finops.focus import write_atomically
 
         with write_atomically(args.out) as f:
             records = write_emf(ledger, f, namespace=args.namespace, **options)

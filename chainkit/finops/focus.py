@@ -40,15 +40,12 @@ differ, so compare them as decimals.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import json
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -58,6 +55,7 @@ from typing import IO, Any, Literal
 from chainkit.errors import ConfigError
 from chainkit.ledger.core import Ledger
 from chainkit.money import CONTEXT, exact_sum
+from chainkit.outfiles import write_atomically
 from chainkit.pricing import (
     ANY_REGION,
     DEFAULT_CATALOGUE,
@@ -78,7 +76,6 @@ __all__ = [
     "UnknownCosts",
     "check_region",
     "focus_rows",
-    "write_atomically",
     "write_focus",
 ]
 
@@ -927,51 +924,6 @@ def _check_not_numeric(flag: str, value: str) -> None:
             f"{flag} {value!r} reads as a number (or a boolean) in CSV, and FOCUS readers would "
             f"take it for one: prefix it, e.g. 'aws-{value}', or write Parquet (--out *.parquet)."
         )
-
-
-@contextlib.contextmanager
-def write_atomically(out: str | Path, *, binary: bool = False) -> Iterator[IO[Any]]:
-    """A file to write ``out`` through: it replaces ``out`` only once complete and on disk.
-
-    The data goes to a temporary file beside ``out``, is flushed and fsynced, then renamed over
-    ``out`` (a reader never sees half a file; a failure leaves ``out`` as it was and no temporary
-    file). A device or pipe (``/dev/stdout``) is written directly. A write that fails (a full
-    disk) is a ConfigError naming the file.
-    """
-    path = Path(out)
-    mode = "wb" if binary else "w"
-    text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
-    try:
-        special = path.exists() and not path.is_file()
-        if special:
-            with open(path, mode, **text) as f:
-                yield f
-            return
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _unwritable(path, exc) from None
-    try:
-        with os.fdopen(fd, mode, **text) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file only
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise _unwritable(path, exc) from None
-        raise
-
-
-def _unwritable(path: Path, exc: OSError) -> ConfigError:
-    return ConfigError(
-        f"Could not write {str(path)!r}: {exc.strerror or exc}; nothing was written there. "
-        "Free space, or give another --out."
-    )
 
 
 def _pyarrow() -> Any:
