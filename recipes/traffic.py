@@ -54,6 +54,7 @@ from chainkit.finops.reprice import Repricing, reprice
 from chainkit.finops.series import daily_spend
 from chainkit.ledger.sql import SQLLedger
 from chainkit.money import usd
+from chainkit.outfiles import refuse_ledger_as_out, write_atomically
 from chainkit.records import Entry, new_entry_id
 from recipes.common import REPLY_TOKENS, SMALL, STRONG, folder, make_model, open_ledger
 from recipes.common import recipe_parser as _parser
@@ -432,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     title=f"Support bot, {args.days} simulated days",
                     source=args.ledger or "in memory",
                 )
-                Path(args.html).write_text(page, encoding="utf-8")
+                if args.ledger is not None:
+                    refuse_ledger_as_out(args.ledger, args.html)
+                with write_atomically(args.html, binary=True) as file:
+                    file.write(page.encode("utf-8"))
                 print(f"Wrote {args.html} ({len(page.encode()):,} bytes).", file=sys.stderr)
         finally:
             if isinstance(ledger, SQLLedger):
