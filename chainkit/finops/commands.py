@@ -187,21 +187,39 @@ def render_forecasts(forecasts: Sequence[Forecast], fmt: str) -> str:
         "limit",
         "P(over)",
     ]
+
+    def limit(f: Forecast) -> str:
+        if f.limit is None:
+            return ""
+        per = {"month": "/month", "day": "/day"}.get(f.period or "", " all-time")
+        return usd(f.limit) + per
+
+    def p_over(f: Forecast) -> str:
+        if f.limit is None:
+            return ""
+        return "unknown" if f.p_over_limit is None else f"{f.p_over_limit:.0%}"
+
     rows = [
         [
             name(f),
             f.month_end.day.isoformat(),
-            usd(f.month_end.mid),
+            # Unknown spend with no bound this month: the known part is only a floor.
+            (">= " if f.lower_bound else "") + usd(f.month_end.mid),
             f"{usd(f.month_end.low)} - {usd(f.month_end.high)}",
             usd(f.next_month.mid),
             f"{usd(f.next_month.low)} - {usd(f.next_month.high)}",
-            "" if f.limit is None else usd(f.limit),
-            "" if f.p_over_limit is None else f"{f.p_over_limit:.0%}",
+            limit(f),
+            p_over(f),
         ]
         for f in forecasts
     ]
-    method = forecasts[0].method if forecasts else "no series with 3 known days"
-    return _render(head, rows, fmt, f"Spend forecast ({method})")
+    methods = sorted({f.method for f in forecasts})
+    method = "; ".join(methods) if methods else "no series with 3 known days"
+    text = _render(head, rows, fmt, f"Spend forecast ({method})")
+    notes = sorted({n for f in forecasts for n in f.notes})
+    if notes:
+        text += "\n" + "\n".join(f"note: {n}" for n in notes)
+    return text
 
 
 def _forecast(args: argparse.Namespace) -> str:
