@@ -131,7 +131,8 @@ def report_by(args: argparse.Namespace) -> str:
     """``chainkit report LEDGER --by TAG``: showback by tag, with unit costs."""
     with open_ledger(args.ledger, getattr(args, "schema", "chainkit")) as ledger:
         a = allocate(ledger, _tags(args.by))
-        found = recorded(ledger)
+        skipped: list[str] = []
+        found = recorded(ledger, skipped=skipped)
     # A tag no entry carries is a typo far more often than a question (every row "(none)").
     absent = [key for i, key in enumerate(a.by) if a.rows and all(r.key[i] is None for r in a.rows)]
     if absent:
@@ -147,8 +148,8 @@ def report_by(args: argparse.Namespace) -> str:
             indent=2,
         )
     text = render_allocation(a, args.format)
-    if found and args.format in ("table", "markdown"):
-        text += "\n\n" + render_anomalies(found, args.format, "Anomalies recorded")
+    if (found or skipped) and args.format in ("table", "markdown"):
+        text += "\n\n" + render_anomalies(found, args.format, "Anomalies recorded", skipped)
     return text
 
 
@@ -258,9 +259,22 @@ def _level(text: str) -> float:
     return level
 
 
-def render_anomalies(found: Sequence[Anomaly], fmt: str, title: str) -> str:
-    """Anomalies as a table, Markdown, JSON or CSV."""
+def render_anomalies(
+    found: Sequence[Anomaly], fmt: str, title: str, skipped: Sequence[str] = ()
+) -> str:
+    """Anomalies as a table, Markdown, JSON or CSV (``skipped``: unreadable events' keys)."""
+    note = (
+        f"note: {len(skipped)} recorded event(s) under anomaly: are not readable anomalies and "
+        f"were skipped ({', '.join(repr(k) for k in skipped[:3])}"
+        f"{', ...' if len(skipped) > 3 else ''}); remove them if another program wrote them."
+    )
     if fmt == "json":
+        if skipped:
+            return json.dumps(
+                {"anomalies": [a.to_dict() for a in found], "skipped": list(skipped)},
+                ensure_ascii=False,
+                indent=2,
+            )
         return json.dumps([a.to_dict() for a in found], ensure_ascii=False, indent=2)
     head = ["when", "scope", "kind", "observed", "expected", "score"]
     rows = [
@@ -274,13 +288,18 @@ def render_anomalies(found: Sequence[Anomaly], fmt: str, title: str) -> str:
         ]
         for a in found
     ]
-    return _render(head, rows, fmt, title)
+    text = _render(head, rows, fmt, title)
+    if skipped and fmt != "csv":
+        text += "\n" + note
+    return text
 
 
 def _anomalies(args: argparse.Namespace) -> str:
     if args.recorded:
+        skipped: list[str] = []
         with open_ledger(args.ledger, args.schema) as ledger:
-            return render_anomalies(recorded(ledger), args.format, "Anomalies recorded")
+            found = recorded(ledger, skipped=skipped)
+        return render_anomalies(found, args.format, "Anomalies recorded", skipped)
     try:
         z = float(args.z)
     except ValueError:

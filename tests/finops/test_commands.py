@@ -158,3 +158,20 @@ def test_the_html_report_of_a_ledger_too_short_to_forecast_has_no_band(
     code, _, err = run(capsys, "report", str(path), "--format", "html", "--out", str(page))
     assert code == 0, err
     assert 'class="forecast"' not in page.read_text(encoding="utf-8")
+
+
+def test_an_unreadable_anomaly_event_is_skipped_with_a_note(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = run(capsys, "anomalies", str(db))
+    assert code == 0
+    with SQLiteLedger(db) as ledger:
+        ledger.record_event("anomaly:2026-10-01:latency:total=all", '{"kind": "latency"}')
+    code, out, _ = run(capsys, "anomalies", str(db), "--recorded")
+    assert code == 0 and "spike" in out
+    assert "note: 1 recorded event(s) under anomaly: are not readable" in out
+    code, out, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
+    assert json.loads(out)["skipped"] == ["anomaly:2026-10-01:latency:total=all"]
+    html = db.with_suffix(".html")
+    code, out, _ = run(capsys, "report", str(db), "--format", "html", "--out", str(html))
+    assert code == 0 and html.stat().st_size > 0
