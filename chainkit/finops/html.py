@@ -1078,11 +1078,24 @@ def html_report(
         ),
     ]
     for i, key in enumerate(tags):
+        try:
+            per_value = ledger.by_tag(key)
+        except UnicodeEncodeError as exc:
+            # A tag value with a lone surrogate, stored by something other than chainkit (which
+            # refuses them): the page leaves this breakdown out and says why, never a traceback.
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+            breakdowns.append(
+                f"<article><h3>Cost by {_text(key)}</h3><p>Not shown: a stored {_text(key)} "
+                f"value has a lone surrogate ({', '.join(f'U+{ord(c):04X}' for c in bad)}), "
+                "written to the ledger by another program. Fix that value in the ledger (with "
+                "U+FFFD in its place) to see this breakdown.</p></article>"
+            )
+            continue
         breakdowns.append(
             _breakdown(
                 f"chart-tag-{i}",
                 f"Cost by {key}",
-                ledger.by_tag(key),
+                per_value,
                 f"(no {key})",
                 key,
                 known.get(f"tag:{key}", {}),

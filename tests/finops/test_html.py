@@ -459,3 +459,27 @@ def test_unknown_costs_without_a_bound() -> None:
     assert "at least $0.50 (1 unknown, no bound)" in figure(dom, "chart-model").one("svg").text
     kpis = dom.one("section", **{"aria-label": "Summary"}).text
     assert "Spendat least $0.50" in kpis and "Unknown cost1 callno bound" in kpis
+
+
+def test_a_lone_surrogate_stored_by_sql_is_one_clear_error_not_a_crash(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "bad.db"
+    with SQLiteLedger(path) as ledger:
+        for i, tenant in enumerate(["acme", "x"]):
+            ledger.record(
+                Entry(
+                    request_id=f"r{i}",
+                    stage="generate",
+                    outcome="answered",
+                    cost=Decimal(1),
+                    tags={"tenant": tenant},
+                    time=datetime(2026, 10, 1, tzinfo=UTC),
+                )
+            )
+    with sqlite3.connect(path) as db:  # as another program could: chainkit refuses to write it
+        db.execute(
+            """UPDATE entries SET tags = '{"tenant": "\\ud800<x>"}' WHERE tags LIKE '%"x"%'"""
+        )
+    with SQLiteLedger(path, read_only=True) as ledger, pytest.raises(ConfigError, match=r"U\+D800"):
+        html_report(ledger)  # was UnicodeEncodeError from deep in the ledger
