@@ -168,6 +168,11 @@ def allocate(
     A request is *resolved* when its last serving entry answered it (not passed, failed or
     refused). Tokens for ``per_1k_tokens`` are input, output and cache tokens together.
     """
+    if isinstance(by, str) and "," in by:
+        raise ConfigError(
+            f"allocate by={by!r}: one tag name has no comma; give several as a list, "
+            f"e.g. by={[k.strip() for k in by.split(',') if k.strip()]!r}."
+        )
     keys = (by,) if isinstance(by, str) else tuple(by)
     if not keys or any(not isinstance(k, str) or not k for k in keys):
         raise ConfigError(f"allocate by needs one or more tag names, got {by!r}.")

@@ -79,8 +79,13 @@ class Anomaly:
 
     @property
     def key(self) -> str:
-        """The event key it is recorded under: one event per kind, scope and time."""
-        return f"anomaly:{self.when.isoformat()}:{self.kind}:{self.scope[0]}={self.scope[1]}"
+        """The event key it is recorded under: one event per kind, scope and time.
+
+        The scope is JSON, so no tag value can make two scopes one key (``tenant`` = ``a=b``
+        and ``tenant=a`` = ``b``; a user tag ``total`` = ``all`` and the overall total).
+        """
+        scope = json.dumps(list(self.scope), ensure_ascii=True, separators=(",", ":"))
+        return f"anomaly:{self.when.isoformat()}:{self.kind}:{scope}"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: decimals as exact strings."""
@@ -225,6 +230,11 @@ def anomalies_of(
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ConfigError(f"Unknown anomaly kinds {sorted(unknown)}; known: {list(KINDS)}.")
+    if "total" in tags:
+        raise ConfigError(
+            "tags include 'total', the name of the overall total's scope ('total', 'all'): "
+            "its anomalies would merge with the total's. Watch the other tags."
+        )
     buckets: dict[datetime, _Bucket] = {}
     paid: dict[tuple[str, str], tuple[float, int]] = {}  # scope -> (spend, paid entries)
     for e in entries:
@@ -428,6 +438,8 @@ def recorded(ledger: Ledger, *, skipped: list[str] | None = None) -> list[Anomal
                 skipped.append(key)
             continue
         out.append(anomaly)
+    # Keys of older versions spelled the scope differently: one anomaly, once.
+    out = list({(a.when.isoformat(), a.kind, a.scope): a for a in out}.values())
     out.sort(key=lambda a: (a.when.isoformat(), a.kind, a.scope))
     return out
 

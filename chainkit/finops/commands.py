@@ -49,9 +49,13 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(head)
-        writer.writerows(rows)
+        writer.writerow([_csv_cell(c) for c in head])
+        writer.writerows([_csv_cell(c) for c in r] for r in rows)
         return out.getvalue().rstrip("\n")
+    # One line per row: a newline (or tab) in a tag value is shown escaped, not obeyed.
+    rows = [
+        [c.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") for c in r] for r in rows
+    ]
     if fmt == "markdown":
 
         def cell(text: str) -> str:
@@ -71,6 +75,23 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     for r in [head, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def _csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ gets a leading '.
+
+    Numbers (a negative amount) are left as they are.
+    """
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
+UNTAGGED = "\u2014untagged\u2014"
+"""How a table shows an entry without the tag (JSON: null): never mistaken for a value."""
 
 
 def _tags(text: str) -> list[str]:
@@ -107,7 +128,7 @@ def render_allocation(a: Allocation, fmt: str) -> str:
     ]
     rows = [
         [
-            *("(none)" if k is None else k for k in r.key),
+            *(UNTAGGED if k is None else k for k in r.key),
             str(r.requests),
             m(r.direct),
             m(r.amortised),
@@ -115,7 +136,7 @@ def render_allocation(a: Allocation, fmt: str) -> str:
             m(r.per_request),
             m(r.per_conversation),
             m(r.per_resolved),
-            m(r.per_1k_tokens),
+            m(r.per_1k_tokens) if r.tokens or r.cost is None else "n/a",
             str(r.unknown),
         ]
         for r in a.rows

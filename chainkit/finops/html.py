@@ -669,6 +669,10 @@ def _spend_section(
     for b in buckets:
         when = b.start.strftime("%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d")
         lo, mid, hi = (_exact(v) for v in b.future) if b.future else ("", "", "")
+        if b.future is not None and (not days or b.start.date() > max(days)):
+            # A day still to come has no spend yet: not $0.
+            rows.append([when, "\u2014", "\u2014", lo, mid, hi])
+            continue
         rows.append([when, _exact(b.amount.cost), _exact(b.amount.bound), lo, mid, hi])
     head = [unit + " (UTC)", "spend", "at most", "forecast low", "forecast mid", "forecast high"]
     table = _table(head, rows)

@@ -266,6 +266,8 @@ def test_forecast_band_and_anomalies_plug_in(ledger: Ledger) -> None:
     days = rows_of(fig)
     assert [r[0] for r in days][-3:] == ["2026-11-05", "2026-11-06", "2026-11-07"]
     assert days[-1][3:] == ["$0.002", "$0.004", "$0.009"]
+    # Days still to come have no spend yet: a dash, never "$0.00".
+    assert [r[1:3] for r in days[-3:]] == [["\u2014", "\u2014"]] * 3
     polygon = fig.one("polygon", **{"class": "band"})
     assert len(polygon.attrs["points"].split()) == 2 * len(band)
     assert "80% interval" in fig.text and "$0.012 (sum of the daily middles)" in fig.text
