@@ -13,8 +13,11 @@ precomputing replies, setting up a batch) is amortised by one documented rule:
    group takes the rounding remainder), so allocated totals equal the ledger's total.
 4. One-off spend with no matching request is reported as ``unallocated``, never dropped.
 
-Unknown costs stay unknown: a group with an entry of unknown cost has ``cost=None`` (and the
-count in ``unknown``); the amount that could be, with bounds, is ``cost_bound``.
+Unknown costs stay unknown: a group with an entry of unknown cost, or bearing a share of
+one-off spend of unknown cost, has ``cost=None`` (and the count in ``unknown``); the amount
+that could be, with bounds, is ``cost_bound`` (``None`` when an entry has no bound). One-off
+spend of unknown cost that no request matches makes ``unallocated`` (and the total) ``None``,
+with its bound in ``unallocated_bound``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class _Group:
     bound: Decimal = Decimal(0)
     unknown: int = 0
     unbounded: int = 0
+    setup_unknown: int = 0  # setup entries of unknown cost this group bears a share of
+    setup_bound: Decimal = Decimal(0)
+    setup_unbounded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +69,7 @@ class AllocationRow:
     conversations: int
     resolved: int
     direct: Decimal | None
-    amortised: Decimal
+    amortised: Decimal | None
     cost: Decimal | None
     cost_bound: Decimal | None
     unknown: int
@@ -86,7 +92,7 @@ class AllocationRow:
             "conversations": self.conversations,
             "resolved": self.resolved,
             "direct_usd": s(self.direct),
-            "amortised_usd": str(self.amortised),
+            "amortised_usd": s(self.amortised),
             "cost_usd": s(self.cost),
             "cost_bound_usd": s(self.cost_bound),
             "unknown": self.unknown,
@@ -104,13 +110,16 @@ class Allocation:
     by: tuple[str, ...]
     rows: tuple[AllocationRow, ...]
     setup: Decimal | None
-    unallocated: Decimal
+    unallocated: Decimal | None
     rule: str = __doc__ or ""
+    unallocated_bound: Decimal | None = Decimal(0)
 
     @property
     def total(self) -> Decimal | None:
-        """Everything allocated plus what could not be: the ledger's total spend."""
+        """Everything allocated plus what could not be: the ledger's total spend (None: unknown)."""
         with localcontext(CONTEXT):
+            if self.unallocated is None:
+                return None
             total = self.unallocated
             for row in self.rows:
                 if row.cost is None:
@@ -125,7 +134,10 @@ class Allocation:
             "by": list(self.by),
             "rows": [r.to_dict(self.by) for r in self.rows],
             "setup_usd": None if self.setup is None else str(self.setup),
-            "unallocated_usd": str(self.unallocated),
+            "unallocated_usd": None if self.unallocated is None else str(self.unallocated),
+            "unallocated_bound_usd": (
+                None if self.unallocated_bound is None else str(self.unallocated_bound)
+            ),
             "total_usd": None if total is None else str(total),
         }
 
@@ -156,6 +168,11 @@ def allocate(
     A request is *resolved* when its last serving entry answered it (not passed, failed or
     refused). Tokens for ``per_1k_tokens`` are input, output and cache tokens together.
     """
+    if isinstance(by, str) and "," in by:
+        raise ConfigError(
+            f"allocate by={by!r}: one tag name has no comma; give several as a list, "
+            f"e.g. by={[k.strip() for k in by.split(',') if k.strip()]!r}."
+        )
     keys = (by,) if isinstance(by, str) else tuple(by)
     if not keys or any(not isinstance(k, str) or not k for k in keys):
         raise ConfigError(f"allocate by needs one or more tag names, got {by!r}.")
@@ -195,16 +212,14 @@ def allocate(
             else:
                 g.direct += e.cost
         amortised = {k: Decimal(0) for k in groups}
-        unallocated = Decimal(0)
+        unallocated: Decimal | None = Decimal(0)
+        unallocated_bound: Decimal | None = Decimal(0)
         setup_total: Decimal | None = Decimal(0)
         for e in setups:
-            spend = e.cost if e.cost is not None else e.bound
             if e.cost is None:
                 setup_total = None
-            if spend is None:
-                continue
-            if setup_total is not None:
-                setup_total += spend
+            elif setup_total is not None:
+                setup_total += e.cost
             served = [
                 r
                 for r, tags in request_tags.items()
@@ -217,26 +232,43 @@ def allocate(
                 ]
                 served = narrowed or served
             if not served:
-                unallocated += spend
+                if e.cost is None:
+                    # Unknown one-off spend is not $0: the unallocated amount becomes unknown.
+                    unallocated = None
+                    if unallocated_bound is not None:
+                        unallocated_bound = None if e.bound is None else unallocated_bound + e.bound
+                else:
+                    if unallocated is not None:
+                        unallocated += e.cost
+                    if unallocated_bound is not None:
+                        unallocated_bound += e.cost
                 continue
             counts: dict[tuple[str | None, ...], int] = {}
             for r in served:
                 counts[request_group[r]] = counts.get(request_group[r], 0) + 1
-            left = spend
-            ordered = list(counts.items())
-            for i, (k, n) in enumerate(ordered):
-                if i == len(ordered) - 1:
-                    share = left
-                else:
-                    with localcontext(QUOTIENT):  # a third has no exact form: 20 digits
-                        share = spend * n / len(served)
+            if e.cost is None:
+                # Each group that bears it has an unknown cost; its bound is shared like a cost.
+                for k, share in _shares(e.bound, counts, len(served)):
+                    g = groups[k]
+                    g.setup_unknown += 1
+                    if share is None:
+                        g.setup_unbounded += 1
+                    else:
+                        g.setup_bound += share
+                continue
+            for k, share in _shares(e.cost, counts, len(served)):
+                assert share is not None
                 amortised[k] += share
-                left -= share
         rows = []
         for k, g in groups.items():
             direct = None if g.unknown else g.direct
-            cost = None if direct is None else direct + amortised[k]
-            bound = None if g.unbounded else g.direct + g.bound + amortised[k]
+            shared = None if g.setup_unknown else amortised[k]
+            cost = None if direct is None or shared is None else direct + shared
+            bound = (
+                None
+                if g.unbounded or g.setup_unbounded
+                else g.direct + g.bound + amortised[k] + g.setup_bound
+            )
             resolved = sum(1 for o in g.last_outcome.values() if o == "answered")
             rows.append(
                 AllocationRow(
@@ -247,10 +279,10 @@ def allocate(
                     conversations=len(g.conversations),
                     resolved=resolved,
                     direct=direct,
-                    amortised=amortised[k],
+                    amortised=shared,
                     cost=cost,
                     cost_bound=bound,
-                    unknown=g.unknown,
+                    unknown=g.unknown + g.setup_unknown,
                     per_request=_quotient(cost, len(g.requests)),
                     per_conversation=_quotient(cost, len(g.conversations)),
                     per_resolved=_quotient(cost, resolved),
@@ -258,4 +290,24 @@ def allocate(
                 )
             )
     rows.sort(key=lambda r: (r.cost is None, -(r.cost or 0), [x or "" for x in r.key]))
-    return Allocation(keys, tuple(rows), setup_total, unallocated)
+    return Allocation(keys, tuple(rows), setup_total, unallocated, __doc__ or "", unallocated_bound)
+
+
+def _shares(
+    amount: Decimal | None, counts: dict[tuple[str | None, ...], int], served: int
+) -> list[tuple[tuple[str | None, ...], Decimal | None]]:
+    """Each group's equal-per-request share of ``amount``; the last takes the remainder."""
+    if amount is None:
+        return [(k, None) for k in counts]
+    out: list[tuple[tuple[str | None, ...], Decimal | None]] = []
+    left = amount
+    ordered = list(counts.items())
+    for i, (k, n) in enumerate(ordered):
+        if i == len(ordered) - 1:
+            share = left
+        else:
+            with localcontext(QUOTIENT):  # a third has no exact form: 20 digits
+                share = amount * n / served
+        out.append((k, share))
+        left -= share
+    return out

@@ -79,8 +79,13 @@ class Anomaly:
 
     @property
     def key(self) -> str:
-        """The event key it is recorded under: one event per kind, scope and time."""
-        return f"anomaly:{self.when.isoformat()}:{self.kind}:{self.scope[0]}={self.scope[1]}"
+        """The event key it is recorded under: one event per kind, scope and time.
+
+        The scope is JSON, so no tag value can make two scopes one key (``tenant`` = ``a=b``
+        and ``tenant=a`` = ``b``; a user tag ``total`` = ``all`` and the overall total).
+        """
+        scope = json.dumps(list(self.scope), ensure_ascii=True, separators=(",", ":"))
+        return f"anomaly:{self.when.isoformat()}:{self.kind}:{scope}"
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: decimals as exact strings."""
@@ -175,6 +180,41 @@ def _robust(history: Sequence[float], sampling: float = 0.0) -> tuple[float, flo
     return med, max(spread, 0.05 * abs(med), sampling, 1e-12)
 
 
+def _daily_spike(
+    y: float, history: Sequence[float], times: Sequence[datetime], i: int
+) -> tuple[float, float] | None:
+    """Expected spend of day ``i`` (spend ``y``) and its score against the days before it.
+
+    Days far from the history's median (on the log scale, beyond 3.5 robust deviations and
+    3x) are left out of the baseline first, so one big day neither drags the line nor widens
+    the spread and hides a later spike. A history with over a quarter of its days at $0 is
+    intermittent: a log model of it is mostly noise, so the day is judged against the median
+    of the days with spend (spread: their MAD, at least 30% of that median). ``None``: too
+    few days with spend to judge.
+    """
+    days = [times[i - len(history) + k].date() for k in range(len(history))]
+    h = np.asarray(history, dtype=np.float64)
+    positive = h[h > 0]
+    if len(positive) < 3:
+        return None
+    if (h <= 0).sum() > 0.25 * len(h):
+        med = float(np.median(positive))
+        spread = max(1.4826 * float(np.median(np.abs(positive - med))), 0.3 * med, 1e-12)
+        return med, (y - med) / spread
+    c = 0.01 * float(np.median(positive))
+    lz = np.log(h + c)
+    dev = np.abs(lz - float(np.median(lz)))
+    keep = dev <= max(3.5 * 1.4826 * float(np.median(dev)), float(np.log(3.0)))
+    kept = {d: Decimal(repr(float(v))) for d, v, k in zip(days, h, keep, strict=True) if k}
+    if len(kept) < 3:
+        return None
+    f = fit(kept, window=42)
+    today = [times[i].date()]
+    mean = float(f.predict(today)[0])
+    sd = float(f.prediction_sd(today)[0])
+    return max(float(np.exp(mean)) - f.offset, 0.0), (float(np.log(y + f.offset)) - mean) / sd
+
+
 def anomalies_of(
     entries: Iterable[Entry],
     *,
@@ -190,6 +230,11 @@ def anomalies_of(
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ConfigError(f"Unknown anomaly kinds {sorted(unknown)}; known: {list(KINDS)}.")
+    if "total" in tags:
+        raise ConfigError(
+            "tags include 'total', the name of the overall total's scope ('total', 'all'): "
+            "its anomalies would merge with the total's. Watch the other tags."
+        )
     buckets: dict[datetime, _Bucket] = {}
     paid: dict[tuple[str, str], tuple[float, int]] = {}  # scope -> (spend, paid entries)
     for e in entries:
@@ -203,7 +248,8 @@ def anomalies_of(
         if b is None:
             b = buckets[at] = _Bucket()
         spend = spend_of(e)
-        amount = 0.0 if spend is None else float(spend)
+        # One-off (setup) spend is paid once by design: not a spike, and not a baseline.
+        amount = 0.0 if spend is None or e.phase != "serve" else float(spend)
         scopes = [("total", "all")] + [(k, e.tags[k]) for k in tags if k in e.tags]
         for s in scopes:
             b.spend[s] = b.spend.get(s, 0.0) + amount
@@ -241,19 +287,16 @@ def anomalies_of(
         typical = {s: paid[s][0] / paid[s][1] if paid.get(s, (0, 0))[1] else 0.0 for s in scopes}
         for s in scopes:
             series = [r.spend.get(s, 0.0) for r in rows]
-            for i in range(need, len(rows)):
+            # A scope is judged from its first spend on: the days before it existed are not
+            # days of no spend (they would make every new tenant look intermittent).
+            start = next((j for j, v in enumerate(series) if v > 0), len(series))
+            for i in range(start + need, len(rows)):
                 y = series[i]
                 if every == "day":
-                    days = {
-                        times[j].date(): Decimal(repr(series[j]))
-                        for j in range(i - 42, i)
-                        if j >= 0
-                    }
-                    f = fit(days, window=42)
-                    mean = float(f.predict([times[i].date()])[0])
-                    expected = max(float(np.exp(mean)) - f.offset, 0.0)
-                    sd = float(f.prediction_sd([times[i].date()])[0])
-                    score = (float(np.log(y + f.offset)) - mean) / sd
+                    judged = _daily_spike(y, series[max(start, i - 42) : i], times, i)
+                    if judged is None:
+                        continue
+                    expected, score = judged
                 else:
                     hist = [series[j] for j in past(i)]
                     expected = float(np.mean(hist))
@@ -366,17 +409,37 @@ def detect(
     return found
 
 
-def recorded(ledger: Ledger) -> list[Anomaly]:
-    """The anomalies recorded in the ledger, oldest first."""
+def recorded(ledger: Ledger, *, skipped: list[str] | None = None) -> list[Anomaly]:
+    """The anomalies recorded in the ledger, oldest first.
+
+    An event under the ``anomaly:`` prefix that is not a readable anomaly (written by another
+    program or a newer version: a missing field, an unknown kind) is skipped with a warning on
+    the ``chainkit`` logger, never fatal: one odd event must not break a report. Its key is
+    appended to ``skipped`` when given, so a command can say so in its output.
+    """
     out = []
     for key, body in ledger.recorded_events("anomaly:").items():
         try:
-            out.append(Anomaly.from_dict(json.loads(body)))
-        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
-            raise ConfigError(
-                f"Ledger event {key!r} is not a readable anomaly ({exc}); was it written by "
-                "another program? Remove it or record anomalies again with detect()."
-            ) from exc
+            row = json.loads(body)
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON {type(row).__name__}, not an object")
+            anomaly = Anomaly.from_dict(row)
+            if anomaly.kind not in KINDS:
+                raise ValueError(f"kind {anomaly.kind!r} is not one of {list(KINDS)}")
+        except (ValueError, KeyError, TypeError, ArithmeticError, ConfigError) as exc:
+            _log.warning(
+                "Ledger event %r is not a readable anomaly (%s: %s); skipped. Was it written by "
+                "another program or a newer chainkit?",
+                key,
+                type(exc).__name__,
+                exc,
+            )
+            if skipped is not None:
+                skipped.append(key)
+            continue
+        out.append(anomaly)
+    # Keys of older versions spelled the scope differently: one anomaly, once.
+    out = list({(a.when.isoformat(), a.kind, a.scope): a for a in out}.values())
     out.sort(key=lambda a: (a.when.isoformat(), a.kind, a.scope))
     return out
 

@@ -49,9 +49,13 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(head)
-        writer.writerows(rows)
+        writer.writerow([_csv_cell(c) for c in head])
+        writer.writerows([_csv_cell(c) for c in r] for r in rows)
         return out.getvalue().rstrip("\n")
+    # One line per row: a newline (or tab) in a tag value is shown escaped, not obeyed.
+    rows = [
+        [c.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") for c in r] for r in rows
+    ]
     if fmt == "markdown":
 
         def cell(text: str) -> str:
@@ -71,6 +75,23 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     for r in [head, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def _csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ gets a leading '.
+
+    Numbers (a negative amount) are left as they are.
+    """
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
+UNTAGGED = "\u2014untagged\u2014"
+"""How a table shows an entry without the tag (JSON: null): never mistaken for a value."""
 
 
 def _tags(text: str) -> list[str]:
@@ -107,7 +128,7 @@ def render_allocation(a: Allocation, fmt: str) -> str:
     ]
     rows = [
         [
-            *("(none)" if k is None else k for k in r.key),
+            *(UNTAGGED if k is None else k for k in r.key),
             str(r.requests),
             m(r.direct),
             m(r.amortised),
@@ -115,7 +136,7 @@ def render_allocation(a: Allocation, fmt: str) -> str:
             m(r.per_request),
             m(r.per_conversation),
             m(r.per_resolved),
-            m(r.per_1k_tokens),
+            m(r.per_1k_tokens) if r.tokens or r.cost is None else "n/a",
             str(r.unknown),
         ]
         for r in a.rows
@@ -131,7 +152,8 @@ def report_by(args: argparse.Namespace) -> str:
     """``chainkit report LEDGER --by TAG``: showback by tag, with unit costs."""
     with open_ledger(args.ledger, getattr(args, "schema", "chainkit")) as ledger:
         a = allocate(ledger, _tags(args.by))
-        found = recorded(ledger)
+        skipped: list[str] = []
+        found = recorded(ledger, skipped=skipped)
     # A tag no entry carries is a typo far more often than a question (every row "(none)").
     absent = [key for i, key in enumerate(a.by) if a.rows and all(r.key[i] is None for r in a.rows)]
     if absent:
@@ -147,8 +169,8 @@ def report_by(args: argparse.Namespace) -> str:
             indent=2,
         )
     text = render_allocation(a, args.format)
-    if found and args.format in ("table", "markdown"):
-        text += "\n\n" + render_anomalies(found, args.format, "Anomalies recorded")
+    if (found or skipped) and args.format in ("table", "markdown"):
+        text += "\n\n" + render_anomalies(found, args.format, "Anomalies recorded", skipped)
     return text
 
 
@@ -187,21 +209,39 @@ def render_forecasts(forecasts: Sequence[Forecast], fmt: str) -> str:
         "limit",
         "P(over)",
     ]
+
+    def limit(f: Forecast) -> str:
+        if f.limit is None:
+            return ""
+        per = {"month": "/month", "day": "/day"}.get(f.period or "", " all-time")
+        return usd(f.limit) + per
+
+    def p_over(f: Forecast) -> str:
+        if f.limit is None:
+            return ""
+        return "unknown" if f.p_over_limit is None else f"{f.p_over_limit:.0%}"
+
     rows = [
         [
             name(f),
             f.month_end.day.isoformat(),
-            usd(f.month_end.mid),
+            # Unknown spend with no bound this month: the known part is only a floor.
+            (">= " if f.lower_bound else "") + usd(f.month_end.mid),
             f"{usd(f.month_end.low)} - {usd(f.month_end.high)}",
             usd(f.next_month.mid),
             f"{usd(f.next_month.low)} - {usd(f.next_month.high)}",
-            "" if f.limit is None else usd(f.limit),
-            "" if f.p_over_limit is None else f"{f.p_over_limit:.0%}",
+            limit(f),
+            p_over(f),
         ]
         for f in forecasts
     ]
-    method = forecasts[0].method if forecasts else "no series with 3 known days"
-    return _render(head, rows, fmt, f"Spend forecast ({method})")
+    methods = sorted({f.method for f in forecasts})
+    method = "; ".join(methods) if methods else "no series with 3 known days"
+    text = _render(head, rows, fmt, f"Spend forecast ({method})")
+    notes = sorted({n for f in forecasts for n in f.notes})
+    if notes:
+        text += "\n" + "\n".join(f"note: {n}" for n in notes)
+    return text
 
 
 def _forecast(args: argparse.Namespace) -> str:
@@ -240,9 +280,22 @@ def _level(text: str) -> float:
     return level
 
 
-def render_anomalies(found: Sequence[Anomaly], fmt: str, title: str) -> str:
-    """Anomalies as a table, Markdown, JSON or CSV."""
+def render_anomalies(
+    found: Sequence[Anomaly], fmt: str, title: str, skipped: Sequence[str] = ()
+) -> str:
+    """Anomalies as a table, Markdown, JSON or CSV (``skipped``: unreadable events' keys)."""
+    note = (
+        f"note: {len(skipped)} recorded event(s) under anomaly: are not readable anomalies and "
+        f"were skipped ({', '.join(repr(k) for k in skipped[:3])}"
+        f"{', ...' if len(skipped) > 3 else ''}); remove them if another program wrote them."
+    )
     if fmt == "json":
+        if skipped:
+            return json.dumps(
+                {"anomalies": [a.to_dict() for a in found], "skipped": list(skipped)},
+                ensure_ascii=False,
+                indent=2,
+            )
         return json.dumps([a.to_dict() for a in found], ensure_ascii=False, indent=2)
     head = ["when", "scope", "kind", "observed", "expected", "score"]
     rows = [
@@ -256,13 +309,18 @@ def render_anomalies(found: Sequence[Anomaly], fmt: str, title: str) -> str:
         ]
         for a in found
     ]
-    return _render(head, rows, fmt, title)
+    text = _render(head, rows, fmt, title)
+    if skipped and fmt != "csv":
+        text += "\n" + note
+    return text
 
 
 def _anomalies(args: argparse.Namespace) -> str:
     if args.recorded:
+        skipped: list[str] = []
         with open_ledger(args.ledger, args.schema) as ledger:
-            return render_anomalies(recorded(ledger), args.format, "Anomalies recorded")
+            found = recorded(ledger, skipped=skipped)
+        return render_anomalies(found, args.format, "Anomalies recorded", skipped)
     try:
         z = float(args.z)
     except ValueError:

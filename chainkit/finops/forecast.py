@@ -5,23 +5,34 @@ fitted robustly on the last eight weeks; bands are quantiles of simulated paths.
 the month-to-date spend (exact) plus the band of the days left. Per budget, the series is the
 spend the budget counts (its tag), with the chance of ending the month over its limit.
 
-The last day in the ledger is taken as complete; pass ``through`` (the last complete day) when
-it is not (a ledger read at noon). Unknown costs count at their bound, as budgets count them;
-a day with an unknown cost and no bound is left out of the fit.
+By default the last complete UTC day is the ledger's last day if it is before today, else the
+day before: today's spend so far is observed-to-date and the rest of the day is forecast (the
+day ends at the larger of what was spent and the simulated day). Entries dated after now are
+left out, with a note saying how many. A ``through`` after the last entry's day is refused.
+
+Unknown costs count at their bound, as budgets count them; a day with an unknown cost and no
+bound keeps its known part in the month to date but is left out of the fit, and the month's
+total is then only a lower bound (``lower_bound``; ``p_over_limit`` is ``None``).
+
+A series with fewer than 14 days of spend, or with more than a quarter of its days at $0
+(intermittent spend), is not fitted on the log scale (the log of near-zero days extrapolates
+wildly and a median of a log model of mostly-zero days is near $0): it is forecast as a mean
+daily rate, each future day resampled from past days (of the same weekday when there are
+three), times a per-path factor for the uncertainty of the mean. ``method`` says which.
 """
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 
 from chainkit.errors import ConfigError
-from chainkit.finops.series import Fit, daily_spend, fit
+from chainkit.finops.series import WINDOW, DailySpend, Fit, daily_known, fit
 from chainkit.ledger import Ledger
 from chainkit.money import exact_sum
 from chainkit.records import Entry
@@ -37,6 +48,12 @@ __all__ = [
 ]
 
 _MONEY = Decimal("1E-9")  # a billionth of a dollar: small daily spends keep their digits
+
+MIN_TREND_DAYS = 14
+"""Days of non-zero spend a log-scale trend needs; fewer: the mean-rate model."""
+
+MAX_ZERO_SHARE = 0.25
+"""Above this share of $0 days a series is intermittent: the mean-rate model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +93,9 @@ class Forecast:
     method: str
     limit: Decimal | None = None
     p_over_limit: float | None = None
+    period: str | None = "month"
+    lower_bound: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def band(self) -> tuple[tuple[date, Decimal, Decimal, Decimal], ...]:
@@ -96,7 +116,10 @@ class Forecast:
             "month_end": self.month_end.to_dict(),
             "next_month": self.next_month.to_dict(),
             "limit": None if self.limit is None else str(self.limit),
+            "period": self.period,
             "p_over_limit": self.p_over_limit,
+            "lower_bound": self.lower_bound,
+            "notes": list(self.notes),
         }
 
 
@@ -112,72 +135,161 @@ def _method(f: Fit) -> str:
     parts = ["log-linear trend" if f.trend else "level"]
     if f.seasonal:
         parts.append("weekday effects")
-    return f"{' + '.join(parts)} on {f.used} days (robust least squares, simulated paths)"
+    capped = ", growth capped at 2x a week" if f.capped else ""
+    return f"{' + '.join(parts)} on {f.used} days (robust least squares, simulated paths{capped})"
+
+
+def _known(series: Mapping[date, Decimal | None] | DailySpend | None) -> DailySpend:
+    if series is None:
+        return DailySpend({}, frozenset())
+    if isinstance(series, DailySpend):
+        return series
+    return DailySpend(
+        {d: Decimal(0) if v is None else v for d, v in series.items()},
+        frozenset(d for d, v in series.items() if v is None),
+    )
+
+
+def _rate_paths(
+    history: dict[date, Decimal | None], days: list[date], n: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """Paths of a mean daily rate: days resampled from the past, times the mean's uncertainty."""
+    known = sorted((d, float(v)) for d, v in history.items() if v is not None)[-WINDOW:]
+    values = np.array([v for _, v in known], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    mean = float(values.mean())
+    # The mean of k days is uncertain by its coefficient of variation over sqrt(k); at least
+    # 30% either way, since few or intermittent days say little about next month.
+    cv2 = float(values.var()) / mean**2 if mean > 0 else 0.0
+    sigma = max(float(np.sqrt(np.log1p(cv2 / len(values)))), 0.3)
+    factor = rng.lognormal(-(sigma**2) / 2, sigma, size=n)
+    pools: dict[int, np.ndarray] = {}
+    for wd in range(7):
+        same = np.array([v for d, v in known if d.weekday() == wd], dtype=np.float64)
+        pools[wd] = same if len(same) >= 3 else values
+    out = np.empty((n, len(days)))
+    for j, d in enumerate(days):
+        out[:, j] = rng.choice(pools[d.weekday()], size=n)
+    nonzero = int((values > 0).sum())
+    method = (
+        f"mean daily rate on {len(values)} days ({nonzero} with spend; resampled days, "
+        "simulated paths)"
+    )
+    return out * factor[:, None], method
 
 
 def forecast_series(
-    series: dict[date, Decimal | None],
+    series: Mapping[date, Decimal | None] | DailySpend,
     *,
     level: float = 0.8,
     through: date | None = None,
     scope: tuple[str, str] | None = None,
     limit: Decimal | None = None,
-    one_off: dict[date, Decimal | None] | None = None,
+    one_off: Mapping[date, Decimal | None] | DailySpend | None = None,
+    period: str | None = "month",
+    notes: tuple[str, ...] = (),
     paths: int = 4000,
     seed: int = 0,
 ) -> Forecast:
     """Forecast a daily series of recurring spend (see :func:`forecast`).
 
     ``one_off`` is spend that will not recur (setup: precomputing, a batch's set-up): it is
-    part of the observed days and of the month to date, but not of the fit.
+    part of the observed days and of the month to date, but not of the fit. Days of the
+    series after ``through`` (default: its last day) are partial: observed so far, their rest
+    forecast. ``limit`` is compared per ``period``: "month" the month's total, "day" the next
+    day's spend, ``None`` (all-time) everything observed plus the rest of the month.
     """
     if not 0 < level < 1:
         raise ConfigError(f"Forecast level {level!r} is not a share in (0, 1); try 0.8 or 0.95.")
-    if through is not None:
-        series = {d: v for d, v in series.items() if d <= through}
-        if series:
-            last_seen = max(series)
-            for i in range(1, (through - last_seen).days + 1):
-                series[last_seen + timedelta(days=i)] = Decimal(0)
-    known = sum(v is not None for v in series.values())
+    spend = _known(series)
+    setup = _known(one_off)
+    seen = max(spend.known, default=None)
+    if through is not None and seen is not None and through > seen:
+        raise ConfigError(
+            f"--through {through.isoformat()} is after the ledger's last day with entries "
+            f"({seen.isoformat()}): give a complete day on or before it."
+        )
+    if through is None:
+        through = seen
+    complete = {d: v for d, v in spend.series().items() if through is not None and d <= through}
+    known = sum(v is not None for v in complete.values())
     if known < 3:
         raise ConfigError(
             f"A forecast needs at least 3 days of known spend; {_name(scope)} has {known}. "
             "Record more days of traffic first."
         )
-    f = fit(series)
-    last = max(series)
-    extra = {d: v for d, v in (one_off or {}).items() if d <= last}
-    observed = dict(series)
-    for d, v in extra.items():
-        before = observed.get(d, Decimal(0))
-        observed[d] = None if before is None or v is None else before + v
+    assert through is not None and seen is not None
+    last = max(seen, through)  # the last day observed, complete or not
+    partial = {d: spend.known[d] for d in spend.known if d > through}
     horizon_end = _month_end(_month_end(last) + timedelta(days=1))
-    future = [last + timedelta(days=i) for i in range(1, (horizon_end - last).days + 1)]
-    sims = f.paths(future, n=paths, seed=seed)
+    future = [through + timedelta(days=i) for i in range(1, (horizon_end - through).days + 1)]
+    values = [v for v in complete.values() if v is not None][-WINDOW:]
+    nonzero = sum(v > 0 for v in values)
+    if nonzero < MIN_TREND_DAYS or (len(values) - nonzero) > MAX_ZERO_SHARE * len(values):
+        sims, method = _rate_paths(complete, future, paths, seed)
+    else:
+        f = fit(complete)
+        sims, method = f.paths(future, n=paths, seed=seed), _method(f)
+    for j, d in enumerate(future):
+        if d in partial:  # the day ends at what it spent so far, or more
+            sims[:, j] = np.maximum(sims[:, j], float(partial[d]))
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     lows, mids, highs = np.quantile(sims, [lo_q, 0.5, hi_q], axis=0)
     bands = tuple(
         Band(d, _money(lo), _money(mid), _money(hi))
         for d, lo, mid, hi in zip(future, lows, mids, highs, strict=True)
     )
+    observed: dict[date, Decimal | None] = {}
+    for d, v in spend.known.items():
+        s = v + setup.known.get(d, Decimal(0))
+        observed[d] = None if d in spend.unknown or d in setup.unknown else s
+    for d, v in setup.known.items():
+        if d not in observed and d <= last:
+            observed[d] = None if d in setup.unknown else v
     this_end = _month_end(last)
-    n_rest = (this_end - last).days
+    in_month = [f for f in future if f <= this_end]
     month_to_date = exact_sum(
-        v if v is not None else Decimal(0)
-        for d, v in observed.items()
-        if (d.year, d.month) == (last.year, last.month)
+        [
+            *(v for d, v in spend.known.items() if d <= through and _same_month(d, last)),
+            *(v for d, v in setup.known.items() if d <= last and _same_month(d, last)),
+        ]
     )
     assert month_to_date is not None
-    rest = sims[:, :n_rest].sum(axis=1)
+    gaps = {d for d in spend.unknown | setup.unknown if d <= last}
+    lower_bound = any(_same_month(d, last) for d in gaps)
+    rest = sims[:, : len(in_month)].sum(axis=1)
     month_totals = float(month_to_date) + rest
-    nxt = sims[:, n_rest:].sum(axis=1)
+    nxt = sims[:, len(in_month) :].sum(axis=1)
 
     def band(day: date, totals: np.ndarray, base: Decimal = Decimal(0)) -> Band:
         lo, mid, hi = np.quantile(totals, [lo_q, 0.5, hi_q])
         return Band(day, base + _money(lo), base + _money(mid), base + _money(hi))
 
-    p_over = None if limit is None else float(np.mean(month_totals > float(limit)))
+    p_over: float | None = None
+    if limit is not None:
+        if period == "day":
+            p_over = float(np.mean(sims[:, 0] > float(limit)))
+        else:
+            totals, uncertain = month_totals, lower_bound
+            if period is None:  # all-time: everything so far plus the rest of this month
+                before = exact_sum(
+                    [
+                        *(v for d, v in spend.known.items() if d <= through),
+                        *(v for d, v in setup.known.items() if d <= last),
+                    ]
+                )
+                assert before is not None
+                totals, uncertain = float(before) + rest, bool(gaps)
+            p_over = float(np.mean(totals > float(limit)))
+            # Unknown spend only adds: over on the known part alone is over; else unknown.
+            if uncertain and p_over < 1.0:
+                p_over = None
+    if lower_bound:
+        notes = (
+            *notes,
+            "some days this month had spend of unknown cost and no bound: the month end is "
+            "the known part only (a lower bound)",
+        )
     return Forecast(
         scope=scope,
         observed=tuple(sorted(observed.items())),
@@ -185,14 +297,53 @@ def forecast_series(
         month_end=band(this_end, rest, month_to_date),
         next_month=band(horizon_end, nxt),
         level=level,
-        method=_method(f),
+        method=method,
         limit=limit,
         p_over_limit=p_over,
+        period=period,
+        lower_bound=lower_bound,
+        notes=notes,
     )
+
+
+def _same_month(a: date, b: date) -> bool:
+    return (a.year, a.month) == (b.year, b.month)
 
 
 def _name(scope: tuple[str, str] | None) -> str:
     return "the ledger" if scope is None else f"{scope[0]}={scope[1]!r}"
+
+
+def _complete(last: date | None, now: datetime) -> date | None:
+    """The last complete UTC day: today is not complete until tomorrow."""
+    if last is None:
+        return None
+    today = now.astimezone(UTC).date()
+    return last if last < today else last - timedelta(days=1)
+
+
+def _read(
+    ledger: Ledger | Iterable[Entry],
+    key: Callable[[Entry], Hashable | None],
+    through: date | None,
+    now: datetime | None,
+) -> tuple[dict[Hashable, DailySpend], date | None, date | None, tuple[str, ...]]:
+    """The ledger's daily spend per key, its last day, the last complete day and notes."""
+    now = now or datetime.now(UTC)
+    grouped, late = daily_known(ledger, key, until=now)
+    last = max((max(v.known) for v in grouped.values() if v.known), default=None)
+    notes: tuple[str, ...] = ()
+    if late:
+        notes = (
+            f"{late} entr{'y' if late == 1 else 'ies'} dated after now "
+            f"({now.isoformat(timespec='seconds')}) left out",
+        )
+    if through is not None and last is not None and through > last:
+        raise ConfigError(
+            f"--through {through.isoformat()} is after the ledger's last day with entries "
+            f"({last.isoformat()}): give a complete day on or before it."
+        )
+    return grouped, last, through if through is not None else _complete(last, now), notes
 
 
 def forecast(
@@ -201,6 +352,7 @@ def forecast(
     tag: tuple[str, str] | None = None,
     level: float = 0.8,
     through: date | None = None,
+    now: datetime | None = None,
 ) -> Forecast:
     """Month-end and next-month spend of the ledger (or of the entries with ``tag``).
 
@@ -208,19 +360,23 @@ def forecast(
         ledger: any ledger, or its entries.
         tag: ``(key, value)`` to forecast one tenant's (feature's...) spend only.
         level: the nominal coverage of the bands (0.8 or 0.95 are usual).
-        through: the last complete day (default: the last day with entries).
+        through: the last complete day (default: the last day with entries, or the day before
+            it when that is today and so incomplete).
+        now: the time the ledger is read at (default: the clock); later entries are left out.
     """
     if tag is None:
-        grouped = daily_spend(ledger, _phase)
+        key: Callable[[Entry], Hashable | None] = _phase
     else:
-        key, value = tag
-        grouped = daily_spend(ledger, lambda e: _phase(e) if e.tags.get(key) == value else None)
+        name, value = tag
+        key = lambda e: _phase(e) if e.tags.get(name) == value else None  # noqa: E731
+    grouped, _, day, notes = _read(ledger, key, through, now)
     return forecast_series(
-        grouped.get("serve", {}),
+        grouped.get("serve", DailySpend({}, frozenset())),
         level=level,
-        through=through,
+        through=day,
         scope=tag,
         one_off=grouped.get("setup"),
+        notes=notes,
     )
 
 
@@ -236,33 +392,53 @@ def forecast_by(
     level: float = 0.8,
     through: date | None = None,
     min_days: int = 3,
+    now: datetime | None = None,
 ) -> dict[str, Forecast]:
-    """A forecast per value of tag ``tag`` (values with under ``min_days`` known days skipped)."""
-    series = daily_spend(
-        ledger, lambda e: None if (v := e.tags.get(tag)) is None else (v, _phase(e))
+    """A forecast per value of tag ``tag`` (values with under ``min_days`` known days skipped).
+
+    Each value's days start at its first entry: the days before a tenant existed are not days
+    of no spend.
+    """
+    series, _, day, notes = _read(
+        ledger, lambda e: None if (v := e.tags.get(tag)) is None else (v, _phase(e)), through, now
     )
     out: dict[str, Forecast] = {}
     values = sorted({str(k[0]) for k in series if isinstance(k, tuple)})
     for value in values:
-        days = series.get((value, "serve"), {})
-        if sum(v is not None for v in days.values()) >= max(min_days, 3):
+        days = series.get((value, "serve"), DailySpend({}, frozenset()))
+        n = sum(v is not None for d, v in days.series().items() if day is None or d <= day)
+        if n >= max(min_days, 3):
             out[value] = forecast_series(
                 days,
                 level=level,
-                through=through,
+                through=day,
                 scope=(tag, value),
                 one_off=series.get((value, "setup")),
+                notes=notes,
             )
     return out
 
 
+def _merge(a: DailySpend, b: DailySpend) -> DailySpend:
+    known = dict(a.known)
+    for d, v in b.known.items():
+        known[d] = known.get(d, Decimal(0)) + v
+    return DailySpend(known, a.unknown | b.unknown)
+
+
 def forecast_budgets(
-    ledger: Ledger, *, level: float = 0.8, through: date | None = None
+    ledger: Ledger,
+    *,
+    level: float = 0.8,
+    through: date | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Forecast]:
     """A forecast per budget of the ledger: the spend it counts, with ``p_over_limit``.
 
-    ``p_over_limit`` (the share of simulated months over the limit) is given for monthly
-    budgets only; a daily or all-time budget's limit is not a month's.
+    Every budget is included (one whose tag has no spend: $0 a day). ``p_over_limit`` is the
+    share of simulated paths over the limit: for a monthly budget the month's total, for a
+    daily one the next day's spend, for an all-time one everything so far plus the rest of
+    the month.
     """
     budgets = ledger.budgets
     if not budgets:
@@ -271,27 +447,32 @@ def forecast_budgets(
     def key(e: Entry) -> Hashable:
         return (tuple(b.name for b in budgets if b.applies(e.tags)), _phase(e))
 
-    grouped = daily_spend(ledger, key)
+    grouped, last, day, notes = _read(ledger, key, through, now)
+    if last is None:
+        return {}
+    first = min(min(v.known) for v in grouped.values() if v.known)
+    # A budget nothing has spent against: $0 on each of the ledger's days.
+    nothing = DailySpend(
+        {first + timedelta(days=i): Decimal(0) for i in range((last - first).days + 1)},
+        frozenset(),
+    )
     out: dict[str, Forecast] = {}
     for b in budgets:
-        parts: dict[str, dict[date, Decimal | None]] = {"serve": {}, "setup": {}}
-        for k, series in grouped.items():
+        parts = {"serve": nothing, "setup": DailySpend({}, frozenset())}
+        for k, spend in grouped.items():
             assert isinstance(k, tuple)
             names, phase = k
             if b.name in names:
-                days = parts[phase]
-                for d, v in series.items():
-                    before = days.get(d, Decimal(0))
-                    days[d] = None if before is None or v is None else before + v
-        if sum(v is not None for v in parts["serve"].values()) < 3:
-            continue
+                parts[phase] = _merge(parts[phase], spend)
         out[b.name] = forecast_series(
             parts["serve"],
             level=level,
-            through=through,
+            through=day,
             scope=("budget", b.name),
-            limit=b.limit if b.period == "month" else None,
+            limit=b.limit,
+            period=b.period,
             one_off=parts["setup"],
+            notes=notes,
         )
     return out
 

@@ -669,6 +669,10 @@ def _spend_section(
     for b in buckets:
         when = b.start.strftime("%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d")
         lo, mid, hi = (_exact(v) for v in b.future) if b.future else ("", "", "")
+        if b.future is not None and (not days or b.start.date() > max(days)):
+            # A day still to come has no spend yet: not $0.
+            rows.append([when, "\u2014", "\u2014", lo, mid, hi])
+            continue
         rows.append([when, _exact(b.amount.cost), _exact(b.amount.bound), lo, mid, hi])
     head = [unit + " (UTC)", "spend", "at most", "forecast low", "forecast mid", "forecast high"]
     table = _table(head, rows)
@@ -1078,11 +1082,24 @@ def html_report(
         ),
     ]
     for i, key in enumerate(tags):
+        try:
+            per_value = ledger.by_tag(key)
+        except UnicodeEncodeError as exc:
+            # A tag value with a lone surrogate, stored by something other than chainkit (which
+            # refuses them): the page leaves this breakdown out and says why, never a traceback.
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+            breakdowns.append(
+                f"<article><h3>Cost by {_text(key)}</h3><p>Not shown: a stored {_text(key)} "
+                f"value has a lone surrogate ({', '.join(f'U+{ord(c):04X}' for c in bad)}), "
+                "written to the ledger by another program. Fix that value in the ledger (with "
+                "U+FFFD in its place) to see this breakdown.</p></article>"
+            )
+            continue
         breakdowns.append(
             _breakdown(
                 f"chart-tag-{i}",
                 f"Cost by {key}",
-                ledger.by_tag(key),
+                per_value,
                 f"(no {key})",
                 key,
                 known.get(f"tag:{key}", {}),

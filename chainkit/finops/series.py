@@ -24,12 +24,16 @@ import numpy.typing as npt
 from chainkit.ledger import Ledger
 from chainkit.records import Entry
 
-__all__ = ["Fit", "daily_spend", "fit", "spend_of"]
+__all__ = ["DailySpend", "Fit", "daily_known", "daily_spend", "fit", "spend_of"]
 
 Floats = npt.NDArray[np.float64]
 
 WINDOW = 56
 """Days of history a fit uses (eight weeks: the weekday effect seen eight times)."""
+
+MAX_WEEKLY_GROWTH = float(np.log(2.0))
+"""The steepest trend a fit projects, on the log scale per week (doubling or halving weekly):
+a line through a few noisy days would otherwise compound into absurd months."""
 
 
 def spend_of(e: Entry) -> Decimal | None:
@@ -42,34 +46,76 @@ def day_of(when: datetime) -> date:
     return when.astimezone(UTC).date()
 
 
+@dataclass(frozen=True, slots=True)
+class DailySpend:
+    """One key's spend per UTC day: the known part, and the days that also had unknown spend.
+
+    ``known[d]`` is the spend of day ``d`` whose amount is known (costs, else bounds);
+    ``unknown`` holds the days with an entry of unknown cost and no bound, so ``known[d]`` is
+    only a lower bound on them. Days run from the key's first entry to the ledger's last day.
+    """
+
+    known: dict[date, Decimal]
+    unknown: frozenset[date]
+
+    def series(self) -> dict[date, Decimal | None]:
+        """Spend per day with ``None`` for the days of unknown spend."""
+        return {d: None if d in self.unknown else v for d, v in self.known.items()}
+
+
+def daily_known(
+    ledger: Ledger | Iterable[Entry],
+    key: Callable[[Entry], Hashable | None] = lambda e: "all",
+    *,
+    until: datetime | None = None,
+) -> tuple[dict[Hashable, DailySpend], int]:
+    """Spend per UTC day per ``key(entry)`` (``None`` keys skipped), known part kept apart.
+
+    Each key's days run from its own first entry (days before a tenant existed are not days of
+    no spend) to the last day of any entry; days without spend in between are 0. Entries after
+    ``until`` are left out; the second value is how many were.
+    """
+    known: dict[Hashable, dict[date, Decimal]] = {}
+    unknown: dict[Hashable, set[date]] = {}
+    last: date | None = None
+    late = 0
+    entries = ledger.iter_entries() if isinstance(ledger, Ledger) else ledger
+    for e in entries:
+        if until is not None and e.time > until:
+            late += 1
+            continue
+        k = key(e)
+        if k is None:
+            continue
+        d = day_of(e.time)
+        last = d if last is None or d > last else last
+        days = known.setdefault(k, {})
+        spend = spend_of(e)
+        days[d] = days.get(d, Decimal(0)) + (spend if spend is not None else Decimal(0))
+        if spend is None:
+            unknown.setdefault(k, set()).add(d)
+    out: dict[Hashable, DailySpend] = {}
+    for k, days in known.items():
+        first = min(days)
+        assert last is not None
+        every = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        out[k] = DailySpend(
+            {d: days.get(d, Decimal(0)) for d in every}, frozenset(unknown.get(k, ()))
+        )
+    return out, late
+
+
 def daily_spend(
     ledger: Ledger | Iterable[Entry],
     key: Callable[[Entry], Hashable | None] = lambda e: "all",
 ) -> dict[Hashable, dict[date, Decimal | None]]:
     """Spend per UTC day per ``key(entry)`` (entries whose key is ``None`` are skipped).
 
-    Days between the first and the last day with entries and no spend are 0. A day with an
-    unknown cost that has no bound is ``None``.
+    Days between a key's first entry and the ledger's last day with no spend are 0. A day with
+    an unknown cost that has no bound is ``None``.
     """
-    out: dict[Hashable, dict[date, Decimal | None]] = {}
-    first: date | None = None
-    last: date | None = None
-    entries = ledger.iter_entries() if isinstance(ledger, Ledger) else ledger
-    for e in entries:
-        k = key(e)
-        if k is None:
-            continue
-        d = day_of(e.time)
-        first = d if first is None or d < first else first
-        last = d if last is None or d > last else last
-        days = out.setdefault(k, {})
-        spend = spend_of(e)
-        before = days.get(d, Decimal(0))
-        days[d] = None if before is None or spend is None else before + spend
-    if first is None or last is None:
-        return out
-    every = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    return {k: {d: days.get(d, Decimal(0)) for d in every} for k, days in out.items()}
+    grouped, _ = daily_known(ledger, key)
+    return {k: v.series() for k, v in grouped.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +131,7 @@ class Fit:
     seasonal: int  # 0: none, 2: weekend vs weekday, 7: each weekday
     trend: bool
     used: int  # days the final fit used (outliers left out)
+    capped: bool = False  # the trend was steeper than MAX_WEEKLY_GROWTH and was held to it
 
     def design(self, days: list[date]) -> Floats:
         """The model's regressors for ``days``."""
@@ -121,6 +168,8 @@ class Fit:
         chol = np.linalg.cholesky(self.cov_unscaled + 1e-12 * np.eye(p))
         z = rng.standard_normal((n, p))
         betas = self.beta + (z @ chol.T) * np.sqrt(sigma2)[:, None]
+        if self.trend:
+            betas[:, 1] = np.clip(betas[:, 1], -MAX_WEEKLY_GROWTH, MAX_WEEKLY_GROWTH)
         noise = rng.standard_normal((n, len(days))) * np.sqrt(sigma2)[:, None]
         log_paths = betas @ x.T + noise
         # Bound the exponent: a path that explodes says nothing more past 50x the fitted mean.
@@ -177,4 +226,13 @@ def fit(series: Mapping[date, Decimal | None], window: int = WINDOW) -> Fit:
     # Never below the robust spread of all days: a lucky run of calm days is not a promise.
     s2 = max(s2, robust**2)
     cov = np.linalg.pinv(x[keep].T @ x[keep])
-    return Fit(beta, cov, s2, max(df, 0), offset, start, seasonal, trend, int(keep.sum()))
+    capped = trend and abs(float(beta[1])) > MAX_WEEKLY_GROWTH
+    if capped:
+        # Hold the slope at the cap and refit the rest, so the level still matches the data.
+        slope = float(np.sign(beta[1])) * MAX_WEEKLY_GROWTH
+        rest = [i for i in range(x.shape[1]) if i != 1]
+        sub, *_ = np.linalg.lstsq(x[keep][:, rest], z[keep] - slope * x[keep][:, 1], rcond=None)
+        beta = beta.copy()
+        beta[rest] = sub
+        beta[1] = slope
+    return Fit(beta, cov, s2, max(df, 0), offset, start, seasonal, trend, int(keep.sum()), capped)

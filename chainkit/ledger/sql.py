@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -341,6 +342,21 @@ def _alive(owner: str) -> bool:
 _HOST = socket.gethostname()
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _stored_tags(text: str) -> dict[str, str]:
+    """Tags as stored; a lone surrogate written there by other means reads as U+FFFD.
+
+    chainkit never writes one (``Entry`` refuses them), but a row changed by hand must not make
+    every report of the ledger fail: the value is shown repaired, as the HTML report promises.
+    """
+    tags: dict[str, str] = json.loads(text)
+    return {
+        _LONE_SURROGATE.sub("\ufffd", k): _LONE_SURROGATE.sub("\ufffd", v) for k, v in tags.items()
+    }
+
+
 def _from_sql(row: Sequence[Any]) -> Entry:
     (uid, rid, stage, outcome, model, inp, out, cread, cwrite, hour, queries) = row[:11]
     (cost, avoided, bound, estimated, latency, attempts, intent, tags, phase) = row[11:20]
@@ -359,7 +375,7 @@ def _from_sql(row: Sequence[Any]) -> Entry:
         latency_s=float(latency),
         attempts=attempts,
         intent=intent,
-        tags=Tags(json.loads(tags)),
+        tags=Tags(_stored_tags(tags)),
         phase=phase,
         time=datetime.fromisoformat(when),
         flags=tuple(flags.split(",")) if flags else (),

@@ -9,7 +9,6 @@ Everything else (durable writes, roll-up cells, budgets) is
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sqlite3
@@ -22,7 +21,13 @@ from typing import Any
 
 from chainkit.errors import ConfigError, LedgerError
 from chainkit.ledger.budgets import Budget, BudgetEvent
-from chainkit.ledger.sql import CONVERSATION_DDL, CONVERSATION_DDL_1, SQLLedger, _pico
+from chainkit.ledger.sql import (
+    CONVERSATION_DDL,
+    CONVERSATION_DDL_1,
+    SQLLedger,
+    _pico,
+    _stored_tags,
+)
 from chainkit.records import Tags
 
 __all__ = ["SQLiteLedger"]
@@ -101,7 +106,7 @@ def _m005_ids_and_cells(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE entries ADD COLUMN {column}")
     db.execute("ALTER TABLE entries ADD COLUMN note TEXT NOT NULL DEFAULT ''")
     # Tags were stored with ensure_ascii; one encoding per tag set lets SQL group by the text.
-    db.create_function("canon_tags", 1, lambda text: Tags(json.loads(text)).json)
+    db.create_function("canon_tags", 1, lambda text: Tags(_stored_tags(text)).json)
     db.create_function("utc_day", 1, _utc_day)
     # The day is recomputed too: grouping by it must agree with the cells, which use UTC days.
     db.execute(

@@ -179,3 +179,49 @@ def test_allocated_totals_equal_the_ledgers_total(
     ]
     a = allocate(entries, "tenant")
     assert a.total == sum((e.cost or Decimal(0) for e in entries), Decimal(0))
+
+
+def _setup(rid: str, cost: Decimal | None, bound: Decimal | None, **tags: str) -> Entry:
+    return Entry(
+        request_id=rid,
+        stage="precompute",
+        outcome="answered",
+        cost=cost,
+        bound=bound,
+        phase="setup",
+        tags=tags,
+        time=T,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "bound", "unallocated", "unallocated_bound"),
+    [
+        (_setup("s", None, Decimal("3"), tenant="b"), Decimal("3.5"), Decimal(0), Decimal(0)),
+        (_setup("s", None, None, tenant="b"), None, Decimal(0), Decimal(0)),
+        (_setup("s", None, None, tenant="nobody"), Decimal("0.5"), None, None),
+        (_setup("s", None, Decimal("2"), tenant="nobody"), Decimal("0.5"), None, Decimal("2")),
+    ],
+)
+def test_unknown_one_off_spend_stays_unknown(
+    make_ledger: MakeLedger,
+    setup: Entry,
+    bound: Decimal | None,
+    unallocated: Decimal | None,
+    unallocated_bound: Decimal | None,
+) -> None:
+    ledger = make_ledger()
+    ledger.record_many([serve("r1", "generate", "answered", Decimal("0.5"), tenant="b"), setup])
+    ledger.flush()
+    a = allocate(ledger, "tenant")
+    (row,) = a.rows
+    matched = setup.tags["tenant"] == "b"
+    # Its bound is never booked as a cost, and an unbounded one never adds $0.
+    assert a.setup is None and a.total is None
+    assert row.cost == (None if matched else Decimal("0.5"))
+    assert row.amortised == (None if matched else Decimal(0))
+    assert row.unknown == (1 if matched else 0)
+    assert row.cost_bound == bound
+    assert a.unallocated == unallocated and a.unallocated_bound == unallocated_bound
+    d = a.to_dict()
+    assert d["total_usd"] is None and d["setup_usd"] is None

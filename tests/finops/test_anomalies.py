@@ -141,11 +141,22 @@ def test_record_event_keys_and_bodies_are_checked(make_ledger: MakeLedger) -> No
         ledger.record_event("k", "lone \udfff")
 
 
-def test_a_foreign_event_under_the_prefix_is_one_clear_error() -> None:
-    ledger = Ledger()
+def test_foreign_events_under_the_prefix_are_skipped_with_a_warning(
+    make_ledger: MakeLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = make_ledger()
+    good = Anomaly(day(3), ("tenant", "acme"), "spike", Decimal(5), Decimal(1), 9.0)
+    ledger.record_event(good.key, json.dumps(good.to_dict()))
     ledger.record_event("anomaly:x", "not json")
-    with pytest.raises(ConfigError, match="not a readable anomaly"):
-        recorded(ledger)
+    ledger.record_event("anomaly:y", "[1, 2]")
+    no_score = {k: v for k, v in good.to_dict().items() if k != "score"}
+    ledger.record_event("anomaly:z", json.dumps(no_score))
+    ledger.record_event("anomaly:w", json.dumps({**good.to_dict(), "kind": "latency_jump"}))
+    skipped: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="chainkit"):
+        assert recorded(ledger, skipped=skipped) == [good]
+    assert sorted(skipped) == ["anomaly:w", "anomaly:x", "anomaly:y", "anomaly:z"]
+    assert sum("not a readable anomaly" in r.getMessage() for r in caplog.records) == 4
 
 
 def test_empty_ledgers_short_series_and_bad_arguments() -> None:
@@ -185,3 +196,43 @@ def test_unknown_costs_count_at_their_bound_in_spend() -> None:
     )
     found = anomalies_of([*entries, big])
     assert {(a.when, a.scope) for a in found} >= {(day(40), ("tenant", "acme"))}
+
+
+def _extra(rid: str, cost: str, when: datetime, phase: str = "serve", **tags: str) -> Entry:
+    return Entry(
+        request_id=rid,
+        stage="generate" if phase == "serve" else "precompute",
+        outcome="answered",
+        cost=Decimal(cost),
+        phase=phase,
+        tags=tags,
+        time=when,
+    )
+
+
+@pytest.mark.parametrize(("offset", "phase"), [(0, "setup"), (0, "serve"), (20, "setup")])
+def test_a_big_earlier_day_does_not_hide_a_later_spike(offset: int, phase: str) -> None:
+    traffic = Traffic(days=40, per_day=60, start=date(2026, 9, 20))
+    base = synthetic_entries(traffic, [Injection("spike", 35, 5.0, "acme")])
+    when = datetime(2026, 9, 20, 12, tzinfo=UTC) + timedelta(days=offset)
+    big = _extra("x", "0.7", when, phase, tenant="acme")
+    found = anomalies_of([*base, big])
+    spikes = {(a.when, a.scope) for a in found if a.kind == "spike"}
+    # The spike of 25 October (5x acme) is found, on acme and on the total.
+    assert {(date(2026, 10, 25), ("tenant", "acme")), (date(2026, 10, 25), ("total", "all"))} <= (
+        spikes
+    )
+    # Setup spend is paid once by design: never a spike itself.
+    if phase == "setup":
+        assert all(a.when != big.time.date() for a in found)
+
+
+def test_a_hundredfold_day_on_intermittent_spend_is_a_spike() -> None:
+    t = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    entries = [_extra(f"r{d}", "1", t + timedelta(days=d), tenant="a") for d in range(0, 60, 2)]
+    entries.append(_extra("big", "50", t + timedelta(days=61), tenant="a"))
+    found = anomalies_of(entries)
+    assert [(a.when, a.scope, a.observed, a.expected) for a in found] == [
+        (date(2026, 12, 1), ("tenant", "a"), Decimal(50), Decimal(1)),
+        (date(2026, 12, 1), ("total", "all"), Decimal(50), Decimal(1)),
+    ]

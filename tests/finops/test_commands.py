@@ -175,3 +175,78 @@ def test_every_report_format_reads_a_postgres_ledger(
                        "--out", str(page))  # fmt: skip
     assert code == 0, err
     assert "<svg" in page.read_text(encoding="utf-8")
+
+
+def test_an_unreadable_anomaly_event_is_skipped_with_a_note(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = run(capsys, "anomalies", str(db))
+    assert code == 0
+    with SQLiteLedger(db) as ledger:
+        ledger.record_event("anomaly:2026-10-01:latency:total=all", '{"kind": "latency"}')
+    code, out, _ = run(capsys, "anomalies", str(db), "--recorded")
+    assert code == 0 and "spike" in out
+    assert "note: 1 recorded event(s) under anomaly: are not readable" in out
+    code, out, _ = run(capsys, "anomalies", str(db), "--recorded", "--format", "json")
+    assert json.loads(out)["skipped"] == ["anomaly:2026-10-01:latency:total=all"]
+    html = db.with_suffix(".html")
+    code, out, _ = run(capsys, "report", str(db), "--format", "html", "--out", str(html))
+    assert code == 0 and html.stat().st_size > 0
+
+
+def test_report_by_cells_are_safe_and_unambiguous(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from chainkit import Entry
+
+    path = tmp_path / "odd.db"
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    tenants = ["=HYPERLINK(1)", "two\nlines", "(none)", None]
+    with SQLiteLedger(path) as ledger:
+        for i, tenant in enumerate(tenants):
+            ledger.record(
+                Entry(
+                    request_id=f"r{i}",
+                    stage="canned",
+                    outcome="answered",
+                    cost=Decimal("0.5"),
+                    tags={} if tenant is None else {"tenant": tenant},
+                    time=t,
+                )
+            )
+    code, out, _ = run(capsys, "report", str(path), "--by", "tenant", "--format", "csv")
+    assert code == 0
+    cells = [r["tenant"] for r in csv.DictReader(io.StringIO(out))]
+    # A formula is neutralised; "(none)" is a tenant, the entry without one is —untagged—.
+    assert sorted(cells) == sorted(
+        ["'=HYPERLINK(1)", "two\nlines", "(none)", "\u2014untagged\u2014"]
+    )
+    code, out, _ = run(capsys, "report", str(path), "--by", "tenant")
+    assert "two\\nlines" in out and len(out.splitlines()) == 2 + len(tenants)
+    # No tokens to divide by: per 1K tokens is n/a, not unknown.
+    assert "n/a" in out and "unknown" not in out.split("\n", 2)[2]
+    code, out, _ = run(capsys, "report", str(path), "--by", "tenant", "--format", "markdown")
+    assert "two\\nlines" in out
+
+
+def test_anomaly_keys_do_not_collide() -> None:
+    from datetime import date
+
+    from chainkit.finops import Anomaly
+
+    def key(scope: tuple[str, str]) -> str:
+        return Anomaly(date(2026, 10, 1), scope, "spike", Decimal(2), Decimal(1), 5.0).key
+
+    assert key(("tenant", "a=b")) != key(("tenant=a", "b"))
+    assert key(("tenant", "a")) == 'anomaly:2026-10-01:spike:["tenant","a"]'
+
+
+def test_allocate_by_a_comma_string_is_refused_with_a_hint(entries: list) -> None:  # type: ignore[type-arg]
+    from chainkit import ConfigError
+    from chainkit.finops import allocate
+
+    with pytest.raises(ConfigError, match=r"by=\['tenant', 'feature'\]"):
+        allocate(entries, "tenant,feature")
+    assert allocate(entries, ["tenant", "feature"]).by == ("tenant", "feature")

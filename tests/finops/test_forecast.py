@@ -130,14 +130,18 @@ def test_per_tag_and_per_budget() -> None:
     fb = forecast_budgets(ledger)
     assert fb["acme-low"].p_over_limit == 1.0  # spends ~$280 in October
     assert fb["all"].p_over_limit == 0.0
-    assert fb["daily"].p_over_limit is None and fb["daily"].limit is None
+    # A daily budget compares the next day's spend (~$12) with its limit.
+    assert fb["daily"].p_over_limit == 1.0 and fb["daily"].limit == 1
+    assert fb["daily"].period == "day"
     assert fb["acme-low"].month_end == by["acme"].month_end
 
 
-def test_through_extends_with_days_of_no_spend() -> None:
-    f = forecast(day_entries(30), through=date(2026, 10, 5))
-    assert f.observed[-1] == (date(2026, 10, 5), Decimal(0))
-    assert f.bands[0].day == date(2026, 10, 6)
+def test_a_through_after_the_last_day_is_refused() -> None:
+    # A day after the last entry's is not a complete day of no spend: it is not known yet.
+    with pytest.raises(ConfigError, match=r"2027-06-01 is after .* last day .* \(2026-09-30\)"):
+        forecast(day_entries(30), through=date(2027, 6, 1))
+    f = forecast(day_entries(30), through=date(2026, 9, 25))
+    assert f.bands[0].day == date(2026, 9, 26)
 
 
 def test_too_little_history_and_bad_levels() -> None:
@@ -149,7 +153,7 @@ def test_too_little_history_and_bad_levels() -> None:
         forecast(day_entries(10), level=1.0)
     short = forecast(day_entries(5))
     assert short.method.startswith("log-linear trend on 5") is False  # under 7 days: a level
-    assert short.method.startswith("level")
+    assert short.method.startswith("mean daily rate on 5 days")
 
 
 def test_unknown_costs_count_at_their_bound_and_unbounded_days_are_left_out() -> None:
@@ -184,3 +188,105 @@ def test_backtest_coverage_on_simulated_traffic_is_near_nominal() -> None:
     assert 0.85 <= result["0.95"] <= 1.0
     assert result["0.95"] >= result["0.8"]
     assert result["mape"] < 0.2
+
+
+def _at(when: datetime, cost: Decimal | None, rid: str, **tags: str) -> Entry:
+    return Entry(
+        request_id=rid, stage="generate", outcome="answered", cost=cost, tags=tags, time=when
+    )
+
+
+def test_today_is_not_a_complete_day_by_default(make_ledger: MakeLedger) -> None:
+    # $1 an hour for 40 days, read at 02:30 on 30 November: today has $3 so far, not a day.
+    now = datetime(2026, 11, 30, 2, 30, tzinfo=UTC)
+    start = now.replace(minute=0) - timedelta(days=40)
+    ledger = make_ledger()
+    ledger.record_many([_at(start + timedelta(hours=h), Decimal(1), f"r{h}") for h in range(961)])
+    ledger.flush()
+    f = forecast(ledger, now=now)
+    assert f.bands[0].day == date(2026, 11, 30)  # today is forecast, not observed-complete
+    assert dict(f.observed)[date(2026, 11, 30)] == Decimal(3)
+    # 29 complete days of $24 plus today's whole day: ~$720, never $699 (today as a whole day).
+    assert Decimal(715) < f.month_end.low <= f.month_end.mid <= f.month_end.high < Decimal(725)
+    # The same ledger read tomorrow: the 30th was the last complete day.
+    assert forecast(ledger, now=now + timedelta(days=1)).bands[0].day == date(2026, 12, 1)
+
+
+def test_future_dated_entries_are_left_out_with_a_note() -> None:
+    entries = [*day_entries(35), _at(datetime(2030, 1, 1, tzinfo=UTC), Decimal(5), "late")]
+    f = forecast(entries, now=datetime(2026, 11, 1, tzinfo=UTC))
+    assert f.month_end.day == date(2026, 10, 31)  # not 2030
+    assert f.notes == ("1 entry dated after now (2026-11-01T00:00:00+00:00) left out",)
+    alone = forecast(day_entries(35), now=datetime(2026, 11, 1, tzinfo=UTC))
+    assert (f.month_end, f.next_month, alone.notes) == (alone.month_end, alone.next_month, ())
+
+
+def test_a_day_of_unbounded_unknown_spend_keeps_its_known_part_and_says_lower_bound() -> None:
+    # $8 a day in November; on the 14th also one call of unknown cost and no bound.
+    entries = [
+        _at(datetime(2026, 11, 1 + d, 12, tzinfo=UTC), Decimal(8), f"a{d}", tenant="acme")
+        for d in range(14)
+    ] + [_at(datetime(2026, 11, 14, 13, tzinfo=UTC), None, "unk", tenant="acme")]
+    ledger = Ledger([Budget(Decimal(300), name="acme", period="month", tag=("tenant", "acme"))])
+    ledger.record_many(entries)
+    f = forecast_budgets(ledger, now=datetime(2026, 11, 20, tzinfo=UTC))["acme"]
+    assert dict(f.observed)[date(2026, 11, 14)] is None
+    assert f.lower_bound and f.p_over_limit is None  # not 0%: the unknown call could be anything
+    assert f.month_end.mid >= 14 * 8  # the known $8 of the 14th is counted
+    low = Ledger([Budget(Decimal(50), name="acme", period="month", tag=("tenant", "acme"))])
+    low.record_many(entries)
+    # Over on the known part alone: over, whatever the unknown call cost.
+    assert forecast_budgets(low, now=datetime(2026, 11, 20, tzinfo=UTC))["acme"].p_over_limit == 1
+
+
+def test_a_sparse_new_tenant_does_not_explode() -> None:
+    t = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    entries = [_at(t + timedelta(days=d), Decimal(1), f"s{d}", tenant="steady") for d in range(8)]
+    entries += [_at(t + timedelta(days=d), Decimal("0.004"), f"n{d}", tenant="new") for d in (4, 7)]
+    f = forecast_by(entries, "tenant")["new"]
+    # Its days start at its first entry: 0.004, 0, 0, 0.004 -> about $0.002 a day.
+    assert f.observed[0][0] == date(2026, 10, 5)
+    assert f.method.startswith("mean daily rate on 4 days (2 with spend")
+    assert Decimal("0.01") < f.next_month.mid < Decimal("0.2")
+    assert f.next_month.high < Decimal(1)
+
+
+def test_a_steep_short_trend_is_capped() -> None:
+    # Spend doubling every day for three weeks: the projection is held to 2x a week.
+    t = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    entries = [_at(t + timedelta(days=d), Decimal(2) ** d / 1000, f"r{d}") for d in range(21)]
+    f = forecast(entries)
+    assert "growth capped at 2x a week" in f.method
+    last_day = Decimal(2) ** 20 / 1000
+    assert f.next_month.high < last_day * 30 * 2**6  # uncapped: ~2^40 times more
+
+
+def test_intermittent_spend_is_forecast_at_its_mean_rate() -> None:
+    # $1 every third day: about $10 a month, not $0.11 (the log model's median of zeros).
+    t = datetime(2026, 9, 1, 12, tzinfo=UTC)
+    entries = [_at(t + timedelta(days=d), Decimal(1), f"r{d}") for d in range(0, 60, 3)]
+    f = forecast(entries)
+    assert f.method.startswith("mean daily rate")
+    assert Decimal(7) < f.next_month.mid < Decimal(13)
+    assert f.next_month.low < Decimal(10) < f.next_month.high
+
+
+def test_every_budget_is_forecast_against_its_own_period() -> None:
+    entries = day_entries(35)
+    ledger = Ledger(
+        [
+            Budget(Decimal(5), name="daily", period="day"),
+            Budget(Decimal(100_000), name="ever"),
+            Budget(Decimal(10), name="ever-low"),
+            Budget(Decimal(150), name="nobody", period="month", tag=("tenant", "nobody")),
+        ]
+    )
+    ledger.record_many(entries)
+    fb = forecast_budgets(ledger)
+    assert set(fb) == {"daily", "ever", "ever-low", "nobody"}
+    assert fb["daily"].p_over_limit == 1.0 and fb["daily"].period == "day"  # ~$13 next day
+    assert fb["ever"].p_over_limit == 0.0 and fb["ever"].period is None
+    assert fb["ever-low"].p_over_limit == 1.0
+    nobody = fb["nobody"]
+    assert nobody.p_over_limit == 0.0 and nobody.limit == 150
+    assert all(v == 0 for _, v in nobody.observed) and nobody.month_end.high == 0

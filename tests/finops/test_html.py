@@ -266,6 +266,8 @@ def test_forecast_band_and_anomalies_plug_in(ledger: Ledger) -> None:
     days = rows_of(fig)
     assert [r[0] for r in days][-3:] == ["2026-11-05", "2026-11-06", "2026-11-07"]
     assert days[-1][3:] == ["$0.002", "$0.004", "$0.009"]
+    # Days still to come have no spend yet: a dash, never "$0.00".
+    assert [r[1:3] for r in days[-3:]] == [["\u2014", "\u2014"]] * 3
     polygon = fig.one("polygon", **{"class": "band"})
     assert len(polygon.attrs["points"].split()) == 2 * len(band)
     assert "80% interval" in fig.text and "$0.012 (sum of the daily middles)" in fig.text
@@ -459,3 +461,30 @@ def test_unknown_costs_without_a_bound() -> None:
     assert "at least $0.50 (1 unknown, no bound)" in figure(dom, "chart-model").one("svg").text
     kpis = dom.one("section", **{"aria-label": "Summary"}).text
     assert "Spendat least $0.50" in kpis and "Unknown cost1 callno bound" in kpis
+
+
+def test_a_lone_surrogate_stored_by_sql_reads_as_a_replacement_character(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "bad.db"
+    with SQLiteLedger(path) as ledger:
+        for i, tenant in enumerate(["acme", "x"]):
+            ledger.record(
+                Entry(
+                    request_id=f"r{i}",
+                    stage="generate",
+                    outcome="answered",
+                    cost=Decimal(1),
+                    tags={"tenant": tenant},
+                    time=datetime(2026, 10, 1, tzinfo=UTC),
+                )
+            )
+    with sqlite3.connect(path) as db:  # as another program could: chainkit refuses to write it
+        db.execute(
+            """UPDATE entries SET tags = '{"tenant": "\\ud800<x>"}' WHERE tags LIKE '%"x"%'"""
+        )
+    with SQLiteLedger(path, read_only=True) as ledger:
+        # Was a UnicodeEncodeError from deep in the ledger: the page is made, the value repaired.
+        assert {e.tags["tenant"] for e in ledger.iter_entries()} == {"acme", "\ufffd<x>"}
+        page = html_report(ledger)
+    page.encode("utf-8")  # no lone surrogate reaches the page
