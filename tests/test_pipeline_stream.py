@@ -392,3 +392,51 @@ def test_the_readme_async_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     assert capsys.readouterr().out.startswith("This is an offline stand-in reply")
     assert len(ledger.entries()) == 2 + 200 * 3 + 3
     assert [e.stage for e in ledger.entries()[:2]] == ["intent_scan", "canned"]
+
+
+class ReportsAnotherModel(StreamingModel):
+    """A provider whose reply names a model other than the one configured."""
+
+    def __init__(self, reported: str) -> None:
+        super().__init__()
+        self.reported = reported
+
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        return Completion(self.reply, USAGE, self.reported)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        for word in pieces(self.reply):
+            yield Chunk(word)
+        yield Chunk(usage=USAGE, model_id=self.reported)
+
+
+@pytest.mark.parametrize(
+    ("reported", "recorded", "cost"),
+    [
+        # Known to the catalogue: priced at its rate ($15 in, $75 out per million) and named.
+        (
+            "anthropic.claude-3-opus-20240229-v1:0",
+            "anthropic.claude-3-opus-20240229-v1:0",
+            Decimal("0.0021"),
+        ),
+        # A version the catalogue lacks: priced, and named, as the configured model ($60).
+        ("generic.powerful-v9", MODEL, Decimal("0.0036")),
+    ],
+)
+def test_an_entry_names_the_model_its_price_was_computed_for_on_every_path(
+    make_ledger: Callable[..., Ledger], reported: str, recorded: str, cost: Decimal
+) -> None:
+    streamed, ran, awaited = make_ledger(), make_ledger(), make_ledger()
+    request = Request("Where is my order?", id="q")
+    asyncio.run(collect(bot(ReportsAnotherModel(reported)), request, streamed))
+    bot(ReportsAnotherModel(reported)).run(request, ran)
+    asyncio.run(bot(ReportsAnotherModel(reported)).arun(request, awaited))
+    for ledger in (streamed, ran, awaited):
+        (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+        assert (entry.model, entry.cost, entry.usage) == (recorded, cost, USAGE)
+        assert entry.cost == SEED.cost(entry.model, USAGE)
+    assert key(streamed.entries()[-1]) == key(ran.entries()[-1]) == key(awaited.entries()[-1])

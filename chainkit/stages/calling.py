@@ -327,6 +327,9 @@ class ModelCall:
         self._entry_id = new_entry_id()  # the hold, and the call's one entry, carry it
         self._when: datetime | None = None
         self._metadata: dict[str, str] = {}
+        # The model the call was priced as (the reply's, when the catalogue knows it): the
+        # entry names it, so that an entry's model and its price always agree.
+        self._priced_model: str | None = None
 
     def _entry(
         self,
@@ -351,7 +354,7 @@ class ModelCall:
             request_id=self.request.id,
             stage=self.stage,
             outcome=outcome,
-            model=self.model.model_id,
+            model=self._priced_model or self.model.model_id,
             usage=usage,
             cost=cost,
             estimated=estimated,
@@ -559,8 +562,11 @@ class ModelCall:
 
     def _price(self, completion: Completion) -> None:
         model = self.model
-        # The reply may name a model version the catalogue lacks; the configured id is priced.
+        # The reply names the model that served it, priced (and recorded) as that model when
+        # the catalogue knows it; a version the catalogue lacks is priced as the configured id.
+        # Both paths, whole replies and streams, come here, so they record the same.
         priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
+        self._priced_model = priced
         if completion.unpriced:
             # The model says part of the call cannot be priced exactly: unknown, never a guess.
             self.cost = None
