@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from decimal import Decimal
@@ -29,6 +30,7 @@ from chainkit import (
     SQLiteLedger,
     Usage,
 )
+from chainkit.errors import Timeout
 from chainkit.pipeline import Answered, TextDelta
 from chainkit.providers.model import Chunk, Completion, Prompt
 from chainkit.providers.offline import pieces
@@ -440,3 +442,86 @@ def test_an_entry_names_the_model_its_price_was_computed_for_on_every_path(
         assert (entry.model, entry.cost, entry.usage) == (recorded, cost, USAGE)
         assert entry.cost == SEED.cost(entry.model, USAGE)
     assert key(streamed.entries()[-1]) == key(ran.entries()[-1]) == key(awaited.entries()[-1])
+
+
+class Trickling(StreamingModel):
+    """A provider that sends a piece every ``every_s`` seconds, each well within any idle limit."""
+
+    def __init__(self, every_s: float, usage_after: int | None = None) -> None:
+        super().__init__(usage_after=usage_after)
+        self.every_s = every_s
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        self.asked.append(prompt)
+        try:
+            for i, word in enumerate(pieces(self.reply)):
+                if self.usage_after == i:
+                    yield Chunk(usage=USAGE, model_id=self.model_id)
+                await asyncio.sleep(self.every_s)
+                self.sent.append(word)
+                yield Chunk(word)
+            yield Chunk(usage=USAGE, model_id=self.model_id)
+        finally:
+            self.closed += 1
+
+
+@pytest.mark.parametrize("usage_after", [None, 0])
+def test_timeout_s_is_the_deadline_of_the_whole_stream_and_the_cut_is_recorded_as_generated(
+    make_ledger: Callable[..., Ledger], usage_after: int | None
+) -> None:
+    # 13 pieces 0.08 s apart: never idle for 0.3 s, but a second in all.
+    model = Trickling(0.08, usage_after=usage_after)
+    assert len(list(pieces(REPLY))) == 13
+    ledger = make_ledger(budgets=[Budget(Decimal("1.00"), name="all")])
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in bot(model, timeout_s=0.3).astream(Request("Where?", id="t"), ledger):
+            got.append(event)
+
+    started = asyncio.run(asyncio.wait_for(_timed(read), 10))
+    assert started < 0.9  # cut at the deadline, not after the whole stream
+    assert 0 < len(got) == len(model.sent) < len(list(pieces(REPLY)))
+    assert model.closed == 1  # the provider's stream is closed at the deadline
+    (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+    usage, bound = bound_of(model)
+    if usage_after is None:  # no usage came: the upper bound, marked estimated
+        expected = ("failed", usage, bound, True, ("timeout",))
+    else:  # the usage came first: what it says, exactly
+        expected = ("failed", USAGE, SEED.cost(MODEL, USAGE), False, ("timeout",))
+    assert (entry.outcome, entry.usage, entry.cost, entry.estimated, entry.flags) == expected
+    assert "deadline of 0.3 s" in entry.note
+    [state] = ledger.status()
+    assert (state.spent, state.held) == (entry.cost, Decimal(0))
+
+
+async def _timed(read: Callable[[], Any]) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(Timeout, match=r"still streaming request 't' .* deadline of 0\.3 s"):
+        await read()
+    return loop.time() - start
+
+
+def test_a_slow_reader_counts_against_the_stream_deadline_in_stream_answer(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()  # answers at once; the reader is what takes the time
+    ledger = make_ledger()
+    read = 0
+    with pytest.raises(Timeout):
+        for _ in bot(model, timeout_s=0.2).stream_answer(Request("Where?", id="s"), ledger):
+            read += 1
+            time.sleep(0.05)
+    assert 2 <= read < len(list(pieces(REPLY)))
+    (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+    usage, bound = bound_of(model)
+    assert (entry.outcome, entry.usage, entry.cost, entry.flags) == (
+        "failed",
+        usage,
+        bound,
+        ("timeout",),
+    )
+    assert model.closed == 1

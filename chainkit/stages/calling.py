@@ -330,6 +330,7 @@ class ModelCall:
         # The model the call was priced as (the reply's, when the catalogue knows it): the
         # entry names it, so that an entry's model and its price always agree.
         self._priced_model: str | None = None
+        self._cut = False  # a stream cut at its deadline
 
     def _entry(
         self,
@@ -772,12 +773,20 @@ class ModelCall:
             raise self._malformed(exc) from exc
         return self._priced(completion)
 
-    def _timeout(self) -> Timeout:
+    def _timeout(self, pieces: int | None = None) -> Timeout:
+        request = repr(self.request.id)
+        if pieces is None:
+            what = f"did not answer request {request} within {self.timeout_s} s"
+            how = "records its cost as unknown, at most the amount reserved for it"
+        else:
+            what = (
+                f"was still streaming request {request} (after {pieces} pieces) at the "
+                f"stream's deadline of {self.timeout_s} s"
+            )
+            how = "records what it generated: the usage reported, else its upper bound, estimated"
         return Timeout(
-            f"Model {self.model.model_id!r} did not answer request {self.request.id!r} within "
-            f"{self.timeout_s} s (stage {self.stage!r}). It may still have been billed: the entry "
-            "records its cost as unknown, at most the amount reserved for it. Raise timeout_s "
-            "or check the provider.",
+            f"Model {self.model.model_id!r} {what} (stage {self.stage!r}). It may still have "
+            f"been billed: the entry {how}. Raise timeout_s or check the provider.",
             code="Timeout",
             model_id=self.model.model_id,
         )
@@ -842,9 +851,14 @@ class ModelCall:
         (``aclose``, a cancellation, a generator dropped): ``failed`` and flagged ``cancelled``,
         with the usage reported if it came, else the upper bound marked estimated. A provider
         error: ``failed`` as on the non-streaming path. The provider's stream is closed either
-        way. ``timeout_s`` bounds each wait for the provider's next piece. Close this
-        generator (``contextlib.aclosing``) rather than leave it to the garbage collector: the
-        entry is recorded when it is closed.
+        way. ``timeout_s`` is the deadline of the whole stream, from the call being sent to its
+        last piece (time the reader takes between pieces counts too: the provider keeps
+        generating, and the budget hold's lease is set from it); a stream still going at the
+        deadline is closed and raises :class:`~chainkit.errors.Timeout`, recorded ``failed``
+        and flagged ``timeout`` with what was generated, as a reader that stops early is: the
+        usage if the provider had reported it, else the upper bound marked estimated. Close
+        this generator (``contextlib.aclosing``) rather than leave it to the garbage collector:
+        the entry is recorded when it is closed.
         """
         self.ledger.start_call()
         self._started = True
@@ -859,15 +873,23 @@ class ModelCall:
                 yield prepared.text
                 return
             sent = True
+            # One deadline for the whole stream, never per piece: a provider that trickles a
+            # piece every few seconds cannot keep a call (and its hold) open without end.
+            deadline = (
+                None
+                if self.timeout_s is None
+                else asyncio.get_running_loop().time() + self.timeout_s
+            )
             source = self._open_stream()
             while True:
                 try:
-                    async with asyncio.timeout(self.timeout_s):
+                    async with asyncio.timeout_at(deadline):
                         chunk = await anext(source)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
-                    raise self._timeout() from exc
+                    self._cut = True
+                    raise self._timeout(len(parts)) from exc
                 if not isinstance(chunk, Chunk) or not isinstance(chunk.text, str):
                     raise BadResponse(
                         f"Model {self.model.model_id!r} streamed {chunk!r:.80}, not a Chunk.",
@@ -949,7 +971,9 @@ class ModelCall:
     ) -> None:
         """Record a stream that did not reach its end: what it generated and was billed."""
         stopped = isinstance(exc, GeneratorExit | asyncio.CancelledError)
-        if not stopped and last is None:
+        # Cut at the stream's deadline (not a whole reply that timed out, recorded as arun does).
+        timed_out = self._cut
+        if not stopped and not timed_out and last is None:
             self._record_failure(exc, time.perf_counter() - started)  # as a call that failed
             return
         try:
@@ -961,7 +985,10 @@ class ModelCall:
         self.completion = completion
         how = "stopped by its reader" if stopped else f"{type(exc).__name__}: {_safe_text(exc)}"
         self.note = f"{self.note + '; ' if self.note else ''}{how} after {len(parts)} pieces"
-        self._flags = tuple(sorted({*self._flags, "cancelled"})) if stopped else self._flags
+        if stopped or timed_out:
+            # Cut before its end (by the reader or the deadline): what it generated, flagged.
+            flag = "cancelled" if stopped else "timeout"
+            self._flags = tuple(sorted({*self._flags, flag}))
         self.record("failed")
 
 
