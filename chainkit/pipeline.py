@@ -627,7 +627,15 @@ class Pipeline:
             try:
                 loop.run_until_complete(loop.create_task(close(), context=context))
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                if sys.is_finalizing():
+                    # Collected as the interpreter ends (a generator left open to the end): no
+                    # thread can start now, and joining the executor would start one and hang.
+                    # The call it had sent was recorded by the exit hook (ModelCall).
+                    executor = getattr(loop, "_default_executor", None)
+                    if executor is not None:
+                        executor.shutdown(wait=False)
+                else:
+                    loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import chainkit
 from chainkit import (
     Budget,
     Canned,
@@ -525,3 +529,87 @@ def test_a_slow_reader_counts_against_the_stream_deadline_in_stream_answer(
         ("timeout",),
     )
     assert model.closed == 1
+
+
+_LEFT_OPEN = """
+import asyncio, sys
+from decimal import Decimal
+import chainkit as ck
+from chainkit.providers.model import Chunk
+
+class Model:
+    model_id, region, tier, estimates_locally = "generic.powerful", None, "on_demand", True
+    def estimate(self, prompt, *, max_tokens):
+        return ck.Usage(40, max_tokens)
+    def complete(self, prompt, *, max_tokens, metadata=None):
+        raise AssertionError("streamed, never completed")
+    async def astream(self, prompt, *, max_tokens, metadata=None):
+        print("sent", flush=True)
+        for word in ["Your ", "order ", "東京 🚚"]:
+            yield Chunk(word)
+        yield Chunk(usage=ck.Usage(40, 20), model_id=self.model_id)
+
+how, where, budget = sys.argv[1], sys.argv[2], sys.argv[3] == "budget"
+budgets = [ck.Budget(Decimal("1.00"), name="all")] if budget else []
+if where.startswith("postgresql"):
+    ledger = ck.PostgresLedger(where, schema=sys.argv[4], budgets=budgets)
+else:
+    ledger = ck.SQLiteLedger(where, budgets=budgets)
+seed = ck.Catalogue.load("seed-2024")
+bot = ck.Pipeline([ck.Generate(model=Model(), max_tokens=100, catalogue=seed)])
+KEEP = []
+if how == "sync":
+    events = bot.stream_answer(ck.Request("Where?", id="left"), ledger)
+    KEEP.append((events, next(events)))
+else:  # an event loop never run again nor closed
+    loop = asyncio.new_event_loop()
+    events = bot.astream(ck.Request("Where?", id="left"), ledger)
+    KEEP.append((events, loop.run_until_complete(events.__anext__()), loop))
+# The process ends here, the stream open: no close, no aclose, no loop shutdown.
+"""
+
+
+@pytest.mark.parametrize("how", ["sync", "async_loop_left_open"])
+@pytest.mark.parametrize("budgeted", [False, True])
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_stream_left_open_at_exit_is_recorded_once_at_its_bound(
+    request: pytest.FixtureRequest, tmp_path: Path, how: str, budgeted: bool, store: str
+) -> None:
+    script = tmp_path / "left_open.py"
+    script.write_text(_LEFT_OPEN, encoding="utf-8")
+    if store == "sqlite":
+        where, extra = str(tmp_path / "l.db"), []
+    else:
+        where, extra = request.getfixturevalue("pg_dsn"), [request.getfixturevalue("pg_schema")]
+    root = str(Path(chainkit.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, str(script), how, where, "budget" if budgeted else "none", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,  # it used to hang at exit (a thread started as the interpreter ended)
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("sent") == 1  # the model was called once
+    budgets = [Budget(Decimal("1.00"), name="all")] if budgeted else []
+    if store == "sqlite":
+        ledger: Ledger = SQLiteLedger(where, budgets=budgets)
+    else:
+        ledger = PostgresLedger(where, schema=extra[0], budgets=budgets)
+    try:
+        (entry,) = ledger.entries()
+        _, bound = bound_of(StreamingModel())
+        assert (entry.request_id, entry.outcome, entry.cost, entry.bound, entry.flags) == (
+            "left",
+            "failed",
+            None,  # its cost is unknown, counted at its bound
+            bound,
+            ("cancelled",),
+        )
+        assert "exited with the call open" in entry.note
+        if budgeted:
+            [state] = ledger.status()
+            assert (state.spent, state.held) == (bound, Decimal(0))
+    finally:
+        ledger.close()

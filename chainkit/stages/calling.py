@@ -11,6 +11,7 @@ errors leave a call.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import dataclasses
@@ -18,9 +19,12 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import re
+import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -55,6 +59,44 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 120.0
 """A model stage's deadline unless told otherwise: long enough for a long answer, not forever."""
+
+# Calls sent on the event loop and not yet recorded: a stream its reader left open, a call on a
+# loop that was never run again. At the process's exit nothing will ever end them, so the exit
+# hook records each (failed, cost unknown, counted at its bound) while its ledger is still open.
+# Weak: a call whose stream is collected records itself, as it always has.
+_SENT: weakref.WeakSet[ModelCall] = weakref.WeakSet()
+_HOOKED: list[bool] = []
+
+
+def _sent(call: ModelCall) -> None:
+    """Note a call sent on the event loop (its entry is to be recorded at exit if still open)."""
+    if not _HOOKED:
+        # Registered at the first call, after the ledger's own modules (a server's connection
+        # pool) are imported: exit hooks run last-registered first, so this runs before theirs.
+        _HOOKED.append(True)
+        atexit.register(_record_open_calls)
+    _SENT.add(call)
+
+
+def _record_open_calls() -> None:
+    """At exit: record every call sent and never ended (see :data:`_SENT`)."""
+    for call in list(_SENT):
+        _SENT.discard(call)
+        try:
+            call._record_at_exit()
+        except Exception as exc:  # a closed ledger, a full disk: say so, never hide it
+            print(
+                f"chainkit: the call of request {call.request.id!r} (stage {call.stage!r}) was "
+                f"open at exit and could not be recorded: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+
+
+def _forget_sent_calls() -> None:
+    _SENT.clear()  # a forked child's copies are its parent's calls, recorded by the parent
+
+
+os.register_at_fork(after_in_child=_forget_sent_calls)
 
 
 def check_model(model: Model, catalogue: Catalogue, stage: str) -> None:
@@ -645,6 +687,23 @@ class ModelCall:
         self._recorded = True
         self.ledger.record(entry, hold=self._hold)
 
+    def _record_at_exit(self) -> None:
+        """Record a call sent and still open as the process exits: failed, cost unknown."""
+        if self._recorded or self._replayed:
+            return
+        self._recorded = True
+        how = "the process exited with the call open (sent, never ended)"
+        entry = self._entry(
+            "failed",
+            None,  # unknown, counted at its bound
+            None,
+            intent=self.request.intent,
+            attempts=1,
+            flags=("cancelled",),
+            note=f"{self.note + '; ' if self.note else ''}{how}",
+        )
+        self.ledger.record(entry, hold=self._hold)
+
     def record(self, outcome: Outcome, *, intent: str | None = None) -> None:
         """Record the call's entry with the stage's ``outcome``; settle its budget hold."""
         final = self._final(outcome, intent)
@@ -763,14 +822,21 @@ class ModelCall:
 
     async def _acall(self) -> Completion:
         started = time.perf_counter()
+        _sent(self)
         try:
             reply = await self._acomplete()
             completion = _check_completion(reply, self.model, getattr(reply, "attempts", 1))
         except BaseException as exc:
-            self._record_failure(exc, time.perf_counter() - started)
+            _SENT.discard(self)
+            if not self._recorded:  # (the exit hook may have recorded it)
+                self._record_failure(exc, time.perf_counter() - started)
             if isinstance(exc, ProviderError) or not isinstance(exc, Exception):
                 raise
             raise self._malformed(exc) from exc
+        # The stage records it next, in __aexit__ at the latest.
+        _SENT.discard(self)
+        if self._recorded:
+            return completion
         return self._priced(completion)
 
     def _timeout(self, pieces: int | None = None) -> Timeout:
@@ -873,6 +939,7 @@ class ModelCall:
                 yield prepared.text
                 return
             sent = True
+            _sent(self)
             # One deadline for the whole stream, never per piece: a provider that trickles a
             # piece every few seconds cannot keep a call (and its hold) open without end.
             deadline = (
@@ -913,6 +980,7 @@ class ModelCall:
                 raise self._malformed(exc) from exc
             raise
         finally:
+            _SENT.discard(self)
             try:
                 if source is not None:
                     await _close(source)
@@ -970,6 +1038,8 @@ class ModelCall:
         self, exc: BaseException, parts: list[str], last: Chunk | None, started: float
     ) -> None:
         """Record a stream that did not reach its end: what it generated and was billed."""
+        if sys.is_finalizing():
+            return  # collected as the interpreter ends: the exit hook recorded it (or said why)
         stopped = isinstance(exc, GeneratorExit | asyncio.CancelledError)
         # Cut at the stream's deadline (not a whole reply that timed out, recorded as arun does).
         timed_out = self._cut
