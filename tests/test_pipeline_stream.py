@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -611,5 +612,50 @@ def test_a_stream_left_open_at_exit_is_recorded_once_at_its_bound(
         if budgeted:
             [state] = ledger.status()
             assert (state.spent, state.held) == (bound, Decimal(0))
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("how", ["sync", "async_loop_left_open"])
+def test_a_stream_open_when_its_process_is_killed_expires_into_its_entry_with_a_budget(
+    tmp_path: Path, how: str
+) -> None:
+    # SIGKILL runs no exit hook: the budget's hold, written when the call was sent, is what
+    # outlives the process; its lease (timeout_s + 60 s) ends and it becomes the call's entry.
+    script = tmp_path / "killed.py"
+    script.write_text(
+        _LEFT_OPEN.replace(
+            "# The process ends here",
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n# The process ends here",
+        ),
+        encoding="utf-8",
+    )
+    where = str(tmp_path / "l.db")
+    root = str(Path(chainkit.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, str(script), how, where, "budget"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.count("sent") == 1
+    later = datetime.now(UTC) + timedelta(seconds=120 + 61)  # past the default lease
+    ledger = SQLiteLedger(where, budgets=[Budget(Decimal("1.00"), name="all")], clock=lambda: later)
+    try:
+        assert ledger.entries() == []  # nothing recorded before the lease ends
+        [state] = ledger.status()  # reading the budget turns the expired hold into its entry
+        (entry,) = ledger.entries()
+        _, bound = bound_of(StreamingModel())
+        assert (entry.request_id, entry.outcome, entry.cost, entry.bound) == (
+            "left",
+            "failed",
+            None,
+            bound,
+        )
+        assert "lease_expired" in entry.flags
+        assert (state.spent, state.held) == (bound, Decimal(0))
     finally:
         ledger.close()
