@@ -627,7 +627,15 @@ class Pipeline:
             try:
                 loop.run_until_complete(loop.create_task(close(), context=context))
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                if sys.is_finalizing():
+                    # Collected as the interpreter ends (a generator left open to the end): no
+                    # thread can start now, and joining the executor would start one and hang.
+                    # The call it had sent was recorded by the exit hook (ModelCall).
+                    executor = getattr(loop, "_default_executor", None)
+                    if executor is not None:
+                        executor.shutdown(wait=False)
+                else:
+                    loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
 
@@ -670,8 +678,10 @@ class Pipeline:
         Results come in input order. With ``return_exceptions`` a failed request gives its
         exception in its place; otherwise the first failure stops new work and is raised once
         the requests already running have finished (their entries are in the ledger either
-        way). Requests are read lazily. Cancelling it cancels the requests under way, each of
-        which records what it sent. ``progress`` is as for :meth:`stream`.
+        way). Requests are read lazily; if reading them raises, no new work starts, the
+        requests running finish, and that exception is raised as it is. Cancelling it cancels
+        the requests under way, each of which records what it sent. ``progress`` is as for
+        :meth:`stream`.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}.")
@@ -682,12 +692,19 @@ class Pipeline:
         outcomes: dict[int, Result | Exception] = {}
         failed: list[int] = []
         errors: dict[int, Exception] = {}
+        unreadable: list[Exception] = []
 
         async def worker() -> None:
-            while not failed:
+            while not failed and not unreadable:
                 try:
                     index, request = next(numbered)
                 except StopIteration:
+                    return
+                except Exception as exc:
+                    # The requests themselves failed (a generator that raises): no new work,
+                    # those running finish and record their entries, then this is raised as
+                    # it is, as run_batch does, never wrapped by the task group.
+                    unreadable.append(exc)
                     return
                 try:
                     outcomes[index] = await self.arun(request, ledger, resume=resume)
@@ -704,6 +721,8 @@ class Pipeline:
                     group.create_task(worker())
         finally:
             bar.close()
+        if unreadable:
+            raise unreadable[0]
         if failed:
             raise errors[min(errors)]
         return [outcomes[i] for i in range(len(outcomes))]

@@ -406,3 +406,30 @@ def test_a_subclass_overriding_complete_is_called_the_same_way_on_both_paths() -
                 list(pipeline.stream_answer(request, ledger))
         assert model.prompts == []  # ScriptedModel's own acomplete/astream were not used
         assert [(e.outcome, e.cost) for e in ledger.entries()] == [("failed", None)]
+
+
+def test_requests_that_raise_while_read_raise_as_they_are_after_the_calls_in_flight_land() -> None:
+    def requests() -> Iterator[Request]:
+        for i in range(10):
+            if i == 6:
+                raise ValueError("bad input row")
+            yield Request("where is my parcel?", id=f"r{i}")
+
+    outcomes = []
+    for run in ("arun_many", "run_batch"):
+        small, big = models()
+        ledger = Ledger(budgets=[budget()])
+        with pytest.raises(ValueError, match="bad input row") as raised:
+            if run == "arun_many":
+                asyncio.run(bot(small, big).arun_many(requests(), ledger, concurrency=4))
+            else:
+                bot(small, big).run_batch(requests(), ledger, concurrency=4, progress=False)
+        # The original exception, never an ExceptionGroup around it.
+        assert type(raised.value) is ValueError
+        generated = [e for e in ledger.entries() if e.stage == "generate"]
+        # Each of the six requests read was answered and recorded once; nothing is held.
+        assert big.started == len(generated) == 6
+        assert sorted(e.request_id for e in generated) == [f"r{i}" for i in range(6)]
+        assert ledger.status()[0].held == 0
+        outcomes.append(sorted(map(key, ledger.entries())))
+    assert outcomes[0] == outcomes[1]

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import chainkit
 from chainkit import (
     Budget,
     Canned,
@@ -29,6 +35,7 @@ from chainkit import (
     SQLiteLedger,
     Usage,
 )
+from chainkit.errors import Timeout
 from chainkit.pipeline import Answered, TextDelta
 from chainkit.providers.model import Chunk, Completion, Prompt
 from chainkit.providers.offline import pieces
@@ -392,3 +399,263 @@ def test_the_readme_async_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     assert capsys.readouterr().out.startswith("This is an offline stand-in reply")
     assert len(ledger.entries()) == 2 + 200 * 3 + 3
     assert [e.stage for e in ledger.entries()[:2]] == ["intent_scan", "canned"]
+
+
+class ReportsAnotherModel(StreamingModel):
+    """A provider whose reply names a model other than the one configured."""
+
+    def __init__(self, reported: str) -> None:
+        super().__init__()
+        self.reported = reported
+
+    def complete(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> Completion:
+        return Completion(self.reply, USAGE, self.reported)
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        for word in pieces(self.reply):
+            yield Chunk(word)
+        yield Chunk(usage=USAGE, model_id=self.reported)
+
+
+@pytest.mark.parametrize(
+    ("reported", "recorded", "cost"),
+    [
+        # Known to the catalogue: priced at its rate ($15 in, $75 out per million) and named.
+        (
+            "anthropic.claude-3-opus-20240229-v1:0",
+            "anthropic.claude-3-opus-20240229-v1:0",
+            Decimal("0.0021"),
+        ),
+        # A version the catalogue lacks: priced, and named, as the configured model ($60).
+        ("generic.powerful-v9", MODEL, Decimal("0.0036")),
+    ],
+)
+def test_an_entry_names_the_model_its_price_was_computed_for_on_every_path(
+    make_ledger: Callable[..., Ledger], reported: str, recorded: str, cost: Decimal
+) -> None:
+    streamed, ran, awaited = make_ledger(), make_ledger(), make_ledger()
+    request = Request("Where is my order?", id="q")
+    asyncio.run(collect(bot(ReportsAnotherModel(reported)), request, streamed))
+    bot(ReportsAnotherModel(reported)).run(request, ran)
+    asyncio.run(bot(ReportsAnotherModel(reported)).arun(request, awaited))
+    for ledger in (streamed, ran, awaited):
+        (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+        assert (entry.model, entry.cost, entry.usage) == (recorded, cost, USAGE)
+        assert entry.cost == SEED.cost(entry.model, USAGE)
+    assert key(streamed.entries()[-1]) == key(ran.entries()[-1]) == key(awaited.entries()[-1])
+
+
+class Trickling(StreamingModel):
+    """A provider that sends a piece every ``every_s`` seconds, each well within any idle limit."""
+
+    def __init__(self, every_s: float, usage_after: int | None = None) -> None:
+        super().__init__(usage_after=usage_after)
+        self.every_s = every_s
+
+    async def astream(
+        self, prompt: Prompt, *, max_tokens: int, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        self.asked.append(prompt)
+        try:
+            for i, word in enumerate(pieces(self.reply)):
+                if self.usage_after == i:
+                    yield Chunk(usage=USAGE, model_id=self.model_id)
+                await asyncio.sleep(self.every_s)
+                self.sent.append(word)
+                yield Chunk(word)
+            yield Chunk(usage=USAGE, model_id=self.model_id)
+        finally:
+            self.closed += 1
+
+
+@pytest.mark.parametrize("usage_after", [None, 0])
+def test_timeout_s_is_the_deadline_of_the_whole_stream_and_the_cut_is_recorded_as_generated(
+    make_ledger: Callable[..., Ledger], usage_after: int | None
+) -> None:
+    # 13 pieces 0.08 s apart: never idle for 0.3 s, but a second in all.
+    model = Trickling(0.08, usage_after=usage_after)
+    assert len(list(pieces(REPLY))) == 13
+    ledger = make_ledger(budgets=[Budget(Decimal("1.00"), name="all")])
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for event in bot(model, timeout_s=0.3).astream(Request("Where?", id="t"), ledger):
+            got.append(event)
+
+    started = asyncio.run(asyncio.wait_for(_timed(read), 10))
+    assert started < 0.9  # cut at the deadline, not after the whole stream
+    assert 0 < len(got) == len(model.sent) < len(list(pieces(REPLY)))
+    assert model.closed == 1  # the provider's stream is closed at the deadline
+    (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+    usage, bound = bound_of(model)
+    if usage_after is None:  # no usage came: the upper bound, marked estimated
+        expected = ("failed", usage, bound, True, ("timeout",))
+    else:  # the usage came first: what it says, exactly
+        expected = ("failed", USAGE, SEED.cost(MODEL, USAGE), False, ("timeout",))
+    assert (entry.outcome, entry.usage, entry.cost, entry.estimated, entry.flags) == expected
+    assert "deadline of 0.3 s" in entry.note
+    [state] = ledger.status()
+    assert (state.spent, state.held) == (entry.cost, Decimal(0))
+
+
+async def _timed(read: Callable[[], Any]) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(Timeout, match=r"still streaming request 't' .* deadline of 0\.3 s"):
+        await read()
+    return loop.time() - start
+
+
+def test_a_slow_reader_counts_against_the_stream_deadline_in_stream_answer(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    model = StreamingModel()  # answers at once; the reader is what takes the time
+    ledger = make_ledger()
+    read = 0
+    with pytest.raises(Timeout):
+        for _ in bot(model, timeout_s=0.2).stream_answer(Request("Where?", id="s"), ledger):
+            read += 1
+            time.sleep(0.05)
+    assert 2 <= read < len(list(pieces(REPLY)))
+    (entry,) = [e for e in ledger.entries() if e.stage == "generate"]
+    usage, bound = bound_of(model)
+    assert (entry.outcome, entry.usage, entry.cost, entry.flags) == (
+        "failed",
+        usage,
+        bound,
+        ("timeout",),
+    )
+    assert model.closed == 1
+
+
+_LEFT_OPEN = """
+import asyncio, sys
+from decimal import Decimal
+import chainkit as ck
+from chainkit.providers.model import Chunk
+
+class Model:
+    model_id, region, tier, estimates_locally = "generic.powerful", None, "on_demand", True
+    def estimate(self, prompt, *, max_tokens):
+        return ck.Usage(40, max_tokens)
+    def complete(self, prompt, *, max_tokens, metadata=None):
+        raise AssertionError("streamed, never completed")
+    async def astream(self, prompt, *, max_tokens, metadata=None):
+        print("sent", flush=True)
+        for word in ["Your ", "order ", "東京 🚚"]:
+            yield Chunk(word)
+        yield Chunk(usage=ck.Usage(40, 20), model_id=self.model_id)
+
+how, where, budget = sys.argv[1], sys.argv[2], sys.argv[3] == "budget"
+budgets = [ck.Budget(Decimal("1.00"), name="all")] if budget else []
+if where.startswith("postgresql"):
+    ledger = ck.PostgresLedger(where, schema=sys.argv[4], budgets=budgets)
+else:
+    ledger = ck.SQLiteLedger(where, budgets=budgets)
+seed = ck.Catalogue.load("seed-2024")
+bot = ck.Pipeline([ck.Generate(model=Model(), max_tokens=100, catalogue=seed)])
+KEEP = []
+if how == "sync":
+    events = bot.stream_answer(ck.Request("Where?", id="left"), ledger)
+    KEEP.append((events, next(events)))
+else:  # an event loop never run again nor closed
+    loop = asyncio.new_event_loop()
+    events = bot.astream(ck.Request("Where?", id="left"), ledger)
+    KEEP.append((events, loop.run_until_complete(events.__anext__()), loop))
+# The process ends here, the stream open: no close, no aclose, no loop shutdown.
+"""
+
+
+@pytest.mark.parametrize("how", ["sync", "async_loop_left_open"])
+@pytest.mark.parametrize("budgeted", [False, True])
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_stream_left_open_at_exit_is_recorded_once_at_its_bound(
+    request: pytest.FixtureRequest, tmp_path: Path, how: str, budgeted: bool, store: str
+) -> None:
+    script = tmp_path / "left_open.py"
+    script.write_text(_LEFT_OPEN, encoding="utf-8")
+    if store == "sqlite":
+        where, extra = str(tmp_path / "l.db"), []
+    else:
+        where, extra = request.getfixturevalue("pg_dsn"), [request.getfixturevalue("pg_schema")]
+    root = str(Path(chainkit.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, str(script), how, where, "budget" if budgeted else "none", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,  # it used to hang at exit (a thread started as the interpreter ended)
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("sent") == 1  # the model was called once
+    budgets = [Budget(Decimal("1.00"), name="all")] if budgeted else []
+    if store == "sqlite":
+        ledger: Ledger = SQLiteLedger(where, budgets=budgets)
+    else:
+        ledger = PostgresLedger(where, schema=extra[0], budgets=budgets)
+    try:
+        (entry,) = ledger.entries()
+        _, bound = bound_of(StreamingModel())
+        assert (entry.request_id, entry.outcome, entry.cost, entry.bound, entry.flags) == (
+            "left",
+            "failed",
+            None,  # its cost is unknown, counted at its bound
+            bound,
+            ("cancelled",),
+        )
+        assert "exited with the call open" in entry.note
+        if budgeted:
+            [state] = ledger.status()
+            assert (state.spent, state.held) == (bound, Decimal(0))
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("how", ["sync", "async_loop_left_open"])
+def test_a_stream_open_when_its_process_is_killed_expires_into_its_entry_with_a_budget(
+    tmp_path: Path, how: str
+) -> None:
+    # SIGKILL runs no exit hook: the budget's hold, written when the call was sent, is what
+    # outlives the process; its lease (timeout_s + 60 s) ends and it becomes the call's entry.
+    script = tmp_path / "killed.py"
+    script.write_text(
+        _LEFT_OPEN.replace(
+            "# The process ends here",
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n# The process ends here",
+        ),
+        encoding="utf-8",
+    )
+    where = str(tmp_path / "l.db")
+    root = str(Path(chainkit.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, str(script), how, where, "budget"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.count("sent") == 1
+    later = datetime.now(UTC) + timedelta(seconds=120 + 61)  # past the default lease
+    ledger = SQLiteLedger(where, budgets=[Budget(Decimal("1.00"), name="all")], clock=lambda: later)
+    try:
+        assert ledger.entries() == []  # nothing recorded before the lease ends
+        [state] = ledger.status()  # reading the budget turns the expired hold into its entry
+        (entry,) = ledger.entries()
+        _, bound = bound_of(StreamingModel())
+        assert (entry.request_id, entry.outcome, entry.cost, entry.bound) == (
+            "left",
+            "failed",
+            None,
+            bound,
+        )
+        assert "lease_expired" in entry.flags
+        assert (state.spent, state.held) == (bound, Decimal(0))
+    finally:
+        ledger.close()

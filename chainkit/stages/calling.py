@@ -11,6 +11,7 @@ errors leave a call.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import dataclasses
@@ -18,9 +19,12 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import re
+import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -55,6 +59,44 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 120.0
 """A model stage's deadline unless told otherwise: long enough for a long answer, not forever."""
+
+# Calls sent on the event loop and not yet recorded: a stream its reader left open, a call on a
+# loop that was never run again. At the process's exit nothing will ever end them, so the exit
+# hook records each (failed, cost unknown, counted at its bound) while its ledger is still open.
+# Weak: a call whose stream is collected records itself, as it always has.
+_SENT: weakref.WeakSet[ModelCall] = weakref.WeakSet()
+_HOOKED: list[bool] = []
+
+
+def _sent(call: ModelCall) -> None:
+    """Note a call sent on the event loop (its entry is to be recorded at exit if still open)."""
+    if not _HOOKED:
+        # Registered at the first call, after the ledger's own modules (a server's connection
+        # pool) are imported: exit hooks run last-registered first, so this runs before theirs.
+        _HOOKED.append(True)
+        atexit.register(_record_open_calls)
+    _SENT.add(call)
+
+
+def _record_open_calls() -> None:
+    """At exit: record every call sent and never ended (see :data:`_SENT`)."""
+    for call in list(_SENT):
+        _SENT.discard(call)
+        try:
+            call._record_at_exit()
+        except Exception as exc:  # a closed ledger, a full disk: say so, never hide it
+            print(
+                f"chainkit: the call of request {call.request.id!r} (stage {call.stage!r}) was "
+                f"open at exit and could not be recorded: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+
+
+def _forget_sent_calls() -> None:
+    _SENT.clear()  # a forked child's copies are its parent's calls, recorded by the parent
+
+
+os.register_at_fork(after_in_child=_forget_sent_calls)
 
 
 def check_model(model: Model, catalogue: Catalogue, stage: str) -> None:
@@ -327,6 +369,10 @@ class ModelCall:
         self._entry_id = new_entry_id()  # the hold, and the call's one entry, carry it
         self._when: datetime | None = None
         self._metadata: dict[str, str] = {}
+        # The model the call was priced as (the reply's, when the catalogue knows it): the
+        # entry names it, so that an entry's model and its price always agree.
+        self._priced_model: str | None = None
+        self._cut = False  # a stream cut at its deadline
 
     def _entry(
         self,
@@ -351,7 +397,7 @@ class ModelCall:
             request_id=self.request.id,
             stage=self.stage,
             outcome=outcome,
-            model=self.model.model_id,
+            model=self._priced_model or self.model.model_id,
             usage=usage,
             cost=cost,
             estimated=estimated,
@@ -559,8 +605,11 @@ class ModelCall:
 
     def _price(self, completion: Completion) -> None:
         model = self.model
-        # The reply may name a model version the catalogue lacks; the configured id is priced.
+        # The reply names the model that served it, priced (and recorded) as that model when
+        # the catalogue knows it; a version the catalogue lacks is priced as the configured id.
+        # Both paths, whole replies and streams, come here, so they record the same.
         priced = completion.model_id if completion.model_id in self.catalogue else model.model_id
+        self._priced_model = priced
         if completion.unpriced:
             # The model says part of the call cannot be priced exactly: unknown, never a guess.
             self.cost = None
@@ -636,6 +685,23 @@ class ModelCall:
             note=f"{self.note + '; ' if self.note else ''}{type(exc).__name__}: {_safe_text(exc)}",
         )
         self._recorded = True
+        self.ledger.record(entry, hold=self._hold)
+
+    def _record_at_exit(self) -> None:
+        """Record a call sent and still open as the process exits: failed, cost unknown."""
+        if self._recorded or self._replayed:
+            return
+        self._recorded = True
+        how = "the process exited with the call open (sent, never ended)"
+        entry = self._entry(
+            "failed",
+            None,  # unknown, counted at its bound
+            None,
+            intent=self.request.intent,
+            attempts=1,
+            flags=("cancelled",),
+            note=f"{self.note + '; ' if self.note else ''}{how}",
+        )
         self.ledger.record(entry, hold=self._hold)
 
     def record(self, outcome: Outcome, *, intent: str | None = None) -> None:
@@ -756,22 +822,37 @@ class ModelCall:
 
     async def _acall(self) -> Completion:
         started = time.perf_counter()
+        _sent(self)
         try:
             reply = await self._acomplete()
             completion = _check_completion(reply, self.model, getattr(reply, "attempts", 1))
         except BaseException as exc:
-            self._record_failure(exc, time.perf_counter() - started)
+            _SENT.discard(self)
+            if not self._recorded:  # (the exit hook may have recorded it)
+                self._record_failure(exc, time.perf_counter() - started)
             if isinstance(exc, ProviderError) or not isinstance(exc, Exception):
                 raise
             raise self._malformed(exc) from exc
+        # The stage records it next, in __aexit__ at the latest.
+        _SENT.discard(self)
+        if self._recorded:
+            return completion
         return self._priced(completion)
 
-    def _timeout(self) -> Timeout:
+    def _timeout(self, pieces: int | None = None) -> Timeout:
+        request = repr(self.request.id)
+        if pieces is None:
+            what = f"did not answer request {request} within {self.timeout_s} s"
+            how = "records its cost as unknown, at most the amount reserved for it"
+        else:
+            what = (
+                f"was still streaming request {request} (after {pieces} pieces) at the "
+                f"stream's deadline of {self.timeout_s} s"
+            )
+            how = "records what it generated: the usage reported, else its upper bound, estimated"
         return Timeout(
-            f"Model {self.model.model_id!r} did not answer request {self.request.id!r} within "
-            f"{self.timeout_s} s (stage {self.stage!r}). It may still have been billed: the entry "
-            "records its cost as unknown, at most the amount reserved for it. Raise timeout_s "
-            "or check the provider.",
+            f"Model {self.model.model_id!r} {what} (stage {self.stage!r}). It may still have "
+            f"been billed: the entry {how}. Raise timeout_s or check the provider.",
             code="Timeout",
             model_id=self.model.model_id,
         )
@@ -836,9 +917,14 @@ class ModelCall:
         (``aclose``, a cancellation, a generator dropped): ``failed`` and flagged ``cancelled``,
         with the usage reported if it came, else the upper bound marked estimated. A provider
         error: ``failed`` as on the non-streaming path. The provider's stream is closed either
-        way. ``timeout_s`` bounds each wait for the provider's next piece. Close this
-        generator (``contextlib.aclosing``) rather than leave it to the garbage collector: the
-        entry is recorded when it is closed.
+        way. ``timeout_s`` is the deadline of the whole stream, from the call being sent to its
+        last piece (time the reader takes between pieces counts too: the provider keeps
+        generating, and the budget hold's lease is set from it); a stream still going at the
+        deadline is closed and raises :class:`~chainkit.errors.Timeout`, recorded ``failed``
+        and flagged ``timeout`` with what was generated, as a reader that stops early is: the
+        usage if the provider had reported it, else the upper bound marked estimated. Close
+        this generator (``contextlib.aclosing``) rather than leave it to the garbage collector:
+        the entry is recorded when it is closed.
         """
         self.ledger.start_call()
         self._started = True
@@ -853,15 +939,24 @@ class ModelCall:
                 yield prepared.text
                 return
             sent = True
+            _sent(self)
+            # One deadline for the whole stream, never per piece: a provider that trickles a
+            # piece every few seconds cannot keep a call (and its hold) open without end.
+            deadline = (
+                None
+                if self.timeout_s is None
+                else asyncio.get_running_loop().time() + self.timeout_s
+            )
             source = self._open_stream()
             while True:
                 try:
-                    async with asyncio.timeout(self.timeout_s):
+                    async with asyncio.timeout_at(deadline):
                         chunk = await anext(source)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
-                    raise self._timeout() from exc
+                    self._cut = True
+                    raise self._timeout(len(parts)) from exc
                 if not isinstance(chunk, Chunk) or not isinstance(chunk.text, str):
                     raise BadResponse(
                         f"Model {self.model.model_id!r} streamed {chunk!r:.80}, not a Chunk.",
@@ -885,6 +980,7 @@ class ModelCall:
                 raise self._malformed(exc) from exc
             raise
         finally:
+            _SENT.discard(self)
             try:
                 if source is not None:
                     await _close(source)
@@ -942,8 +1038,12 @@ class ModelCall:
         self, exc: BaseException, parts: list[str], last: Chunk | None, started: float
     ) -> None:
         """Record a stream that did not reach its end: what it generated and was billed."""
+        if sys.is_finalizing():
+            return  # collected as the interpreter ends: the exit hook recorded it (or said why)
         stopped = isinstance(exc, GeneratorExit | asyncio.CancelledError)
-        if not stopped and last is None:
+        # Cut at the stream's deadline (not a whole reply that timed out, recorded as arun does).
+        timed_out = self._cut
+        if not stopped and not timed_out and last is None:
             self._record_failure(exc, time.perf_counter() - started)  # as a call that failed
             return
         try:
@@ -955,7 +1055,10 @@ class ModelCall:
         self.completion = completion
         how = "stopped by its reader" if stopped else f"{type(exc).__name__}: {_safe_text(exc)}"
         self.note = f"{self.note + '; ' if self.note else ''}{how} after {len(parts)} pieces"
-        self._flags = tuple(sorted({*self._flags, "cancelled"})) if stopped else self._flags
+        if stopped or timed_out:
+            # Cut before its end (by the reader or the deadline): what it generated, flagged.
+            flag = "cancelled" if stopped else "timeout"
+            self._flags = tuple(sorted({*self._flags, flag}))
         self.record("failed")
 
 
