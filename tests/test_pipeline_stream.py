@@ -659,3 +659,17 @@ def test_a_stream_open_when_its_process_is_killed_expires_into_its_entry_with_a_
         assert (state.spent, state.held) == (bound, Decimal(0))
     finally:
         ledger.close()
+
+
+def test_closing_a_ledger_under_an_open_stream_says_so_and_loses_nothing(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    ledger.close_patience_s = 1.5  # the default outlasts any call's deadline
+    stream = bot(StreamingModel()).stream_answer(Request("Where?", id="open"), ledger)
+    next(stream)  # the call is sent and its reader holds it open, on this very thread
+    with pytest.raises(chainkit.errors.LedgerError, match="still under way"):
+        ledger.close()  # was: waited forever
+    stream.close()  # the reader lets go: the call is recorded, once
+    ledger.close()
+    with SQLiteLedger(tmp_path / "l.db", read_only=True) as again:
+        entries = [e for e in again.iter_entries() if e.stage == "generate"]
+    assert [(e.request_id, e.flags) for e in entries] == [("open", ("cancelled",))]

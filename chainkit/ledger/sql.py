@@ -826,6 +826,9 @@ class SQLLedger(Ledger):
         self._closing = False
         self._calls = threading.Condition(threading.Lock())
         self._in_flight = 0  # model calls that may still record (close() waits for them)
+        # How long close() waits for calls under way that make no progress: past the longest
+        # a call may take (its deadline plus its lease's margin).
+        self.close_patience_s = 180.0
         self._cells_cache: dict[CellKey, tuple[int, Cell]] = {}
         self._defs: dict[str, Budget] | None = None  # budget definitions, while nobody else writes
         self._earliest_expiry: datetime | None = None  # no hold's lease ends before this
@@ -1634,10 +1637,24 @@ class SQLLedger(Ledger):
         if self._closed:
             return
         # No new call may start; the calls under way record their entries before the file closes.
+        # A call that makes no progress for longer than any call may take (a stream its reader
+        # holds open, perhaps on this very thread) would make close() wait forever: say so
+        # instead, and stay open, so that nothing it would still record is lost.
         with self._calls:
             self._closing = True
+            waiting, still = self._in_flight, time.monotonic()
             while self._in_flight:
-                self._calls.wait()
+                self._calls.wait(timeout=1.0)
+                if self._in_flight != waiting:
+                    waiting, still = self._in_flight, time.monotonic()
+                elif time.monotonic() - still > self.close_patience_s:
+                    self._closing = False
+                    raise LedgerError(
+                        f"Ledger {self.where} cannot close: {self._in_flight} model call(s) are "
+                        f"still under way after {self.close_patience_s:.0f} s without progress "
+                        "(a stream not read to its end nor closed?). Finish or close them (e.g. "
+                        "aclose() the stream), then close the ledger; it stays open meanwhile."
+                    )
         self._retain()
         self.flush()
         self._closed = True
