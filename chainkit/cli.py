@@ -340,6 +340,11 @@ def _report(args: argparse.Namespace) -> str:
 
 
 def _report_text(args: argparse.Namespace) -> str:
+    if args.by is not None and args.format == "html":
+        raise ConfigError(
+            f"--by {args.by} prints tables (table, markdown, json or csv); the HTML report "
+            "already charts cost by tag: use --format html with --by-tag KEY instead."
+        )
     if args.by is not None and args.by not in ("conversation", "turn"):
         from chainkit.finops.commands import report_by
 

@@ -562,3 +562,16 @@ def test_report_out_never_writes_over_the_ledger_it_reads(
     code, _, _ = _run(capsys, "report", str(path), "--by", "conversation", "--format", "csv",
                       "--out", str(other))  # fmt: skip
     assert code == 0 and other.exists()
+
+
+@pytest.mark.parametrize("by", ["conversation", "tenant"])
+def test_report_by_with_html_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    path = tmp_path / "run.db"
+    with SQLiteLedger(path) as ledger:
+        ledger.record(
+            Entry(request_id="r", stage="generate", outcome="answered", cost=Decimal("0.01"))
+        )
+    code, out, err = _run(capsys, "report", str(path), "--by", by, "--format", "html")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "--by-tag" in err
