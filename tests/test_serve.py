@@ -318,11 +318,44 @@ def test_tenant_allow_list_and_default_tenant() -> None:
 
 
 def test_a_conversation_belongs_to_its_tenant() -> None:
+    # Kept per tenant, as in the ledger: globex's "shared-id" is a conversation of its own, and
+    # neither tenant's turns reach the other's.
+    asked = Asked()
+    app = create_app(make_bot(asked), Ledger())
+    first, other, again = call(
+        app,
+        chat("hi", tenant="acme", conversation_id="shared-id"),
+        chat(ORDER, tenant="globex", conversation_id="shared-id"),
+        chat(ORDER, tenant="acme", conversation_id="shared-id"),
+    )
+    assert [r.status_code for r in (first, other, again)] == [200, 200, 200]
+    assert (other.json()["turn"], again.json()["turn"]) == (0, 1)
+    assert [[t.text for t in p.history] for p in asked.prompts] == [
+        [],
+        ["hi", "Hello! How can I help?"],
+    ]
+
+
+def test_another_tenant_cannot_take_over_a_conversation_after_a_restart() -> None:
+    ledger = Ledger()
+    (started,) = call(create_app(make_bot(), ledger), chat("hi", conversation_id="c1"))
+    restarted = create_app(make_bot(), ledger)
+    other, own = call(
+        restarted,
+        chat("hi", tenant="globex", conversation_id="c1"),
+        chat(ORDER, tenant="acme", conversation_id="c1"),
+    )
+    assert (started.status_code, other.status_code) == (200, 200)
+    # acme's own conversation is not globex's: it expired with the server (no text kept).
+    assert (own.status_code, own.json()["error"]) == (409, "conversation_expired")
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
     app = create_app(make_bot(), Ledger())
-    (first,) = call(app, chat("hi", tenant="acme", conversation_id="shared-id"))
-    (other,) = call(app, chat("hi", tenant="globex", conversation_id="shared-id"))
-    assert first.status_code == 200
-    assert (other.status_code, other.json()["error"]) == (404, "conversation_not_found")
+    step = ("POST", "/v1/chat", {"content": "[" * 5000, "headers": {"X-Tenant": "acme",
+            "Content-Type": "application/json"}})  # fmt: skip
+    (reply,) = call(app, step)
+    assert (reply.status_code, reply.json()["error"]) == (400, "bad_json")
 
 
 def test_without_kept_text_an_evicted_conversation_cannot_go_on(

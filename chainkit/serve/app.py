@@ -97,7 +97,10 @@ class Service:
     max_body_bytes: int = 16_384
     max_message_chars: int = 4_000
     started: float = field(default_factory=time.monotonic)
-    _slots: collections.OrderedDict[str, _Slot] = field(default_factory=collections.OrderedDict)
+    # Conversations are kept per tenant, as in the ledger: another tenant's id is another key.
+    _slots: collections.OrderedDict[tuple[str, str], _Slot] = field(
+        default_factory=collections.OrderedDict
+    )
     _budgeted: set[str] = field(default_factory=set)
     in_flight: int = 0
     stage_latency: Histogram = field(
@@ -193,6 +196,8 @@ class Service:
             raise HTTPError(
                 400, "bad_json", f"The body is not valid JSON: {exc.msg} at character {exc.pos}."
             ) from exc
+        except RecursionError as exc:  # thousands of nested brackets
+            raise HTTPError(400, "bad_json", "The body nests JSON too deeply.") from exc
         if not isinstance(parsed, dict):
             raise HTTPError(
                 422,
@@ -257,14 +262,13 @@ class Service:
     def slot(self, tenant: str, conversation_id: str | None) -> tuple[str, _Slot]:
         """The conversation's slot (made if new), most recently used; the id it goes by."""
         cid = conversation_id or f"c-{secrets.token_hex(12)}"
-        slot = self._slots.get(cid)
+        key = (tenant, cid)
+        slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[cid] = _Slot(tenant)
+            slot = self._slots[key] = _Slot(tenant)
             while len(self._slots) > self.max_conversations:
                 self._slots.popitem(last=False)
-        elif slot.tenant != tenant:
-            raise self._not_found(cid, tenant)
-        self._slots.move_to_end(cid)
+        self._slots.move_to_end(key)
         return cid, slot
 
     def _not_found(self, cid: str, tenant: str) -> HTTPError:
@@ -309,8 +313,8 @@ class Service:
         slot.conversation = Conversation(cid, tags={"tenant": tenant}, keep_text=self.keep_text)
 
     def _forget(self, cid: str, slot: _Slot) -> None:
-        if self._slots.get(cid) is slot:
-            del self._slots[cid]
+        if self._slots.get((slot.tenant, cid)) is slot:
+            del self._slots[slot.tenant, cid]
 
     # -- answering -----------------------------------------------------------------------
 
