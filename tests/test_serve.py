@@ -671,3 +671,34 @@ def test_service_limits_are_checked_where_they_are_given() -> None:
         create_app(make_bot(), Ledger(), max_turns=0)
     with pytest.raises(ConfigError, match="tenant header"):
         create_app(make_bot(), Ledger(), tenant_header="")
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chainkit.serve.app as served
+
+    monkeypatch.setattr(served, "BODY_TIMEOUT_S", 0.2)
+
+    async def slow() -> Any:
+        yield b'{"mess'
+        await asyncio.sleep(5)  # a client that stops sending
+        yield b'age": "hi"}'
+
+    app = create_app(make_bot(), Ledger())
+    step = ("POST", "/v1/chat", {"content": slow(), "headers": {"X-Tenant": "acme",
+            "Content-Type": "application/json"}})  # fmt: skip
+    (reply,) = call(app, step)
+    assert (reply.status_code, reply.json()["error"]) == (408, "body_timeout")
+
+
+def test_the_serve_command_takes_a_tenant_allow_list() -> None:
+    import argparse
+
+    from chainkit.serve.command import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--tenant", "acme", "--tenant", "globex"])
+    assert args.tenants == ["acme", "globex"]
+    app = create_app(make_bot(), Ledger(), tenants=args.tenants)
+    ok, stranger = call(app, chat("hi"), chat("hi", tenant="initech"))
+    assert (ok.status_code, stranger.status_code) == (200, 403)

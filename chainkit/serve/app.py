@@ -22,6 +22,7 @@ from typing import Any, cast
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -49,6 +50,7 @@ from chainkit.serve.metrics import CONTENT_TYPE, Histogram, ledger_metrics, samp
 __all__ = ["Service", "create_app"]
 
 MAX_CONVERSATION_ID = 128  # leaves room in a request id (256) for the turn and a nonce
+BODY_TIMEOUT_S = 30.0  # the longest a request body may take to arrive (408 beyond)
 _FIELDS = {"message", "conversation_id"}
 
 
@@ -184,10 +186,25 @@ class Service:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large(int(declared))
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > self.max_body_bytes:
-                raise self._too_large(len(data))
+        try:
+            # A client that sends its body a byte at a time (or stops) must not hold a
+            # connection, and the server's shutdown, for ever.
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for chunk in request.stream():
+                    data += chunk
+                    if len(data) > self.max_body_bytes:
+                        raise self._too_large(len(data))
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                "body_timeout",
+                f"The body did not arrive within {BODY_TIMEOUT_S:.0f} s; send it whole.",
+            ) from None
+        except ClientDisconnect:
+            # Gone before its question arrived: nothing was spent, nothing to answer.
+            raise HTTPError(
+                400, "client_disconnected", "The client left during the body."
+            ) from None
         try:
             parsed = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:

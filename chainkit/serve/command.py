@@ -75,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--default-tenant", default=None, help="tenant when the header is absent")
     parser.add_argument(
+        "--tenant",
+        action="append",
+        default=None,
+        dest="tenants",
+        metavar="NAME",
+        help="serve only these tenants (repeatable; others get 403): the header is not "
+        "authenticated, so without a list any name is a tenant with its own --tenant-limit",
+    )
+    parser.add_argument(
         "--tenant-limit",
         type=_amount,
         default=None,
@@ -163,6 +172,7 @@ def serve(args: argparse.Namespace) -> int:
             ledger,
             tenant_header=args.tenant_header,
             default_tenant=args.default_tenant,
+            tenants=args.tenants,
             tenant_limit=args.tenant_limit,
             tenant_period=period,
             keep_text=args.keep_text,
