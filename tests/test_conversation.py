@@ -528,3 +528,24 @@ def test_by_default_a_follow_up_of_a_follow_up_keeps_the_first_turns_intent() ->
     ledger = Ledger()
     chat(scan(follow_up="join"), ledger, texts)
     assert intents(ledger) == ["track_order", "track_order", "unknown", "unknown"]
+
+
+def test_the_readme_streaming_multi_turn_bot_runs_and_sends_the_first_turn_with_the_second(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(
+        r"A streaming multi-turn bot in ten lines.*?```python\n(.*?)```", readme, re.S
+    )
+    assert code is not None
+    scope: dict[str, object] = {}
+    exec(code.group(1), scope)
+    assert capsys.readouterr().out.count("offline stand-in") == 2
+    ledger = scope["ledger"]
+    generate = [e for e in ledger.entries() if e.stage == "generate"]  # type: ignore[attr-defined]
+    assert [e.request_id for e in generate] == ["chat-7/0", "chat-7/1"]
+    # The second turn was sent the first turn and its answer: more input tokens.
+    assert generate[1].usage.input_tokens > generate[0].usage.input_tokens
