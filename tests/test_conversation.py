@@ -537,9 +537,7 @@ def test_the_readme_streaming_multi_turn_bot_runs_and_sends_the_first_turn_with_
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = re.search(
-        r"A streaming multi-turn bot in ten lines.*?```python\n(.*?)```", readme, re.S
-    )
+    code = re.search(r"A streaming multi-turn bot in ten lines.*?```python\n(.*?)```", readme, re.S)
     assert code is not None
     scope: dict[str, object] = {}
     exec(code.group(1), scope)
