@@ -20,12 +20,10 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any, NoReturn
 
 from chainkit.errors import ChainkitError, ConfigError
 from chainkit.finops.export_command import add_export_command
-from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
 from chainkit.outfiles import refuse_ledger_as_out, write_atomically
 from chainkit.pricing import (
@@ -397,17 +395,6 @@ def _outlook(ledger: SQLLedger) -> tuple[Any, list[Any]]:
     return outlook, list(recorded(ledger))
 
 
-def _open_writable(where: str, schema: str) -> SQLLedger:
-    if where.startswith(("postgresql://", "postgres://")):
-        # Refuse a schema that holds no ledger (a typo) rather than create an empty one.
-        PostgresLedger(where, schema=schema, read_only=True).close()
-        return PostgresLedger(where, schema=schema)
-    path = Path(where)
-    if not path.exists():
-        raise ChainkitError(f"No ledger at {path}: give the path of an existing ledger file.")
-    return SQLiteLedger(path)
-
-
 def _purge(args: argparse.Namespace) -> str:
     try:
         before = datetime.fromisoformat(args.before)
@@ -418,9 +405,10 @@ def _purge(args: argparse.Namespace) -> str:
         ) from None
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
+    from chainkit.finops.commands import open_ledger
     from chainkit.ledger.conversations import conversations
 
-    with _open_writable(args.ledger, args.schema) as ledger:
+    with open_ledger(args.ledger, args.schema, writable=True) as ledger:
         progress, replies = ledger.purge(before)
         texts = conversations(ledger).purge(before)
     rows = {"before": before.isoformat(), "progress": progress, "replies": replies,

@@ -707,7 +707,8 @@ def _size(
 
 
 def _run(args: Any) -> str:
-    from chainkit.finops.reprice import corpus_of, open_ledger, swaps_of, tags_of
+    from chainkit.finops.commands import open_ledger
+    from chainkit.finops.reprice import corpus_of, swaps_of, tags_of
 
     swaps = swaps_of(args)
     corpus = corpus_of(args, swaps)

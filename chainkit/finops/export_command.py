@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from chainkit.errors import ConfigError
@@ -87,17 +86,6 @@ def add_export_command(sub: Any) -> None:
     export.set_defaults(run=_export)
 
 
-def _open(where: str, schema: str) -> Ledger:
-    from chainkit.ledger import PostgresLedger, SQLiteLedger
-
-    if where.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(where, schema=schema, read_only=True)
-    path = Path(where)
-    if not path.is_file():
-        raise ConfigError(f"No ledger at {path}: give the path of an existing ledger file.")
-    return SQLiteLedger(path, read_only=True)
-
-
 def _time(text: str | None, what: str) -> datetime | None:
     if text is None:
         return None
@@ -156,7 +144,9 @@ def _export(args: argparse.Namespace) -> tuple[str, int]:
             f"--since {args.since!r} is not before --until {args.until!r}: nothing would be "
             "exported; give a --since earlier than --until."
         )
-    ledger = _open(args.ledger, args.schema)
+    from chainkit.finops.commands import open_ledger
+
+    ledger = open_ledger(args.ledger, args.schema)
     try:
         rows, status = _run(args, ledger, since, until)
     finally:

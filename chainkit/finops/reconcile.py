@@ -1939,19 +1939,6 @@ def _mapping(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _open_ledger(where: str, schema: str) -> Any:
-    from chainkit.ledger import PostgresLedger, SQLiteLedger
-
-    if where.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(where, schema=schema, read_only=True)
-    path = Path(where)
-    if not path.is_file():
-        raise ConfigError(
-            f"No ledger at {path}: give an SQLite ledger file or a postgresql:// DSN."
-        )
-    return SQLiteLedger(path, read_only=True)
-
-
 def _run(args: argparse.Namespace) -> tuple[str, int]:
     """``chainkit reconcile``: the report, and exit status 1 if anything differs (else 0)."""
     if not args.invocation_logs and not args.bill:
@@ -1993,7 +1980,9 @@ def _reconcile(
     catalogue: Catalogue,
 ) -> tuple[str, int]:
     invocations = bill = None
-    with _open_ledger(args.ledger, args.schema) as ledger:
+    from chainkit.finops.commands import open_ledger
+
+    with open_ledger(args.ledger, args.schema) as ledger:
         if args.invocation_logs:
             logs = read_invocation_logs(args.invocation_logs)
             start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else None

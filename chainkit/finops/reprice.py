@@ -727,21 +727,6 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
 # -- the command line ----------------------------------------------------------------------
 
 
-def open_ledger(where: str, schema: str = "chainkit") -> Ledger:
-    """A ledger to read: an SQLite file or a ``postgresql://`` DSN and its schema; never written."""
-    from chainkit.ledger import PostgresLedger, SQLiteLedger
-
-    if where.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(where, schema=schema, read_only=True)
-    path = Path(where)
-    if not path.is_file():
-        raise ConfigError(
-            f"No ledger at {path}: give the path of a ledger file (a recipe's --ledger) or a "
-            "postgresql:// DSN."
-        )
-    return SQLiteLedger(path, read_only=True)
-
-
 def add_ledger_arguments(parser: Any) -> None:
     """The arguments ``reprice`` and ``commitments`` share: ledger, catalogue, region, swaps."""
     parser.add_argument("ledger", help="ledger file (SQLiteLedger) or postgresql:// DSN")
@@ -809,6 +794,8 @@ def corpus_of(args: Any, swaps: Mapping[str, str]) -> tuple[str, list[str]] | No
 def _run(args: Any) -> str:
     swaps = swaps_of(args)
     corpus = corpus_of(args, swaps)
+    from chainkit.finops.commands import open_ledger
+
     with open_ledger(args.ledger, args.schema) as ledger:
         result = reprice(
             ledger,
