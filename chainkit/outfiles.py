@@ -1,9 +1,10 @@
-"""Files a command writes: never over the ledger it reads, and whole or not at all."""
+"""Files a command writes: never over the ledger it reads, whole or not at all, CSV cells inert."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import IO, Any
 
 from chainkit.errors import ConfigError
 
-__all__ = ["refuse_ledger_as_out", "write_atomically"]
+__all__ = ["csv_safe", "refuse_ledger_as_out", "write_atomically"]
 
 
 def refuse_ledger_as_out(ledger: str, out: str) -> None:
@@ -83,3 +84,24 @@ def _unwritable(path: Path, exc: OSError) -> ConfigError:
         f"Could not write {str(path)!r}: {exc.strerror or exc}; nothing was written there. "
         "Free space, or give another --out."
     )
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def csv_safe(cell: object, *, text: bool = False) -> str:
+    """A CSV cell a spreadsheet will not run: text starting ``= + - @`` gets a leading ``'``.
+
+    Numbers (``-0.25``) are left as they are, unless ``text`` says the column holds identifiers
+    ("+1" as an id). Model ids, tags and notes come from a ledger or a log anyone may write to,
+    and a spreadsheet would take ``=HYPERLINK(...)`` for a formula (OWASP, "CSV Injection").
+
+    >>> csv_safe("=1+1"), csv_safe("-0.25"), csv_safe("amazon.nova-micro-v1:0")
+    ("'=1+1", '-0.25', 'amazon.nova-micro-v1:0')
+    """
+    value = str(cell)
+    # An identifier column (``text=True``) is text even where it reads as a number ("+1").
+    if value.startswith(_FORMULA) and (text or not _NUMBER.match(value)):
+        return "'" + value
+    return value

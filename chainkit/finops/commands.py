@@ -23,6 +23,7 @@ from chainkit.finops.forecast import Forecast, forecast, forecast_budgets, forec
 from chainkit.ledger import PostgresLedger, SQLiteLedger
 from chainkit.ledger.sql import SQLLedger
 from chainkit.money import usd
+from chainkit.outfiles import csv_safe
 
 __all__ = ["add_commands", "open_ledger", "report_by"]
 
@@ -49,8 +50,8 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([_csv_cell(c) for c in head])
-        writer.writerows([_csv_cell(c) for c in r] for r in rows)
+        writer.writerow([csv_safe(c) for c in head])
+        writer.writerows([csv_safe(c) for c in r] for r in rows)
         return out.getvalue().rstrip("\n")
     # One line per row: a newline (or tab) in a tag value is shown escaped, not obeyed.
     rows = [
@@ -75,19 +76,6 @@ def _render(head: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, title:
     for r in [head, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
-
-
-def _csv_cell(text: str) -> str:
-    """A CSV cell a spreadsheet will not run: text starting with = + - @ gets a leading '.
-
-    Numbers (a negative amount) are left as they are.
-    """
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        try:
-            float(text)
-        except ValueError:
-            return "'" + text
-    return text
 
 
 UNTAGGED = "\u2014untagged\u2014"

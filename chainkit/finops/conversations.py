@@ -24,6 +24,7 @@ from chainkit.errors import ConfigError
 from chainkit.ledger import Ledger
 from chainkit.ledger.conversations import TurnCost, conversations
 from chainkit.money import exact_sum, usd
+from chainkit.outfiles import csv_safe
 from chainkit.report import QUOTIENT, money
 
 __all__ = ["ConversationLine", "ConversationReport", "TurnLine", "conversation_report"]
@@ -56,9 +57,7 @@ def _shown(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def _cell(text: str) -> str:
-    """A text cell for CSV that a spreadsheet shows as text, never runs as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+_IDS = ("tenant", "conversation")  # CSV columns of identifiers: text, never numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,7 @@ class ConversationReport:
         with a leading ``'``, so that a spreadsheet shows it rather than runs it.
         """
         rows = [
-            {k: _cell(v) if k in ("tenant", "conversation") and isinstance(v, str) else v
+            {k: csv_safe(v, text=True) if k in _IDS and isinstance(v, str) else v
              for k, v in row.items()}
             for row in self.rows(by)
         ]  # fmt: skip

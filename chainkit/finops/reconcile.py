@@ -62,8 +62,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from chainkit.errors import ConfigError
-from chainkit.finops.reprice import csv_safe
 from chainkit.money import CONTEXT, ROUNDING, from_units, to_units, usd
+from chainkit.outfiles import csv_safe
 from chainkit.pricing import Catalogue, base_model_id
 from chainkit.providers.bedrock import decode_metadata
 from chainkit.records import Entry, Usage

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, Inexact, localcontext
@@ -46,6 +45,7 @@ from typing import Any, Literal
 from chainkit.errors import ChainkitError, ConfigError
 from chainkit.ledger.core import Ledger
 from chainkit.money import CONTEXT, exact_sum, usd
+from chainkit.outfiles import csv_safe
 from chainkit.pricing import DEFAULT_CATALOGUE, Catalogue, Tier
 from chainkit.records import Entry, Usage
 from chainkit.report import money
@@ -671,26 +671,6 @@ def _swap_for(model: str | None, swaps: Sequence[Swap], cat: Catalogue) -> Swap 
             if s.old in cat and cat.card(s.old).id == card:
                 return s
     return None
-
-
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
-
-
-def csv_safe(cell: object) -> str:
-    """A CSV cell a spreadsheet will not run: text starting ``= + - @`` gets a leading ``'``.
-
-    Numbers (``-0.25``) are left as they are; model ids, tags and notes come from a ledger or a
-    log anyone may have written to, and a spreadsheet would take ``=HYPERLINK(...)`` for a formula
-    (OWASP, "CSV Injection").
-
-    >>> csv_safe("=1+1"), csv_safe("-0.25"), csv_safe("amazon.nova-micro-v1:0")
-    ("'=1+1", '-0.25', 'amazon.nova-micro-v1:0')
-    """
-    text = str(cell)
-    if text.startswith(_FORMULA) and not _NUMBER.match(text):
-        return "'" + text
-    return text
 
 
 def _signed(amount: Decimal | None) -> str:
