@@ -298,7 +298,12 @@ def test_dimension_values_meet_cloudwatch_rules_and_read_back(text: str) -> None
     assert valid_for_cloudwatch(value)
     assert dimension_value(text) == value  # deterministic
     if text:
-        assert decode_metadata(value) == text  # reversible, so two texts never share a value
+        # Reversible wherever it fits, so two texts never share a value; a text whose escaped
+        # form is longer than CloudWatch takes is cut and ends in a hash of the whole text.
+        if value[-17:-16] == "~" and len(text.encode("utf-8", "surrogatepass")) * 3 > 1024:
+            assert value == dimension_value(text) and len(value) <= 1024
+        else:
+            assert decode_metadata(value) == text
     else:
         assert value == "=none"
 
