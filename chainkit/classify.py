@@ -45,6 +45,7 @@ import re
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any, Final, Literal
@@ -143,6 +144,188 @@ def _char_grams(word: str, low: int, high: int) -> list[str]:
     return grams
 
 
+_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing's multiplier, 2**64 / phi
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """A fixed hash table from non-negative int64 keys to values, probed for a whole batch.
+
+    Open addressing with linear probing at a load of at most a quarter: a batch of lookups
+    costs a few vectorised gathers, where a binary search (``searchsorted``) costs one
+    cache miss per level for every key.
+    """
+
+    slots: _Int  # the key in each slot, -1 where empty
+    values: _Int
+    shift: np.uint64
+
+    def _home(self, keys: _Int) -> _Int:
+        hashed: _Int = ((keys.view(np.uint64) * _GOLDEN) >> self.shift).astype(np.int64)
+        return hashed
+
+    def get(self, keys: _Int) -> _Int:
+        """Each key's value, or -1 for a key the table does not hold."""
+        out = np.full(keys.size, -1, dtype=np.int64)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        position = self._home(keys)
+        pending = np.arange(keys.size)
+        mask = self.slots.size - 1
+        while pending.size:
+            slot = position[pending]
+            held = self.slots[slot]
+            hit = held == keys[pending]
+            out[pending[hit]] = self.values[slot[hit]]
+            pending = pending[~hit & (held >= 0)]
+            position[pending] = (position[pending] + 1) & mask
+        return out
+
+
+def _lookup(keys: _Int, values: _Int) -> _Lookup:
+    """The hash table of distinct non-negative ``keys``."""
+    bits = max(4, (4 * keys.size).bit_length())
+    slots = np.full(1 << bits, -1, dtype=np.int64)
+    stored = np.zeros(1 << bits, dtype=np.int64)
+    table = _Lookup(slots, stored, np.uint64(64 - bits))
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    position = table._home(keys)
+    pending = np.arange(keys.size)
+    mask = slots.size - 1
+    while pending.size:
+        slot = position[pending]
+        free = slots[slot] < 0
+        # Of the keys that want one free slot, the first takes it; the rest probe on.
+        _, first = np.unique(slot[free], return_index=True)
+        winners = pending[free][first]
+        slots[position[winners]] = keys[winners]
+        stored[position[winners]] = values[winners]
+        placed = np.zeros(keys.size, dtype=bool)
+        placed[winners] = True
+        pending = pending[~placed[pending]]
+        position[pending] = (position[pending] + 1) & mask
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class _CharKeys:
+    """The known character n-grams as exact integers, so new tokens are analysed in numpy.
+
+    An n-gram's key is the number whose base-``base`` digits are its characters' positions in
+    ``alphabet`` plus one. No digit is zero, so n-grams of different lengths never share a key,
+    and ``base ** longest`` fits in 63 bits, so no two n-grams do. A character outside the
+    alphabet gets digit 0: an n-gram that holds one was never seen.
+    """
+
+    digit_of: NDArray[np.int32]  # by code point, up to the largest in the alphabet: its digit, or 0
+    base: int
+    columns: _Lookup  # key -> column
+
+
+def _codes(text: str) -> NDArray[np.uint32]:
+    """The code points of ``text``; a lone surrogate is a character like any other."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _digits(digit_of: NDArray[np.int32], codes: NDArray[np.uint32]) -> _Int:
+    inside = codes < digit_of.size
+    digits = np.zeros(codes.size, dtype=np.int64)
+    digits[inside] = digit_of[codes[inside]]
+    return digits
+
+
+def _char_keys(chars: dict[str, int]) -> _CharKeys | None:
+    """The key table of a character vocabulary, or None when its keys would not fit 63 bits."""
+    grams = list(chars)
+    if not grams:
+        return None
+    alphabet = np.array(sorted({ord(c) for c in "".join(grams)}), dtype=np.int64)
+    bits = alphabet.size.bit_length()  # digits run 1..size, so base 2**bits exceeds them all
+    lengths = np.fromiter(map(len, grams), dtype=np.int64, count=len(grams))
+    if bits * int(lengths.max()) > 63:  # e.g. thousands of CJK characters in 5-grams
+        return None
+    digit_of = np.zeros(int(alphabet[-1]) + 1, dtype=np.int32)
+    digit_of[alphabet] = np.arange(1, alphabet.size + 1)
+    base = 1 << bits
+    digits = _digits(digit_of, _codes("".join(grams)))
+    starts = np.zeros(len(grams), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    keys = np.zeros(len(grams), dtype=np.int64)
+    for k in range(int(lengths.max())):
+        longer = np.flatnonzero(lengths > k)
+        keys[longer] = keys[longer] * base + digits[starts[longer] + k]
+    columns = np.fromiter(map(chars.__getitem__, grams), dtype=np.int64, count=len(grams))
+    return _CharKeys(digit_of, base, _lookup(keys, columns))
+
+
+def _char_ids(
+    table: _CharKeys, lowered: Sequence[str], char_range: tuple[int, int], known: int
+) -> tuple[_Int, _Int]:
+    """The ``char_wb`` n-grams of a batch of lower-cased tokens as (pointer, ids), in numpy.
+
+    The same multisets as ``_char_grams`` then ``_ids`` (grow=False) give: known n-grams get
+    their column, unseen ones ids from ``known`` up, equal n-grams equal ids.
+    """
+    low, high = char_range
+    count = len(lowered)
+    lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=count) + 2  # padded
+    # Every token padded with spaces, neighbours sharing one: " one two ".
+    text = f" {' '.join(lowered)} "
+    digits = _digits(table.digit_of, _codes(text))
+    starts = np.zeros(count, dtype=np.int64)
+    np.cumsum(lengths[:-1] - 1, out=starts[1:])
+    zeros = np.zeros(digits.size + 1, dtype=np.int64)
+    np.cumsum(digits == 0, out=zeros[1:])
+    # Windows of length n for low <= n <= min(high, padded); a padded token shorter than
+    # ``low`` is one n-gram, itself (_char_grams' rule).
+    widths = list(range(low, high + 1))
+    per_width = [np.maximum(lengths - n + 1, 0) for n in widths]
+    short = lengths < low
+    per_token = np.sum(per_width, axis=0) + short if widths else short.astype(np.int64)
+    ptr = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(per_token, out=ptr[1:])
+    total = int(ptr[-1])
+    keys = np.empty(total, dtype=np.int64)
+    sources = np.empty(total, dtype=np.int64)
+    widths_out = np.empty(total, dtype=np.int64)
+    level = digits
+    offset = ptr[:-1].copy()
+    for n in range(1, high + 1):
+        if n > 1:
+            level = level[:-1] * table.base + digits[n - 1 :]
+        if n < low:
+            whole = np.flatnonzero(lengths == n)
+            keys[offset[whole]] = level[starts[whole]]
+            sources[offset[whole]], widths_out[offset[whole]] = starts[whole], n
+            continue
+        windows = per_width[n - low]
+        has = np.flatnonzero(windows)
+        out = _ragged(offset[has], windows[has])
+        positions = _ragged(starts[has], windows[has])
+        keys[out], sources[out], widths_out[out] = level[positions], positions, n
+        offset += windows
+    ids = np.empty(total, dtype=np.int64)
+    plain = zeros[sources + widths_out] == zeros[sources]
+    where = np.flatnonzero(plain)
+    columns = table.columns.get(keys[where])
+    hit = columns >= 0
+    ids[where[hit]] = columns[hit]
+    miss = where[~hit]
+    _, inverse = np.unique(keys[miss], return_inverse=True)
+    ids[miss] = known + inverse.reshape(-1)
+    odd = np.flatnonzero(~plain)
+    if odd.size:
+        # n-grams with a character the vocabulary never had: told apart by their text.
+        grams = [
+            text[i : i + n]
+            for i, n in zip(sources[odd].tolist(), widths_out[odd].tolist(), strict=True)
+        ]
+        first = dict.fromkeys(grams)
+        numbered = dict(zip(first, range(len(first)), strict=True))
+        base = known + (int(inverse.max()) + 1 if miss.size else 0)
+        ids[odd] = base + np.fromiter(map(numbered.__getitem__, grams), np.int64, len(grams))
+    return ptr, ids
+
+
 def _ragged(starts: _Int, lengths: _Int) -> _Int:
     """Concatenated ``arange(start, start + length)`` for every pair, without a Python loop."""
     total = int(lengths.sum())
@@ -181,6 +364,7 @@ class _WordGrams:
     words: dict[str, int]
     keys: tuple[_Int, ...]  # keys[n - 2]: the sorted pair keys of level n >= 2
     columns: tuple[_Int, ...]  # columns[n - 1][id]: the feature column, or -1 below the range
+    ranks: tuple[_Lookup, ...]  # ranks[n - 2]: pair key -> its rank in keys[n - 2]
 
     @property
     def size(self) -> int:
@@ -213,6 +397,11 @@ class _Model:
     unseen_idf: tuple[float, float]
     tokens: _Tokens
     token_scores: _Float  # (tokens, classes): each token's character n-grams, counted linearly
+    token_mass: _Float  # (tokens,): their squared tf-idf, counted linearly
+    token_grams: Any  # CSR (tokens, character n-grams): each token's n-grams, one entry each
+    kernel: _KernelTables
+    weights32: NDArray[np.float32]  # the same weights (they are float32 values), half the bytes
+    char_keys: _CharKeys | None  # None: the vocabulary's alphabet is too large for 63-bit keys
     terms: tuple[list[str], list[str]]  # each block's n-grams in column order
     word_columns: dict[str, int]  # word n-gram -> column, for one text at a time
     token_chars: list[list[int]]  # each known token's character n-gram columns
@@ -230,28 +419,32 @@ def _analyse(
     char_ngrams: tuple[int, int],
     *,
     grow: bool,
+    keys: _CharKeys | None = None,
 ) -> _Tokens:
-    """Analyse tokens; unknown words and n-grams get ids after the known ones (or new ones)."""
-    low, high = char_ngrams
-    all_words: list[str] = []
-    all_grams: list[str] = []
-    word_ptr = [0]
-    char_ptr = [0]
-    findall = _WORD.findall
-    for token in raw:
-        lower = token.lower()
-        all_words += findall(lower)
-        all_grams += _char_grams(lower, low, high)
-        word_ptr.append(len(all_words))
-        char_ptr.append(len(all_grams))
-    tokens = _Tokens(
+    """Analyse tokens; unknown words and n-grams get ids after the known ones (or new ones).
+
+    With ``keys`` (and not ``grow``) the character n-grams are found in numpy, all at once.
+    """
+    lowered = list(map(str.lower, raw))
+    found = list(map(_WORD.findall, lowered))
+    word_ptr = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, found), np.int64, len(found)), out=word_ptr[1:])
+    all_words = list(chain.from_iterable(found))
+    if keys is not None and not grow:
+        char_ptr, char_ids = _char_ids(keys, lowered, char_ngrams, len(chars))
+    else:
+        low, high = char_ngrams
+        grams = [_char_grams(lower, low, high) for lower in lowered]
+        char_ptr = np.zeros(len(raw) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, grams), np.int64, len(grams)), out=char_ptr[1:])
+        char_ids = _ids(list(chain.from_iterable(grams)), chars, grow)
+    return _Tokens(
         dict(zip(raw, range(len(raw)), strict=True)),
-        np.array(word_ptr, dtype=np.int64),
+        word_ptr,
         _ids(all_words, words, grow),
-        np.array(char_ptr, dtype=np.int64),
-        _ids(all_grams, chars, grow),
+        char_ptr,
+        char_ids,
     )
-    return tokens
 
 
 def _ids(items: list[str], known: dict[str, int], grow: bool) -> _Int:
@@ -279,6 +472,12 @@ def _split(texts: Sequence[str]) -> tuple[list[str], _Int]:
 def _sublinear(counts: _Int) -> _Float:
     values = np.log(counts.astype(np.float64))
     values += 1.0  # sublinear tf, 1 + log(count), as scikit-learn computes it
+    return values
+
+
+def _sublinear_float(counts: _Float) -> _Float:
+    values = np.log(counts)
+    values += 1.0
     return values
 
 
@@ -335,7 +534,7 @@ def _word_grams(
             start += len(texts)
         else:
             columns.append(np.full(len(texts), -1, dtype=np.int64))
-    grams = _WordGrams(words, tuple(keys), tuple(columns))
+    grams = _WordGrams(words, tuple(keys), tuple(columns), _ranks(keys))
     return grams, [terms[i] for i in order]
 
 
@@ -364,7 +563,11 @@ def _word_grams_from_terms(terms: Sequence[str], high: int) -> _WordGrams:
     for column, parts in enumerate(split):
         ids = tuple(words[w] for w in parts)
         columns[len(ids) - 1][rank[ids]] = column
-    return _WordGrams(words, tuple(keys), tuple(c.astype(np.int64) for c in columns))
+    return _WordGrams(words, tuple(keys), tuple(c.astype(np.int64) for c in columns), _ranks(keys))
+
+
+def _ranks(keys: Sequence[_Int]) -> tuple[_Lookup, ...]:
+    return tuple(_lookup(level, np.arange(level.size, dtype=np.int64)) for level in keys)
 
 
 def _word_entries(
@@ -394,10 +597,9 @@ def _word_entries(
             lookup = valid & (previous < count) & (word_ids < size)
             if table.size and lookup.any():
                 where = np.flatnonzero(lookup)
-                pair = _pair_keys(previous[where], word_ids[where], size)
-                found = np.minimum(np.searchsorted(table, pair), table.size - 1)
-                hit = table[found] == pair
-                ids[where[hit]] = found[hit]
+                ids[where] = grams.ranks[n - 2].get(
+                    _pair_keys(previous[where], word_ids[where], size)
+                )
             missing = valid & (ids < 0)
             if missing.any():
                 span = int(word_ids.max()) + 1
@@ -650,12 +852,12 @@ def _product(rows: _Int, cols: _Int, values: _Float, matrix: _Float, n: int) -> 
 
 def _features(
     model: _Model, texts: Sequence[str]
-) -> tuple[_Int, _Int, _Int, tuple[_Int, _Int, _Int], tuple[_Int, _Int, _Int], _Tokens | None]:
-    """Token ids, rows, and the aggregated word and character n-gram counts of a batch.
+) -> tuple[_Int, _Int, _Int, tuple[_Int, _Int, _Int], _Tokens | None]:
+    """Token ids, rows, and the aggregated word n-gram counts of a batch.
 
     Returns (token ids, token rows, positions of the tokens the model had not analysed, word
-    entries, char entries, those tokens analysed); entries are (row, column, count), and
-    columns past a block's size are n-grams the model never saw (equal ones share a column).
+    entries, those tokens analysed); entries are (row, column, count), and columns past the
+    block's size are n-grams the model never saw (equal ones share a column).
     """
     flat, token_rows = _split(texts)
     tokens = model.tokens
@@ -667,7 +869,12 @@ def _features(
         new_raw = [flat[i] for i in unknown.tolist()]
         distinct = list(dict.fromkeys(new_raw))
         new_tokens = _analyse(
-            distinct, model.word_grams.words, model.chars, model.ngrams[1], grow=False
+            distinct,
+            model.word_grams.words,
+            model.chars,
+            model.ngrams[1],
+            grow=False,
+            keys=model.char_keys,
         )
         ids[unknown] = seeded + np.fromiter(
             map(new_tokens.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
@@ -678,10 +885,7 @@ def _features(
     known_words = model.word_features
     rows, keys = _word_entries(model.word_grams, word_rows, word_ids, model.ngrams[0], known_words)
     words = _entries(rows, keys, known_words)
-    second_chars = None if new_tokens is None else (new_tokens.char_ptr, new_tokens.char_ids)
-    char_ids, char_counts = _gather((tokens.char_ptr, tokens.char_ids), second_chars, ids, seeded)
-    chars = _entries(np.repeat(token_rows, char_counts), char_ids, len(model.chars))
-    return ids, token_rows, unknown, words, chars, new_tokens
+    return ids, token_rows, unknown, words, new_tokens
 
 
 def _entries(rows: _Int, keys: _Int, known: int) -> tuple[_Int, _Int, _Int]:
@@ -729,29 +933,38 @@ def _safe_norm(mass: _Float) -> _Float:
     return norm
 
 
-def _coverage(words: _Block, chars: _Block) -> _Float:
-    """The share of each text's squared tf-idf weight on seen n-grams, averaged over blocks."""
-    share = np.zeros(words.known_mass.size)
-    blocks = np.zeros(words.known_mass.size)
-    for block in (words, chars):
-        total = block.known_mass + block.unseen_mass
+def _coverage(masses: Sequence[tuple[_Float, _Float]]) -> _Float:
+    """The share of each text's squared tf-idf weight on seen n-grams, averaged over blocks.
+
+    ``masses`` holds each block's (known, unseen) squared norms per text.
+    """
+    share = np.zeros(masses[0][0].size)
+    blocks = np.zeros(masses[0][0].size)
+    for known, unseen in masses:
+        total = known + unseen
         has = total > 0.0
-        share[has] += block.known_mass[has] / total[has]
+        share[has] += known[has] / total[has]
         blocks += has
     out: _Float = np.divide(share, blocks, out=np.zeros_like(share), where=blocks > 0)
     return out
 
 
-def _token_scores(tokens: _Tokens, idf: _Float, weights: _Float) -> _Float:
-    """Each token's character n-grams times their weights, counts taken linearly."""
+def _token_table(tokens: _Tokens, idf: _Float, weights: _Float) -> tuple[_Float, _Float, _Float]:
+    """Each token's character n-grams, counts taken linearly, as three tables.
+
+    Class scores, squared tf-idf of the seen n-grams, and how many n-grams were never seen.
+    """
     n = len(tokens.index)
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(tokens.char_ptr))
     rows, cols, counts = _entries(rows, tokens.char_ids, idf.size)
     seen = cols < idf.size
-    values = counts[seen] * idf[cols[seen]]
+    weight = idf[cols[seen]]
+    values = counts[seen] * weight
     # Always the sparse product, so a token scores the same whichever table it came from.
-    out: _Float = _csr(rows[seen], cols[seen], values, (n, idf.size)) @ weights
-    return out
+    scores: _Float = _csr(rows[seen], cols[seen], values, (n, idf.size)) @ weights
+    mass = _sums(rows[seen], counts[seen] * (weight * weight), n)
+    unseen = _sums(rows[~seen], counts[~seen].astype(np.float64), n)
+    return scores, mass, unseen
 
 
 def _one(model: _Model, text: str, unseen_penalty: float) -> tuple[_Float, float]:
@@ -816,18 +1029,206 @@ def _one(model: _Model, text: str, unseen_penalty: float) -> tuple[_Float, float
     return scores, (share / blocks if blocks else 0.0) ** unseen_penalty
 
 
-def _batch_scores(
-    model: _Model, texts: Sequence[str], unseen_penalty: float
-) -> tuple[_Float, _Float]:
-    """Class scores (texts, classes) and temperature factors, a bounded chunk at a time."""
+@dataclass(frozen=True, slots=True)
+class _KernelTables:
+    """The word n-gram tables laid out for the compiled loop, levels concatenated.
+
+    Level n's sorted pair keys, (first n-1 words' id) * words + last word, are runs of last
+    words, one run per prefix: ``following`` holds the last words and ``ptr`` the runs.
+    """
+
+    ptr: _Int  # level n >= 2: ptr[ptr_start[n - 2] + prefix] .. + 1 bounds the prefix's run
+    ptr_start: _Int
+    following: _Int
+    following_start: _Int
+    columns: _Int
+    column_start: _Int  # level n >= 1 at index n - 1
+
+
+def _kernel_tables(grams: _WordGrams) -> _KernelTables:
+    size = grams.size
+    ptrs, followings = [], []
+    prefixes = size  # level 2's prefixes are the words
+    for keys in grams.keys:
+        ptrs.append(np.searchsorted(keys // size, np.arange(prefixes + 1)).astype(np.int64))
+        followings.append(keys % size)
+        prefixes = keys.size
+
+    def starts(parts: list[_Int]) -> _Int:
+        return np.cumsum([0] + [part.size for part in parts[:-1]]).astype(np.int64)
+
+    empty = np.zeros(0, dtype=np.int64)
+    return _KernelTables(
+        np.concatenate(ptrs or [empty]),
+        starts(ptrs) if ptrs else empty,
+        np.concatenate(followings or [empty]),
+        starts(followings) if followings else empty,
+        np.concatenate(grams.columns),
+        starts(list(grams.columns)),
+    )
+
+
+_kernel_state: dict[str, Any] = {}
+
+
+def _kernel() -> Any:
+    """The compiled scoring loop, or None where numba is not installed (the ``fast`` extra).
+
+    ``CHAINKIT_CLASSIFIER_KERNEL=0`` turns it off (the numpy path gives the same results to
+    1e-12, more slowly in large batches).
+    """
+    if "module" not in _kernel_state:
+        kernel = None
+        if os.environ.get("CHAINKIT_CLASSIFIER_KERNEL", "1") != "0":
+            try:
+                from chainkit import _classify_kernel
+
+                kernel = _classify_kernel
+            except ImportError:  # numba absent, or built for another numpy
+                kernel = None
+        _kernel_state["module"] = kernel
+    return _kernel_state["module"]
+
+
+# Fewer new tokens than this are analysed in Python: numpy's set-up costs more for a few.
+_VECTOR_ANALYSIS: Final = 64
+# From this many texts a batch is scored on several threads; below, the hand-off costs more.
+_PARALLEL: Final = 2048
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _workers() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = _pools.get(workers)
+    if pool is None:
+        pool = _pools.setdefault(
+            workers, ThreadPoolExecutor(workers, thread_name_prefix="chainkit-classify")
+        )
+    return pool
+
+
+_Scores = tuple[_Float, _Float, _Int, _Float]  # scores, temperature, best class, confidence
+
+
+def _kernel_scores(
+    kernel: Any, model: _Model, texts: Sequence[str], unseen_penalty: float
+) -> _Scores:
+    """Class scores, temperature factors, best classes and confidences from the compiled loop."""
+    n = len(texts)
+    flat, token_rows = _split(texts)
+    tokens = model.tokens
+    seeded = len(tokens.index)
+    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+    unknown = np.flatnonzero(ids < 0)
+    empty = np.zeros(0, dtype=np.int64)
+    fresh = _Tokens({}, np.zeros(1, dtype=np.int64), empty, np.zeros(1, dtype=np.int64), empty)
+    if unknown.size:
+        new_raw = [flat[i] for i in unknown.tolist()]
+        distinct = list(dict.fromkeys(new_raw))
+        fresh = _analyse(
+            distinct,
+            model.word_grams.words,
+            model.chars,
+            model.ngrams[1],
+            grow=False,
+            keys=model.char_keys if len(distinct) >= _VECTOR_ANALYSIS else None,
+        )
+        ids[unknown] = seeded + np.fromiter(
+            map(fresh.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
+        )
+    text_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(token_rows, minlength=n), out=text_ptr[1:])
+    split = model.word_features
+    tables = model.kernel
+    scores = np.empty((n, len(model.classes)))
+    temperature = np.empty(n)
+    best = np.empty(n, dtype=np.int64)
+    confidence = np.empty(n)
+    fresh_rows = kernel.fresh_rows(
+        fresh.char_ptr, fresh.char_ids, model.idf[split:], model.weights32[split:]
+    )
+
+    def run(start: int, end: int) -> None:
+        kernel.score_batch(
+            text_ptr[start : end + 1],
+            ids,
+            seeded,
+            tokens.word_ptr,
+            tokens.word_ids,
+            fresh.word_ptr,
+            fresh.word_ids,
+            tokens.char_ptr,
+            tokens.char_ids,
+            fresh.char_ptr,
+            fresh.char_ids,
+            *fresh_rows,
+            model.token_scores,
+            model.token_mass,
+            model.word_grams.size,
+            model.ngrams[0][0],
+            model.ngrams[0][1],
+            tables.ptr,
+            tables.ptr_start,
+            tables.following,
+            tables.following_start,
+            tables.columns,
+            tables.column_start,
+            model.idf[:split],
+            model.idf[split:],
+            model.weights32[:split],
+            model.weights32[split:],
+            model.intercept,
+            model.unseen_idf[0],
+            model.unseen_idf[1],
+            float(unseen_penalty),
+            scores[start:end],
+            temperature[start:end],
+            best[start:end],
+            confidence[start:end],
+        )
+
+    # The loop releases the GIL: a large batch is scored in slices on every core it may use.
+    # Each text is scored on its own, the same whichever slice holds it.
+    workers = _workers() if n >= _PARALLEL else 1
+    if workers == 1:
+        run(0, n)
+    else:
+        bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
+        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
+    return scores, temperature, best, confidence
+
+
+def _batch_scores(model: _Model, texts: Sequence[str], unseen_penalty: float) -> _Scores:
+    """Class scores (texts, classes), temperature factors, best classes and confidences."""
     if len(texts) <= _CHUNK:
-        return _chunk_scores(model, texts, unseen_penalty)
+        return _score_chunk(model, texts, unseen_penalty)
     # Every row is computed on its own, so chunks only bound the memory a huge batch takes.
     parts = [
-        _chunk_scores(model, texts[start : start + _CHUNK], unseen_penalty)
+        _score_chunk(model, texts[start : start + _CHUNK], unseen_penalty)
         for start in range(0, len(texts), _CHUNK)
     ]
-    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    scores, temperature, best, confidence = zip(*parts, strict=True)
+    return (
+        np.vstack(scores),
+        np.concatenate(temperature),
+        np.concatenate(best),
+        np.concatenate(confidence),
+    )
+
+
+def _score_chunk(model: _Model, texts: Sequence[str], unseen_penalty: float) -> _Scores:
+    kernel = _kernel()
+    if kernel is not None:
+        return _kernel_scores(kernel, model, texts, unseen_penalty)
+    scores, temperature = _chunk_scores(model, texts, unseen_penalty)
+    return (scores, temperature, *_top(scores, temperature))
 
 
 def _chunk_scores(
@@ -835,44 +1236,87 @@ def _chunk_scores(
 ) -> tuple[_Float, _Float]:
     """Class scores (texts, classes) and each text's temperature factor."""
     n = len(texts)
-    ids, token_rows, unknown, word_entries, char_entries, new_tokens = _features(model, texts)
+    ids, token_rows, unknown, word_entries, new_tokens = _features(model, texts)
     split = model.word_features
     words = _block(word_entries, model.idf[:split], model.unseen_idf[0], n)
-    chars = _block(char_entries, model.idf[split:], model.unseen_idf[1], n)
-    word_weights, char_weights = model.weights[:split], model.weights[split:]
-    word_norm, char_norm = _safe_norm(words.known_mass), _safe_norm(chars.known_mass)
-    scores = _product(words.rows, words.cols, words.values / word_norm[words.rows], word_weights, n)
-    # The character block is the sum of its tokens' rows (precomputed as class scores) where
-    # every n-gram occurs once; where one repeats, 1 + log(count) replaces count.
-    seeded = len(model.tokens.index)
-    known_tokens = np.ones(ids.size, dtype=bool)
-    known_tokens[unknown] = False
-    char_scores = _product(
-        token_rows[known_tokens],
-        ids[known_tokens],
-        np.ones(int(known_tokens.sum())),
-        model.token_scores,
-        n,
+    word_norm = _safe_norm(words.known_mass)
+    scores = _product(
+        words.rows, words.cols, words.values / word_norm[words.rows], model.weights[:split], n
     )
-    if new_tokens is not None:
-        new_scores = _token_scores(new_tokens, model.idf[split:], char_weights)
-        char_scores += _product(
-            token_rows[unknown], ids[unknown] - seeded, np.ones(unknown.size), new_scores, n
-        )
-    repeated = chars.counts >= 2
-    if repeated.any():
-        counts = chars.counts[repeated]
-        correction = (_sublinear(counts) - counts) * model.idf[split:][chars.cols[repeated]]
-        char_scores += _product(
-            chars.rows[repeated], chars.cols[repeated], correction, char_weights, n
-        )
-    char_scores /= char_norm[:, None]
+    char_scores, char_mass, char_unseen = _char_block(
+        model, ids, token_rows, unknown, new_tokens, n
+    )
+    char_scores /= _safe_norm(char_mass)[:, None]
     scores += char_scores
     scores += model.intercept
     if not unseen_penalty:
         return scores, np.ones(n)
     # A text with no n-grams at all has coverage 0: uniform probabilities.
-    return scores, _coverage(words, chars) ** unseen_penalty
+    coverage = _coverage([(words.known_mass, words.unseen_mass), (char_mass, char_unseen)])
+    return scores, coverage**unseen_penalty
+
+
+def _char_block(
+    model: _Model,
+    ids: _Int,
+    token_rows: _Int,
+    unknown: _Int,
+    new_tokens: _Tokens | None,
+    n: int,
+) -> tuple[_Float, _Float, _Float]:
+    """The character block of a batch: class scores, and squared norms of seen and unseen.
+
+    The scores are not yet normalised.
+
+    A text's character n-grams are its tokens' together, so its row is the sum of its tokens'
+    rows (tabled per token, counts taken linearly), except where an n-gram occurs more than
+    once in the text: there 1 + log(count) replaces count. The product of the (text, token)
+    and (token, n-gram) count matrices gives every text's counts, and only the few that
+    exceed one are corrected.
+    """
+    split = model.word_features
+    idf, weights = model.idf[split:], model.weights[split:]
+    seeded = len(model.tokens.index)
+    known = np.ones(ids.size, dtype=bool)
+    known[unknown] = False
+    rows, table_ids = token_rows[known], ids[known]
+    scores = _product(rows, table_ids, np.ones(rows.size), model.token_scores, n)
+    mass = _sums(rows, model.token_mass[table_ids], n)
+    unseen = np.zeros(n)
+    table = model.token_grams
+    ptr, grams, span = table.indptr, table.indices, idf.size
+    if new_tokens is not None:
+        # Tokens the table lacks: their rows are built here as the table's were, so a token
+        # scores the same to the last bit whichever table holds it; they are appended to
+        # the table for the counts below.
+        fresh_scores, fresh_mass, fresh_unseen = _token_table(new_tokens, idf, weights)
+        rows, fresh_ids = token_rows[unknown], ids[unknown] - seeded
+        scores += _product(rows, fresh_ids, np.ones(rows.size), fresh_scores, n)
+        mass += _sums(rows, fresh_mass[fresh_ids], n)
+        unseen += _sums(rows, fresh_unseen[fresh_ids], n)
+        cols = new_tokens.char_ids
+        ptr = np.concatenate((ptr, ptr[-1] + new_tokens.char_ptr[1:]))
+        grams = np.concatenate((grams, cols))
+        span = max(span, int(cols.max()) + 1)
+    counts_table = sp.csr_matrix(
+        (np.ones(grams.size), grams, ptr), shape=(ptr.size - 1, span), copy=False
+    )
+    occurrences = _csr(token_rows, ids, np.ones(ids.size), (n, ptr.size - 1))
+    counts = occurrences @ counts_table  # (texts, n-grams): how often each occurs in each text
+    repeated = np.flatnonzero(counts.data >= 2.0)
+    if repeated.size:
+        rows = np.searchsorted(counts.indptr, repeated, side="right") - 1
+        cols = counts.indices[repeated].astype(np.int64)
+        many = counts.data[repeated]
+        tf = _sublinear_float(many)
+        seen = cols < idf.size
+        weight = idf[cols[seen]]
+        linear = many[seen]
+        scores += _product(rows[seen], cols[seen], (tf[seen] - linear) * weight, weights, n)
+        mass += _sums(rows[seen], (tf[seen] * tf[seen] - linear) * (weight * weight), n)
+        unseen += _sums(rows[~seen], tf[~seen] * tf[~seen] - many[~seen], n)
+    unseen *= model.unseen_idf[1] * model.unseen_idf[1]
+    return scores, mass, unseen
 
 
 def _top(scores: _Float, temperature: _Float) -> tuple[_Int, _Float]:
@@ -886,10 +1330,14 @@ def _top(scores: _Float, temperature: _Float) -> tuple[_Int, _Float]:
 
 
 def _seed(
-    candidates: Sequence[str], grams: _WordGrams, chars: dict[str, int], char_range: tuple[int, int]
+    candidates: Sequence[str],
+    grams: _WordGrams,
+    chars: dict[str, int],
+    char_range: tuple[int, int],
+    keys: _CharKeys | None,
 ) -> _Tokens:
     """The token table: the candidates whose words and character n-grams are all known."""
-    analysed = _analyse(candidates, grams.words, chars, char_range, grow=False)
+    analysed = _analyse(candidates, grams.words, chars, char_range, grow=False, keys=keys)
     unknown_chars = np.add.reduceat(
         (analysed.char_ids >= len(chars)).astype(np.int64), analysed.char_ptr[:-1]
     )
@@ -905,7 +1353,7 @@ def _seed(
     if keep.all():
         return analysed
     kept = [token for token, good in zip(candidates, keep.tolist(), strict=True) if good]
-    return _analyse(kept, grams.words, chars, char_range, grow=False)
+    return _analyse(kept, grams.words, chars, char_range, grow=False, keys=keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1018,8 +1466,15 @@ def _assemble(
 ) -> _Model:
     """A model from its parts; the token table and its scores are derived here."""
     split = idf.size - len(chars)
-    tokens = _seed(candidates, grams, chars, ngrams[1])
+    # Weights are kept to float32 precision (1e-7 relative, far below the solver's 1e-4
+    # tolerance): the compiled loop reads half the bytes, the saved file is half the size,
+    # and every path computes with the very same numbers.
+    weights32 = np.ascontiguousarray(weights, dtype=np.float32)
+    weights = weights32.astype(np.float64)
+    keys = _char_keys(chars)
+    tokens = _seed(candidates, grams, chars, ngrams[1], keys)
     unseen = (float(idf[:split].max()) if split else 1.0, float(idf[split:].max()))
+    token_scores, token_mass, _ = _token_table(tokens, idf[split:], weights[split:])
     return _Model(
         classes,
         ngrams,
@@ -1030,7 +1485,15 @@ def _assemble(
         intercept,
         unseen,
         tokens,
-        _token_scores(tokens, idf[split:], weights[split:]),
+        token_scores,
+        token_mass,
+        sp.csr_matrix(
+            (np.ones(tokens.char_ids.size), tokens.char_ids, tokens.char_ptr),
+            shape=(len(tokens.index), len(chars)),
+        ),
+        _kernel_tables(grams),
+        weights32,
+        keys,
         terms,
         dict(zip(terms[0], range(len(terms[0])), strict=True)),
         [
@@ -1166,10 +1629,9 @@ class LocalClassifier:
                 partial = _train([texts[i] for i in kept], targets[keep], classes, self)
                 in_scope = [texts[i] for i in held.tolist() if labels[i] != self.out_of_scope]
                 if in_scope:
-                    scores, temperature = _batch_scores(
+                    _, _, _, confidence = _batch_scores(
                         partial.model, in_scope, self.unseen_penalty
                     )
-                    _, confidence = _top(scores, temperature)
                     self._threshold = float(np.quantile(confidence, self.reject_share))
                 start = partial
         fitted = _train(texts, targets, classes, self, start)
@@ -1179,11 +1641,17 @@ class LocalClassifier:
     def predict(self, text: str) -> Prediction:
         """Label one text; below ``threshold`` the label is the out-of-scope label."""
         model = self._fitted("predict")
-        scores, temperature = _one(model, text, self.unseen_penalty)
-        # The label comes from the unscaled scores: with a factor of 0 they would all tie.
-        index = int(scores.argmax())
-        # exp(0) is exactly 1, so the top probability is 1 / sum.
-        confidence = float(1.0 / np.exp((scores - scores[index]) * temperature).sum())
+        kernel = _kernel()
+        if kernel is None:
+            scores, temperature = _one(model, text, self.unseen_penalty)
+            # The label comes from the unscaled scores: with a factor of 0 they would all tie.
+            index = int(scores.argmax())
+            # exp(0) is exactly 1, so the top probability is 1 / sum.
+            confidence = float(1.0 / np.exp((scores - scores[index]) * temperature).sum())
+        else:
+            # The very loop predict_many runs: the two agree to the last bit.
+            _, _, best, confidences = _kernel_scores(kernel, model, [text], self.unseen_penalty)
+            index, confidence = int(best[0]), float(confidences[0])
         label = model.classes[index]
         if self._threshold is not None and confidence < self._threshold:
             label = self.out_of_scope
@@ -1199,7 +1667,7 @@ class LocalClassifier:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(model.classes)))
-        scores, temperature = _batch_scores(model, texts, self.unseen_penalty)
+        scores, temperature, _, _ = _batch_scores(model, texts, self.unseen_penalty)
         exp = np.exp((scores - scores.max(axis=1)[:, None]) * temperature[:, None])
         out: _Float = exp / exp.sum(axis=1)[:, None]
         return out
@@ -1207,7 +1675,7 @@ class LocalClassifier:
     def _predict(self, model: _Model, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
-        index, confidence = _top(*_batch_scores(model, texts, self.unseen_penalty))
+        _, _, index, confidence = _batch_scores(model, texts, self.unseen_penalty)
         labels = [model.classes[i] for i in index.tolist()]
         if self._threshold is not None:
             low = (confidence < self._threshold).tolist()
@@ -1277,7 +1745,7 @@ class LocalClassifier:
                 f"the {len(texts)} texts is {kind}; add some."
             )
 
-        index, confidence = _top(*_batch_scores(model, texts, self.unseen_penalty))
+        _, _, index, confidence = _batch_scores(model, texts, self.unseen_penalty)
         predicted = [model.classes[i] for i in index.tolist()]
         predicted_oos = np.array([label in oos_names for label in predicted], dtype=bool)
         right = np.array([p == g for p, g in zip(predicted, labels, strict=True)], dtype=bool)
@@ -1339,7 +1807,7 @@ class LocalClassifier:
                 file,
                 header=encoded,
                 idf=model.idf,
-                weights=model.weights,
+                weights=model.weights32,
                 intercept=model.intercept,
             )
 

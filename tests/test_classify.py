@@ -127,6 +127,16 @@ def assert_same_predictions(many: list[Prediction], ones: list[Prediction]) -> N
     )
 
 
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def scoring_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both scoring paths: numba's compiled loop and the numpy one."""
+    if request.param == "numpy":
+        monkeypatch.setitem(classify._kernel_state, "module", None)
+    elif classify._kernel() is None:
+        pytest.skip("numba is not installed (the fast extra): only the numpy path runs")
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def clf() -> LocalClassifier:
     return LocalClassifier(threshold=None).fit(*training())
@@ -680,9 +690,9 @@ def test_a_batch_larger_than_a_chunk_scores_as_one(
 
     monkeypatch.setattr("chainkit.classify._CHUNK", 7)
     calls = []
-    chunk = classify._chunk_scores
+    chunk = classify._score_chunk
     monkeypatch.setattr(
-        "chainkit.classify._chunk_scores", lambda *args: calls.append(1) or chunk(*args)
+        "chainkit.classify._score_chunk", lambda *args: calls.append(1) or chunk(*args)
     )
 
     assert clf.predict_many(texts) == whole
