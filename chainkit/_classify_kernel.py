@@ -28,7 +28,6 @@ _F = NDArray[np.float64]
 _F32 = NDArray[np.float32]
 
 
-
 @nb.njit(cache=True, nogil=True)
 def _follow(following: _I, low: int, high: int, word: int) -> int:
     """The position of ``word`` in the sorted ``following[low:high]``, or -1."""
@@ -45,7 +44,7 @@ def _follow(following: _I, low: int, high: int, word: int) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def fresh_rows(ptr: _I, ids: _I, idf: _F, weights: _F32) -> tuple[_F, _F, _F]:
+def fresh_rows(ptr: _I, ids: _I, idf: _F, weights: _F32, scores: _F, mass: _F, unseen: _F) -> None:
     """Class scores, squared tf-idf and unseen count of the tokens a batch analysed itself.
 
     Computed as the model's token table is (n-grams aggregated, in column order, ``count *
@@ -54,9 +53,6 @@ def fresh_rows(ptr: _I, ids: _I, idf: _F, weights: _F32) -> tuple[_F, _F, _F]:
     n_tokens = ptr.size - 1
     n_classes = weights.shape[1]
     features = idf.size
-    scores = np.zeros((n_tokens, n_classes))
-    mass = np.zeros(n_tokens)
-    unseen = np.zeros(n_tokens)
     longest = 1
     for token in range(n_tokens):
         longest = max(longest, ptr[token + 1] - ptr[token])
@@ -83,7 +79,6 @@ def fresh_rows(ptr: _I, ids: _I, idf: _F, weights: _F32) -> tuple[_F, _F, _F]:
             else:
                 unseen[token] += count
             i = j
-    return scores, mass, unseen
 
 
 # Below this many items an insertion sort beats numba's quicksort and its set-up.
@@ -208,8 +203,8 @@ def score_batch(
     gram_span = char_features
     for j in range(fresh_char_ids.size):
         gram_span = max(gram_span, fresh_char_ids[j] + 1)
-    gram_stamp = np.full(gram_span, -1, dtype=np.int64)
-    gram_count = np.zeros(gram_span, dtype=np.int64)
+    # (last text, count) side by side: one cache line per n-gram met.
+    gram_seen = np.full((gram_span, 2), -1, dtype=np.int64)
     entry_buffer = np.empty(most_words * levels, dtype=np.int64)
     unseen_buffer = np.empty(most_words * levels, dtype=np.int64)
     for text in range(n_texts):
@@ -252,16 +247,16 @@ def score_batch(
         distinct = 0
         for i in range(g):
             gram = gram_buffer[i]
-            if gram_stamp[gram] != text:
-                gram_stamp[gram] = text
-                gram_count[gram] = 1
+            if gram_seen[gram, 0] != text:
+                gram_seen[gram, 0] = text
+                gram_seen[gram, 1] = 1
                 gram_buffer[distinct] = gram  # distinct <= i: the slot was read already
                 distinct += 1
             else:
-                gram_count[gram] += 1
+                gram_seen[gram, 1] += 1
         for i in range(distinct):
             gram = gram_buffer[i]
-            count = gram_count[gram]
+            count = gram_seen[gram, 1]
             if count > 1:
                 tf = 1.0 + math.log(count)
                 if gram < char_features:

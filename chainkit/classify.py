@@ -44,7 +44,7 @@ import os
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -1151,9 +1151,11 @@ def _kernel_scores(
     temperature = np.empty(n)
     best = np.empty(n, dtype=np.int64)
     confidence = np.empty(n)
-    fresh_rows = kernel.fresh_rows(
-        fresh.char_ptr, fresh.char_ids, model.idf[split:], model.weights32[split:]
-    )
+    # The compiled loops release the GIL: a large batch is scored in slices on every core the
+    # process may use. Each text (and each new token) is computed on its own, the same
+    # whichever slice holds it.
+    workers = _workers() if n >= _PARALLEL else 1
+    fresh_rows = _fresh_rows(kernel, model, fresh, workers)
 
     def run(start: int, end: int) -> None:
         kernel.score_batch(
@@ -1194,15 +1196,41 @@ def _kernel_scores(
             confidence[start:end],
         )
 
-    # The loop releases the GIL: a large batch is scored in slices on every core it may use.
-    # Each text is scored on its own, the same whichever slice holds it.
-    workers = _workers() if n >= _PARALLEL else 1
-    if workers == 1:
-        run(0, n)
-    else:
-        bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
-        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
+    _slices(run, n, workers)
     return scores, temperature, best, confidence
+
+
+def _slices(work: Callable[[int, int], None], n: int, workers: int) -> None:
+    """``work(start, end)`` over ``range(n)`` cut in ``workers`` slices, on as many threads."""
+    if workers == 1 or n < 2:
+        work(0, n)
+        return
+    bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
+    list(_pool(workers).map(work, bounds[:-1], bounds[1:]))
+
+
+def _fresh_rows(kernel: Any, model: _Model, fresh: _Tokens, workers: int) -> tuple[Any, ...]:
+    """The compiled loop's rows (scores, squared tf-idf, unseen count) of a batch's new tokens."""
+    split = model.word_features
+    count = len(fresh.index)
+    scores = np.zeros((count, len(model.classes)))
+    mass = np.zeros(count)
+    unseen = np.zeros(count)
+
+    def run(start: int, end: int) -> None:
+        ptr = fresh.char_ptr[start : end + 1]
+        kernel.fresh_rows(
+            ptr - ptr[0],
+            fresh.char_ids[ptr[0] : ptr[-1]],
+            model.idf[split:],
+            model.weights32[split:],
+            scores[start:end],
+            mass[start:end],
+            unseen[start:end],
+        )
+
+    _slices(run, count, workers if count >= _PARALLEL // 8 else 1)
+    return scores, mass, unseen
 
 
 def _batch_scores(model: _Model, texts: Sequence[str], unseen_penalty: float) -> _Scores:

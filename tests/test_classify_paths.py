@@ -1,0 +1,171 @@
+"""LocalClassifier's two scoring paths and the pieces they stand on, against each other.
+
+The numba-compiled loop (the ``fast`` extra) and the numpy path must give the same scores to
+1e-12 on any text; the compiled loop must score a text the same, to the last bit, alone, in
+any batch and in any thread's slice; the vectorised character analysis must find exactly the
+n-grams the Python one finds; the hash tables must answer as a dict does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chainkit import classify
+from chainkit.classify import LocalClassifier
+from tests.test_classify import ODD, TEXTS, probes, training
+
+compiled = pytest.mark.skipif(
+    classify._kernel() is None, reason="numba is not installed (the fast extra)"
+)
+SETTINGS = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def clf() -> LocalClassifier:
+    return LocalClassifier(threshold=None).fit(*training())
+
+
+def numpy_scores(clf: LocalClassifier, texts: list[str]) -> classify._Scores:
+    model = clf._fitted("test")
+    scores, temperature = classify._chunk_scores(model, texts, clf.unseen_penalty)
+    return (scores, temperature, *classify._top(scores, temperature))
+
+
+def compiled_scores(clf: LocalClassifier, texts: list[str]) -> classify._Scores:
+    return classify._kernel_scores(
+        classify._kernel(), clf._fitted("test"), texts, clf.unseen_penalty
+    )
+
+
+def assert_close(ours: classify._Scores, theirs: classify._Scores) -> None:
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours[2], theirs[2])
+    np.testing.assert_allclose(ours[3], theirs[3], rtol=0, atol=1e-12)
+
+
+@compiled
+@SETTINGS
+@given(texts=st.lists(TEXTS, min_size=1, max_size=12))
+def test_compiled_loop_equals_numpy_on_any_text(clf: LocalClassifier, texts: list[str]) -> None:
+    assert_close(compiled_scores(clf, texts), numpy_scores(clf, texts))
+
+
+@compiled
+def test_compiled_loop_equals_numpy_with_many_new_tokens_and_threads(
+    clf: LocalClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Enough new tokens for the vectorised analysis, and slices on threads from 2 texts up.
+    texts = [f"{t} zq{i}x {i}ü 注文{i}" for i, t in enumerate(probes() + ODD)]
+    monkeypatch.setattr(classify, "_PARALLEL", 2)
+    monkeypatch.setattr(classify, "_workers", lambda: 3)
+
+    threaded = compiled_scores(clf, texts)
+
+    assert_close(threaded, numpy_scores(clf, texts))
+    monkeypatch.setattr(classify, "_workers", lambda: 1)
+    single = compiled_scores(clf, texts)
+    for ours, theirs in zip(threaded, single, strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # bit for bit, whatever the slicing
+
+
+@compiled
+@SETTINGS
+@given(texts=st.lists(TEXTS, min_size=2, max_size=10), data=st.data())
+def test_compiled_loop_scores_a_text_alike_in_any_batch(
+    clf: LocalClassifier, texts: list[str], data: st.DataObject
+) -> None:
+    batch = compiled_scores(clf, texts)
+    index = data.draw(st.integers(0, len(texts) - 1))
+    alone = compiled_scores(clf, [texts[index]])
+
+    np.testing.assert_array_equal(batch[0][index], alone[0][0])
+    assert batch[3][index] == alone[3][0]
+    assert clf.predict(texts[index]) == clf.predict_many(texts)[index]
+
+
+def test_the_switch_turns_the_compiled_loop_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(classify, "_kernel_state", {})  # forget the module looked up before
+    monkeypatch.setenv("CHAINKIT_CLASSIFIER_KERNEL", "0")
+
+    assert classify._kernel() is None
+    clf = LocalClassifier(threshold=None).fit(*training())
+    assert clf.predict_many(["where is my order"])[0].label == "track_order"
+
+
+TOKEN = st.text(
+    alphabet=st.sampled_from(list("abcdeé日本🚚\ud800ΣİXY1_' ")), min_size=1, max_size=9
+).map(lambda t: t.replace(" ", "") or "a")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    train=st.lists(TOKEN, min_size=1, max_size=60),
+    test=st.lists(TOKEN, min_size=1, max_size=60),
+    ranges=st.sampled_from([(2, 5), (1, 3), (4, 6), (3, 3), (1, 1)]),
+)
+def test_vectorised_character_analysis_equals_python(
+    train: list[str], test: list[str], ranges: tuple[int, int]
+) -> None:
+    chars: dict[str, int] = {}
+    classify._analyse(train, {}, chars, ranges, grow=True)
+    table = classify._char_keys(chars)
+    assert table is not None
+    test = list(dict.fromkeys(test))
+    python = classify._analyse(test, {}, dict(chars), ranges, grow=False)
+    numpy = classify._analyse(test, {}, dict(chars), ranges, grow=False, keys=table)
+
+    np.testing.assert_array_equal(python.char_ptr, numpy.char_ptr)
+    # The same n-grams per token: known ones by column, unseen ones by the same partition.
+    pairs = set()
+    for token in range(len(test)):
+        ours = numpy.char_ids[numpy.char_ptr[token] : numpy.char_ptr[token + 1]]
+        theirs = python.char_ids[python.char_ptr[token] : python.char_ptr[token + 1]]
+        assert sorted(ours[ours < len(chars)]) == sorted(theirs[theirs < len(chars)])
+        unseen_ours = sorted(ours[ours >= len(chars)])
+        unseen_theirs = sorted(theirs[theirs >= len(chars)])
+        assert len(unseen_ours) == len(unseen_theirs)
+    # Equal unseen n-grams share an id on both sides (checked through the gram texts).
+    low, high = ranges
+    for token, word in enumerate(test):
+        padded = f" {word.lower()} "
+        grams = [
+            padded[i : i + n]
+            for n in range(low, high + 1)
+            if len(padded) >= n
+            for i in range(len(padded) - n + 1)
+        ] or [padded]
+        ids = numpy.char_ids[numpy.char_ptr[token] : numpy.char_ptr[token + 1]]
+        pairs |= set(zip(grams, ids.tolist(), strict=True))
+    by_gram: dict[str, set[int]] = {}
+    for gram, gram_id in pairs:
+        by_gram.setdefault(gram, set()).add(gram_id)
+    assert all(len(ids) == 1 for ids in by_gram.values())
+    assert len({next(iter(ids)) for ids in by_gram.values()}) == len(by_gram)
+
+
+def test_a_vocabulary_too_wide_for_63_bit_keys_falls_back_to_python() -> None:
+    chars = {chr(0x4E00 + i) * 5: i for i in range(5000)}  # 5,000 CJK characters in 5-grams
+
+    assert classify._char_keys(chars) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.sets(st.integers(0, 2**63 - 1), max_size=300),
+    probes=st.lists(st.integers(0, 2**63 - 1), max_size=100),
+)
+def test_hash_table_answers_as_a_dict(keys: set[int], probes: list[int]) -> None:
+    ordered = sorted(keys)
+    table = classify._lookup(
+        np.array(ordered, dtype=np.int64), np.arange(len(ordered), dtype=np.int64)
+    )
+    asked = ordered + probes
+    expected = [ordered.index(k) if k in keys else -1 for k in asked]
+
+    assert table.get(np.array(asked, dtype=np.int64)).tolist() == expected
