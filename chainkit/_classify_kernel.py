@@ -160,6 +160,7 @@ def score_batch(
     unseen_idf_words: float,
     unseen_idf_chars: float,
     unseen_penalty: float,
+    direct: int,
     out_scores: _F,
     out_temperature: _F,
     out_best: _I,
@@ -254,10 +255,29 @@ def score_batch(
                 distinct += 1
             else:
                 gram_seen[gram, 1] += 1
+        heaviest = 0
+        for i in range(distinct):
+            heaviest = max(heaviest, gram_seen[gram_buffer[i], 1])
+        if heaviest > direct:
+            # Counting an n-gram 5,000 times and taking back all but 1 + log(5,000) of it
+            # loses digits: such a text is summed n-gram by n-gram instead.
+            for c in range(n_classes):
+                char_scores[c] = 0.0
+            char_mass = 0.0
+            char_unseen = 0.0
         for i in range(distinct):
             gram = gram_buffer[i]
             count = gram_seen[gram, 1]
-            if count > 1:
+            if heaviest > direct:
+                tf = 1.0 + math.log(count)
+                if gram < char_features:
+                    value = tf * idf_chars[gram]
+                    for c in range(n_classes):
+                        char_scores[c] += value * weights_chars[gram, c]
+                    char_mass += value * value
+                else:
+                    char_unseen += tf * tf
+            elif count > 1:
                 tf = 1.0 + math.log(count)
                 if gram < char_features:
                     value = idf_chars[gram]

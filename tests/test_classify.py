@@ -1,5 +1,6 @@
 import itertools
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -406,11 +407,71 @@ def test_bad_settings_are_config_errors() -> None:
         LocalClassifier(threshold=1.5)
     with pytest.raises(ConfigError, match=r"word_ngrams=\(2, 1\) is not an n-gram range"):
         LocalClassifier(word_ngrams=(2, 1))
-    with pytest.raises(ConfigError, match="c=0 must be positive"):
+    with pytest.raises(ConfigError, match="c=0 must be a positive number"):
         LocalClassifier(c=0)
     clf = LocalClassifier()
     with pytest.raises(ConfigError, match=r"threshold=-0\.1 is not a confidence"):
         clf.threshold = -0.1
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"word_ngrams": "ab"}, "word_ngrams='ab'"),
+        ({"word_ngrams": ("1", "2")}, "word_ngrams=('1', '2')"),
+        ({"word_ngrams": (1, 2, 3)}, "word_ngrams=(1, 2, 3)"),
+        ({"word_ngrams": None}, "word_ngrams=None"),
+        ({"char_ngrams": (2, float("inf"))}, "char_ngrams=(2, inf)"),
+        ({"char_ngrams": (True, 2)}, "char_ngrams=(True, 2)"),
+        ({"c": "x"}, "c='x'"),
+        ({"c": float("nan")}, "c=nan"),
+        ({"unseen_penalty": "x"}, "unseen_penalty='x'"),
+        ({"unseen_penalty": float("inf")}, "unseen_penalty=inf"),
+        ({"max_iter": None}, "max_iter=None"),
+        ({"max_iter": 2.5}, "max_iter=2.5"),
+        ({"seed": None}, "seed=None"),
+        ({"seed": -1}, "seed=-1"),
+        ({"out_of_scope": 5}, "out_of_scope=5"),
+    ],
+)
+def test_every_bad_setting_is_one_config_error_naming_it(
+    settings: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        LocalClassifier(**settings)  # type: ignore[arg-type]
+
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [None, 123, b"hi", ["a"]])
+def test_predict_takes_only_a_string(clf: LocalClassifier, text: object) -> None:
+    with pytest.raises(ConfigError, match="takes one text"):
+        clf.predict(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("texts", "said"),
+    [
+        ("refund", "got one string 'refund'"),
+        (None, "got NoneType"),
+        (5, "got int"),
+        (["a", 5], "text 1 is int"),
+        (["a", None], "text 1 is NoneType"),
+        ([b"hi"], "text 0 is bytes"),
+    ],
+)
+def test_batch_calls_take_only_lists_of_strings(
+    clf: LocalClassifier, texts: object, said: str
+) -> None:
+    for call in (clf.predict_many, clf.predict_proba):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            call(texts)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        clf.choose_threshold(texts, ["x"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        LocalClassifier().fit(texts, ["x", "y"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="target_oos_recall='a' must be a share"):
+        clf.choose_threshold(["a", "b"], ["x", "y"], target_oos_recall="a")  # type: ignore[arg-type]
 
 
 def test_choose_threshold_needs_both_kinds_of_dev_text(clf: LocalClassifier) -> None:
@@ -648,6 +709,16 @@ def test_scores_equal_sklearn_features_on_any_text(texts: list[str]) -> None:
     theirs = softmax(FEATURES.transform(texts) @ weights + intercept)
 
     np.testing.assert_allclose(EXACT.predict_proba(texts), theirs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("repeats", [17, 2_000, 50_000])
+def test_a_token_repeated_thousands_of_times_scores_as_sklearn(repeats: int) -> None:
+    texts = ["arrive " * repeats, "where is my order " * repeats + "refund", "refund " * 3]
+    weights, intercept = exact_weights(EXACT, FEATURES)
+    theirs = softmax(FEATURES.transform(texts) @ weights + intercept)
+
+    np.testing.assert_allclose(EXACT.predict_proba(texts), theirs, rtol=0, atol=1e-12)
+    assert_same_predictions(EXACT.predict_many(texts), [EXACT.predict(t) for t in texts])
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_vectorised_character_analysis_equals_python(
 ) -> None:
     chars: dict[str, int] = {}
     classify._analyse(train, {}, chars, ranges, grow=True)
-    table = classify._char_keys(chars)
+    table = classify._char_keys(chars, ranges[1])
     assert table is not None
     test = list(dict.fromkeys(test))
     python = classify._analyse(test, {}, dict(chars), ranges, grow=False)
@@ -152,7 +152,28 @@ def test_vectorised_character_analysis_equals_python(
 def test_a_vocabulary_too_wide_for_63_bit_keys_falls_back_to_python() -> None:
     chars = {chr(0x4E00 + i) * 5: i for i in range(5000)}  # 5,000 CJK characters in 5-grams
 
-    assert classify._char_keys(chars) is None
+    assert classify._char_keys(chars, 5) is None
+
+
+def test_windows_longer_than_any_known_n_gram_never_wrap_into_a_column() -> None:
+    # 7 letters need 3 bits a digit: 22-character windows would need 66 bits, although every
+    # n-gram of these short words fits. "f" * 22 would wrap to -1, the empty slot's key.
+    texts = ["abc def", "fed cba", "bad cafe", "face bead", "dab fad", "ace bed"]
+    clf = LocalClassifier(threshold=None, char_ngrams=(2, 22), unseen_penalty=0)
+    clf.fit(texts, list("xyxyxy"))
+    filler = [f"q{i}" for i in range(70)]  # enough new tokens for the vectorised analysis
+
+    assert classify._char_keys(clf._fitted("test").chars, 22) is None
+    alone = clf.predict("f" * 22)
+    assert clf.predict_many(["f" * 22, *filler])[0].confidence == pytest.approx(
+        alone.confidence, abs=1e-12
+    )
+
+
+def test_a_negative_key_is_never_found() -> None:
+    table = classify._lookup(np.array([0, 5], dtype=np.int64), np.array([7, 8], dtype=np.int64))
+
+    assert table.get(np.array([-1, 0, 5, -(2**63)], dtype=np.int64)).tolist() == [-1, 7, 8, -1]
 
 
 @settings(max_examples=200, deadline=None)
