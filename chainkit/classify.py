@@ -75,7 +75,13 @@ _FORMAT: Final = "chainkit.LocalClassifier"
 _VERSION: Final = 2
 _DEFAULT_HOLDOUT: Final = 0.1
 _DEFAULT_REJECT: Final = 0.02
-_CHUNK: Final = 8192  # texts scored at once: about 100 MB of n-gram entries at most
+_CHUNK: Final = 8192  # texts scored at once
+# Characters scored at once (one text at least): a batch's n-grams and its new tokens' rows
+# take a few hundred bytes a character, so this bounds a batch's memory to a few hundred MB.
+_CHUNK_CHARS: Final = 500_000
+# Texts are cut to this many characters by default: an intent is in a message's opening, and
+# a 5 MB paste would otherwise take gigabytes (see ``max_chars``).
+_MAX_CHARS: Final = 100_000
 # scikit-learn's default token_pattern: words of two or more word characters.
 _WORD: Final = re.compile(r"(?u)\b\w\w+\b")
 
@@ -104,6 +110,7 @@ class _Header(BaseModel):
     vocabularies: tuple[list[str], list[str]]
     # Version 2: the tokens analysed ahead (a version 1 file gets its vocabulary's words).
     tokens: list[str] = []
+    max_chars: int | None = Field(default=_MAX_CHARS, ge=1)
 
 
 def _check_ngrams(name: str, ngrams: tuple[int, int]) -> tuple[int, int]:
@@ -1281,22 +1288,41 @@ def _fresh_rows(kernel: Any, model: _Model, fresh: _Tokens, workers: int) -> tup
     return scores, mass, unseen
 
 
-def _batch_scores(model: _Model, texts: Sequence[str], unseen_penalty: float) -> _Scores:
-    """Class scores (texts, classes), temperature factors, best classes and confidences."""
-    if len(texts) <= _CHUNK:
-        return _score_chunk(model, texts, unseen_penalty)
+def _batch_scores(
+    model: _Model, texts: Sequence[str], unseen_penalty: float, *, keep_scores: bool = False
+) -> _Scores:
+    """Class scores, temperature factors, best classes and confidences of a batch.
+
+    The class scores (texts, classes) only with ``keep_scores``, otherwise an empty array: a
+    million texts' scores would take gigabytes that predict_many does not need.
+    """
+    if not texts:
+        empty = np.zeros(0)
+        return np.zeros((0, len(model.classes))), empty, empty.astype(np.int64), empty
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    ends = np.cumsum(lengths)
+    parts = []
+    start = 0
     # Every row is computed on its own, so chunks only bound the memory a huge batch takes.
-    parts = [
-        _score_chunk(model, texts[start : start + _CHUNK], unseen_penalty)
-        for start in range(0, len(texts), _CHUNK)
-    ]
+    while start < len(texts):
+        before = int(ends[start - 1]) if start else 0
+        end = int(np.searchsorted(ends, before + _CHUNK_CHARS, side="right"))
+        end = max(start + 1, min(end, start + _CHUNK))
+        part = _score_chunk(model, texts[start:end], unseen_penalty)
+        parts.append(part if keep_scores else (_NO_SCORES, *part[1:]))
+        start = end
+    if len(parts) == 1 and keep_scores:
+        return parts[0]
     scores, temperature, best, confidence = zip(*parts, strict=True)
     return (
-        np.vstack(scores),
+        np.vstack(scores) if keep_scores else np.zeros((len(texts), 0)),
         np.concatenate(temperature),
         np.concatenate(best),
         np.concatenate(confidence),
     )
+
+
+_NO_SCORES: Final = np.zeros((0, 0))
 
 
 def _score_chunk(model: _Model, texts: Sequence[str], unseen_penalty: float) -> _Scores:
@@ -1623,6 +1649,9 @@ class LocalClassifier:
         reject_share: share of held-out in-scope texts that the calibrated threshold rejects.
         seed: chooses the held-out texts, so that the same data gives the same threshold.
         max_iter: iteration limit of the solver.
+        max_chars: texts (in ``fit`` and every prediction) are cut to their first
+            ``max_chars`` characters, so that one huge text cannot take gigabytes; None
+            keeps them whole. Shorter texts are unaffected.
     """
 
     def __init__(
@@ -1639,6 +1668,7 @@ class LocalClassifier:
         reject_share: float = _DEFAULT_REJECT,
         seed: int = 0,
         max_iter: int = 1000,
+        max_chars: int | None = _MAX_CHARS,
     ) -> None:
         if not isinstance(out_of_scope, str):
             raise ConfigError(
@@ -1671,6 +1701,16 @@ class LocalClassifier:
         self.reject_share = _check_share("reject_share", reject_share)
         self.seed = int(seed)
         self.max_iter = int(max_iter)
+        if max_chars is not None and not (
+            isinstance(max_chars, int | np.integer)
+            and not isinstance(max_chars, bool)
+            and max_chars >= 1
+        ):
+            raise ConfigError(
+                f"max_chars={max_chars!r} must be a whole number >= 1, or None to keep texts "
+                f"whole; the default is {_MAX_CHARS:,}."
+            )
+        self.max_chars = None if max_chars is None else int(max_chars)
         self._calibrate = threshold == "auto"
         self._threshold = None if threshold == "auto" else _check_threshold(threshold)
         self._model: _Model | None = None
@@ -1700,7 +1740,7 @@ class LocalClassifier:
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> LocalClassifier:
         """Train on labelled texts (and calibrate an ``"auto"`` threshold); returns self."""
-        texts, labels = _check_texts(texts, "fit"), _check_texts(labels, "fit (labels)")
+        texts, labels = self._cut(_check_texts(texts, "fit")), _check_texts(labels, "fit (labels)")
         if len(texts) != len(labels):
             raise ConfigError(
                 f"fit got {len(texts)} texts but {len(labels)} labels; pass one label per text."
@@ -1746,6 +1786,8 @@ class LocalClassifier:
                 f"LocalClassifier.predict takes one text (a string), got {type(text).__name__} "
                 f"{str(text)[:60]!r}; for many texts call predict_many."
             )
+        if self.max_chars is not None:
+            text = text[: self.max_chars]
         kernel = _kernel()
         if kernel is None:
             scores, temperature = _one(model, text, self.unseen_penalty)
@@ -1765,15 +1807,17 @@ class LocalClassifier:
     def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
         """Label many texts at once; the same predictions as ``predict`` on each, to 1e-12."""
         model = self._fitted("predict_many")
-        return self._predict(model, _check_texts(texts, "predict_many"))
+        return self._predict(model, self._cut(_check_texts(texts, "predict_many")))
 
     def predict_proba(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """Probabilities of every class (columns in ``classes`` order), one row per text."""
         model = self._fitted("predict_proba")
-        texts = _check_texts(texts, "predict_proba")
+        texts = self._cut(_check_texts(texts, "predict_proba"))
         if not texts:
             return np.zeros((0, len(model.classes)))
-        scores, temperature, _, _ = _batch_scores(model, texts, self.unseen_penalty)
+        scores, temperature, _, _ = _batch_scores(
+            model, texts, self.unseen_penalty, keep_scores=True
+        )
         exp = np.exp((scores - scores.max(axis=1)[:, None]) * temperature[:, None])
         out: _Float = exp / exp.sum(axis=1)[:, None]
         return out
@@ -1824,7 +1868,7 @@ class LocalClassifier:
         """
         model = self._fitted("choose_threshold")
         oos = self.out_of_scope if out_of_scope is None else out_of_scope
-        texts = _check_texts(texts, "choose_threshold")
+        texts = self._cut(_check_texts(texts, "choose_threshold"))
         labels = _check_texts(labels, "choose_threshold (labels)")
         for name, value in (
             ("min_in_scope_accuracy", min_in_scope_accuracy),
@@ -1906,6 +1950,7 @@ class LocalClassifier:
             class_weight=self.class_weight,
             unseen_penalty=self.unseen_penalty,
             max_iter=self.max_iter,
+            max_chars=self.max_chars,
             threshold=self._threshold,
             classes=list(model.classes),
             vocabularies=model.terms,
@@ -1965,6 +2010,12 @@ class LocalClassifier:
                 f"{os.fspath(path)!r} is inconsistent: array shapes {shapes} but its header "
                 f"describes {expected}; save it again from a fitted classifier."
             )
+        problem = _damage(header, idf, weights, intercept)
+        if problem:
+            raise ConfigError(
+                f"{os.fspath(path)!r} is damaged: {problem}; save it again from a fitted "
+                "classifier."
+            )
         clf = cls(
             header.out_of_scope,
             c=header.c,
@@ -1974,6 +2025,7 @@ class LocalClassifier:
             unseen_penalty=header.unseen_penalty,
             threshold=header.threshold,
             max_iter=header.max_iter,
+            max_chars=header.max_chars,
         )
         grams = _word_grams_from_terms(word_terms, clf.word_ngrams[1])
         chars = {gram: column for column, gram in enumerate(char_terms)}
@@ -1991,6 +2043,13 @@ class LocalClassifier:
         )
         return clf
 
+    def _cut(self, texts: list[str]) -> list[str]:
+        """Texts cut to ``max_chars`` (the same list when none is longer)."""
+        limit = self.max_chars
+        if limit is None or max(map(len, texts), default=0) <= limit:
+            return texts
+        return [text[:limit] for text in texts]
+
     def _fitted(self, action: str) -> _Model:
         if self._model is None:
             raise ConfigError(
@@ -1998,6 +2057,26 @@ class LocalClassifier:
                 ".fit(texts, labels) or LocalClassifier.load(path) first."
             )
         return self._model
+
+
+def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) -> str:
+    """What makes a saved classifier unusable, or "" (its shapes are checked already)."""
+    for name, values in (("idf", idf), ("weights", weights), ("intercept", intercept)):
+        if not np.isfinite(values).all():
+            return f"its {name} hold {int((~np.isfinite(values)).sum())} non-finite numbers"
+    word_terms, char_terms = header.vocabularies
+    (word_low, word_high), (_, char_high) = header.word_ngrams, header.char_ngrams
+    for kind, terms in (("word", word_terms), ("character", char_terms)):
+        if len(set(terms)) != len(terms):
+            return f"its {kind} vocabulary lists {len(terms) - len(set(terms))} n-grams twice"
+    for term in word_terms:
+        parts = term.split(" ")
+        if not word_low <= len(parts) <= word_high or not all(parts):
+            return f"word n-gram {term[:60]!r} is not {word_low} to {word_high} words"
+    for term in char_terms:
+        if not 1 <= len(term) <= char_high:
+            return f"character n-gram {term[:60]!r} is not 1 to {char_high} characters"
+    return ""
 
 
 def _infeasible(

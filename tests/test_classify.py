@@ -443,6 +443,41 @@ def test_every_bad_setting_is_one_config_error_naming_it(
     assert named in str(caught.value)
 
 
+def test_texts_are_cut_to_max_chars_everywhere_alike(
+    clf: LocalClassifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    long = "where is my order " + "zq" * 60_000  # 120,018 characters
+    cut = long[:100_000]
+
+    assert clf.max_chars == 100_000
+    assert clf.predict(long) == clf.predict(cut)
+    assert clf.predict_many([long, "hi"]) == clf.predict_many([cut, "hi"])
+    np.testing.assert_array_equal(clf.predict_proba([long]), clf.predict_proba([cut]))
+    clf.save(tmp_path / "cut.npz")
+    assert LocalClassifier.load(tmp_path / "cut.npz").max_chars == 100_000
+    monkeypatch.setattr(clf, "max_chars", None)
+    assert clf.predict(long) != clf.predict(cut)
+    with pytest.raises(ConfigError, match="max_chars=0 must be a whole number"):
+        LocalClassifier(max_chars=0)
+
+
+def test_a_batch_is_chunked_by_characters_too(
+    clf: LocalClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = probes()
+    whole = clf.predict_many(texts)
+    monkeypatch.setattr("chainkit.classify._CHUNK_CHARS", 50)
+    calls = []
+    chunk = classify._score_chunk
+    monkeypatch.setattr(
+        "chainkit.classify._score_chunk", lambda *args: calls.append(len(args[1])) or chunk(*args)
+    )
+
+    assert clf.predict_many(texts) == whole
+    assert sum(calls) == len(texts)
+    assert max(calls) < 10  # about 50 characters a chunk, one text at least
+
+
 @pytest.mark.parametrize("text", [None, 123, b"hi", ["a"]])
 def test_predict_takes_only_a_string(clf: LocalClassifier, text: object) -> None:
     with pytest.raises(ConfigError, match="takes one text"):
@@ -517,6 +552,51 @@ def test_load_rejects_inconsistent_arrays(clf: LocalClassifier, tmp_path: Path) 
     np.savez(path, **arrays)
 
     with pytest.raises(ConfigError, match="is inconsistent: array shapes"):
+        LocalClassifier.load(path)
+
+
+def damaged(arrays: dict[str, np.ndarray], change: str) -> dict[str, np.ndarray]:
+    header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    words, chars = header["vocabularies"]
+    if change == "nan weight":
+        arrays["weights"] = arrays["weights"].copy()
+        arrays["weights"][3, 1] = np.nan
+    elif change == "inf intercept":
+        arrays["intercept"] = arrays["intercept"].copy()
+        arrays["intercept"][0] = np.inf
+    elif change == "long word n-gram":
+        words[0] = "where is my order"
+    elif change == "double space":
+        words[0] = "where  is"
+    elif change == "duplicate n-gram":
+        chars[1] = chars[0]
+    elif change == "long character n-gram":
+        chars[0] = "abcdefgh"
+    arrays["header"] = np.frombuffer(json.dumps(header).encode("ascii"), dtype=np.uint8)
+    return arrays
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("nan weight", "its weights hold 1 non-finite numbers"),
+        ("inf intercept", "its intercept hold 1 non-finite numbers"),
+        ("long word n-gram", "word n-gram 'where is my order' is not 1 to 2 words"),
+        ("double space", "word n-gram 'where  is' is not 1 to 2 words"),
+        ("duplicate n-gram", "its character vocabulary lists 1 n-grams twice"),
+        ("long character n-gram", "character n-gram 'abcdefgh' is not 1 to 5 characters"),
+    ],
+)
+def test_load_rejects_a_damaged_file(
+    clf: LocalClassifier, tmp_path: Path, change: str, said: str
+) -> None:
+    path = tmp_path / "intents.npz"
+    clf.save(path)
+    with np.load(path) as data:
+        arrays = damaged(dict(data), change)
+    np.savez(path, **arrays)
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
         LocalClassifier.load(path)
 
 
@@ -712,7 +792,10 @@ def test_scores_equal_sklearn_features_on_any_text(texts: list[str]) -> None:
 
 
 @pytest.mark.parametrize("repeats", [17, 2_000, 50_000])
-def test_a_token_repeated_thousands_of_times_scores_as_sklearn(repeats: int) -> None:
+def test_a_token_repeated_thousands_of_times_scores_as_sklearn(
+    repeats: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(EXACT, "max_chars", None)  # whole texts, as scikit-learn reads them
     texts = ["arrive " * repeats, "where is my order " * repeats + "refund", "refund " * 3]
     weights, intercept = exact_weights(EXACT, FEATURES)
     theirs = softmax(FEATURES.transform(texts) @ weights + intercept)
