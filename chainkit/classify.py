@@ -501,6 +501,11 @@ class _Solution:
     iterations: int
 
 
+def _dot(a: NDArray[Any], b: NDArray[Any]) -> float:
+    """A dot product on this thread: BLAS would wake threads that then spin on busy cores."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def _threads() -> int:
     """Threads for the sparse products: the cores this process may run on, at most 4."""
     try:
@@ -612,6 +617,7 @@ def _solve(
     forward, backward = _Rows(scaled, parts), _Rows(scaled.T.tocsr(), parts)
     penalty = (alpha * scale * scale).astype(np.float32)[:, None]  # of z, per merged column
     unscale = 1.0 / scale  # |d objective / d v| = |d objective / d z| / scale
+    squared_scale = scale * scale
 
     n = size + width
     z = np.zeros(n, dtype=np.float32)
@@ -625,28 +631,34 @@ def _solve(
     index = np.arange(rows)
     positive = targets == 1
 
-    def loss(scores: _Float) -> tuple[float, _Float]:
-        """Mean weighted log loss and its gradient with respect to the scores."""
+    exponentials = np.empty((rows, width))
+    # The loss's gradient with respect to the scores, at the current point and at the trial
+    # point; float32, as the product it feeds.
+    upstreams = np.empty((2, rows, width), dtype=np.float32)
+
+    def loss(scores: _Float, upstream: NDArray[np.float32]) -> float:
+        """Mean weighted log loss; its gradient with respect to the scores goes to upstream."""
         if binary:
             s = scores[:, 0]
-            value = float(sample @ (np.logaddexp(0.0, s) - np.where(positive, s, 0.0)))
+            value = _dot(sample, np.logaddexp(0.0, s) - np.where(positive, s, 0.0))
             probability = 0.5 * (1.0 + np.tanh(0.5 * s))  # the logistic function, overflow-free
-            return value, ((probability - positive) * sample)[:, None]
+            np.multiply(probability - positive, sample, out=upstream[:, 0])
+            return value
         top = scores.max(axis=1)
-        shifted = scores - top[:, None]
+        shifted = np.subtract(scores, top[:, None], out=exponentials)
         np.exp(shifted, out=shifted)
         total = shifted.sum(axis=1)
-        value = float(sample @ (top + np.log(total) - scores[index, targets]))
-        shifted *= (sample / total)[:, None]
-        shifted[index, targets] -= sample
-        return value, shifted
+        value = _dot(sample, top + np.log(total) - scores[index, targets])
+        np.multiply(shifted, (sample / total)[:, None], out=upstream)
+        upstream[index, targets] -= sample
+        return value
 
     def penalised(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
         """The penalty's inner product of two points (or steps) of z, without alpha."""
         per_column = np.einsum(
             "fc,fc->f", a[:size].reshape(features, width), b[:size].reshape(features, width)
         )
-        return float(per_column @ (scale * scale))
+        return _dot(per_column, squared_scale)
 
     # The rows of `basis`: the last _HISTORY steps and the _HISTORY + 1 gradients around them,
     # with one spare row of each kind for the step and the gradient being made. `gram` holds
@@ -656,15 +668,17 @@ def _solve(
     gram = np.zeros((steps + gradients, steps + gradients))
     work = np.empty(n, dtype=np.float32)
     trial_scores = np.empty_like(scores)
+    step_scores = np.empty((rows, width), dtype=np.float32)
+    step = np.empty_like(scores)
     history: list[tuple[int, int, int, float]] = []  # step row, gradient rows, 1 / (s.y)
 
-    def gradient(upstream: _Float, row: int, pool: Any) -> float:
+    def gradient(upstream: NDArray[np.float32], row: int, pool: Any) -> float:
         """Write the gradient at z into a basis row; returns its largest unscaled component."""
         grad = basis[row]
         grad_weights = grad[:size].reshape(features, width)
         np.multiply(z_weights, penalty, out=grad_weights)
-        backward.accumulate(upstream.astype(np.float32), grad_weights, pool)
-        grad[size:] = upstream.sum(axis=0) * intercept_scale
+        backward.accumulate(upstream, grad_weights, pool)
+        grad[size:] = upstream.sum(axis=0, dtype=np.float64) * intercept_scale
         dots = np.einsum("ij,j->i", basis, grad)
         gram[row], gram[:, row] = dots, dots
         extremes = np.maximum(grad_weights.max(axis=1), -grad_weights.min(axis=1))
@@ -673,11 +687,12 @@ def _solve(
 
     pool = ThreadPoolExecutor(parts) if parts > 1 else None
     try:
-        value, upstream = loss(scores)
+        here = 0  # upstreams[here] is the current point's
+        value = loss(scores, upstreams[here])
         squared = penalised(z, z)
         objective = value + 0.5 * alpha * squared
         current = steps  # the gradient's row
-        largest = gradient(upstream, current, pool)
+        largest = gradient(upstreams[here], current, pool)
         next_step = 0
         iterations = 0
         while iterations < max_iter and largest > _TOL:
@@ -693,16 +708,15 @@ def _solve(
                 slope = float(along[current])
             length = float(coef @ along)
             np.einsum("i,ij->j", coef.astype(np.float32), basis, out=work)
-            step_scores = np.zeros((rows, width), dtype=np.float32)
+            step_scores.fill(0.0)
             forward.accumulate(work[:size].reshape(features, width), step_scores, pool)
-            step = step_scores.astype(np.float64)
-            step += work[size:] * intercept_scale
+            np.add(step_scores, work[size:] * np.float32(intercept_scale), out=step)
             zd, dd = penalised(z, work), penalised(work, work)
             t = 1.0
             for _ in range(40):
                 np.multiply(step, t, out=trial_scores)
                 trial_scores += scores
-                trial_value, trial_upstream = loss(trial_scores)
+                trial_value = loss(trial_scores, upstreams[1 - here])
                 trial = trial_value + 0.5 * alpha * (squared + 2 * t * zd + t * t * dd)
                 if trial <= objective + 1e-4 * t * slope:
                     break
@@ -720,10 +734,11 @@ def _solve(
             gram[row], gram[:, row] = t * along, t * along
             gram[row, row] = t * t * length
             scores, trial_scores = trial_scores, scores
-            objective, squared = trial, penalised(z, z)
+            objective, squared = trial, squared + 2 * t * zd + t * t * dd
             previous = current
             current = steps + (current - steps + 1) % gradients
-            largest = gradient(trial_upstream, current, pool)
+            here = 1 - here
+            largest = gradient(upstreams[here], current, pool)
             sy = gram[row, current] - gram[row, previous]
             yy = gram[current, current] - 2 * gram[current, previous] + gram[previous, previous]
             if sy > 1e-10 * yy:
