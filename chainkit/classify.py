@@ -464,34 +464,81 @@ def _gather(
     return out, lengths
 
 
-def _merge_columns(matrix: Any) -> tuple[Any, _Int, _Float]:
-    """Merge identical columns: the merged matrix transposed, each column's group, sqrt(sizes).
+@dataclass(frozen=True, slots=True)
+class _Design:
+    """The training matrix, factorised: ``X = [words | diag(scale) (tokens @ grams + repeats)]``.
+
+    A text's character n-grams are the sum of its tokens' n-grams, so the character block is
+    (texts x tokens counts) @ (tokens x n-grams counts * idf), plus a correction where an
+    n-gram occurs c >= 2 times in a text ((1 + log c) - c times its idf: sublinear tf), then
+    each row divided by its norm. Products with it take a quarter of the multiply-adds of
+    the explicit block: on CLINC150, 0.35 million non-zeros against 1.6 million.
+    """
+
+    words: Any  # CSR (texts, word n-grams): tf-idf, normalised
+    tokens: Any  # CSR (texts, tokens): counts
+    grams: Any  # CSR (tokens, character n-grams): counts * idf
+    repeats: Any  # CSR (texts, character n-grams): (1 + log c - c) * idf where c >= 2
+    row_scale: _Float  # (texts,): 1 / the character block's norm
+    chars: tuple[_Int, _Int, _Float]  # the character block's explicit (row, column, value)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(texts, word n-grams + character n-grams)."""
+        return self.words.shape[0], self.words.shape[1] + self.grams.shape[1]
+
+    def explicit(self) -> Any:
+        """The matrix itself, as CSR."""
+        chars = sp.diags(self.row_scale) @ (self.tokens @ self.grams + self.repeats)
+        return sp.hstack([self.words, chars], format="csr")
+
+    def signatures(self, vector: _Float) -> _Float:
+        """``X.T @ vector``, each column's sum computed in a fixed order."""
+        scaled = vector * self.row_scale
+        chars = self.grams.T @ (self.tokens.T @ scaled) + self.repeats.T @ scaled
+        out: _Float = np.concatenate([self.words.T @ vector, chars])
+        return out
+
+    def masses(self, sample: _Float) -> _Float:
+        """Each column's sum(sample * x^2)."""
+        words = self.words
+        row_of = np.repeat(np.arange(words.shape[0]), np.diff(words.indptr))
+        word_mass = np.bincount(words.indices, words.data**2 * sample[row_of], words.shape[1])
+        rows, cols, values = self.chars
+        char_mass = np.bincount(cols, values**2 * sample[rows], self.grams.shape[1])
+        out: _Float = np.concatenate([word_mass, char_mass])
+        return out
+
+
+def _merge_columns(design: _Design) -> tuple[_Int, _Int, _Float]:
+    """Merge identical columns: one representative column per group, each column's group,
+    and sqrt(size) of each group.
 
     Identical columns get identical weights at the optimum of an L2-regularised model, so m of
     them act as one column scaled by sqrt(m) whose weight V is sqrt(m) times theirs: the same
     optimum with fewer weights, and ``W = V[group] / sqrt(m)[group]``. Character n-grams of
-    one rare word are identical columns, so this halves the weights on real data.
+    one rare word are identical columns, so this halves the weights on real data. Columns
+    only merge within a block, so that every group lies in the word or the character block.
     """
-    rows, features = matrix.shape
+    rows, features = design.shape
+    words = design.words.shape[1]
     rng = np.random.default_rng(0)
-    transposed = matrix.T.tocsr()
     # Identical columns have bit-identical sums in any fixed order; two random projections
     # tell distinct columns apart (a collision needs two exact float coincidences).
-    first = transposed @ rng.standard_normal(rows)
-    second = transposed @ rng.standard_normal(rows)
-    order = np.lexsort((second, first))
+    first = design.signatures(rng.standard_normal(rows))
+    second = design.signatures(rng.standard_normal(rows))
+    block = np.arange(features) >= words
+    order = np.lexsort((second, first, block))
     new_group = np.ones(features, dtype=bool)
-    new_group[1:] = (first[order][1:] != first[order][:-1]) | (
-        second[order][1:] != second[order][:-1]
+    new_group[1:] = (
+        (first[order][1:] != first[order][:-1])
+        | (second[order][1:] != second[order][:-1])
+        | (block[order][1:] != block[order][:-1])
     )
     group = np.empty(features, dtype=np.int64)
     group[order] = np.cumsum(new_group) - 1
     roots = np.sqrt(np.bincount(group).astype(np.float64))
-    # One column of each group (its first in `order`), times sqrt(m).
-    first_of = order[new_group]
-    merged = transposed[first_of]
-    merged.data *= np.repeat(roots, np.diff(merged.indptr))
-    return merged, group, roots
+    return order[new_group], group, roots  # representatives: word columns first, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,10 +636,10 @@ class _Workspace:
 class _Scaled:
     """The merged problem with scaled columns: its weights z, the L-BFGS basis, its passes.
 
-    Every pass over the texts or over the weights is cut into the same fixed pieces however
-    many threads share them; each piece writes only its own rows, and sums over pieces are
-    added in piece order, so the solver takes the same steps, bit for bit, on any number of
-    threads and whatever their timing.
+    Every pass over the texts, the tokens or the weights is cut into the same fixed pieces
+    however many threads share them; each piece writes only its own rows, and sums over
+    pieces are added in piece order, so the solver takes the same steps, bit for bit, on any
+    number of threads and whatever their timing.
 
     Column j of the merged matrix is divided by the _PRECONDITION / 2 power of the loss's
     curvature along it at zero weights, sum(sample * x^2) * p(1 - p) with p = 1 / classes
@@ -602,7 +649,9 @@ class _Scaled:
 
     def __init__(
         self,
-        columns: Any,
+        design: _Design,
+        representatives: _Int,
+        roots: _Float,
         targets: _Int,
         n_classes: int,
         *,
@@ -611,7 +660,8 @@ class _Scaled:
         threads: int,
         workspace: _Workspace | None = None,
     ) -> None:
-        features, rows = columns.shape
+        rows = design.shape[0]
+        features = roots.size
         counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
         balanced = class_weight == "balanced"
         sample = (rows / (n_classes * counts))[targets] if balanced else np.ones(rows)
@@ -624,21 +674,67 @@ class _Scaled:
         self.size = size = features * width
         self.sample, self.targets = sample, targets
         spread = (1.0 - 1.0 / n_classes) / n_classes
-        column_of = np.repeat(np.arange(features), np.diff(columns.indptr))
-        mass = np.bincount(column_of, columns.data**2 * sample[columns.indices], features)
+        # A merged column is sqrt(m) times its representative.
+        mass = design.masses(sample)[representatives] * roots**2
         self.scale = (alpha + spread * mass) ** (-_PRECONDITION / 2)
         self.intercept_scale = float(spread ** (-_PRECONDITION / 2))
         self.squared_scale = self.scale * self.scale
         self.penalty = (alpha * self.squared_scale).astype(np.float32)[:, None]
+
         # The products run in float32, twice as fast; the sums they feed stay in float64.
         # Their rounding (1e-7 relative) is far below the 1e-4 the solver stops at.
-        data = (columns.data * self.scale[column_of]).astype(np.float32)
-        transposed = sp.csr_matrix((data, columns.indices, columns.indptr), shape=columns.shape)
-        scaled = transposed.T.tocsr()
-        # Below some 50 million multiply-adds a product is over before threads pay.
-        count = _PIECES if columns.nnz * width >= 50_000_000 else 1
-        self.texts = [(a, b, _rows(scaled, a, b)) for a, b in _cut(scaled.indptr, count)]
-        self.columns = [(a, b, _rows(transposed, a, b)) for a, b in _cut(transposed.indptr, count)]
+        words = design.words.shape[1]
+        self.split = split = int(np.searchsorted(representatives, words))
+        factor = roots * self.scale
+
+        def columns(matrix: Any, chosen: _Int, by: _Float) -> Any:
+            """Rows ``chosen`` of a CSR matrix times ``by``, in float32."""
+            picked = matrix[chosen]
+            picked.data *= np.repeat(by, np.diff(picked.indptr))
+            return picked.astype(np.float32)
+
+        self.words_t = columns(design.words.T.tocsr(), representatives[:split], factor[:split])
+        chosen = representatives[split:] - words
+        self.grams_t = columns(design.grams.T.tocsr(), chosen, factor[split:])
+        self.repeats_t = columns(design.repeats.T.tocsr(), chosen, factor[split:])
+        self.words = self.words_t.T.tocsr()
+        self.grams = self.grams_t.T.tocsr()
+        self.repeats = self.repeats_t.T.tocsr()
+        self.tokens = design.tokens.astype(np.float32)
+        self.tokens_t = self.tokens.T.tocsr()
+        self.row_scale = design.row_scale.astype(np.float32)[:, None]
+        work = (self.words.nnz + self.tokens.nnz + self.grams.nnz + self.repeats.nnz) * width
+        # Below some 20 million multiply-adds a product is over before threads pay.
+        count = _PIECES if work >= 20_000_000 else 1
+        per_text = self.words.indptr + self.tokens.indptr + self.repeats.indptr
+        self.texts = [
+            (a, b, (_rows(self.words, a, b), _rows(self.tokens, a, b), _rows(self.repeats, a, b)))
+            for a, b in _cut(per_text, count)
+        ]
+        self.token_products = [
+            (a, b, _rows(self.grams, a, b)) for a, b in _cut(self.grams.indptr, count)
+        ]
+        self.token_sums = [
+            (a, b, _rows(self.tokens_t, a, b)) for a, b in _cut(self.tokens_t.indptr, count)
+        ]
+        per_column = np.concatenate(
+            [
+                self.words_t.indptr,
+                self.words_t.indptr[-1] + self.grams_t.indptr[1:] + self.repeats_t.indptr[1:],
+            ]
+        )
+        self.columns = [
+            (
+                a,
+                b,
+                (
+                    _rows(self.words_t, a, min(b, split)) if a < split else None,
+                    _rows(self.grams_t, max(a, split) - split, b - split) if b > split else None,
+                    _rows(self.repeats_t, max(a, split) - split, b - split) if b > split else None,
+                ),
+            )
+            for a, b in _cut(per_column, count)
+        ]
         self.pool = ThreadPoolExecutor(threads) if threads > 1 and count > 1 else None
 
         self.n = n = size + width
@@ -648,11 +744,10 @@ class _Scaled:
         self.work = memory.array("work", (n,), np.float32)  # the direction
         # The rows of `basis`: the last _HISTORY steps and the _HISTORY + 1 gradients around
         # them, with one spare row of each kind for the step and the gradient being made.
-        # `gram` holds their dot products; rows not in use get zero coefficients.
+        # `gram` holds their dot products. Rows not in use get zero coefficients, so stale
+        # values from a previous problem only need to be finite; fresh memory is zero.
         self.steps, self.gradients = _HISTORY + 1, _HISTORY + 2
         total = self.steps + self.gradients
-        # Rows not in use have zero coefficients, so stale values from a previous problem
-        # only need to be finite; fresh memory is zero.
         self.basis = memory.array("basis", (total, n), np.float32)
         self.gram = np.zeros((total, total))
         self.scores = memory.array("scores", (rows, width), np.float64, zero=True)
@@ -665,6 +760,12 @@ class _Scaled:
         # trial point; float32, as the product it feeds.
         self.upstreams = memory.array("upstreams", (2, rows, width), np.float32)
         self.here = 0
+        # Per token: its n-grams times the weights (forward), and its texts' upstream sums.
+        tokens = self.tokens.shape[1]
+        self.token_scores = memory.array("token_scores", (tokens, width), np.float32)
+        self.token_upstream = memory.array("token_upstream", (tokens, width), np.float32)
+        self.mixed = memory.array("mixed", (rows, width), np.float32)
+        self.scaled_upstream = memory.array("scaled_upstream", (rows, width), np.float32)
 
     def run(self, task: Any, pieces: list[tuple[int, int, Any]], *args: Any) -> list[Any]:
         """``task(piece, *args)`` for every piece, on the pool's threads; results in order."""
@@ -678,22 +779,47 @@ class _Scaled:
         if self.pool is not None:
             self.pool.shutdown()
 
+    def _weights(self, flat: NDArray[np.float32]) -> NDArray[np.float32]:
+        return flat[: self.size].reshape(self.features, self.width)
+
+    def product(self, flat: NDArray[np.float32], then: Any = None, *args: Any) -> list[Any]:
+        """``step32 = X @ weights`` (merged, scaled), then ``then(piece, *args)`` per piece."""
+        weights = self._weights(flat)
+        self.run(self._token_product, self.token_products, weights[self.split :])
+        return self.run(self._text_product, self.texts, weights, then, args)
+
+    def _token_product(self, piece: tuple[int, int, Any], chars: NDArray[np.float32]) -> None:
+        start, end, grams = piece
+        out = self.token_scores[start:end]
+        out.fill(0.0)
+        _accumulate(grams, chars, out)
+
+    def _text_product(
+        self, piece: tuple[int, int, Any], weights: NDArray[np.float32], then: Any, args: Any
+    ) -> Any:
+        start, end, (words, tokens, repeats) = piece
+        out, mixed = self.step32[start:end], self.mixed[start:end]
+        out.fill(0.0)
+        mixed.fill(0.0)
+        _accumulate(words, weights[: self.split], out)
+        _accumulate(tokens, self.token_scores, mixed)
+        _accumulate(repeats, weights[self.split :], mixed)
+        mixed *= self.row_scale[start:end]
+        out += mixed
+        return None if then is None else then(piece, *args)
+
     def warm(self, weights: _Float, intercept: _Float) -> None:
         """Start from merged weights v and an intercept."""
-        self.z[: self.size] = (weights / self.scale[:, None]).ravel()
+        self._weights(self.z)[:] = weights / self.scale[:, None]
         self.z[self.size :] = intercept / self.intercept_scale
-        z_weights = self.z[: self.size].reshape(self.features, self.width)
-        self.step32.fill(0.0)
-        for start, end, matrix in self.texts:
-            _accumulate(matrix, z_weights, self.step32[start:end])
+        self.product(self.z)
         np.add(self.step32, intercept, out=self.scores)
 
     def weights(self, group: _Int, roots: _Float) -> tuple[_Float, _Float]:
         """The weights of the unmerged columns, and the intercept."""
-        z_weights = self.z[: self.size].reshape(self.features, self.width)
         factor = (self.scale / roots)[group]
         gathered = self.workspace.array("gathered", (group.size, self.width), np.float32)
-        np.take(z_weights, group, axis=0, out=gathered)
+        np.take(self._weights(self.z), group, axis=0, out=gathered)
         weights = np.multiply(gathered, factor[:, None], dtype=np.float64)
         return weights, self.z[self.size :].astype(np.float64) * self.intercept_scale
 
@@ -705,9 +831,7 @@ class _Scaled:
         self, piece: tuple[int, int, Any], a: NDArray[np.float32], b: NDArray[np.float32]
     ) -> float:
         start, end, _ = piece
-        shape = (end - start, self.width)
-        span = slice(start * self.width, end * self.width)
-        per_column = np.einsum("fc,fc->f", a[span].reshape(shape), b[span].reshape(shape))
+        per_column = np.einsum("fc,fc->f", self._weights(a)[start:end], self._weights(b)[start:end])
         return _dot(per_column, self.squared_scale[start:end])
 
     def evaluate(self, t: float) -> float:
@@ -747,11 +871,12 @@ class _Scaled:
         return value
 
     def centre(self, value: float) -> tuple[float, NDArray[np.float32] | None]:
-        """A Newton step on the intercept alone, if it lowers the loss: the loss, and the step in z.
+        """A Newton step on the intercept alone, if it lowers the loss: the loss, and the step.
 
-        The intercept's gradient is what stops the solver last: the features' gradient falls
-        below the tolerance in about half the iterations. Its curvature is the diagonal of
-        sum(sample * (diag(p) - p p^T)), so this costs a pass over the upstream and one loss.
+        The intercept's gradient is what stops a plain L-BFGS last: the features' gradient
+        falls below the tolerance in about half the iterations. Its curvature is the diagonal
+        of sum(sample * (diag(p) - p p^T)), so this costs a pass over the upstream and a loss.
+        The step is returned in z's scale.
         """
         upstream = self.upstreams[self.here]
         gradient = upstream.sum(axis=0, dtype=np.float64)
@@ -794,11 +919,10 @@ class _Scaled:
 
         The two inner products are the penalty's (weighted by scale^2, without alpha).
         """
-        coef32 = coef.astype(np.float32)
-        pairs = self.run(self._combine, self.columns, coef32)
+        pairs = self.run(self._combine, self.columns, coef.astype(np.float32))
         tail = self.work[self.size :] * np.float32(self.intercept_scale)
-        value = sum(self.run(self._forward, self.texts, tail))
-        return sum(p[0] for p in pairs), sum(p[1] for p in pairs), value
+        values = self.product(self.work, self._forward, tail)
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs), float(sum(values))
 
     def _span(self, start: int, end: int) -> slice:
         """The weights of merged columns start..end, and the intercept with the last."""
@@ -810,17 +934,12 @@ class _Scaled:
         start, end, _ = piece
         span = self._span(start, end)
         np.einsum("i,ij->j", coef, self.basis[:, span], out=self.work[span])
-        return self._penalised(piece, self.z, self.work), self._penalised(
-            piece, self.work, self.work
-        )
+        along = self._penalised(piece, self.z, self.work)
+        return along, self._penalised(piece, self.work, self.work)
 
     def _forward(self, piece: tuple[int, int, Any], tail: NDArray[np.float32]) -> float:
-        start, end, matrix = piece
-        part = self.step32[start:end]
-        part.fill(0.0)
-        weights = self.work[: self.size].reshape(self.features, self.width)
-        _accumulate(matrix, weights, part)
-        np.add(part, tail, out=self.step[start:end])
+        start, end, _ = piece
+        np.add(self.step32[start:end], tail, out=self.step[start:end])
         return self._loss(piece, 1.0)
 
     def advance(
@@ -832,10 +951,25 @@ class _Scaled:
         gradient's dot products with every row go to ``gram``. Returns the largest unscaled
         gradient component.
         """
-        results = self.run(self._advance, self.columns, t, step_row, row, shift)
+        upstream = self.upstreams[self.here]
+        self.run(self._scale_upstream, self.texts, upstream)
+        self.run(self._token_upstream, self.token_sums)
+        results = self.run(self._advance, self.columns, t, step_row, row, shift, upstream)
         dots = np.sum([r[0] for r in results], axis=0)
         self.gram[row], self.gram[:, row] = dots, dots
         return float(max(r[1] for r in results))
+
+    def _scale_upstream(self, piece: tuple[int, int, Any], upstream: NDArray[np.float32]) -> None:
+        start, end, _ = piece
+        np.multiply(
+            upstream[start:end], self.row_scale[start:end], out=self.scaled_upstream[start:end]
+        )
+
+    def _token_upstream(self, piece: tuple[int, int, Any]) -> None:
+        start, end, tokens_t = piece
+        out = self.token_upstream[start:end]
+        out.fill(0.0)
+        _accumulate(tokens_t, self.scaled_upstream, out)
 
     def _advance(
         self,
@@ -844,8 +978,9 @@ class _Scaled:
         step_row: int | None,
         row: int,
         shift: NDArray[np.float32] | None,
+        upstream: NDArray[np.float32],
     ) -> tuple[_Float, float]:
-        start, end, matrix = piece
+        start, end, (words_t, grams_t, repeats_t) = piece
         span = self._span(start, end)
         if step_row is not None:
             step = self.basis[step_row, span]
@@ -853,27 +988,51 @@ class _Scaled:
             if shift is not None and end == self.features:
                 step[-self.width :] += shift
             self.z[span] += step
-        width, size = self.width, self.size
-        shape = (end - start, width)
         gradient = self.basis[row]
-        weights = gradient[start * width : end * width].reshape(shape)
-        np.multiply(
-            self.z[start * width : end * width].reshape(shape), self.penalty[start:end], out=weights
-        )
-        upstream = self.upstreams[self.here]
-        _accumulate(matrix, upstream, weights)
+        weights = self._weights(gradient)[start:end]
+        np.multiply(self._weights(self.z)[start:end], self.penalty[start:end], out=weights)
+        if words_t is not None:
+            _accumulate(words_t, upstream, weights[: words_t.shape[0]])
+        if grams_t is not None:
+            chars = weights[weights.shape[0] - grams_t.shape[0] :]
+            _accumulate(grams_t, self.token_upstream, chars)
+            _accumulate(repeats_t, self.scaled_upstream, chars)
         extremes = np.maximum(weights.max(axis=1), -weights.min(axis=1))
         # |d objective / d v| = |d objective / d z| / scale
         largest = float((extremes / self.scale[start:end]).max())
         if end == self.features:
-            gradient[size:] = upstream.sum(axis=0, dtype=np.float64) * self.intercept_scale
-            largest = max(largest, float(np.abs(gradient[size:]).max()) / self.intercept_scale)
+            tail = gradient[self.size :]
+            tail[:] = upstream.sum(axis=0, dtype=np.float64) * self.intercept_scale
+            largest = max(largest, float(np.abs(tail).max()) / self.intercept_scale)
         dots = np.einsum("ij,j->i", self.basis[:, span], gradient[span]).astype(np.float64)
         return dots, largest
 
 
+def _char_factors(
+    token_rows: _Int,
+    ids: _Int,
+    char_ptr: _Int,
+    char_columns: _Int,
+    char_entries: tuple[_Int, _Int, _Int],
+    idf: _Float,
+) -> tuple[Any, Any, Any]:
+    """The character block's factors (see _Design): tokens, their n-grams, the corrections."""
+    texts, n_tokens, n_chars = int(token_rows.max()) + 1, char_ptr.size - 1, idf.size
+    rows, cols, counts = _entries(token_rows, ids, n_tokens)
+    tokens = _csr(rows, cols, counts.astype(np.float64), (texts, n_tokens))
+    owner = np.repeat(np.arange(n_tokens), np.diff(char_ptr))
+    rows, cols, counts = _entries(owner, char_columns, n_chars)
+    grams = _csr(rows, cols, counts * idf[cols], (n_tokens, n_chars))
+    rows, cols, counts = char_entries
+    again = counts >= 2
+    repeated = counts[again]
+    corrections = (_sublinear(repeated) - repeated) * idf[cols[again]]
+    repeats = _csr(rows[again], cols[again], corrections, (texts, n_chars))
+    return tokens, grams, repeats
+
+
 def _solve(
-    matrix: Any,
+    design: _Design,
     targets: _Int,
     n_classes: int,
     *,
@@ -897,9 +1056,11 @@ def _solve(
     recursion runs on their dot products, and an iteration makes two passes over that matrix
     rather than four per correction pair. And each pass is cut into pieces that threads share.
     """
-    columns, group, roots = _merge_columns(matrix)
+    representatives, group, roots = _merge_columns(design)
     problem = _Scaled(
-        columns,
+        design,
+        representatives,
+        roots,
         targets,
         n_classes,
         c=c,
@@ -914,10 +1075,9 @@ def _solve(
     try:
         if start is not None:
             # A merged column's weight is sqrt(m) times the mean of its m columns' weights.
-            members = np.bincount(group).astype(np.float64)
             merged = np.zeros((roots.size, start.weights.shape[1]))
             np.add.at(merged, group, start.weights)
-            problem.warm(merged * (roots / members)[:, None], start.intercept)
+            problem.warm(merged / roots[:, None], start.intercept)
         value = problem.evaluate(0.0)
         problem.accept()
         squared = problem.squared()
@@ -1322,14 +1482,25 @@ def _train(
     char_entries = _entries(np.repeat(token_rows, char_counts), char_ids, n_chars)
     blocks = []
     idfs = []
+    norms = []
     for (rows, cols, counts), size in ((word_entries, n_words), (char_entries, n_chars)):
         df = np.bincount(cols, minlength=size)
         idf = np.log((1.0 + n) / (1.0 + df)) + 1.0  # scikit-learn's smooth idf
         values = _sublinear(counts) * idf[cols]
         norm = _safe_norm(_sums(rows, values * values, n))
-        blocks.append(_csr(rows, cols, values / norm[rows], (n, size)))
+        blocks.append((rows, cols, values / norm[rows]))
         idfs.append(idf)
-    matrix = sp.hstack(blocks, format="csr")
+        norms.append(norm)
+    tokens, token_grams, repeats = _char_factors(
+        token_rows,
+        ids,
+        analysed.char_ptr,
+        column_of_first[analysed.char_ids],
+        char_entries,
+        idfs[1],
+    )
+    words_block = _csr(*blocks[0], (n, n_words))
+    design = _Design(words_block, tokens, token_grams, repeats, 1.0 / norms[1], blocks[1])
     initial = None
     if start is not None:
         # Warm start from a fit on other texts: shared n-grams keep their weights, new ones
@@ -1342,7 +1513,7 @@ def _train(
         weights[known] = start.solution.weights[mapped[known]]
         initial = _Solution(weights, start.solution.intercept, 0)
     solution = _solve(
-        matrix,
+        design,
         targets,
         len(classes),
         c=settings.c,
