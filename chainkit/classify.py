@@ -555,6 +555,15 @@ def _merge_columns(design: _Design) -> tuple[_Int, _Int, _Float]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Start:
+    """A warm start: another fit's weights, and each column's row among them (-1: none)."""
+
+    weights: _Float  # (other fit's features, columns)
+    intercept: _Float
+    rows: _Int  # (features,)
+
+
+@dataclass(frozen=True, slots=True)
 class _Solution:
     """Raw solver output: one weight column per class, or a single one for two classes."""
 
@@ -819,9 +828,9 @@ class _Scaled:
         out += mixed
         return None if then is None else then(piece, *args)
 
-    def warm(self, weights: _Float, intercept: _Float) -> None:
-        """Start from merged weights v and an intercept."""
-        self._weights(self.z)[:] = weights / self.scale[:, None]
+    def warm(self, known: NDArray[np.bool_], weights: _Float, intercept: _Float) -> None:
+        """Start from merged weights v of the ``known`` columns (the others 0) and an intercept."""
+        self._weights(self.z)[known] = weights / self.scale[known, None]
         self.z[self.size :] = intercept / self.intercept_scale
         self.product(self.z)
         np.add(self.step32, intercept, out=self.scores)
@@ -1052,7 +1061,7 @@ def _solve(
     c: float,
     class_weight: _ClassWeight,
     max_iter: int,
-    start: _Solution | None = None,
+    start: _Start | None = None,
     threads: int | None = None,
     workspace: _Workspace | None = None,
 ) -> _Solution:
@@ -1091,10 +1100,10 @@ def _solve(
     iterations = 0
     try:
         if start is not None:
-            # A merged column's weight is sqrt(m) times the mean of its m columns' weights.
-            merged = np.zeros((roots.size, start.weights.shape[1]))
-            np.add.at(merged, group, start.weights)
-            problem.warm(merged / roots[:, None], start.intercept)
+            # A merged column's weight is sqrt(m) times its columns' (its representative's).
+            rows = start.rows[representatives]
+            known = rows >= 0
+            problem.warm(known, start.weights[rows[known]] * roots[known, None], start.intercept)
         value = problem.evaluate(0.0)
         problem.accept()
         squared = problem.squared()
@@ -1524,11 +1533,8 @@ def _train(
         # start at zero.
         index = {term: i for i, term in enumerate(chain(*start.model.terms))}
         terms = list(chain(word_terms, char_terms))
-        mapped = np.fromiter(map(index.get, terms, repeat(-1)), np.int64, len(terms))
-        known = mapped >= 0
-        weights = np.zeros((len(terms), start.solution.weights.shape[1]))
-        weights[known] = start.solution.weights[mapped[known]]
-        initial = _Solution(weights, start.solution.intercept, 0)
+        rows = np.fromiter(map(index.get, terms, repeat(-1)), np.int64, len(terms))
+        initial = _Start(start.solution.weights, start.solution.intercept, rows)
     solution = _solve(
         design,
         targets,
