@@ -119,12 +119,12 @@ def one_thread(call: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``call`` with the compiled loop on one thread (as on a one-core machine)."""
 
     def wrapped(argument: Any) -> Any:
-        workers = classify._workers
-        classify._workers = lambda: 1  # type: ignore[assignment]
+        workers = classify._threads
+        classify._threads = lambda: 1  # type: ignore[assignment]
         try:
             return call(argument)
         finally:
-            classify._workers = workers  # type: ignore[assignment]
+            classify._threads = workers  # type: ignore[assignment]
 
     return wrapped
 

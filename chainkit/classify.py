@@ -2,9 +2,17 @@
 
 The model is scikit-learn's TF-IDF of word 1-2-grams and of character 2-5-grams inside word
 boundaries (sublinear tf, smooth idf, each block L2-normalised), then a multinomial logistic
-regression with balanced class weights: the same features, objective and stopping rule as
+regression with balanced class weights: the same features and objective as
 ``Pipeline([FeatureUnion([TfidfVectorizer(...), TfidfVectorizer(analyzer="char_wb", ...)]),
 LogisticRegression(C=c, class_weight="balanced")])``, computed here without scikit-learn.
+
+The fit stops where scikit-learn's does, when no gradient component exceeds 1e-4, but only once
+L-BFGS also predicts less than 1% further decrease of the objective. Its solver (preconditioned,
+with a Newton step on the intercept after each step: see ``_solve``) meets the gradient rule
+alone while still 11% above the minimum on CLINC150, where scikit-learn's own L-BFGS stops 1.6%
+above it. With both conditions it ends closer to the minimum than scikit-learn on both real
+data sets (objective 0.1051 against 0.1056 on CLINC150, 0.0503 against 0.0504 on Bitext; the
+minima are 0.1040 and 0.0499); on a tiny one it may end a hair above (0.01%).
 
 Why not scikit-learn itself: its fit spent most of its time outside the arithmetic (importing
 the package, L-BFGS-B's bookkeeping over millions of weights, copies of the gradient), and its
@@ -28,11 +36,12 @@ to ``unseen_penalty``. Multiplying every score by one positive number is a softm
 temperature: the label never changes, only the confidence drops. With ``unseen_penalty=0``
 the probabilities are the plain logistic regression's.
 
-By default ``fit`` also sets the out-of-scope threshold: it holds out a stratified
-``holdout`` share of the training texts (chosen with ``seed``), fits on the rest, and takes the
-confidence that ``reject_share`` of the held-out in-scope texts fall below; then it fits again
-on every text, starting from the first fit's weights. Pass ``threshold=None`` (never out of
-scope) or a number to skip this; ``choose_threshold`` picks one on labelled dev data instead.
+By default ``fit`` also sets the out-of-scope threshold: after fitting on every text it holds
+out a stratified ``holdout`` share of them (chosen with ``seed``), fits on the rest starting
+from the first fit's weights, and takes the confidence that ``reject_share`` of the held-out
+in-scope texts fall below. The model it keeps is the fit on every text, the same as with
+``threshold=None``. Pass ``threshold=None`` (never out of scope) or a number to skip this;
+``choose_threshold`` picks one on labelled dev data instead.
 
 >>> texts = ["where is my parcel", "track my order", "has my package shipped",
 ...          "i want my money back", "refund my purchase", "can i get a refund"]
@@ -53,7 +62,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, pairwise, repeat
 from typing import Any, Final, Literal, cast
 
 import numpy as np
@@ -66,11 +75,30 @@ from chainkit.stages.intent_scan import Prediction
 
 __all__ = ["LocalClassifier"]
 
+try:  # the kernel behind scipy's ``csr @ dense``; private, so it may be missing one day
+    from scipy.sparse import _sparsetools
+
+    _csr_matvecs: Any = _sparsetools.csr_matvecs
+except (ImportError, AttributeError):  # pragma: no cover
+    _csr_matvecs = None
+
 # Chosen by the dev search in benchmarks/eval_classifier.py (CLINC150; Bitext ties).
 _DEFAULT_C: Final = 30.0
 # scikit-learn's LogisticRegression tolerance: stop when no gradient component exceeds it.
 _TOL: Final = 1e-4
 _HISTORY: Final = 5  # L-BFGS correction pairs kept: each costs passes over every weight
+# Columns are divided by this power of the square root of the loss's curvature along them
+# (0: plain L-BFGS; 1: a Jacobi preconditioner). Tuned on the training splits, before the
+# intercept step and the second stopping condition: iterations to scikit-learn's gradient rule
+# on CLINC150 and Bitext were 22 and 17 at 0.6, 41 and 35 at 0, and 61 on Bitext at 1.
+_PRECONDITION: Final = 0.6
+# Stop only once L-BFGS predicts less than this share of the objective still to gain.
+_GAP: Final = 0.01
+_MAX_THREADS: Final = 4  # the solver's passes run on at most this many threads
+_PIECES: Final = 8  # each pass is cut into this many pieces, whatever the thread count
+# Multiply-adds of a product below which it is over before threads would pay (Bitext: 3.4
+# million, single-threaded; CLINC150: 80 million).
+_THREADED: Final = 20_000_000
 _FORMAT: Final = "chainkit.LocalClassifier"
 _VERSION: Final = 2
 _DEFAULT_HOLDOUT: Final = 0.1
@@ -701,34 +729,89 @@ def _gather(
     return out, lengths
 
 
-def _merge_columns(matrix: Any) -> tuple[Any, Any]:
-    """Merge identical columns: the merged problem and the map back, ``W = expand @ V``.
+@dataclass(frozen=True, slots=True)
+class _Design:
+    """The training matrix, factorised: ``[words | diag(row_scale) (tokens @ grams + repeats)]``.
+
+    A text's character n-grams are the sum of its tokens' n-grams, so the character block is
+    (texts x tokens counts) @ (tokens x n-grams counts * idf), plus a correction where an
+    n-gram occurs c >= 2 times in a text ((1 + log c) - c times its idf: sublinear tf), then
+    each row divided by its norm. Products with it take a quarter of the multiply-adds of
+    the explicit block: on CLINC150, 0.35 million non-zeros against 1.6 million.
+    """
+
+    words: Any  # CSR (texts, word n-grams): tf-idf, normalised
+    tokens: Any  # CSR (texts, tokens): counts
+    grams: Any  # CSR (tokens, character n-grams): counts * idf
+    repeats: Any  # CSR (texts, character n-grams): (1 + log c - c) * idf where c >= 2
+    row_scale: _Float  # (texts,): 1 / the character block's norm
+    chars: tuple[_Int, _Int, _Float]  # the character block's explicit (row, column, value)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(texts, word n-grams + character n-grams)."""
+        return self.words.shape[0], self.words.shape[1] + self.grams.shape[1]
+
+    def explicit(self) -> Any:
+        """The matrix itself, as CSR."""
+        chars = sp.diags(self.row_scale) @ (self.tokens @ self.grams + self.repeats)
+        return sp.hstack([self.words, chars], format="csr")
+
+    def signatures(self, vector: _Float) -> _Float:
+        """``X.T @ vector``, each column's sum computed in a fixed order."""
+        scaled = vector * self.row_scale
+        chars = self.grams.T @ (self.tokens.T @ scaled) + self.repeats.T @ scaled
+        out: _Float = np.concatenate([self.words.T @ vector, chars])
+        return out
+
+    def masses(self, sample: _Float) -> _Float:
+        """Each column's sum(sample * x^2)."""
+        words = self.words
+        row_of = np.repeat(np.arange(words.shape[0]), np.diff(words.indptr))
+        word_mass = np.bincount(words.indices, words.data**2 * sample[row_of], words.shape[1])
+        rows, cols, values = self.chars
+        char_mass = np.bincount(cols, values**2 * sample[rows], self.grams.shape[1])
+        out: _Float = np.concatenate([word_mass, char_mass])
+        return out
+
+
+def _merge_columns(design: _Design) -> tuple[_Int, _Int, _Float]:
+    """Merge identical columns: a representative per group, each column's group, sqrt(sizes).
 
     Identical columns get identical weights at the optimum of an L2-regularised model, so m of
-    them act as one column scaled by sqrt(m) whose weight is sqrt(m) times theirs: the same
-    optimum with fewer weights. Character n-grams of one rare word are identical columns, so
-    this halves the weights on real data.
+    them act as one column scaled by sqrt(m) whose weight V is sqrt(m) times theirs: the same
+    optimum with fewer weights, and ``W = V[group] / sqrt(m)[group]``. Character n-grams of
+    one rare word are identical columns, so this halves the weights on real data. Columns
+    only merge within a block, so that every group lies in the word or the character block.
     """
-    rows, features = matrix.shape
+    rows, features = design.shape
+    words = design.words.shape[1]
     rng = np.random.default_rng(0)
-    transposed = matrix.T.tocsr()
     # Identical columns have bit-identical sums in any fixed order; two random projections
     # tell distinct columns apart (a collision needs two exact float coincidences).
-    first = transposed @ rng.standard_normal(rows)
-    second = transposed @ rng.standard_normal(rows)
-    order = np.lexsort((second, first))
+    first = design.signatures(rng.standard_normal(rows))
+    second = design.signatures(rng.standard_normal(rows))
+    block = np.arange(features) >= words
+    order = np.lexsort((second, first, block))
     new_group = np.ones(features, dtype=bool)
-    new_group[1:] = (first[order][1:] != first[order][:-1]) | (
-        second[order][1:] != second[order][:-1]
+    new_group[1:] = (
+        (first[order][1:] != first[order][:-1])
+        | (second[order][1:] != second[order][:-1])
+        | (block[order][1:] != block[order][:-1])
     )
     group = np.empty(features, dtype=np.int64)
     group[order] = np.cumsum(new_group) - 1
-    sizes = np.bincount(group).astype(np.float64)
-    expand = sp.csr_matrix(
-        (1.0 / np.sqrt(sizes[group]), group, np.arange(features + 1)),
-        shape=(features, sizes.size),
-    )
-    return (matrix @ expand).tocsr(), expand
+    roots = np.sqrt(np.bincount(group).astype(np.float64))
+    return order[new_group], group, roots  # representatives: word columns first, in order
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A warm start: another fit's weights, and each column's row among them (-1: none)."""
+
+    weights: _Float  # (other fit's features, columns)
+    intercept: _Float
+    rows: _Int  # (features,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,155 +821,626 @@ class _Solution:
     weights: _Float  # (features, columns)
     intercept: _Float  # (columns,)
     iterations: int
+    workspace: _Workspace | None = None  # the solver's memory, for the next solve of a fit
 
 
 def _dot(a: NDArray[Any], b: NDArray[Any]) -> float:
-    """A dot product of two long vectors on this thread (BLAS would split it across busy cores)."""
+    """A dot product on this thread: BLAS would wake threads that then spin on busy cores."""
     return float(np.einsum("i,i->", a, b))
 
 
+def _threads() -> int:
+    """Threads for the solver and for a large batch: usable cores, at most _MAX_THREADS.
+
+    The cores this process may run on (its affinity), not the machine's count.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(available, _MAX_THREADS))
+
+
+def _cut(indptr: NDArray[Any], count: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of a CSR matrix holding about equal numbers of non-zeros."""
+    rows = indptr.size - 1
+    cuts = np.searchsorted(indptr, [indptr[-1] * i // count for i in range(1, count)])
+    bounds = sorted({0, rows, *(min(int(cut), rows) for cut in cuts)})
+    return list(pairwise(bounds))
+
+
+def _rows(matrix: Any, start: int, end: int) -> Any:
+    """Rows start..end of a CSR matrix, sharing its arrays (slicing would copy them)."""
+    if start == 0 and end == matrix.shape[0]:
+        return matrix
+    first, last = matrix.indptr[start], matrix.indptr[end]
+    return sp.csr_matrix(
+        (
+            matrix.data[first:last],
+            matrix.indices[first:last],
+            matrix.indptr[start : end + 1] - first,
+        ),
+        shape=(end - start, matrix.shape[1]),
+    )
+
+
+def _accumulate(matrix: Any, dense: NDArray[np.float32], out: NDArray[np.float32]) -> None:
+    """``out += matrix @ dense`` for a CSR matrix, without allocating."""
+    if _csr_matvecs is None:  # scipy without its private kernel
+        out += matrix @ dense
+        return
+    # scipy's own kernel behind ``matrix @ dense``; it releases the GIL, and adding into
+    # ``out`` saves allocating the product and a pass to add it.
+    rows, columns = matrix.shape
+    _csr_matvecs(
+        rows,
+        columns,
+        dense.shape[1],
+        matrix.indptr,
+        matrix.indices,
+        matrix.data,
+        dense.reshape(-1),
+        out.reshape(-1),
+    )
+
+
+class _Workspace:
+    """The solver's arrays, kept for the next solve of the same fit.
+
+    Where numpy asks the kernel for huge pages (arrays of 4 MB or more), a page it cannot
+    find is slow to fault in: on the 2-core test machine, first touching 400 MB took 0.95 s
+    against 0.05 s to overwrite it. The calibration's second solve reuses the first's memory.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, NDArray[Any]] = {}
+
+    def array(
+        self, name: str, shape: tuple[int, ...], dtype: Any, *, zero: bool = False
+    ) -> NDArray[Any]:
+        """An array of this shape, in memory a previous solve left if it is large enough."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = np.zeros(size, dtype=dtype)
+            self.buffers[name] = buffer
+        elif zero:
+            buffer[:size] = 0
+        return buffer[:size].reshape(shape)
+
+
+class _Scaled:
+    """The merged problem with scaled columns: its weights z, the L-BFGS basis, its passes.
+
+    Every pass over the texts, the tokens or the weights is cut into the same fixed pieces
+    however many threads share them; each piece writes only its own rows, and sums over
+    pieces are added in piece order, so the solver takes the same steps, bit for bit, on any
+    number of threads and whatever their timing.
+
+    Column j of the merged matrix is divided by the _PRECONDITION / 2 power of the loss's
+    curvature along it at zero weights, sum(sample * x^2) * p(1 - p) with p = 1 / classes
+    (plus the penalty's): a diagonal preconditioner. The weights are v = scale * z, so the
+    penalty on z is weighted by scale^2.
+    """
+
+    def __init__(
+        self,
+        design: _Design,
+        representatives: _Int,
+        roots: _Float,
+        targets: _Int,
+        n_classes: int,
+        *,
+        c: float,
+        class_weight: _ClassWeight,
+        threads: int,
+        workspace: _Workspace | None = None,
+    ) -> None:
+        rows = design.shape[0]
+        features = roots.size
+        counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+        balanced = class_weight == "balanced"
+        sample = (rows / (n_classes * counts))[targets] if balanced else np.ones(rows)
+        sample /= sample.sum()
+        # scikit-learn divides by the sum of sample weights, which is the row count either way.
+        self.alpha = alpha = 1.0 / (c * rows)
+        self.binary = n_classes == 2
+        self.width = width = 1 if self.binary else n_classes
+        self.features = features
+        self.size = size = features * width
+        self.sample, self.targets = sample, targets
+        spread = (1.0 - 1.0 / n_classes) / n_classes
+        # A merged column is sqrt(m) times its representative.
+        mass = design.masses(sample)[representatives] * roots**2
+        self.scale = (alpha + spread * mass) ** (-_PRECONDITION / 2)
+        self.intercept_scale = float(spread ** (-_PRECONDITION / 2))
+        self.squared_scale = self.scale * self.scale
+        self.penalty = (alpha * self.squared_scale).astype(np.float32)[:, None]
+
+        # The products run in float32, twice as fast; the sums they feed stay in float64.
+        # Their rounding (1e-7 relative) is far below the 1e-4 the solver stops at.
+        words = design.words.shape[1]
+        self.split = split = int((representatives < words).sum())  # word groups come first
+        factor = roots * self.scale
+
+        def columns(matrix: Any, chosen: _Int, by: _Float) -> Any:
+            """Rows ``chosen`` of a CSR matrix times ``by``, in float32."""
+            picked = matrix[chosen]
+            picked.data *= np.repeat(by, np.diff(picked.indptr))
+            return picked.astype(np.float32)
+
+        self.words_t = columns(design.words.T.tocsr(), representatives[:split], factor[:split])
+        chosen = representatives[split:] - words
+        self.grams_t = columns(design.grams.T.tocsr(), chosen, factor[split:])
+        self.repeats_t = columns(design.repeats.T.tocsr(), chosen, factor[split:])
+        self.words = self.words_t.T.tocsr()
+        self.grams = self.grams_t.T.tocsr()
+        self.repeats = self.repeats_t.T.tocsr()
+        self.tokens = design.tokens.astype(np.float32)
+        self.tokens_t = self.tokens.T.tocsr()
+        self.row_scale = design.row_scale.astype(np.float32)[:, None]
+        work = (self.words.nnz + self.tokens.nnz + self.grams.nnz + self.repeats.nnz) * width
+        count = _PIECES if work >= _THREADED else 1
+        per_text = self.words.indptr + self.tokens.indptr + self.repeats.indptr
+        self.texts = [
+            (a, b, (_rows(self.words, a, b), _rows(self.tokens, a, b), _rows(self.repeats, a, b)))
+            for a, b in _cut(per_text, count)
+        ]
+        self.token_products = [
+            (a, b, _rows(self.grams, a, b)) for a, b in _cut(self.grams.indptr, count)
+        ]
+        self.token_sums = [
+            (a, b, _rows(self.tokens_t, a, b)) for a, b in _cut(self.tokens_t.indptr, count)
+        ]
+        per_column = np.concatenate(
+            [
+                self.words_t.indptr,
+                self.words_t.indptr[-1] + self.grams_t.indptr[1:] + self.repeats_t.indptr[1:],
+            ]
+        )
+        self.columns = [
+            (
+                a,
+                b,
+                (
+                    _rows(self.words_t, a, min(b, split)) if a < split else None,
+                    _rows(self.grams_t, max(a, split) - split, b - split) if b > split else None,
+                    _rows(self.repeats_t, max(a, split) - split, b - split) if b > split else None,
+                ),
+            )
+            for a, b in _cut(per_column, count)
+        ]
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 and count > 1 else None
+
+        self.n = n = size + width
+        memory = _Workspace() if workspace is None else workspace
+        self.workspace = memory
+        self.z = memory.array("z", (n,), np.float32, zero=True)
+        self.work = memory.array("work", (n,), np.float32)  # the direction
+        # The rows of `basis`: the last _HISTORY steps and the _HISTORY + 1 gradients around
+        # them, with one spare row of each kind for the step and the gradient being made.
+        # `gram` holds their dot products. Rows not in use get zero coefficients (and are zero).
+        self.steps, self.gradients = _HISTORY + 1, _HISTORY + 2
+        total = self.steps + self.gradients
+        self.basis = memory.array("basis", (total, n), np.float32, zero=True)
+        self.gram = np.zeros((total, total))
+        self.scores = memory.array("scores", (rows, width), np.float64, zero=True)
+        self.trial = memory.array("trial", (rows, width), np.float64)
+        # The direction's change of the scores (zero for the first evaluation).
+        self.step = memory.array("step", (rows, width), np.float64, zero=True)
+        self.step32 = memory.array("step32", (rows, width), np.float32)
+        self.exponentials = memory.array("exponentials", (rows, width), np.float32)
+        # The loss's gradient with respect to the scores, at the current point and at the
+        # trial point; float32, as the product it feeds.
+        self.upstreams = memory.array("upstreams", (2, rows, width), np.float32)
+        self.here = 0
+        # Per token: its n-grams times the weights (forward), and its texts' upstream sums.
+        tokens = self.tokens.shape[1]
+        self.token_scores = memory.array("token_scores", (tokens, width), np.float32)
+        self.token_upstream = memory.array("token_upstream", (tokens, width), np.float32)
+        self.mixed = memory.array("mixed", (rows, width), np.float32)
+        self.scaled_upstream = memory.array("scaled_upstream", (rows, width), np.float32)
+
+    def run(self, task: Any, pieces: list[tuple[int, int, Any]], *args: Any) -> list[Any]:
+        """``task(piece, *args)`` for every piece, on the pool's threads; results in order."""
+        if self.pool is None:
+            return [task(piece, *args) for piece in pieces]
+        futures = [self.pool.submit(task, piece, *args) for piece in pieces]
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        """Stop the threads."""
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _weights(self, flat: NDArray[np.float32]) -> NDArray[np.float32]:
+        return flat[: self.size].reshape(self.features, self.width)
+
+    def product(self, flat: NDArray[np.float32], then: Any = None, *args: Any) -> list[Any]:
+        """``step32 = X @ weights`` (merged, scaled), then ``then(piece, *args)`` per piece."""
+        weights = self._weights(flat)
+        self.run(self._token_product, self.token_products, weights[self.split :])
+        return self.run(self._text_product, self.texts, weights, then, args)
+
+    def _token_product(self, piece: tuple[int, int, Any], chars: NDArray[np.float32]) -> None:
+        start, end, grams = piece
+        out = self.token_scores[start:end]
+        out.fill(0.0)
+        _accumulate(grams, chars, out)
+
+    def _text_product(
+        self, piece: tuple[int, int, Any], weights: NDArray[np.float32], then: Any, args: Any
+    ) -> Any:
+        start, end, (words, tokens, repeats) = piece
+        out, mixed = self.step32[start:end], self.mixed[start:end]
+        out.fill(0.0)
+        mixed.fill(0.0)
+        _accumulate(words, weights[: self.split], out)
+        _accumulate(tokens, self.token_scores, mixed)
+        _accumulate(repeats, weights[self.split :], mixed)
+        mixed *= self.row_scale[start:end]
+        out += mixed
+        return None if then is None else then(piece, *args)
+
+    def warm(self, known: NDArray[np.bool_], weights: _Float, intercept: _Float) -> None:
+        """Start from merged weights v of the ``known`` columns (the others 0) and an intercept."""
+        self._weights(self.z)[known] = weights / self.scale[known, None]
+        self.z[self.size :] = intercept / self.intercept_scale
+        self.product(self.z)
+        np.add(self.step32, intercept, out=self.scores)
+
+    def weights(self, group: _Int, roots: _Float) -> tuple[_Float, _Float]:
+        """The weights of the unmerged columns, and the intercept."""
+        factor = (self.scale / roots)[group]
+        gathered = self.workspace.array("gathered", (group.size, self.width), np.float32)
+        np.take(self._weights(self.z), group, axis=0, out=gathered)
+        weights = np.multiply(gathered, factor[:, None], dtype=np.float64)
+        return weights, self.z[self.size :].astype(np.float64) * self.intercept_scale
+
+    def squared(self) -> float:
+        """||v||^2, the penalty without alpha / 2."""
+        return float(sum(self.run(self._penalised, self.columns, self.z, self.z)))
+
+    def _penalised(
+        self, piece: tuple[int, int, Any], a: NDArray[np.float32], b: NDArray[np.float32]
+    ) -> float:
+        start, end, _ = piece
+        per_column = np.einsum("fc,fc->f", self._weights(a)[start:end], self._weights(b)[start:end])
+        return _dot(per_column, self.squared_scale[start:end])
+
+    def evaluate(self, t: float) -> float:
+        """The mean log loss at the current scores plus t times the step; keeps its gradient."""
+        return float(sum(self.run(self._loss, self.texts, t)))
+
+    def _loss(self, piece: tuple[int, int, Any], t: float, shift: _Float | None = None) -> float:
+        """One piece's share of the loss at scores + t * step, or + shift; keeps its upstream.
+
+        The upstream, the loss's gradient with respect to these scores, goes to the spare
+        buffer; ``accept`` makes it the current one.
+        """
+        start, end, _ = piece
+        trial = self.trial[start:end]
+        if shift is None:
+            np.multiply(self.step[start:end], t, out=trial)
+            trial += self.scores[start:end]
+        else:
+            np.add(self.scores[start:end], shift, out=trial)
+        sample = self.sample[start:end]
+        targets = self.targets[start:end]
+        upstream = self.upstreams[1 - self.here][start:end]
+        if self.binary:
+            s = trial[:, 0]
+            value = _dot(sample, np.logaddexp(0.0, s) - np.where(targets == 1, s, 0.0))
+            probability = 0.5 * (1.0 + np.tanh(0.5 * s))  # the logistic function, overflow-free
+            np.multiply(probability - (targets == 1), sample, out=upstream[:, 0])
+            return value
+        index = np.arange(end - start)
+        top = trial.max(axis=1)
+        # exp in float32: each term is at most 1 and only their sum's log enters the loss, so
+        # their rounding (1e-7 relative) moves the loss by 1e-7 at most; half the memory.
+        shifted = np.subtract(trial, top[:, None], out=self.exponentials[start:end])
+        np.exp(shifted, out=shifted)
+        total = shifted.sum(axis=1, dtype=np.float64)
+        value = _dot(sample, top + np.log(total) - trial[index, targets])
+        np.multiply(shifted, (sample / total).astype(np.float32)[:, None], out=upstream)
+        upstream[index, targets] -= sample
+        return value
+
+    def centre(self, value: float) -> tuple[float, NDArray[np.float32] | None]:
+        """A Newton step on the intercept alone, if it lowers the loss: the loss, and the step.
+
+        The intercept's gradient is what stops a plain L-BFGS last: the features' gradient
+        falls below the tolerance in about half the iterations. Its curvature is the diagonal
+        of sum(sample * (diag(p) - p p^T)), so this costs a pass over the upstream and a loss.
+        The step is returned in z's scale.
+        """
+        upstream = self.upstreams[self.here]
+        gradient = upstream.sum(axis=0, dtype=np.float64)
+        curvature = np.sum(self.run(self._curvature, self.texts), axis=0)
+        shift = -gradient / np.maximum(curvature, 1e-12)
+        slope = float(gradient @ shift)
+        if not slope < 0.0:
+            return value, None
+        trial = sum(self.run(self._loss, self.texts, 0.0, shift))
+        if trial > value + 1e-4 * slope:
+            return value, None
+        self.accept()
+        return trial, (shift / self.intercept_scale).astype(np.float32)
+
+    def _curvature(self, piece: tuple[int, int, Any]) -> _Float:
+        """sum(sample * p * (1 - p)) of a piece, p recovered from its upstream."""
+        start, end, _ = piece
+        sample = self.sample[start:end]
+        probability = np.divide(
+            self.upstreams[self.here][start:end],
+            sample[:, None].astype(np.float32),
+            out=self.step32[start:end],  # free until the next direction
+        )
+        if self.binary:
+            probability[:, 0] += self.targets[start:end] == 1
+        else:
+            probability[np.arange(end - start), self.targets[start:end]] += 1.0
+        first = np.einsum("i,ic->c", sample, probability)
+        second = np.einsum("i,ic,ic->c", sample, probability, probability)
+        out: _Float = first - second
+        return out
+
+    def accept(self) -> None:
+        """The trial point becomes the current one."""
+        self.scores, self.trial = self.trial, self.scores
+        self.here = 1 - self.here
+
+    def direction(self, coef: _Float) -> tuple[float, float, float]:
+        """Set the direction d to ``coef @ basis``; returns z.d, d.d and the loss at z + d.
+
+        The two inner products are the penalty's (weighted by scale^2, without alpha).
+        """
+        pairs = self.run(self._combine, self.columns, coef.astype(np.float32))
+        tail = self.work[self.size :] * np.float32(self.intercept_scale)
+        values = self.product(self.work, self._forward, tail)
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs), float(sum(values))
+
+    def _span(self, start: int, end: int) -> slice:
+        """The weights of merged columns start..end, and the intercept with the last."""
+        return slice(start * self.width, self.n if end == self.features else end * self.width)
+
+    def _combine(
+        self, piece: tuple[int, int, Any], coef: NDArray[np.float32]
+    ) -> tuple[float, float]:
+        start, end, _ = piece
+        span = self._span(start, end)
+        np.einsum("i,ij->j", coef, self.basis[:, span], out=self.work[span])
+        along = self._penalised(piece, self.z, self.work)
+        return along, self._penalised(piece, self.work, self.work)
+
+    def _forward(self, piece: tuple[int, int, Any], tail: NDArray[np.float32]) -> float:
+        start, end, _ = piece
+        np.add(self.step32[start:end], tail, out=self.step[start:end])
+        return self._loss(piece, 1.0)
+
+    def advance(
+        self, t: float, step_row: int | None, row: int, shift: NDArray[np.float32] | None = None
+    ) -> float:
+        """Step z by t times the direction, then write the gradient into a basis row.
+
+        The step (plus ``shift`` on the intercept) goes to basis row ``step_row``; the
+        gradient's dot products with every row go to ``gram``. Returns the largest unscaled
+        gradient component.
+        """
+        upstream = self.upstreams[self.here]
+        self.run(self._scale_upstream, self.texts, upstream)
+        self.run(self._token_upstream, self.token_sums)
+        results = self.run(self._advance, self.columns, t, step_row, row, shift, upstream)
+        dots = np.sum([r[0] for r in results], axis=0)
+        self.gram[row], self.gram[:, row] = dots, dots
+        return float(max(r[1] for r in results))
+
+    def _scale_upstream(self, piece: tuple[int, int, Any], upstream: NDArray[np.float32]) -> None:
+        start, end, _ = piece
+        np.multiply(
+            upstream[start:end], self.row_scale[start:end], out=self.scaled_upstream[start:end]
+        )
+
+    def _token_upstream(self, piece: tuple[int, int, Any]) -> None:
+        start, end, tokens_t = piece
+        out = self.token_upstream[start:end]
+        out.fill(0.0)
+        _accumulate(tokens_t, self.scaled_upstream, out)
+
+    def _advance(
+        self,
+        piece: tuple[int, int, Any],
+        t: float,
+        step_row: int | None,
+        row: int,
+        shift: NDArray[np.float32] | None,
+        upstream: NDArray[np.float32],
+    ) -> tuple[_Float, float]:
+        start, end, (words_t, grams_t, repeats_t) = piece
+        span = self._span(start, end)
+        if step_row is not None:
+            step = self.basis[step_row, span]
+            np.multiply(self.work[span], np.float32(t), out=step)
+            if shift is not None and end == self.features:
+                step[-self.width :] += shift
+            self.z[span] += step
+        gradient = self.basis[row]
+        weights = self._weights(gradient)[start:end]
+        np.multiply(self._weights(self.z)[start:end], self.penalty[start:end], out=weights)
+        if words_t is not None:
+            _accumulate(words_t, upstream, weights[: words_t.shape[0]])
+        if grams_t is not None:
+            chars = weights[weights.shape[0] - grams_t.shape[0] :]
+            _accumulate(grams_t, self.token_upstream, chars)
+            _accumulate(repeats_t, self.scaled_upstream, chars)
+        extremes = np.maximum(weights.max(axis=1), -weights.min(axis=1))
+        # |d objective / d v| = |d objective / d z| / scale
+        largest = float((extremes / self.scale[start:end]).max())
+        if end == self.features:
+            tail = gradient[self.size :]
+            tail[:] = upstream.sum(axis=0, dtype=np.float64) * self.intercept_scale
+            largest = max(largest, float(np.abs(tail).max()) / self.intercept_scale)
+        dots = np.einsum("ij,j->i", self.basis[:, span], gradient[span]).astype(np.float64)
+        return dots, largest
+
+
+def _char_factors(
+    token_rows: _Int,
+    ids: _Int,
+    char_ptr: _Int,
+    char_columns: _Int,
+    char_entries: tuple[_Int, _Int, _Int],
+    idf: _Float,
+) -> tuple[Any, Any, Any]:
+    """The character block's factors (see _Design): tokens, their n-grams, the corrections."""
+    texts, n_tokens, n_chars = int(token_rows.max()) + 1, char_ptr.size - 1, idf.size
+    rows, cols, counts = _entries(token_rows, ids, n_tokens)
+    tokens = _csr(rows, cols, counts.astype(np.float64), (texts, n_tokens))
+    owner = np.repeat(np.arange(n_tokens), np.diff(char_ptr))
+    rows, cols, counts = _entries(owner, char_columns, n_chars)
+    grams = _csr(rows, cols, counts * idf[cols], (n_tokens, n_chars))
+    rows, cols, counts = char_entries
+    again = counts >= 2
+    repeated = counts[again]
+    corrections = (_sublinear(repeated) - repeated) * idf[cols[again]]
+    repeats = _csr(rows[again], cols[again], corrections, (texts, n_chars))
+    return tokens, grams, repeats
+
+
 def _solve(
-    matrix: Any,
+    design: _Design,
     targets: _Int,
     n_classes: int,
     *,
     c: float,
     class_weight: _ClassWeight,
     max_iter: int,
-    start: _Solution | None = None,
+    start: _Start | None = None,
+    threads: int | None = None,
+    workspace: _Workspace | None = None,
 ) -> _Solution:
     """Minimise scikit-learn's LogisticRegression objective with L-BFGS.
 
     The objective is the sample-weighted mean log loss plus ||W||^2 / (2 C sum(weights)), the
     intercept unpenalised; two classes use one column, as scikit-learn's binomial loss does.
-    It stops, as scikit-learn does, when no gradient component exceeds 1e-4.
+    It stops when no gradient component exceeds 1e-4, scikit-learn's rule, and the next
+    L-BFGS direction d predicts a decrease -g.d below _GAP of the objective (near the minimum
+    -g.d is about twice the distance to it); both are checked on the unscaled problem.
+
+    What makes it fast, on CLINC150 from 41 iterations of 0.4 s to about 21 of 0.1-0.2 s:
+    the character block stays factorised (see _Design); identical columns merge; each column
+    is scaled by a diagonal preconditioner (see _Scaled); after each step a Newton step on
+    the intercept alone, whose gradient otherwise stops the solver last; the direction is
+    computed as in "vector-free" L-BFGS (Chen, Wang and Zhou, NIPS 2014): the recent steps
+    and gradients are the rows of one matrix, the two-loop recursion runs on their dot
+    products, and an iteration makes two passes over that matrix rather than four per
+    correction pair; and every pass is cut into pieces that threads share.
     """
-    merged, expand = _merge_columns(matrix)
-    rows, features = merged.shape
-    # The products run in float32, twice as fast; the sums they feed stay in float64.
-    # Their rounding (1e-7 relative) is far below the 1e-4 the solver stops at.
-    merged32 = merged.astype(np.float32)
-    transposed32 = merged32.T.tocsr()
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
-    balanced = class_weight == "balanced"
-    sample = (rows / (n_classes * counts))[targets] if balanced else np.ones(rows)
-    sample /= sample.sum()
-    # scikit-learn divides by the sum of sample weights, which is the row count either way.
-    alpha = 1.0 / (c * rows)
-    binary = n_classes == 2
-    width = 1 if binary else n_classes
-    size = features * width
-    x = np.zeros(size + width)
-    if start is not None:
-        x[:size] = (expand.T @ start.weights).ravel()
-        x[size:] = start.intercept
-    weights = x[:size].reshape(features, width)
-    index = np.arange(rows)
-    positive = targets == 1
-
-    def loss(scores: _Float) -> tuple[float, _Float]:
-        """Mean weighted log loss and its gradient with respect to the scores."""
-        if binary:
-            z = scores[:, 0]
-            value = float(sample @ (np.logaddexp(0.0, z) - np.where(positive, z, 0.0)))
-            probability = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, overflow-free
-            return value, ((probability - positive) * sample)[:, None]
-        top = scores.max(axis=1)
-        shifted = scores - top[:, None]
-        np.exp(shifted, out=shifted)
-        total = shifted.sum(axis=1)
-        value = float(sample @ (top + np.log(total) - scores[index, targets]))
-        shifted *= (sample / total)[:, None]
-        shifted[index, targets] -= sample
-        return value, shifted
-
-    def gradient(upstream: _Float, out: _Float) -> None:
-        grad = out[:size].reshape(features, width)
-        np.multiply(weights, alpha, out=grad)
-        grad += transposed32 @ upstream.astype(np.float32)
-        out[size:] = upstream.sum(axis=0)
-
-    scores = merged @ weights + x[size:]
-    value, upstream = loss(scores)
-    objective = value + 0.5 * alpha * _dot(x[:size], x[:size])
-    grad = np.empty_like(x)
-    gradient(upstream, grad)
-    # The L-BFGS pairs live in preallocated float32 rows, and the two-loop recursion runs in
-    # float32 in place: with millions of weights its passes over memory cost more than the
-    # products, and the pairs only shape the search direction.
-    memory = _HISTORY
-    steps = np.empty((memory, x.size), dtype=np.float32)
-    changes = np.empty((memory, x.size), dtype=np.float32)
-    rho = np.zeros(memory)
-    scratch = np.empty(x.size, dtype=np.float32)
-    work = np.empty(x.size, dtype=np.float32)
-    direction = np.empty_like(x)
-    new_grad = np.empty_like(x)
-    stored = 0
-    newest = -1
+    representatives, group, roots = _merge_columns(design)
+    problem = _Scaled(
+        design,
+        representatives,
+        roots,
+        targets,
+        n_classes,
+        c=c,
+        class_weight=class_weight,
+        threads=_threads() if threads is None else threads,
+        workspace=workspace,
+    )
+    alpha, gram = problem.alpha, problem.gram
+    steps, gradients = problem.steps, problem.gradients
+    history: list[tuple[int, int, int, float]] = []  # step row, gradient rows, 1 / (s.y)
     iterations = 0
-    while iterations < max_iter and max(float(grad.max()), -float(grad.min())) > _TOL:
-        iterations += 1
-        work[:] = grad
-        order = [(newest - i) % memory for i in range(stored)]
-        alphas = []
-        for i in order:
-            a = rho[i] * _dot(steps[i], work)
-            alphas.append(a)
-            np.multiply(changes[i], np.float32(a), out=scratch)
-            work -= scratch
-        if stored:
-            y = changes[newest]
-            work *= np.float32(1.0 / (rho[newest] * _dot(y, y)))
-        else:
-            work /= np.float32(max(1.0, math.sqrt(_dot(grad, grad))))
-        for i, a in zip(reversed(order), reversed(alphas), strict=True):
-            b = rho[i] * _dot(changes[i], work)
-            np.multiply(steps[i], np.float32(a - b), out=scratch)
-            work += scratch
-        direction[:] = work
-        direction *= -1.0
-        slope = _dot(grad, direction)
-        if slope >= 0.0:  # not a descent direction: forget the curvature and go downhill
-            stored = 0
-            np.multiply(grad, -1.0 / max(1.0, math.sqrt(_dot(grad, grad))), out=direction)
-            slope = _dot(grad, direction)
-        step_weights = direction[:size].reshape(features, width)
-        step_scores = (merged32 @ step_weights.astype(np.float32)).astype(np.float64)
-        step_scores += direction[size:]
-        wd = _dot(x[:size], direction[:size])
-        dd = _dot(direction[:size], direction[:size])
-        ww = _dot(x[:size], x[:size])
-        t = 1.0
-        trial_scores = np.empty_like(scores)
-        for _ in range(40):
-            np.multiply(step_scores, t, out=trial_scores)
-            trial_scores += scores
-            trial_value, trial_upstream = loss(trial_scores)
-            trial = trial_value + 0.5 * alpha * (ww + 2 * t * wd + t * t * dd)
-            if trial <= objective + 1e-4 * t * slope:
+    try:
+        if start is not None:
+            # A merged column's weight is sqrt(m) times its columns' (its representative's).
+            rows = start.rows[representatives]
+            known = rows >= 0
+            problem.warm(known, start.weights[rows[known]] * roots[known, None], start.intercept)
+        value = problem.evaluate(0.0)
+        problem.accept()
+        squared = problem.squared()
+        objective = value + 0.5 * alpha * squared
+        current = steps  # the gradient's row
+        largest = problem.advance(0.0, None, current)
+        next_step = 0
+        while iterations < max_iter:
+            coef = _direction(gram, history, current)
+            along = gram @ coef  # every row's dot product with the direction
+            slope = float(along[current])
+            if slope >= 0.0:  # not a descent direction: forget the curvature and go downhill
+                history.clear()
+                coef = np.zeros(gram.shape[0])
+                coef[current] = -1.0 / max(1.0, math.sqrt(gram[current, current]))
+                along = gram @ coef
+                slope = float(along[current])
+            if largest <= _TOL and -slope <= _GAP * objective:
                 break
-            # Backtrack to the minimum of the quadratic through f(0), f'(0) and f(t).
-            curvature = trial - objective - slope * t
-            guess = -slope * t * t / (2 * curvature) if curvature > 0 else 0.5 * t
-            t = min(max(guess, 0.1 * t), 0.5 * t)
-        else:
-            break  # no decrease along this direction: as converged as it gets
-        direction *= t
-        x += direction
-        scores = trial_scores
-        upstream, objective = trial_upstream, trial
-        gradient(upstream, new_grad)
-        grad -= new_grad  # now minus the change of the gradient, y = new - old
-        sy = -_dot(direction, grad)
-        if sy > 1e-10 * _dot(grad, grad):
-            newest = (newest + 1) % memory
-            steps[newest] = direction
-            np.negative(grad, out=changes[newest], casting="same_kind")
-            rho[newest] = 1.0 / sy
-            stored = min(stored + 1, memory)
-        grad, new_grad = new_grad, grad
-    return _Solution(np.ascontiguousarray(expand @ weights), x[size:].copy(), iterations)
+            iterations += 1
+            length = float(coef @ along)
+            zd, dd, trial_value = problem.direction(coef)
+            t = 1.0
+            for _ in range(40):
+                trial = trial_value + 0.5 * alpha * (squared + 2 * t * zd + t * t * dd)
+                if trial <= objective + 1e-4 * t * slope:
+                    break
+                # Backtrack to the minimum of the quadratic through f(0), f'(0) and f(t).
+                curvature = trial - objective - slope * t
+                guess = -slope * t * t / (2 * curvature) if curvature > 0 else 0.5 * t
+                t = min(max(guess, 0.1 * t), 0.5 * t)
+                trial_value = problem.evaluate(t)
+            else:
+                break  # no decrease along this direction: as converged as it gets
+            problem.accept()
+            squared += 2 * t * zd + t * t * dd
+            value, shift = problem.centre(trial_value)
+            objective = value + 0.5 * alpha * squared
+            row = next_step
+            next_step = (next_step + 1) % steps
+            along *= t
+            length *= t * t
+            if shift is not None:  # the step also moved the intercept
+                along += np.einsum("ij,j->i", problem.basis[:, problem.size :], shift)
+                length += 2 * t * _dot(problem.work[problem.size :], shift) + _dot(shift, shift)
+            gram[row], gram[:, row] = along, along
+            gram[row, row] = length
+            previous = current
+            current = steps + (current - steps + 1) % gradients
+            largest = problem.advance(t, row, current, shift)  # also sets gram[row, current]
+            sy = gram[row, current] - gram[row, previous]
+            yy = gram[current, current] - 2 * gram[current, previous] + gram[previous, previous]
+            if sy > 1e-10 * yy:
+                history.append((row, previous, current, 1.0 / sy))
+                del history[:-_HISTORY]
+            else:  # no curvature along this step: start the history afresh
+                history.clear()
+    finally:
+        problem.close()
+    weights, intercept = problem.weights(group, roots)
+    return _Solution(weights, intercept, iterations, problem.workspace)
+
+
+def _direction(gram: _Float, history: list[tuple[int, int, int, float]], current: int) -> _Float:
+    """The L-BFGS two-loop recursion on coefficients over the basis rows; returns -H g."""
+    coef = np.zeros(gram.shape[0])
+    coef[current] = 1.0
+    if not history:
+        coef /= max(1.0, math.sqrt(gram[current, current]))
+        return -coef
+    alphas = []
+    for step, before, after, rho in reversed(history):
+        a = rho * float(gram[step] @ coef)
+        alphas.append(a)
+        coef[after] -= a  # minus a times y = (after - before)
+        coef[before] += a
+    _, before, after, rho = history[-1]
+    yy = gram[after, after] - 2 * gram[after, before] + gram[before, before]
+    coef *= 1.0 / (rho * yy)  # the initial Hessian: s.y / y.y times the identity
+    for (step, before, after, rho), a in zip(history, reversed(alphas), strict=True):
+        b = rho * float((gram[after] - gram[before]) @ coef)
+        coef[step] += a - b
+    return -coef
 
 
 def _product(rows: _Int, cols: _Int, values: _Float, matrix: _Float, n: int) -> _Float:
@@ -1151,14 +1705,6 @@ _PARALLEL: Final = 2048
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def _workers() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
-
-
 def _pool(workers: int) -> ThreadPoolExecutor:
     pool = _pools.get(workers)
     if pool is None:
@@ -1208,7 +1754,7 @@ def _kernel_scores(
     # The compiled loops release the GIL: a large batch is scored in slices on every core the
     # process may use. Each text (and each new token) is computed on its own, the same
     # whichever slice holds it.
-    workers = _workers() if n >= _PARALLEL else 1
+    workers = _threads() if n >= _PARALLEL else 1
     fresh_rows = _fresh_rows(kernel, model, fresh, workers)
 
     def run(start: int, end: int) -> None:
@@ -1519,32 +2065,42 @@ def _train(
     char_entries = _entries(np.repeat(token_rows, char_counts), char_ids, n_chars)
     blocks = []
     idfs = []
+    norms = []
     for (rows, cols, counts), size in ((word_entries, n_words), (char_entries, n_chars)):
         df = np.bincount(cols, minlength=size)
         idf = np.log((1.0 + n) / (1.0 + df)) + 1.0  # scikit-learn's smooth idf
         values = _sublinear(counts) * idf[cols]
         norm = _safe_norm(_sums(rows, values * values, n))
-        blocks.append(_csr(rows, cols, values / norm[rows], (n, size)))
+        blocks.append((rows, cols, values / norm[rows]))
         idfs.append(idf)
-    matrix = sp.hstack(blocks, format="csr")
+        norms.append(norm)
+    tokens, token_grams, repeats = _char_factors(
+        token_rows,
+        ids,
+        analysed.char_ptr,
+        column_of_first[analysed.char_ids],
+        char_entries,
+        idfs[1],
+    )
+    words_block = _csr(*blocks[0], (n, n_words))
+    design = _Design(words_block, tokens, token_grams, repeats, 1.0 / norms[1], blocks[1])
     initial = None
     if start is not None:
-        # Warm start from a fit on a subset: its n-grams are a subset of these.
-        previous = start
-        index = {term: i for i, term in enumerate(chain(word_terms, char_terms))}
-        old_terms = list(chain(*previous.model.terms))
-        mapped = np.fromiter(map(index.__getitem__, old_terms), np.int64, len(old_terms))
-        weights = np.zeros((n_words + n_chars, previous.solution.weights.shape[1]))
-        weights[mapped] = previous.solution.weights
-        initial = _Solution(weights, previous.solution.intercept, 0)
+        # Warm start from a fit on other texts: shared n-grams keep their weights, new ones
+        # start at zero.
+        index = {term: i for i, term in enumerate(chain(*start.model.terms))}
+        terms = list(chain(word_terms, char_terms))
+        rows = np.fromiter(map(index.get, terms, repeat(-1)), np.int64, len(terms))
+        initial = _Start(start.solution.weights, start.solution.intercept, rows)
     solution = _solve(
-        matrix,
+        design,
         targets,
         len(classes),
         c=settings.c,
         class_weight=settings.class_weight,
         max_iter=settings.max_iter,
         start=initial,
+        workspace=None if start is None else start.solution.workspace,
     )
     weights, intercept = solution.weights, solution.intercept
     if len(classes) == 2:
@@ -1759,22 +2315,19 @@ class LocalClassifier:
             )
         position = {label: i for i, label in enumerate(classes)}
         targets = np.fromiter(map(position.__getitem__, labels), np.int64, len(labels))
-        start = None
+        fitted = _train(texts, targets, classes, self)
         if self._calibrate:
             held = _holdout(targets, self.holdout, self.seed)
-            if held.size:
+            in_scope = [texts[i] for i in held.tolist() if labels[i] != self.out_of_scope]
+            if in_scope:
                 keep = np.ones(len(texts), dtype=bool)
                 keep[held] = False
                 kept = np.flatnonzero(keep).tolist()
-                partial = _train([texts[i] for i in kept], targets[keep], classes, self)
-                in_scope = [texts[i] for i in held.tolist() if labels[i] != self.out_of_scope]
-                if in_scope:
-                    _, _, _, confidence = _batch_scores(
-                        partial.model, in_scope, self.unseen_penalty
-                    )
-                    self._threshold = float(np.quantile(confidence, self.reject_share))
-                start = partial
-        fitted = _train(texts, targets, classes, self, start)
+                # Starting from the model of every text, the fit on the rest only unlearns
+                # the held-out texts: a few iterations, where starting from zero takes 20.
+                partial = _train([texts[i] for i in kept], targets[keep], classes, self, fitted)
+                _, _, _, confidence = _batch_scores(partial.model, in_scope, self.unseen_penalty)
+                self._threshold = float(np.quantile(confidence, self.reject_share))
         self._model = fitted.model
         return self
 

@@ -63,12 +63,12 @@ def test_compiled_loop_equals_numpy_with_many_new_tokens_and_threads(
     # Enough new tokens for the vectorised analysis, and slices on threads from 2 texts up.
     texts = [f"{t} zq{i}x {i}ü 注文{i}" for i, t in enumerate(probes() + ODD)]
     monkeypatch.setattr(classify, "_PARALLEL", 2)
-    monkeypatch.setattr(classify, "_workers", lambda: 3)
+    monkeypatch.setattr(classify, "_threads", lambda: 3)
 
     threaded = compiled_scores(clf, texts)
 
     assert_close(threaded, numpy_scores(clf, texts))
-    monkeypatch.setattr(classify, "_workers", lambda: 1)
+    monkeypatch.setattr(classify, "_threads", lambda: 1)
     single = compiled_scores(clf, texts)
     for ours, theirs in zip(threaded, single, strict=True):
         np.testing.assert_array_equal(ours, theirs)  # bit for bit, whatever the slicing
