@@ -260,8 +260,9 @@ def clinc(out: list[str], quick: bool) -> None:
         "",
     ]
     out += ["| oos recall >= | in-scope accuracy |", "| ---: | ---: |"]
-    for level in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
-        out.append(f"| {level:.2f} | {accuracy_curve[recall_curve >= level].max():.4f} |")
+    # 0.822: the recall of the figure issue 13 holds the classifier to (0.904 in-scope).
+    for level in (0.5, 0.6, 0.7, 0.75, 0.8, 0.822, 0.85, 0.9, 0.95):
+        out.append(f"| {level:.3f} | {accuracy_curve[recall_curve >= level].max():.4f} |")
     out.append("")
     started = time.perf_counter()
     calibrated = LocalClassifier(c=clf.c, unseen_penalty=clf.unseen_penalty).fit(
