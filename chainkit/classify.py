@@ -1454,6 +1454,37 @@ def _product(rows: _Int, cols: _Int, values: _Float, matrix: _Float, n: int) -> 
     return product
 
 
+def _token_ids(model: _Model, texts: Sequence[str]) -> tuple[_Int, _Int, _Int, _Tokens]:
+    """Every token of a batch as an id, its text, and the batch's own analysis of new tokens.
+
+    Returns (ids, rows, positions of the tokens the model had not analysed, those tokens
+    analysed, empty when there are none). A token of the model's table keeps its row number;
+    a new one gets the table's size plus its place among the batch's new tokens.
+    """
+    flat, token_rows = _split(texts)
+    tokens = model.tokens
+    seeded = len(tokens.index)
+    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+    unknown = np.flatnonzero(ids < 0)
+    empty = np.zeros(0, dtype=np.int64)
+    fresh = _Tokens({}, np.zeros(1, dtype=np.int64), empty, np.zeros(1, dtype=np.int64), empty)
+    if unknown.size:
+        new_raw = [flat[i] for i in unknown.tolist()]
+        distinct = list(dict.fromkeys(new_raw))
+        fresh = _analyse(
+            distinct,
+            model.word_grams.words,
+            model.chars,
+            model.ngrams[1],
+            grow=False,
+            keys=model.char_keys if len(distinct) >= _VECTOR_ANALYSIS else None,
+        )
+        ids[unknown] = seeded + np.fromiter(
+            map(fresh.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
+        )
+    return ids, token_rows, unknown, fresh
+
+
 def _features(
     model: _Model, texts: Sequence[str]
 ) -> tuple[_Int, _Int, _Int, tuple[_Int, _Int, _Int], _Tokens | None]:
@@ -1463,26 +1494,10 @@ def _features(
     entries, those tokens analysed); entries are (row, column, count), and columns past the
     block's size are n-grams the model never saw (equal ones share a column).
     """
-    flat, token_rows = _split(texts)
+    ids, token_rows, unknown, fresh = _token_ids(model, texts)
     tokens = model.tokens
     seeded = len(tokens.index)
-    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
-    new_tokens = None
-    unknown = np.flatnonzero(ids < 0)
-    if unknown.size:
-        new_raw = [flat[i] for i in unknown.tolist()]
-        distinct = list(dict.fromkeys(new_raw))
-        new_tokens = _analyse(
-            distinct,
-            model.word_grams.words,
-            model.chars,
-            model.ngrams[1],
-            grow=False,
-            keys=model.char_keys,
-        )
-        ids[unknown] = seeded + np.fromiter(
-            map(new_tokens.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
-        )
+    new_tokens = fresh if unknown.size else None
     second_words = None if new_tokens is None else (new_tokens.word_ptr, new_tokens.word_ids)
     word_ids, word_counts = _gather((tokens.word_ptr, tokens.word_ids), second_words, ids, seeded)
     word_rows = np.repeat(token_rows, word_counts)
@@ -1722,27 +1737,9 @@ def _kernel_scores(
 ) -> _Scores:
     """Class scores, temperature factors, best classes and confidences from the compiled loop."""
     n = len(texts)
-    flat, token_rows = _split(texts)
+    ids, token_rows, _, fresh = _token_ids(model, texts)
     tokens = model.tokens
     seeded = len(tokens.index)
-    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
-    unknown = np.flatnonzero(ids < 0)
-    empty = np.zeros(0, dtype=np.int64)
-    fresh = _Tokens({}, np.zeros(1, dtype=np.int64), empty, np.zeros(1, dtype=np.int64), empty)
-    if unknown.size:
-        new_raw = [flat[i] for i in unknown.tolist()]
-        distinct = list(dict.fromkeys(new_raw))
-        fresh = _analyse(
-            distinct,
-            model.word_grams.words,
-            model.chars,
-            model.ngrams[1],
-            grow=False,
-            keys=model.char_keys if len(distinct) >= _VECTOR_ANALYSIS else None,
-        )
-        ids[unknown] = seeded + np.fromiter(
-            map(fresh.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
-        )
     text_ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(token_rows, minlength=n), out=text_ptr[1:])
     split = model.word_features
