@@ -1325,7 +1325,9 @@ def _solve(
     intercept unpenalised; two classes use one column, as scikit-learn's binomial loss does.
     It stops when no gradient component exceeds 1e-4, scikit-learn's rule, and the next
     L-BFGS direction d predicts a decrease -g.d below _GAP of the objective (near the minimum
-    -g.d is about twice the distance to it); both are checked on the unscaled problem.
+    -g.d is about twice the distance to it); both are checked on the unscaled problem. On
+    CLINC150 it ends 0.06% above the true minimum; on hard cases (2,000:1 class imbalance, c
+    of 1e3 or 1e6) adversarial tests found it 1-3% above, still below scikit-learn's own fit.
 
     What makes it fast, on CLINC150 from 41 iterations of 0.4 s to about 21 of 0.1-0.2 s:
     the character block stays factorised (see _Design); identical columns merge; each column
@@ -2322,7 +2324,16 @@ class LocalClassifier:
                 kept = np.flatnonzero(keep).tolist()
                 # Starting from the model of every text, the fit on the rest only unlearns
                 # the held-out texts: a few iterations, where starting from zero takes 20.
-                partial = _train([texts[i] for i in kept], targets[keep], classes, self, fitted)
+                try:
+                    partial = _train([texts[i] for i in kept], targets[keep], classes, self, fitted)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"fit learned from the {len(texts)} texts but could not calibrate the "
+                        f"out-of-scope threshold: holding out {held.size} of them "
+                        f"(holdout={self.holdout}, seed={self.seed}) left the rest with "
+                        f"nothing to learn ({exc}). Add examples, choose another seed, or pass "
+                        "threshold=None or a number."
+                    ) from exc
                 _, _, _, confidence = _batch_scores(partial.model, in_scope, self.unseen_penalty)
                 self._threshold = float(np.quantile(confidence, self.reject_share))
         self._model = fitted.model

@@ -395,6 +395,15 @@ def test_fit_rejects_texts_with_nothing_to_learn() -> None:
         LocalClassifier().fit(["", " "], ["x", "y"])
 
 
+def test_a_calibration_split_with_nothing_to_learn_says_so() -> None:
+    texts = ["hello"] + ["!"] * 9 + ["?"] * 10
+    labels = ["a"] * 10 + ["b"] * 10
+    LocalClassifier(threshold=None).fit(texts, labels)  # the whole set has a word to learn
+
+    with pytest.raises(ConfigError, match=r"could not calibrate.*seed=8.*threshold=None"):
+        LocalClassifier(seed=8).fit(texts, labels)
+
+
 def test_predict_before_fit_says_what_to_call() -> None:
     with pytest.raises(ConfigError, match=r"predict needs a fitted classifier: call \.fit"):
         LocalClassifier().predict("hello")
