@@ -11,8 +11,9 @@ Layout of the inputs (all built by ``chainkit.classify``): texts are ranges of t
 occurrences; an occurrence is a token id, below ``seeded`` a row of the model's token table,
 from ``seeded`` up a token this batch analysed itself ("fresh"). Each token has a range of
 word ids and of character n-gram ids (ids past the vocabulary: never seen in training, equal
-ids for equal n-grams). Word n-grams of length n >= 2 are found in per-level hash tables
-(``chainkit.classify._Lookup``) concatenated with offsets.
+ids for equal n-grams). A word n-gram of length n >= 2 is found by a binary search among the
+last words that follow its first n - 1 words (``chainkit.classify._KernelTables``): short runs
+that stay in the cache for frequent prefixes.
 """
 
 from __future__ import annotations
