@@ -1720,6 +1720,10 @@ _VECTOR_ANALYSIS: Final = 64
 # From this many texts a batch is scored on several threads; below, the hand-off costs more.
 _PARALLEL: Final = 2048
 _pools: dict[int, ThreadPoolExecutor] = {}
+# A forked child inherits the pools but not their threads: work handed to them would wait
+# forever (a server that forks its workers after loading the model), so the child starts anew.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pools.clear)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -190,3 +190,30 @@ def test_hash_table_answers_as_a_dict(keys: set[int], probes: list[int]) -> None
     expected = [ordered.index(k) if k in keys else -1 for k in asked]
 
     assert table.get(np.array(asked, dtype=np.int64)).tolist() == expected
+
+
+@compiled
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_scores_a_large_batch(
+    clf: LocalClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    monkeypatch.setattr(classify, "_PARALLEL", 2)
+    monkeypatch.setattr(classify, "_threads", lambda: 2)
+    texts = probes()
+    expected = clf.predict_many(texts)  # the parent's pool now exists
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        signal.alarm(30)  # a child stuck on its parent's dead pool dies instead of hanging
+        ok = clf.predict_many(texts) == expected
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+
+    assert os.read(read, 1) == b"1"
+    assert status == 0
