@@ -82,6 +82,15 @@ def fresh_rows(ptr: _I, ids: _I, idf: _F, weights: _F32, scores: _F, mass: _F, u
             i = j
 
 
+@nb.njit(cache=True, nogil=True)
+def _append(ptr: _I, ids: _I, row: int, buffer: _I, at: int) -> int:
+    """Copy row ``row`` of a (pointer, ids) table into ``buffer`` from ``at``; the new end."""
+    for j in range(ptr[row], ptr[row + 1]):
+        buffer[at] = ids[j]
+        at += 1
+    return at
+
+
 # Below this many items an insertion sort beats numba's quicksort and its set-up.
 _SMALL = 24
 
@@ -221,24 +230,16 @@ def score_batch(
         for k in range(first, last):
             token = occurrences[k]
             if token < seeded:
-                for j in range(word_ptr[token], word_ptr[token + 1]):
-                    word_buffer[w] = word_ids[j]
-                    w += 1
-                for j in range(char_ptr[token], char_ptr[token + 1]):
-                    gram_buffer[g] = char_ids[j]
-                    g += 1
+                w = _append(word_ptr, word_ids, token, word_buffer, w)
+                g = _append(char_ptr, char_ids, token, gram_buffer, g)
                 # The token's n-grams, counted linearly, tabled ahead.
                 for c in range(n_classes):
                     char_scores[c] += token_scores[token, c]
                 char_mass += token_mass[token]
             else:
                 fresh = token - seeded
-                for j in range(fresh_word_ptr[fresh], fresh_word_ptr[fresh + 1]):
-                    word_buffer[w] = fresh_word_ids[j]
-                    w += 1
-                for j in range(fresh_char_ptr[fresh], fresh_char_ptr[fresh + 1]):
-                    gram_buffer[g] = fresh_char_ids[j]
-                    g += 1
+                w = _append(fresh_word_ptr, fresh_word_ids, fresh, word_buffer, w)
+                g = _append(fresh_char_ptr, fresh_char_ids, fresh, gram_buffer, g)
                 for c in range(n_classes):
                     char_scores[c] += fresh_scores[fresh, c]
                 char_mass += fresh_mass[fresh]

@@ -2299,7 +2299,10 @@ class LocalClassifier:
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> LocalClassifier:
         """Train on labelled texts (and calibrate an ``"auto"`` threshold); returns self."""
-        texts, labels = self._cut(_check_texts(texts, "fit")), _check_texts(labels, "fit (labels)")
+        texts, labels = (
+            self._limit(_check_texts(texts, "fit")),
+            _check_texts(labels, "fit (labels)"),
+        )
         if len(texts) != len(labels):
             raise ConfigError(
                 f"fit got {len(texts)} texts but {len(labels)} labels; pass one label per text."
@@ -2372,12 +2375,12 @@ class LocalClassifier:
     def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
         """Label many texts at once; the same predictions as ``predict`` on each, to 1e-12."""
         model = self._fitted("predict_many")
-        return self._predict(model, self._cut(_check_texts(texts, "predict_many")))
+        return self._predict(model, self._limit(_check_texts(texts, "predict_many")))
 
     def predict_proba(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """Probabilities of every class (columns in ``classes`` order), one row per text."""
         model = self._fitted("predict_proba")
-        texts = self._cut(_check_texts(texts, "predict_proba"))
+        texts = self._limit(_check_texts(texts, "predict_proba"))
         if not texts:
             return np.zeros((0, len(model.classes)))
         scores, temperature, _, _ = _batch_scores(
@@ -2433,7 +2436,7 @@ class LocalClassifier:
         """
         model = self._fitted("choose_threshold")
         oos = self.out_of_scope if out_of_scope is None else out_of_scope
-        texts = self._cut(_check_texts(texts, "choose_threshold"))
+        texts = self._limit(_check_texts(texts, "choose_threshold"))
         labels = _check_texts(labels, "choose_threshold (labels)")
         for name, value in (
             ("min_in_scope_accuracy", min_in_scope_accuracy),
@@ -2608,7 +2611,7 @@ class LocalClassifier:
         )
         return clf
 
-    def _cut(self, texts: list[str]) -> list[str]:
+    def _limit(self, texts: list[str]) -> list[str]:
         """Texts cut to ``max_chars`` (the same list when none is longer)."""
         limit = self.max_chars
         if limit is None or max(map(len, texts), default=0) <= limit:
