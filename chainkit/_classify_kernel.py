@@ -27,6 +27,10 @@ from numpy.typing import NDArray
 _I = NDArray[np.int64]
 _F = NDArray[np.float64]
 _F32 = NDArray[np.float32]
+_U32 = NDArray[np.uint32]
+_B = NDArray[np.bool_]
+# Fibonacci hashing's multiplier, as chainkit.classify._Lookup probes its tables.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -209,13 +213,16 @@ def score_batch(
     key_buffer = np.empty(most_words, dtype=np.int64)
     order_buffer = np.empty(most_words, dtype=np.int64)
     levels = word_high - word_low + 1
-    # Per n-gram: the last text that met it and how often; a text counts its n-grams in one
-    # pass, without sorting them.
-    gram_span = char_features
-    for j in range(fresh_char_ids.size):
-        gram_span = max(gram_span, fresh_char_ids[j] + 1)
-    # (last text, count) side by side: one cache line per n-gram met.
-    gram_seen = np.full((gram_span, 2), -1, dtype=np.int64)
+    # A text's n-grams are counted in a small hash set of its own (the slots of an n-gram
+    # hold the text's number, so nothing is cleared between texts): a table over the whole
+    # vocabulary would cost a cache miss per n-gram and a fill per batch.
+    set_size = 16
+    while set_size < 2 * most_grams:
+        set_size *= 2
+    set_text = np.full(set_size, -1, dtype=np.int64)
+    set_gram = np.empty(set_size, dtype=np.int64)
+    set_index = np.empty(set_size, dtype=np.int64)
+    gram_count = np.empty(most_grams, dtype=np.int64)
     entry_buffer = np.empty(most_words * levels, dtype=np.int64)
     unseen_buffer = np.empty(most_words * levels, dtype=np.int64)
     for text in range(n_texts):
@@ -248,18 +255,28 @@ def score_batch(
         words = word_buffer[:n_words]
         # Where an n-gram occurs more than once, 1 + log(count) replaces count.
         distinct = 0
+        bits = 4
+        while (1 << bits) < 2 * g:
+            bits += 1
+        mask = (1 << bits) - 1
+        shift = np.uint64(64 - bits)
         for i in range(g):
             gram = gram_buffer[i]
-            if gram_seen[gram, 0] != text:
-                gram_seen[gram, 0] = text
-                gram_seen[gram, 1] = 1
+            slot = np.int64((np.uint64(gram) * _GOLDEN) >> shift)
+            while set_text[slot] == text and set_gram[slot] != gram:
+                slot = (slot + 1) & mask
+            if set_text[slot] != text:
+                set_text[slot] = text
+                set_gram[slot] = gram
+                set_index[slot] = distinct
                 gram_buffer[distinct] = gram  # distinct <= i: the slot was read already
+                gram_count[distinct] = 1
                 distinct += 1
             else:
-                gram_seen[gram, 1] += 1
+                gram_count[set_index[slot]] += 1
         heaviest = 0
         for i in range(distinct):
-            heaviest = max(heaviest, gram_seen[gram_buffer[i], 1])
+            heaviest = max(heaviest, gram_count[i])
         if heaviest > direct:
             # Counting an n-gram 5,000 times and taking back all but 1 + log(5,000) of it
             # loses digits: such a text is summed n-gram by n-gram instead.
@@ -269,7 +286,7 @@ def score_batch(
             char_unseen = 0.0
         for i in range(distinct):
             gram = gram_buffer[i]
-            count = gram_seen[gram, 1]
+            count = gram_count[i]
             if heaviest > direct:
                 tf = 1.0 + math.log(count)
                 if gram < char_features:
@@ -410,3 +427,201 @@ def _coverage(word_mass: float, word_unseen: float, char_mass: float, char_unsee
         blocks += 1
     # A text with no n-grams at all has coverage 0: uniform probabilities.
     return share / blocks if blocks else 0.0
+
+
+# FNV-1a over 32-bit code points: a token's or an n-gram's hash, wherever it is computed.
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@nb.njit(cache=True, nogil=True)
+def _fnv(codes: _U32, start: int, end: int) -> np.uint64:
+    hashed = _FNV_OFFSET
+    for i in range(start, end):
+        hashed = (hashed ^ np.uint64(codes[i])) * _FNV_PRIME
+    return hashed
+
+
+@nb.njit(cache=True, nogil=True)
+def _same(codes: _U32, start: int, end: int, other: _U32, other_start: int) -> bool:
+    """Whether ``codes[start:end]`` equals ``other`` from ``other_start`` on."""
+    i = 0
+    while i < end - start and codes[start + i] == other[other_start + i]:
+        i += 1
+    return i == end - start
+
+
+@nb.njit(cache=True, nogil=True)
+def token_slots(codes: _U32, ptr: _I) -> _I:
+    """An open-addressing table of the model's distinct tokens: each slot a row, or -1."""
+    count = ptr.size - 1
+    size = 16
+    while size < 2 * count:  # at most half full: short probe runs
+        size *= 2
+    mask = size - 1
+    slots = np.full(size, -1, dtype=np.int64)
+    for row in range(count):
+        slot = np.int64(_fnv(codes, ptr[row], ptr[row + 1]) & np.uint64(mask))
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+    return slots
+
+
+@nb.njit(cache=True, nogil=True)
+def find_tokens(
+    codes: _U32, text_ptr: _I, space: _B, table: _U32, table_ptr: _I, slots: _I
+) -> tuple[_I, _I, _I, _I]:
+    """Split texts at whitespace (``str.split()``'s) and look each token up in the model's table.
+
+    Returns (each text's first token, token rows or -1 for a token the table lacks, each
+    token's start and end in ``codes``).
+    """
+    n_texts = text_ptr.size - 1
+    bound = (codes.size + n_texts) // 2 + 1  # a token and a separator take two code points
+    ids = np.empty(bound, dtype=np.int64)
+    starts = np.empty(bound, dtype=np.int64)
+    ends = np.empty(bound, dtype=np.int64)
+    token_ptr = np.zeros(n_texts + 1, dtype=np.int64)
+    mask = slots.size - 1
+    n_spaces = space.size
+    count = 0
+    for text in range(n_texts):
+        i = text_ptr[text]
+        end = text_ptr[text + 1]
+        while i < end:
+            code = codes[i]
+            if code < n_spaces and space[code]:
+                i += 1
+                continue
+            start = i
+            hashed = _FNV_OFFSET
+            while i < end:
+                code = codes[i]
+                if code < n_spaces and space[code]:
+                    break
+                hashed = (hashed ^ np.uint64(code)) * _FNV_PRIME
+                i += 1
+            row = -1
+            slot = np.int64(hashed & np.uint64(mask))
+            while slots[slot] >= 0:
+                held = slots[slot]
+                first = table_ptr[held]
+                if table_ptr[held + 1] - first == i - start and _same(
+                    codes, start, i, table, first
+                ):
+                    row = held
+                    break
+                slot = (slot + 1) & mask
+            ids[count] = row
+            starts[count] = start
+            ends[count] = i
+            count += 1
+        token_ptr[text + 1] = count
+    return token_ptr, ids[:count], starts[:count], ends[:count]
+
+
+@nb.njit(cache=True, nogil=True)
+def char_ids(
+    codes: _U32,
+    starts: _I,
+    lengths: _I,
+    digit_of: NDArray[np.int32],
+    base: int,
+    key_slots: _I,
+    key_values: _I,
+    shift: np.uint64,
+    low: int,
+    high: int,
+    known: int,
+) -> tuple[_I, _I]:
+    """The ``char_wb`` n-grams of padded tokens as (pointer, ids), as ``_char_ids`` finds them.
+
+    Token t is ``codes[starts[t]:starts[t] + lengths[t]]``, spaces included. Known n-grams
+    (every character in the alphabet, the key in the table) get their column; the others ids
+    from ``known`` up in order of first appearance, equal n-grams equal ids.
+    """
+    count = starts.size
+    ptr = np.zeros(count + 1, dtype=np.int64)
+    for t in range(count):
+        size = lengths[t]
+        grams = 0
+        for n in range(low, high + 1):
+            if size <= n:  # a short token is one n-gram, itself
+                grams += 1
+                break
+            grams += size - n + 1
+        ptr[t + 1] = ptr[t] + grams
+    total = ptr[count]
+    ids = np.empty(total, dtype=np.int64)
+    # The batch's unseen n-grams, by id - known: where the first one starts, its length; and
+    # a hash table of them (slot -> id - known, or -1), doubled whenever half full.
+    unseen_start = np.empty(total, dtype=np.int64)
+    unseen_width = np.empty(total, dtype=np.int64)
+    unseen_mask = 1023
+    unseen = np.full(unseen_mask + 1, -1, dtype=np.int64)
+    next_id = known
+    key_mask = key_slots.size - 1
+    n_digits = digit_of.size
+    at = 0
+    for t in range(count):
+        first = starts[t]
+        size = lengths[t]
+        for n in range(low, high + 1):
+            width = min(n, size)
+            for i in range(first, first + size - width + 1):
+                key = np.int64(0)
+                plain = True
+                for k in range(width):
+                    code = codes[i + k]
+                    digit = digit_of[code] if code < n_digits else 0
+                    if digit == 0:
+                        plain = False
+                    key = key * base + digit
+                column = -1
+                if plain:
+                    slot = np.int64((np.uint64(key) * _GOLDEN) >> shift)
+                    while key_slots[slot] >= 0:
+                        if key_slots[slot] == key:
+                            column = key_values[slot]
+                            break
+                        slot = (slot + 1) & key_mask
+                if column < 0:
+                    slot = np.int64(_fnv(codes, i, i + width) & np.uint64(unseen_mask))
+                    while unseen[slot] >= 0:
+                        held = unseen[slot]
+                        if unseen_width[held] == width and _same(
+                            codes, i, i + width, codes, unseen_start[held]
+                        ):
+                            column = known + held
+                            break
+                        slot = (slot + 1) & unseen_mask
+                    if column < 0:
+                        held = next_id - known
+                        column = next_id
+                        next_id += 1
+                        unseen[slot] = held
+                        unseen_start[held] = i
+                        unseen_width[held] = width
+                        if 2 * (held + 1) > unseen_mask:
+                            unseen_mask = 2 * unseen_mask + 1
+                            unseen = _rehash(
+                                codes, unseen_start, unseen_width, held + 1, unseen_mask
+                            )
+                ids[at] = column
+                at += 1
+            if size <= n:
+                break
+    return ptr, ids
+
+
+@nb.njit(cache=True, nogil=True)
+def _rehash(codes: _U32, starts: _I, widths: _I, count: int, mask: int) -> _I:
+    """A hash table of ``mask + 1`` slots holding n-grams 0..count-1 (``char_ids``' unseen)."""
+    table = np.full(mask + 1, -1, dtype=np.int64)
+    for held in range(count):
+        slot = np.int64(_fnv(codes, starts[held], starts[held] + widths[held]) & np.uint64(mask))
+        while table[slot] >= 0:
+            slot = (slot + 1) & mask
+        table[slot] = held
+    return table

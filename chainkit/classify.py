@@ -61,7 +61,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, pairwise, repeat
 from typing import Any, Final, Literal, cast
 
@@ -336,21 +336,43 @@ def _char_keys(chars: dict[str, int], longest: int) -> _CharKeys | None:
 
 
 def _char_ids(
-    table: _CharKeys, lowered: Sequence[str], char_range: tuple[int, int], known: int
+    table: _CharKeys,
+    lowered: Sequence[str],
+    char_range: tuple[int, int],
+    known: int,
+    kernel: Any = None,
 ) -> tuple[_Int, _Int]:
-    """The ``char_wb`` n-grams of a batch of lower-cased tokens as (pointer, ids), in numpy.
+    """The ``char_wb`` n-grams of a batch of lower-cased tokens as (pointer, ids), at once.
 
     The same multisets as ``_char_grams`` then ``_ids`` (grow=False) give: known n-grams get
-    their column, unseen ones ids from ``known`` up, equal n-grams equal ids.
+    their column, unseen ones ids from ``known`` up, equal n-grams equal ids. With the compiled
+    ``kernel`` in one pass over the characters, otherwise in numpy, a pass per n-gram length.
     """
     low, high = char_range
     count = len(lowered)
     lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=count) + 2  # padded
     # Every token padded with spaces, neighbours sharing one: " one two ".
     text = f" {' '.join(lowered)} "
-    digits = _digits(table.digit_of, _codes(text))
+    codes = _codes(text)
     starts = np.zeros(count, dtype=np.int64)
     np.cumsum(lengths[:-1] - 1, out=starts[1:])
+    if kernel is not None:
+        lookup = table.columns
+        ptr, ids = kernel.char_ids(
+            codes,
+            starts,
+            lengths,
+            table.digit_of,
+            table.base,
+            lookup.slots,
+            lookup.values,
+            lookup.shift,
+            low,
+            high,
+            known,
+        )
+        return ptr, ids
+    digits = _digits(table.digit_of, codes)
     zeros = np.zeros(digits.size + 1, dtype=np.int64)
     np.cumsum(digits == 0, out=zeros[1:])
     # Windows of length n for low <= n <= min(high, padded); a padded token shorter than
@@ -483,6 +505,8 @@ class _Model:
     terms: tuple[list[str], list[str]]  # each block's n-grams in column order
     word_columns: dict[str, int]  # word n-gram -> column, for one text at a time
     token_chars: list[list[int]]  # each known token's character n-gram columns
+    # Built on first use by the compiled loop (``_token_slots``); the model is otherwise fixed.
+    lazy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def word_features(self) -> int:
@@ -509,7 +533,7 @@ def _analyse(
     np.cumsum(np.fromiter(map(len, found), np.int64, len(found)), out=word_ptr[1:])
     all_words = list(chain.from_iterable(found))
     if keys is not None and not grow:
-        char_ptr, char_ids = _char_ids(keys, lowered, char_ngrams, len(chars))
+        char_ptr, char_ids = _char_ids(keys, lowered, char_ngrams, len(chars), _kernel())
     else:
         low, high = char_ngrams
         grams = [_char_grams(lower, low, high) for lower in lowered]
@@ -1464,27 +1488,73 @@ def _token_ids(model: _Model, texts: Sequence[str]) -> tuple[_Int, _Int, _Int, _
     a new one gets the table's size plus its place among the batch's new tokens.
     """
     flat, token_rows = _split(texts)
-    tokens = model.tokens
-    seeded = len(tokens.index)
-    ids = np.fromiter(map(tokens.index.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+    ids = np.fromiter(map(model.tokens.index.get, flat, repeat(-1)), np.int64, len(flat))
     unknown = np.flatnonzero(ids < 0)
-    empty = np.zeros(0, dtype=np.int64)
-    fresh = _Tokens({}, np.zeros(1, dtype=np.int64), empty, np.zeros(1, dtype=np.int64), empty)
-    if unknown.size:
-        new_raw = [flat[i] for i in unknown.tolist()]
-        distinct = list(dict.fromkeys(new_raw))
-        fresh = _analyse(
-            distinct,
-            model.word_grams.words,
-            model.chars,
-            model.ngrams[1],
-            grow=False,
-            keys=model.char_keys if len(distinct) >= _VECTOR_ANALYSIS else None,
-        )
-        ids[unknown] = seeded + np.fromiter(
-            map(fresh.index.__getitem__, new_raw), dtype=np.int64, count=len(new_raw)
-        )
+    fresh = _fresh(model, [flat[i] for i in unknown.tolist()], ids, unknown)
     return ids, token_rows, unknown, fresh
+
+
+def _fresh(model: _Model, new_raw: list[str], ids: _Int, unknown: _Int) -> _Tokens:
+    """The batch's new tokens (``new_raw``, at ``unknown`` in ``ids``) analysed; ids set."""
+    if not new_raw:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Tokens({}, np.zeros(1, dtype=np.int64), empty, np.zeros(1, dtype=np.int64), empty)
+    distinct = list(dict.fromkeys(new_raw))
+    fresh = _analyse(
+        distinct,
+        model.word_grams.words,
+        model.chars,
+        model.ngrams[1],
+        grow=False,
+        # Compiled, the analysis is cheaper than Python's for any number of tokens.
+        keys=model.char_keys
+        if len(distinct) >= _VECTOR_ANALYSIS or _kernel() is not None
+        else None,
+    )
+    seeded = len(model.tokens.index)
+    ids[unknown] = seeded + np.fromiter(
+        map(fresh.index.__getitem__, new_raw), np.int64, len(new_raw)
+    )
+    return fresh
+
+
+# Every character ``str.split()`` splits at (``str.isspace()``) is below U+3001.
+_SPACES: Final = np.array([chr(code).isspace() for code in range(0x3001)], dtype=np.bool_)
+
+
+def _kernel_tokens(kernel: Any, model: _Model, texts: Sequence[str]) -> tuple[_Int, _Int, _Tokens]:
+    """``_token_ids`` in compiled code: (each text's first token, token ids, new tokens).
+
+    The texts are split and their tokens looked up in one pass over their code points; only
+    the tokens the model never analysed come back to Python, as strings.
+    """
+    joined = "".join(texts)
+    text_ptr = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=text_ptr[1:])
+    table, table_ptr, slots = _token_slots(kernel, model)
+    token_ptr, ids, starts, ends = kernel.find_tokens(
+        _codes(joined), text_ptr, _SPACES, table, table_ptr, slots
+    )
+    unknown = np.flatnonzero(ids < 0)
+    # Code point offsets are string offsets: one code point, one unit of UTF-32.
+    new_raw = list(
+        map(joined.__getitem__, map(slice, starts[unknown].tolist(), ends[unknown].tolist()))
+    )
+    return token_ptr, ids, _fresh(model, new_raw, ids, unknown)
+
+
+def _token_slots(kernel: Any, model: _Model) -> tuple[NDArray[np.uint32], _Int, _Int]:
+    """The model's tokens for ``find_tokens``: code points, pointer, hash slots (built once)."""
+    built = model.lazy.get("token_slots")
+    if built is None:
+        raw = [""] * len(model.tokens.index)
+        for token, row in model.tokens.index.items():
+            raw[row] = token
+        ptr = np.zeros(len(raw) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=ptr[1:])
+        codes = _codes("".join(raw))
+        built = model.lazy.setdefault("token_slots", (codes, ptr, kernel.token_slots(codes, ptr)))
+    return built  # type: ignore[no-any-return]
 
 
 def _features(
@@ -1715,7 +1785,7 @@ def _kernel() -> Any:
 # n-gram by n-gram: the token rows count every occurrence, and taking back count - (1 + log
 # count) of them leaves a rounding error that grows with the count (16: below 1e-14).
 _DIRECT: Final = 16
-# Fewer new tokens than this are analysed in Python: numpy's set-up costs more for a few.
+# Without numba, fewer new tokens than this are analysed in Python: numpy's set-up costs more.
 _VECTOR_ANALYSIS: Final = 64
 # From this many texts a batch is scored on several threads; below, the hand-off costs more.
 _PARALLEL: Final = 2048
@@ -1743,11 +1813,9 @@ def _kernel_scores(
 ) -> _Scores:
     """Class scores, temperature factors, best classes and confidences from the compiled loop."""
     n = len(texts)
-    ids, token_rows, _, fresh = _token_ids(model, texts)
+    text_ptr, ids, fresh = _kernel_tokens(kernel, model, texts)
     tokens = model.tokens
     seeded = len(tokens.index)
-    text_ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(token_rows, minlength=n), out=text_ptr[1:])
     split = model.word_features
     tables = model.kernel
     scores = np.empty((n, len(model.classes)))

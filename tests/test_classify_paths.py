@@ -103,15 +103,24 @@ TOKEN = st.text(
 ).map(lambda t: t.replace(" ", "") or "a")
 
 
-@settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize("path", ["numpy", pytest.param("compiled", marks=compiled)])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     train=st.lists(TOKEN, min_size=1, max_size=60),
     test=st.lists(TOKEN, min_size=1, max_size=60),
     ranges=st.sampled_from([(2, 5), (1, 3), (4, 6), (3, 3), (1, 1)]),
 )
 def test_vectorised_character_analysis_equals_python(
-    train: list[str], test: list[str], ranges: tuple[int, int]
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    train: list[str],
+    test: list[str],
+    ranges: tuple[int, int],
 ) -> None:
+    if path == "numpy":
+        monkeypatch.setitem(classify._kernel_state, "module", None)
     chars: dict[str, int] = {}
     classify._analyse(train, {}, chars, ranges, grow=True)
     table = classify._char_keys(chars, ranges[1])
@@ -217,3 +226,49 @@ def test_a_forked_child_scores_a_large_batch(
 
     assert os.read(read, 1) == b"1"
     assert status == 0
+
+
+# Every character str.split() splits at, and characters next to them in the tables.
+SPACES = [chr(code) for code in np.flatnonzero(classify._SPACES).tolist()]
+SPLIT_TEXTS = st.text(
+    alphabet=st.sampled_from([*SPACES, *"ab日本🚚\ud800\udfffΣİ", "\u3001", "\u200b", "\x1b"]),
+    max_size=30,
+)
+
+
+def test_the_whitespace_table_is_str_isspace() -> None:
+    import sys
+
+    spaces = [code for code in range(sys.maxunicode + 1) if chr(code).isspace()]
+
+    assert spaces[-1] < classify._SPACES.size
+    assert np.flatnonzero(classify._SPACES).tolist() == spaces
+
+
+@compiled
+@SETTINGS
+@given(texts=st.lists(SPLIT_TEXTS | TEXTS, min_size=1, max_size=10))
+def test_compiled_tokens_are_str_split_and_the_model_table(
+    clf: LocalClassifier, texts: list[str]
+) -> None:
+    model = clf._fitted("test")
+    token_ptr, ids, fresh = classify._kernel_tokens(classify._kernel(), model, texts)
+
+    split = [text.split() for text in texts]
+    assert np.diff(token_ptr).tolist() == [len(tokens) for tokens in split]
+    flat = [token for tokens in split for token in tokens]
+    seeded = len(model.tokens.index)
+    new = {token: row for token, row in fresh.index.items()}
+    rows = [model.tokens.index.get(token, seeded + new.get(token, -1 - seeded)) for token in flat]
+    assert ids.tolist() == rows
+    assert min(rows, default=0) >= 0
+
+
+@compiled
+def test_every_token_of_the_model_is_found_in_its_table(clf: LocalClassifier) -> None:
+    model = clf._fitted("test")
+    tokens = list(model.tokens.index)
+    _, ids, fresh = classify._kernel_tokens(classify._kernel(), model, [" ".join(tokens)])
+
+    assert ids.tolist() == [model.tokens.index[token] for token in tokens]
+    assert not fresh.index
