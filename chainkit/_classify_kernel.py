@@ -380,14 +380,22 @@ def score_batch(
             i = j
         others = unseen_ids[:n_unseen]
         _sort(others)
+        # Unseen n-grams' ids depend on the batch (new words are numbered as they come): their
+        # counts are summed in count order, so that a text's sum is the same in any batch.
         i = 0
+        groups = 0
         while i < n_unseen:
             j = i + 1
             while j < n_unseen and others[j] == others[i]:
                 j += 1
-            tf = 1.0 + math.log(j - i)
-            word_unseen += tf * tf
+            others[groups] = j - i  # groups <= i: the slot was read already
+            groups += 1
             i = j
+        counts = others[:groups]
+        _sort(counts)
+        for i in range(groups):
+            tf = 1.0 + math.log(counts[i])
+            word_unseen += tf * tf
         word_unseen *= unseen_idf_words * unseen_idf_words
         word_norm = math.sqrt(word_mass) if word_mass > 0.0 else 1.0
         char_norm = math.sqrt(char_mass) if char_mass > 0.0 else 1.0
@@ -429,17 +437,29 @@ def _coverage(word_mass: float, word_unseen: float, char_mass: float, char_unsee
     return share / blocks if blocks else 0.0
 
 
-# FNV-1a over 32-bit code points: a token's or an n-gram's hash, wherever it is computed.
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+# FNV-1a over 32-bit code points, from a per-process seed, then MurmurHash3's finaliser: FNV's
+# low bits depend only on the code points' low bits (code points equal mod 2**16 would share a
+# slot), and a text must not be able to choose its n-grams' slots.
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @nb.njit(cache=True, nogil=True)
-def _fnv(codes: _U32, start: int, end: int) -> np.uint64:
-    hashed = _FNV_OFFSET
+def _mix(hashed: np.uint64) -> np.uint64:
+    hashed ^= hashed >> np.uint64(33)
+    hashed *= np.uint64(0xFF51AFD7ED558CCD)
+    hashed ^= hashed >> np.uint64(33)
+    hashed *= np.uint64(0xC4CEB9FE1A85EC53)
+    hashed ^= hashed >> np.uint64(33)
+    return hashed
+
+
+@nb.njit(cache=True, nogil=True)
+def _hash(codes: _U32, start: int, end: int, seed: np.uint64) -> np.uint64:
+    """The hash of ``codes[start:end]``."""
+    hashed = seed
     for i in range(start, end):
         hashed = (hashed ^ np.uint64(codes[i])) * _FNV_PRIME
-    return hashed
+    return _mix(hashed)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -452,7 +472,7 @@ def _same(codes: _U32, start: int, end: int, other: _U32, other_start: int) -> b
 
 
 @nb.njit(cache=True, nogil=True)
-def token_slots(codes: _U32, ptr: _I) -> _I:
+def token_slots(codes: _U32, ptr: _I, seed: np.uint64) -> _I:
     """An open-addressing table of the model's distinct tokens: each slot a row, or -1."""
     count = ptr.size - 1
     size = 16
@@ -461,7 +481,7 @@ def token_slots(codes: _U32, ptr: _I) -> _I:
     mask = size - 1
     slots = np.full(size, -1, dtype=np.int64)
     for row in range(count):
-        slot = np.int64(_fnv(codes, ptr[row], ptr[row + 1]) & np.uint64(mask))
+        slot = np.int64(_hash(codes, ptr[row], ptr[row + 1], seed) & np.uint64(mask))
         while slots[slot] >= 0:
             slot = (slot + 1) & mask
         slots[slot] = row
@@ -470,7 +490,13 @@ def token_slots(codes: _U32, ptr: _I) -> _I:
 
 @nb.njit(cache=True, nogil=True)
 def find_tokens(
-    codes: _U32, text_ptr: _I, space: _B, table: _U32, table_ptr: _I, slots: _I
+    codes: _U32,
+    text_ptr: _I,
+    space: _B,
+    table: _U32,
+    table_ptr: _I,
+    slots: _I,
+    seed: np.uint64,
 ) -> tuple[_I, _I, _I, _I]:
     """Split texts at whitespace (``str.split()``'s) and look each token up in the model's table.
 
@@ -495,7 +521,7 @@ def find_tokens(
                 i += 1
                 continue
             start = i
-            hashed = _FNV_OFFSET
+            hashed = seed
             while i < end:
                 code = codes[i]
                 if code < n_spaces and space[code]:
@@ -503,7 +529,7 @@ def find_tokens(
                 hashed = (hashed ^ np.uint64(code)) * _FNV_PRIME
                 i += 1
             row = -1
-            slot = np.int64(hashed & np.uint64(mask))
+            slot = np.int64(_mix(hashed) & np.uint64(mask))
             while slots[slot] >= 0:
                 held = slots[slot]
                 first = table_ptr[held]
@@ -534,6 +560,7 @@ def char_ids(
     low: int,
     high: int,
     known: int,
+    seed: np.uint64,
 ) -> tuple[_I, _I]:
     """The ``char_wb`` n-grams of padded tokens as (pointer, ids), as ``_char_ids`` finds them.
 
@@ -587,7 +614,7 @@ def char_ids(
                             break
                         slot = (slot + 1) & key_mask
                 if column < 0:
-                    slot = np.int64(_fnv(codes, i, i + width) & np.uint64(unseen_mask))
+                    slot = np.int64(_hash(codes, i, i + width, seed) & np.uint64(unseen_mask))
                     while unseen[slot] >= 0:
                         held = unseen[slot]
                         if unseen_width[held] == width and _same(
@@ -606,7 +633,7 @@ def char_ids(
                         if 2 * (held + 1) > unseen_mask:
                             unseen_mask = 2 * unseen_mask + 1
                             unseen = _rehash(
-                                codes, unseen_start, unseen_width, held + 1, unseen_mask
+                                codes, unseen_start, unseen_width, held + 1, unseen_mask, seed
                             )
                 ids[at] = column
                 at += 1
@@ -616,11 +643,13 @@ def char_ids(
 
 
 @nb.njit(cache=True, nogil=True)
-def _rehash(codes: _U32, starts: _I, widths: _I, count: int, mask: int) -> _I:
+def _rehash(codes: _U32, starts: _I, widths: _I, count: int, mask: int, seed: np.uint64) -> _I:
     """A hash table of ``mask + 1`` slots holding n-grams 0..count-1 (``char_ids``' unseen)."""
     table = np.full(mask + 1, -1, dtype=np.int64)
     for held in range(count):
-        slot = np.int64(_fnv(codes, starts[held], starts[held] + widths[held]) & np.uint64(mask))
+        slot = np.int64(
+            _hash(codes, starts[held], starts[held] + widths[held], seed) & np.uint64(mask)
+        )
         while table[slot] >= 0:
             slot = (slot + 1) & mask
         table[slot] = held

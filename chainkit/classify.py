@@ -141,18 +141,32 @@ class _Header(BaseModel):
     max_chars: int | None = Field(default=_MAX_CHARS, ge=1)
 
 
+# Longer n-grams than this are never useful features, and each level costs a pass over every
+# text (and, in the numpy path's single-text scoring, strings of every length up to it).
+_MAX_NGRAM: Final = 32
+
+
 def _check_ngrams(name: str, ngrams: tuple[int, int]) -> tuple[int, int]:
     pair = tuple(ngrams) if isinstance(ngrams, tuple | list) else ()
     if not (
         len(pair) == 2
         and all(isinstance(n, int | np.integer) and not isinstance(n, bool) for n in pair)
-        and 1 <= pair[0] <= pair[1]
+        and 1 <= pair[0] <= pair[1] <= _MAX_NGRAM
     ):
         raise ConfigError(
             f"{name}={ngrams!r} is not an n-gram range: it needs two whole numbers "
-            "1 <= low <= high, for example (1, 2)."
+            f"1 <= low <= high <= {_MAX_NGRAM}, for example (1, 2)."
         )
     return (int(pair[0]), int(pair[1]))
+
+
+def _check_path(path: object, action: str) -> str | os.PathLike[str]:
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(
+            f"{action}({path!r}): the path must be a str or os.PathLike, not "
+            f"{type(path).__name__}; give the model file's path."
+        )
+    return path
 
 
 def _is_number(value: object) -> bool:
@@ -370,6 +384,7 @@ def _char_ids(
             low,
             high,
             known,
+            _HASH_SEED,
         )
         return ptr, ids
     digits = _digits(table.digit_of, codes)
@@ -1518,6 +1533,9 @@ def _fresh(model: _Model, new_raw: list[str], ids: _Int, unknown: _Int) -> _Toke
     return fresh
 
 
+# The compiled loop's string hashes start from this, drawn per process: a text cannot choose
+# where its n-grams land in a hash table (results never depend on it, only probe lengths).
+_HASH_SEED: Final = np.uint64(int.from_bytes(os.urandom(8), "little"))
 # Every character ``str.split()`` splits at (``str.isspace()``) is below U+3001.
 _SPACES: Final = np.array([chr(code).isspace() for code in range(0x3001)], dtype=np.bool_)
 
@@ -1531,9 +1549,9 @@ def _kernel_tokens(kernel: Any, model: _Model, texts: Sequence[str]) -> tuple[_I
     joined = "".join(texts)
     text_ptr = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=text_ptr[1:])
-    table, table_ptr, slots = _token_slots(kernel, model)
+    table, table_ptr, slots, seed = _token_slots(kernel, model)
     token_ptr, ids, starts, ends = kernel.find_tokens(
-        _codes(joined), text_ptr, _SPACES, table, table_ptr, slots
+        _codes(joined), text_ptr, _SPACES, table, table_ptr, slots, seed
     )
     unknown = np.flatnonzero(ids < 0)
     # Code point offsets are string offsets: one code point, one unit of UTF-32.
@@ -1543,8 +1561,11 @@ def _kernel_tokens(kernel: Any, model: _Model, texts: Sequence[str]) -> tuple[_I
     return token_ptr, ids, _fresh(model, new_raw, ids, unknown)
 
 
-def _token_slots(kernel: Any, model: _Model) -> tuple[NDArray[np.uint32], _Int, _Int]:
-    """The model's tokens for ``find_tokens``: code points, pointer, hash slots (built once)."""
+def _token_slots(kernel: Any, model: _Model) -> tuple[NDArray[np.uint32], _Int, _Int, np.uint64]:
+    """The model's tokens for ``find_tokens``: code points, pointer, hash slots, hash seed.
+
+    Built once per model; the seed travels with the slots it placed.
+    """
     built = model.lazy.get("token_slots")
     if built is None:
         raw = [""] * len(model.tokens.index)
@@ -1553,7 +1574,8 @@ def _token_slots(kernel: Any, model: _Model) -> tuple[NDArray[np.uint32], _Int, 
         ptr = np.zeros(len(raw) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=ptr[1:])
         codes = _codes("".join(raw))
-        built = model.lazy.setdefault("token_slots", (codes, ptr, kernel.token_slots(codes, ptr)))
+        slots = kernel.token_slots(codes, ptr, _HASH_SEED)
+        built = model.lazy.setdefault("token_slots", (codes, ptr, slots, _HASH_SEED))
     return built  # type: ignore[no-any-return]
 
 
@@ -2592,26 +2614,38 @@ class LocalClassifier:
             vocabularies=model.terms,
             tokens=list(model.tokens.index),
         )
-        # ASCII JSON: a lone surrogate in a training text is escaped, not an encoding error.
-        text = json.dumps(header.model_dump(mode="python"), ensure_ascii=True)
-        encoded = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        # A file object, so numpy does not append ".npz" to a path that lacks it.
-        with open(path, "wb") as file:
-            np.savez(
-                file,
-                header=encoded,
-                idf=model.idf,
-                weights=model.weights32,
-                intercept=model.intercept,
-            )
+        # Characters written as themselves, a lone surrogate as its own three bytes: JSON's
+        # escapes would read two lone surrogates back as the one character they pair into.
+        text = json.dumps(header.model_dump(mode="python"), ensure_ascii=False)
+        encoded = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        path = _check_path(path, "save")
+        try:
+            # A file object, so numpy does not append ".npz" to a path that lacks it.
+            with open(path, "wb") as file:
+                np.savez(
+                    file,
+                    header=encoded,
+                    idf=model.idf,
+                    weights=model.weights32,
+                    intercept=model.intercept,
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot write the classifier to {os.fspath(path)!r} ({type(exc).__name__}: "
+                f"{exc}); give a file path in a writable directory with room to spare."
+            ) from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalClassifier:
         """Read a classifier written by ``save``; it predicts exactly as the saved one did."""
+        path = _check_path(path, "load")
         try:
             # Our own file object: np.load leaks its handle when the zip is broken.
-            with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
-                raw = json.loads(bytes(data["header"]).decode("utf-8"))
+            with (
+                open(path, "rb") as file,
+                np.load(file, allow_pickle=False) as data,
+            ):
+                raw = json.loads(bytes(data["header"]).decode("utf-8", "surrogatepass"))
                 header = _Header.model_validate(raw)
                 idf = np.asarray(data["idf"], dtype=np.float64)
                 weights = np.ascontiguousarray(data["weights"], dtype=np.float64)
@@ -2652,31 +2686,40 @@ class LocalClassifier:
                 f"{os.fspath(path)!r} is damaged: {problem}; save it again from a fitted "
                 "classifier."
             )
-        clf = cls(
-            header.out_of_scope,
-            c=header.c,
-            word_ngrams=header.word_ngrams,
-            char_ngrams=header.char_ngrams,
-            class_weight=header.class_weight,
-            unseen_penalty=header.unseen_penalty,
-            threshold=header.threshold,
-            max_iter=header.max_iter,
-            max_chars=header.max_chars,
-        )
+        try:
+            clf = cls(
+                header.out_of_scope,
+                c=header.c,
+                word_ngrams=header.word_ngrams,
+                char_ngrams=header.char_ngrams,
+                class_weight=header.class_weight,
+                unseen_penalty=header.unseen_penalty,
+                threshold=header.threshold,
+                max_iter=header.max_iter,
+                max_chars=header.max_chars,
+            )
+        except ConfigError as exc:  # settings no constructor accepts: not a file we wrote
+            raise ConfigError(f"{os.fspath(path)!r} is damaged: {exc}") from exc
         grams = _word_grams_from_terms(word_terms, clf.word_ngrams[1])
         chars = {gram: column for column, gram in enumerate(char_terms)}
         candidates = header.tokens or list(grams.words)
-        clf._model = _assemble(
-            tuple(header.classes),
-            (clf.word_ngrams, clf.char_ngrams),
-            grams,
-            chars,
-            idf,
-            weights,
-            intercept,
-            candidates,
-            (list(word_terms), list(char_terms)),
-        )
+        try:
+            clf._model = _assemble(
+                tuple(header.classes),
+                (clf.word_ngrams, clf.char_ngrams),
+                grams,
+                chars,
+                idf,
+                weights,
+                intercept,
+                candidates,
+                (list(word_terms), list(char_terms)),
+            )
+        except (ValueError, IndexError, KeyError) as exc:  # a header edited past the checks
+            raise ConfigError(
+                f"{os.fspath(path)!r} is damaged ({type(exc).__name__}: {exc}); save it again "
+                "from a fitted classifier."
+            ) from exc
         return clf
 
     def _limit(self, texts: list[str]) -> list[str]:
@@ -2705,6 +2748,12 @@ def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) ->
     for kind, terms in (("word", word_terms), ("character", char_terms)):
         if len(set(terms)) != len(terms):
             return f"its {kind} vocabulary lists {len(terms) - len(set(terms))} n-grams twice"
+    if len(set(header.tokens)) != len(header.tokens):
+        return f"its token list names {len(header.tokens) - len(set(header.tokens))} tokens twice"
+    if any(
+        not token or token != token.strip() or len(token.split()) != 1 for token in header.tokens
+    ):
+        return "its token list holds an empty token or one with whitespace"
     for term in word_terms:
         parts = term.split(" ")
         if not word_low <= len(parts) <= word_high or not all(parts):

@@ -581,6 +581,12 @@ def damaged(arrays: dict[str, np.ndarray], change: str) -> dict[str, np.ndarray]
         chars[1] = chars[0]
     elif change == "long character n-gram":
         chars[0] = "abcdefgh"
+    elif change == "duplicate token":
+        header["tokens"][1] = header["tokens"][0]
+    elif change == "token with a space":
+        header["tokens"][0] = "where is"
+    elif change == "huge word range":
+        header["word_ngrams"] = [1, 10**9]
     arrays["header"] = np.frombuffer(json.dumps(header).encode("ascii"), dtype=np.uint8)
     return arrays
 
@@ -594,6 +600,9 @@ def damaged(arrays: dict[str, np.ndarray], change: str) -> dict[str, np.ndarray]
         ("double space", "word n-gram 'where  is' is not 1 to 2 words"),
         ("duplicate n-gram", "its character vocabulary lists 1 n-grams twice"),
         ("long character n-gram", "character n-gram 'abcdefgh' is not 1 to 5 characters"),
+        ("duplicate token", "its token list names 1 tokens twice"),
+        ("token with a space", "its token list holds an empty token or one with whitespace"),
+        ("huge word range", "word_ngrams=(1, 1000000000) is not an n-gram range"),
     ],
 )
 def test_load_rejects_a_damaged_file(
@@ -743,6 +752,42 @@ def test_fit_on_odd_unicode_then_save_and_load(tmp_path: Path) -> None:
 
     assert loaded.predict_many(ODD + probes()) == clf.predict_many(ODD + probes())
     assert_same_predictions(loaded.predict_many(ODD), [loaded.predict(t) for t in ODD])
+
+
+def test_save_and_load_keep_lone_surrogates_apart_from_the_character_they_pair_into(
+    tmp_path: Path,
+) -> None:
+    # "\ud83d\ude00" is two lone surrogates; JSON escapes them as it escapes "😀" itself.
+    pair = "\ud83d\ude00"
+    texts, labels = training()
+    texts = [*texts, f"refund {pair}", f"hello {pair} {pair}", "x😀 smile", f"x{pair} frown"]
+    labels = [*labels, "refund", "greeting", "greeting", "refund"]
+    clf = LocalClassifier(threshold=None, char_ngrams=(2, 2)).fit(texts, labels)
+    path = tmp_path / "pairs.npz"
+
+    clf.save(path)
+    loaded = LocalClassifier.load(path)
+
+    asked = [pair, "😀", f"x{pair}", "x😀", f"{pair} 😀", *probes()]
+    assert loaded.predict_many(asked) == clf.predict_many(asked)
+    assert [loaded.predict(t) for t in asked] == [clf.predict(t) for t in asked]
+    assert list(loaded._fitted("test").tokens.index) == list(clf._fitted("test").tokens.index)
+
+
+def test_save_and_load_name_a_bad_path(clf: LocalClassifier, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"load\(None\): the path must be a str"):
+        LocalClassifier.load(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Cannot write the classifier to .*IsADirectoryError"):
+        clf.save(tmp_path)
+    with pytest.raises(ConfigError, match=r"Cannot write the classifier to .*missing"):
+        clf.save(tmp_path / "missing" / "model.npz")
+
+
+@pytest.mark.parametrize("setting", ["word_ngrams", "char_ngrams"])
+def test_n_gram_ranges_have_a_ceiling(setting: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{setting}=(1, {10**12}) is not an n-gram")):
+        LocalClassifier(**{setting: (1, 10**12)})
+    assert getattr(LocalClassifier(**{setting: (1, 32)}), setting) == (1, 32)
 
 
 def test_empty_batches(clf: LocalClassifier) -> None:

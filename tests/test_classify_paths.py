@@ -272,3 +272,67 @@ def test_every_token_of_the_model_is_found_in_its_table(clf: LocalClassifier) ->
 
     assert ids.tolist() == [model.tokens.index[token] for token in tokens]
     assert not fresh.index
+
+
+@compiled
+def test_a_text_with_repeated_new_words_scores_alike_in_any_batch(clf: LocalClassifier) -> None:
+    # Its unseen word n-grams get ids by the batch's numbering of new words; their tf-idf
+    # must not be summed in id order.
+    text = "u0 u1 u2 u0 u0 u3 u0 u1 u2 order"
+    alone = clf.predict(text)
+
+    for others in (["u3 u2 u1 u0"], ["u2", "u1 u3"], ["zz yy u0"] * 3):
+        assert clf.predict_many([*others, text])[-1] == alone
+        assert clf.predict_many([text, *others])[0] == alone
+
+
+NEW = [f"zq{i}" for i in range(12)]
+
+
+@compiled
+@SETTINGS
+@given(
+    counts=st.dictionaries(st.sampled_from(NEW), st.integers(1, 6), min_size=3, max_size=8),
+    known=st.lists(st.sampled_from(["where", "is", "my", "order", "refund"]), max_size=3),
+    data=st.data(),
+)
+def test_repeated_new_words_score_alike_in_any_batch(
+    clf: LocalClassifier, counts: dict[str, int], known: list[str], data: st.DataObject
+) -> None:
+    words = data.draw(st.permutations([w for w, count in counts.items() for _ in range(count)]))
+    text = " ".join(words + known)
+    alone = compiled_scores(clf, [text])
+    # A first text that meets the new words in the opposite order numbers them the other way.
+    batch = compiled_scores(clf, [" ".join(reversed(NEW)), text])
+
+    assert batch[1][1] == alone[1][0]  # the temperature, from the unseen n-grams
+    assert batch[3][1] == alone[3][0]
+
+
+@compiled
+def test_string_hashes_spread_code_points_equal_in_their_low_bits() -> None:
+    # FNV-1a's low bits depend only on the code points' low bits: these 16 characters (all
+    # equal mod 2**16) would put every n-gram of one width in one slot of a small table.
+    kernel = classify._kernel()
+    alphabet = [chr(0x62 + k * 0x10000) for k in range(1, 17)]
+    grams = list(dict.fromkeys(a + b + c for a in alphabet for b in alphabet for c in alphabet))
+    codes = classify._codes("".join(grams))
+    slots = {
+        int(kernel._hash(codes, 3 * i, 3 * i + 3, classify._HASH_SEED)) & 4095
+        for i in range(len(grams))
+    }
+
+    assert len(slots) > 0.5 * 4096  # 4,096 n-grams, 4,096 slots: about 63% of slots taken
+
+
+@compiled
+def test_many_new_tokens_built_to_collide_are_analysed_as_python_does(
+    clf: LocalClassifier,
+) -> None:
+    alphabet = [chr(0x62 + k * 0x10000) for k in range(1, 17)]
+    tokens = [
+        a + b + c + d for a in alphabet[:8] for b in alphabet for c in alphabet[:4] for d in "xy"
+    ]
+    texts = [" ".join(tokens[i : i + 40]) for i in range(0, len(tokens), 40)]
+
+    assert_close(compiled_scores(clf, texts), numpy_scores(clf, texts))
