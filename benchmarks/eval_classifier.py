@@ -2,10 +2,12 @@
 
 The committed results were produced on the machine they name, from the repository root, by::
 
-    .venv/bin/python benchmarks/eval_classifier.py \
+    .venv/bin/python benchmarks/eval_classifier.py --before ce542b6 \
         --output benchmarks/results/classifier_accuracy.md
 
-It takes about five minutes on 2 cores: the CLINC150 search fits eight models.
+It takes about five minutes on 2 cores: the CLINC150 search fits eight models. ``--before REV``
+also fits the chosen setting with LocalClassifier as of git revision REV (``ce542b6``: the
+version whose test figures issue 13 holds the classifier to) and compares the two on test.
 ``--quick`` skips the search and uses the defaults. Everything is tuned on ``train``/``dev``;
 ``test`` is read only for the final report. The data live in ../shared/data (see their
 READMEs); when they are absent the script says so and exits with status 2.
@@ -14,13 +16,16 @@ READMEs); when they are absent the script says so and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -156,7 +161,77 @@ def accuracy(clf: LocalClassifier, split: Split) -> float:
     return float(np.mean([p.label == y for p, y in zip(predictions, split.labels, strict=True)]))
 
 
-def clinc(out: list[str], quick: bool) -> None:
+def previous_version(revision: str) -> Any:
+    """The LocalClassifier class of ``chainkit/classify.py`` at a git revision."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:chainkit/classify.py"],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "classify_before.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("classify_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.LocalClassifier
+
+
+def operating_point(scored: Scored, recall: float) -> tuple[float, NDArray[np.bool_]]:
+    """The best threshold for in-scope accuracy at oos recall >= ``recall``, and its hits.
+
+    The hits: which in-scope texts of ``scored`` that threshold labels right.
+    """
+    thresholds = np.concatenate([[0.0], np.unique(scored.confidence), [1.01]])
+    points = [(scored.at(float(t)), float(t)) for t in thresholds]
+    (_, _), best = max((p for p in points if p[0][1] >= recall), key=lambda p: p[0][0])
+    rejected = (scored.predicted == OOS) | (scored.confidence < best)
+    in_scope = scored.gold != OOS
+    return best, ((scored.predicted == scored.gold) & ~rejected)[in_scope]
+
+
+def compare_before(
+    out: list[str], revision: str, variant: Split, clf: LocalClassifier, test: Split
+) -> None:
+    """The same setting fitted by LocalClassifier as of ``revision``, against ours, on test."""
+    before_class = previous_version(revision)
+    started = time.perf_counter()
+    before = before_class(c=clf.c, threshold=None, unseen_penalty=clf.unseen_penalty)
+    before.fit(variant.texts, variant.labels)
+    seconds = time.perf_counter() - started
+    ours, theirs = Scored.of(clf, test), Scored.of(before, test)
+    level = 0.822
+    _, right = operating_point(ours, level)
+    _, right_before = operating_point(theirs, level)
+    # Paired bootstrap over test's in-scope texts, each model at its own threshold above.
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, right.size, size=(10_000, right.size))
+    differences = right[draws].mean(axis=1) - right_before[draws].mean(axis=1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    out += [
+        f"### Against LocalClassifier as of `{revision}`",
+        "",
+        f"The same setting (training labels, c={clf.c:g}, unseen_penalty="
+        f"{clf.unseen_penalty:g}, no threshold) fitted by the classifier of `{revision}` "
+        f"(in {seconds:.0f} s), each model at its own best test threshold for oos recall "
+        f">= {level} (hindsight, the same for both):",
+        "",
+        "| classifier | in-scope accuracy at oos recall >= 0.822 |",
+        "| --- | ---: |",
+        f"| `{revision}` | {right_before.mean():.4f} |",
+        f"| this commit | {right.mean():.4f} |",
+        "",
+        f"Difference {right.mean() - right_before.mean():+.4f}, 95% paired bootstrap interval "
+        f"[{low:+.4f}, {high:+.4f}] over the {right.size:,} in-scope test texts (10,000 "
+        f"resamples); the two disagree on {int((right != right_before).sum())} of them.",
+        "",
+    ]
+
+
+def clinc(out: list[str], quick: bool, before: str | None) -> None:
     data = read(CLINC)
     train, dev, test = data["train"], data["dev"], data["test"]
     in_scope = [i for i, label in enumerate(train.labels) if label != OOS]
@@ -264,6 +339,9 @@ def clinc(out: list[str], quick: bool) -> None:
     for level in (0.5, 0.6, 0.7, 0.75, 0.8, 0.822, 0.85, 0.9, 0.95):
         out.append(f"| {level:.3f} | {accuracy_curve[recall_curve >= level].max():.4f} |")
     out.append("")
+    if before:
+        print(f"  against {before} ...", file=sys.stderr, flush=True)
+        compare_before(out, before, variants[name], clf, test)
     started = time.perf_counter()
     calibrated = LocalClassifier(c=clf.c, unseen_penalty=clf.unseen_penalty).fit(
         variants[name].texts, variants[name].labels
@@ -292,6 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument("--quick", action="store_true", help="skip the dev search")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also fit the chosen CLINC150 setting with LocalClassifier as of this git revision "
+        "and compare the two on test",
+    )
     args = parser.parse_args(argv)
     for path in (BITEXT, CLINC):
         if not path.is_file():
@@ -308,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Bitext ...", file=sys.stderr, flush=True)
     bitext(out)
     print("CLINC150 ...", file=sys.stderr, flush=True)
-    clinc(out, args.quick)
+    clinc(out, args.quick, args.before)
     out += [
         "## Method note",
         "",
