@@ -16,7 +16,6 @@ READMEs); when they are absent the script says so and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -25,9 +24,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from bench_classifier import previous_version
 from numpy.typing import NDArray
 from report_header import header
 
@@ -161,25 +160,6 @@ def accuracy(clf: LocalClassifier, split: Split) -> float:
     return float(np.mean([p.label == y for p, y in zip(predictions, split.labels, strict=True)]))
 
 
-def previous_version(revision: str) -> Any:
-    """The LocalClassifier class of ``chainkit/classify.py`` at a git revision."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:chainkit/classify.py"],
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "classify_before.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("classify_before", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.LocalClassifier
-
-
 def operating_point(scored: Scored, recall: float) -> tuple[float, NDArray[np.bool_]]:
     """The best threshold for in-scope accuracy at oos recall >= ``recall``, and its hits.
 
@@ -197,7 +177,7 @@ def compare_before(
     out: list[str], revision: str, variant: Split, clf: LocalClassifier, test: Split
 ) -> None:
     """The same setting fitted by LocalClassifier as of ``revision``, against ours, on test."""
-    before_class = previous_version(revision)
+    before_class = previous_version(revision, Path(tempfile.mkdtemp()))
     started = time.perf_counter()
     before = before_class(c=clf.c, threshold=None, unseen_penalty=clf.unseen_penalty)
     before.fit(variant.texts, variant.labels)
