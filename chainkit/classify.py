@@ -58,10 +58,12 @@ in-scope texts fall below. The model it keeps is the fit on every text, the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import threading
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -2633,9 +2635,12 @@ class LocalClassifier:
         text = json.dumps(header.model_dump(mode="python"), ensure_ascii=False)
         encoded = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
         path = _check_path(path, "save")
+        # Written beside the target, then renamed over it: a full disk or a kill midway leaves
+        # the previous file whole, never half of the new one.
+        partial = f"{os.fspath(path)}.{os.getpid()}.{threading.get_ident()}.partial"
         try:
             # A file object, so numpy does not append ".npz" to a path that lacks it.
-            with open(path, "wb") as file:
+            with open(partial, "wb") as file:
                 np.savez(
                     file,
                     header=encoded,
@@ -2643,11 +2648,17 @@ class LocalClassifier:
                     weights=model.weights32,
                     intercept=model.intercept,
                 )
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
         except OSError as exc:
             raise ConfigError(
                 f"Cannot write the classifier to {os.fspath(path)!r} ({type(exc).__name__}: "
                 f"{exc}); give a file path in a writable directory with room to spare."
             ) from exc
+        finally:
+            with contextlib.suppress(OSError):  # gone already once renamed
+                os.remove(partial)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalClassifier:

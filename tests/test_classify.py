@@ -3,6 +3,7 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -781,6 +782,29 @@ def test_save_and_load_name_a_bad_path(clf: LocalClassifier, tmp_path: Path) -> 
         clf.save(tmp_path)
     with pytest.raises(ConfigError, match=r"Cannot write the classifier to .*missing"):
         clf.save(tmp_path / "missing" / "model.npz")
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), RuntimeError("killed")])
+def test_a_save_that_fails_midway_keeps_the_previous_file_whole(
+    clf: LocalClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Exception
+) -> None:
+    path = tmp_path / "intents.npz"
+    clf.save(path)
+    before = path.read_bytes()
+    other = LocalClassifier(threshold=None, c=1.0).fit(*training())
+
+    def half_then_fail(file: Any, **arrays: Any) -> None:
+        file.write(b"PK\x03\x04 half a zip")
+        raise fault
+
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(ConfigError if isinstance(fault, OSError) else RuntimeError):
+        other.save(path)
+
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["intents.npz"]
+    monkeypatch.undo()
+    assert LocalClassifier.load(path).predict_many(probes()) == clf.predict_many(probes())
 
 
 @pytest.mark.parametrize("setting", ["word_ngrams", "char_ngrams"])
