@@ -554,8 +554,7 @@ def char_ids(
     lengths: _I,
     digit_of: NDArray[np.int32],
     base: int,
-    key_slots: _I,
-    key_values: _I,
+    key_pairs: _I,
     shift: np.uint64,
     low: int,
     high: int,
@@ -588,7 +587,7 @@ def char_ids(
     unseen_mask = 1023
     unseen = np.full(unseen_mask + 1, -1, dtype=np.int64)
     next_id = known
-    key_mask = key_slots.size - 1
+    key_mask = key_pairs.shape[0] - 1
     n_digits = digit_of.size
     at = 0
     for t in range(count):
@@ -608,9 +607,9 @@ def char_ids(
                 column = -1
                 if plain:
                     slot = np.int64((np.uint64(key) * _GOLDEN) >> shift)
-                    while key_slots[slot] >= 0:
-                        if key_slots[slot] == key:
-                            column = key_values[slot]
+                    while key_pairs[slot, 0] >= 0:
+                        if key_pairs[slot, 0] == key:
+                            column = key_pairs[slot, 1]
                             break
                         slot = (slot + 1) & key_mask
                 if column < 0:
