@@ -67,7 +67,7 @@ import threading
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import chain, pairwise, repeat
 from typing import Any, Final, Literal, cast
@@ -1918,7 +1918,17 @@ def _slices(work: Callable[[int, int], None], n: int, workers: int) -> None:
         work(0, n)
         return
     bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
-    list(_pool(workers).map(work, bounds[:-1], bounds[1:]))
+    # This thread scores the first slice itself. Handing every slice to the pool left it
+    # waiting, and one round in five paid for a wake-up: CLINC150's test set took 26.4 ms at
+    # the median and 34.0 at the 90th percentile that way, 25.1 and 25.8 this way.
+    pool = _pool(workers - 1)
+    futures = [pool.submit(work, a, b) for a, b in pairwise(bounds[1:])]
+    try:
+        work(bounds[0], bounds[1])
+    finally:
+        wait(futures)  # no slice may still be writing once this returns or raises
+    for future in futures:
+        future.result()
 
 
 def _fresh_rows(kernel: Any, model: _Model, fresh: _Tokens, workers: int) -> tuple[Any, ...]:
