@@ -63,6 +63,8 @@ import json
 import math
 import os
 import re
+import stat
+import tempfile
 import threading
 import zipfile
 from collections import Counter
@@ -1830,6 +1832,7 @@ _VECTOR_ANALYSIS: Final = 64
 # From this many texts a batch is scored on several threads; below, the hand-off costs more.
 _PARALLEL: Final = 2048
 _pools: dict[int, ThreadPoolExecutor] = {}
+_POOL_NAME: Final = "chainkit-classify"
 # A forked child inherits the pools but not their threads: work handed to them would wait
 # forever (a server that forks its workers after loading the model), so the child starts anew.
 if hasattr(os, "register_at_fork"):
@@ -1840,7 +1843,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     pool = _pools.get(workers)
     if pool is None:
         pool = _pools.setdefault(
-            workers, ThreadPoolExecutor(workers, thread_name_prefix="chainkit-classify")
+            workers, ThreadPoolExecutor(workers, thread_name_prefix=_POOL_NAME)
         )
     return pool
 
@@ -1916,6 +1919,9 @@ def _slices(work: Callable[[int, int], None], n: int, workers: int) -> None:
     """``work(start, end)`` over ``range(n)`` cut in ``workers`` slices, on as many threads."""
     if workers == 1 or n < 2:
         work(0, n)
+        return
+    if threading.current_thread().name.startswith(_POOL_NAME):
+        work(0, n)  # a pool thread waiting on its own pool would wait forever
         return
     bounds = np.linspace(0, n, workers + 1).astype(int).tolist()
     # This thread scores the first slice itself. Handing every slice to the pool left it
@@ -2647,12 +2653,24 @@ class LocalClassifier:
         text = json.dumps(header.model_dump(mode="python"), ensure_ascii=False)
         encoded = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
         path = _check_path(path, "save")
-        # Written beside the target, then renamed over it: a full disk or a kill midway leaves
-        # the previous file whole, never half of the new one.
-        partial = f"{os.fspath(path)}.{os.getpid()}.{threading.get_ident()}.partial"
+        # Written beside the target (through a symlink, to where it points), then renamed over
+        # it: a full disk or a kill midway leaves the previous file whole, never half of the
+        # new one. The temporary name is short, so any name the target may have fits.
+        target = os.path.realpath(path)
+        partial = ""
         try:
+            handle, partial = tempfile.mkstemp(
+                dir=os.path.dirname(target), prefix=".chainkit-", suffix=".partial"
+            )
+            try:
+                mode = stat.S_IMODE(os.stat(target).st_mode)  # a re-save keeps the file's mode
+            except FileNotFoundError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask  # as open() would create it
+            os.chmod(partial, mode)
             # A file object, so numpy does not append ".npz" to a path that lacks it.
-            with open(partial, "wb") as file:
+            with os.fdopen(handle, "wb") as file:
                 np.savez(
                     file,
                     header=encoded,
@@ -2662,15 +2680,16 @@ class LocalClassifier:
                 )
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(partial, path)
+            os.replace(partial, target)
         except OSError as exc:
             raise ConfigError(
                 f"Cannot write the classifier to {os.fspath(path)!r} ({type(exc).__name__}: "
                 f"{exc}); give a file path in a writable directory with room to spare."
             ) from exc
         finally:
-            with contextlib.suppress(OSError):  # gone already once renamed
-                os.remove(partial)
+            if partial:
+                with contextlib.suppress(OSError):  # gone already once renamed
+                    os.remove(partial)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalClassifier:

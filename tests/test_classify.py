@@ -807,6 +807,29 @@ def test_a_save_that_fails_midway_keeps_the_previous_file_whole(
     assert LocalClassifier.load(path).predict_many(probes()) == clf.predict_many(probes())
 
 
+def test_save_keeps_long_names_symlinks_and_file_modes(
+    clf: LocalClassifier, tmp_path: Path
+) -> None:
+    other = LocalClassifier(threshold=None, c=1.0).fit(*training())
+    long_name = tmp_path / ("m" * 240 + ".npz")  # the file system takes 255
+    other.save(long_name)
+    target = tmp_path / "target.npz"
+    clf.save(target)
+    target.chmod(0o600)
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+
+    other.save(link)
+
+    assert link.is_symlink()
+    assert target.stat().st_mode & 0o777 == 0o600
+    for path in (long_name, target):
+        assert LocalClassifier.load(path).predict_many(probes()) == other.predict_many(probes())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [long_name.name, "target.npz", "link.npz"]
+    )
+
+
 @pytest.mark.parametrize("setting", ["word_ngrams", "char_ngrams"])
 def test_n_gram_ranges_have_a_ceiling(setting: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"{setting}=(1, {10**12}) is not an n-gram")):

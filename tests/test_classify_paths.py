@@ -336,3 +336,14 @@ def test_many_new_tokens_built_to_collide_are_analysed_as_python_does(
     texts = [" ".join(tokens[i : i + 40]) for i in range(0, len(tokens), 40)]
 
     assert_close(compiled_scores(clf, texts), numpy_scores(clf, texts))
+
+
+def test_a_large_batch_scored_from_a_pool_thread_does_not_wait_on_itself(
+    clf: LocalClassifier,
+) -> None:
+    texts = [f"where is my order {i}" for i in range(classify._PARALLEL + 10)]
+    pool = classify._pool(max(1, classify._threads() - 1))
+
+    nested = pool.submit(clf.predict_many, texts).result(timeout=60)
+
+    assert nested == clf.predict_many(texts)
