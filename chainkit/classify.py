@@ -58,13 +58,10 @@ in-scope texts fall below. The model it keeps is the fit on every text, the same
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import stat
-import tempfile
 import threading
 import zipfile
 from collections import Counter
@@ -80,6 +77,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from chainkit.errors import ConfigError
+from chainkit.outfiles import write_atomically
 from chainkit.stages.intent_scan import Prediction
 
 __all__ = ["LocalClassifier"]
@@ -2652,44 +2650,21 @@ class LocalClassifier:
         # escapes would read two lone surrogates back as the one character they pair into.
         text = json.dumps(header.model_dump(mode="python"), ensure_ascii=False)
         encoded = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-        path = _check_path(path, "save")
-        # Written beside the target (through a symlink, to where it points), then renamed over
-        # it: a full disk or a kill midway leaves the previous file whole, never half of the
-        # new one. The temporary name is short, so any name the target may have fits.
-        target = os.path.realpath(path)
-        partial = ""
-        try:
-            handle, partial = tempfile.mkstemp(
-                dir=os.path.dirname(target), prefix=".chainkit-", suffix=".partial"
-            )
-            try:
-                mode = stat.S_IMODE(os.stat(target).st_mode)  # a re-save keeps the file's mode
-            except FileNotFoundError:
-                umask = os.umask(0)
-                os.umask(umask)
-                mode = 0o666 & ~umask  # as open() would create it
-            os.chmod(partial, mode)
+        # Written beside the target and renamed over it: a full disk or a kill midway leaves
+        # the previous file whole, never half of the new one.
+        with write_atomically(
+            _check_path(path, "save"),
+            binary=True,
+            advice="Give the classifier a file path in a writable directory with room to spare.",
+        ) as file:
             # A file object, so numpy does not append ".npz" to a path that lacks it.
-            with os.fdopen(handle, "wb") as file:
-                np.savez(
-                    file,
-                    header=encoded,
-                    idf=model.idf,
-                    weights=model.weights32,
-                    intercept=model.intercept,
-                )
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, target)
-        except OSError as exc:
-            raise ConfigError(
-                f"Cannot write the classifier to {os.fspath(path)!r} ({type(exc).__name__}: "
-                f"{exc}); give a file path in a writable directory with room to spare."
-            ) from exc
-        finally:
-            if partial:
-                with contextlib.suppress(OSError):  # gone already once renamed
-                    os.remove(partial)
+            np.savez(
+                file,
+                header=encoded,
+                idf=model.idf,
+                weights=model.weights32,
+                intercept=model.intercept,
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalClassifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,47 +43,77 @@ def refuse_ledger_as_out(ledger: str, out: str) -> None:
 
 
 @contextlib.contextmanager
-def write_atomically(out: str | Path, *, binary: bool = False) -> Iterator[IO[Any]]:
+def write_atomically(
+    out: str | os.PathLike[str],
+    *,
+    binary: bool = False,
+    advice: str = "Free space, or give another --out.",
+) -> Iterator[IO[Any]]:
     """A file to write ``out`` through: it replaces ``out`` only once complete and on disk.
 
-    The data goes to a temporary file beside ``out``, is flushed and fsynced, then renamed over
-    ``out`` (a reader never sees half a file; a failure leaves ``out`` as it was and no temporary
-    file). A device or pipe (``/dev/stdout``) is written directly. A write that fails (a full
-    disk) is a ConfigError naming the file.
+    The data goes to a temporary file beside ``out`` (beside the file a symlink points to, so
+    the link stays a link), is flushed and fsynced, then renamed over it: a reader never sees
+    half a file, and a failure leaves ``out`` as it was and no temporary file. The new file
+    keeps the mode of the one it replaces, or gets the mode ``open`` would give it. A device or
+    pipe (``/dev/stdout``) is written directly. A failed write (a full disk, a missing
+    directory) is a ConfigError naming the file and ending with ``advice``.
+
+    A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing can tell it
+    from another process's write still under way, so nothing removes it later.
     """
-    path = Path(out)
+    path = os.fspath(out)
     mode = "wb" if binary else "w"
     text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
     try:
-        special = path.exists() and not path.is_file()
-        if special:
-            with open(path, mode, **text) as f:
+        target = os.path.realpath(path)
+        if os.path.exists(target) and not os.path.isfile(target):
+            with open(target, mode, **text) as f:
                 yield f
             return
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # A short fixed name: the target's own name may already use all 255 bytes.
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp")
     except OSError as exc:
-        raise _unwritable(path, exc) from None
+        raise _unwritable(path, exc, advice) from None
     try:
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file only
-        os.replace(temp, path)
+        try:
+            kept = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            kept = 0o666 & ~_umask()
+        os.chmod(temp, kept)  # mkstemp's 0600 is for the temporary file only
+        os.replace(temp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise _unwritable(path, exc) from None
+            raise _unwritable(path, exc, advice) from None
         raise
 
 
-def _unwritable(path: Path, exc: OSError) -> ConfigError:
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows.
+
+    ``os.umask(0)`` would open a moment in which another thread creates world-writable files.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the safe side while the old value is being read
+    os.umask(umask)
+    return umask
+
+
+def _unwritable(path: str, exc: OSError, advice: str) -> ConfigError:
     return ConfigError(
-        f"Could not write {str(path)!r}: {exc.strerror or exc}; nothing was written there. "
-        "Free space, or give another --out."
+        f"Could not write {path!r} ({type(exc).__name__}: {exc.strerror or exc}); nothing was "
+        f"written there. {advice}"
     )
 
 

@@ -222,6 +222,29 @@ def _umask() -> int:
     return mask
 
 
+def test_an_export_keeps_symlinks_file_modes_and_long_names(db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target.csv"
+    target.write_text("the previous export\n", encoding="utf-8")
+    target.chmod(0o600)
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    long_name = tmp_path / ("e" * 251 + ".csv")  # 255 bytes, the file system's limit
+    japanese = tmp_path / ("費" * 83 + ".csv")  # 253 bytes in UTF-8
+    previous = os.umask(0o027)
+    try:
+        for out in (link, long_name, japanese):
+            assert main(["export", str(db), "--format", "focus", "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+
+    assert link.is_symlink() and target.read_text(encoding="utf-8").startswith("BilledCost")
+    assert target.stat().st_mode & 0o777 == 0o600
+    for fresh in (long_name, japanese):
+        assert fresh.stat().st_mode & 0o777 == 0o640  # 0o666 under umask 0o027, as open() gives
+        assert fresh.read_bytes() == target.read_bytes()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_the_summary_gives_money_as_plain_decimals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
