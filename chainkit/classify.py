@@ -66,7 +66,7 @@ import threading
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import chain, pairwise, repeat
 from typing import Any, Final, Literal, cast
@@ -1098,7 +1098,7 @@ class _Scaled:
         """``task(piece, *args)`` for every piece, on the pool's threads; results in order."""
         if self.pool is None:
             return [task(piece, *args) for piece in pieces]
-        futures = [self.pool.submit(task, piece, *args) for piece in pieces]
+        futures = [_submit(self.pool, task, piece, *args) for piece in pieces]
         return [future.result() for future in futures]
 
     def close(self) -> None:
@@ -1846,6 +1846,23 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return pool
 
 
+def _submit(pool: ThreadPoolExecutor, call: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``pool.submit(call, *args)``, or the call run on this thread once no pool takes work.
+
+    Once the interpreter has begun to shut down (an ``atexit`` handler classifying what is
+    left of a queue), every pool refuses new work with a RuntimeError.
+    """
+    try:
+        return pool.submit(call, *args)
+    except RuntimeError:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(call(*args))
+        except Exception as exc:  # raised where the caller asks for the result, as from a pool
+            done.set_exception(exc)
+        return done
+
+
 _Scores = tuple[_Float, _Float, _Int, _Float]  # scores, temperature, best class, confidence
 
 
@@ -1926,7 +1943,7 @@ def _slices(work: Callable[[int, int], None], n: int, workers: int) -> None:
     # waiting, and one round in five paid for a wake-up: CLINC150's test set took 26.4 ms at
     # the median and 34.0 at the 90th percentile that way, 25.1 and 25.8 this way.
     pool = _pool(workers - 1)
-    futures = [pool.submit(work, a, b) for a, b in pairwise(bounds[1:])]
+    futures = [_submit(pool, work, a, b) for a, b in pairwise(bounds[1:])]
     try:
         work(bounds[0], bounds[1])
     finally:

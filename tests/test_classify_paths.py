@@ -347,3 +347,40 @@ def test_a_large_batch_scored_from_a_pool_thread_does_not_wait_on_itself(
     nested = pool.submit(clf.predict_many, texts).result(timeout=60)
 
     assert nested == clf.predict_many(texts)
+
+
+AT_EXIT = """
+import atexit
+from chainkit import classify
+from chainkit.classify import LocalClassifier
+from tests.test_classify import probes, training
+
+classify._threads = lambda: 2  # a pool for the fit and for batches, whatever the machine
+classify._PARALLEL = 2
+texts = probes() * 40
+before = LocalClassifier(threshold=None).fit(*training())
+expected = before.predict_many(texts)
+
+
+def drain() -> None:
+    # A service classifying what is left of its queue as it exits; every pool refuses work now.
+    again = LocalClassifier(threshold=None).fit(*training())
+    same = again.predict_many(texts) == expected == before.predict_many(texts)
+    print("same" if same else "different", flush=True)
+
+
+atexit.register(drain)
+"""
+
+
+def test_fit_and_large_batches_work_in_an_atexit_handler() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", AT_EXIT], cwd=root, capture_output=True, text=True, timeout=300
+    )
+
+    assert (done.stdout, done.returncode) == ("same\n", 0), done.stderr[-2000:]
