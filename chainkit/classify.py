@@ -2672,7 +2672,7 @@ class LocalClassifier:
         with write_atomically(
             _check_path(path, "save"),
             binary=True,
-            advice="Give the classifier a file path in a writable directory with room to spare.",
+            advice="give the classifier a file path in a writable directory",
         ) as file:
             # A file object, so numpy does not append ".npz" to a path that lacks it.
             np.savez(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,50 +50,155 @@ def write_atomically(
     out: str | os.PathLike[str],
     *,
     binary: bool = False,
-    advice: str = "Free space, or give another --out.",
+    advice: str = "give another --out",
 ) -> Iterator[IO[Any]]:
     """A file to write ``out`` through: it replaces ``out`` only once complete and on disk.
 
     The data goes to a temporary file beside ``out`` (beside the file a symlink points to, so
     the link stays a link), is flushed and fsynced, then renamed over it: a reader never sees
     half a file, and a failure leaves ``out`` as it was and no temporary file. The new file
-    keeps the mode of the one it replaces, or gets the mode ``open`` would give it. A device or
-    pipe (``/dev/stdout``) is written directly. A failed write (a full disk, a missing
-    directory) is a ConfigError naming the file and ending with ``advice``.
+    keeps the replaced file's permission bits (not setuid/setgid) and, where the process may
+    set them, its owner and group; a new file gets the mode ``open`` would give it. Other
+    names of the old file (hard links) keep the old content, as with any rename.
 
+    Where renaming cannot work, the file is written in place, as ``open`` would: a file
+    bind-mounted over another (rename fails with EBUSY), another user's file in a sticky
+    directory such as /tmp, a writable file in a directory that takes no new files. A file
+    descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``) is written
+    through that descriptor, where the shell pointed it (a pipe, ``>> log``); another device
+    or a FIFO is opened and written directly.
+
+    A failed write is a ConfigError naming the file and what to do: "Free space, or
+    {advice}" when the disk is full, else "{advice}". An OSError about another file, raised by
+    the caller's code inside the ``with`` block, is not the write's and passes unchanged.
     A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing can tell it
     from another process's write still under way, so nothing removes it later.
     """
-    path = os.fspath(out)
+    path = _out_path(out)
     mode = "wb" if binary else "w"
     text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
+    descriptor = _descriptor(path)
+    if descriptor is not None:
+        with _through(descriptor, path, mode, text, advice) as f:
+            yield f
+        return
+    temp, target = "", path
     try:
         target = os.path.realpath(path)
-        if os.path.exists(target) and not os.path.isfile(target):
-            with open(target, mode, **text) as f:
-                yield f
-            return
-        # A short fixed name: the target's own name may already use all 255 bytes.
-        fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp")
+        try:
+            old: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):
+            fd = -2  # a device or a FIFO: opened and written directly
+        elif old is not None and not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        else:
+            try:
+                # A short fixed name: the target's own name may already use all 255 bytes.
+                fd, temp = tempfile.mkstemp(
+                    dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp"
+                )
+            except OSError as exc:
+                if old is None or exc.errno not in _IN_PLACE:
+                    raise
+                fd = -1  # a directory that takes no new file: the file is written in place
     except OSError as exc:
         raise _unwritable(path, exc, advice) from None
+    if fd == -2:
+        with _in_place(path, path, mode, text, advice, sync=False) as f:
+            yield f
+        return
+    if fd < 0:
+        with _in_place(path, target, mode, text, advice) as f:
+            yield f
+        return
     try:
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            if old is not None:
+                with contextlib.suppress(OSError):  # only root may give a file to another user
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+            kept = 0o666 & ~_umask() if old is None else stat.S_IMODE(old.st_mode) & 0o777
+            os.fchmod(f.fileno(), kept)  # mkstemp's 0600 was for the incomplete file
         try:
-            kept = stat.S_IMODE(os.stat(target).st_mode)
-        except FileNotFoundError:
-            kept = 0o666 & ~_umask()
-        os.chmod(temp, kept)  # mkstemp's 0600 is for the temporary file only
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
+            os.replace(temp, target)
+            temp = ""
+        except OSError as exc:
+            if old is None or exc.errno not in _IN_PLACE:
+                raise
+            with open(temp, "rb") as done, _in_place(path, target, "wb", {}, advice) as f:
+                shutil.copyfileobj(done, f)
             os.unlink(temp)
-        if isinstance(exc, OSError):
+    except BaseException as exc:
+        if temp:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        if isinstance(exc, OSError) and exc.filename in (None, path, target, temp):
             raise _unwritable(path, exc, advice) from None
         raise
+
+
+# Where a rename over the file, or a new file beside it, is refused but writing it is not:
+# a bind mount (EBUSY), a sticky directory (EPERM), a directory without write permission.
+_IN_PLACE = frozenset({errno.EBUSY, errno.EPERM, errno.EACCES, errno.EROFS, errno.EXDEV})
+_DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/self/fd|proc/thread-self/fd)/(\d+)")
+_STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _out_path(out: object) -> str:
+    """``out`` as a path string, or a ConfigError saying what is wrong with it."""
+    path = os.fspath(out) if isinstance(out, str | os.PathLike) else out
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{out!r} is not a file path: give the path of the file to write.")
+    if "\0" in path:
+        raise ConfigError(f"{path!r} holds a NUL character, which no file name may hold.")
+    if path.endswith(("/", os.sep)):
+        raise ConfigError(f"{path!r} ends in a slash, so it names a directory: give a file path.")
+    return path
+
+
+def _descriptor(path: str) -> int | None:
+    """The file descriptor a path such as ``/dev/stdout`` or ``/dev/fd/3`` names, if any."""
+    normal = os.path.normpath(os.path.abspath(path))
+    if normal in _STANDARD:
+        return _STANDARD[normal]
+    match = _DESCRIPTOR.fullmatch(normal)
+    return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def _through(fd: int, path: str, mode: str, text: dict[str, Any], advice: str) -> Iterator[IO[Any]]:
+    """Write through a duplicate of descriptor ``fd``: at its offset, in its append mode."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()  # what Python has buffered for the same descriptor goes first
+    try:
+        with os.fdopen(os.dup(fd), mode, **text) as f:
+            yield f
+    except OSError as exc:
+        if exc.filename not in (None, path):
+            raise
+        raise _unwritable(path, exc, advice) from None
+
+
+@contextlib.contextmanager
+def _in_place(
+    path: str, target: str, mode: str, text: dict[str, Any], advice: str, *, sync: bool = True
+) -> Iterator[IO[Any]]:
+    """Write the existing ``target`` in place: not atomic, but the only way left there."""
+    try:
+        with open(target, mode, **text) as f:
+            yield f
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.filename not in (None, path, target):
+            raise
+        raise _unwritable(path, exc, advice, whole=False) from None
 
 
 def _umask() -> int:
@@ -110,10 +218,13 @@ def _umask() -> int:
     return umask
 
 
-def _unwritable(path: str, exc: OSError, advice: str) -> ConfigError:
+def _unwritable(path: str, exc: OSError, advice: str, *, whole: bool = True) -> ConfigError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    todo = f"Free space, or {advice}" if full else advice[:1].upper() + advice[1:]
+    # Written in place (no rename possible there), the file may hold part of the new content.
+    kept = "nothing was written there" if whole else "the file there may now be incomplete"
     return ConfigError(
-        f"Could not write {path!r} ({type(exc).__name__}: {exc.strerror or exc}); nothing was "
-        f"written there. {advice}"
+        f"Could not write {path!r} ({type(exc).__name__}: {exc.strerror or exc}); {kept}. {todo}."
     )
 
 
