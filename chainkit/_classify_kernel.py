@@ -175,6 +175,8 @@ def score_batch(
     unseen_idf_chars: float,
     unseen_penalty: float,
     direct: int,
+    rejected: int,
+    in_scope_power: int,
     out_scores: _F,
     out_temperature: _F,
     out_best: _I,
@@ -182,7 +184,8 @@ def score_batch(
 ) -> None:
     """Score every text of ``text_ptr``: class scores, temperature, best class, confidence.
 
-    As chainkit.classify's numpy path (``_chunk_scores`` and ``_top``) computes them.
+    As chainkit.classify's numpy path (``_chunk_scores`` and ``_top``) computes them; class
+    ``rejected`` (the out-of-scope class, or -1) lowers the other classes' confidence.
     """
     n_texts = text_ptr.size - 1
     n_classes = intercept.size
@@ -416,10 +419,19 @@ def score_batch(
                 best = c
         top = out_scores[text, best]
         spread = 0.0
+        other = 0.0
         for c in range(n_classes):
-            spread += math.exp((out_scores[text, c] - top) * temperature)
+            e = math.exp((out_scores[text, c] - top) * temperature)
+            spread += e
+            if c == rejected:
+                other = e
         out_best[text] = best
-        out_confidence[text] = 1.0 / spread
+        confidence = 1.0 / spread
+        if rejected >= 0 and best != rejected:
+            share = (spread - other) / spread
+            for _ in range(in_scope_power):
+                confidence *= share
+        out_confidence[text] = confidence
 
 
 @nb.njit(cache=True, nogil=True)

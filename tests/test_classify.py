@@ -248,6 +248,70 @@ def test_out_of_scope_training_label_is_an_ordinary_class() -> None:
     assert clf.predict("where is my parcel").label == "track_order"
 
 
+def with_oos() -> tuple[list[str], list[str]]:
+    texts, labels = training()
+    return [*texts, *OOS_DEV], [*labels, *["oos"] * len(OOS_DEV)]
+
+
+def test_an_out_of_scope_class_lowers_in_scope_answers_by_a_power_of_p_in_scope() -> None:
+    clf = LocalClassifier(threshold=None).fit(*with_oos())
+    plain = LocalClassifier(threshold=None, out_of_scope="never a label").fit(*with_oos())
+    texts = probes()
+    oos = clf.classes.index("oos")
+
+    proba = clf.predict_proba(texts)
+    got = clf.predict_many(texts)
+
+    best = np.array([clf.classes.index(p.label) for p in got])
+    top = proba[np.arange(len(texts)), best]  # the label's probability (ties: "" has them all)
+    in_scope = 1.0 - proba[:, oos]
+    expected = np.where(best == oos, top, top * in_scope**classify._IN_SCOPE_POWER)
+    np.testing.assert_allclose([p.confidence for p in got], expected, rtol=1e-9, atol=1e-15)
+    # The same model read as plain classes: the labels agree, the confidence is the top
+    # probability, and the in-scope answers are more confident there.
+    assert [p.label for p in plain.predict_many(texts)] == [p.label for p in got]
+    np.testing.assert_allclose([p.confidence for p in plain.predict_many(texts)], top, rtol=1e-12)
+    assert (best == oos).any() and (in_scope[best != oos] < 0.99).any()
+
+
+def test_an_out_of_scope_class_falls_below_the_threshold_it_calibrates() -> None:
+    clf = LocalClassifier().fit(*with_oos())  # "auto": calibrated on held-out in-scope texts
+    assert clf.threshold is not None
+    assert clf.predict("what is the capital of peru").label == "oos"
+    assert clf.predict("where is my parcel").label == "track_order"
+
+
+def test_a_version_2_file_with_an_out_of_scope_class_keeps_its_plain_confidence(
+    tmp_path: Path,
+) -> None:
+    clf = LocalClassifier(threshold=None).fit(*with_oos())
+    path = tmp_path / "v3.npz"
+    clf.save(path)
+    assert_same_predictions(
+        LocalClassifier.load(path).predict_many(probes()), clf.predict_many(probes())
+    )
+    with np.load(path) as data:
+        arrays = dict(data)
+    header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    assert header["version"] == 3
+    header["version"] = 2
+    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    old = tmp_path / "v2.npz"
+    np.savez(old, **arrays)
+
+    loaded = LocalClassifier.load(old)
+
+    # Saved before out-of-scope classes lowered confidence: its threshold was set on the plain
+    # top probability, so it keeps scoring that way.
+    got = loaded.predict_many(probes())
+    proba = clf.predict_proba(probes())
+    best = [clf.classes.index(p.label) for p in got]
+    assert [p.label for p in got] == [p.label for p in clf.predict_many(probes())]
+    np.testing.assert_allclose(
+        [p.confidence for p in got], proba[np.arange(len(best)), best], rtol=1e-12
+    )
+
+
 def test_save_and_load_give_identical_predictions(clf: LocalClassifier, tmp_path: Path) -> None:
     clf.threshold = 0.4
     path = tmp_path / "intents.model"  # no .npz suffix: save must not add one

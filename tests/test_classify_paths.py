@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from chainkit import classify
 from chainkit.classify import LocalClassifier
-from tests.test_classify import ODD, TEXTS, probes, training
+from tests.test_classify import ODD, OOS_DEV, TEXTS, probes, training
 
 compiled = pytest.mark.skipif(
     classify._kernel() is None, reason="numba is not installed (the fast extra)"
@@ -33,7 +33,7 @@ def clf() -> LocalClassifier:
 def numpy_scores(clf: LocalClassifier, texts: list[str]) -> classify._Scores:
     model = clf._fitted("test")
     scores, temperature = classify._chunk_scores(model, texts, clf.unseen_penalty)
-    return (scores, temperature, *classify._top(scores, temperature))
+    return (scores, temperature, *classify._top(scores, temperature, model.rejected))
 
 
 def compiled_scores(clf: LocalClassifier, texts: list[str]) -> classify._Scores:
@@ -54,6 +54,23 @@ def assert_close(ours: classify._Scores, theirs: classify._Scores) -> None:
 @given(texts=st.lists(TEXTS, min_size=1, max_size=12))
 def test_compiled_loop_equals_numpy_on_any_text(clf: LocalClassifier, texts: list[str]) -> None:
     assert_close(compiled_scores(clf, texts), numpy_scores(clf, texts))
+
+
+@pytest.fixture(scope="module")
+def with_oos() -> LocalClassifier:
+    texts, labels = training()
+    return LocalClassifier(threshold=None).fit([*texts, *OOS_DEV], [*labels, *["oos"] * 6])
+
+
+@compiled
+@SETTINGS
+@given(texts=st.lists(TEXTS, min_size=1, max_size=12))
+def test_with_an_out_of_scope_class_compiled_equals_numpy_and_predict_equals_predict_many(
+    with_oos: LocalClassifier, texts: list[str]
+) -> None:
+    assert with_oos._fitted("test").rejected == with_oos.classes.index("oos")
+    assert_close(compiled_scores(with_oos, texts), numpy_scores(with_oos, texts))
+    assert with_oos.predict_many(texts) == [with_oos.predict(text) for text in texts]
 
 
 @compiled
