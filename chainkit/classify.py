@@ -123,8 +123,8 @@ _PIECES: Final = 8  # each pass is cut into this many pieces, whatever the threa
 # million, single-threaded; CLINC150: 80 million).
 _THREADED: Final = 20_000_000
 _FORMAT: Final = "chainkit.LocalClassifier"
-# Version 3: a model trained with an out-of-scope class scores as ``_top`` says (versions 1
-# and 2 keep the plain softmax of the version that saved them, and so their thresholds).
+# Version 3 saves ``rejected``: a model trained with an out-of-scope class scores as ``_top``
+# says (files of versions 1 and 2 keep the plain softmax their thresholds were set on).
 _VERSION: Final = 3
 # With an out-of-scope class, an in-scope answer's confidence is P(best) * P(in scope) ** this.
 # Chosen on CLINC150's dev and 5-fold cross-validations of train and of train+dev (see
@@ -169,6 +169,9 @@ class _Header(BaseModel):
     # Version 2: the tokens analysed ahead (a version 1 file gets its vocabulary's words).
     tokens: list[str] = []
     max_chars: int | None = Field(default=_MAX_CHARS, ge=1)
+    # Version 3: the class that lowers the others' confidence (``_top``), or -1. Saved, not
+    # derived from ``out_of_scope`` on load: that label may be changed after fit.
+    rejected: int = Field(default=-1, ge=-1)
 
 
 # Longer n-grams than this are never useful features, and each level costs a pass over every
@@ -2697,6 +2700,7 @@ class LocalClassifier:
             classes=list(model.classes),
             vocabularies=model.terms,
             tokens=list(model.tokens.index),
+            rejected=model.rejected,
         )
         # Characters written as themselves, a lone surrogate as its own three bytes: JSON's
         # escapes would read two lone surrogates back as the one character they pair into.
@@ -2797,9 +2801,7 @@ class LocalClassifier:
                 intercept,
                 candidates,
                 (list(word_terms), list(char_terms)),
-                header.classes.index(header.out_of_scope)
-                if header.version >= 3 and header.out_of_scope in header.classes
-                else -1,
+                header.rejected,
             )
         except (ValueError, IndexError, KeyError) as exc:  # a header edited past the checks
             raise ConfigError(
@@ -2834,6 +2836,8 @@ def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) ->
     for kind, terms in (("word", word_terms), ("character", char_terms)):
         if len(set(terms)) != len(terms):
             return f"its {kind} vocabulary lists {len(terms) - len(set(terms))} n-grams twice"
+    if header.rejected >= len(header.classes) or (header.version < 3 and header.rejected != -1):
+        return f"its rejected class {header.rejected} is not one of its {len(header.classes)}"
     if len(set(header.tokens)) != len(header.tokens):
         return f"its token list names {len(header.tokens) - len(set(header.tokens))} tokens twice"
     if any(

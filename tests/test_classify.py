@@ -293,8 +293,9 @@ def test_a_version_2_file_with_an_out_of_scope_class_keeps_its_plain_confidence(
     with np.load(path) as data:
         arrays = dict(data)
     header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-    assert header["version"] == 3
+    assert (header["version"], header["rejected"]) == (3, clf.classes.index("oos"))
     header["version"] = 2
+    del header["rejected"]
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     old = tmp_path / "v2.npz"
     np.savez(old, **arrays)
@@ -310,6 +311,44 @@ def test_a_version_2_file_with_an_out_of_scope_class_keeps_its_plain_confidence(
     np.testing.assert_allclose(
         [p.confidence for p in got], proba[np.arange(len(best)), best], rtol=1e-12
     )
+    # Saved again, it stays what it was: a version 3 file that lowers nothing.
+    again = tmp_path / "again.npz"
+    loaded.save(again)
+    assert LocalClassifier.load(again).predict_many(probes()) == got
+
+
+def test_what_lowers_confidence_is_saved_not_derived_from_the_out_of_scope_label(
+    tmp_path: Path,
+) -> None:
+    clf = LocalClassifier(threshold=None).fit(*with_oos())
+    expected = clf.predict_many(probes())
+    clf.out_of_scope = "refused"  # the label below a threshold, renamed after fit
+    path = tmp_path / "renamed.npz"
+    clf.save(path)
+
+    loaded = LocalClassifier.load(path)
+
+    assert loaded.out_of_scope == "refused"
+    assert loaded.predict_many(probes()) == clf.predict_many(probes()) == expected
+
+
+@pytest.mark.parametrize(
+    ("rejected", "said"),
+    [(5, "rejected class 5 is not one of its 5"), (-2, "greater than or equal to -1")],
+)
+def test_a_rejected_class_out_of_range_is_damage(tmp_path: Path, rejected: int, said: str) -> None:
+    clf = LocalClassifier(threshold=None).fit(*with_oos())
+    path = tmp_path / "m.npz"
+    clf.save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    header["rejected"] = rejected
+    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    np.savez(path, **arrays)
+
+    with pytest.raises(ConfigError, match=said):
+        LocalClassifier.load(path)
 
 
 def test_save_and_load_give_identical_predictions(clf: LocalClassifier, tmp_path: Path) -> None:
