@@ -2828,7 +2828,10 @@ class LocalClassifier:
 
 def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) -> str:
     """What makes a saved classifier unusable, or "" (its shapes are checked already)."""
-    for name, values in (("idf", idf), ("weights", weights), ("intercept", intercept)):
+    # The weights are scored as float32: 1e39 is finite here and infinite there.
+    with np.errstate(over="ignore"):
+        weights32 = weights.astype(np.float32) if np.isfinite(weights).all() else weights
+    for name, values in (("idf", idf), ("weights", weights32), ("intercept", intercept)):
         if not np.isfinite(values).all():
             return f"its {name} hold {int((~np.isfinite(values)).sum())} non-finite numbers"
     word_terms, char_terms = header.vocabularies
@@ -2836,7 +2839,9 @@ def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) ->
     for kind, terms in (("word", word_terms), ("character", char_terms)):
         if len(set(terms)) != len(terms):
             return f"its {kind} vocabulary lists {len(terms) - len(set(terms))} n-grams twice"
-    if header.rejected >= len(header.classes) or (header.version < 3 and header.rejected != -1):
+    if header.version < 3 and header.rejected != -1:
+        return f"it is version {header.version} but names a rejected class (version 3 does)"
+    if header.rejected >= len(header.classes):
         return f"its rejected class {header.rejected} is not one of its {len(header.classes)}"
     if len(set(header.tokens)) != len(header.tokens):
         return f"its token list names {len(header.tokens) - len(set(header.tokens))} tokens twice"

@@ -16,6 +16,11 @@ from typing import IO, Any
 
 from chainkit.errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: in-place writers do not take turns there
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["csv_safe", "refuse_ledger_as_out", "write_atomically"]
 
 
@@ -63,16 +68,17 @@ def write_atomically(
 
     Where renaming cannot work, the file is written in place, as ``open`` would: a file
     bind-mounted over another (rename fails with EBUSY), another user's file in a sticky
-    directory such as /tmp, a writable file in a directory that takes no new files. A file
-    descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``) is written
-    through that descriptor, where the shell pointed it (a pipe, ``>> log``); another device
-    or a FIFO is opened and written directly.
+    directory such as /tmp, a writable file in a directory that takes no new files. Writers
+    through this function then take turns (an advisory lock), and setuid/setgid are dropped
+    there too. A file descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``,
+    or a symlink to one) is written through that descriptor, where the shell pointed it (a
+    pipe, ``>> log``); another device or a FIFO is opened and written directly.
 
-    A failed write is a ConfigError naming the file and what to do: "Free space, or
-    {advice}" when the disk is full, else "{advice}". An OSError about another file, raised by
-    the caller's code inside the ``with`` block, is not the write's and passes unchanged.
-    A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing can tell it
-    from another process's write still under way, so nothing removes it later.
+    A failed write is a ConfigError naming the file, what is left there, and what to do:
+    "Free space, or {advice}" when the disk is full, else "{advice}". An OSError about another
+    file, raised by the caller's code inside the ``with`` block, is not the write's and passes
+    unchanged. A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing can
+    tell it from another process's write still under way, so nothing removes it later.
     """
     path = _out_path(out)
     mode = "wb" if binary else "w"
@@ -82,7 +88,7 @@ def write_atomically(
         with _through(descriptor, path, mode, text, advice) as f:
             yield f
         return
-    temp, target = "", path
+    temp, target, how = "", path, "rename"
     try:
         target = os.path.realpath(path)
         try:
@@ -90,10 +96,10 @@ def write_atomically(
         except FileNotFoundError:
             old = None
         if old is not None and not stat.S_ISREG(old.st_mode):
-            fd = -2  # a device or a FIFO: opened and written directly
-        elif old is not None and not os.access(target, os.W_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            how = "device"  # or a FIFO: opened and written directly
         else:
+            if old is not None:
+                _check_writable(target, path)
             try:
                 # A short fixed name: the target's own name may already use all 255 bytes.
                 fd, temp = tempfile.mkstemp(
@@ -102,25 +108,21 @@ def write_atomically(
             except OSError as exc:
                 if old is None or exc.errno not in _IN_PLACE:
                     raise
-                fd = -1  # a directory that takes no new file: the file is written in place
+                how = "in place"  # a directory that takes no new file
     except OSError as exc:
         raise _unwritable(path, exc, advice) from None
-    if fd == -2:
-        with _in_place(path, path, mode, text, advice, sync=False) as f:
+    if how != "rename":
+        with _in_place(path, target, mode, text, advice, regular=how == "in place") as f:
             yield f
         return
-    if fd < 0:
-        with _in_place(path, target, mode, text, advice) as f:
-            yield f
-        return
+    copying = False
     try:
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
             if old is not None:
-                with contextlib.suppress(OSError):  # only root may give a file to another user
-                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+                _keep_owner(f.fileno(), old)
             kept = 0o666 & ~_umask() if old is None else stat.S_IMODE(old.st_mode) & 0o777
             os.fchmod(f.fileno(), kept)  # mkstemp's 0600 was for the incomplete file
         try:
@@ -129,11 +131,18 @@ def write_atomically(
         except OSError as exc:
             if old is None or exc.errno not in _IN_PLACE:
                 raise
-            with open(temp, "rb") as done, _in_place(path, target, "wb", {}, advice) as f:
+            # From here the target is being overwritten: the complete temporary file is kept
+            # until the copy is whole, so a failure or an interrupt loses neither version.
+            copying = True
+            with (
+                open(temp, "rb") as done,
+                _in_place(path, target, "wb", {}, advice, regular=True, whole_in=temp) as f,
+            ):
                 shutil.copyfileobj(done, f)
+            copying = False
             os.unlink(temp)
     except BaseException as exc:
-        if temp:
+        if temp and not copying:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
         if isinstance(exc, OSError) and exc.filename in (None, path, target, temp):
@@ -144,8 +153,10 @@ def write_atomically(
 # Where a rename over the file, or a new file beside it, is refused but writing it is not:
 # a bind mount (EBUSY), a sticky directory (EPERM), a directory without write permission.
 _IN_PLACE = frozenset({errno.EBUSY, errno.EPERM, errno.EACCES, errno.EROFS, errno.EXDEV})
-_DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/self/fd|proc/thread-self/fd)/(\d+)")
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
+_DESCRIPTOR = re.compile(r"/dev/fd/(\d+)|/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)")
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+_LINKS = 40  # the most symlinks Linux follows in one path
 
 
 def _out_path(out: object) -> str:
@@ -155,18 +166,46 @@ def _out_path(out: object) -> str:
         raise ConfigError(f"{out!r} is not a file path: give the path of the file to write.")
     if "\0" in path:
         raise ConfigError(f"{path!r} holds a NUL character, which no file name may hold.")
-    if path.endswith(("/", os.sep)):
-        raise ConfigError(f"{path!r} ends in a slash, so it names a directory: give a file path.")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{path!r} holds a character no file name can (a lone surrogate); give a file path."
+        ) from None
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in (".", ".."):
+        raise ConfigError(f"{path!r} names a directory: give a file path.")
     return path
 
 
 def _descriptor(path: str) -> int | None:
-    """The file descriptor a path such as ``/dev/stdout`` or ``/dev/fd/3`` names, if any."""
-    normal = os.path.normpath(os.path.abspath(path))
-    if normal in _STANDARD:
-        return _STANDARD[normal]
-    match = _DESCRIPTOR.fullmatch(normal)
-    return int(match.group(1)) if match else None
+    """The file descriptor a name such as ``/dev/stdout`` or ``/dev/fd/3`` stands for, if any.
+
+    Followed link by link (a symlink to /dev/stdout, /dev/fd inside /proc/<pid>/fd), never to
+    the end: /proc/self/fd/1 itself "points" to ``pipe:[N]`` or to the file it has open.
+    """
+    current = os.path.abspath(path)
+    for _ in range(_LINKS):
+        current = "/" + os.path.normpath(current).lstrip("/")  # POSIX keeps a leading //
+        if current in _STANDARD:
+            return _STANDARD[current]
+        match = _DESCRIPTOR.fullmatch(current)
+        if match:
+            owner = match.group(2)
+            if owner is None or not owner.isdigit() or int(owner) == os.getpid():
+                return int(match.group(1) or match.group(3))
+            return None  # another process's descriptor: opened by name, as open() would
+        parent, name = os.path.split(current)
+        try:
+            real_parent = os.path.realpath(parent)
+            if real_parent != parent:
+                current = os.path.join(real_parent, name)
+            elif os.path.islink(current):
+                current = os.path.join(parent, os.readlink(current))
+            else:
+                return None
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 @contextlib.contextmanager
@@ -176,29 +215,87 @@ def _through(fd: int, path: str, mode: str, text: dict[str, Any], advice: str) -
         with contextlib.suppress(Exception):
             stream.flush()  # what Python has buffered for the same descriptor goes first
     try:
-        with os.fdopen(os.dup(fd), mode, **text) as f:
+        duplicate = os.dup(fd)
+    except OSError as exc:
+        raise _unwritable(path, exc, advice) from None
+    try:
+        with os.fdopen(duplicate, mode, **text) as f:
             yield f
     except OSError as exc:
         if exc.filename not in (None, path):
             raise
-        raise _unwritable(path, exc, advice) from None
+        raise _unwritable(path, exc, advice, left="the output there may be incomplete") from None
 
 
 @contextlib.contextmanager
 def _in_place(
-    path: str, target: str, mode: str, text: dict[str, Any], advice: str, *, sync: bool = True
+    path: str,
+    target: str,
+    mode: str,
+    text: dict[str, Any],
+    advice: str,
+    *,
+    regular: bool,
+    whole_in: str = "",
 ) -> Iterator[IO[Any]]:
-    """Write the existing ``target`` in place: not atomic, but the only way left there."""
+    """Write ``target`` in place: a device, or a file no rename can replace.
+
+    ``whole_in`` names a file holding the complete new content, for the error message.
+    """
     try:
-        with open(target, mode, **text) as f:
+        if regular:
+            # Opened without truncating: other writers through here wait for the lock, where
+            # their bytes would otherwise interleave in one file.
+            fd = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        else:
+            f = open(target, mode, **text)  # noqa: SIM115 - closed below, after its writes
+    except OSError as exc:
+        raise _unwritable(path, exc, advice) from None
+    left = "the file there may now be incomplete"
+    if whole_in:
+        left += f"; the whole new content is in {whole_in!r}"
+    try:
+        if regular:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                os.ftruncate(fd, 0)
+                now = os.fstat(fd).st_mode
+                if now & _SET_ID:
+                    os.fchmod(fd, stat.S_IMODE(now) & ~_SET_ID)
+                f = os.fdopen(fd, mode, **text)
+            except BaseException:
+                os.close(fd)
+                raise
+        with f:
             yield f
             f.flush()
-            if sync:
+            if regular:
                 os.fsync(f.fileno())
     except OSError as exc:
         if exc.filename not in (None, path, target):
             raise
-        raise _unwritable(path, exc, advice, whole=False) from None
+        raise _unwritable(path, exc, advice, left=left) from None
+
+
+def _check_writable(target: str, path: str) -> None:
+    """Refuse a file ``open`` would refuse to write (mode 0444, a read-only file system)."""
+    if os.access(target, os.W_OK):
+        return
+    read_only = False
+    with contextlib.suppress(OSError, AttributeError):
+        read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    raise OSError(code, os.strerror(code), path)
+
+
+def _keep_owner(fd: int, old: os.stat_result) -> None:
+    """Give the new file the old one's owner and group, or its group alone, where allowed."""
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)  # only root may give a file to another user
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, -1, old.st_gid)  # a member of the group may keep it
 
 
 def _umask() -> int:
@@ -218,13 +315,14 @@ def _umask() -> int:
     return umask
 
 
-def _unwritable(path: str, exc: OSError, advice: str, *, whole: bool = True) -> ConfigError:
+def _unwritable(
+    path: str, exc: OSError, advice: str, *, left: str = "nothing was written there"
+) -> ConfigError:
+    """The one-line error: the path, the cause, what is left there, what to do."""
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     todo = f"Free space, or {advice}" if full else advice[:1].upper() + advice[1:]
-    # Written in place (no rename possible there), the file may hold part of the new content.
-    kept = "nothing was written there" if whole else "the file there may now be incomplete"
     return ConfigError(
-        f"Could not write {path!r} ({type(exc).__name__}: {exc.strerror or exc}); {kept}. {todo}."
+        f"Could not write {path!r} ({type(exc).__name__}: {exc.strerror or exc}); {left}. {todo}."
     )
 
 

@@ -93,7 +93,7 @@ def test_a_closed_descriptor_is_one_clear_error() -> None:
         (b"/tmp/x.csv", "is not a file path"),
         ("", "is not a file path"),
         ("out\0.csv", "holds a NUL character"),
-        ("out.csv/", "ends in a slash"),
+        ("out.csv/", "names a directory"),
     ],
 )
 def test_a_bad_path_is_a_config_error(
@@ -108,7 +108,7 @@ def test_a_bad_path_is_a_config_error(
 def test_a_trailing_slash_never_replaces_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     out.write_text("kept\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="ends in a slash"), write_atomically(f"{out}/") as f:
+    with pytest.raises(ConfigError, match="names a directory"), write_atomically(f"{out}/") as f:
         f.write("x")
     assert out.read_text(encoding="utf-8") == "kept\n"
 
@@ -262,3 +262,36 @@ def test_the_file_is_the_old_one_or_the_new_one_whole(
     else:
         assert (out.read_bytes() if out.exists() else None) == before
     assert [p.name for p in directory.iterdir()] == (["out.csv"] if exists or wrote else [])
+
+
+@pytest.mark.skipif(not hasattr(os, "O_CLOEXEC"), reason="POSIX only")
+def test_in_place_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+    import threading
+
+    out = tmp_path / "mounted.csv"
+    out.write_text("old\n", encoding="utf-8")
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    holder = os.open(out, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer, midway through its in-place write
+    done = threading.Event()
+
+    def write() -> None:
+        with write_atomically(out) as f:
+            f.write("new\n")
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert not done.wait(0.5), "wrote over a file another writer holds"
+        assert out.read_text(encoding="utf-8") == "old\n"
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        writer.join(10)
+    assert done.is_set() and out.read_text(encoding="utf-8") == "new\n"
