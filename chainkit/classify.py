@@ -2373,7 +2373,9 @@ class LocalClassifier:
 
     Args:
         out_of_scope: the label ``predict`` returns when the confidence is below ``threshold``.
-            If the training labels contain it, it is also an ordinary class.
+            If the training labels contain it, it is also a class: it answers where it scores
+            highest, and it lowers every other answer's confidence to P(best) * P(in scope)
+            ** 20 (see the module docstring), so the threshold refuses texts it half claims.
         c: inverse regularisation strength of the logistic regression (scikit-learn's ``C``).
         word_ngrams: range of word n-gram lengths.
         char_ngrams: range of character n-gram lengths, taken inside word boundaries.
