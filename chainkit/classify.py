@@ -85,7 +85,7 @@ from typing import Any, Final, Literal, cast
 import numpy as np
 import scipy.sparse as sp  # type: ignore[import-untyped]
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chainkit.errors import ConfigError
 from chainkit.outfiles import write_atomically
@@ -172,6 +172,31 @@ class _Header(BaseModel):
     # Version 3: the class that lowers the others' confidence (``_top``), or -1. Saved, not
     # derived from ``out_of_scope`` on load: that label may be changed after fit.
     rejected: int = Field(default=-1, ge=-1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        """Refuse what lax validation would convert: true as 1, "1" as 1."""
+        if isinstance(data, dict):
+            for name in _NUMERIC:
+                value = data.get(name)
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, bool | str):
+                        raise ValueError(f"{name} must be a number, not {value!r}")
+            if data.get("version") == 3 and "rejected" not in data:
+                raise ValueError("a version 3 header names its rejected class (-1 for none)")
+        return data
+
+
+_NUMERIC: Final = (
+    "version", "c", "word_ngrams", "char_ngrams", "unseen_penalty", "max_iter", "threshold",
+    "max_chars", "rejected",
+)  # fmt: skip
+# What a fit can give: idf is 1 + ln((1 + texts) / (1 + texts with the term)), at least 1 and
+# far below 1e3; weights and intercepts stay far below 1e15. Past these bounds a file is not
+# from a fit, and its scores could overflow to inf and NaN.
+_MAX_IDF: Final = 1e3
+_MAX_WEIGHT: Final = 1e15
 
 
 # Longer n-grams than this are never useful features, and each level costs a pass over every
@@ -2736,9 +2761,9 @@ class LocalClassifier:
             ):
                 raw = json.loads(bytes(data["header"]).decode("utf-8", "surrogatepass"))
                 header = _Header.model_validate(raw)
-                idf = np.asarray(data["idf"], dtype=np.float64)
-                weights = np.ascontiguousarray(data["weights"], dtype=np.float64)
-                intercept = np.asarray(data["intercept"], dtype=np.float64)
+                idf = _numbers(data["idf"], "idf")
+                weights = np.ascontiguousarray(_numbers(data["weights"], "weights"))
+                intercept = _numbers(data["intercept"], "intercept")
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"No saved classifier at {os.fspath(path)!r}: fit one and call .save(path) first, "
@@ -2828,14 +2853,28 @@ class LocalClassifier:
         return self._model
 
 
+def _numbers(values: NDArray[Any], name: str) -> _Float:
+    """A saved array as float64, or ValueError if it holds no real numbers (complex, text)."""
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"its {name} are {values.dtype}, not real numbers")
+    return np.asarray(values, dtype=np.float64)
+
+
 def _damage(header: _Header, idf: _Float, weights: _Float, intercept: _Float) -> str:
     """What makes a saved classifier unusable, or "" (its shapes are checked already)."""
+    if len(set(header.classes)) != len(header.classes):
+        return f"its classes name {len(header.classes) - len(set(header.classes))} twice"
     # The weights are scored as float32: 1e39 is finite here and infinite there.
     with np.errstate(over="ignore"):
         weights32 = weights.astype(np.float32) if np.isfinite(weights).all() else weights
     for name, values in (("idf", idf), ("weights", weights32), ("intercept", intercept)):
         if not np.isfinite(values).all():
             return f"its {name} hold {int((~np.isfinite(values)).sum())} non-finite numbers"
+    if idf.size and not (idf.min() >= 1.0 and idf.max() <= _MAX_IDF):
+        return f"its idf run from {idf.min():g} to {idf.max():g}, not within 1 to {_MAX_IDF:g}"
+    for name, values in (("weights", weights), ("intercept", intercept)):
+        if values.size and np.abs(values).max() > _MAX_WEIGHT:
+            return f"its {name} reach {np.abs(values).max():g}, past any fit's"
     word_terms, char_terms = header.vocabularies
     (word_low, word_high), (_, char_high) = header.word_ngrams, header.char_ngrams
     for kind, terms in (("word", word_terms), ("character", char_terms)):
