@@ -10,9 +10,10 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from chainkit.errors import ConfigError
 
@@ -69,34 +70,46 @@ def write_atomically(
     Where renaming cannot work, the file is written in place, as ``open`` would: a file
     bind-mounted over another (rename fails with EBUSY), another user's file in a sticky
     directory such as /tmp, a writable file in a directory that takes no new files. Writers
-    through this function then take turns (an advisory lock), and setuid/setgid are dropped
-    there too. A file descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``,
-    or a symlink to one) is written through that descriptor, where the shell pointed it (a
-    pipe, ``>> log``); another device or a FIFO is opened and written directly.
+    through this function then take turns (a lock per file in the process, an advisory flock
+    across processes), and setuid/setgid are dropped there too. If that copy fails or is
+    interrupted, the complete new content stays in its temporary file, which the error (or,
+    for an interrupt, a note on the exception) names.
+
+    A file descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``, or a path
+    that resolves to one) is written through that descriptor, where the shell pointed it (a
+    pipe, ``>> log``); another process's descriptor, another device or a FIFO is opened by
+    name and written directly, as ``open`` would.
 
     A failed write is a ConfigError naming the file, what is left there, and what to do:
-    "Free space, or {advice}" when the disk is full, else "{advice}". An OSError about another
-    file, raised by the caller's code inside the ``with`` block, is not the write's and passes
-    unchanged. A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing can
-    tell it from another process's write still under way, so nothing removes it later.
+    "Free space, or {advice}" when the disk is full, else "{advice}". An OSError raised by the
+    caller's code inside the ``with`` block passes unchanged when it names another file, or is
+    a socket's or a timeout (ConnectionError, TimeoutError; a broken pipe is the write's only
+    where the output is a pipe). A process killed midway leaves its ``.chainkit-*.tmp`` file
+    behind: nothing can tell it from another process's write still under way, so nothing
+    removes it later.
     """
     path = _out_path(out)
     mode = "wb" if binary else "w"
     text: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
-    descriptor = _descriptor(path)
-    if descriptor is not None:
+    try:
+        descriptor = _descriptor(path)
+    except OSError as exc:
+        raise _unwritable(path, exc, advice) from None
+    if isinstance(descriptor, int):
         with _through(descriptor, path, mode, text, advice) as f:
             yield f
         return
     temp, target, how = "", path, "rename"
     try:
+        if descriptor == "by name":
+            raise _ByName
         target = os.path.realpath(path)
         try:
             old: os.stat_result | None = os.stat(target)
         except FileNotFoundError:
             old = None
         if old is not None and not stat.S_ISREG(old.st_mode):
-            how = "device"  # or a FIFO: opened and written directly
+            raise _ByName  # a device or a FIFO
         else:
             if old is not None:
                 _check_writable(target, path)
@@ -109,10 +122,13 @@ def write_atomically(
                 if old is None or exc.errno not in _IN_PLACE:
                     raise
                 how = "in place"  # a directory that takes no new file
+    except _ByName:
+        how = "by name"  # opened and written directly, as open() would
     except OSError as exc:
         raise _unwritable(path, exc, advice) from None
     if how != "rename":
-        with _in_place(path, target, mode, text, advice, regular=how == "in place") as f:
+        regular = how == "in place"
+        with _in_place(path, target if regular else path, mode, text, advice, regular=regular) as f:
             yield f
         return
     copying = False
@@ -142,19 +158,40 @@ def write_atomically(
             copying = False
             os.unlink(temp)
     except BaseException as exc:
-        if temp and not copying:
+        if copying:
+            exc.add_note(f"chainkit: the whole new content of {path!r} is in {temp!r}")
+        elif temp:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-        if isinstance(exc, OSError) and exc.filename in (None, path, target, temp):
+        if _ours(exc, path, target, temp):
             raise _unwritable(path, exc, advice) from None
         raise
+
+
+class _ByName(Exception):
+    """The path is written by opening it, not by renaming a file over it."""
+
+
+def _ours(exc: BaseException, *names: str, pipe: bool = False) -> TypeGuard[OSError]:
+    """Whether an OSError raised inside the ``with`` block is the write's, not the caller's.
+
+    The write's own errors name no file, or the file written. The caller's code may raise
+    one that names no file either: a socket's (ConnectionResetError) or a timeout. Those pass
+    unchanged, except a broken pipe where the output is a pipe.
+    """
+    if not isinstance(exc, OSError) or exc.filename not in (None, *names):
+        return False
+    if isinstance(exc, BrokenPipeError):
+        return pipe or exc.filename is not None
+    return not isinstance(exc, ConnectionError | TimeoutError)
 
 
 # Where a rename over the file, or a new file beside it, is refused but writing it is not:
 # a bind mount (EBUSY), a sticky directory (EPERM), a directory without write permission.
 _IN_PLACE = frozenset({errno.EBUSY, errno.EPERM, errno.EACCES, errno.EROFS, errno.EXDEV})
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
-_DESCRIPTOR = re.compile(r"/dev/fd/(\d+)|/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)")
+# A descriptor's own name (no leading zeros: /proc has no "01"), in /proc or, elsewhere, /dev/fd.
+_DESCRIPTOR = re.compile(r"/(?:dev|proc/(\d+)(?:/task/\d+)?)/fd/(0|[1-9]\d*)")
 _SET_ID = stat.S_ISUID | stat.S_ISGID
 _LINKS = 40  # the most symlinks Linux follows in one path
 
@@ -177,34 +214,47 @@ def _out_path(out: object) -> str:
     return path
 
 
-def _descriptor(path: str) -> int | None:
-    """The file descriptor a name such as ``/dev/stdout`` or ``/dev/fd/3`` stands for, if any.
+def _descriptor(path: str) -> int | str | None:
+    """The descriptor a name such as ``/dev/stdout`` or ``/dev/fd/3`` stands for, if any.
 
-    Followed link by link (a symlink to /dev/stdout, /dev/fd inside /proc/<pid>/fd), never to
-    the end: /proc/self/fd/1 itself "points" to ``pipe:[N]`` or to the file it has open.
+    The name is resolved as the kernel resolves it, component by component (``..`` after a
+    symlink goes up from where the link points), stopping at a descriptor's own name: that
+    "points" to ``pipe:[N]`` or to the file it has open, and is not followed. Returns the
+    descriptor number, "by name" for another process's descriptor (opened by name, as
+    ``open()`` would), or None. More than 40 links is ELOOP, as ``open()`` says.
     """
-    current = os.path.abspath(path)
-    for _ in range(_LINKS):
-        current = "/" + os.path.normpath(current).lstrip("/")  # POSIX keeps a leading //
-        if current in _STANDARD:
-            return _STANDARD[current]
-        match = _DESCRIPTOR.fullmatch(current)
-        if match:
-            owner = match.group(2)
-            if owner is None or not owner.isdigit() or int(owner) == os.getpid():
-                return int(match.group(1) or match.group(3))
-            return None  # another process's descriptor: opened by name, as open() would
-        parent, name = os.path.split(current)
+    if path in _STANDARD:
+        return _STANDARD[path]
+    pending = [part for part in reversed(path.split("/")) if part]
+    resolved = "/" if path.startswith("/") else os.getcwd()
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        match = _DESCRIPTOR.fullmatch(candidate)
+        if match and not pending:
+            owner = match.group(1)
+            if owner is not None and int(owner) != os.getpid():
+                return "by name"
+            return int(match.group(2))
+        if candidate in _STANDARD and not pending and not os.path.islink(candidate):
+            return _STANDARD[candidate]  # a system whose /dev/stdout is a device, not a link
         try:
-            real_parent = os.path.realpath(parent)
-            if real_parent != parent:
-                current = os.path.join(real_parent, name)
-            elif os.path.islink(current):
-                current = os.path.join(parent, os.readlink(current))
-            else:
-                return None
-        except (OSError, ValueError):
-            return None
+            target = os.readlink(candidate)
+        except OSError:  # not a link, or not there: an ordinary path from here on
+            resolved = candidate
+            continue
+        links += 1
+        if links > _LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        pending.extend(part for part in reversed(target.split("/")) if part)
+        if target.startswith("/"):
+            resolved = "/"
     return None
 
 
@@ -216,13 +266,22 @@ def _through(fd: int, path: str, mode: str, text: dict[str, Any], advice: str) -
             stream.flush()  # what Python has buffered for the same descriptor goes first
     try:
         duplicate = os.dup(fd)
+    except (OSError, OverflowError):
+        bad = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        raise _unwritable(path, bad, advice) from None
+    try:
+        readonly = fcntl is not None and fcntl.fcntl(duplicate, fcntl.F_GETFL) & os.O_ACCMODE
+        if fcntl is not None and readonly == os.O_RDONLY:
+            raise OSError(errno.EBADF, "open for reading only")
+        f = os.fdopen(duplicate, mode, **text)
     except OSError as exc:
+        os.close(duplicate)
         raise _unwritable(path, exc, advice) from None
     try:
-        with os.fdopen(duplicate, mode, **text) as f:
+        with f:
             yield f
     except OSError as exc:
-        if exc.filename not in (None, path):
+        if not _ours(exc, path, pipe=True):
             raise
         raise _unwritable(path, exc, advice, left="the output there may be incomplete") from None
 
@@ -244,7 +303,7 @@ def _in_place(
     """
     try:
         if regular:
-            # Opened without truncating: other writers through here wait for the lock, where
+            # Opened without truncating: other writers through here take turns first, where
             # their bytes would otherwise interleave in one file.
             fd = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         else:
@@ -255,27 +314,52 @@ def _in_place(
     if whole_in:
         left += f"; the whole new content is in {whole_in!r}"
     try:
-        if regular:
-            try:
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                os.ftruncate(fd, 0)
-                now = os.fstat(fd).st_mode
-                if now & _SET_ID:
-                    os.fchmod(fd, stat.S_IMODE(now) & ~_SET_ID)
-                f = os.fdopen(fd, mode, **text)
-            except BaseException:
-                os.close(fd)
-                raise
-        with f:
-            yield f
-            f.flush()
+        with contextlib.ExitStack() as stack:
             if regular:
-                os.fsync(f.fileno())
+                try:
+                    stack.enter_context(_turn(fd))
+                    os.ftruncate(fd, 0)
+                    now = os.fstat(fd).st_mode
+                    if now & _SET_ID:
+                        os.fchmod(fd, stat.S_IMODE(now) & ~_SET_ID)
+                    f = os.fdopen(fd, mode, **text)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            with f:
+                yield f
+                f.flush()
+                if regular:
+                    os.fsync(f.fileno())
     except OSError as exc:
-        if exc.filename not in (None, path, target):
+        if not _ours(exc, path, target):
             raise
         raise _unwritable(path, exc, advice, left=left) from None
+
+
+# In-place writers of one file take turns. Across processes an advisory lock (flock) does it,
+# but two writers in one process would each wait on the other's lock forever: there a lock
+# per file (device, inode) comes first, and a writer already holding it (one writing the
+# same file from inside its own block) goes on without the file lock, as open() would.
+_turns_guard = threading.Lock()
+_turns: dict[tuple[int, int], tuple[threading.RLock, list[int]]] = {}
+
+
+@contextlib.contextmanager
+def _turn(fd: int) -> Iterator[None]:
+    """Hold the turn of the file open on ``fd`` (released on exit; the flock on close)."""
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    with _turns_guard:
+        lock, depth = _turns.setdefault(key, (threading.RLock(), [0]))
+    with lock:
+        depth[0] += 1
+        try:
+            if depth[0] == 1 and fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            depth[0] -= 1
 
 
 def _check_writable(target: str, path: str) -> None:

@@ -295,3 +295,52 @@ def test_in_place_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyP
         os.close(holder)
         writer.join(10)
     assert done.is_set() and out.read_text(encoding="utf-8") == "new\n"
+
+
+def test_a_descriptor_open_for_reading_only_is_refused_before_writing(tmp_path: Path) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("kept\n", encoding="utf-8")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with (
+            pytest.raises(ConfigError, match=r"open for reading only.*nothing was written"),
+            write_atomically(f"/dev/fd/{fd}") as f,
+        ):
+            f.write("x")
+    finally:
+        os.close(fd)
+    assert source.read_text(encoding="utf-8") == "kept\n"
+
+
+def test_a_pipe_nobody_reads_is_a_config_error_not_a_broken_pipe() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        with (
+            pytest.raises(ConfigError, match=r"BrokenPipeError.*output there may be incomplete"),
+            write_atomically(f"/dev/fd/{write}") as f,
+        ):
+            f.write("x" * 100)
+    finally:
+        os.close(write)
+
+
+def test_an_interrupted_in_place_copy_says_where_the_whole_content_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "mounted.csv"
+    out.write_text("old\n", encoding="utf-8")
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
+
+    def interrupted(source: object, target: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(outfiles.shutil, "copyfileobj", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised, write_atomically(out) as f:
+        f.write("new\n")
+    [note] = raised.value.__notes__
+    kept = note.split(" is in ")[1].strip("'")
+    assert Path(kept).read_text(encoding="utf-8") == "new\n"
