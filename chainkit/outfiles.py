@@ -10,7 +10,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, TypeGuard
@@ -70,8 +69,9 @@ def write_atomically(
     Where renaming cannot work, the file is written in place, as ``open`` would: a file
     bind-mounted over another (rename fails with EBUSY), another user's file in a sticky
     directory such as /tmp, a writable file in a directory that takes no new files. Writers
-    through this function then take turns (a lock per file in the process, an advisory flock
-    across processes), and setuid/setgid are dropped there too. If that copy fails or is
+    through this function in different processes then take turns (an advisory lock; in one
+    process they do not wait for each other, as ``open`` would not), and setuid/setgid are
+    dropped there too. If that copy fails or is
     interrupted, the complete new content stays in its temporary file, which the error (or,
     for an interrupt, a note on the exception) names.
 
@@ -239,7 +239,7 @@ def _descriptor(path: str) -> int | str | None:
         match = _DESCRIPTOR.fullmatch(candidate)
         if match and not pending:
             owner = match.group(1)
-            if owner is not None and int(owner) != os.getpid():
+            if owner is not None and not _this_process(int(owner)):
                 return "by name"
             return int(match.group(2))
         if candidate in _STANDARD and not pending and not os.path.islink(candidate):
@@ -256,6 +256,12 @@ def _descriptor(path: str) -> int | str | None:
         if target.startswith("/"):
             resolved = "/"
     return None
+
+
+def _this_process(number: int) -> bool:
+    """Whether /proc/<number> is this process, or one of its threads (which share its fds)."""
+    pid = os.getpid()
+    return number == pid or os.path.isdir(f"/proc/{pid}/task/{number}")
 
 
 @contextlib.contextmanager
@@ -309,7 +315,8 @@ def _in_place(
         else:
             f = open(target, mode, **text)  # noqa: SIM115 - closed below, after its writes
     except OSError as exc:
-        raise _unwritable(path, exc, advice) from None
+        kept = f"; the whole new content is in {whole_in!r}" if whole_in else ""
+        raise _unwritable(path, exc, advice, left="nothing was written there" + kept) from None
     left = "the file there may now be incomplete"
     if whole_in:
         left += f"; the whole new content is in {whole_in!r}"
@@ -337,29 +344,19 @@ def _in_place(
         raise _unwritable(path, exc, advice, left=left) from None
 
 
-# In-place writers of one file take turns. Across processes an advisory lock (flock) does it,
-# but two writers in one process would each wait on the other's lock forever: there a lock
-# per file (device, inode) comes first, and a writer already holding it (one writing the
-# same file from inside its own block) goes on without the file lock, as open() would.
-_turns_guard = threading.Lock()
-_turns: dict[tuple[int, int], tuple[threading.RLock, list[int]]] = {}
-
-
 @contextlib.contextmanager
 def _turn(fd: int) -> Iterator[None]:
-    """Hold the turn of the file open on ``fd`` (released on exit; the flock on close)."""
-    st = os.fstat(fd)
-    key = (st.st_dev, st.st_ino)
-    with _turns_guard:
-        lock, depth = _turns.setdefault(key, (threading.RLock(), [0]))
-    with lock:
-        depth[0] += 1
-        try:
-            if depth[0] == 1 and fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            depth[0] -= 1
+    """This process's turn at the file open on ``fd``, against other processes' writers.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to the process, so a forked
+    child never inherits a parent's turn it could not give back, and writers in one process
+    never wait for each other (as ``open`` would not; waiting there could only deadlock: a
+    writer of the file inside another's block, two threads nesting two files in opposite
+    orders). It is released when the file is closed.
+    """
+    if fcntl is not None:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+    yield
 
 
 def _check_writable(target: str, path: str) -> None:

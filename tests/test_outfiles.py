@@ -264,9 +264,19 @@ def test_the_file_is_the_old_one_or_the_new_one_whole(
     assert [p.name for p in directory.iterdir()] == (["out.csv"] if exists or wrote else [])
 
 
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+fcntl.lockf(fd, fcntl.LOCK_EX)  # another process, midway through its in-place write
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "O_CLOEXEC"), reason="POSIX only")
-def test_in_place_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fcntl
+def test_in_place_writers_in_other_processes_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     out = tmp_path / "mounted.csv"
@@ -276,8 +286,13 @@ def test_in_place_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
 
     monkeypatch.setattr(os, "replace", refuse)
-    holder = os.open(out, os.O_RDONLY)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer, midway through its in-place write
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
     done = threading.Event()
 
     def write() -> None:
@@ -286,13 +301,16 @@ def test_in_place_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyP
         done.set()
 
     writer = threading.Thread(target=write)
-    writer.start()
     try:
-        assert not done.wait(0.5), "wrote over a file another writer holds"
+        assert holder.stdout.readline() == "holding\n"
+        writer.start()
+        assert not done.wait(0.5), "wrote over a file another process holds"
         assert out.read_text(encoding="utf-8") == "old\n"
     finally:
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        os.close(holder)
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
         writer.join(10)
     assert done.is_set() and out.read_text(encoding="utf-8") == "new\n"
 
