@@ -86,7 +86,7 @@ def run_command(work: Callable[[], int], *, prog: str, debug: bool = False) -> i
     SQLite error or a file that cannot be read or written becomes one line on stderr, prefixed
     with ``prog``, and status 2; with ``debug`` (or ``CHAINKIT_DEBUG=1``) it is raised, with its
     traceback. Output cut short by its reader (``| head``) ends quietly, as Python's
-    documentation of SIGPIPE recommends.
+    documentation of SIGPIPE recommends; Ctrl-C is one line too, status 130.
     """
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
@@ -99,6 +99,12 @@ def run_command(work: Callable[[], int], *, prog: str, debug: bool = False) -> i
         with contextlib.suppress(AttributeError, OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Ctrl-C is the user's own request: one line, and the shell's status for SIGINT.
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = explain(exc)
         if message is None or debug:

@@ -26,10 +26,14 @@ __all__ = ["csv_safe", "refuse_ledger_as_out", "write_atomically"]
 
 def refuse_ledger_as_out(ledger: str, out: str) -> None:
     """Refuse an ``--out`` that is the ledger file or one of SQLite's files beside it."""
+    _out_path(out)
     if ledger.startswith(("postgresql://", "postgres://")):
         return
     files = [Path(ledger), *(Path(f"{ledger}{suffix}") for suffix in ("-wal", "-shm", "-journal"))]
-    real = os.path.realpath(out)
+    try:
+        real = os.path.realpath(out)
+    except OSError:  # a name this process may not resolve (/proc/1/fd/1): never the ledger's
+        return
     try:
         out_stat: os.stat_result | None = os.stat(out)
     except OSError:
@@ -119,6 +123,11 @@ def write_atomically(
                     dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp"
                 )
             except OSError as exc:
+                # procfs and sysfs answer a new file with ENOENT, though the directory is
+                # there: their files are written by name, as open() writes them.
+                directory = os.path.dirname(target)
+                if old is not None and exc.errno == errno.ENOENT and os.path.isdir(directory):
+                    raise _ByName from None
                 if old is None or exc.errno not in _IN_PLACE:
                     raise
                 how = "in place"  # a directory that takes no new file
@@ -175,15 +184,29 @@ class _ByName(Exception):
 def _ours(exc: BaseException, *names: str, pipe: bool = False) -> TypeGuard[OSError]:
     """Whether an OSError raised inside the ``with`` block is the write's, not the caller's.
 
-    The write's own errors name no file, or the file written. The caller's code may raise
-    one that names no file either: a socket's (ConnectionResetError) or a timeout. Those pass
-    unchanged, except a broken pipe where the output is a pipe.
+    The write's own errors name the file written, or no file: then they are plain OSErrors
+    (or PermissionError, BlockingIOError) with a file-writing errno, or, where the output is
+    a pipe or socket, a ConnectionError. Anything else passes unchanged: the caller's socket
+    errors (ConnectionResetError, socket.gaierror, ssl.SSLError), timeouts, process errors.
     """
-    if not isinstance(exc, OSError) or exc.filename not in (None, *names):
+    if not isinstance(exc, OSError):
         return False
-    if isinstance(exc, BrokenPipeError):
-        return pipe or exc.filename is not None
-    return not isinstance(exc, ConnectionError | TimeoutError)
+    if exc.filename is not None:
+        return exc.filename in names
+    if isinstance(exc, ConnectionError):
+        return pipe
+    return type(exc) in _WRITE_ERRORS and exc.errno in _WRITE_ERRNOS
+
+
+_WRITE_ERRORS = (OSError, PermissionError, BlockingIOError)
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC", "EDQUOT", "EFBIG", "EIO", "EBADF", "EINVAL", "EAGAIN", "EROFS", "ENXIO",
+        "ESTALE", "EACCES", "EPERM", "ETXTBSY", "EISDIR", "ENODEV", "EINTR",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
 
 
 # Where a rename over the file, or a new file beside it, is refused but writing it is not:
@@ -191,7 +214,7 @@ def _ours(exc: BaseException, *names: str, pipe: bool = False) -> TypeGuard[OSEr
 _IN_PLACE = frozenset({errno.EBUSY, errno.EPERM, errno.EACCES, errno.EROFS, errno.EXDEV})
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
 # A descriptor's own name (no leading zeros: /proc has no "01"), in /proc or, elsewhere, /dev/fd.
-_DESCRIPTOR = re.compile(r"/(?:dev|proc/(\d+)(?:/task/\d+)?)/fd/(0|[1-9]\d*)")
+_DESCRIPTOR = re.compile(r"/(?:dev|proc/(\d+)(?:/task/(\d+))?)/fd/(0|[1-9]\d*)")
 _SET_ID = stat.S_ISUID | stat.S_ISGID
 _LINKS = 40  # the most symlinks Linux follows in one path
 
@@ -238,10 +261,12 @@ def _descriptor(path: str) -> int | str | None:
         candidate = os.path.join(resolved, part)
         match = _DESCRIPTOR.fullmatch(candidate)
         if match and not pending:
-            owner = match.group(1)
+            owner, task, number = match.groups()
             if owner is not None and not _this_process(int(owner)):
                 return "by name"
-            return int(match.group(2))
+            if task is not None and not _this_process(int(task)):
+                return "by name"  # /proc/self/task/<another process's thread>: not ours
+            return int(number)
         if candidate in _STANDARD and not pending and not os.path.islink(candidate):
             return _STANDARD[candidate]  # a system whose /dev/stdout is a device, not a link
         try:
@@ -352,10 +377,15 @@ def _turn(fd: int) -> Iterator[None]:
     child never inherits a parent's turn it could not give back, and writers in one process
     never wait for each other (as ``open`` would not; waiting there could only deadlock: a
     writer of the file inside another's block, two threads nesting two files in opposite
-    orders). It is released when the file is closed.
+    orders). It is released when the file is closed, and, as POSIX has it, when this
+    process closes any other descriptor of the same file (reading it back inside the block
+    ends the turn early). Where the file system has no record locks, or taking one would
+    deadlock, the write goes on without its turn, as ``open``'s would.
     """
     if fcntl is not None:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        # No record locks there (ENOLCK, EINVAL) or a deadlock: write as open would.
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_EX)
     yield
 
 
