@@ -99,11 +99,13 @@ def run_command(work: Callable[[], int], *, prog: str, debug: bool = False) -> i
         with contextlib.suppress(AttributeError, OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        # Ctrl-C is the user's own request: one line, and the shell's status for SIGINT.
-        print(f"{prog}: interrupted", file=sys.stderr)
+        # Ctrl-C is the user's own request: one line, and the shell's status for SIGINT. Its
+        # notes say what the interrupt left (where a half-copied file's whole content is).
+        notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+        print(f"{prog}: interrupted{notes}", file=sys.stderr)
         return 130
     except Exception as exc:
         message = explain(exc)

@@ -39,7 +39,10 @@ def refuse_ledger_as_out(ledger: str, out: str) -> None:
     except OSError:
         out_stat = None
     for f in files:
-        same = os.path.realpath(f) == real
+        try:
+            same = os.path.realpath(f) == real
+        except OSError:  # a ledger name that no longer resolves (a deleted working directory)
+            same = False
         if not same and out_stat is not None:
             try:
                 st = os.stat(f)
@@ -124,9 +127,10 @@ def write_atomically(
                 )
             except OSError as exc:
                 # procfs and sysfs answer a new file with ENOENT, though the directory is
-                # there: their files are written by name, as open() writes them.
-                directory = os.path.dirname(target)
-                if old is not None and exc.errno == errno.ENOENT and os.path.isdir(directory):
+                # there: their files are written by name, as open() writes them. (Elsewhere
+                # ENOENT is a directory gone: an error, never a file written half.)
+                pseudo = target.startswith(("/proc/", "/sys/"))
+                if old is not None and exc.errno == errno.ENOENT and pseudo:
                     raise _ByName from None
                 if old is None or exc.errno not in _IN_PLACE:
                     raise
@@ -140,10 +144,12 @@ def write_atomically(
         with _in_place(path, target if regular else path, mode, text, advice, regular=regular) as f:
             yield f
         return
-    copying = False
+    copying = in_body = False
     try:
         with os.fdopen(fd, mode, **text) as f:
+            in_body = True
             yield f
+            in_body = False  # from here every error is the write's: flush, fsync, rename
             f.flush()
             os.fsync(f.fileno())
             if old is not None:
@@ -168,11 +174,11 @@ def write_atomically(
             os.unlink(temp)
     except BaseException as exc:
         if copying:
-            exc.add_note(f"chainkit: the whole new content of {path!r} is in {temp!r}")
+            exc.add_note(f"the whole new content of {path!r} is in {temp!r}")
         elif temp:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-        if _ours(exc, path, target, temp):
+        if isinstance(exc, OSError) and (not in_body or _ours(exc, path, target, temp)):
             raise _unwritable(path, exc, advice) from None
         raise
 
@@ -184,10 +190,11 @@ class _ByName(Exception):
 def _ours(exc: BaseException, *names: str, pipe: bool = False) -> TypeGuard[OSError]:
     """Whether an OSError raised inside the ``with`` block is the write's, not the caller's.
 
-    The write's own errors name the file written, or no file: then they are plain OSErrors
-    (or PermissionError, BlockingIOError) with a file-writing errno, or, where the output is
-    a pipe or socket, a ConnectionError. Anything else passes unchanged: the caller's socket
-    errors (ConnectionResetError, socket.gaierror, ssl.SSLError), timeouts, process errors.
+    (Errors after the block, at flush, fsync or rename, are always the write's.) Inside it the
+    write's own errors name the file written, or no file: then they are Python's own OSErrors
+    (ENOSPC, EIO, ...), or, where the output is a pipe, a socket or a FIFO, a ConnectionError.
+    The caller's pass unchanged: errors about another file, socket errors and timeouts, and
+    OSErrors that libraries define (socket.gaierror, ssl.SSLError).
     """
     if not isinstance(exc, OSError):
         return False
@@ -195,18 +202,9 @@ def _ours(exc: BaseException, *names: str, pipe: bool = False) -> TypeGuard[OSEr
         return exc.filename in names
     if isinstance(exc, ConnectionError):
         return pipe
-    return type(exc) in _WRITE_ERRORS and exc.errno in _WRITE_ERRNOS
-
-
-_WRITE_ERRORS = (OSError, PermissionError, BlockingIOError)
-_WRITE_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in (
-        "ENOSPC", "EDQUOT", "EFBIG", "EIO", "EBADF", "EINVAL", "EAGAIN", "EROFS", "ENXIO",
-        "ESTALE", "EACCES", "EPERM", "ETXTBSY", "EISDIR", "ENODEV", "EINTR",
-    )
-    if hasattr(errno, name)
-)  # fmt: skip
+    if type(exc).__module__ != "builtins":
+        return False
+    return not isinstance(exc, TimeoutError | ProcessLookupError | ChildProcessError)
 
 
 # Where a rename over the file, or a new file beside it, is refused but writing it is not:
@@ -308,11 +306,13 @@ def _through(fd: int, path: str, mode: str, text: dict[str, Any], advice: str) -
     except OSError as exc:
         os.close(duplicate)
         raise _unwritable(path, exc, advice) from None
+    in_body = True
     try:
         with f:
             yield f
+            in_body = False  # the flush at close is the write's
     except OSError as exc:
-        if not _ours(exc, path, pipe=True):
+        if in_body and not _ours(exc, path, pipe=True):
             raise
         raise _unwritable(path, exc, advice, left="the output there may be incomplete") from None
 
@@ -342,6 +342,7 @@ def _in_place(
     except OSError as exc:
         kept = f"; the whole new content is in {whole_in!r}" if whole_in else ""
         raise _unwritable(path, exc, advice, left="nothing was written there" + kept) from None
+    in_body = False
     left = "the file there may now be incomplete"
     if whole_in:
         left += f"; the whole new content is in {whole_in!r}"
@@ -359,12 +360,15 @@ def _in_place(
                     os.close(fd)
                     raise
             with f:
+                in_body = True
                 yield f
+                in_body = False  # from here every error is the write's: flush, fsync
                 f.flush()
                 if regular:
                     os.fsync(f.fileno())
     except OSError as exc:
-        if not _ours(exc, path, target):
+        # A FIFO or a device written by name may be a pipe: its reader leaving is ours.
+        if in_body and not _ours(exc, path, target, pipe=not regular):
             raise
         raise _unwritable(path, exc, advice, left=left) from None
 
