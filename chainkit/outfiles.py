@@ -78,9 +78,8 @@ def write_atomically(
     directory such as /tmp, a writable file in a directory that takes no new files. Writers
     through this function in different processes then take turns (an advisory lock; in one
     process they do not wait for each other, as ``open`` would not), and setuid/setgid are
-    dropped there too. If that copy fails or is
-    interrupted, the complete new content stays in its temporary file, which the error (or,
-    for an interrupt, a note on the exception) names.
+    dropped there too. If that copy fails or is interrupted, the complete new content stays in
+    its temporary file, which the error (or, for an interrupt, a note on the exception) names.
 
     A file descriptor's name (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/3``, or a path
     that resolves to one) is written through that descriptor, where the shell pointed it (a
@@ -90,10 +89,10 @@ def write_atomically(
     A failed write is a ConfigError naming the file, what is left there, and what to do:
     "Free space, or {advice}" when the disk is full, else "{advice}". An OSError raised by the
     caller's code inside the ``with`` block passes unchanged when it names another file, or is
-    a socket's or a timeout (ConnectionError, TimeoutError; a broken pipe is the write's only
-    where the output is a pipe). A process killed midway leaves its ``.chainkit-*.tmp`` file
-    behind: nothing can tell it from another process's write still under way, so nothing
-    removes it later.
+    a socket's, a timeout, a process error or one a library defines (ConnectionError, whose
+    broken pipe is the write's only where the output is a pipe; TimeoutError; socket.gaierror,
+    ssl.SSLError). A process killed midway leaves its ``.chainkit-*.tmp`` file behind: nothing
+    can tell it from another process's write still under way, so nothing removes it later.
     """
     path = _out_path(out)
     mode = "wb" if binary else "w"
@@ -117,24 +116,23 @@ def write_atomically(
             old = None
         if old is not None and not stat.S_ISREG(old.st_mode):
             raise _ByName  # a device or a FIFO
-        else:
-            if old is not None:
-                _check_writable(target, path)
-            try:
-                # A short fixed name: the target's own name may already use all 255 bytes.
-                fd, temp = tempfile.mkstemp(
-                    dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp"
-                )
-            except OSError as exc:
-                # procfs and sysfs answer a new file with ENOENT, though the directory is
-                # there: their files are written by name, as open() writes them. (Elsewhere
-                # ENOENT is a directory gone: an error, never a file written half.)
-                pseudo = target.startswith(("/proc/", "/sys/"))
-                if old is not None and exc.errno == errno.ENOENT and pseudo:
-                    raise _ByName from None
-                if old is None or exc.errno not in _IN_PLACE:
-                    raise
-                how = "in place"  # a directory that takes no new file
+        if old is not None:
+            _check_writable(target, path)
+        try:
+            # A short fixed name: the target's own name may already use all 255 bytes.
+            fd, temp = tempfile.mkstemp(
+                dir=os.path.dirname(target), prefix=".chainkit-", suffix=".tmp"
+            )
+        except OSError as exc:
+            # procfs and sysfs answer a new file with ENOENT, though the directory is there:
+            # their files are written by name, as open() writes them. (Elsewhere ENOENT is a
+            # directory gone: an error, never a file written half.)
+            pseudo = target.startswith(("/proc/", "/sys/"))
+            if old is not None and exc.errno == errno.ENOENT and pseudo:
+                raise _ByName from None
+            if old is None or exc.errno not in _IN_PLACE:
+                raise
+            how = "in place"  # a directory that takes no new file
     except _ByName:
         how = "by name"  # opened and written directly, as open() would
     except OSError as exc:
