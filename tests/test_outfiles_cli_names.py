@@ -1,13 +1,10 @@
-"""Whose OSError it is, and odd ``--out`` names end to end, from a seventh adversarial round.
-
-Socket errors raised by the caller pass unchanged; /proc names of other threads and writable
-procfs files; ``chainkit export LEDGER --format focus --out X`` for names no file can have.
+"""Odd ``--out`` names end to end, from a seventh adversarial round: /proc names of other
+threads, writable procfs files, and ``chainkit export LEDGER --format focus --out X`` for
+names no file can have. (The caller's own socket errors: test_outfiles_names_and_turns.py.)
 """
 
 from __future__ import annotations
 
-import socket
-import ssl
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -22,30 +19,6 @@ from chainkit.outfiles import refuse_ledger_as_out, write_atomically
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 NOVA = "amazon.nova-micro-v1:0"
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
-        socket.herror(1, "Unknown host"),
-        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
-    ],
-    ids=["gaierror", "herror", "SSLEOFError"],
-)
-def test_a_socket_error_raised_by_the_caller_passes_unchanged(
-    tmp_path: Path, error: OSError
-) -> None:
-    # Found: the docstring says a socket's error raised in the ``with`` block passes
-    # unchanged, but only ConnectionError and TimeoutError do. A failed DNS lookup
-    # (socket.getaddrinfo inside the block, reproduced for real) became ConfigError "Could
-    # not write '.../out.csv' (gaierror: Name or service not known); nothing was written
-    # there. Give another --out." The file was not the problem; another --out cannot help.
-    out = tmp_path / "out.csv"
-    with pytest.raises(type(error)), write_atomically(out) as f:
-        f.write("header\n")
-        raise error
-    assert not out.exists()
 
 
 @pytest.fixture

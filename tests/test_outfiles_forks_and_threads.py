@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 
 from chainkit.errors import ConfigError
 from chainkit.outfiles import write_atomically
+from tests.outfiles_support import python
 
 ROOT = Path(__file__).resolve().parents[1]
 linux = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
@@ -79,14 +79,7 @@ sys.exit(1)
 def test_a_child_forked_while_a_thread_holds_a_turn_gets_its_own_turn(tmp_path: Path) -> None:
     out = tmp_path / "report.csv"
     out.write_text("old\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-c", FORK, str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = python(FORK, str(out))
     # Found: the child waits forever on the per-file RLock its parent's thread held at fork.
     assert done.returncode == 0, done.stdout + done.stderr
     assert out.read_text(encoding="utf-8") == "child\n"
@@ -197,14 +190,7 @@ def test_two_threads_writing_two_files_in_opposite_order_do_not_deadlock(
     x, y = tmp_path / "x.csv", tmp_path / "y.csv"
     for path in (x, y):
         path.write_text("old\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-c", ABBA, str(x), str(y)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = python(ABBA, str(x), str(y))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -236,17 +222,7 @@ os.waitpid(pid, 0)
 def test_a_child_forked_inside_an_in_place_write_takes_its_turn(tmp_path: Path) -> None:
     out = tmp_path / "report.csv"
     out.write_text("old\n", encoding="utf-8")
-    try:
-        subprocess.run(
-            [sys.executable, "-c", FORK_INSIDE, str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the forked child waited forever for its turn")
+    python(FORK_INSIDE, str(out), timeout=30)
     # Found: 'CHILD\nCHIparent 1\nparent 2\n': the child inherits the thread's lock as held
     # by itself (depth 2), skips the flock and writes while the parent writes.
     assert out.read_text(encoding="utf-8") in (

@@ -20,6 +20,8 @@ Each test states a promise of the docstring that an adversarial test found broke
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ import pytest
 
 from chainkit.errors import ConfigError
 from chainkit.outfiles import write_atomically
+from tests.outfiles_support import python
 
 ROOT = Path(__file__).resolve().parents[1]
 linux = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
@@ -187,8 +190,15 @@ def test_a_descriptor_number_too_large_is_a_config_error(name: str) -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [ConnectionResetError(104, "Connection reset by peer"), TimeoutError("read timed out")],
-    ids=["connection reset", "timeout"],
+    [
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("read timed out"),
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+        socket.herror(1, "Unknown host"),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ProcessLookupError(3, "No such process"),
+    ],
+    ids=["connection reset", "timeout", "gaierror", "herror", "SSLEOFError", "no process"],
 )
 def test_the_callers_own_oserror_without_a_file_name_passes_unchanged(
     tmp_path: Path, error: OSError
@@ -226,16 +236,6 @@ def test_two_in_place_writers_in_one_process_do_not_deadlock(tmp_path: Path) -> 
     # so the second waits for the first, which waits for the second to return.
     out = tmp_path / "report.csv"
     out.write_text("old\n", encoding="utf-8")
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", NESTED, str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the second in-place writer waited for the first forever (flock)")
+    done = python(NESTED, str(out), timeout=20)
     # Either finishes or refuses with a ConfigError; hanging is what was found.
     assert done.returncode == 0 or "ConfigError" in done.stderr, done.stderr
