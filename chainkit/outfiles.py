@@ -297,8 +297,8 @@ def _through(fd: int, path: str, mode: str, text: dict[str, Any], advice: str) -
         bad = OSError(errno.EBADF, os.strerror(errno.EBADF))
         raise _unwritable(path, bad, advice) from None
     try:
-        readonly = fcntl is not None and fcntl.fcntl(duplicate, fcntl.F_GETFL) & os.O_ACCMODE
-        if fcntl is not None and readonly == os.O_RDONLY:
+        access = os.O_RDWR if fcntl is None else fcntl.fcntl(duplicate, fcntl.F_GETFL)
+        if access & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EBADF, "open for reading only")
         f = os.fdopen(duplicate, mode, **text)
     except OSError as exc:
@@ -330,6 +330,7 @@ def _in_place(
 
     ``whole_in`` names a file holding the complete new content, for the error message.
     """
+    kept = f"; the whole new content is in {whole_in!r}" if whole_in else ""
     try:
         if regular:
             # Opened without truncating: other writers through here take turns first, where
@@ -338,42 +339,37 @@ def _in_place(
         else:
             f = open(target, mode, **text)  # noqa: SIM115 - closed below, after its writes
     except OSError as exc:
-        kept = f"; the whole new content is in {whole_in!r}" if whole_in else ""
         raise _unwritable(path, exc, advice, left="nothing was written there" + kept) from None
     in_body = False
-    left = "the file there may now be incomplete"
-    if whole_in:
-        left += f"; the whole new content is in {whole_in!r}"
     try:
-        with contextlib.ExitStack() as stack:
+        if regular:
+            try:
+                _take_turn(fd)
+                os.ftruncate(fd, 0)
+                now = os.fstat(fd).st_mode
+                if now & _SET_ID:
+                    os.fchmod(fd, stat.S_IMODE(now) & ~_SET_ID)
+                f = os.fdopen(fd, mode, **text)
+            except BaseException:
+                os.close(fd)
+                raise
+        with f:
+            in_body = True
+            yield f
+            in_body = False  # from here every error is the write's: flush, fsync
+            f.flush()
             if regular:
-                try:
-                    stack.enter_context(_turn(fd))
-                    os.ftruncate(fd, 0)
-                    now = os.fstat(fd).st_mode
-                    if now & _SET_ID:
-                        os.fchmod(fd, stat.S_IMODE(now) & ~_SET_ID)
-                    f = os.fdopen(fd, mode, **text)
-                except BaseException:
-                    os.close(fd)
-                    raise
-            with f:
-                in_body = True
-                yield f
-                in_body = False  # from here every error is the write's: flush, fsync
-                f.flush()
-                if regular:
-                    os.fsync(f.fileno())
+                os.fsync(f.fileno())
     except OSError as exc:
         # A FIFO or a device written by name may be a pipe: its reader leaving is ours.
         if in_body and not _ours(exc, path, target, pipe=not regular):
             raise
+        left = "the file there may now be incomplete" + kept
         raise _unwritable(path, exc, advice, left=left) from None
 
 
-@contextlib.contextmanager
-def _turn(fd: int) -> Iterator[None]:
-    """This process's turn at the file open on ``fd``, against other processes' writers.
+def _take_turn(fd: int) -> None:
+    """Wait for this process's turn at the file open on ``fd``, against other processes'.
 
     A POSIX record lock (``lockf``), not ``flock``: it belongs to the process, so a forked
     child never inherits a parent's turn it could not give back, and writers in one process
@@ -388,7 +384,6 @@ def _turn(fd: int) -> Iterator[None]:
         # No record locks there (ENOLCK, EINVAL) or a deadlock: write as open would.
         with contextlib.suppress(OSError):
             fcntl.lockf(fd, fcntl.LOCK_EX)
-    yield
 
 
 def _check_writable(target: str, path: str) -> None:

@@ -1,9 +1,11 @@
-"""What the write_atomically tests share: a Python script run in a process of its own."""
+"""What the write_atomically tests share: a script in a process of its own, a refused rename."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,12 @@ def python(script: str, *args: str, timeout: float = 60) -> subprocess.Completed
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running after {timeout} s: a writer waited forever")
+
+
+def refuse_rename(code: int) -> Callable[[str, str], None]:
+    """An ``os.replace`` that fails with ``code``: EBUSY as over a bind mount, EPERM as in /tmp."""
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(code, os.strerror(code), src, None, dst)
+
+    return refuse

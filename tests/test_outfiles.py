@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from chainkit import outfiles
 from chainkit.errors import ConfigError
 from chainkit.outfiles import write_atomically
+from tests.outfiles_support import refuse_rename
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE = """
@@ -152,10 +153,7 @@ def test_a_file_that_cannot_be_renamed_over_is_written_in_place(
     out.write_text("the previous export, longer than the new one\n", encoding="utf-8")
     inode = out.stat().st_ino
 
-    def refuse(src: str, dst: str) -> None:
-        raise OSError(refused, os.strerror(refused), src, None, dst)
-
-    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse_rename(refused))
     with write_atomically(out) as f:
         f.write("日本語 😀\n")
 
@@ -282,10 +280,7 @@ def test_in_place_writers_in_other_processes_take_turns(
     out = tmp_path / "mounted.csv"
     out.write_text("old\n", encoding="utf-8")
 
-    def refuse(src: str, dst: str) -> None:
-        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
-
-    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse_rename(errno.EBUSY))
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(out)],
         stdin=subprocess.PIPE,
@@ -349,13 +344,10 @@ def test_an_interrupted_in_place_copy_says_where_the_whole_content_is(
     out = tmp_path / "mounted.csv"
     out.write_text("old\n", encoding="utf-8")
 
-    def refuse(src: str, dst: str) -> None:
-        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
-
     def interrupted(source: object, target: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse_rename(errno.EBUSY))
     monkeypatch.setattr(outfiles.shutil, "copyfileobj", interrupted)
     with pytest.raises(KeyboardInterrupt) as raised, write_atomically(out) as f:
         f.write("new\n")

@@ -32,6 +32,7 @@ import pytest
 
 from chainkit.errors import ConfigError
 from chainkit.outfiles import write_atomically
+from tests.outfiles_support import refuse_rename
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE = """
@@ -147,13 +148,6 @@ def test_a_directory_as_out_does_not_say_a_file_may_be_incomplete(tmp_path: Path
     assert "may now be incomplete" not in str(raised.value), str(raised.value)
 
 
-def refuse_rename(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(src: str, dst: str) -> None:  # as over a bind-mounted file
-        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
-
-    monkeypatch.setattr(os, "replace", refuse)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="the kernel drops the bits for other users")
 def test_setuid_and_setgid_are_dropped_on_the_in_place_fallback_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -161,7 +155,7 @@ def test_setuid_and_setgid_are_dropped_on_the_in_place_fallback_too(
     out = tmp_path / "tool"
     out.write_text("old\n", encoding="utf-8")
     out.chmod(0o6755)
-    refuse_rename(monkeypatch)
+    monkeypatch.setattr(os, "replace", refuse_rename(errno.EBUSY))  # as over a bind mount
     with write_atomically(out) as f:
         f.write("new\n")
     assert out.read_text(encoding="utf-8") == "new\n"
@@ -173,7 +167,7 @@ def test_an_interrupted_in_place_copy_keeps_a_whole_copy_somewhere(
 ) -> None:
     out = tmp_path / "mounted.csv"
     out.write_text("the previous export\n", encoding="utf-8")
-    refuse_rename(monkeypatch)
+    monkeypatch.setattr(os, "replace", refuse_rename(errno.EBUSY))  # as over a bind mount
 
     def interrupted(src: Any, dst: Any, length: int = 0) -> None:
         dst.write(src.read(4))

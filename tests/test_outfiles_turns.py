@@ -1,4 +1,4 @@
-"""The turns in-place writers take (``_turn``'s POSIX record lock), from a seventh adversarial
+"""The turns in-place writers take (``_take_turn``'s POSIX record lock), from a seventh adversarial
 round: two processes leave one whole version; a file system without record locks is written
 as open() would write it; Ctrl-C while waiting is one line.
 
